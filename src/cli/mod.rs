@@ -1,0 +1,54 @@
+//! The command-line front end (the only place that uses `anyhow`). It lives in the library so
+//! that a user's own binary can link extra cost plugins and reuse it unchanged:
+//! `use my_plugin as _; fn main() -> ExitCode { nce::cli::main() }`.
+
+mod cost;
+mod profiles;
+
+use clap::{Parser, Subcommand};
+use std::process::ExitCode;
+
+#[derive(Parser)]
+#[command(name = "nce", version, about = "Neural channel expansion for uniform 2-bit CNNs on edge hardware")]
+struct Cli {
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Subcommand)]
+enum Command {
+    /// List, show and validate hardware profiles.
+    Profiles {
+        #[command(subcommand)]
+        action: profiles::Action,
+    },
+    /// List the cost plugins linked into this binary.
+    Plugins,
+    /// Per-layer and total costs of a network under a profile, with budget verdicts.
+    Cost(cost::Args),
+}
+
+/// Parses the process arguments, runs the command and maps errors to an exit code.
+pub fn main() -> ExitCode {
+    let filter = tracing_subscriber::EnvFilter::try_from_default_env().unwrap_or_else(|_| "warn".into());
+    tracing_subscriber::fmt().with_env_filter(filter).with_writer(std::io::stderr).init();
+    let cli = Cli::parse();
+    let result = match cli.command {
+        Command::Profiles { action } => profiles::run(action),
+        Command::Plugins => {
+            for name in crate::cost::plugin_names() {
+                let p = crate::cost::find_plugin(name).expect("listed plugin exists");
+                println!("{:<16} {}", p.name, p.summary);
+            }
+            Ok(ExitCode::SUCCESS)
+        }
+        Command::Cost(args) => cost::run(args),
+    };
+    match result {
+        Ok(code) => code,
+        Err(e) => {
+            eprintln!("error: {e:#}");
+            ExitCode::from(2)
+        }
+    }
+}

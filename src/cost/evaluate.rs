@@ -1,0 +1,197 @@
+//! Running a profile's plugins over a network and checking its budgets.
+
+use super::{find_plugin, plugin_names, CostError, CostModel, Metric, PluginContext};
+use crate::graph::Network;
+use crate::hw::{Budget, BudgetLimit, Profile, ProfileError};
+use serde::Serialize;
+
+/// The instantiated plugins of one profile, with each budget bound to the metric it limits.
+pub struct Evaluator {
+    plugins: Vec<Instance>,
+    budgets: Vec<BoundBudget>,
+}
+
+struct Instance {
+    name: String,
+    model: Box<dyn CostModel>,
+    metrics: Vec<Metric>,
+}
+
+#[derive(Clone, Debug)]
+struct BoundBudget {
+    budget: Budget,
+    plugin: usize,
+    metric: usize,
+}
+
+/// One metric of one plugin over a network.
+#[derive(Clone, Debug, Serialize)]
+pub struct MetricReport {
+    pub plugin: String,
+    pub metric: String,
+    pub unit: String,
+    /// Per-layer values, in layer order.
+    pub per_layer: Vec<f64>,
+    pub total: f64,
+    pub separable: bool,
+}
+
+/// A budget checked against a network.
+#[derive(Clone, Debug, Serialize)]
+pub struct BudgetVerdict {
+    pub metric: String,
+    pub plugin: String,
+    /// The limit as written (`"1.0x base"` or a number).
+    pub limit: String,
+    /// The absolute limit.
+    pub max: f64,
+    pub value: f64,
+    /// The base network's value of the metric.
+    pub base: f64,
+    pub pass: bool,
+}
+
+/// All metrics and budget verdicts for one network.
+#[derive(Clone, Debug, Serialize)]
+pub struct CostReport {
+    pub metrics: Vec<MetricReport>,
+    pub budgets: Vec<BudgetVerdict>,
+}
+
+impl CostReport {
+    pub fn passes(&self) -> bool {
+        self.budgets.iter().all(|b| b.pass)
+    }
+    /// The total of `metric` (from the first plugin that provides it).
+    pub fn total(&self, metric: &str) -> Option<f64> {
+        self.metrics.iter().find(|m| m.metric == metric).map(|m| m.total)
+    }
+}
+
+impl Evaluator {
+    /// Instantiates every plugin the profile names and binds every budget to one metric.
+    pub fn new(profile: &Profile) -> Result<Evaluator, ProfileError> {
+        let mut plugins = Vec::new();
+        for (name, options) in &profile.plugins {
+            let plugin = find_plugin(name).ok_or_else(|| {
+                profile.error_at(
+                    &format!("plugins.{name}"),
+                    "",
+                    format!("unknown cost plugin `{name}` (registered: {})", plugin_names().join(", ")),
+                )
+            })?;
+            let ctx = PluginContext { profile, options };
+            let model = (plugin.create)(&ctx).map_err(|e| {
+                let key = first_key_named_in(&e.to_string(), options).unwrap_or_default();
+                profile.error_at(&format!("plugins.{name}"), &key, format!("plugin `{name}`: {e}"))
+            })?;
+            let metrics = model.metrics();
+            plugins.push(Instance { name: name.clone(), model, metrics });
+        }
+        let mut budgets = Vec::new();
+        for b in &profile.budgets {
+            let providers: Vec<(usize, usize)> = plugins
+                .iter()
+                .enumerate()
+                .filter(|(_, p)| b.plugin.as_deref().is_none_or(|want| want == p.name))
+                .filter_map(|(i, p)| p.metrics.iter().position(|m| m.name == b.metric).map(|j| (i, j)))
+                .collect();
+            let available: Vec<String> =
+                plugins.iter().flat_map(|p| p.metrics.iter().map(move |m| format!("{} ({})", m.name, p.name))).collect();
+            match providers.as_slice() {
+                [(plugin, metric)] => budgets.push(BoundBudget { budget: b.clone(), plugin: *plugin, metric: *metric }),
+                [] => {
+                    return Err(profile.error_at(
+                        "budgets",
+                        &b.metric,
+                        format!(
+                            "no plugin of this profile{} computes `{}`; available metrics: {}",
+                            b.plugin.as_ref().map(|p| format!(" named `{p}`")).unwrap_or_default(),
+                            b.metric,
+                            available.join(", ")
+                        ),
+                    ))
+                }
+                many => {
+                    let names: Vec<&str> = many.iter().map(|(i, _)| plugins[*i].name.as_str()).collect();
+                    return Err(profile.error_at(
+                        "budgets",
+                        &b.metric,
+                        format!(
+                            "`{}` is computed by several plugins ({}); write `{} = {{ max = …, plugin = \"{}\" }}`",
+                            b.metric,
+                            names.join(", "),
+                            b.metric,
+                            names[0]
+                        ),
+                    ));
+                }
+            }
+        }
+        Ok(Evaluator { plugins, budgets })
+    }
+
+    /// Every metric of every plugin, and each budget's verdict. Relative budgets are resolved
+    /// against `base` (the unmodified network of the same model, input and bits).
+    pub fn evaluate(&self, net: &Network, base: &Network) -> Result<CostReport, CostError> {
+        let mut metrics = Vec::new();
+        let mut totals = Vec::new();
+        for p in &self.plugins {
+            let per_layer: Vec<Vec<f64>> = net.layers.iter().map(|l| p.model.layer_cost(l)).collect::<Result<_, _>>()?;
+            let total = p.model.network_cost(net)?;
+            for (j, m) in p.metrics.iter().enumerate() {
+                metrics.push(MetricReport {
+                    plugin: p.name.clone(),
+                    metric: m.name.clone(),
+                    unit: m.unit.clone(),
+                    per_layer: per_layer.iter().map(|v| v[j]).collect(),
+                    total: total[j],
+                    separable: p.model.separable(j),
+                });
+            }
+            totals.push(total);
+        }
+        let mut budgets = Vec::new();
+        for b in &self.budgets {
+            let p = &self.plugins[b.plugin];
+            let value = totals[b.plugin][b.metric];
+            let base_value = if matches!(b.budget.limit, BudgetLimit::Relative(_)) || !std::ptr::eq(net, base) {
+                p.model.network_cost(base)?[b.metric]
+            } else {
+                value
+            };
+            let max = b.budget.limit.resolve(base_value);
+            budgets.push(BudgetVerdict {
+                metric: b.budget.metric.clone(),
+                plugin: p.name.clone(),
+                limit: b.budget.limit.to_string(),
+                max,
+                value,
+                base: base_value,
+                // A hair of slack so a "1.0x" budget accepts the base network despite float sums.
+                pass: value <= max * (1.0 + 1e-9),
+            });
+        }
+        Ok(CostReport { metrics, budgets })
+    }
+
+    /// The plugin models with their names, for code (like the search) that needs per-layer
+    /// costs under hypothetical widths.
+    pub fn models(&self) -> impl Iterator<Item = (&str, &dyn CostModel, &[Metric])> {
+        self.plugins.iter().map(|p| (p.name.as_str(), p.model.as_ref(), p.metrics.as_slice()))
+    }
+
+    /// Each budget with the index (into [`Evaluator::models`]) and metric index it is bound to.
+    pub fn budgets(&self) -> impl Iterator<Item = (&Budget, usize, usize)> {
+        self.budgets.iter().map(|b| (&b.budget, b.plugin, b.metric))
+    }
+}
+
+/// The first option key of `options` that an error message mentions (to point at its line).
+fn first_key_named_in(msg: &str, options: &toml::Table) -> Option<String> {
+    if let Some(start) = msg.find("unknown field `") {
+        let rest = &msg[start + 15..];
+        return rest.split('`').next().map(str::to_string);
+    }
+    options.keys().find(|k| msg.contains(k.as_str())).cloned()
+}

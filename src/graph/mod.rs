@@ -1,0 +1,222 @@
+//! The network description shared by every part of nce.
+//!
+//! A [`Network`] is a flat, topologically ordered list of [`Layer`]s with concrete shapes and
+//! bit widths. Cost plugins read it, the tch models are built from it and the integer engine
+//! executes the same structure, so costs, models and deployed kernels cannot disagree.
+//!
+//! Conventions (used by every cost plugin and test):
+//! - a *MAC* is one multiply-accumulate of a conv or linear layer; BatchNorm, ReLU, adds and
+//!   pooling are not counted (they fold into per-channel requantisation on the integer engine);
+//! - *params* are conv and linear weights, linear biases and BatchNorm γ/β; quantizer
+//!   parameters (PACT clips, LSQ steps) and BN running statistics are not counted.
+//! - a residual add of tensors of different widths zero-pads the narrower one (option-A
+//!   shortcuts in CIFAR ResNets; TAS's rule for searched widths), so it has no parameters.
+
+mod bits;
+mod resnet;
+
+pub use bits::BitConfig;
+pub use resnet::{build, ModelKind};
+
+use serde::{Deserialize, Serialize};
+use std::fmt;
+
+/// Channels × height × width of an activation tensor (batch excluded).
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, Serialize, Deserialize)]
+pub struct Shape {
+    pub c: usize,
+    pub h: usize,
+    pub w: usize,
+}
+
+impl Shape {
+    pub fn new(c: usize, h: usize, w: usize) -> Self {
+        Shape { c, h, w }
+    }
+    pub fn numel(&self) -> usize {
+        self.c * self.h * self.w
+    }
+}
+
+impl fmt::Display for Shape {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "{}x{}x{}", self.c, self.h, self.w)
+    }
+}
+
+impl std::str::FromStr for Shape {
+    type Err = String;
+    /// Parses `CxHxW`, e.g. `3x32x32`.
+    fn from_str(s: &str) -> Result<Self, String> {
+        let parts: Vec<&str> = s.split(['x', 'X', '×']).collect();
+        let nums: Result<Vec<usize>, _> = parts.iter().map(|p| p.trim().parse::<usize>()).collect();
+        match nums.as_deref() {
+            Ok([c, h, w]) if *c > 0 && *h > 0 && *w > 0 => Ok(Shape::new(*c, *h, *w)),
+            _ => Err(format!("expected CxHxW with positive integers (e.g. 3x32x32), got `{s}`")),
+        }
+    }
+}
+
+/// Where a layer reads its input from.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub enum Src {
+    /// The network input (the image).
+    Input,
+    /// The output of an earlier layer, by index.
+    Layer(usize),
+}
+
+/// The operation a layer performs.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub enum Op {
+    /// k×k convolution without bias, followed by BatchNorm, optionally by ReLU.
+    Conv { k: usize, stride: usize, pad: usize, groups: usize, relu: bool },
+    /// Fully connected layer with bias (the classifier).
+    Linear,
+    /// Elementwise sum of two inputs; the narrower one is zero-padded in channels.
+    Add { relu: bool },
+    /// Parameter-free option-A shortcut: spatial subsampling by `stride` (channels unchanged;
+    /// the following add zero-pads them).
+    Subsample { stride: usize },
+    /// Max pooling (ImageNet stem).
+    MaxPool { k: usize, stride: usize, pad: usize },
+    /// Global average pooling to 1×1.
+    GlobalAvgPool,
+}
+
+/// One node of the layer graph with concrete shapes and precisions.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub struct Layer {
+    pub name: String,
+    pub op: Op,
+    pub inputs: Vec<Src>,
+    /// Shape of the first input.
+    pub in_shape: Shape,
+    pub out_shape: Shape,
+    /// Weight bits (0 for layers without weights).
+    pub wbits: u8,
+    /// Bits of the activations this layer reads.
+    pub abits: u8,
+    /// Bits at which this layer's output is stored.
+    pub out_bits: u8,
+    /// Index into the network's width vector for layers whose width can be chosen.
+    pub width_slot: Option<usize>,
+}
+
+impl Layer {
+    /// Input channels × output channels × kernel area / groups: the MACs per output pixel.
+    pub fn macs(&self) -> u64 {
+        match self.op {
+            Op::Conv { k, groups, .. } => {
+                (self.in_shape.c / groups * k * k * self.out_shape.c * self.out_shape.h * self.out_shape.w) as u64
+            }
+            Op::Linear => (self.in_shape.numel() * self.out_shape.c) as u64,
+            _ => 0,
+        }
+    }
+
+    /// Trainable parameters (see the module docs for the convention).
+    pub fn params(&self) -> u64 {
+        self.weight_count() as u64
+            + match self.op {
+                Op::Conv { .. } => 2 * self.out_shape.c as u64, // BN gamma + beta
+                Op::Linear => self.out_shape.c as u64,            // bias
+                _ => 0,
+            }
+    }
+
+    /// Number of weights (the quantity that gets packed).
+    pub fn weight_count(&self) -> usize {
+        match self.op {
+            Op::Conv { k, groups, .. } => self.in_shape.c / groups * k * k * self.out_shape.c,
+            Op::Linear => self.in_shape.numel() * self.out_shape.c,
+            _ => 0,
+        }
+    }
+
+    /// Length of one output channel's reduction (the dot-product length the unit packs).
+    pub fn reduction_len(&self) -> usize {
+        match self.op {
+            Op::Conv { k, groups, .. } => self.in_shape.c / groups * k * k,
+            Op::Linear => self.in_shape.numel(),
+            _ => 0,
+        }
+    }
+
+    pub fn has_weights(&self) -> bool {
+        matches!(self.op, Op::Conv { .. } | Op::Linear)
+    }
+
+    /// A stable key describing everything that determines this layer's cost, used by
+    /// measured latency tables: e.g. `conv3x3_s1_g1_i16_o16_h32_w32_w2a2`.
+    pub fn signature(&self) -> String {
+        let (i, o, h, w) = (self.in_shape.c, self.out_shape.c, self.in_shape.h, self.in_shape.w);
+        match self.op {
+            Op::Conv { k, stride, groups, .. } => format!(
+                "conv{k}x{k}_s{stride}_g{groups}_i{i}_o{o}_h{h}_w{w}_w{}a{}",
+                self.wbits, self.abits
+            ),
+            Op::Linear => format!("linear_i{}_o{o}_w{}a{}", self.in_shape.numel(), self.wbits, self.abits),
+            Op::Add { .. } => format!("add_c{o}_h{}_w{}", self.out_shape.h, self.out_shape.w),
+            Op::Subsample { stride } => format!("subsample_s{stride}_c{i}_h{h}_w{w}"),
+            Op::MaxPool { k, stride, .. } => format!("maxpool{k}_s{stride}_c{i}_h{h}_w{w}"),
+            Op::GlobalAvgPool => format!("gap_c{i}_h{h}_w{w}"),
+        }
+    }
+}
+
+/// A whole network: input shape, layers in execution order, and its width vector.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub struct Network {
+    /// e.g. `resnet20`.
+    pub model: String,
+    pub input: Shape,
+    pub classes: usize,
+    pub layers: Vec<Layer>,
+    /// One entry per width slot: the output channels of each searchable conv.
+    pub widths: Vec<usize>,
+}
+
+impl Network {
+    pub fn macs(&self) -> u64 {
+        self.layers.iter().map(Layer::macs).sum()
+    }
+    pub fn params(&self) -> u64 {
+        self.layers.iter().map(Layer::params).sum()
+    }
+    /// Layers that carry weights, in order.
+    pub fn weighted_layers(&self) -> impl Iterator<Item = (usize, &Layer)> {
+        self.layers.iter().enumerate().filter(|(_, l)| l.has_weights())
+    }
+    /// Shape of a source tensor.
+    pub fn src_shape(&self, s: Src) -> Shape {
+        match s {
+            Src::Input => self.input,
+            Src::Layer(i) => self.layers[i].out_shape,
+        }
+    }
+    /// Bits of a source tensor.
+    pub fn src_bits(&self, s: Src) -> u8 {
+        match s {
+            Src::Input => 8,
+            Src::Layer(i) => self.layers[i].out_bits,
+        }
+    }
+}
+
+/// Invalid arguments to a network builder.
+#[derive(Debug, thiserror::Error, PartialEq)]
+pub enum GraphError {
+    #[error("unknown model `{0}` (known: resnet20, resnet32, resnet56, resnet18, resnet50)")]
+    UnknownModel(String),
+    #[error("{model} has {expected} width slots, got {got} widths")]
+    WidthCount { model: String, expected: usize, got: usize },
+    #[error("width {value} for slot {slot} ({layer}) must be at least 1")]
+    ZeroWidth { slot: usize, layer: String, value: usize },
+    #[error("input {input} is too small for {model}: the spatial size reaches 0 at {layer}")]
+    InputTooSmall { model: String, input: Shape, layer: String },
+    #[error("bit width {bits} for {what} is not supported (use 2..=8)")]
+    Bits { what: String, bits: u8 },
+    #[error("bit override names layer `{0}`, which the network does not have")]
+    UnknownLayer(String),
+}
