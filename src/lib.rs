@@ -2,11 +2,23 @@
 //!
 //! - [`hw`]: hardware profiles (TOML) with budgets and measured latency tables;
 //! - [`cost`]: the cost-plugin registry (built-ins and user crates via `linkme`);
-//! - [`graph`]: the network description every other part is built from.
+//! - [`graph`]: the network description every other part is built from;
+//! - [`data`]: real dataset readers;
+//! - [`engine`]: the integer engine that runs exported 2-bit models without libtorch;
+//! - `quant`, `models`, `train` (feature `train`, links libtorch through tch).
 
 pub mod cost;
+pub mod data;
+pub mod engine;
 pub mod graph;
 pub mod hw;
+
+#[cfg(feature = "train")]
+pub mod models;
+#[cfg(feature = "train")]
+pub mod quant;
+#[cfg(feature = "train")]
+pub mod train;
 
 #[cfg(feature = "cli")]
 pub mod cli;

@@ -258,7 +258,11 @@ impl Profile {
         ProfileError::Invalid {
             file: self.path.clone(),
             at: Location::of_key(&self.source, table, key),
-            key: if table.is_empty() { key.to_string() } else { format!("{table}.{key}") },
+            key: match (table.is_empty(), key.is_empty()) {
+                (true, _) => key.to_string(),
+                (false, true) => table.to_string(),
+                (false, false) => format!("{table}.{key}"),
+            },
             msg: msg.into(),
         }
     }

@@ -1,0 +1,1 @@
+//! The pure-Rust integer engine for exported 2-bit models.

@@ -1,0 +1,1 @@
+//! tch models built from the layer graph.

@@ -1,0 +1,1 @@
+//! Quantizers as tch modules: PACT, SAWB, LSQ.
