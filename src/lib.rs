@@ -10,6 +10,7 @@
 pub mod cost;
 pub mod data;
 pub mod engine;
+pub mod export;
 pub mod graph;
 pub mod hw;
 
@@ -17,6 +18,8 @@ pub mod hw;
 pub mod models;
 #[cfg(feature = "train")]
 pub mod quant;
+#[cfg(feature = "train")]
+pub mod search;
 #[cfg(feature = "train")]
 pub mod train;
 

@@ -4,6 +4,10 @@
 
 mod cost;
 mod profiles;
+#[cfg(feature = "train")]
+mod search;
+#[cfg(feature = "train")]
+mod train;
 
 use clap::{Parser, Subcommand};
 use std::process::ExitCode;
@@ -26,6 +30,26 @@ enum Command {
     Plugins,
     /// Per-layer and total costs of a network under a profile, with budget verdicts.
     Cost(cost::Args),
+    /// Quantization-aware (or full-precision) training on real data.
+    #[cfg(feature = "train")]
+    Train(Box<train::TrainArgs>),
+    /// Test accuracy of a checkpoint.
+    #[cfg(feature = "train")]
+    Eval(train::EvalArgs),
+    /// NCE channel search under a hardware profile's budgets.
+    #[cfg(feature = "train")]
+    Search(Box<search::SearchArgs>),
+}
+
+/// The widths of an architecture file written by `nce search` (`widths = [...]`).
+pub fn arch_widths(path: &std::path::Path) -> anyhow::Result<Vec<usize>> {
+    #[derive(serde::Deserialize)]
+    struct Arch {
+        widths: Vec<usize>,
+    }
+    let text = std::fs::read_to_string(path).map_err(|e| anyhow::anyhow!("{}: {e}", path.display()))?;
+    let a: Arch = toml::from_str(&text).map_err(|e| anyhow::anyhow!("{}: {}", path.display(), e.message()))?;
+    Ok(a.widths)
 }
 
 /// Parses the process arguments, runs the command and maps errors to an exit code.
@@ -43,6 +67,12 @@ pub fn main() -> ExitCode {
             Ok(ExitCode::SUCCESS)
         }
         Command::Cost(args) => cost::run(args),
+        #[cfg(feature = "train")]
+        Command::Train(args) => train::run(*args),
+        #[cfg(feature = "train")]
+        Command::Eval(args) => train::eval(args),
+        #[cfg(feature = "train")]
+        Command::Search(args) => search::run(*args),
     };
     match result {
         Ok(code) => code,

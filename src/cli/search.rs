@@ -1,0 +1,94 @@
+//! `nce search`.
+
+use crate::graph::ModelKind;
+use crate::search::{self, space::SpaceConfig, SearchConfig};
+use anyhow::{Context, Result};
+use std::path::PathBuf;
+use std::process::ExitCode;
+
+#[derive(clap::Args)]
+pub struct SearchArgs {
+    /// Hardware profile whose budgets and cost plugins drive the search.
+    #[arg(long)]
+    profile: PathBuf,
+    #[arg(long, default_value = "resnet20")]
+    model: ModelKind,
+    #[arg(long, default_value = "fashion-mnist")]
+    data: String,
+    #[arg(long, default_value = "data")]
+    data_root: PathBuf,
+    #[arg(long, default_value_t = 10)]
+    epochs: usize,
+    #[arg(long, default_value_t = 128)]
+    batch_size: usize,
+    /// Bit width in the loop (32 = search in full precision).
+    #[arg(long, default_value_t = 2)]
+    bits: u8,
+    /// Expansion threshold on the widest candidate's probability; `inf` disables expansion (TAS).
+    #[arg(long, default_value_t = SpaceConfig::default().threshold)]
+    threshold: f64,
+    /// Initial candidate ratios of the base width, comma-separated.
+    #[arg(long, value_delimiter = ',', default_values_t = SpaceConfig::default().ratios)]
+    ratios: Vec<f64>,
+    /// Expansion step (fraction of the base width).
+    #[arg(long, default_value_t = SpaceConfig::default().step)]
+    step: f64,
+    /// Maximum width (multiple of the base width).
+    #[arg(long, default_value_t = SpaceConfig::default().cap)]
+    cap: f64,
+    /// λ of the budget losses.
+    #[arg(long, default_value_t = 2.0)]
+    lambda: f64,
+    #[arg(long, default_value_t = 0.05)]
+    tolerance: f64,
+    #[arg(long, default_value_t = 1e-3)]
+    arch_lr: f64,
+    #[arg(long, default_value_t = 0.1)]
+    lr: f64,
+    /// Search on the first N training images (split 50/50 into weight and architecture halves).
+    #[arg(long)]
+    train_subset: Option<usize>,
+    #[arg(long, default_value_t = 2000)]
+    test_subset: usize,
+    #[arg(long, default_value_t = 0)]
+    seed: u64,
+    #[arg(long, default_value_t = 0)]
+    threads: usize,
+    #[arg(long, default_value = "runs/search")]
+    out: PathBuf,
+    #[arg(long)]
+    resume: bool,
+    #[arg(long)]
+    quiet: bool,
+}
+
+pub fn run(a: SearchArgs) -> Result<ExitCode> {
+    let mut c = SearchConfig::new(a.model, a.profile.clone(), &a.data, a.epochs, a.out.clone());
+    c.data_root = a.data_root;
+    c.batch_size = a.batch_size;
+    c.bits = a.bits;
+    c.space = SpaceConfig { ratios: a.ratios, step: a.step, cap: a.cap, granularity: 1, threshold: a.threshold };
+    c.lambda = a.lambda;
+    c.tolerance = a.tolerance;
+    c.arch_lr = a.arch_lr;
+    c.lr = a.lr;
+    c.train_subset = a.train_subset;
+    c.test_subset = Some(a.test_subset);
+    c.seed = a.seed;
+    c.threads = a.threads;
+    let r = search::search(&c, a.resume, !a.quiet).with_context(|| format!("searching into {}", c.out.display()))?;
+    println!("architecture: {}", r.arch_path.display());
+    println!("{:<20} {:>5} {:>6}  candidates", "layer", "base", "width");
+    for l in &r.arch.layers {
+        let w = r.arch.widths[r.arch.layers.iter().position(|x| x.name == l.name).unwrap_or(0)];
+        println!("{:<20} {:>5} {:>6}  {:?}", l.name, l.base, w, l.candidates);
+    }
+    for b in &r.arch.budgets {
+        println!("budget {:<22} {:>14.4} <= {:>14.4} {}", b.metric, b.value, b.max, if b.pass { "PASS" } else { "FAIL" });
+    }
+    if !r.arch.repaired.is_empty() {
+        println!("repaired to meet budgets: {}", r.arch.repaired.join(", "));
+    }
+    println!("{} expansion events; log {}", r.arch.expansions.len(), c.out.join("search.jsonl").display());
+    Ok(ExitCode::SUCCESS)
+}

@@ -1,0 +1,108 @@
+//! Differentiable expected costs and TAS's budget loss.
+//!
+//! Every tensor's width is a discrete random variable: a conv's output width follows
+//! `softmax(α)` over its candidates, a residual add's is the max of its inputs' (computed
+//! exactly from their CDFs, assuming independence), pass-through layers keep their input's.
+//! A plugin's per-layer cost is tabulated over (input width, output width) and its expectation
+//! is `p_inᵀ · T · p_out`; the network's expected cost is the sum over layers. Only separable
+//! metrics (sums over layers) take part; non-separable ones (peak memory) are enforced when the
+//! architecture is derived.
+
+use super::supernet::Supernet;
+use crate::cost::{CostError, CostModel};
+use crate::graph::{Layer, Op, Src};
+use tch::{Kind, Tensor};
+
+/// A width distribution: sorted support and probabilities (differentiable).
+pub struct Dist {
+    pub support: Vec<usize>,
+    pub probs: Tensor,
+}
+
+impl Dist {
+    fn fixed(c: usize) -> Dist {
+        Dist { support: vec![c], probs: Tensor::ones([1], (Kind::Float, tch::Device::Cpu)) }
+    }
+}
+
+/// The distribution of `max(a, b)` for independent `a`, `b`.
+pub fn dist_max(a: &Dist, b: &Dist) -> Dist {
+    let mut u: Vec<usize> = a.support.iter().chain(&b.support).copied().collect();
+    u.sort_unstable();
+    u.dedup();
+    let cdf = |d: &Dist| {
+        let m: Vec<f32> = u.iter().flat_map(|&t| d.support.iter().map(move |&s| if s <= t { 1.0 } else { 0.0 })).collect();
+        Tensor::from_slice(&m).view([u.len() as i64, d.support.len() as i64]).matmul(&d.probs)
+    };
+    let c = cdf(a) * cdf(b);
+    let prev = Tensor::cat(&[Tensor::zeros([1], (Kind::Float, tch::Device::Cpu)), c.narrow(0, 0, u.len() as i64 - 1)], 0);
+    Dist { support: u, probs: c - prev }
+}
+
+/// Width distributions of every layer's output under the supernet's current logits.
+pub fn distributions(sn: &Supernet) -> Vec<Dist> {
+    let mut d: Vec<Dist> = Vec::with_capacity(sn.net.layers.len());
+    let input_c = sn.net.input.c;
+    let src = |d: &Vec<Dist>, s: Src| match s {
+        Src::Input => Dist::fixed(input_c),
+        Src::Layer(i) => Dist { support: d[i].support.clone(), probs: d[i].probs.shallow_clone() },
+    };
+    for l in &sn.net.layers {
+        let dist = match l.op {
+            Op::Conv { .. } => {
+                let s = l.width_slot.expect("conv slot");
+                Dist { support: sn.slots[s].candidates.clone(), probs: sn.logits[s].softmax(0, Kind::Float) }
+            }
+            Op::Linear => Dist::fixed(l.out_shape.c),
+            Op::Add { .. } => dist_max(&src(&d, l.inputs[0]), &src(&d, l.inputs[1])),
+            _ => src(&d, l.inputs[0]),
+        };
+        d.push(dist);
+    }
+    d
+}
+
+/// `layer` with `cin` input and `cout` output channels.
+pub fn with_channels(layer: &Layer, cin: usize, cout: usize) -> Layer {
+    let mut l = layer.clone();
+    l.in_shape.c = cin;
+    l.out_shape.c = cout;
+    l
+}
+
+/// The expected value of metric `metric` of `model` (a differentiable scalar tensor).
+pub fn expected_cost(sn: &Supernet, dists: &[Dist], model: &dyn CostModel, metric: usize) -> Result<Tensor, CostError> {
+    let mut total = Tensor::zeros([], (Kind::Float, tch::Device::Cpu));
+    for (i, l) in sn.net.layers.iter().enumerate() {
+        let din = match l.inputs[0] {
+            Src::Input => Dist::fixed(sn.net.input.c),
+            Src::Layer(j) => Dist { support: dists[j].support.clone(), probs: dists[j].probs.shallow_clone() },
+        };
+        let dout = &dists[i];
+        let mut table = Vec::with_capacity(din.support.len() * dout.support.len());
+        for &cin in &din.support {
+            for &cout in &dout.support {
+                table.push(model.layer_cost(&with_channels(l, cin, cout))?[metric] as f32);
+            }
+        }
+        if table.iter().all(|&v| v == 0.0) {
+            continue;
+        }
+        let t = Tensor::from_slice(&table).view([din.support.len() as i64, dout.support.len() as i64]);
+        total = total + din.probs.unsqueeze(0).matmul(&t).matmul(&dout.probs.unsqueeze(1)).squeeze();
+    }
+    Ok(total)
+}
+
+/// TAS's budget loss for one budget: push the expected cost up (`−log E`) when the current
+/// argmax architecture is below `target·(1 − tolerance)`, down (`+log E`) when it is above the
+/// target, and leave it alone inside the band.
+pub fn budget_loss(expected: &Tensor, current: f64, target: f64, tolerance: f64) -> Tensor {
+    if current < target * (1.0 - tolerance) {
+        -expected.clamp_min(1e-12).log()
+    } else if current > target {
+        expected.clamp_min(1e-12).log()
+    } else {
+        expected.zeros_like()
+    }
+}

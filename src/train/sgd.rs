@@ -1,0 +1,53 @@
+//! SGD with momentum (optionally Nesterov) whose state lives in named tensors, so that it is
+//! saved in checkpoints and a resumed run continues exactly where it stopped.
+
+use std::collections::BTreeMap;
+use tch::{no_grad, Tensor};
+
+/// Momentum SGD over named parameters with per-parameter weight decay.
+pub struct Sgd {
+    pub momentum: f64,
+    pub nesterov: bool,
+    /// Momentum buffers by parameter name (created lazily on the first step).
+    pub buffers: BTreeMap<String, Tensor>,
+}
+
+impl Sgd {
+    pub fn new(momentum: f64, nesterov: bool) -> Sgd {
+        Sgd { momentum, nesterov, buffers: BTreeMap::new() }
+    }
+
+    /// One update of every parameter that has a gradient: `g = ∇ + wd·p`, `buf = μ·buf + g`,
+    /// `p -= lr · (g + μ·buf)` (Nesterov) or `lr · buf`. `decay(name)` gives each parameter's
+    /// weight decay (0 for quantizer clips and steps, which get their own regulariser).
+    pub fn step(&mut self, params: &[(String, Tensor)], lr: f64, decay: impl Fn(&str) -> f64) {
+        no_grad(|| {
+            for (name, p) in params {
+                let grad = p.grad();
+                if !grad.defined() {
+                    continue;
+                }
+                let mut g = grad.shallow_clone();
+                let wd = decay(name);
+                if wd != 0.0 {
+                    g = &g + p * wd;
+                }
+                let buf = self.buffers.entry(name.clone()).or_insert_with(|| g.zeros_like());
+                let _ = buf.g_mul_scalar_(self.momentum).g_add_(&g);
+                let update = if self.nesterov { &g + &*buf * self.momentum } else { buf.shallow_clone() };
+                let mut p = p.shallow_clone();
+                let _ = p.g_sub_(&(update * lr));
+            }
+        });
+    }
+
+    /// Clears all gradients.
+    pub fn zero_grad(params: &[(String, Tensor)]) {
+        for (_, p) in params {
+            let mut g = p.grad();
+            if g.defined() {
+                let _ = g.detach_().zero_();
+            }
+        }
+    }
+}

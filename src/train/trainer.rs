@@ -1,0 +1,442 @@
+//! The training loop.
+
+use super::checkpoint::{self, CheckpointError};
+use super::metrics::{self, EpochMetrics};
+use super::schedule::CosineSchedule;
+use super::sgd::Sgd;
+use crate::data::{self, DataError, Dataset, Loader, Split};
+use crate::graph::{self, BitConfig, GraphError, ModelKind, Network};
+use crate::models::{Model, ModelOptions};
+use indicatif::{ProgressBar, ProgressStyle};
+use serde::{Deserialize, Serialize};
+use std::path::{Path, PathBuf};
+use std::time::Instant;
+use tch::{nn, no_grad, Device, Kind, Tensor};
+
+/// Everything that defines a training run (stored in every checkpoint).
+#[derive(Clone, Debug, Serialize, Deserialize, PartialEq)]
+pub struct TrainConfig {
+    pub model: ModelKind,
+    /// Output channels per width slot; `None` = the base widths.
+    pub widths: Option<Vec<usize>>,
+    /// Uniform bit width of quantized layers; 32 trains in full precision.
+    pub bits: u8,
+    /// Bits of the first conv and last linear (ignored in full precision).
+    pub first_last_bits: u8,
+    pub model_options: ModelOptions,
+    /// `fashion-mnist`, `mnist` or `cifar10`.
+    pub data: String,
+    pub data_root: PathBuf,
+    /// Use only the first N training images (class-balanced) / test images.
+    pub train_subset: Option<usize>,
+    pub test_subset: Option<usize>,
+    pub epochs: usize,
+    pub batch_size: usize,
+    pub lr: f64,
+    pub momentum: f64,
+    pub nesterov: bool,
+    pub weight_decay: f64,
+    /// L2 coefficient on PACT clips (PACT's regulariser); quantizer parameters get no other decay.
+    pub clip_decay: f64,
+    pub warmup_epochs: usize,
+    pub seed: u64,
+    /// Intra-op threads for libtorch (0 = libtorch's default).
+    pub threads: usize,
+    /// Full-precision (or any) checkpoint to initialise from, by variable name.
+    pub init: Option<PathBuf>,
+    /// Teacher checkpoint for knowledge distillation.
+    pub teacher: Option<PathBuf>,
+    pub kd_alpha: f64,
+    pub kd_temperature: f64,
+    /// Also checkpoint every N steps inside an epoch (0 = only at epoch ends).
+    pub checkpoint_every: usize,
+    pub out: PathBuf,
+}
+
+impl TrainConfig {
+    /// A sensible CIFAR-style recipe: SGD 0.1, Nesterov momentum 0.9, wd 5e-4, batch 128.
+    pub fn new(model: ModelKind, data: &str, bits: u8, epochs: usize, out: PathBuf) -> TrainConfig {
+        TrainConfig {
+            model,
+            widths: None,
+            bits,
+            first_last_bits: 8,
+            model_options: ModelOptions::default(),
+            data: data.into(),
+            data_root: PathBuf::from("data"),
+            train_subset: None,
+            test_subset: None,
+            epochs,
+            batch_size: 128,
+            lr: 0.1,
+            momentum: 0.9,
+            nesterov: true,
+            weight_decay: 5e-4,
+            clip_decay: 1e-4,
+            warmup_epochs: 1,
+            seed: 0,
+            threads: 0,
+            init: None,
+            teacher: None,
+            kd_alpha: 0.9,
+            kd_temperature: 4.0,
+            checkpoint_every: 0,
+            out,
+        }
+    }
+
+    pub fn bit_config(&self) -> BitConfig {
+        if self.bits >= 32 {
+            BitConfig::full_precision()
+        } else {
+            let mut b = BitConfig::uniform(self.bits);
+            b.first = Some(self.first_last_bits);
+            b.last = Some(self.first_last_bits);
+            b
+        }
+    }
+
+    pub fn checkpoint_path(&self) -> PathBuf {
+        self.out.join("checkpoint.ot")
+    }
+
+    pub fn metrics_path(&self) -> PathBuf {
+        self.out.join("metrics.jsonl")
+    }
+}
+
+/// The metadata record of a checkpoint: the config, the exact network, and where training is.
+#[derive(Clone, Debug, Serialize, Deserialize)]
+pub struct Meta {
+    pub format: u32,
+    pub config: TrainConfig,
+    pub net: Network,
+    /// The next epoch and batch to run.
+    pub epoch: usize,
+    pub batch: usize,
+    /// Optimisation steps taken.
+    pub step: usize,
+    /// Running sums of the epoch in progress (for mid-epoch checkpoints).
+    pub partial: Partial,
+    pub last: Option<EpochMetrics>,
+}
+
+#[derive(Clone, Debug, Default, Serialize, Deserialize, PartialEq)]
+pub struct Partial {
+    pub loss_sum: f64,
+    pub correct: u64,
+    pub seen: u64,
+    pub seconds: f64,
+}
+
+const FORMAT: u32 = 1;
+
+#[derive(Debug, thiserror::Error)]
+pub enum TrainError {
+    #[error(transparent)]
+    Data(#[from] DataError),
+    #[error(transparent)]
+    Graph(#[from] GraphError),
+    #[error(transparent)]
+    Checkpoint(#[from] CheckpointError),
+    #[error("model: {0}")]
+    Model(String),
+    #[error("{}: {source}", file.display())]
+    Io { file: PathBuf, source: std::io::Error },
+    #[error("non-finite loss ({value}) at epoch {epoch}, batch {batch}; stopped. The last good checkpoint is kept in {}", checkpoint.display())]
+    NonFinite { value: f64, epoch: usize, batch: usize, checkpoint: PathBuf },
+    #[error("cannot resume: {0}")]
+    Resume(String),
+    #[error("libtorch: {0}")]
+    Torch(#[from] tch::TchError),
+}
+
+/// The outcome of [`train`].
+#[derive(Clone, Debug, Serialize)]
+pub struct TrainSummary {
+    pub epochs: Vec<EpochMetrics>,
+    pub final_test_acc: f64,
+    pub checkpoint: PathBuf,
+}
+
+/// A model rebuilt from a checkpoint.
+pub struct LoadedModel {
+    pub vs: nn::VarStore,
+    pub model: Model,
+    pub meta: Meta,
+}
+
+/// Builds the network and model of `meta` and loads the checkpoint's variables into it.
+pub fn load_model(path: &Path) -> Result<LoadedModel, TrainError> {
+    let ck = checkpoint::load::<Meta>(path)?;
+    if ck.meta.format != FORMAT {
+        return Err(TrainError::Resume(format!("{}: checkpoint format {} (expected {FORMAT})", path.display(), ck.meta.format)));
+    }
+    let vs = nn::VarStore::new(Device::Cpu);
+    let model = Model::new(&vs.root(), &ck.meta.net, &ck.meta.config.model_options).map_err(|e| TrainError::Model(e.to_string()))?;
+    copy_vars(&vs, &ck.vars, false).map_err(|m| TrainError::Resume(format!("{}: {m}", path.display())))?;
+    Ok(LoadedModel { vs, model, meta: ck.meta })
+}
+
+/// Copies `src` into the store's variables by name. With `partial`, variables that are missing
+/// or differ in shape take the overlapping leading slice (weight inheritance between widths);
+/// otherwise every variable must be present with the same shape. Returns how many were copied.
+fn copy_vars(vs: &nn::VarStore, src: &[(String, Tensor)], partial: bool) -> Result<usize, String> {
+    let vars = vs.variables();
+    let mut copied = 0;
+    no_grad(|| -> Result<(), String> {
+        for (name, dst) in &vars {
+            let Some((_, s)) = src.iter().find(|(n, _)| n == name) else {
+                if partial {
+                    continue;
+                }
+                return Err(format!("variable `{name}` is missing"));
+            };
+            let (ds, ss) = (dst.size(), s.size());
+            let mut dst = dst.shallow_clone();
+            if ds == ss {
+                dst.copy_(s);
+            } else if partial && ds.len() == ss.len() {
+                let mut d = dst.shallow_clone();
+                let mut v = s.shallow_clone();
+                for (dim, (&a, &b)) in ds.iter().zip(&ss).enumerate() {
+                    let n = a.min(b);
+                    d = d.narrow(dim as i64, 0, n);
+                    v = v.narrow(dim as i64, 0, n);
+                }
+                d.copy_(&v);
+            } else if partial {
+                continue;
+            } else {
+                return Err(format!("variable `{name}` has shape {ss:?}, the model expects {ds:?}"));
+            }
+            copied += 1;
+        }
+        Ok(())
+    })?;
+    Ok(copied)
+}
+
+fn load_dataset(cfg: &TrainConfig, split: Split) -> Result<Dataset, TrainError> {
+    let ds = data::load(&cfg.data, &cfg.data_root, split)?;
+    let n = match split {
+        Split::Train => cfg.train_subset,
+        Split::Test => cfg.test_subset,
+    };
+    Ok(match n {
+        Some(n) if n < ds.len() => ds.subset(n),
+        _ => ds,
+    })
+}
+
+/// Test loss and accuracy of `model` over `loader`.
+pub fn evaluate(model: &Model, loader: &Loader) -> (f64, f64) {
+    let (mut loss, mut correct, mut seen) = (0.0, 0i64, 0i64);
+    no_grad(|| {
+        for (x, y) in loader.epoch_batches(0) {
+            let logits = tch::nn::ModuleT::forward_t(model, &x, false);
+            let n = y.size()[0];
+            loss += logits.cross_entropy_for_logits(&y).double_value(&[]) * n as f64;
+            correct += logits.argmax(-1, false).eq_tensor(&y).sum(Kind::Int64).int64_value(&[]);
+            seen += n;
+        }
+    });
+    (loss / seen.max(1) as f64, correct as f64 / seen.max(1) as f64)
+}
+
+fn is_quantizer_param(name: &str) -> bool {
+    name.ends_with(".alpha") || name.ends_with(".step")
+}
+
+/// Trains according to `cfg`; with `resume`, continues from `cfg.out/checkpoint.ot`.
+pub fn train(cfg: &TrainConfig, resume: bool, progress: bool) -> Result<TrainSummary, TrainError> {
+    if cfg.threads > 0 {
+        tch::set_num_threads(cfg.threads as i32);
+    }
+    std::fs::create_dir_all(&cfg.out).map_err(|source| TrainError::Io { file: cfg.out.clone(), source })?;
+    let train_ds = load_dataset(cfg, Split::Train)?;
+    let test_ds = load_dataset(cfg, Split::Test)?;
+    let net = graph::build(cfg.model, train_ds.shape, train_ds.classes, cfg.widths.as_deref(), &cfg.bit_config())?;
+
+    tch::manual_seed(cfg.seed as i64);
+    let vs = nn::VarStore::new(Device::Cpu);
+    let model = Model::new(&vs.root(), &net, &cfg.model_options).map_err(|e| TrainError::Model(e.to_string()))?;
+    let mut sgd = Sgd::new(cfg.momentum, cfg.nesterov);
+    let ckpt_path = cfg.checkpoint_path();
+    let metrics_path = cfg.metrics_path();
+
+    let mut meta = Meta { format: FORMAT, config: cfg.clone(), net: net.clone(), epoch: 0, batch: 0, step: 0, partial: Partial::default(), last: None };
+    if resume && ckpt_path.is_file() {
+        let ck = checkpoint::load::<Meta>(&ckpt_path)?;
+        let mut want = cfg.clone();
+        want.epochs = ck.meta.config.epochs;
+        if ck.meta.config != want {
+            return Err(TrainError::Resume(format!(
+                "{} was written with a different configuration; use another --out or drop --resume",
+                ckpt_path.display()
+            )));
+        }
+        copy_vars(&vs, &ck.vars, false).map_err(|m| TrainError::Resume(format!("{}: {m}", ckpt_path.display())))?;
+        for (name, t) in ck.opt {
+            sgd.buffers.insert(name, t);
+        }
+        meta = Meta { config: cfg.clone(), ..ck.meta };
+        tracing::info!(epoch = meta.epoch, batch = meta.batch, "resumed from {}", ckpt_path.display());
+        // Drop metrics of epochs after the checkpoint (written by a run killed later).
+        let kept: Vec<EpochMetrics> = metrics::read(&metrics_path)
+            .map_err(|source| TrainError::Io { file: metrics_path.clone(), source })?
+            .into_iter()
+            .filter(|m| m.epoch < meta.epoch)
+            .collect();
+        rewrite_metrics(&metrics_path, &kept)?;
+    } else {
+        if let Some(init) = &cfg.init {
+            let ck = checkpoint::load::<Meta>(init)?;
+            let n = copy_vars(&vs, &ck.vars, true).map_err(TrainError::Resume)?;
+            tracing::info!("initialised {n} variables from {}", init.display());
+        }
+        rewrite_metrics(&metrics_path, &[])?;
+    }
+
+    let teacher = match &cfg.teacher {
+        Some(p) => Some(load_model(p)?),
+        None => None,
+    };
+
+    let train_loader = Loader::train(&train_ds, cfg.batch_size, cfg.seed, Device::Cpu)?;
+    let test_loader = Loader::eval(&test_ds, 500, Device::Cpu)?;
+    let per_epoch = train_loader.num_batches();
+    let sched = CosineSchedule { base_lr: cfg.lr, warmup_steps: cfg.warmup_epochs * per_epoch, total_steps: cfg.epochs * per_epoch };
+    let params: Vec<(String, Tensor)> = {
+        let mut v: Vec<(String, Tensor)> = vs.variables().into_iter().filter(|(_, t)| t.requires_grad()).collect();
+        v.sort_by(|a, b| a.0.cmp(&b.0));
+        v
+    };
+    let decay = |name: &str| {
+        if is_quantizer_param(name) {
+            if name.ends_with(".alpha") { cfg.clip_decay } else { 0.0 }
+        } else {
+            cfg.weight_decay
+        }
+    };
+    let save = |meta: &Meta, sgd: &Sgd| -> Result<(), TrainError> {
+        let mut vars: Vec<(String, Tensor)> = vs.variables().into_iter().collect();
+        vars.sort_by(|a, b| a.0.cmp(&b.0));
+        let opt: Vec<(String, Tensor)> = sgd.buffers.iter().map(|(k, v)| (k.clone(), v.shallow_clone())).collect();
+        checkpoint::save(&ckpt_path, meta, &vars, &opt)?;
+        Ok(())
+    };
+
+    let mut history = metrics::read(&metrics_path).map_err(|source| TrainError::Io { file: metrics_path.clone(), source })?;
+    while meta.epoch < cfg.epochs {
+        let epoch = meta.epoch;
+        let bar = if progress { ProgressBar::new(per_epoch as u64) } else { ProgressBar::hidden() };
+        bar.set_style(
+            ProgressStyle::with_template("epoch {prefix} [{bar:30}] {pos}/{len} {msg} ({elapsed}<{eta})")
+                .expect("static template")
+                .progress_chars("=> "),
+        );
+        bar.set_prefix(format!("{}/{}", epoch + 1, cfg.epochs));
+        bar.set_position(meta.batch as u64);
+        let started = Instant::now();
+        let mut p = meta.partial.clone();
+        let mut lr = sched.lr(meta.step);
+        for (i, (x, y)) in train_loader.epoch_batches(epoch as u64).enumerate().skip(meta.batch) {
+            lr = sched.lr(meta.step);
+            // Seed per step: anything random in the forward pass is reproducible after resume.
+            tch::manual_seed(cfg.seed.wrapping_mul(1_000_003).wrapping_add(meta.step as u64) as i64);
+            let logits = nn::ModuleT::forward_t(&model, &x, true);
+            let ce = logits.cross_entropy_for_logits(&y);
+            let loss = match &teacher {
+                Some(t) => {
+                    let tl = no_grad(|| nn::ModuleT::forward_t(&t.model, &x, false));
+                    let temp = cfg.kd_temperature;
+                    let kd = (logits.shallow_clone() / temp)
+                        .log_softmax(-1, Kind::Float)
+                        .kl_div(&(tl / temp).log_softmax(-1, Kind::Float), tch::Reduction::Mean, true)
+                        * (temp * temp * logits.size()[1] as f64);
+                    &ce * (1.0 - cfg.kd_alpha) + kd * cfg.kd_alpha
+                }
+                None => ce.shallow_clone(),
+            };
+            let value = loss.double_value(&[]);
+            if !value.is_finite() {
+                bar.abandon();
+                return Err(TrainError::NonFinite { value, epoch, batch: i, checkpoint: ckpt_path.clone() });
+            }
+            Sgd::zero_grad(&params);
+            loss.backward();
+            sgd.step(&params, lr, decay);
+            let n = y.size()[0] as u64;
+            p.loss_sum += ce.double_value(&[]) * n as f64;
+            p.correct += logits.argmax(-1, false).eq_tensor(&y).sum(Kind::Int64).int64_value(&[]) as u64;
+            p.seen += n;
+            meta.step += 1;
+            meta.batch = i + 1;
+            let secs = p.seconds + started.elapsed().as_secs_f64();
+            bar.set_message(format!(
+                "loss {:.3} acc {:.2}% {:.0} img/s",
+                p.loss_sum / p.seen as f64,
+                100.0 * p.correct as f64 / p.seen as f64,
+                p.seen as f64 / secs.max(1e-9)
+            ));
+            bar.inc(1);
+            if cfg.checkpoint_every > 0 && meta.step % cfg.checkpoint_every == 0 && meta.batch < per_epoch {
+                meta.partial = Partial { seconds: secs, ..p.clone() };
+                save(&meta, &sgd)?;
+            }
+        }
+        let seconds = p.seconds + started.elapsed().as_secs_f64();
+        bar.finish_and_clear();
+        let (test_loss, test_acc) = evaluate(&model, &test_loader);
+        let m = EpochMetrics {
+            epoch,
+            lr,
+            train_loss: p.loss_sum / p.seen.max(1) as f64,
+            train_acc: p.correct as f64 / p.seen.max(1) as f64,
+            test_loss,
+            test_acc,
+            images_per_s: p.seen as f64 / seconds.max(1e-9),
+            seconds,
+        };
+        if progress {
+            eprintln!(
+                "epoch {}/{}: train loss {:.4} acc {:.2}% | test loss {:.4} acc {:.2}% | {:.0} img/s, {:.0} s",
+                epoch + 1,
+                cfg.epochs,
+                m.train_loss,
+                100.0 * m.train_acc,
+                m.test_loss,
+                100.0 * m.test_acc,
+                m.images_per_s,
+                m.seconds
+            );
+        }
+        meta.epoch += 1;
+        meta.batch = 0;
+        meta.partial = Partial::default();
+        meta.last = Some(m.clone());
+        // Checkpoint first, then the metrics line: a crash in between re-runs nothing and the
+        // resumed run rewrites metrics up to the checkpoint.
+        save(&meta, &sgd)?;
+        metrics::append(&metrics_path, &m).map_err(|source| TrainError::Io { file: metrics_path.clone(), source })?;
+        history.push(m);
+    }
+    let final_test_acc = match &meta.last {
+        Some(m) => m.test_acc,
+        None => evaluate(&model, &test_loader).1,
+    };
+    Ok(TrainSummary { epochs: history, final_test_acc, checkpoint: ckpt_path })
+}
+
+fn rewrite_metrics(path: &Path, kept: &[EpochMetrics]) -> Result<(), TrainError> {
+    let io = |source| TrainError::Io { file: path.into(), source };
+    let tmp = path.with_extension("jsonl.tmp");
+    let mut text = String::new();
+    for m in kept {
+        text.push_str(&serde_json::to_string(m).map_err(|e| io(std::io::Error::other(e)))?);
+        text.push('\n');
+    }
+    std::fs::write(&tmp, text).map_err(io)?;
+    std::fs::rename(&tmp, path).map_err(io)
+}
