@@ -1,0 +1,202 @@
+//! CPU execution: backend choice, weight preparation and threading.
+//!
+//! A [`Cpu`] pairs a [`Backend`] with a thread count. Layers are first turned into a
+//! [`PreparedConv`] (weights re-laid out once for the backend's kernel), then run any number of
+//! times. Threads split the output pixels into contiguous ranges with `std::thread::scope`; the
+//! calling thread computes the first range itself, so `threads == 1` spawns nothing.
+//!
+//! Backends: `Scalar` (the reference, always present) and `Avx2` on x86-64 when the CPU has it
+//! (detected at run time, so one binary serves every x86-64 machine). There is no NEON backend
+//! yet: it would sit beside `avx2.rs` as `neon.rs` behind `target_arch = "aarch64"` and plug into
+//! the same `Kernel` enum and pixel-range driver.
+
+pub mod reference;
+
+#[cfg(target_arch = "x86_64")]
+mod avx2;
+
+use super::{Conv2d, EngineError, Linear, MaxPool2d, QTensor, Residual, Result};
+use std::fmt;
+use std::ops::Range;
+
+/// An instruction-set backend.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+pub enum Backend {
+    /// Portable scalar code ([`reference`]).
+    Scalar,
+    /// x86-64 AVX2 kernels (`vpmaddubsw` with int16 accumulation).
+    Avx2,
+}
+
+impl fmt::Display for Backend {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(match self {
+            Backend::Scalar => "scalar",
+            Backend::Avx2 => "avx2",
+        })
+    }
+}
+
+impl Backend {
+    /// Whether this machine can run the backend.
+    pub fn is_available(self) -> bool {
+        match self {
+            Backend::Scalar => true,
+            Backend::Avx2 => avx2_available(),
+        }
+    }
+
+    /// Every backend this machine can run, slowest first.
+    pub fn available() -> Vec<Backend> {
+        [Backend::Scalar, Backend::Avx2].into_iter().filter(|b| b.is_available()).collect()
+    }
+
+    /// The fastest available backend.
+    pub fn best() -> Backend {
+        *Self::available().last().expect("scalar is always available")
+    }
+}
+
+#[cfg(target_arch = "x86_64")]
+fn avx2_available() -> bool {
+    avx2::available()
+}
+#[cfg(not(target_arch = "x86_64"))]
+fn avx2_available() -> bool {
+    false
+}
+
+/// A backend plus a thread count; cheap to copy.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct Cpu {
+    backend: Backend,
+    threads: usize,
+}
+
+/// A conv layer with its weights laid out for one backend's kernel.
+#[derive(Clone, Debug)]
+pub struct PreparedConv {
+    conv: Conv2d,
+    backend: Backend,
+    kernel: Kernel,
+}
+
+#[derive(Clone, Debug)]
+enum Kernel {
+    /// Weights decoded to i32 `[c_conv][k_len]`.
+    Scalar(Vec<i32>),
+    #[cfg(target_arch = "x86_64")]
+    Avx2(avx2::ConvKernel),
+}
+
+impl PreparedConv {
+    pub fn conv(&self) -> &Conv2d {
+        &self.conv
+    }
+    pub fn backend(&self) -> Backend {
+        self.backend
+    }
+}
+
+impl Cpu {
+    /// `threads == 1` runs everything on the calling thread.
+    pub fn new(backend: Backend, threads: usize) -> Result<Self> {
+        if !backend.is_available() {
+            return Err(EngineError::Unavailable(backend));
+        }
+        if threads == 0 {
+            return Err(EngineError::Invalid { what: "thread count", detail: "must be at least 1".into() });
+        }
+        Ok(Cpu { backend, threads })
+    }
+
+    /// The fastest backend on this machine with `threads` threads (at least 1).
+    pub fn best(threads: usize) -> Self {
+        Cpu { backend: Backend::best(), threads: threads.max(1) }
+    }
+
+    pub fn backend(&self) -> Backend {
+        self.backend
+    }
+    pub fn threads(&self) -> usize {
+        self.threads
+    }
+
+    /// Validates `conv` and lays out its weights for this backend.
+    pub fn prepare(&self, conv: &Conv2d) -> Result<PreparedConv> {
+        conv.validate()?;
+        let kernel = match self.backend {
+            Backend::Scalar => Kernel::Scalar(conv.weights.codes_i32()),
+            #[cfg(target_arch = "x86_64")]
+            Backend::Avx2 => Kernel::Avx2(avx2::ConvKernel::new(conv).ok_or(EngineError::Unavailable(Backend::Avx2))?),
+            #[allow(unreachable_patterns)]
+            b => return Err(EngineError::Unavailable(b)),
+        };
+        Ok(PreparedConv { conv: conv.clone(), backend: self.backend, kernel })
+    }
+
+    /// Runs a prepared conv (with the fused residual add when `residual` is given).
+    pub fn conv2d(&self, p: &PreparedConv, x: &QTensor, residual: Option<&Residual>) -> Result<QTensor> {
+        if p.backend != self.backend {
+            return Err(EngineError::BackendMismatch { prepared: p.backend, used: self.backend });
+        }
+        let d = p.conv.dims(x, residual)?;
+        let mut out = QTensor::zeros(d.ho, d.wo, d.c_out);
+        match &p.kernel {
+            Kernel::Scalar(codes) => {
+                let f =
+                    |px: Range<usize>, o: &mut [u8]| reference::conv2d_pixels(&p.conv, codes, &d, x, residual, px, o);
+                par_pixels(self.threads, d.ho * d.wo, d.c_out, 1, &mut out.data, f);
+            }
+            #[cfg(target_arch = "x86_64")]
+            Kernel::Avx2(k) => {
+                let job = k.job(&d, x, residual);
+                par_pixels(self.threads, d.ho * d.wo, d.c_out, avx2::PIXEL_TILE, &mut out.data, |px, o| job.run(px, o));
+            }
+        }
+        Ok(out)
+    }
+
+    /// Prepares and runs in one go (for one-off calls; prepare once when running repeatedly).
+    pub fn conv2d_once(&self, conv: &Conv2d, x: &QTensor, residual: Option<&Residual>) -> Result<QTensor> {
+        self.conv2d(&self.prepare(conv)?, x, residual)
+    }
+
+    /// Exact per-channel sums (global average pooling without the division).
+    pub fn global_avg_pool(&self, x: &QTensor) -> Result<Vec<i32>> {
+        // A few thousand adds: no fast path needed.
+        reference::global_avg_pool(x)
+    }
+
+    /// Integer logits of the classifier.
+    pub fn linear(&self, l: &Linear, x: &[i32]) -> Result<Vec<i32>> {
+        reference::linear(l, x)
+    }
+
+    pub fn max_pool(&self, p: &MaxPool2d, x: &QTensor) -> Result<QTensor> {
+        reference::max_pool(p, x)
+    }
+}
+
+/// Splits `0..pixels` into at most `threads` contiguous ranges (multiples of `align` except the
+/// last) and calls `f(range, out_slice)` for each, the first on the calling thread.
+fn par_pixels<F>(threads: usize, pixels: usize, c_out: usize, align: usize, out: &mut [u8], f: F)
+where
+    F: Fn(Range<usize>, &mut [u8]) + Sync,
+{
+    let per = pixels.div_ceil(threads.max(1)).div_ceil(align) * align;
+    if threads <= 1 || per >= pixels {
+        f(0..pixels, out);
+        return;
+    }
+    std::thread::scope(|s| {
+        let f = &f;
+        let mut chunks = out.chunks_mut(per * c_out).enumerate();
+        let (_, first) = chunks.next().expect("at least one pixel");
+        for (i, chunk) in chunks {
+            let start = i * per;
+            s.spawn(move || f(start..start + chunk.len() / c_out, chunk));
+        }
+        f(0..per, first);
+    });
+}

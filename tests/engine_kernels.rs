@@ -1,0 +1,512 @@
+//! Engine kernels against the scalar reference (the definition in `docs/quantization.md`).
+//!
+//! One harness, [`check_conv`], runs every available backend × thread count on a case and
+//! demands bit-exact equality with `reference::conv2d`. The shape sweep sits on the packing
+//! and vector boundaries (channels around 8/16/32/64, reduction lengths around 4/16 codes).
+
+use nce::engine::cpu::{reference, Backend, Cpu};
+use nce::engine::{
+    pack_codes, unpack_codes, words_for, Conv2d, ConvWeights, EngineError, Linear, MaxPool2d, PackedW2, QTensor,
+    Requant, Residual, Weights8,
+};
+
+/// splitmix64: tiny, seeded, good enough for test data.
+struct Rng(u64);
+
+impl Rng {
+    fn next(&mut self) -> u64 {
+        self.0 = self.0.wrapping_add(0x9e37_79b9_7f4a_7c15);
+        let mut z = self.0;
+        z = (z ^ (z >> 30)).wrapping_mul(0xbf58_476d_1ce4_e5b9);
+        z = (z ^ (z >> 27)).wrapping_mul(0x94d0_49bb_1331_11eb);
+        z ^ (z >> 31)
+    }
+    fn below(&mut self, n: u64) -> u64 {
+        self.next() % n
+    }
+    fn range(&mut self, lo: i64, hi: i64) -> i64 {
+        lo + self.below((hi - lo + 1) as u64) as i64
+    }
+    fn code2(&mut self) -> i8 {
+        [-3, -1, 1, 3][self.below(4) as usize]
+    }
+    fn codes_u8(&mut self, n: usize, max: u8) -> Vec<u8> {
+        (0..n).map(|_| self.below(max as u64 + 1) as u8).collect()
+    }
+}
+
+/// Every backend on this machine with 1, 2 and 3 threads.
+fn cpus() -> Vec<Cpu> {
+    Backend::available().into_iter().flat_map(|b| [1, 2, 3].map(|t| Cpu::new(b, t).unwrap())).collect()
+}
+
+/// Runs `conv` on every CPU and compares with the reference; returns the reference output.
+fn check_conv(what: &str, conv: &Conv2d, x: &QTensor, residual: Option<&Residual>) -> QTensor {
+    let want = reference::conv2d(conv, x, residual).unwrap_or_else(|e| panic!("{what}: reference failed: {e}"));
+    for cpu in cpus() {
+        let p = cpu.prepare(conv).unwrap();
+        let got = cpu.conv2d(&p, x, residual).unwrap_or_else(|e| panic!("{what}: {cpu:?} failed: {e}"));
+        assert_eq!((got.h, got.w, got.c), (want.h, want.w, want.c), "{what}: {cpu:?} shape");
+        if got.data != want.data {
+            let i = got.data.iter().zip(&want.data).position(|(a, b)| a != b).unwrap();
+            let (px, ch) = (i / want.c, i % want.c);
+            panic!(
+                "{what}: {cpu:?} differs at pixel ({}, {}) channel {ch}: got {}, want {}",
+                px / want.w,
+                px % want.w,
+                got.data[i],
+                want.data[i]
+            );
+        }
+    }
+    want
+}
+
+struct Case {
+    c_in: usize,
+    c_out: usize,
+    k: usize,
+    stride: usize,
+    h: usize,
+    w: usize,
+    /// 8-bit weights (first conv) instead of 2-bit.
+    w8: bool,
+    /// Largest input code (3 for 2-bit activations, 255 for pixels).
+    amax: u8,
+    /// `(channels, stride)` of a residual.
+    residual: Option<(usize, usize)>,
+}
+
+/// Random layer whose outputs spread over `0..=qmax` rather than all saturating.
+fn random_conv(rng: &mut Rng, c: &Case) -> Conv2d {
+    let k_len = c.k * c.k * c.c_in;
+    let weights = if c.w8 {
+        ConvWeights::W8(
+            Weights8::new(c.c_out, k_len, (0..c.c_out * k_len).map(|_| rng.range(-127, 127) as i8).collect()).unwrap(),
+        )
+    } else {
+        let codes: Vec<i8> = (0..c.c_out * k_len).map(|_| rng.code2()).collect();
+        ConvWeights::W2(PackedW2::pack(c.c_out, k_len, &codes).unwrap())
+    };
+    let shift = rng.range(8, 24) as u32;
+    let qmax = [3u8, 3, 15, 255][rng.below(4) as usize];
+    let wmax = if c.w8 { 127.0 } else { 3.0 };
+    let acc_scale = (k_len as f64).sqrt() * c.amax.max(1) as f64 * wmax;
+    let m_mag = ((1u64 << shift) as f64 * qmax as f64 / acc_scale).max(1.0) as i64;
+    let span = (1i64 << shift) * qmax as i64;
+    let requant = Requant {
+        m: (0..c.c_out).map(|_| rng.range(-m_mag / 4, m_mag) as i32).collect(),
+        b: (0..c.c_out).map(|_| rng.range(-span, span).clamp(i32::MIN as i64, i32::MAX as i64) as i32).collect(),
+        shift,
+        qmax,
+    };
+    Conv2d::new(c.c_in, c.k, c.stride, c.k / 2, weights, requant).unwrap()
+}
+
+fn run_case(rng: &mut Rng, c: &Case) {
+    let conv = random_conv(rng, c);
+    let x = QTensor::new(c.h, c.w, c.c_in, rng.codes_u8(c.h * c.w * c.c_in, c.amax)).unwrap();
+    let (ho, wo) = ((c.h + 2 * (c.k / 2) - c.k) / c.stride + 1, (c.w + 2 * (c.k / 2) - c.k) / c.stride + 1);
+    let res_t;
+    let r_val = rng.range(0, 1 << (conv.requant.shift + 1)) as i32;
+    let residual = match c.residual {
+        Some((c_res, rs)) => {
+            // Odd residual sizes too: ceil((2·ho − 1) / 2) == ho.
+            let (hr, wr) = if rs == 1 { (ho, wo) } else { (ho * rs - (ho % 2), wo * rs - 1) };
+            res_t = QTensor::new(hr, wr, c_res, rng.codes_u8(hr * wr * c_res, 3)).unwrap();
+            Some(Residual { input: &res_t, stride: rs, r: r_val })
+        }
+        None => None,
+    };
+    let what = format!(
+        "c_in {} c_out {} k {} s {} {}x{} w8 {} amax {} res {:?} shift {} qmax {}",
+        c.c_in, c.c_out, c.k, c.stride, c.h, c.w, c.w8, c.amax, c.residual, conv.requant.shift, conv.requant.qmax
+    );
+    let out = check_conv(&what, &conv, &x, residual.as_ref());
+    assert_eq!((out.h, out.w), (ho, wo), "{what}");
+    assert_eq!(out.c, c.c_out.max(c.residual.map_or(0, |r| r.0)), "{what}");
+}
+
+const CHANNELS: [usize; 21] = [1, 2, 3, 4, 5, 6, 7, 8, 9, 15, 16, 17, 31, 32, 33, 63, 64, 65, 12, 24, 48];
+
+#[test]
+fn conv_w2_shape_sweep() {
+    let mut rng = Rng(1);
+    let mut n = 0;
+    for (ii, &c_in) in CHANNELS.iter().take(18).enumerate() {
+        for k in [1, 3] {
+            for stride in [1, 2] {
+                n += 1;
+                let c_out = CHANNELS[(ii * 7 + k + stride * 3) % CHANNELS.len()];
+                let (h, w) = [(7, 7), (9, 5), (5, 9), (8, 8)][n % 4];
+                let residual = match n % 5 {
+                    0 => None,
+                    1 => Some((c_out, stride)),              // same width
+                    2 => Some(((c_out / 2).max(1), stride)), // narrower: zero-padded channels
+                    3 => Some((c_out * 2, stride)),          // wider: m = b = 0 channels
+                    _ => Some((c_out + 1, 2 * stride)),      // subsampled more than the conv
+                };
+                run_case(&mut rng, &Case { c_in, c_out, k, stride, h, w, w8: false, amax: 3, residual });
+            }
+        }
+    }
+}
+
+#[test]
+fn conv_w2_output_channel_sweep() {
+    let mut rng = Rng(2);
+    for (i, &c_out) in CHANNELS.iter().enumerate() {
+        let c_in = [16, 3, 17][i % 3];
+        run_case(
+            &mut rng,
+            &Case { c_in, c_out, k: 3, stride: 1 + i % 2, h: 9, w: 5, w8: false, amax: 3, residual: None },
+        );
+    }
+}
+
+#[test]
+fn conv_w2_eight_bit_activations_flush_often() {
+    // amax = 255 makes the int16 run only 21 steps long: many flushes per pixel.
+    let mut rng = Rng(3);
+    for (c_in, c_out, k, res) in
+        [(65, 17, 3, None), (16, 32, 3, Some((32, 1))), (5, 9, 1, None), (33, 64, 3, Some((16, 1)))]
+    {
+        run_case(&mut rng, &Case { c_in, c_out, k, stride: 1, h: 7, w: 7, w8: false, amax: 255, residual: res });
+    }
+}
+
+#[test]
+fn conv_w8_first_layer() {
+    let mut rng = Rng(4);
+    for (i, c_in) in [1usize, 2, 3, 4, 5, 8, 16, 17].into_iter().enumerate() {
+        for stride in [1, 2] {
+            let c_out = [16, 1, 15, 17, 32, 33, 64, 9][i];
+            let residual = if i == 5 { Some((c_out + 3, stride)) } else { None };
+            run_case(&mut rng, &Case { c_in, c_out, k: 3, stride, h: 9, w: 7, w8: true, amax: 255, residual });
+        }
+    }
+}
+
+#[test]
+fn conv_resnet20_shapes() {
+    let mut rng = Rng(5);
+    for (c_in, c_out, hw, stride) in
+        [(16, 16, 32, 1), (16, 32, 32, 2), (32, 32, 16, 1), (32, 64, 16, 2), (64, 64, 8, 1)]
+    {
+        let residual = Some((c_in, stride)); // option A: the block input, subsampled
+        run_case(&mut rng, &Case { c_in, c_out, k: 3, stride, h: hw, w: hw, w8: false, amax: 3, residual });
+    }
+    run_case(
+        &mut rng,
+        &Case { c_in: 3, c_out: 16, k: 3, stride: 1, h: 32, w: 32, w8: true, amax: 255, residual: None },
+    );
+}
+
+#[test]
+fn int16_accumulator_is_flushed_before_overflow() {
+    // All codes 3 and all weights +3 (or −3): every int16 step adds 18 per lane; a 3×3×1000
+    // reduction is 2250 steps (> 1820), so a missing flush would wrap.
+    for sign in [3i8, -3] {
+        let (c_in, c_out, k_len) = (1000, 17, 9000);
+        let w = PackedW2::pack(c_out, k_len, &vec![sign; c_out * k_len]).unwrap();
+        let rq = Requant { m: vec![1; c_out], b: vec![0; c_out], shift: 8, qmax: 255 };
+        let conv = Conv2d::new(c_in, 3, 1, 1, ConvWeights::W2(w), rq).unwrap();
+        let x = QTensor::new(3, 3, c_in, vec![3; 9 * c_in]).unwrap();
+        let out = check_conv("flush", &conv, &x, None);
+        // Centre pixel: acc = ±9·1000·9 = ±81000 → (81000 + 128) >> 8 = 316 → 255; negative → 0.
+        assert_eq!(out.at(1, 1, 0), if sign > 0 { 255 } else { 0 });
+        // With m = 1/256 of that the centre is exact: use shift 10 → (81000 + 512) >> 10 = 79.
+        let mut conv2 = conv.clone();
+        conv2.requant.shift = 10;
+        let out = check_conv("flush exact", &conv2, &x, None);
+        if sign > 0 {
+            assert_eq!(out.at(1, 1, 16), 79);
+            assert_eq!(out.at(0, 0, 0), ((9 * 4 * 1000 + 512) >> 10) as u8); // corner: 4 taps
+        }
+    }
+}
+
+#[test]
+fn int16_accumulator_is_flushed_for_eight_bit_codes() {
+    // Codes 255 with weights +3: 1530 per int16 lane and step, 36 steps per pixel (3×3×16):
+    // only the 21-step flush interval keeps this exact.
+    let (c_in, c_out, k_len) = (16, 16, 144);
+    let w = PackedW2::pack(c_out, k_len, &vec![3; c_out * k_len]).unwrap();
+    let rq = Requant { m: vec![1; c_out], b: vec![0; c_out], shift: 10, qmax: 255 };
+    let conv = Conv2d::new(c_in, 3, 1, 1, ConvWeights::W2(w), rq).unwrap();
+    let x = QTensor::new(4, 4, c_in, vec![255; 16 * c_in]).unwrap();
+    let out = check_conv("flush 8-bit codes", &conv, &x, None);
+    assert_eq!(out.at(1, 1, 5), ((255 * 3 * 144 + 512) >> 10) as u8); // 110160 → 108
+}
+
+#[test]
+fn padding_bits_are_ignored() {
+    let mut rng = Rng(6);
+    let (c_out, c_in) = (5, 3); // k_len 27: 2 words per channel, 5 codes of padding
+    let codes: Vec<i8> = (0..c_out * 27).map(|_| rng.code2()).collect();
+    let clean = PackedW2::pack(c_out, 27, &codes).unwrap();
+    let mut dirty = clean.clone();
+    for o in 0..c_out {
+        dirty.words[o * 2 + 1] |= 0xffff_ffff << (2 * (27 - 16));
+    }
+    assert_eq!(dirty.unpack(), codes);
+    let rq = Requant { m: vec![300; c_out], b: vec![-100; c_out], shift: 10, qmax: 3 };
+    let x = QTensor::new(5, 5, c_in, rng.codes_u8(75, 3)).unwrap();
+    let a = check_conv("clean", &Conv2d::new(c_in, 3, 1, 1, ConvWeights::W2(clean), rq.clone()).unwrap(), &x, None);
+    let b = check_conv("dirty", &Conv2d::new(c_in, 3, 1, 1, ConvWeights::W2(dirty), rq).unwrap(), &x, None);
+    assert_eq!(a, b);
+}
+
+/// A 1×1 conv over one channel with weight code +1: `acc` equals the input code, so the
+/// epilogue sees exactly the values the test chooses.
+fn identity_conv(m: i32, b: i32, shift: u32, qmax: u8, c_out: usize) -> Conv2d {
+    let w = PackedW2::pack(c_out, 1, &vec![1; c_out]).unwrap();
+    Conv2d::new(1, 1, 1, 0, ConvWeights::W2(w), Requant { m: vec![m; c_out], b: vec![b; c_out], shift, qmax }).unwrap()
+}
+
+fn ramp(n: usize, max: u8) -> QTensor {
+    QTensor::new(1, n, 1, (0..n).map(|i| (i % (max as usize + 1)) as u8).collect()).unwrap()
+}
+
+#[test]
+fn requant_rounding_ties_round_up() {
+    // acc·m + b = a·2^(s−1) with s = 4: odd a are exact ties at .5 and must round up
+    // (floor(x + ½)); even a are exact.
+    let s = 4;
+    let conv = identity_conv(1 << (s - 1), 0, s, 255, 3);
+    let x = ramp(256, 255);
+    let out = check_conv("ties", &conv, &x, None);
+    for a in 0..256usize {
+        let want = a.div_ceil(2); // a/2 rounded half up
+        assert_eq!(out.data[a * 3] as usize, want.min(255), "a = {a}");
+    }
+    // Decreasing slope: value = 255 − a/2, so odd a are ties and round up (towards +∞):
+    // q = 255 − ⌊a/2⌋.
+    let conv = identity_conv(-(1 << (s - 1)), 255 << s, s, 255, 1);
+    let out = check_conv("falling ties", &conv, &x, None);
+    for a in 0..256usize {
+        assert_eq!(out.data[a] as usize, 255 - a / 2, "a = {a}");
+    }
+    // A tie at exactly −½ rounds to 0; −3/2 rounds to −1 and clamps to 0.
+    let conv = identity_conv(-(1 << (s - 1)), 0, s, 255, 1);
+    let out = check_conv("negative ties", &conv, &ramp(4, 3), None);
+    assert_eq!(out.data, vec![0, 0, 0, 0]);
+    let conv = identity_conv(-(1 << (s - 1)), 1 << s, s, 255, 1); // 1 − a/2
+    let out = check_conv("ties near zero", &conv, &ramp(4, 3), None);
+    assert_eq!(out.data, vec![1, 1, 0, 0]); // 1, ½ → 1, 0, −½ → 0
+}
+
+#[test]
+fn requant_shift_zero_adds_no_rounding() {
+    let conv = identity_conv(2, -1, 0, 255, 9);
+    let out = check_conv("shift 0", &conv, &ramp(200, 255), None);
+    for a in 0..200usize {
+        assert_eq!(out.data[a * 9] as i64, (2 * a as i64 - 1).clamp(0, 255));
+    }
+    // Residual with shift 0: q = clamp(acc·m + q_sc·r + b).
+    let res = QTensor::new(1, 200, 20, (0..4000).map(|i| (i % 4) as u8).collect()).unwrap();
+    let r = Residual { input: &res, stride: 1, r: 5 };
+    let out = check_conv("shift 0 residual", &conv, &ramp(200, 255), Some(&r));
+    for a in 0..200usize {
+        for ch in 0..20 {
+            let (mut want, q) = (0i64, res.data[a * 20 + ch] as i64);
+            if ch < 9 {
+                want += 2 * a as i64 - 1;
+            }
+            want += 5 * q;
+            assert_eq!(out.data[a * 20 + ch] as i64, want.clamp(0, 255), "a {a} ch {ch}");
+        }
+    }
+}
+
+#[test]
+fn requant_saturates_at_zero_and_qmax() {
+    for qmax in [1u8, 3, 15, 255] {
+        let hi = check_conv("sat hi", &identity_conv(1 << 20, 0, 8, qmax, 17), &ramp(64, 255), None);
+        assert!(hi.data.chunks(17).skip(1).all(|p| p.iter().all(|&q| q == qmax)));
+        assert!(hi.data[..17].iter().all(|&q| q == 0));
+        let lo = check_conv("sat lo", &identity_conv(-(1 << 20), 1 << 9, 8, qmax, 17), &ramp(64, 255), None);
+        assert!(lo.data[..17].iter().all(|&q| q == 2.min(qmax))); // acc 0: (512 + 128) >> 8 = 2
+        assert!(lo.data[17..].iter().all(|&q| q == 0));
+    }
+}
+
+#[test]
+fn requant_extreme_multipliers() {
+    // |m| near 2^31 with large accumulators: the products need the full int64 range.
+    let mut rng = Rng(7);
+    for &(m, b, shift) in &[
+        (i32::MAX, i32::MIN, 30u32),
+        (i32::MIN, i32::MAX, 30),
+        (i32::MAX, 0, 62),
+        (i32::MIN + 1, 12345, 31),
+        (i32::MAX - 7, -(1 << 30), 40),
+        (1 << 30, 1 << 29, 0),
+    ] {
+        for w8 in [false, true] {
+            let c = Case { c_in: 64, c_out: 24, k: 3, stride: 1, h: 5, w: 5, w8, amax: 255, residual: Some((32, 1)) };
+            let mut conv = random_conv(&mut rng, &c);
+            conv.requant.m.iter_mut().enumerate().for_each(|(i, v)| *v = if i % 2 == 0 { m } else { m / 3 });
+            conv.requant.b.iter_mut().for_each(|v| *v = b);
+            conv.requant.shift = shift;
+            conv.requant.qmax = 255;
+            let x = QTensor::new(5, 5, 64, rng.codes_u8(25 * 64, 255)).unwrap();
+            let res = QTensor::new(5, 5, 32, rng.codes_u8(25 * 32, 255)).unwrap();
+            for r in [0, i32::MAX, i32::MIN] {
+                check_conv(
+                    &format!("m {m} b {b} shift {shift} r {r}"),
+                    &conv,
+                    &x,
+                    Some(&Residual { input: &res, stride: 1, r }),
+                );
+            }
+        }
+    }
+    // Hand value: acc = 255·3 = 765 (1×1, code +3, input 255), m = 2^31 − 1, shift 40.
+    let w = PackedW2::pack(1, 1, &[3]).unwrap();
+    let conv =
+        Conv2d::new(1, 1, 1, 0, ConvWeights::W2(w), Requant { m: vec![i32::MAX], b: vec![0], shift: 40, qmax: 255 })
+            .unwrap();
+    let out = check_conv("hand", &conv, &QTensor::new(1, 1, 1, vec![255]).unwrap(), None);
+    let v = 765i64 * i32::MAX as i64 + (1 << 39);
+    assert_eq!(out.data[0] as i64, (v >> 40).clamp(0, 255));
+    assert_eq!(out.data[0], 1); // 765·2^31/2^40 ≈ 1.49 → 1
+}
+
+#[test]
+fn reference_conv_by_hand() {
+    // 3×3 input, one channel, 3×3 kernel of +1 with padding 1: acc = sum of the neighbourhood.
+    let w = PackedW2::pack(1, 9, &[1; 9]).unwrap();
+    let conv =
+        Conv2d::new(1, 3, 1, 1, ConvWeights::W2(w), Requant { m: vec![1], b: vec![0], shift: 0, qmax: 255 }).unwrap();
+    let x = QTensor::new(3, 3, 1, vec![1, 2, 3, 0, 1, 0, 3, 2, 1]).unwrap();
+    let out = check_conv("hand 3x3", &conv, &x, None);
+    assert_eq!(out.data, vec![4, 7, 6, 9, 13, 9, 6, 7, 4]);
+    // Stride 2 keeps the corners; residual of 2 channels (wider), r = 2.
+    let conv2 = Conv2d { stride: 2, ..conv.clone() };
+    let res = QTensor::new(2, 2, 2, vec![1, 0, 2, 3, 0, 1, 3, 3]).unwrap();
+    let out = check_conv("hand s2 res", &conv2, &x, Some(&Residual { input: &res, stride: 1, r: 2 }));
+    assert_eq!(out.data, vec![4 + 2, 0, 6 + 4, 6, 6, 2, 4 + 6, 6]);
+}
+
+#[test]
+fn pack_unpack_round_trip() {
+    let mut rng = Rng(8);
+    for len in 1..=70 {
+        let codes: Vec<i8> = (0..len).map(|_| rng.code2()).collect();
+        let words = pack_codes(&codes).unwrap();
+        assert_eq!(words.len(), words_for(len));
+        assert_eq!(words.len(), len.div_ceil(16));
+        assert_eq!(unpack_codes(&words, len).unwrap(), codes, "len {len}");
+        // Padding codes are u = 0.
+        if len % 16 != 0 {
+            assert_eq!(words.last().unwrap() >> (2 * (len % 16)), 0);
+        }
+        let c_out = 1 + len % 4;
+        let all: Vec<i8> = (0..c_out * len).map(|_| rng.code2()).collect();
+        let p = PackedW2::pack(c_out, len, &all).unwrap();
+        assert_eq!(p.words.len(), c_out * words_for(len));
+        assert_eq!(p.unpack(), all);
+        assert_eq!(PackedW2::from_words(c_out, len, p.words.clone()).unwrap(), p);
+    }
+    // Bit layout: code i in bits 2i..2i+2, u = (c + 3) / 2.
+    assert_eq!(pack_codes(&[-3, -1, 1, 3]).unwrap(), vec![0b11_10_01_00]);
+    let mut c = vec![-3i8; 17];
+    c[15] = 3;
+    c[16] = -1;
+    assert_eq!(pack_codes(&c).unwrap(), vec![3 << 30, 1]);
+    assert_eq!(pack_codes(&[0]), Err(EngineError::BadCode(0)));
+    assert_eq!(pack_codes(&[2]), Err(EngineError::BadCode(2)));
+    assert!(unpack_codes(&[0, 0], 16).is_err());
+}
+
+#[test]
+fn global_avg_pool_sums() {
+    let x = QTensor::new(2, 2, 3, vec![1, 2, 3, 4, 5, 6, 7, 8, 9, 10, 11, 255]).unwrap();
+    for cpu in cpus() {
+        assert_eq!(cpu.global_avg_pool(&x).unwrap(), vec![22, 26, 273]);
+    }
+}
+
+#[test]
+fn linear_logits() {
+    // w = [[1, -2, 3], [-127, 0, 127]], x = [10, 20, 30], bias = [5, -5]
+    let l = Linear::new(Weights8::new(2, 3, vec![1, -2, 3, -127, 0, 127]).unwrap(), vec![5, -5]).unwrap();
+    for cpu in cpus() {
+        assert_eq!(cpu.linear(&l, &[10, 20, 30]).unwrap(), vec![10 - 40 + 90 + 5, -1270 + 3810 - 5]);
+        assert!(matches!(cpu.linear(&l, &[1, 2]), Err(EngineError::Mismatch { .. })));
+    }
+    // A logit outside int32 is an error, not a wrap.
+    let l = Linear::new(Weights8::new(1, 2, vec![127, 127]).unwrap(), vec![0]).unwrap();
+    assert!(matches!(reference::linear(&l, &[i32::MAX, i32::MAX]), Err(EngineError::Overflow(_))));
+}
+
+#[test]
+fn max_pool_by_hand() {
+    // 4×4 single channel, values 0..16 in raster order; second channel reversed.
+    let data: Vec<u8> = (0..16u8).flat_map(|v| [v, 15 - v]).collect();
+    let x = QTensor::new(4, 4, 2, data).unwrap();
+    for cpu in cpus() {
+        let p = cpu.max_pool(&MaxPool2d { k: 2, stride: 2, pad: 0 }, &x).unwrap();
+        assert_eq!((p.h, p.w, p.c), (2, 2, 2));
+        assert_eq!(p.data, vec![5, 15, 7, 13, 13, 7, 15, 5]);
+        // 3×3 / 2 / pad 1 (the ImageNet stem): windows clipped at the border.
+        let p = cpu.max_pool(&MaxPool2d { k: 3, stride: 2, pad: 1 }, &x).unwrap();
+        assert_eq!(p.data, vec![5, 15, 7, 14, 13, 11, 15, 10]);
+        assert!(cpu.max_pool(&MaxPool2d { k: 2, stride: 2, pad: 2 }, &x).is_err());
+    }
+}
+
+#[test]
+fn dimension_errors_are_typed() {
+    let conv = identity_conv(1, 0, 0, 3, 4);
+    let cpu = Cpu::best(2);
+    let p = cpu.prepare(&conv).unwrap();
+    let x2 = QTensor::zeros(3, 3, 2);
+    assert!(
+        matches!(cpu.conv2d(&p, &x2, None), Err(EngineError::Mismatch { what, .. }) if what.contains("input channels"))
+    );
+    let x = QTensor::zeros(4, 4, 1);
+    let bad_res = QTensor::zeros(3, 4, 4);
+    let r = Residual { input: &bad_res, stride: 1, r: 1 };
+    assert!(matches!(cpu.conv2d(&p, &x, Some(&r)), Err(EngineError::Mismatch { .. })));
+    assert!(cpu.conv2d(&p, &x, Some(&Residual { input: &bad_res, stride: 0, r: 1 })).is_err());
+    assert!(QTensor::new(2, 2, 2, vec![0; 7]).is_err());
+    assert!(QTensor::new(0, 2, 2, vec![]).is_err());
+    let mut broken = x.clone();
+    broken.data.pop();
+    assert!(cpu.conv2d(&p, &broken, None).is_err());
+    // Layer inconsistencies.
+    let mut c = conv.clone();
+    c.requant.m.pop();
+    assert!(matches!(cpu.prepare(&c), Err(EngineError::Mismatch { .. })));
+    let mut c = conv.clone();
+    c.c_in = 2;
+    assert!(cpu.prepare(&c).is_err());
+    let mut c = conv.clone();
+    c.requant.shift = 63;
+    assert!(cpu.prepare(&c).is_err());
+    assert!(PackedW2::from_words(2, 17, vec![0; 3]).is_err());
+    assert!(Cpu::new(Backend::Scalar, 0).is_err());
+    // 8-bit reduction long enough to overflow int32 in the worst case.
+    let k_len = 3 * 3 * 8000;
+    let w = Weights8::new(1, k_len, vec![0; k_len]).unwrap();
+    let c = Conv2d::new(8000, 3, 1, 1, ConvWeights::W8(w), Requant { m: vec![1], b: vec![0], shift: 0, qmax: 3 });
+    assert!(matches!(c, Err(EngineError::Overflow(_))));
+    // Prepared for one backend, run on another.
+    if Backend::available().len() > 1 {
+        let other = Cpu::new(Backend::Scalar, 1).unwrap();
+        assert!(matches!(other.conv2d(&p, &x, None), Err(EngineError::BackendMismatch { .. })));
+    }
+}
+
+#[test]
+fn kernel_larger_than_input_is_an_error() {
+    let w = PackedW2::pack(1, 9, &[1; 9]).unwrap();
+    let conv =
+        Conv2d::new(1, 3, 1, 0, ConvWeights::W2(w), Requant { m: vec![1], b: vec![0], shift: 0, qmax: 3 }).unwrap();
+    let x = QTensor::zeros(2, 5, 1);
+    for cpu in cpus() {
+        assert!(matches!(cpu.conv2d_once(&conv, &x, None), Err(EngineError::Invalid { .. })));
+    }
+}
