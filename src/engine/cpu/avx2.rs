@@ -32,12 +32,13 @@
 
 #![allow(clippy::needless_range_loop)] // explicit lane/pixel indices read clearer in micro-kernels
 
-use super::super::{Conv2d, ConvDims, ConvWeights, QTensor, Residual};
+use super::super::{Conv2d, ConvDims, ConvWeights, QTensor, Requant, Residual};
 use std::arch::x86_64::*;
 use std::ops::Range;
 
 /// Output pixels per micro-kernel call.
-pub(crate) const PIXEL_TILE: usize = 6;
+pub(crate) const PIXEL_TILE: usize = 5;
+const _: () = assert!(PIXEL_TILE == 5, "run_avx2 dispatches micro-kernels for 1..=5 pixels");
 /// Output channels per micro-kernel call (two ymm vectors of 8 int32 channels).
 const BLOCK: usize = 16;
 /// Spare zero elements after the padded input (a group may read 3 codes past a row run).
@@ -140,21 +141,53 @@ impl ConvKernel {
         let amax = x.max_code().max(1) as usize;
         let flush = (i16::MAX as usize / (6 * amax)).max(1);
 
-        // Epilogue tables over `aw` channels (a multiple of 16 covering conv and residual):
-        // channels the conv lacks get m = b = 0, exactly as the contract says.
-        let aw = d.c_out.max(self.nb * BLOCK).div_ceil(BLOCK) * BLOCK;
+        let epi = Epilogue::new(self, x.max_code(), residual);
+        Job { ker: self, input, row_stride, d: *d, epi, residual, flush }
+    }
+}
+
+/// Requantisation tables for the `nb·16` channels the micro-kernels produce; channels past
+/// `c_conv` get `m = b = 0`, exactly as the contract says for channels the conv lacks.
+enum Epilogue {
+    /// Exact in f64 when every intermediate is an integer below 2^53 (checked per call): with
+    /// `m' = m·2^−shift` and `c' = (b + 2^(shift−1))·2^−shift`, `acc·m' + c' (+ q_sc·r')` is the
+    /// exact int64 sum scaled by a power of two, so `trunc(clamp(·, 0, qmax))` equals
+    /// `clamp(sum >> shift, 0, qmax)`. Half the instructions of the int64 form.
+    F64 { m: Vec<f64>, c: Vec<f64>, r: f64, qmax: f64 },
+    /// The general int64 form (`vpmuldq`); `bias = b + 2^(shift−1)` is stored per 8 channels as
+    /// the 4 even channels, then the 4 odd ones (the order `vpmuldq` produces).
+    I64 { m: Vec<i32>, bias: Vec<i64> },
+}
+
+impl Epilogue {
+    fn new(ker: &ConvKernel, amax: u8, residual: Option<&Residual>) -> Self {
+        let c = &ker.conv;
         let rq = &c.requant;
-        let mut m = vec![0i32; aw];
-        m[..d.c_conv].copy_from_slice(&rq.m);
-        // int64 `b + 2^(shift−1)`, per 8 channels: the 4 even channels, then the 4 odd ones
-        // (the order `vpmuldq` produces).
-        let mut bias = vec![0i64; aw];
-        for ch in 0..aw {
-            let b = if ch < d.c_conv { rq.b[ch] as i64 } else { 0 };
-            let (chunk, lane) = (ch / 8, ch % 8);
-            bias[chunk * 8 + (lane % 2) * 4 + lane / 2] = b + rq.rounding();
+        let width = ker.nb * BLOCK;
+        let m = |ch: usize| rq.m.get(ch).copied().unwrap_or(0);
+        let b = |ch: usize| rq.b.get(ch).copied().unwrap_or(0) as i64 + rq.rounding();
+        // Largest |intermediate| of the int64 sum, as u128 so the bound itself cannot overflow.
+        let wmax: u128 = if matches!(c.weights, ConvWeights::W2(_)) { 3 } else { 128 };
+        let acc_max = c.k_len() as u128 * amax as u128 * wmax;
+        let m_max = rq.m.iter().map(|v| v.unsigned_abs()).max().unwrap_or(0) as u128;
+        let b_max = rq.b.iter().map(|v| v.unsigned_abs()).max().unwrap_or(0) as u128 + rq.rounding() as u128;
+        let r_term = residual.map_or(0, |r| 255 * r.r.unsigned_abs() as u128);
+        if acc_max * m_max + b_max + r_term < 1u128 << 53 {
+            let scale = (-(rq.shift as f64)).exp2();
+            Epilogue::F64 {
+                m: (0..width).map(|ch| m(ch) as f64 * scale).collect(),
+                c: (0..width).map(|ch| b(ch) as f64 * scale).collect(),
+                r: residual.map_or(0.0, |r| r.r as f64 * scale),
+                qmax: rq.qmax as f64,
+            }
+        } else {
+            let mut bias = vec![0i64; width];
+            for ch in 0..width {
+                let (chunk, lane) = (ch / 8, ch % 8);
+                bias[chunk * 8 + (lane % 2) * 4 + lane / 2] = b(ch);
+            }
+            Epilogue::I64 { m: (0..width).map(m).collect(), bias }
         }
-        Job { ker: self, input, row_stride, d: *d, aw, m, bias, residual, flush }
     }
 }
 
@@ -170,9 +203,7 @@ pub(crate) struct Job<'a> {
     /// Elements per padded input row.
     row_stride: usize,
     d: ConvDims,
-    aw: usize,
-    m: Vec<i32>,
-    bias: Vec<i64>,
+    epi: Epilogue,
     residual: Option<&'a Residual<'a>>,
     flush: usize,
 }
@@ -189,67 +220,171 @@ impl Job<'_> {
 
 #[target_feature(enable = "avx2")]
 unsafe fn run_avx2(job: &Job, px: Range<usize>, out: &mut [u8]) {
-    let (ker, d, aw) = (job.ker, &job.d, job.aw);
+    let (ker, d) = (job.ker, &job.d);
     let c = &ker.conv;
-    let mut acc = vec![0i32; PIXEL_TILE * aw];
-    let mut res_row = vec![0u8; aw];
-    let mut out_row = vec![0u8; aw];
+    let mut acc = [0i32; PIXEL_TILE * BLOCK];
     let mut n = px.start;
     while n < px.end {
         let np = (px.end - n).min(PIXEL_TILE);
-        // Offset (in elements) of each pixel's window origin in the padded input.
-        let mut offs = [0usize; PIXEL_TILE];
-        for (i, o) in offs.iter_mut().enumerate().take(np) {
+        // Offset (in elements) of each pixel's window origin in the padded input, and of its
+        // shortcut pixel in the residual tensor.
+        let (mut offs, mut res_offs) = ([0usize; PIXEL_TILE], [0usize; PIXEL_TILE]);
+        for i in 0..np {
             let (y, x) = ((n + i) / d.wo, (n + i) % d.wo);
-            *o = (y * c.stride * job.row_stride) + x * c.stride * c.c_in;
+            offs[i] = (y * c.stride * job.row_stride) + x * c.stride * c.c_in;
+            if let Some(r) = job.residual {
+                res_offs[i] = (y * r.stride * r.input.w + x * r.stride) * r.input.c;
+            }
         }
         for blk in 0..ker.nb {
-            let dst = acc.as_mut_ptr().add(blk * BLOCK);
+            let (c0, c1) = (blk * BLOCK, (blk * BLOCK + BLOCK).min(d.c_out));
+            let sink = Sink { acc: acc.as_mut_ptr(), fused: fused(job, c0, n - px.start, np, &res_offs, out) };
             match (&ker.weights, &job.input) {
                 (Packed::W2(w), Input::U8(inp)) => {
                     let wb = w.as_ptr().add(blk * c.k * ker.steps * 2 * 32);
-                    let a = (inp.as_ptr(), &offs, job.row_stride, c.k, ker.steps, wb, job.flush, dst, aw);
+                    let a = (inp.as_ptr(), &offs, job.row_stride, c.k, ker.steps, wb, job.flush, &sink);
                     match np {
-                        6 => micro_w2::<6>(a.0, a.1, a.2, a.3, a.4, a.5, a.6, a.7, a.8),
-                        5 => micro_w2::<5>(a.0, a.1, a.2, a.3, a.4, a.5, a.6, a.7, a.8),
-                        4 => micro_w2::<4>(a.0, a.1, a.2, a.3, a.4, a.5, a.6, a.7, a.8),
-                        3 => micro_w2::<3>(a.0, a.1, a.2, a.3, a.4, a.5, a.6, a.7, a.8),
-                        2 => micro_w2::<2>(a.0, a.1, a.2, a.3, a.4, a.5, a.6, a.7, a.8),
-                        _ => micro_w2::<1>(a.0, a.1, a.2, a.3, a.4, a.5, a.6, a.7, a.8),
+                        5 => micro_w2::<5>(a.0, a.1, a.2, a.3, a.4, a.5, a.6, a.7),
+                        4 => micro_w2::<4>(a.0, a.1, a.2, a.3, a.4, a.5, a.6, a.7),
+                        3 => micro_w2::<3>(a.0, a.1, a.2, a.3, a.4, a.5, a.6, a.7),
+                        2 => micro_w2::<2>(a.0, a.1, a.2, a.3, a.4, a.5, a.6, a.7),
+                        _ => micro_w2::<1>(a.0, a.1, a.2, a.3, a.4, a.5, a.6, a.7),
                     }
                 }
                 (Packed::W8(w), Input::I16(inp)) => {
                     let wb = w.as_ptr().add(blk * c.k * ker.steps * 2 * 16);
-                    let a = (inp.as_ptr(), &offs, job.row_stride, c.k, ker.steps, wb, dst, aw);
+                    let a = (inp.as_ptr(), &offs, job.row_stride, c.k, ker.steps, wb, &sink);
                     match np {
-                        6 => micro_w8::<6>(a.0, a.1, a.2, a.3, a.4, a.5, a.6, a.7),
-                        5 => micro_w8::<5>(a.0, a.1, a.2, a.3, a.4, a.5, a.6, a.7),
-                        4 => micro_w8::<4>(a.0, a.1, a.2, a.3, a.4, a.5, a.6, a.7),
-                        3 => micro_w8::<3>(a.0, a.1, a.2, a.3, a.4, a.5, a.6, a.7),
-                        2 => micro_w8::<2>(a.0, a.1, a.2, a.3, a.4, a.5, a.6, a.7),
-                        _ => micro_w8::<1>(a.0, a.1, a.2, a.3, a.4, a.5, a.6, a.7),
+                        5 => micro_w8::<5>(a.0, a.1, a.2, a.3, a.4, a.5, a.6),
+                        4 => micro_w8::<4>(a.0, a.1, a.2, a.3, a.4, a.5, a.6),
+                        3 => micro_w8::<3>(a.0, a.1, a.2, a.3, a.4, a.5, a.6),
+                        2 => micro_w8::<2>(a.0, a.1, a.2, a.3, a.4, a.5, a.6),
+                        _ => micro_w8::<1>(a.0, a.1, a.2, a.3, a.4, a.5, a.6),
                     }
                 }
                 _ => unreachable!("input buffer is built to match the weight format"),
             }
+            if sink.fused.is_some() {
+                continue;
+            }
+            // General path: requantise the stored tile's channels that are inside the output.
+            for i in 0..np {
+                let o = (n + i - px.start) * d.c_out;
+                let dst = &mut out[o + c0..o + c1];
+                let res = job.residual.map(|r| {
+                    let q = &r.input.data[res_offs[i]..res_offs[i] + d.c_res];
+                    (&q[c0.min(d.c_res)..c1.min(d.c_res)], r.r)
+                });
+                let a = acc.as_ptr().add(i * BLOCK);
+                match &job.epi {
+                    Epilogue::F64 { m, c, r, qmax } => {
+                        epilogue_f64(a, m[c0..].as_ptr(), c[c0..].as_ptr(), res, *r, *qmax, dst)
+                    }
+                    Epilogue::I64 { m, bias } => {
+                        epilogue_i64(a, m[c0..].as_ptr(), bias[c0..].as_ptr(), res, &c.requant, dst)
+                    }
+                }
+            }
         }
-        for i in 0..np {
-            let p = n + i;
-            let res = job.residual.map(|r| {
-                let (y, x) = (p / d.wo, p % d.wo);
-                res_row[..d.c_res].copy_from_slice(r.input.pixel(y * r.stride, x * r.stride));
-                (res_row.as_ptr(), r.r)
-            });
-            epilogue_row(acc.as_ptr().add(i * aw), job, res, out_row.as_mut_ptr());
-            let o = (p - px.start) * d.c_out;
-            out[o..o + d.c_out].copy_from_slice(&out_row[..d.c_out]);
+        // Channels only the (wider) shortcut has: acc = m = b = 0.
+        if let Some(r) = job.residual.filter(|_| d.c_out > ker.nb * BLOCK) {
+            for i in 0..np {
+                let o = (n + i - px.start) * d.c_out;
+                for ch in ker.nb * BLOCK..d.c_out {
+                    let q = r.input.data[res_offs[i] + ch];
+                    out[o + ch] = super::reference::requantize(0, 0, 0, q, r.r, &c.requant);
+                }
+            }
         }
         n += np;
     }
 }
 
-/// `P` pixels × 16 channels of a 2-bit layer: int32 sums into `dst[i·aw + j]`.
+/// Where a micro-kernel's `P × 16` int32 results go.
+struct Sink {
+    /// `[PIXEL_TILE][16]` tile for the general epilogue.
+    acc: *mut i32,
+    /// Requantise straight from registers instead (the common case).
+    fused: Option<Fused>,
+}
+
+/// Fused f64 requantisation of one 16-channel block that lies wholly inside the output.
+struct Fused {
+    m: *const f64,
+    c: *const f64,
+    r: f64,
+    qmax: f64,
+    /// Each pixel's first output code of the block.
+    out: [*mut u8; PIXEL_TILE],
+    /// Each pixel's first shortcut code of the block; null where the shortcut lacks these
+    /// channels entirely.
+    res: [*const u8; PIXEL_TILE],
+}
+
+/// The fused epilogue for block `c0` of pixels `first..first + np` (relative to `out`), when it
+/// applies: f64 form, all 16 channels are outputs, and the shortcut has all or none of them.
+unsafe fn fused(
+    job: &Job,
+    c0: usize,
+    first: usize,
+    np: usize,
+    res_offs: &[usize; PIXEL_TILE],
+    out: &mut [u8],
+) -> Option<Fused> {
+    let Epilogue::F64 { m, c, r, qmax } = &job.epi else { return None };
+    let d = &job.d;
+    if c0 + BLOCK > d.c_out {
+        return None;
+    }
+    let with_res = match job.residual {
+        Some(_) if d.c_res >= c0 + BLOCK => true,
+        Some(_) if d.c_res > c0 => return None,
+        _ => false,
+    };
+    let mut f = Fused {
+        m: m[c0..].as_ptr(),
+        c: c[c0..].as_ptr(),
+        r: *r,
+        qmax: *qmax,
+        out: [std::ptr::null_mut(); PIXEL_TILE],
+        res: [std::ptr::null(); PIXEL_TILE],
+    };
+    for i in 0..np {
+        f.out[i] = out[(first + i) * d.c_out + c0..][..BLOCK].as_mut_ptr();
+        if let (true, Some(res)) = (with_res, job.residual) {
+            f.res[i] = res.input.data[res_offs[i] + c0..][..BLOCK].as_ptr();
+        }
+    }
+    Some(f)
+}
+
+/// Hands the finished accumulators (pixel `i`, channels `8v..8v+8` in `acc[i][v]`) to `sink`.
+#[inline]
+#[target_feature(enable = "avx2")]
+unsafe fn finish<const P: usize>(acc: &[[__m256i; 2]; P], sink: &Sink) {
+    match &sink.fused {
+        None => {
+            for i in 0..P {
+                for v in 0..2 {
+                    _mm256_storeu_si256(sink.acc.add(i * BLOCK + v * 8).cast(), acc[i][v]);
+                }
+            }
+        }
+        Some(f) => {
+            for i in 0..P {
+                for v in 0..2 {
+                    let q = (!f.res[i].is_null()).then(|| f.res[i].add(v * 8).cast::<u64>().read_unaligned());
+                    let codes = requant8_f64(acc[i][v], f.m.add(v * 8), f.c.add(v * 8), q, f.r, f.qmax);
+                    f.out[i].add(v * 8).cast::<u64>().write_unaligned(codes);
+                }
+            }
+        }
+    }
+}
+
+/// `P` pixels × 16 channels of a 2-bit layer.
 #[allow(clippy::too_many_arguments)]
+#[inline(never)] // own register allocation: P = 5 keeps all 10 int16 accumulators in registers
 #[target_feature(enable = "avx2")]
 unsafe fn micro_w2<const P: usize>(
     inp: *const u8,
@@ -259,8 +394,7 @@ unsafe fn micro_w2<const P: usize>(
     steps: usize,
     mut w: *const i8,
     flush: usize,
-    dst: *mut i32,
-    aw: usize,
+    sink: &Sink,
 ) {
     let ones = _mm256_set1_epi16(1);
     let zero = _mm256_setzero_si256();
@@ -296,14 +430,15 @@ unsafe fn micro_w2<const P: usize>(
     }
     for i in 0..P {
         for v in 0..2 {
-            let s = _mm256_add_epi32(acc32[i][v], _mm256_madd_epi16(acc16[i][v], ones));
-            _mm256_storeu_si256(dst.add(i * aw + v * 8).cast(), s);
+            acc32[i][v] = _mm256_add_epi32(acc32[i][v], _mm256_madd_epi16(acc16[i][v], ones));
         }
     }
+    finish::<P>(&acc32, sink);
 }
 
 /// `P` pixels × 16 channels of an 8-bit layer (i16 inputs and weights, `vpmaddwd`).
 #[allow(clippy::too_many_arguments)]
+#[inline(never)]
 #[target_feature(enable = "avx2")]
 unsafe fn micro_w8<const P: usize>(
     inp: *const i16,
@@ -312,8 +447,7 @@ unsafe fn micro_w8<const P: usize>(
     k: usize,
     steps: usize,
     mut w: *const i16,
-    dst: *mut i32,
-    aw: usize,
+    sink: &Sink,
 ) {
     let mut acc = [[_mm256_setzero_si256(); 2]; P];
     for ky in 0..k {
@@ -333,48 +467,118 @@ unsafe fn micro_w8<const P: usize>(
             }
         }
     }
-    for i in 0..P {
-        for v in 0..2 {
-            _mm256_storeu_si256(dst.add(i * aw + v * 8).cast(), acc[i][v]);
+    finish::<P>(&acc, sink);
+}
+
+/// Requantises 8 channels in f64 (see [`Epilogue::F64`]); `q` are the 8 shortcut codes, if any.
+/// Returns the 8 output codes as little-endian bytes.
+#[inline]
+#[target_feature(enable = "avx2")]
+unsafe fn requant8_f64(a: __m256i, m: *const f64, c: *const f64, q: Option<u64>, r: f64, qmax: f64) -> u64 {
+    let mut lo = _mm256_add_pd(
+        _mm256_mul_pd(_mm256_cvtepi32_pd(_mm256_castsi256_si128(a)), _mm256_loadu_pd(m)),
+        _mm256_loadu_pd(c),
+    );
+    let mut hi = _mm256_add_pd(
+        _mm256_mul_pd(_mm256_cvtepi32_pd(_mm256_extracti128_si256(a, 1)), _mm256_loadu_pd(m.add(4))),
+        _mm256_loadu_pd(c.add(4)),
+    );
+    if let Some(q) = q {
+        let qv = _mm256_cvtepu8_epi32(_mm_cvtsi64_si128(q as i64));
+        let rv = _mm256_set1_pd(r);
+        lo = _mm256_add_pd(lo, _mm256_mul_pd(_mm256_cvtepi32_pd(_mm256_castsi256_si128(qv)), rv));
+        hi = _mm256_add_pd(hi, _mm256_mul_pd(_mm256_cvtepi32_pd(_mm256_extracti128_si256(qv, 1)), rv));
+    }
+    // Clamp, then truncate (== floor for values ≥ 0).
+    let (zero, qmax) = (_mm256_setzero_pd(), _mm256_set1_pd(qmax));
+    let lo = _mm256_cvttpd_epi32(_mm256_min_pd(_mm256_max_pd(lo, zero), qmax));
+    let hi = _mm256_cvttpd_epi32(_mm256_min_pd(_mm256_max_pd(hi, zero), qmax));
+    _mm_cvtsi128_si64(_mm_packus_epi16(_mm_packs_epi32(lo, hi), _mm_setzero_si128())) as u64
+}
+
+/// Reads the shortcut codes `q[c..c + 8]` as 8 bytes, zero past the end of `q` (option A
+/// zero-pads the shortcut's channels).
+#[inline]
+fn shortcut8(q: &[u8], c: usize) -> u64 {
+    if c + 8 <= q.len() {
+        u64::from_le_bytes(q[c..c + 8].try_into().expect("8 bytes"))
+    } else {
+        let mut t = [0u8; 8];
+        if c < q.len() {
+            t[..q.len() - c].copy_from_slice(&q[c..]);
         }
+        u64::from_le_bytes(t)
     }
 }
 
-/// Requantises one pixel's `aw` accumulators into codes (`out` holds `aw` bytes).
-/// `res` is the residual row (`aw` codes, zero past the shortcut's channels) and `r`.
+/// Writes the first `out.len() − c` (at most 8) of the codes in `b8`'s low 8 bytes.
+#[inline]
+fn store8(out: &mut [u8], c: usize, codes: u64) {
+    let n = (out.len() - c).min(8);
+    out[c..c + n].copy_from_slice(&codes.to_le_bytes()[..n]);
+}
+
+/// Requantises up to 16 channels of one pixel in f64 (general path of [`Epilogue::F64`]): `acc`
+/// holds the block's 16 accumulators, `m`/`c` the block's tables, `res` the shortcut codes of
+/// these channels; `out` receives `out.len() ≤ 16` codes.
 #[target_feature(enable = "avx2")]
-unsafe fn epilogue_row(acc: *const i32, job: &Job, res: Option<(*const u8, i32)>, out: *mut u8) {
-    let rq = &job.ker.conv.requant;
-    let zero = _mm256_setzero_si256();
-    let qmax = _mm256_set1_epi64x(rq.qmax as i64);
-    let shift = _mm_cvtsi32_si128(rq.shift as i32);
-    // Arithmetic shift then clamp at 0 == "negative → 0, else logical shift" (AVX2 has no
-    // 64-bit arithmetic shift).
-    let clamp = |v: __m256i| -> __m256i {
-        let neg = _mm256_cmpgt_epi64(zero, v);
-        let s = _mm256_srl_epi64(v, shift);
-        let big = _mm256_cmpgt_epi64(s, qmax);
-        _mm256_andnot_si256(neg, _mm256_blendv_epi8(s, qmax, big))
-    };
-    let (m, bias) = (job.m.as_ptr(), job.bias.as_ptr());
-    for c in (0..job.aw).step_by(8) {
+unsafe fn epilogue_f64(
+    acc: *const i32,
+    m: *const f64,
+    c: *const f64,
+    res: Option<(&[u8], i32)>,
+    r: f64,
+    qmax: f64,
+    out: &mut [u8],
+) {
+    for h in (0..out.len()).step_by(8) {
+        let a = _mm256_loadu_si256(acc.add(h).cast());
+        let q = res.map(|(q, _)| shortcut8(q, h));
+        store8(out, h, requant8_f64(a, m.add(h), c.add(h), q, r, qmax));
+    }
+}
+
+/// The int64 form of [`epilogue_f64`] (see [`Epilogue::I64`]).
+#[target_feature(enable = "avx2")]
+unsafe fn epilogue_i64(
+    acc: *const i32,
+    m: *const i32,
+    bias: *const i64,
+    res: Option<(&[u8], i32)>,
+    rq: &Requant,
+    out: &mut [u8],
+) {
+    let consts = (_mm256_set1_epi64x(rq.qmax as i64), _mm_cvtsi32_si128(rq.shift as i32));
+    for c in (0..out.len()).step_by(8) {
         let a = _mm256_loadu_si256(acc.add(c).cast());
         let mm = _mm256_loadu_si256(m.add(c).cast());
         let mut even = _mm256_add_epi64(_mm256_mul_epi32(a, mm), _mm256_loadu_si256(bias.add(c).cast()));
         let prod_odd = _mm256_mul_epi32(_mm256_srli_epi64(a, 32), _mm256_srli_epi64(mm, 32));
         let mut odd = _mm256_add_epi64(prod_odd, _mm256_loadu_si256(bias.add(c + 4).cast()));
         if let Some((q, r)) = res {
-            let qv = _mm256_cvtepu8_epi32(_mm_loadl_epi64(q.add(c).cast()));
+            let qv = _mm256_cvtepu8_epi32(_mm_cvtsi64_si128(shortcut8(q, c) as i64));
             let rv = _mm256_set1_epi32(r);
             even = _mm256_add_epi64(even, _mm256_mul_epi32(qv, rv));
             odd = _mm256_add_epi64(odd, _mm256_mul_epi32(_mm256_srli_epi64(qv, 32), rv));
         }
         // Codes (≤ 255) back into int32 lane order 0..8, then to bytes.
-        let lanes = _mm256_or_si256(clamp(even), _mm256_slli_epi64(clamp(odd), 32));
+        let lanes = _mm256_or_si256(clamp64(even, consts), _mm256_slli_epi64(clamp64(odd, consts), 32));
         let w16 = _mm256_packus_epi32(lanes, lanes);
         let b8 = _mm256_packus_epi16(w16, w16);
         let lo = _mm_cvtsi128_si32(_mm256_castsi256_si128(b8)) as u32 as u64;
         let hi = _mm_cvtsi128_si32(_mm256_extracti128_si256(b8, 1)) as u32 as u64;
-        out.add(c).cast::<u64>().write_unaligned(lo | hi << 32);
+        store8(out, c, lo | hi << 32);
     }
+}
+
+/// `clamp(v >> shift, 0, qmax)` on four int64 lanes with an arithmetic shift. AVX2 has no
+/// 64-bit arithmetic shift, but since negatives clamp to 0 anyway, "negative → 0, else logical
+/// shift" is the same function.
+#[inline]
+#[target_feature(enable = "avx2")]
+fn clamp64(v: __m256i, (qmax, shift): (__m256i, __m128i)) -> __m256i {
+    let neg = _mm256_cmpgt_epi64(_mm256_setzero_si256(), v);
+    let s = _mm256_srl_epi64(v, shift);
+    let big = _mm256_cmpgt_epi64(s, qmax);
+    _mm256_andnot_si256(neg, _mm256_blendv_epi8(s, qmax, big))
 }
