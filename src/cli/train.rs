@@ -65,6 +65,9 @@ pub struct TrainArgs {
     /// Also checkpoint every N steps inside an epoch.
     #[arg(long, default_value_t = 0)]
     checkpoint_every: usize,
+    /// Stop with a checkpoint after this many steps in total (continue with --resume).
+    #[arg(long)]
+    max_steps: Option<usize>,
     /// libtorch threads (0 = default).
     #[arg(long, default_value_t = 0)]
     threads: usize,
@@ -105,6 +108,7 @@ pub fn config(a: &TrainArgs) -> Result<TrainConfig> {
     c.train_subset = a.train_subset;
     c.test_subset = a.test_subset;
     c.checkpoint_every = a.checkpoint_every;
+    c.max_steps = a.max_steps;
     c.threads = a.threads;
     c.model_options = crate::models::ModelOptions::parse(&a.weight_quant, &a.act_quant).map_err(anyhow::Error::msg)?;
     Ok(c)
@@ -113,6 +117,10 @@ pub fn config(a: &TrainArgs) -> Result<TrainConfig> {
 pub fn run(a: TrainArgs) -> Result<ExitCode> {
     let cfg = config(&a)?;
     let s = train::train(&cfg, a.resume, !a.quiet).with_context(|| format!("training into {}", cfg.out.display()))?;
+    if s.final_test_acc.is_nan() {
+        println!("stopped after {} steps; continue with the same command and --resume ({})", cfg.max_steps.unwrap_or(0), s.checkpoint.display());
+        return Ok(ExitCode::SUCCESS);
+    }
     println!(
         "final test accuracy {:.2}% after {} epochs; checkpoint {}; metrics {}",
         100.0 * s.final_test_acc,

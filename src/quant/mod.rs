@@ -29,7 +29,7 @@ mod sawb;
 
 pub use lsq::{lsq_init_step, lsq_quantize, Lsq, LsqTarget};
 pub use maxabs::{maxabs_codes, maxabs_quantize, maxabs_scale};
-pub use pact::{pact_clip, pact_codes, pact_quantize, Pact};
+pub use pact::{pact_clip, pact_codes, pact_quantize, pact_quantize_fused, Pact};
 pub use sawb::{sawb_alpha, sawb_codes, sawb_coefficients, sawb_quantize};
 
 use serde::{Deserialize, Serialize};
@@ -195,6 +195,7 @@ impl ActQuant {
         match self {
             ActQuant::Identity => x.shallow_clone(),
             ActQuant::Relu => x.relu(),
+            ActQuant::Pact(p) if train => pact_quantize_fused(x, &p.alpha, p.bits()),
             ActQuant::Pact(p) => p.forward(x),
             ActQuant::Lsq(l) => l.forward(x, train),
         }

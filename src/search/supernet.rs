@@ -6,7 +6,7 @@
 
 use super::space::{Slot, SpaceConfig};
 use crate::graph::{Network, Op, Src};
-use crate::quant::{maxabs_quantize, pact_quantize, sawb_quantize};
+use crate::quant::{maxabs_quantize, pact_quantize_fused, sawb_quantize};
 use std::collections::BTreeMap;
 use tch::{nn, Kind, Tensor};
 
@@ -275,7 +275,7 @@ impl Supernet {
 
     fn activate(&self, layer: usize, y: &Tensor, bits: u8) -> Tensor {
         match self.alphas.get(&layer) {
-            Some(alpha) => pact_quantize(y, alpha, bits),
+            Some(alpha) => pact_quantize_fused(y, alpha, bits),
             None => y.relu(),
         }
     }

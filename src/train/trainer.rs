@@ -50,6 +50,10 @@ pub struct TrainConfig {
     pub kd_temperature: f64,
     /// Also checkpoint every N steps inside an epoch (0 = only at epoch ends).
     pub checkpoint_every: usize,
+    /// Stop (with a checkpoint) once this many optimisation steps have been taken in total;
+    /// `--resume` continues as if nothing happened. For time-boxed sessions and tests.
+    #[serde(default)]
+    pub max_steps: Option<usize>,
     pub out: PathBuf,
 }
 
@@ -81,6 +85,7 @@ impl TrainConfig {
             kd_alpha: 0.9,
             kd_temperature: 4.0,
             checkpoint_every: 0,
+            max_steps: None,
             out,
         }
     }
@@ -270,6 +275,7 @@ pub fn train(cfg: &TrainConfig, resume: bool, progress: bool) -> Result<TrainSum
         let ck = checkpoint::load::<Meta>(&ckpt_path)?;
         let mut want = cfg.clone();
         want.epochs = ck.meta.config.epochs;
+        want.max_steps = ck.meta.config.max_steps;
         if ck.meta.config != want {
             return Err(TrainError::Resume(format!(
                 "{} was written with a different configuration; use another --out or drop --resume",
@@ -298,6 +304,14 @@ pub fn train(cfg: &TrainConfig, resume: bool, progress: bool) -> Result<TrainSum
         rewrite_metrics(&metrics_path, &[])?;
     }
 
+    if !resume_loaded(&meta) && cfg.bits < 32 {
+        let calib = Loader::train(&train_ds, 256, cfg.seed ^ 0xC0FFEE, Device::Cpu)?;
+        if let Some((x, _)) = calib.batch(0, 0) {
+            let n = calibrate_clips(&vs, &net, &x)?;
+            tracing::info!("calibrated {n} PACT clips on one batch");
+        }
+    }
+
     let teacher = match &cfg.teacher {
         Some(p) => Some(load_model(p)?),
         None => None,
@@ -320,6 +334,12 @@ pub fn train(cfg: &TrainConfig, resume: bool, progress: bool) -> Result<TrainSum
         }
     };
     let save = |meta: &Meta, sgd: &Sgd| -> Result<(), TrainError> {
+        // Never replace a good checkpoint with diverged weights: the loss that reveals a NaN
+        // is computed one step after the update that caused it.
+        let finite = no_grad(|| vs.variables().values().all(|p| p.isfinite().all().int64_value(&[]) != 0));
+        if !finite {
+            return Err(TrainError::NonFinite { value: f64::NAN, epoch: meta.epoch, batch: meta.batch, checkpoint: ckpt_path.clone() });
+        }
         let mut vars: Vec<(String, Tensor)> = vs.variables().into_iter().collect();
         vars.sort_by(|a, b| a.0.cmp(&b.0));
         let opt: Vec<(String, Tensor)> = sgd.buffers.iter().map(|(k, v)| (k.clone(), v.shallow_clone())).collect();
@@ -381,9 +401,15 @@ pub fn train(cfg: &TrainConfig, resume: bool, progress: bool) -> Result<TrainSum
                 p.seen as f64 / secs.max(1e-9)
             ));
             bar.inc(1);
-            if cfg.checkpoint_every > 0 && meta.step % cfg.checkpoint_every == 0 && meta.batch < per_epoch {
+            let stop = cfg.max_steps.is_some_and(|m| meta.step >= m) && meta.batch < per_epoch;
+            if stop || (cfg.checkpoint_every > 0 && meta.step % cfg.checkpoint_every == 0 && meta.batch < per_epoch) {
                 meta.partial = Partial { seconds: secs, ..p.clone() };
                 save(&meta, &sgd)?;
+            }
+            if stop {
+                bar.abandon();
+                tracing::info!(step = meta.step, "stopped at --max-steps; continue with --resume");
+                return Ok(TrainSummary { epochs: history, final_test_acc: f64::NAN, checkpoint: ckpt_path });
             }
         }
         let seconds = p.seconds + started.elapsed().as_secs_f64();
@@ -421,12 +447,72 @@ pub fn train(cfg: &TrainConfig, resume: bool, progress: bool) -> Result<TrainSum
         save(&meta, &sgd)?;
         metrics::append(&metrics_path, &m).map_err(|source| TrainError::Io { file: metrics_path.clone(), source })?;
         history.push(m);
+        if cfg.max_steps.is_some_and(|m| meta.step >= m) && meta.epoch < cfg.epochs {
+            return Ok(TrainSummary { epochs: history, final_test_acc: f64::NAN, checkpoint: ckpt_path });
+        }
     }
     let final_test_acc = match &meta.last {
         Some(m) => m.test_acc,
         None => evaluate(&model, &test_loader).1,
     };
     Ok(TrainSummary { epochs: history, final_test_acc, checkpoint: ckpt_path })
+}
+
+fn resume_loaded(meta: &Meta) -> bool {
+    meta.step > 0 || meta.epoch > 0
+}
+
+/// Sets every PACT clip of a quantized model to the value that minimises the quantization MSE
+/// of its layer's full-precision output on batch `x` (computed by a full-precision twin that
+/// shares the weights). A fixed initial clip is either far too wide for 2 bits (most
+/// activations round to 0, and PACT's α then only moves through its tiny L2 term) or too
+/// narrow; this is the usual post-training calibration, done once before QAT starts.
+fn calibrate_clips(vs: &nn::VarStore, net: &Network, x: &Tensor) -> Result<usize, TrainError> {
+    let fp_net = graph::build(
+        net.model.parse().map_err(TrainError::Graph)?,
+        net.input,
+        net.classes,
+        Some(&net.widths),
+        &BitConfig::full_precision(),
+    )?;
+    let twin_vs = nn::VarStore::new(Device::Cpu);
+    let twin = Model::new(&twin_vs.root(), &fp_net, &ModelOptions::default()).map_err(|e| TrainError::Model(e.to_string()))?;
+    let src: Vec<(String, Tensor)> = vs.variables().into_iter().collect();
+    copy_vars(&twin_vs, &src, true).map_err(TrainError::Resume)?;
+    let outs = no_grad(|| twin.f_forward_layers(x, true)).map_err(|e| TrainError::Model(e.to_string()))?;
+    let vars = vs.variables();
+    let mut n = 0;
+    for (layer, out) in net.layers.iter().zip(&outs) {
+        let Some(alpha) = vars.get(&format!("{}.act.alpha", layer.name)) else { continue };
+        let qmax = ((1u64 << layer.out_bits.min(16)) - 1) as f64;
+        let best = mse_clip(out, qmax);
+        no_grad(|| {
+            let _ = alpha.shallow_clone().fill_(best);
+        });
+        n += 1;
+    }
+    Ok(n)
+}
+
+/// The clip in (0, max(x)] minimising `E[(x − Q(x))²]` for non-negative `x` and `qmax` levels.
+pub fn mse_clip(x: &Tensor, qmax: f64) -> f64 {
+    let flat = x.detach().flatten(0, -1).to_kind(Kind::Float);
+    let n = flat.size()[0];
+    let flat = if n > 200_000 { flat.slice(0, 0, None, n / 200_000 + 1) } else { flat };
+    let max = flat.max().double_value(&[]);
+    if max <= 0.0 {
+        return 1.0;
+    }
+    let mut best = (f64::MAX, max);
+    for i in 1..=60 {
+        let c = max * i as f64 / 60.0;
+        let q = crate::quant::round_half_away(&(flat.clamp(0.0, c) * (qmax / c))) * (c / qmax);
+        let err = (&flat - q).square().mean(Kind::Float).double_value(&[]);
+        if err < best.0 {
+            best = (err, c);
+        }
+    }
+    best.1
 }
 
 fn rewrite_metrics(path: &Path, kept: &[EpochMetrics]) -> Result<(), TrainError> {

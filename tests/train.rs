@@ -1,0 +1,115 @@
+//! Training end to end on a small real subset: learning, exact resume, NaN handling, and
+//! checkpoint errors.
+
+use nce::graph::ModelKind;
+use nce::train::{self, checkpoint, Meta, TrainConfig, TrainError};
+use std::path::Path;
+
+fn config(out: &Path, bits: u8, epochs: usize) -> TrainConfig {
+    let mut c = TrainConfig::new(ModelKind::Resnet20, "fashion-mnist", bits, epochs, out.to_path_buf());
+    c.train_subset = Some(1024);
+    c.test_subset = Some(500);
+    c.batch_size = 64;
+    c.lr = 0.05;
+    c.warmup_epochs = 0;
+    c.threads = 1;
+    c
+}
+
+fn vars(path: &Path) -> Vec<(String, Vec<f32>)> {
+    let ck = checkpoint::load::<Meta>(path).unwrap();
+    let mut v: Vec<(String, Vec<f32>)> = ck
+        .vars
+        .iter()
+        .map(|(n, t)| (n.clone(), Vec::<f32>::try_from(&t.to_kind(tch::Kind::Float).flatten(0, -1)).unwrap()))
+        .collect();
+    v.sort_by(|a, b| a.0.cmp(&b.0));
+    v
+}
+
+#[test]
+fn w2a2_learns_on_real_data() {
+    let dir = tempfile::tempdir().unwrap();
+    let mut c = config(dir.path(), 2, 3);
+    c.train_subset = Some(2048);
+    let s = train::train(&c, false, false).unwrap();
+    assert_eq!(s.epochs.len(), 3);
+    assert!(s.epochs[2].train_loss < s.epochs[0].train_loss, "{:?}", s.epochs);
+    assert!(s.final_test_acc > 0.45, "10 classes: chance is 0.10, got {}", s.final_test_acc);
+    // The checkpoint evaluates to the same accuracy.
+    let m = train::load_model(&s.checkpoint).unwrap();
+    let test = nce::data::load("fashion-mnist", Path::new("data"), nce::data::Split::Test).unwrap().subset(500);
+    let loader = nce::data::Loader::eval(&test, 250, tch::Device::Cpu).unwrap();
+    assert_eq!(train::evaluate(&m.model, &loader).1, s.final_test_acc);
+    let lines = std::fs::read_to_string(dir.path().join("metrics.jsonl")).unwrap();
+    assert_eq!(lines.lines().count(), 3);
+}
+
+#[test]
+fn resume_matches_an_uninterrupted_run() {
+    let a = tempfile::tempdir().unwrap();
+    let b = tempfile::tempdir().unwrap();
+    let ca = config(a.path(), 2, 2);
+    train::train(&ca, false, false).unwrap();
+    // Interrupted mid-epoch 1 (16 steps per epoch), then resumed.
+    let mut cb = config(b.path(), 2, 2);
+    cb.max_steps = Some(21);
+    let s = train::train(&cb, false, false).unwrap();
+    assert!(s.final_test_acc.is_nan(), "stopped early");
+    cb.max_steps = None;
+    train::train(&cb, true, false).unwrap();
+    let (va, vb) = (vars(&a.path().join("checkpoint.ot")), vars(&b.path().join("checkpoint.ot")));
+    assert_eq!(va.len(), vb.len());
+    for ((na, xa), (nb, xb)) in va.iter().zip(&vb) {
+        assert_eq!(na, nb);
+        assert_eq!(xa, xb, "{na} differs after resume");
+    }
+    let ma = std::fs::read_to_string(a.path().join("metrics.jsonl")).unwrap();
+    let mb = std::fs::read_to_string(b.path().join("metrics.jsonl")).unwrap();
+    let strip = |s: &str| -> Vec<(String, String)> {
+        s.lines()
+            .map(|l| {
+                let v: serde_json::Value = serde_json::from_str(l).unwrap();
+                (v["train_loss"].to_string(), v["test_acc"].to_string())
+            })
+            .collect()
+    };
+    assert_eq!(strip(&ma), strip(&mb));
+}
+
+#[test]
+fn resume_with_another_config_is_refused() {
+    let dir = tempfile::tempdir().unwrap();
+    let mut c = config(dir.path(), 2, 1);
+    c.max_steps = Some(2);
+    train::train(&c, false, false).unwrap();
+    c.lr = 0.5;
+    let e = train::train(&c, true, false).err().unwrap();
+    assert!(matches!(e, TrainError::Resume(_)), "{e}");
+}
+
+#[test]
+fn nan_loss_stops_and_keeps_the_last_good_checkpoint() {
+    let dir = tempfile::tempdir().unwrap();
+    let mut c = config(dir.path(), 32, 1);
+    c.lr = 1e6;
+    c.checkpoint_every = 1;
+    let e = train::train(&c, false, false).err().expect("diverges");
+    let msg = e.to_string();
+    assert!(matches!(e, TrainError::NonFinite { .. }), "{msg}");
+    assert!(msg.contains("checkpoint.ot"), "{msg}");
+    for (name, v) in vars(&dir.path().join("checkpoint.ot")) {
+        assert!(v.iter().all(|x| x.is_finite()), "{name} is not finite in the kept checkpoint");
+    }
+}
+
+#[test]
+fn corrupt_checkpoints_are_clear_errors() {
+    let dir = tempfile::tempdir().unwrap();
+    let p = dir.path().join("bad.ot");
+    std::fs::write(&p, b"not a checkpoint").unwrap();
+    let e = train::load_model(&p).err().unwrap().to_string();
+    assert!(e.contains("bad.ot") && e.contains("not a readable nce checkpoint"), "{e}");
+    let e = train::load_model(&dir.path().join("missing.ot")).err().unwrap().to_string();
+    assert!(e.contains("missing.ot"), "{e}");
+}
