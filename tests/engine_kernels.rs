@@ -35,9 +35,15 @@ impl Rng {
     }
 }
 
-/// Every backend on this machine with 1, 2 and 3 threads.
+/// Every backend on this machine with 1, 2 and 3 threads, plus a work-limited thread count.
 fn cpus() -> Vec<Cpu> {
-    Backend::available().into_iter().flat_map(|b| [1, 2, 3].map(|t| Cpu::new(b, t).unwrap())).collect()
+    Backend::available()
+        .into_iter()
+        .flat_map(|b| {
+            let limited = Cpu::new(b, 3).unwrap().with_min_macs_per_thread(20_000);
+            [1, 2, 3].map(|t| Cpu::new(b, t).unwrap()).into_iter().chain([limited])
+        })
+        .collect()
 }
 
 /// Runs `conv` on every CPU and compares with the reference; returns the reference output.

@@ -4,11 +4,11 @@
 //! - The input is copied once into a zero-bordered NHWC buffer, so for output pixel `(y, x)` and
 //!   kernel row `ky` the `(kx, c_in)` part of the reduction is one contiguous run of `k·c_in`
 //!   codes. The reduction is walked in groups of 4 codes (2 for 8-bit layers).
-//! - A micro-kernel computes `P ≤ 6` output pixels × 16 output channels: per group it loads two
+//! - A micro-kernel computes 5 output pixels × 16 output channels: per group it loads two
 //!   32-byte weight vectors (8 channels × 4 codes each), broadcasts each pixel's 4 activation
 //!   bytes, and does `vpmaddubsw` (u8 activation × i8 weight, pairs summed to i16) + `vpaddw`:
-//!   2 instructions per 32 MACs. 12 accumulators + 2 weights + 1 broadcast fit the 16 ymm
-//!   registers.
+//!   2 instructions per 32 MACs. 10 accumulators + 2 weights + broadcast + product fit the 16
+//!   ymm registers; 6 pixels (12 accumulators) made LLVM spill one per step and ran 1.5× slower.
 //! - 2-bit weights are expanded once (at prepare time) to their signed codes `c = 2u − 3` as i8,
 //!   so no offset correction (`Σa·c = 2Σa·u − 3Σa`) is needed at run time; it costs 4 bytes per
 //!   4 weights of L1/L2 traffic, which these layer sizes (≤ 64×576 weights) easily afford.
@@ -19,16 +19,21 @@
 //!   inputs stay exact as well, just with more flushes.
 //! - 8-bit layers (the first conv: u8 pixels × i8 weights) would saturate `vpmaddubsw`
 //!   (255·127·2 > 32767), so they widen both sides to i16 and use `vpmaddwd` directly into int32.
-//! - The epilogue is vectorised in int64 (`vpmuldq` on even/odd lanes), with the arithmetic
-//!   shift replaced by "negative → 0, else logical shift" since the result is clamped at 0
-//!   anyway.
+//! - The epilogue is exact in f64 when every intermediate integer stays below 2^53 (checked per
+//!   call; true for every realistic layer): see [`Epilogue::F64`]. It runs straight from the
+//!   micro-kernel's registers for 16-channel blocks that lie wholly inside the output. Otherwise
+//!   (partial blocks, or bounds beyond 2^53) the tile goes through memory, and the int64 form
+//!   uses `vpmuldq` on even/odd lanes with the arithmetic shift replaced by "negative → 0, else
+//!   logical shift", which is the same function since the result is clamped at 0.
 //!
 //! All `unsafe` in the engine lives in this file. The SAFETY argument is the same everywhere:
 //! (1) a [`ConvKernel`] is only constructed after `is_x86_feature_detected!("avx2")`, so the
 //! `#[target_feature(enable = "avx2")]` functions are only reached on CPUs that have AVX2;
 //! (2) every raw pointer read stays inside buffers whose sizes are fixed in [`ConvKernel::job`]
 //! (the padded input has `SLACK` spare zero elements for the ≤ 3-code over-read at the end of
-//! a row run; weight reads are bounded by the layout built in [`ConvKernel::new`]).
+//! a row run; weight reads are bounded by the layout built in [`ConvKernel::new`]); (3) the
+//! fused epilogue's output and shortcut pointers are taken from slices of exactly the 16 codes
+//! they access (see `fused`), and each worker thread writes only its own output slice.
 
 #![allow(clippy::needless_range_loop)] // explicit lane/pixel indices read clearer in micro-kernels
 
@@ -323,7 +328,7 @@ struct Fused {
 
 /// The fused epilogue for block `c0` of pixels `first..first + np` (relative to `out`), when it
 /// applies: f64 form, all 16 channels are outputs, and the shortcut has all or none of them.
-unsafe fn fused(
+fn fused(
     job: &Job,
     c0: usize,
     first: usize,

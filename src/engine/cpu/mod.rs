@@ -67,10 +67,17 @@ fn avx2_available() -> bool {
 }
 
 /// A backend plus a thread count; cheap to copy.
+///
+/// Threads are spawned per call (`std::thread::scope`), which costs about 25 µs per extra
+/// thread on an idle machine, far more on a loaded one. A ResNet-20 layer on one 32×32 image
+/// takes 10–30 µs on one AVX2 core, so per-layer threading only pays for larger layers; set
+/// [`Cpu::with_min_macs_per_thread`] to have small layers run on fewer threads, or
+/// parallelise over images instead.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub struct Cpu {
     backend: Backend,
     threads: usize,
+    min_macs_per_thread: u64,
 }
 
 /// A conv layer with its weights laid out for one backend's kernel.
@@ -107,12 +114,18 @@ impl Cpu {
         if threads == 0 {
             return Err(EngineError::Invalid { what: "thread count", detail: "must be at least 1".into() });
         }
-        Ok(Cpu { backend, threads })
+        Ok(Cpu { backend, threads, min_macs_per_thread: 0 })
+    }
+
+    /// Uses at most `⌈macs / min⌉` threads for a layer of `macs` multiply-accumulates (the
+    /// default 0 always uses `threads`, which is what the tests rely on).
+    pub fn with_min_macs_per_thread(self, min: u64) -> Self {
+        Cpu { min_macs_per_thread: min, ..self }
     }
 
     /// The fastest backend on this machine with `threads` threads (at least 1).
     pub fn best(threads: usize) -> Self {
-        Cpu { backend: Backend::best(), threads: threads.max(1) }
+        Cpu { backend: Backend::best(), threads: threads.max(1), min_macs_per_thread: 0 }
     }
 
     pub fn backend(&self) -> Backend {
@@ -142,16 +155,17 @@ impl Cpu {
         }
         let d = p.conv.dims(x, residual)?;
         let mut out = QTensor::zeros(d.ho, d.wo, d.c_out);
+        let threads = self.threads_for((d.ho * d.wo * d.c_conv * p.conv.k_len()) as u64);
         match &p.kernel {
             Kernel::Scalar(codes) => {
                 let f =
                     |px: Range<usize>, o: &mut [u8]| reference::conv2d_pixels(&p.conv, codes, &d, x, residual, px, o);
-                par_pixels(self.threads, d.ho * d.wo, d.c_out, 1, &mut out.data, f);
+                par_pixels(threads, d.ho * d.wo, d.c_out, 1, &mut out.data, f);
             }
             #[cfg(target_arch = "x86_64")]
             Kernel::Avx2(k) => {
                 let job = k.job(&d, x, residual);
-                par_pixels(self.threads, d.ho * d.wo, d.c_out, avx2::PIXEL_TILE, &mut out.data, |px, o| job.run(px, o));
+                par_pixels(threads, d.ho * d.wo, d.c_out, avx2::PIXEL_TILE, &mut out.data, |px, o| job.run(px, o));
             }
         }
         Ok(out)
@@ -160,6 +174,13 @@ impl Cpu {
     /// Prepares and runs in one go (for one-off calls; prepare once when running repeatedly).
     pub fn conv2d_once(&self, conv: &Conv2d, x: &QTensor, residual: Option<&Residual>) -> Result<QTensor> {
         self.conv2d(&self.prepare(conv)?, x, residual)
+    }
+
+    fn threads_for(&self, macs: u64) -> usize {
+        match self.min_macs_per_thread {
+            0 => self.threads,
+            min => (macs.div_ceil(min) as usize).clamp(1, self.threads),
+        }
     }
 
     /// Exact per-channel sums (global average pooling without the division).
