@@ -12,4 +12,4 @@ mod trainer;
 pub use checkpoint::CheckpointError;
 pub use metrics::EpochMetrics;
 pub use schedule::CosineSchedule;
-pub use trainer::{evaluate, load_model, train, LoadedModel, Meta, TrainConfig, TrainError, TrainSummary};
+pub use trainer::{calibrate_clips, evaluate, load_model, mse_clip, train, LoadedModel, Meta, TrainConfig, TrainError, TrainSummary};

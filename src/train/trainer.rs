@@ -467,7 +467,7 @@ fn resume_loaded(meta: &Meta) -> bool {
 /// shares the weights). A fixed initial clip is either far too wide for 2 bits (most
 /// activations round to 0, and PACT's α then only moves through its tiny L2 term) or too
 /// narrow; this is the usual post-training calibration, done once before QAT starts.
-fn calibrate_clips(vs: &nn::VarStore, net: &Network, x: &Tensor) -> Result<usize, TrainError> {
+pub fn calibrate_clips(vs: &nn::VarStore, net: &Network, x: &Tensor) -> Result<usize, TrainError> {
     let fp_net = graph::build(
         net.model.parse().map_err(TrainError::Graph)?,
         net.input,
