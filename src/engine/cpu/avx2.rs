@@ -366,20 +366,26 @@ fn fused(
 /// Hands the finished accumulators (pixel `i`, channels `8v..8v+8` in `acc[i][v]`) to `sink`.
 #[inline]
 #[target_feature(enable = "avx2")]
-unsafe fn finish<const P: usize>(acc: &[[__m256i; 2]; P], sink: &Sink) {
+unsafe fn finish<const P: usize>(acc: [[__m256i; 2]; P], sink: &Sink) {
+    // Copy out with constant indices first (a loop LLVM unrolls): indexing `acc` inside the
+    // big, not unrolled requantisation loop would make LLVM keep the accumulators in memory
+    // and store them on every reduction step.
+    let mut tile = [_mm256_setzero_si256(); 2 * PIXEL_TILE];
+    for i in 0..P {
+        tile[2 * i] = acc[i][0];
+        tile[2 * i + 1] = acc[i][1];
+    }
     match &sink.fused {
         None => {
-            for i in 0..P {
-                for v in 0..2 {
-                    _mm256_storeu_si256(sink.acc.add(i * BLOCK + v * 8).cast(), acc[i][v]);
-                }
+            for j in 0..2 * P {
+                _mm256_storeu_si256(sink.acc.add(j * 8).cast(), tile[j]);
             }
         }
         Some(f) => {
             for i in 0..P {
                 for v in 0..2 {
                     let q = (!f.res[i].is_null()).then(|| f.res[i].add(v * 8).cast::<u64>().read_unaligned());
-                    let codes = requant8_f64(acc[i][v], f.m.add(v * 8), f.c.add(v * 8), q, f.r, f.qmax);
+                    let codes = requant8_f64(tile[2 * i + v], f.m.add(v * 8), f.c.add(v * 8), q, f.r, f.qmax);
                     f.out[i].add(v * 8).cast::<u64>().write_unaligned(codes);
                 }
             }
@@ -438,7 +444,7 @@ unsafe fn micro_w2<const P: usize>(
             acc32[i][v] = _mm256_add_epi32(acc32[i][v], _mm256_madd_epi16(acc16[i][v], ones));
         }
     }
-    finish::<P>(&acc32, sink);
+    finish::<P>(acc32, sink);
 }
 
 /// `P` pixels × 16 channels of an 8-bit layer (i16 inputs and weights, `vpmaddwd`).
@@ -472,7 +478,7 @@ unsafe fn micro_w8<const P: usize>(
             }
         }
     }
-    finish::<P>(&acc, sink);
+    finish::<P>(acc, sink);
 }
 
 /// Requantises 8 channels in f64 (see [`Epilogue::F64`]); `q` are the 8 shortcut codes, if any.
