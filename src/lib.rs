@@ -13,6 +13,7 @@ pub mod engine;
 pub mod export;
 pub mod graph;
 pub mod hw;
+pub mod plot;
 
 #[cfg(feature = "train")]
 pub mod models;

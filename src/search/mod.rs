@@ -11,6 +11,7 @@
 pub mod adam;
 pub mod cost;
 pub mod derive;
+pub mod plots;
 pub mod space;
 pub mod supernet;
 
@@ -122,6 +123,8 @@ pub enum SearchError {
     Resume(String),
     #[error("{0}")]
     Invalid(String),
+    #[error("plots: {0}")]
+    Plot(#[from] crate::plot::PlotError),
 }
 
 /// One epoch of the search log (`search.jsonl`).
@@ -404,6 +407,7 @@ pub fn search(cfg: &SearchConfig, resume: bool, progress: bool) -> Result<Search
     let arch_path = cfg.out.join("arch.toml");
     let text = toml::to_string(&arch).map_err(|e| SearchError::Invalid(format!("cannot serialise the architecture: {e}")))?;
     std::fs::write(&arch_path, text).map_err(io(&arch_path))?;
+    plots::write_all(&cfg.out, &log, &arch)?;
     Ok(SearchResult { arch, arch_path, log })
 }
 
