@@ -229,16 +229,21 @@ unsafe fn run_avx2(job: &Job, px: Range<usize>, out: &mut [u8]) {
     let c = &ker.conv;
     let mut acc = [0i32; PIXEL_TILE * BLOCK];
     let mut n = px.start;
+    // Output coordinates of pixel `n`, stepped along without divisions.
+    let (mut y, mut x) = (n / d.wo, n % d.wo);
     while n < px.end {
         let np = (px.end - n).min(PIXEL_TILE);
         // Offset (in elements) of each pixel's window origin in the padded input, and of its
         // shortcut pixel in the residual tensor.
         let (mut offs, mut res_offs) = ([0usize; PIXEL_TILE], [0usize; PIXEL_TILE]);
         for i in 0..np {
-            let (y, x) = ((n + i) / d.wo, (n + i) % d.wo);
             offs[i] = (y * c.stride * job.row_stride) + x * c.stride * c.c_in;
             if let Some(r) = job.residual {
                 res_offs[i] = (y * r.stride * r.input.w + x * r.stride) * r.input.c;
+            }
+            x += 1;
+            if x == d.wo {
+                (y, x) = (y + 1, 0);
             }
         }
         for blk in 0..ker.nb {
