@@ -3,9 +3,12 @@
 //! `use my_plugin as _; fn main() -> ExitCode { nce::cli::main() }`.
 
 mod cost;
+mod export;
 mod profiles;
 #[cfg(feature = "train")]
 mod search;
+#[cfg(feature = "train")]
+mod sensitivity;
 #[cfg(feature = "train")]
 mod train;
 
@@ -36,9 +39,18 @@ enum Command {
     /// Test accuracy of a checkpoint.
     #[cfg(feature = "train")]
     Eval(train::EvalArgs),
+    /// Export a W2A2 checkpoint to a packed `.nce` model (and optionally a C header).
+    #[cfg(feature = "train")]
+    Export(export::ExportArgs),
+    /// Run an exported model on a test set with the integer engine and compare every layer
+    /// with the tch integer simulation of its checkpoint.
+    Validate(export::ValidateArgs),
     /// NCE channel search under a hardware profile's budgets.
     #[cfg(feature = "train")]
     Search(Box<search::SearchArgs>),
+    /// Per-layer 2-bit quantization sensitivity of an FP32 checkpoint (one-on and one-off).
+    #[cfg(feature = "train")]
+    Sensitivity(sensitivity::SensitivityArgs),
 }
 
 /// The widths of an architecture file written by `nce search` (`widths = [...]`).
@@ -73,6 +85,11 @@ pub fn main() -> ExitCode {
         Command::Eval(args) => train::eval(args),
         #[cfg(feature = "train")]
         Command::Search(args) => search::run(*args),
+        #[cfg(feature = "train")]
+        Command::Sensitivity(args) => sensitivity::run(args),
+        #[cfg(feature = "train")]
+        Command::Export(args) => export::export(args),
+        Command::Validate(args) => export::validate(args),
     };
     match result {
         Ok(code) => code,

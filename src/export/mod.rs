@@ -1,1 +1,14 @@
+//! Export of trained 2-bit models: the `.nce` container ([`format`], documented in
+//! `docs/format.md`), the runnable integer model ([`model`]), and — with the `train` feature —
+//! conversion from checkpoints ([`convert`]), the tch integer simulation the engines are
+//! validated against ([`simulate`]) and a C header writer for microcontrollers ([`c_header`]).
+
+pub mod c_header;
+#[cfg(feature = "train")]
+pub mod convert;
 pub mod format;
+pub mod model;
+#[cfg(feature = "train")]
+pub mod simulate;
+
+pub use model::{DecodeError, Header, LayerOut, ModelFileError, Prepared, QModel, Step};

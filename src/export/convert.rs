@@ -1,0 +1,184 @@
+//! Checkpoint → integer model (`docs/quantization.md`, "Integer form"): folds BatchNorm and
+//! the activation/weight scales into per-channel fixed-point multipliers and offsets.
+
+use super::format::{Array, Container, Entry};
+use super::model::{Header, LayerScales};
+use crate::engine::PackedW2;
+use crate::graph::{Network, Op, Src};
+use crate::models::LayerExport;
+use crate::train::LoadedModel;
+use std::collections::BTreeMap;
+use tch::{Kind, Tensor};
+
+/// One layer's integer parameters, shared by the file writer and the tch simulation.
+#[derive(Debug)]
+pub struct IntLayer {
+    pub index: usize,
+    /// Weight codes in torch layout (`[out, in, k, k]` or `[out, in]`), int64.
+    pub codes: Tensor,
+    pub wbits: u8,
+    /// Per output channel multipliers and offsets (convs) or biases (classifier).
+    pub m: Vec<i32>,
+    pub b: Vec<i32>,
+    pub shift: u32,
+    /// Residual multiplier for a conv fused with the add that follows it.
+    pub r: Option<i32>,
+    pub scales: LayerScales,
+}
+
+fn to_f64(t: &Tensor) -> Vec<f64> {
+    Vec::<f64>::try_from(&t.to_kind(Kind::Double).flatten(0, -1)).unwrap_or_default()
+}
+
+/// Round half away from zero.
+fn round(x: f64) -> i64 {
+    x.round() as i64
+}
+
+/// The largest shift in `0..=30` that keeps every `|v|·2^shift` inside int32.
+pub fn pick_shift(values: &[f64]) -> Result<u32, String> {
+    let max = values.iter().fold(0f64, |m, v| m.max(v.abs()));
+    if !max.is_finite() {
+        return Err("non-finite requantisation value".into());
+    }
+    let limit = (i32::MAX - 1) as f64;
+    (0..=30u32).rev().find(|&s| max * f64::from(1u32 << s) <= limit).ok_or_else(|| format!("requantisation value {max} does not fit int32"))
+}
+
+/// Scale of every layer's output tensor (`None` where it is not a code tensor).
+fn tensor_scales(net: &Network, ex: &[LayerExport]) -> Vec<Option<f64>> {
+    let mut s: Vec<Option<f64>> = Vec::with_capacity(net.layers.len());
+    for (i, l) in net.layers.iter().enumerate() {
+        let input = match l.inputs[0] {
+            Src::Input => Some(1.0 / 255.0),
+            Src::Layer(j) => s[j],
+        };
+        let v = match l.op {
+            Op::Conv { relu: true, .. } | Op::Add { relu: true } => ex[i].act.map(|a| a.scale),
+            Op::Subsample { .. } | Op::MaxPool { .. } => input,
+            Op::GlobalAvgPool => input.map(|x| x / (l.in_shape.h * l.in_shape.w) as f64),
+            _ => None,
+        };
+        s.push(v);
+    }
+    s
+}
+
+fn scale_of(scales: &[Option<f64>], s: Src) -> Option<f64> {
+    match s {
+        Src::Input => Some(1.0 / 255.0),
+        Src::Layer(j) => scales[j],
+    }
+}
+
+/// Integer parameters of every conv and the classifier of a quantized checkpoint.
+pub fn int_layers(model: &LoadedModel) -> Result<Vec<IntLayer>, String> {
+    let net = &model.meta.net;
+    let ex = model.model.export();
+    let scales = tensor_scales(net, &ex);
+    let mut out = Vec::new();
+    for (i, l) in net.layers.iter().enumerate() {
+        let e = &ex[i];
+        match l.op {
+            Op::Conv { relu, .. } => {
+                let wi = e.weight_int.as_ref().ok_or_else(|| format!("{}: full-precision weights cannot be exported (train with --bits 2)", l.name))?;
+                let bn = e.bn.as_ref().ok_or_else(|| format!("{}: no BatchNorm", l.name))?;
+                let s_x = scale_of(&scales, l.inputs[0]).ok_or_else(|| format!("{}: its input is not quantized", l.name))?;
+                let (s_out, s_sc) = if relu {
+                    (e.act.ok_or_else(|| format!("{}: output is not quantized", l.name))?.scale, None)
+                } else {
+                    let add = (i + 1..net.layers.len())
+                        .find(|&j| net.layers[j].inputs.first() == Some(&Src::Layer(i)) && matches!(net.layers[j].op, Op::Add { .. }))
+                        .ok_or_else(|| format!("{}: a conv without ReLU must feed a residual add", l.name))?;
+                    let s_out = ex[add].act.ok_or_else(|| format!("{}: output is not quantized", net.layers[add].name))?.scale;
+                    let s_sc = scale_of(&scales, net.layers[add].inputs[1]).ok_or_else(|| format!("{}: shortcut is not quantized", net.layers[add].name))?;
+                    (s_out, Some(s_sc))
+                };
+                let (gamma, beta, mean, var) = (to_f64(&bn.gamma), to_f64(&bn.beta), to_f64(&bn.running_mean), to_f64(&bn.running_var));
+                let mut mm = Vec::with_capacity(gamma.len());
+                let mut bb = Vec::with_capacity(gamma.len());
+                for c in 0..gamma.len() {
+                    let inv = gamma[c] / (var[c] + bn.eps).sqrt();
+                    mm.push(wi.scale * s_x * inv / s_out);
+                    bb.push((beta[c] - inv * mean[c]) / s_out);
+                }
+                let r_real = s_sc.map(|s| s / s_out);
+                let mut all = mm.clone();
+                all.extend(&bb);
+                all.extend(r_real);
+                let shift = pick_shift(&all).map_err(|m| format!("{}: {m}", l.name))?;
+                let f = f64::from(1u32 << shift);
+                out.push(IntLayer {
+                    index: i,
+                    codes: wi.codes.to_kind(Kind::Int64),
+                    wbits: l.wbits,
+                    m: mm.iter().map(|v| round(v * f) as i32).collect(),
+                    b: bb.iter().map(|v| round(v * f) as i32).collect(),
+                    shift,
+                    r: r_real.map(|v| round(v * f) as i32),
+                    scales: LayerScales { weight: Some(wi.scale), input: Some(s_x), output: Some(s_out), weight_bits: l.wbits },
+                });
+            }
+            Op::Linear => {
+                let wi = e.weight_int.as_ref().ok_or_else(|| format!("{}: full-precision weights cannot be exported", l.name))?;
+                let s_x = scale_of(&scales, l.inputs[0]).ok_or_else(|| format!("{}: its input is not quantized", l.name))?;
+                let bias = e.bias.as_ref().map(to_f64).unwrap_or_else(|| vec![0.0; l.out_shape.c]);
+                let unit = wi.scale * s_x;
+                let b: Vec<i32> = bias.iter().map(|v| round(v / unit).clamp(i32::MIN as i64, i32::MAX as i64) as i32).collect();
+                out.push(IntLayer {
+                    index: i,
+                    codes: wi.codes.to_kind(Kind::Int64),
+                    wbits: l.wbits,
+                    m: vec![],
+                    b,
+                    shift: 0,
+                    r: None,
+                    scales: LayerScales { weight: Some(wi.scale), input: Some(s_x), output: Some(unit), weight_bits: l.wbits },
+                });
+            }
+            _ => {}
+        }
+    }
+    Ok(out)
+}
+
+/// Weight codes in the engines' order: per output channel, `(ky, kx, c_in)`.
+fn engine_order(codes: &Tensor) -> Vec<i64> {
+    let c = if codes.dim() == 4 { codes.permute([0, 2, 3, 1]).contiguous() } else { codes.contiguous() };
+    Vec::<i64>::try_from(&c.flatten(0, -1)).unwrap_or_default()
+}
+
+/// The `.nce` container of a quantized checkpoint.
+pub fn to_container(model: &LoadedModel, layers: &[IntLayer], source: &str, profile: Option<String>) -> Result<Container, String> {
+    let net = &model.meta.net;
+    let mut arrays = BTreeMap::new();
+    let mut scales = BTreeMap::new();
+    for il in layers {
+        let l = &net.layers[il.index];
+        let codes = engine_order(&il.codes);
+        let cout = l.out_shape.c;
+        let k_len = codes.len() / cout.max(1);
+        let w = match il.wbits {
+            2 => {
+                let c8: Vec<i8> = codes.iter().map(|&v| v as i8).collect();
+                let p = PackedW2::pack(cout, k_len, &c8).map_err(|e| format!("{}: {e}", l.name))?;
+                Entry { dims: vec![cout, p.words_per_channel()], data: Array::U32(p.words) }
+            }
+            8 => Entry { dims: vec![cout, k_len], data: Array::I8(codes.iter().map(|&v| v as i8).collect()) },
+            b => return Err(format!("{}: {b}-bit weights cannot be exported (the engines run 2- and 8-bit layers)", l.name)),
+        };
+        arrays.insert(format!("{}.w", l.name), w);
+        if matches!(l.op, Op::Conv { .. }) {
+            arrays.insert(format!("{}.m", l.name), Entry { dims: vec![cout], data: Array::I32(il.m.clone()) });
+            arrays.insert(format!("{}.shift", l.name), Entry { dims: vec![1], data: Array::I32(vec![il.shift as i32]) });
+            if let Some(r) = il.r {
+                arrays.insert(format!("{}.r", l.name), Entry { dims: vec![1], data: Array::I32(vec![r]) });
+            }
+        }
+        arrays.insert(format!("{}.b", l.name), Entry { dims: vec![il.b.len()], data: Array::I32(il.b.clone()) });
+        scales.insert(l.name.clone(), il.scales.clone());
+    }
+    let header = Header { kind: "nce-model".into(), net: net.clone(), profile, source: Some(source.into()), scales };
+    let header = serde_json::to_string(&header).map_err(|e| e.to_string())?;
+    Ok(Container { header, arrays })
+}
