@@ -178,7 +178,7 @@ impl Epilogue {
         let b_max = rq.b.iter().map(|v| v.unsigned_abs()).max().unwrap_or(0) as u128 + rq.rounding() as u128;
         let r_term = residual.map_or(0, |r| 255 * r.r.unsigned_abs() as u128);
         if acc_max * m_max + b_max + r_term < 1u128 << 53 {
-            let scale = (-(rq.shift as f64)).exp2();
+            let scale = pow2_neg(rq.shift);
             Epilogue::F64 {
                 m: (0..width).map(|ch| m(ch) as f64 * scale).collect(),
                 c: (0..width).map(|ch| b(ch) as f64 * scale).collect(),
@@ -194,6 +194,11 @@ impl Epilogue {
             Epilogue::I64 { m: (0..width).map(m).collect(), bias }
         }
     }
+}
+
+/// `2^−shift` (shift ≤ 62) built from its bits: exact without relying on libm's `exp2`.
+fn pow2_neg(shift: u32) -> f64 {
+    f64::from_bits((1023 - shift as u64) << 52)
 }
 
 enum Input {
@@ -597,4 +602,14 @@ fn clamp64(v: __m256i, (qmax, shift): (__m256i, __m128i)) -> __m256i {
     let s = _mm256_srl_epi64(v, shift);
     let big = _mm256_cmpgt_epi64(s, qmax);
     _mm256_andnot_si256(neg, _mm256_blendv_epi8(s, qmax, big))
+}
+
+#[cfg(test)]
+mod tests {
+    #[test]
+    fn pow2_neg_is_exact() {
+        for s in 0..=super::super::super::MAX_SHIFT {
+            assert_eq!(super::pow2_neg(s), 1.0 / (1u64 << s) as f64);
+        }
+    }
 }
