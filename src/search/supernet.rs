@@ -158,7 +158,9 @@ impl Supernet {
         }
         let name = self.slots[s].name.clone();
         let p = path(&self.vs.root(), &name).sub(format!("bn{c}"));
-        let bn = nn::batch_norm2d(&p, c as i64, Default::default());
+        // γ = 1, β = 0 as in PyTorch's BatchNorm2d (TAS) and nce's trained models; tch's
+        // default draws γ from U(0, 1).
+        let bn = nn::batch_norm2d(&p, c as i64, nn::BatchNormConfig { ws_init: nn::Init::Const(1.0), ..Default::default() });
         self.bns.insert((s, c), bn);
     }
 

@@ -1,0 +1,931 @@
+//! The NCE search, piece by piece: channel-wise interpolation, Gumbel top-2 sampling, expected
+//! costs and their gradients, TAS's budget loss, the expansion rule with its logits/BN/Adam
+//! bookkeeping, derivation under budgets, and a tiny end-to-end search with resume.
+
+use approx::assert_relative_eq;
+use nce::cost::{CostModel, Evaluator};
+use nce::graph::{self, BitConfig, ModelKind, Network, Shape};
+use nce::hw::Profile;
+use nce::search::adam::Adam;
+use nce::search::cost::{budget_loss, dist_max, distributions, expected_cost, Dist};
+use nce::search::derive::{self, ArchFile, DeriveError};
+use nce::search::space::{self, SpaceConfig};
+use nce::search::supernet::{cwi, pad_channels, sample_two, Mode, Supernet};
+use nce::search::{search, SearchConfig};
+use std::path::Path;
+use tch::{no_grad, Kind, Tensor};
+
+const NPU: &str = "hw-profiles/npu-int2-array.toml";
+
+/// One intra-op thread for the calling test thread: these tensors are tiny, and libtorch's pool
+/// spinning against other tests (or a busy machine) makes a tiny forward pass take seconds.
+fn torch() {
+    tch::set_num_threads(1);
+}
+
+fn f32s(t: &Tensor) -> Vec<f32> {
+    Vec::<f32>::try_from(&t.to_kind(Kind::Float).flatten(0, -1)).unwrap()
+}
+
+fn f64s(t: &Tensor) -> Vec<f64> {
+    Vec::<f64>::try_from(&t.to_kind(Kind::Double).flatten(0, -1)).unwrap()
+}
+
+fn tiny_net() -> Network {
+    graph::build(ModelKind::Resnet20, Shape::new(1, 8, 8), 10, None, &BitConfig::uniform(2)).unwrap()
+}
+
+fn tiny_supernet(cfg: &SpaceConfig) -> Supernet {
+    Supernet::new(&tiny_net(), cfg, 4.0)
+}
+
+fn npu_eval() -> Evaluator {
+    Evaluator::new(&Profile::load(NPU).unwrap()).unwrap()
+}
+
+fn model<'a>(eval: &'a Evaluator, name: &str) -> &'a dyn CostModel {
+    eval.models().find(|(n, _, _)| *n == name).unwrap_or_else(|| panic!("plugin {name}")).1
+}
+
+/// Overwrites every slot's logits (in place, so the tensors stay the same leaves).
+fn set_logits(sn: &Supernet, vals: &[Vec<f32>]) {
+    no_grad(|| {
+        for (l, v) in sn.logits.iter().zip(vals) {
+            let mut l = l.shallow_clone();
+            l.copy_(&Tensor::from_slice(v));
+        }
+    });
+}
+
+/// An NCHW tensor whose element (n, c, h, w) is `100n + 10c + 2h + w`.
+fn ramp(n: i64, c: i64, h: i64, w: i64) -> Tensor {
+    let v: Vec<f32> = (0..n)
+        .flat_map(|n| (0..c).flat_map(move |c| (0..h).flat_map(move |h| (0..w).map(move |w| (100 * n + 10 * c + 2 * h + w) as f32))))
+        .collect();
+    Tensor::from_slice(&v).view([n, c, h, w])
+}
+
+/// Channel `c` of sample `n` as a flat vector.
+fn chan(x: &Tensor, n: i64, c: i64) -> Vec<f32> {
+    f32s(&x.get(n).get(c))
+}
+
+fn avg(chs: &[Vec<f32>]) -> Vec<f32> {
+    (0..chs[0].len()).map(|i| chs.iter().map(|c| c[i]).sum::<f32>() / chs.len() as f32).collect()
+}
+
+fn assert_close(a: &[f32], b: &[f32], what: &str) {
+    assert_eq!(a.len(), b.len(), "{what}");
+    for (x, y) in a.iter().zip(b) {
+        assert!((x - y).abs() <= 1e-4 * (1.0 + y.abs()), "{what}: {a:?} vs {b:?}");
+    }
+}
+
+// ---------------------------------------------------------------------------------------------
+// 1. Channel-wise interpolation and zero padding
+
+#[test]
+fn cwi_is_identity_when_widths_match() {
+    torch();
+    let x = ramp(2, 3, 2, 2);
+    let y = cwi(&x, 3);
+    assert_eq!(y.size(), vec![2, 3, 2, 2]);
+    assert_eq!(f32s(&y), f32s(&x));
+}
+
+#[test]
+fn cwi_upsampling_repeats_channels() {
+    torch();
+    let x = ramp(2, 2, 3, 2);
+    let y = cwi(&x, 4);
+    assert_eq!(y.size(), vec![2, 4, 3, 2]);
+    for n in 0..2 {
+        for (o, i) in [(0, 0), (1, 0), (2, 1), (3, 1)] {
+            assert_close(&chan(&y, n, o), &chan(&x, n, i), &format!("2->4 out {o}"));
+        }
+    }
+}
+
+#[test]
+fn cwi_downsampling_averages_pairs() {
+    torch();
+    let x = ramp(2, 4, 2, 3);
+    let y = cwi(&x, 2);
+    assert_eq!(y.size(), vec![2, 2, 2, 3]);
+    for n in 0..2 {
+        assert_close(&chan(&y, n, 0), &avg(&[chan(&x, n, 0), chan(&x, n, 1)]), "4->2 out 0");
+        assert_close(&chan(&y, n, 1), &avg(&[chan(&x, n, 2), chan(&x, n, 3)]), "4->2 out 1");
+    }
+}
+
+#[test]
+fn cwi_non_integer_ratios_match_adaptive_average_pooling() {
+    torch();
+    // Adaptive pooling: output i averages inputs floor(i·in/out) .. ceil((i+1)·in/out) − 1.
+    // 3 -> 5: [c0], [c0,c1], [c1], [c1,c2], [c2].
+    let x = ramp(2, 3, 2, 2);
+    let y = cwi(&x, 5);
+    assert_eq!(y.size(), vec![2, 5, 2, 2]);
+    for n in 0..2 {
+        let c: Vec<Vec<f32>> = (0..3).map(|i| chan(&x, n, i)).collect();
+        let want = [avg(&c[0..1]), avg(&c[0..2]), avg(&c[1..2]), avg(&c[1..3]), avg(&c[2..3])];
+        for (o, w) in want.iter().enumerate() {
+            assert_close(&chan(&y, n, o as i64), w, &format!("3->5 out {o}"));
+        }
+    }
+    // 5 -> 3: [c0,c1], [c1,c2,c3], [c3,c4].
+    let x = ramp(2, 5, 2, 2);
+    let y = cwi(&x, 3);
+    assert_eq!(y.size(), vec![2, 3, 2, 2]);
+    for n in 0..2 {
+        let c: Vec<Vec<f32>> = (0..5).map(|i| chan(&x, n, i)).collect();
+        let want = [avg(&c[0..2]), avg(&c[1..4]), avg(&c[3..5])];
+        for (o, w) in want.iter().enumerate() {
+            assert_close(&chan(&y, n, o as i64), w, &format!("5->3 out {o}"));
+        }
+    }
+    // Concretely, for sample 0 pixel (0,0) the channels are 0,10,20,30,40.
+    assert_close(&f32s(&y.get(0).select(1, 0).select(1, 0)), &[5.0, 20.0, 35.0], "5->3 values");
+}
+
+#[test]
+fn cwi_is_differentiable() {
+    torch();
+    let x = ramp(1, 3, 2, 2).set_requires_grad(true);
+    cwi(&x, 5).sum(Kind::Float).backward();
+    // Each input channel's total weight in the 5 outputs: c0: 1 + 1/2, c1: 1/2 + 1 + 1/2, c2: 1/2 + 1.
+    let g = x.grad();
+    assert_close(&f32s(&g.get(0).select(1, 0).select(1, 0)), &[1.5, 2.0, 1.5], "grad");
+}
+
+#[test]
+fn pad_channels_appends_zero_channels() {
+    torch();
+    let x = ramp(2, 2, 2, 2);
+    let y = pad_channels(&x, 5);
+    assert_eq!(y.size(), vec![2, 5, 2, 2]);
+    for n in 0..2 {
+        assert_eq!(chan(&y, n, 0), chan(&x, n, 0));
+        assert_eq!(chan(&y, n, 1), chan(&x, n, 1));
+        for c in 2..5 {
+            assert_eq!(chan(&y, n, c), vec![0.0; 4]);
+        }
+    }
+    // Already wide enough: unchanged (never truncates).
+    assert_eq!(f32s(&pad_channels(&x, 2)), f32s(&x));
+    assert_eq!(pad_channels(&x, 1).size(), vec![2, 2, 2, 2]);
+}
+
+// ---------------------------------------------------------------------------------------------
+// 2. Gumbel top-2 sampling
+
+#[test]
+fn sample_two_returns_two_distinct_indices_with_normalised_weights() {
+    torch();
+    tch::manual_seed(1);
+    let logits = Tensor::from_slice(&[0.3f32, -1.0, 2.0, 0.0, 0.5]);
+    for tau in [5.0, 1.0, 0.1] {
+        for _ in 0..200 {
+            let (idx, w) = sample_two(&logits, tau);
+            assert_eq!(idx.len(), 2);
+            assert_ne!(idx[0], idx[1]);
+            assert!(idx.iter().all(|&i| i < 5), "{idx:?}");
+            assert_eq!(w.size(), vec![2]);
+            let w = f64s(&w);
+            assert!(w.iter().all(|&v| (0.0..=1.0).contains(&v)), "{w:?}");
+            assert_relative_eq!(w[0] + w[1], 1.0, epsilon = 1e-6);
+        }
+    }
+}
+
+#[test]
+fn sample_two_frequencies_follow_the_logits() {
+    torch();
+    tch::manual_seed(7);
+    let logits = Tensor::from_slice(&[2.0f32, 0.0, 0.0, -2.0]);
+    let n = 4000;
+    let mut count = [0usize; 4];
+    let mut first = [0usize; 4];
+    for _ in 0..n {
+        let (idx, _) = sample_two(&logits, 1.0);
+        first[idx[0]] += 1;
+        for i in idx {
+            count[i] += 1;
+        }
+    }
+    let f: Vec<f64> = count.iter().map(|&c| c as f64 / n as f64).collect();
+    let f1: Vec<f64> = first.iter().map(|&c| c as f64 / n as f64).collect();
+    // Reference frequencies from a 400k-draw simulation of TAS's select2withP in f64 (Gumbel
+    // perturbation at τ = 1, then two draws without replacement): how often each index is in the
+    // pair, and how often it is drawn first. softmax([2,0,0,-2]) = [0.787, 0.107, 0.107, 0.014].
+    let in_pair = [0.902, 0.486, 0.486, 0.125];
+    let first_pick = [0.639, 0.162, 0.162, 0.036];
+    // A frequency's standard error is at most 0.008 at n = 4000: a 0.05 margin is > 6 of them.
+    for i in 0..4 {
+        assert!((f[i] - in_pair[i]).abs() < 0.05, "in pair: {f:?} vs {in_pair:?}");
+        assert!((f1[i] - first_pick[i]).abs() < 0.05, "first: {f1:?} vs {first_pick:?}");
+    }
+    // Orderings (implied by the above, stated for the reader): 0 most, 3 least, 1 ≈ 2.
+    assert!(f[0] > f[1] && f[0] > f[2] && f[1] > f[3] && f[2] > f[3], "{f:?}");
+    assert_relative_eq!(f.iter().sum::<f64>(), 2.0, epsilon = 1e-12);
+}
+
+#[test]
+fn sample_two_weights_are_differentiable_in_the_logits() {
+    torch();
+    tch::manual_seed(3);
+    let logits = Tensor::from_slice(&[0.5f32, -0.2, 0.1]).set_requires_grad(true);
+    let (idx, w) = sample_two(&logits, 1.0);
+    w.get(0).backward();
+    let g = f64s(&logits.grad());
+    assert_eq!(g.len(), 3);
+    assert!(g.iter().all(|v| v.is_finite()), "{g:?}");
+    assert!(g.iter().any(|v| v.abs() > 1e-6), "{g:?}");
+    // d w_a / d α_a > 0 for the first picked candidate (w_a = σ(z_a − z_b), z = (log_softmax + g)/τ).
+    assert!(g[idx[0]] > 0.0 && g[idx[1]] < 0.0, "{idx:?} {g:?}");
+    // Gradients sum to 0: log_softmax is shift invariant.
+    assert!(g.iter().sum::<f64>().abs() < 1e-5, "{g:?}");
+}
+
+#[test]
+fn low_temperature_makes_the_weights_nearly_one_hot() {
+    torch();
+    tch::manual_seed(11);
+    let logits = Tensor::from_slice(&[0.1f32, 0.0, -0.1, 0.05]);
+    let mean_max = |tau: f64, n: usize| -> (f64, usize) {
+        let mut sum = 0.0;
+        let mut sharp = 0;
+        for _ in 0..n {
+            let (_, w) = sample_two(&logits, tau);
+            let m = f64s(&w).into_iter().fold(0.0, f64::max);
+            sum += m;
+            sharp += (m > 0.99) as usize;
+        }
+        (sum / n as f64, sharp)
+    };
+    let (cold, sharp) = mean_max(0.01, 400);
+    let (hot, _) = mean_max(5.0, 400);
+    // At τ = 0.01 the larger weight stays below 0.99 only when the two picked Gumbel-perturbed
+    // logits lie within 0.046 of each other: ≈ 3.4 % of draws (simulated), 13.5 of 400 (σ ≈ 3.6).
+    assert!(sharp >= 360, "only {sharp}/400 draws nearly one-hot");
+    assert!(cold > 0.98, "{cold}");
+    assert!(hot < 0.75, "τ = 5 mixes (simulated mean 0.57): {hot}");
+}
+
+#[test]
+fn very_low_temperature_and_peaked_logits_do_not_break_sampling() {
+    torch();
+    // At τ = 0.1 (the end of the schedule) or with a slot whose logits have diverged, all but
+    // one entry of softmax(z) can underflow to 0 in f32; drawing two indices without
+    // replacement must still work (TAS adds 1e-7 to the probabilities because old PyTorch
+    // refused; libtorch's multinomial without replacement now accepts zero entries).
+    tch::manual_seed(5);
+    for (logits, tau) in [(vec![0.0f32, 0.0, 0.0, 0.0], 1e-3), (vec![30.0, 0.0, 0.0], 0.1), (vec![0.0, 100.0], 1.0)] {
+        let t = Tensor::from_slice(&logits);
+        for _ in 0..50 {
+            let (idx, w) = sample_two(&t, tau);
+            assert_eq!(idx.len(), 2);
+            assert_ne!(idx[0], idx[1]);
+            let w = f64s(&w);
+            assert!(w.iter().all(|v| v.is_finite()), "{w:?}");
+            assert_relative_eq!(w[0] + w[1], 1.0, epsilon = 1e-6);
+        }
+    }
+}
+
+#[test]
+fn sample_two_with_one_candidate() {
+    torch();
+    let logits = Tensor::from_slice(&[0.7f32]).set_requires_grad(true);
+    let (idx, w) = sample_two(&logits, 1.0);
+    assert_eq!(idx, vec![0]);
+    assert_eq!(f64s(&w), vec![1.0]);
+}
+
+// ---------------------------------------------------------------------------------------------
+// 3. Expected costs
+
+#[test]
+fn dist_max_of_independent_widths() {
+    torch();
+    let a = Dist { support: vec![1, 3], probs: Tensor::from_slice(&[0.4f32, 0.6]) };
+    let b = Dist { support: vec![2, 3], probs: Tensor::from_slice(&[0.5f32, 0.5]) };
+    let m = dist_max(&a, &b);
+    assert_eq!(m.support, vec![1, 2, 3]);
+    // P(max ≤ 1) = 0.4·0, P(max ≤ 2) = 0.4·0.5, P(max ≤ 3) = 1.
+    let p = f64s(&m.probs);
+    for (x, y) in p.iter().zip([0.0, 0.2, 0.8]) {
+        assert_relative_eq!(*x, y, epsilon = 1e-6);
+    }
+
+    let pa = Tensor::from_slice(&[0.2f32, 0.3, 0.5]).set_requires_grad(true);
+    let a = Dist { support: vec![4, 8, 12], probs: pa.shallow_clone() };
+    let b = Dist { support: vec![6, 8], probs: Tensor::from_slice(&[0.6f32, 0.4]) };
+    let m = dist_max(&a, &b);
+    assert_eq!(m.support, vec![4, 6, 8, 12]);
+    // CDFs on {4,6,8,12}: a = .2,.2,.5,1; b = 0,.6,1,1; product 0,.12,.5,1.
+    let p = f64s(&m.probs);
+    for (x, y) in p.iter().zip([0.0, 0.12, 0.38, 0.5]) {
+        assert_relative_eq!(*x, y, epsilon = 1e-6);
+    }
+    // E[max] is differentiable in the inputs' probabilities. Summing by parts over the product
+    // CDF C: E = Σ u_t (C_t − C_{t−1}) = −2·C(4) − 2·C(6) − 4·C(8) + 12·C(12), with
+    // C(4) = 0·p4, C(6) = .6·p4, C(8) = p4 + p8, C(12) = p4 + p8 + p12 (each p a free variable).
+    let support = Tensor::from_slice(&[4.0f32, 6.0, 8.0, 12.0]);
+    (m.probs * support).sum(Kind::Float).backward();
+    let g = f64s(&pa.grad());
+    // dE/dp4 = −1.2 − 4 + 12 = 6.8 ; dE/dp8 = −4 + 12 = 8 ; dE/dp12 = 12.
+    for (x, y) in g.iter().zip([6.8, 8.0, 12.0]) {
+        assert_relative_eq!(*x, y, epsilon = 1e-5);
+    }
+}
+
+/// A supernet with some slots expanded (so widths above the base occur) and random logits.
+fn cost_supernet() -> Supernet {
+    let cfg = SpaceConfig::default();
+    let mut sn = tiny_supernet(&cfg);
+    for s in [0, 2, 3, 7, 12, 18] {
+        let next = sn.slots[s].next_width(&cfg).unwrap();
+        sn.add_candidate(s, next);
+    }
+    sn
+}
+
+fn expected_value(sn: &Supernet, m: &dyn CostModel, metric: usize) -> f64 {
+    no_grad(|| expected_cost(sn, &distributions(sn), m, metric).unwrap().double_value(&[]))
+}
+
+#[test]
+fn expected_macs_gradients_match_finite_differences() {
+    torch();
+    let eval = npu_eval();
+    let macs = model(&eval, "macs");
+    tch::manual_seed(21);
+    let sn = cost_supernet();
+    let vals: Vec<Vec<f32>> = sn.logits.iter().map(|l| f32s(&(Tensor::randn([l.size()[0]], (Kind::Float, tch::Device::Cpu)) * 0.8))).collect();
+    set_logits(&sn, &vals);
+    let e = expected_cost(&sn, &distributions(&sn), macs, 0).unwrap();
+    let e0 = e.double_value(&[]);
+    e.backward();
+    let grads: Vec<Vec<f64>> = sn.logits.iter().map(|l| f64s(&l.grad())).collect();
+    let gmax = grads.iter().flatten().fold(0.0f64, |a, &b| a.max(b.abs()));
+    assert!(gmax > 1e3, "gradients are not trivial: {gmax}");
+    // Each gradient entry sums to 0 per slot (softmax is shift invariant).
+    for g in &grads {
+        assert!(g.iter().sum::<f64>().abs() < 1e-3 * gmax, "{g:?}");
+    }
+
+    // Central differences in f32: E ≈ 2e6 has a rounding error of ≈ 1, so h = 0.01 gives an
+    // absolute error ≈ 1e2, far below the gradients' scale (≈ 1e5); truncation is O(h²).
+    let h = 0.01f32;
+    let mut worst = 0.0f64;
+    for s in 0..vals.len() {
+        for j in 0..vals[s].len() {
+            let mut v = vals.clone();
+            v[s][j] = vals[s][j] + h;
+            set_logits(&sn, &v);
+            let up = expected_value(&sn, macs, 0);
+            v[s][j] = vals[s][j] - h;
+            set_logits(&sn, &v);
+            let down = expected_value(&sn, macs, 0);
+            let fd = (up - down) / (2.0 * h as f64);
+            let err = (fd - grads[s][j]).abs();
+            worst = worst.max(err / gmax);
+            assert!(err <= 2e-3 * gmax + 1e-3 * grads[s][j].abs(), "slot {s} logit {j}: autograd {} vs finite difference {fd} (E = {e0})", grads[s][j]);
+        }
+    }
+    set_logits(&sn, &vals);
+    assert!(worst < 2e-3, "{worst}");
+}
+
+#[test]
+fn one_hot_logits_give_the_concrete_networks_costs() {
+    torch();
+    let eval = npu_eval();
+    let base = tiny_net();
+    let sn = cost_supernet();
+    // Several width patterns, including mismatched residual adds (conv_b narrower or wider than
+    // the shortcut) and widths above the base.
+    for pattern in 0..4usize {
+        let choice: Vec<usize> = sn.slots.iter().enumerate().map(|(s, sl)| (s * 7 + pattern * 3 + 1) % sl.candidates.len()).collect();
+        let vals: Vec<Vec<f32>> = sn
+            .slots
+            .iter()
+            .zip(&choice)
+            .map(|(sl, &c)| (0..sl.candidates.len()).map(|j| if j == c { 60.0 } else { 0.0 }).collect())
+            .collect();
+        set_logits(&sn, &vals);
+        let widths: Vec<usize> = sn.slots.iter().zip(&choice).map(|(sl, &c)| sl.candidates[c]).collect();
+        assert_eq!(sn.argmax_widths(), widths);
+        let net = graph::build(ModelKind::Resnet20, Shape::new(1, 8, 8), 10, Some(&widths), &BitConfig::uniform(2)).unwrap();
+        let report = eval.evaluate(&net, &base).unwrap();
+
+        let e_macs = expected_value(&sn, model(&eval, "macs"), 0);
+        assert_relative_eq!(e_macs, net.macs() as f64, max_relative = 1e-6);
+        // Every separable metric of every plugin of the profile agrees with the evaluator.
+        let mut checked = 0;
+        for (name, m, metrics) in eval.models() {
+            for (k, metric) in metrics.iter().enumerate() {
+                if !m.separable(k) {
+                    continue;
+                }
+                let want = report.metrics.iter().find(|r| r.plugin == name && r.metric == metric.name).unwrap().total;
+                let got = expected_value(&sn, m, k);
+                assert_relative_eq!(got, want, max_relative = 1e-5);
+                checked += 1;
+            }
+        }
+        assert!(checked >= 4, "macs, params, bops, latency at least: {checked}");
+    }
+}
+
+#[test]
+fn distributions_take_the_max_at_residual_adds() {
+    torch();
+    // Two slots feeding one add, each a 50/50 choice: the add's width is their max.
+    let sn = tiny_supernet(&SpaceConfig::default());
+    let net = &sn.net;
+    let add = net.layers.iter().position(|l| l.name == "layer1.0.add").unwrap();
+    // layer1.0.add = conv_b(layer1.0) + conv1 output.
+    let slot_of = |name: &str| net.layers.iter().find(|l| l.name == name).unwrap().width_slot.unwrap();
+    let (sb, s1) = (slot_of("layer1.0.conv_b"), slot_of("conv1"));
+    let mut vals: Vec<Vec<f32>> = sn.logits.iter().map(|l| vec![0.0; l.size()[0] as usize]).collect();
+    vals[sb] = vec![-60.0, 0.0, 0.0]; // {12, 16} equally
+    vals[s1] = vec![0.0, 0.0, -60.0]; // {8, 12} equally
+    set_logits(&sn, &vals);
+    let d = distributions(&sn);
+    assert_eq!(d[add].support, vec![8, 12, 16]);
+    let p = f64s(&d[add].probs);
+    // max: 12 when both are 12 or (12, 8); 16 whenever conv_b is 16.
+    for (x, y) in p.iter().zip([0.0, 0.5, 0.5]) {
+        assert_relative_eq!(*x, y, epsilon = 1e-6);
+    }
+}
+
+// ---------------------------------------------------------------------------------------------
+// 4. TAS budget loss
+
+#[test]
+fn budget_loss_follows_the_tas_rule() {
+    torch();
+    let run = |current: f64| -> (f64, Option<f64>) {
+        let e = Tensor::scalar_tensor(50.0, (Kind::Float, tch::Device::Cpu)).set_requires_grad(true);
+        let l = budget_loss(&e, current, 100.0, 0.05);
+        let v = l.double_value(&[]);
+        if l.requires_grad() {
+            l.backward();
+            (v, Some(e.grad().double_value(&[])))
+        } else {
+            (v, None)
+        }
+    };
+    // Below the band (< 95): −log E, whose gradient is negative, so descent raises E.
+    let (v, g) = run(80.0);
+    assert_relative_eq!(v, -(50.0f64).ln(), epsilon = 1e-5);
+    assert_relative_eq!(g.unwrap(), -1.0 / 50.0, epsilon = 1e-6);
+    // Above the target: +log E, descent lowers E.
+    let (v, g) = run(120.0);
+    assert_relative_eq!(v, (50.0f64).ln(), epsilon = 1e-5);
+    assert_relative_eq!(g.unwrap(), 1.0 / 50.0, epsilon = 1e-6);
+    // Inside [target·(1 − tol), target], both ends included: no pressure.
+    for cur in [95.0, 97.0, 100.0] {
+        let (v, g) = run(cur);
+        assert_eq!(v, 0.0, "current {cur}");
+        assert!(g.is_none_or(|g| g == 0.0), "current {cur}");
+    }
+    // Just outside on either side.
+    assert!(run(94.99).0 < 0.0);
+    assert!(run(100.01).0 > 0.0);
+}
+
+// ---------------------------------------------------------------------------------------------
+// 5. The expansion rule
+
+#[test]
+fn expansion_grows_one_slot_with_logit_bn_and_adam_state() {
+    torch();
+    let cfg = SpaceConfig { threshold: 0.5, ..SpaceConfig::default() };
+    tch::manual_seed(2);
+    let mut sn = tiny_supernet(&cfg);
+    let mut adam = Adam::new(&sn.logits, 1e-3, (0.5, 0.999), 1e-3);
+    let target = sn.net.layers.iter().find(|l| l.name == "layer2.1.conv_a").unwrap().width_slot.unwrap();
+    assert_eq!(sn.slots[target].base, 32);
+    assert_eq!(sn.slots[target].candidates, vec![16, 24, 32]);
+
+    // One Adam step so the existing moments are non-zero.
+    let x = Tensor::randn([2, 1, 8, 8], (Kind::Float, tch::Device::Cpu));
+    let out = sn.forward(&x, true, Mode::Sample { tau: 1.0 }, false);
+    adam.zero_grad(&sn.logits);
+    out.square().mean(Kind::Float).backward();
+    adam.step(&sn.logits);
+    let m_before = adam.state().into_iter().find(|(n, _)| n == &format!("__adam__.m.{target}")).unwrap().1;
+    let m_before = f64s(&m_before);
+    assert_eq!(m_before.len(), 3);
+
+    // The target slot prefers its widest candidate (p = e³/(2 + e³) ≈ 0.91 > 0.5); the rest are
+    // uniform (p = 1/3 < 0.5).
+    let mut vals: Vec<Vec<f32>> = sn.logits.iter().map(|l| vec![0.0; l.size()[0] as usize]).collect();
+    vals[target] = vec![0.0, 0.0, 3.0];
+    set_logits(&sn, &vals);
+    let before: Vec<Vec<usize>> = sn.slots.iter().map(|s| s.candidates.clone()).collect();
+
+    let probs = sn.probs();
+    let events = space::expand(&mut sn.slots, &probs, &cfg, 4);
+    assert_eq!(events.len(), 1, "{events:?}");
+    let e = &events[0];
+    assert_eq!((e.epoch, e.slot, e.layer.as_str(), e.old_widest, e.new_widest), (4, target, "layer2.1.conv_a", 32, 40));
+    sn.add_candidate(e.slot, e.new_widest);
+    adam.grow(e.slot);
+
+    // Exactly one new candidate, +0.25 × 32 = 8 channels; logits grew with a copy of the widest.
+    assert_eq!(sn.slots[target].candidates, vec![16, 24, 32, 40]);
+    assert_eq!(f32s(&sn.logits[target]), vec![0.0, 0.0, 3.0, 3.0]);
+    assert!(sn.logits[target].requires_grad() && sn.logits[target].is_leaf());
+    for (s, c) in before.iter().enumerate() {
+        if s != target {
+            assert_eq!(&sn.slots[s].candidates, c, "slot {s} untouched");
+            assert_eq!(sn.logits[s].size(), vec![3]);
+        }
+    }
+    // Adam: the new entry has zero moments, the old ones are kept.
+    let m_after = f64s(&adam.state().into_iter().find(|(n, _)| n == &format!("__adam__.m.{target}")).unwrap().1);
+    assert_eq!(m_after.len(), 4);
+    assert_eq!(&m_after[..3], &m_before[..]);
+    assert_eq!(m_after[3], 0.0);
+    let v_after = f64s(&adam.state().into_iter().find(|(n, _)| n == &format!("__adam__.v.{target}")).unwrap().1);
+    assert_eq!(v_after.len(), 4);
+    assert_eq!(v_after[3], 0.0);
+
+    // A fresh BatchNorm for 40 channels.
+    let vars = sn.vs.variables();
+    let bn = vars.get("layer2.1.conv_a.bn40.weight").expect("BN for the new width");
+    assert_eq!(bn.size(), vec![40]);
+    assert_eq!(f32s(bn), vec![1.0; 40], "γ starts at 1 as in PyTorch");
+    assert_eq!(f32s(&vars["layer2.1.conv_a.bn40.bias"]), vec![0.0; 40]);
+    assert_eq!(f32s(&vars["layer2.1.conv_a.bn40.running_mean"]), vec![0.0; 40]);
+    assert_eq!(f32s(&vars["layer2.1.conv_a.bn40.running_var"]), vec![1.0; 40]);
+    // Every other BatchNorm starts the same way.
+    assert_eq!(f32s(&vars["conv1.bn8.weight"]), vec![1.0; 8]);
+
+    // Sampling still works, and a step of Adam on the grown logits too.
+    let out = sn.forward(&x, true, Mode::Sample { tau: 1.0 }, false);
+    assert_eq!(out.size(), vec![2, 10]);
+    adam.zero_grad(&sn.logits);
+    out.square().mean(Kind::Float).backward();
+    assert_eq!(sn.logits[target].grad().size(), vec![4]);
+    adam.step(&sn.logits);
+
+    // Force the new width: it wins the argmax and the forward pass uses it.
+    vals = sn.logits.iter().map(|l| vec![0.0; l.size()[0] as usize]).collect();
+    vals[target] = vec![0.0, 0.0, 0.0, 20.0];
+    set_logits(&sn, &vals);
+    assert_eq!(sn.argmax_widths()[target], 40);
+    // Ties go to the narrowest, so the other slots are at their narrowest candidate.
+    assert_eq!(sn.argmax_widths()[0], 8);
+    let out = no_grad(|| sn.forward(&x, false, Mode::Argmax, true));
+    assert_eq!(out.size(), vec![2, 10]);
+    assert!(f64s(&out).iter().all(|v| v.is_finite()));
+    let out = sn.forward(&x, true, Mode::Argmax, true);
+    assert_eq!(out.size(), vec![2, 10]);
+}
+
+fn adam_state(adam: &Adam, name: &str) -> Vec<f64> {
+    f64s(&adam.state().into_iter().find(|(n, _)| n == name).unwrap_or_else(|| panic!("{name}")).1)
+}
+
+/// Runs `n` Adam steps of the linear loss `Σ c·p` (constant gradient `c`).
+fn adam_steps(adam: &mut Adam, p: &Tensor, c: &[f32], n: usize) {
+    for _ in 0..n {
+        adam.zero_grad(std::slice::from_ref(p));
+        (p * Tensor::from_slice(c)).sum(Kind::Float).backward();
+        adam.step(std::slice::from_ref(p));
+    }
+}
+
+#[test]
+fn adam_gives_a_new_entry_a_fresh_first_step() {
+    torch();
+    // With a constant gradient every Adam update is exactly lr·sign(g) (m̂ = g, v̂ = g²), and
+    // a fresh state's first update is too. A grown entry must behave like a fresh state; with a
+    // shared bias correction its first update would be (1 − β₁)/√(v/(1 − β₂ᵗ)) ≈ 3.5·lr here.
+    let lr = 0.01;
+    let p = Tensor::zeros([2], (Kind::Float, tch::Device::Cpu)).set_requires_grad(true);
+    let mut adam = Adam::new(std::slice::from_ref(&p), lr, (0.5, 0.999), 0.0);
+    adam_steps(&mut adam, &p, &[1.0, -2.0], 50);
+    assert_close(&f32s(&p), &[-0.5, 0.5], "50 steps of lr·sign");
+    adam.grow(0);
+    assert_eq!(adam_state(&adam, "__adam__.steps.0"), vec![50.0, 50.0, 0.0]);
+    assert_eq!(adam_state(&adam, "__adam__.m.0")[2], 0.0);
+    let p = Tensor::cat(&[p.detach(), Tensor::from_slice(&[0.25f32])], 0).set_requires_grad(true);
+    adam_steps(&mut adam, &p, &[1.0, -2.0, 3.0], 1);
+    assert_close(&f32s(&p), &[-0.51, 0.51, 0.25 - lr as f32], "one more step");
+    adam_steps(&mut adam, &p, &[1.0, -2.0, 3.0], 9);
+    assert_close(&f32s(&p), &[-0.6, 0.6, 0.15], "ten more steps");
+    assert_eq!(adam_state(&adam, "__adam__.steps.0"), vec![60.0, 60.0, 10.0]);
+
+    // Checkpoint round trip into a grown optimiser: identical next steps.
+    let state = adam.state();
+    let q = p.detach().copy().set_requires_grad(true);
+    let mut fresh = Adam::new(&[Tensor::zeros([2], (Kind::Float, tch::Device::Cpu))], lr, (0.5, 0.999), 0.0);
+    fresh.grow(0);
+    for (n, t) in &state {
+        assert!(fresh.restore(n, t), "{n}");
+    }
+    assert_eq!(adam_state(&fresh, "__adam__.steps.0"), vec![60.0, 60.0, 10.0]);
+    adam_steps(&mut adam, &p, &[0.3, 0.1, -1.0], 3);
+    adam_steps(&mut fresh, &q, &[0.3, 0.1, -1.0], 3);
+    assert_eq!(f32s(&p), f32s(&q));
+
+    // A checkpoint from before per-entry step counts (t, m, v only) restores every entry at t,
+    // in whatever order the names come.
+    let mut old = Adam::new(&[Tensor::zeros([2], (Kind::Float, tch::Device::Cpu))], lr, (0.5, 0.999), 0.0);
+    old.grow(0);
+    for (n, t) in state.iter().rev().filter(|(n, _)| !n.contains("steps")) {
+        assert!(old.restore(n, t), "{n}");
+    }
+    assert_eq!(adam_state(&old, "__adam__.steps.0"), vec![60.0, 60.0, 60.0]);
+    assert!(!old.restore("layer1.weight", &Tensor::zeros([1], (Kind::Float, tch::Device::Cpu))));
+}
+
+#[test]
+fn adam_skips_parameters_without_gradients() {
+    torch();
+    let a = Tensor::zeros([2], (Kind::Float, tch::Device::Cpu)).set_requires_grad(true);
+    let b = Tensor::zeros([2], (Kind::Float, tch::Device::Cpu)).set_requires_grad(true);
+    let mut adam = Adam::new(&[a.shallow_clone(), b.shallow_clone()], 0.1, (0.5, 0.999), 0.0);
+    (&a * 2.0).sum(Kind::Float).backward();
+    adam.step(&[a.shallow_clone(), b.shallow_clone()]);
+    assert_close(&f32s(&a), &[-0.1, -0.1], "stepped");
+    assert_eq!(f32s(&b), vec![0.0, 0.0]);
+    assert_eq!(adam_state(&adam, "__adam__.steps.1"), vec![0.0, 0.0]);
+}
+
+#[test]
+fn repeated_expansion_stops_at_twice_the_base() {
+    torch();
+    let cfg = SpaceConfig { threshold: 0.5, ..SpaceConfig::default() };
+    let mut sn = tiny_supernet(&cfg);
+    let mut adam = Adam::new(&sn.logits, 1e-3, (0.5, 0.999), 1e-3);
+    let target = 0; // conv1, base 16
+    let mut rounds = 0;
+    loop {
+        let mut vals: Vec<Vec<f32>> = sn.logits.iter().map(|l| vec![0.0; l.size()[0] as usize]).collect();
+        let k = vals[target].len();
+        vals[target][k - 1] = 10.0;
+        set_logits(&sn, &vals);
+        let probs = sn.probs();
+        let events = space::expand(&mut sn.slots, &probs, &cfg, rounds);
+        if events.is_empty() {
+            break;
+        }
+        assert_eq!(events.len(), 1);
+        sn.add_candidate(events[0].slot, events[0].new_widest);
+        adam.grow(events[0].slot);
+        rounds += 1;
+        assert!(rounds < 20, "expansion never stops");
+    }
+    assert_eq!(rounds, 4);
+    assert_eq!(sn.slots[target].candidates, vec![8, 12, 16, 20, 24, 28, 32]);
+    assert_eq!(sn.slots[target].cap, 32);
+    assert_eq!(sn.logits[target].size(), vec![7]);
+    // The widest width fits the weights allocated at the cap: forward at 32 channels works.
+    let mut vals: Vec<Vec<f32>> = sn.logits.iter().map(|l| vec![0.0; l.size()[0] as usize]).collect();
+    vals[target][6] = 20.0;
+    set_logits(&sn, &vals);
+    let x = Tensor::randn([2, 1, 8, 8], (Kind::Float, tch::Device::Cpu));
+    assert_eq!(no_grad(|| sn.forward(&x, false, Mode::Argmax, true)).size(), vec![2, 10]);
+    let out = sn.forward(&x, true, Mode::Sample { tau: 1.0 }, false);
+    out.sum(Kind::Float).backward();
+    adam.step(&sn.logits);
+}
+
+#[test]
+fn infinite_threshold_never_expands() {
+    torch();
+    let cfg = SpaceConfig { threshold: f64::INFINITY, ..SpaceConfig::default() };
+    let mut sn = tiny_supernet(&cfg);
+    let vals: Vec<Vec<f32>> = sn.logits.iter().map(|l| (0..l.size()[0]).map(|j| if j == 2 { 50.0 } else { 0.0 }).collect()).collect();
+    set_logits(&sn, &vals);
+    let probs = sn.probs();
+    assert!(probs.iter().all(|p| p[2] > 0.999_999));
+    for epoch in 0..5 {
+        assert!(space::expand(&mut sn.slots, &probs, &cfg, epoch).is_empty());
+    }
+    assert!(sn.slots.iter().all(|s| s.candidates.len() == 3));
+}
+
+#[test]
+fn expansion_respects_the_threshold_strictly() {
+    torch();
+    // p(widest) exactly at T does not expand; just above does.
+    let cfg = SpaceConfig { threshold: 0.5, ..SpaceConfig::default() };
+    let mut slots = vec![space::Slot::new("a", 16, &cfg), space::Slot::new("b", 16, &cfg)];
+    let ev = space::expand(&mut slots, &[vec![0.25, 0.25, 0.5], vec![0.2, 0.29, 0.51]], &cfg, 0);
+    assert_eq!(ev.len(), 1);
+    assert_eq!(ev[0].slot, 1);
+}
+
+// ---------------------------------------------------------------------------------------------
+// 6. Derivation under budgets
+
+fn profile_with_budget(dir: &Path, budget: &str) -> Evaluator {
+    let text = format!(
+        r#"name = "test-derive"
+description = "derivation test"
+sources = ["tests/search.rs"]
+
+[unit]
+weight_bits = 2
+activation_bits = 2
+word_bits = 32
+lanes = 4
+clock_mhz = 100
+cycles_per_packed_op = 1
+channel_granularity = 1
+
+[memory]
+weight_buffer_bytes = 65536
+activation_buffer_bytes = 65536
+bandwidth_gbps = 1.0
+
+[budgets]
+macs = {budget}
+
+[plugins.macs]
+[plugins.params]
+"#
+    );
+    let path = dir.join("p.toml");
+    std::fs::write(&path, text).unwrap();
+    Evaluator::new(&Profile::load(&path).unwrap()).unwrap()
+}
+
+/// Every slot expanded to its cap, probabilities that prefer the widest candidate.
+fn greedy_space() -> (Vec<space::Slot>, Vec<Vec<f64>>) {
+    let cfg = SpaceConfig::default();
+    let base = tiny_net();
+    let mut slots: Vec<space::Slot> = base
+        .layers
+        .iter()
+        .filter_map(|l| l.width_slot.map(|s| space::Slot::new(&l.name, base.widths[s], &cfg)))
+        .collect();
+    for s in &mut slots {
+        while let Some(n) = s.next_width(&cfg) {
+            s.candidates.push(n);
+        }
+    }
+    // Increasing probabilities towards the widest; slots differ a little so repairs are ordered.
+    let probs = slots
+        .iter()
+        .enumerate()
+        .map(|(i, s)| {
+            let k = s.candidates.len();
+            let raw: Vec<f64> = (0..k).map(|j| (j as f64 * (0.5 + 0.01 * i as f64)).exp()).collect();
+            let z: f64 = raw.iter().sum();
+            raw.into_iter().map(|v| v / z).collect()
+        })
+        .collect();
+    (slots, probs)
+}
+
+#[test]
+fn derive_repairs_a_greedy_architecture_into_the_budget() {
+    torch();
+    let dir = tempfile::tempdir().unwrap();
+    let eval = profile_with_budget(dir.path(), "\"1.0x\"");
+    let base = tiny_net();
+    let (slots, probs) = greedy_space();
+    let argmax: Vec<usize> = slots.iter().map(|s| s.widest()).collect();
+    let greedy = graph::build(ModelKind::Resnet20, base.input, 10, Some(&argmax), &BitConfig::uniform(2)).unwrap();
+    assert!(greedy.macs() > 3 * base.macs(), "the argmax architecture breaks the budget");
+
+    let (widths, repaired, report) =
+        derive::derive(ModelKind::Resnet20, base.input, 10, &slots, &probs, &BitConfig::uniform(2), &eval, &base).unwrap();
+    assert!(report.passes());
+    let net = graph::build(ModelKind::Resnet20, base.input, 10, Some(&widths), &BitConfig::uniform(2)).unwrap();
+    assert!(net.macs() <= base.macs(), "{} > {}", net.macs(), base.macs());
+    assert_eq!(report.total("macs").unwrap(), net.macs() as f64);
+    // Every repair is one step down of one slot, and together they explain the result.
+    let mut steps = 0;
+    for r in &repaired {
+        let (name, change) = r.split_once(": ").unwrap();
+        let (from, to) = change.split_once(" -> ").unwrap();
+        let s = slots.iter().position(|s| s.name == name).unwrap();
+        let (from, to): (usize, usize) = (from.parse().unwrap(), to.parse().unwrap());
+        let i = slots[s].candidates.iter().position(|&c| c == from).unwrap();
+        assert_eq!(slots[s].candidates[i - 1], to, "{r}");
+        steps += 1;
+    }
+    let expected_steps: usize = slots.iter().zip(&widths).map(|(s, w)| s.candidates.len() - 1 - s.candidates.iter().position(|c| c == w).unwrap()).sum();
+    assert_eq!(steps, expected_steps);
+    assert!(!repaired.is_empty());
+    // Minimal: undoing the last repair breaks the budget again.
+    let last = repaired.last().unwrap();
+    let (name, change) = last.split_once(": ").unwrap();
+    let from: usize = change.split_once(" -> ").unwrap().0.parse().unwrap();
+    let mut undone = widths.clone();
+    undone[slots.iter().position(|s| s.name == name).unwrap()] = from;
+    let net = graph::build(ModelKind::Resnet20, base.input, 10, Some(&undone), &BitConfig::uniform(2)).unwrap();
+    assert!(net.macs() > base.macs());
+
+    // An argmax architecture within budget is returned unchanged, with no repairs.
+    let narrow: Vec<Vec<f64>> = probs.iter().map(|p| p.iter().rev().copied().collect()).collect();
+    let (w, repaired, report) =
+        derive::derive(ModelKind::Resnet20, base.input, 10, &slots, &narrow, &BitConfig::uniform(2), &eval, &base).unwrap();
+    assert!(repaired.is_empty() && report.passes());
+    assert_eq!(w, slots.iter().map(|s| s.candidates[0]).collect::<Vec<_>>());
+}
+
+#[test]
+fn derive_ties_go_to_the_narrowest_candidate() {
+    torch();
+    let dir = tempfile::tempdir().unwrap();
+    let eval = profile_with_budget(dir.path(), "\"1.0x\"");
+    let base = tiny_net();
+    let (slots, _) = greedy_space();
+    let probs: Vec<Vec<f64>> = slots.iter().map(|s| vec![1.0 / s.candidates.len() as f64; s.candidates.len()]).collect();
+    let (w, repaired, _) = derive::derive(ModelKind::Resnet20, base.input, 10, &slots, &probs, &BitConfig::uniform(2), &eval, &base).unwrap();
+    assert!(repaired.is_empty());
+    assert_eq!(w, slots.iter().map(|s| s.candidates[0]).collect::<Vec<_>>());
+}
+
+#[test]
+fn derive_reports_an_infeasible_budget() {
+    torch();
+    let dir = tempfile::tempdir().unwrap();
+    let eval = profile_with_budget(dir.path(), "1000");
+    let base = tiny_net();
+    let (slots, probs) = greedy_space();
+    match derive::derive(ModelKind::Resnet20, base.input, 10, &slots, &probs, &BitConfig::uniform(2), &eval, &base) {
+        Err(DeriveError::Infeasible(msg)) => {
+            assert!(msg.contains("macs"), "{msg}");
+            let e = DeriveError::Infeasible(msg).to_string();
+            assert!(e.contains("no architecture in the search space meets the budgets"), "{e}");
+        }
+        Err(e) => panic!("wrong error: {e}"),
+        Ok((w, _, r)) => panic!("accepted {w:?}: {:?}", r.budgets),
+    }
+}
+
+// ---------------------------------------------------------------------------------------------
+// 7. A tiny search end to end
+
+#[test]
+fn tiny_search_expands_meets_budgets_and_resumes() {
+    torch();
+    let dir = tempfile::tempdir().unwrap();
+    let mut cfg = SearchConfig::new(ModelKind::Resnet20, NPU.into(), "fashion-mnist", 2, dir.path().to_path_buf());
+    // 256 images: 128 per half, two batches of 64 per epoch (the cost is in the forward passes
+    // and in decoding the full Fashion-MNIST files, which a debug build does slowly).
+    cfg.train_subset = Some(256);
+    cfg.test_subset = Some(100);
+    cfg.batch_size = 64;
+    cfg.threads = 1;
+    cfg.space.threshold = 0.2;
+    let r = search(&cfg, false, false).unwrap();
+
+    assert!(r.arch_path.is_file());
+    let text = std::fs::read_to_string(&r.arch_path).unwrap();
+    let arch: ArchFile = toml::from_str(&text).unwrap();
+    assert_eq!(arch.model, ModelKind::Resnet20);
+    assert_eq!(arch.input, "1x28x28");
+    assert_eq!(arch.widths.len(), 19);
+    assert_eq!(arch.widths, r.arch.widths);
+    assert_eq!(arch.base_widths, ModelKind::Resnet20.base_widths());
+    assert!(!arch.budgets.is_empty());
+    assert!(arch.budgets.iter().all(|b| b.pass && b.value <= b.max * (1.0 + 1e-9)), "{:?}", arch.budgets);
+    for m in ["macs", "params", "latency_ms"] {
+        assert!(arch.budgets.iter().any(|b| b.metric == m), "budget {m}");
+    }
+    // The derived widths are candidates of their slots, and probabilities are distributions.
+    for (l, w) in arch.layers.iter().zip(&arch.widths) {
+        assert!(l.candidates.contains(w), "{l:?}");
+        assert!(l.candidates.contains(&l.width));
+        assert_eq!(l.candidates.len(), l.probs.len());
+        assert_relative_eq!(l.probs.iter().sum::<f64>(), 1.0, epsilon = 1e-6);
+    }
+    // Expansion happened (p(widest) ≈ 1/3 > 0.2 after the first epoch) and was logged.
+    assert!(!arch.expansions.is_empty());
+    assert!(arch.layers.iter().any(|l| l.candidates.len() > 3));
+    for e in &arch.expansions {
+        assert_eq!(e.new_widest, arch.layers[e.slot].candidates.iter().copied().find(|&c| c > e.old_widest).unwrap());
+    }
+
+    let log = std::fs::read_to_string(dir.path().join("search.jsonl")).unwrap();
+    assert_eq!(log.lines().count(), 2);
+    let entries: Vec<serde_json::Value> = log.lines().map(|l| serde_json::from_str(l).unwrap()).collect();
+    let logged: usize = entries.iter().map(|e| e["expansions"].as_array().unwrap().len()).sum();
+    assert!(logged >= 1);
+    assert_eq!(logged, arch.expansions.len());
+    assert_eq!(r.log.len(), 2);
+    assert!(r.log[0].tau > r.log[1].tau, "τ decays");
+    assert_relative_eq!(r.log[0].tau, 5.0, epsilon = 1e-12);
+
+    // Resuming a finished search is a no-op that derives the same architecture.
+    let again = search(&cfg, true, false).unwrap();
+    assert_eq!(again.arch.widths, arch.widths);
+    assert_eq!(std::fs::read_to_string(&again.arch_path).unwrap(), text);
+    assert_eq!(again.log.len(), 2);
+    assert_eq!(std::fs::read_to_string(dir.path().join("search.jsonl")).unwrap().lines().count(), 2);
+}
+
