@@ -56,7 +56,7 @@ pub struct TrainArgs {
     kd_alpha: f64,
     #[arg(long, default_value_t = 4.0)]
     kd_temperature: f64,
-    /// Train on the first N training images only (class-balanced).
+    /// Train on the first N training images only (file order; the IDX files are shuffled).
     #[arg(long)]
     train_subset: Option<usize>,
     /// Evaluate on the first N test images only.

@@ -38,7 +38,7 @@ pub struct SearchConfig {
     pub profile: PathBuf,
     pub data: String,
     pub data_root: PathBuf,
-    /// Search on the first N training images only (class-balanced), split 50/50.
+    /// Search on the first N training images only (in file order; the files are already shuffled), split 50/50.
     pub train_subset: Option<usize>,
     /// Test images used to report the argmax architecture's accuracy each epoch.
     pub test_subset: Option<usize>,

@@ -27,7 +27,7 @@ pub struct TrainConfig {
     /// `fashion-mnist`, `mnist` or `cifar10`.
     pub data: String,
     pub data_root: PathBuf,
-    /// Use only the first N training images (class-balanced) / test images.
+    /// Use only the first N training / test images (file order; the IDX files are shuffled).
     pub train_subset: Option<usize>,
     pub test_subset: Option<usize>,
     pub epochs: usize,
