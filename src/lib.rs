@@ -22,6 +22,8 @@ pub mod quant;
 #[cfg(feature = "train")]
 pub mod search;
 #[cfg(feature = "train")]
+pub mod sensitivity;
+#[cfg(feature = "train")]
 pub mod train;
 
 #[cfg(feature = "cli")]

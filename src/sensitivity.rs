@@ -1,0 +1,300 @@
+//! Per-layer 2-bit quantization sensitivity of a trained full-precision network: which layers
+//! lose the most when quantized, i.e. where extra channels (NCE's expansion) are likely to pay.
+//!
+//! From one FP32 checkpoint (`nce train --bits 32`), on held-out (test) images and without any
+//! training, every quantizable layer `L` (a conv with 2-bit weights in the default W2A2
+//! configuration: every conv except the first; the 8-bit first conv and last linear are not
+//! candidates) is measured two ways:
+//!
+//! - **one-on**: only `L` at 2 bits (weights and the activations it reads), everything else
+//!   full precision; `one_on_drop = acc(FP32) − acc(one-on L)`.
+//! - **one-off**: the full W2A2 network (8-bit first conv and last linear) except `L`, kept at
+//!   full precision; `one_off_gain = acc(one-off L) − acc(W2A2)`.
+//!
+//! One-on isolates a layer's own damage; one-off measures it in the company it will actually
+//! keep, where errors compound. The two disagree more as quantization noise interacts.
+//!
+//! Each configuration is a [`graph::build`] with [`BitConfig::overrides`], a fresh model with
+//! the FP32 weights copied by name, and PACT clips calibrated on one training batch
+//! ([`calibrate_clips`]: MSE-optimal clip of each layer's full-precision output). Activations
+//! are quantized where they are produced, so "the activations `L` reads" is the tensor feeding
+//! `L`: in one-off keeping `L`'s input at full precision keeps that tensor full precision for
+//! every reader (the graph stores a tensor at the highest precision any reader asks for), and in
+//! one-on the tensor feeding `L` is stored at 2 bits even when it also feeds a residual
+//! shortcut — both exactly as that tensor is shared in the real W2A2 network. Weights use SAWB
+//! (the default quantizer, which needs no calibration). Accuracies are in percent, drops and
+//! gains in percentage points. See `docs/sensitivity.md`.
+
+use crate::data::{self, DataError, Loader, Split};
+use crate::graph::{self, BitConfig, GraphError, Network, Op, Src};
+use crate::models::{self, ActQuantizer, Model, ModelOptions, WeightQuantizer};
+use crate::plot::{self, PlotError};
+use crate::train::{self, calibrate_clips, TrainError};
+use std::cell::RefCell;
+use std::collections::HashMap;
+use std::path::{Path, PathBuf};
+use tch::{nn, Device};
+
+/// What to measure and where to write it.
+#[derive(Clone, Debug)]
+pub struct SensitivityConfig {
+    /// An FP32 checkpoint written by `nce train --bits 32`.
+    pub checkpoint: PathBuf,
+    /// Dataset name; `None` = the one the checkpoint was trained on.
+    pub data: Option<String>,
+    pub data_root: PathBuf,
+    /// Evaluate on the first N test images (file order); `None` = the whole test set.
+    pub test_subset: Option<usize>,
+    /// Training images in the calibration batch.
+    pub calib_batch: usize,
+    pub eval_batch: usize,
+    /// Intra-op threads for libtorch (0 = libtorch's default).
+    pub threads: usize,
+    /// Folder for `sensitivity.csv` and `sensitivity.{svg,png}`.
+    pub out: PathBuf,
+}
+
+impl SensitivityConfig {
+    pub fn new(checkpoint: PathBuf, out: PathBuf) -> SensitivityConfig {
+        SensitivityConfig {
+            checkpoint,
+            data: None,
+            data_root: PathBuf::from("data"),
+            test_subset: None,
+            calib_batch: 256,
+            eval_batch: 500,
+            threads: 0,
+            out,
+        }
+    }
+}
+
+/// One quantizable layer's result (accuracies in percent, differences in percentage points).
+#[derive(Clone, Debug, PartialEq)]
+pub struct LayerSensitivity {
+    pub layer: String,
+    /// Accuracy with only this layer at 2 bits.
+    pub one_on_acc: f64,
+    /// Accuracy of W2A2 with only this layer at full precision.
+    pub one_off_acc: f64,
+    /// `fp32_acc − one_on_acc`.
+    pub one_on_drop: f64,
+    /// `one_off_acc − w2a2_acc`.
+    pub one_off_gain: f64,
+}
+
+/// The outcome of [`run`].
+#[derive(Clone, Debug)]
+pub struct SensitivityReport {
+    pub model: String,
+    pub data: String,
+    pub test_images: usize,
+    pub fp32_acc: f64,
+    /// Everything quantized (2-bit, 8-bit first conv and last linear), clips calibrated, no
+    /// training.
+    pub w2a2_acc: f64,
+    pub layers: Vec<LayerSensitivity>,
+    pub csv: PathBuf,
+    pub plots: Vec<PathBuf>,
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum SensitivityError {
+    #[error(transparent)]
+    Train(#[from] TrainError),
+    #[error(transparent)]
+    Data(#[from] DataError),
+    #[error(transparent)]
+    Graph(#[from] GraphError),
+    #[error(transparent)]
+    Plot(#[from] PlotError),
+    #[error("model: {0}")]
+    Model(#[from] models::ModelError),
+    #[error("{}: {source}", file.display())]
+    Io { file: PathBuf, source: std::io::Error },
+    #[error("{}: {msg}", checkpoint.display())]
+    Checkpoint { checkpoint: PathBuf, msg: String },
+    #[error("{0}")]
+    Invalid(String),
+}
+
+/// The layers measured: convs with 2-bit weights in the default W2A2 configuration of `net`'s
+/// model and widths (every conv but the first; the last linear is 8-bit too).
+pub fn quantizable_layers(net: &Network) -> Result<Vec<String>, GraphError> {
+    let w2a2 = rebuild(net, &BitConfig::uniform(2))?;
+    Ok(w2a2.layers.iter().filter(|l| matches!(l.op, Op::Conv { .. }) && l.wbits == 2).map(|l| l.name.clone()).collect())
+}
+
+/// `net`'s model and widths under `bits`.
+fn rebuild(net: &Network, bits: &BitConfig) -> Result<Network, GraphError> {
+    graph::build(net.model.parse()?, net.input, net.classes, Some(&net.widths), bits)
+}
+
+/// Only `layer` at 2 bits: its weights by override, and the tensor it reads stored at 2 bits
+/// where it is produced (the graph would otherwise keep it at the full precision its other
+/// readers, e.g. a residual shortcut, ask for).
+fn one_on(net: &Network, layer: &str) -> Result<Network, GraphError> {
+    let mut bits = BitConfig::full_precision();
+    bits.overrides.insert(layer.to_string(), (2, 2));
+    let mut n = rebuild(net, &bits)?;
+    let i = n.layers.iter().position(|l| l.name == layer).ok_or_else(|| GraphError::UnknownLayer(layer.into()))?;
+    let mut stack: Vec<Src> = n.layers[i].inputs.clone();
+    while let Some(src) = stack.pop() {
+        let Src::Layer(j) = src else { continue };
+        match n.layers[j].op {
+            // Layers with an activation quantizer: store the output at 2 bits.
+            Op::Conv { relu: true, .. } | Op::Add { relu: true } => n.layers[j].out_bits = n.layers[j].out_bits.min(2),
+            // Pass-through layers read their producer's precision: look further back.
+            Op::Subsample { .. } | Op::MaxPool { .. } => stack.extend(n.layers[j].inputs.iter().copied()),
+            _ => {}
+        }
+    }
+    Ok(n)
+}
+
+/// The W2A2 network with `layer` (if any) kept at full precision.
+fn one_off(net: &Network, layer: Option<&str>) -> Result<Network, GraphError> {
+    let mut bits = BitConfig::uniform(2);
+    if let Some(l) = layer {
+        bits.overrides.insert(l.to_string(), (32, 32));
+    }
+    rebuild(net, &bits)
+}
+
+/// Everything shared by the measurements.
+struct Bench<'a> {
+    fp: &'a nn::VarStore,
+    options: ModelOptions,
+    calib: tch::Tensor,
+    test: Loader,
+    /// (PACT variable, bits) → calibrated clip. [`calibrate_clips`] sets each clip from the
+    /// full-precision output of its layer (the same in every configuration: same weights, same
+    /// batch) and the layer's bits, so one calibration of W2A2 serves every configuration; this
+    /// gives the same clips as calibrating each one, 37× cheaper for ResNet-20.
+    clips: RefCell<HashMap<(String, u8), f64>>,
+}
+
+impl Bench<'_> {
+    /// Test accuracy (percent) of `net` with the FP32 weights and calibrated clips.
+    fn accuracy(&self, net: &Network) -> Result<f64, SensitivityError> {
+        let mut vs = nn::VarStore::new(Device::Cpu);
+        let model = Model::new(&vs.root(), net, &self.options)?;
+        let report = models::copy_by_name(&mut vs, self.fp)?;
+        if let Some(m) = report.missing.iter().find(|n| !n.ends_with(".act.alpha")) {
+            return Err(SensitivityError::Invalid(format!("the checkpoint lacks variable `{m}`")));
+        }
+        let alphas: Vec<(String, u8, tch::Tensor)> = model
+            .pact_alphas()
+            .into_iter()
+            .map(|(name, t)| {
+                let bits = net.layers.iter().find(|l| name.strip_suffix(".act.alpha") == Some(l.name.as_str())).map_or(0, |l| l.out_bits);
+                (name, bits, t)
+            })
+            .collect();
+        let mut clips = self.clips.borrow_mut();
+        if alphas.iter().all(|(n, b, _)| clips.contains_key(&(n.clone(), *b))) {
+            tch::no_grad(|| {
+                for (n, b, t) in &alphas {
+                    let _ = t.shallow_clone().fill_(clips[&(n.clone(), *b)]);
+                }
+            });
+        } else {
+            calibrate_clips(&vs, net, &self.calib)?;
+            for (n, b, t) in &alphas {
+                clips.insert((n.clone(), *b), t.reshape([-1]).double_value(&[0]));
+            }
+        }
+        Ok(100.0 * train::evaluate(&model, &self.test).1)
+    }
+}
+
+/// Measures one-on and one-off sensitivity of every quantizable layer and writes
+/// `sensitivity.csv` and `sensitivity.{svg,png}` into `cfg.out`. With `progress`, prints one
+/// line per layer to stderr.
+pub fn run(cfg: &SensitivityConfig, progress: bool) -> Result<SensitivityReport, SensitivityError> {
+    if cfg.threads > 0 {
+        tch::set_num_threads(cfg.threads as i32);
+    }
+    if cfg.calib_batch == 0 || cfg.eval_batch == 0 {
+        return Err(SensitivityError::Invalid("calibration and evaluation batches must be non-empty".into()));
+    }
+    let loaded = train::load_model(&cfg.checkpoint)?;
+    let net = &loaded.meta.net;
+    if let Some(l) = net.layers.iter().find(|l| l.has_weights() && l.wbits != 32) {
+        return Err(SensitivityError::Checkpoint {
+            checkpoint: cfg.checkpoint.clone(),
+            msg: format!("`{}` has {}-bit weights; sensitivity starts from a full-precision checkpoint (nce train --bits 32)", l.name, l.wbits),
+        });
+    }
+    let name = cfg.data.clone().unwrap_or_else(|| loaded.meta.config.data.clone());
+    let mut test = data::load(&name, &cfg.data_root, Split::Test)?;
+    if test.shape != net.input {
+        return Err(SensitivityError::Checkpoint {
+            checkpoint: cfg.checkpoint.clone(),
+            msg: format!("expects {} inputs, {name} has {}", net.input, test.shape),
+        });
+    }
+    if let Some(n) = cfg.test_subset.filter(|&n| n < test.len()) {
+        test = test.subset(n);
+    }
+    if test.is_empty() {
+        return Err(SensitivityError::Invalid("the test subset is empty".into()));
+    }
+    let train_set = data::load(&name, &cfg.data_root, Split::Train)?;
+    let calib_set = train_set.subset(cfg.calib_batch.min(train_set.len()));
+    let calib = Loader::eval(&calib_set, calib_set.len(), Device::Cpu)?
+        .batch(0, 0)
+        .ok_or_else(|| SensitivityError::Invalid(format!("{name} has no training images to calibrate on")))?
+        .0;
+    std::fs::create_dir_all(&cfg.out).map_err(|source| SensitivityError::Io { file: cfg.out.clone(), source })?;
+
+    // SAWB weights and PACT activations whatever the checkpoint trained with: both need no
+    // training to start from FP32 weights (LSQ steps would).
+    let options = ModelOptions {
+        weight: WeightQuantizer::Sawb,
+        activation: ActQuantizer::Pact,
+        ..loaded.meta.config.model_options.clone()
+    };
+    let bench = Bench { fp: &loaded.vs, options, calib, test: Loader::eval(&test, cfg.eval_batch, Device::Cpu)?, clips: RefCell::default() };
+    let fp32_acc = 100.0 * train::evaluate(&loaded.model, &bench.test).1;
+    let w2a2_acc = bench.accuracy(&one_off(net, None)?)?;
+    if progress {
+        eprintln!("{}: FP32 {fp32_acc:.2}%, W2A2 (calibrated, untrained) {w2a2_acc:.2}% on {} {name} test images", net.model, test.len());
+    }
+    let mut layers = Vec::new();
+    for layer in quantizable_layers(net)? {
+        let one_on_acc = bench.accuracy(&one_on(net, &layer)?)?;
+        let one_off_acc = bench.accuracy(&one_off(net, Some(&layer))?)?;
+        let s = LayerSensitivity { one_on_drop: fp32_acc - one_on_acc, one_off_gain: one_off_acc - w2a2_acc, one_on_acc, one_off_acc, layer };
+        if progress {
+            eprintln!("  {:<20} one-on drop {:+7.2} pp, one-off gain {:+7.2} pp", s.layer, s.one_on_drop, s.one_off_gain);
+        }
+        layers.push(s);
+    }
+
+    let csv = cfg.out.join("sensitivity.csv");
+    write_csv(&csv, &layers, fp32_acc, w2a2_acc)?;
+    let names: Vec<String> = layers.iter().map(|l| l.layer.clone()).collect();
+    let plots = plot::bar_chart(
+        &cfg.out.join("sensitivity"),
+        &format!("{} 2-bit sensitivity (FP32 {fp32_acc:.1}%, W2A2 {w2a2_acc:.1}%)", net.model),
+        "accuracy (percentage points)",
+        &names,
+        &[
+            ("one-on drop (only this layer 2-bit)".into(), layers.iter().map(|l| l.one_on_drop).collect()),
+            ("one-off gain (only this layer FP32)".into(), layers.iter().map(|l| l.one_off_gain).collect()),
+        ],
+    )?;
+    Ok(SensitivityReport { model: net.model.clone(), data: name, test_images: test.len(), fp32_acc, w2a2_acc, layers, csv, plots })
+}
+
+/// `layer,one_on_drop,one_off_gain,fp32_acc,w2a2_acc`, one row per layer (the last two repeat
+/// so that every row is self-contained).
+fn write_csv(path: &Path, layers: &[LayerSensitivity], fp32: f64, w2a2: f64) -> Result<(), SensitivityError> {
+    let mut text = String::from("layer,one_on_drop,one_off_gain,fp32_acc,w2a2_acc\n");
+    for l in layers {
+        text.push_str(&format!("{},{:.4},{:.4},{:.4},{:.4}\n", l.layer, l.one_on_drop, l.one_off_gain, fp32, w2a2));
+    }
+    std::fs::write(path, text).map_err(|source| SensitivityError::Io { file: path.into(), source })
+}
+

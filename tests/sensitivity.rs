@@ -1,0 +1,75 @@
+//! `nce::sensitivity` on a tiny FP32 ResNet-20 trained in the test: one CSV row per
+//! quantizable layer, finite values, the chart written; clear errors for wrong inputs.
+
+use nce::graph::ModelKind;
+use nce::sensitivity::{self, SensitivityConfig, SensitivityError};
+use nce::train::{self, TrainConfig};
+use std::path::PathBuf;
+
+fn tiny_fp32(dir: &std::path::Path) -> PathBuf {
+    let mut c = TrainConfig::new(ModelKind::Resnet20, "fashion-mnist", 32, 1, dir.to_path_buf());
+    c.train_subset = Some(512);
+    c.test_subset = Some(200);
+    c.batch_size = 64;
+    c.threads = 1;
+    train::train(&c, false, false).unwrap().checkpoint
+}
+
+#[test]
+fn resnet20_one_on_and_one_off() {
+    let dir = tempfile::tempdir().unwrap();
+    let ckpt = tiny_fp32(&dir.path().join("fp32"));
+    let mut cfg = SensitivityConfig::new(ckpt.clone(), dir.path().join("sens"));
+    cfg.test_subset = Some(50);
+    cfg.calib_batch = 32;
+    cfg.threads = 1;
+    let r = sensitivity::run(&cfg, false).unwrap();
+
+    let loaded = train::load_model(&ckpt).unwrap();
+    let layers = sensitivity::quantizable_layers(&loaded.meta.net).unwrap();
+    assert_eq!(layers.len(), 18, "ResNet-20 has 18 quantizable convs (19 minus the first)");
+    assert!(!layers.contains(&"conv1".to_string()) && !layers.iter().any(|l| l == "fc"));
+    assert_eq!(r.layers.iter().map(|l| l.layer.clone()).collect::<Vec<_>>(), layers);
+    assert_eq!(r.test_images, 50);
+
+    let csv = std::fs::read_to_string(dir.path().join("sens/sensitivity.csv")).unwrap();
+    let mut lines = csv.lines();
+    assert_eq!(lines.next(), Some("layer,one_on_drop,one_off_gain,fp32_acc,w2a2_acc"));
+    let rows: Vec<Vec<&str>> = lines.map(|l| l.split(',').collect()).collect();
+    assert_eq!(rows.len(), 18);
+    for (row, name) in rows.iter().zip(&layers) {
+        assert_eq!(row.len(), 5);
+        assert_eq!(row[0], name);
+        for v in &row[1..] {
+            let x: f64 = v.parse().unwrap();
+            assert!(x.is_finite() && x.abs() <= 100.0, "{name}: {v}");
+        }
+    }
+    for l in &r.layers {
+        assert!((0.0..=100.0).contains(&l.one_on_acc) && (0.0..=100.0).contains(&l.one_off_acc));
+        assert!((r.fp32_acc - l.one_on_acc - l.one_on_drop).abs() < 1e-9);
+    }
+    for ext in ["svg", "png"] {
+        assert!(dir.path().join(format!("sens/sensitivity.{ext}")).is_file());
+    }
+    assert_eq!(r.plots.len(), 2);
+
+    // A quantized checkpoint is refused with a message naming it.
+    let mut q = TrainConfig::new(ModelKind::Resnet20, "fashion-mnist", 2, 1, dir.path().join("w2"));
+    q.train_subset = Some(64);
+    q.test_subset = Some(20);
+    q.batch_size = 64;
+    q.threads = 1;
+    let qckpt = train::train(&q, false, false).unwrap().checkpoint;
+    let err = sensitivity::run(&SensitivityConfig { checkpoint: qckpt.clone(), ..cfg.clone() }, false).unwrap_err();
+    assert!(matches!(err, SensitivityError::Checkpoint { .. }), "{err:?}");
+    assert!(err.to_string().contains(&qckpt.display().to_string()) && err.to_string().contains("--bits 32"), "{err}");
+}
+
+#[test]
+fn missing_checkpoint_is_an_error() {
+    let dir = tempfile::tempdir().unwrap();
+    let cfg = SensitivityConfig::new(dir.path().join("nope.ot"), dir.path().join("out"));
+    let err = sensitivity::run(&cfg, false).unwrap_err();
+    assert!(err.to_string().contains("nope.ot"), "{err}");
+}
