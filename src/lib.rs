@@ -13,6 +13,7 @@ pub mod engine;
 pub mod export;
 pub mod graph;
 pub mod hw;
+#[cfg(feature = "plot")]
 pub mod plot;
 
 #[cfg(feature = "train")]

@@ -407,7 +407,12 @@ pub fn search(cfg: &SearchConfig, resume: bool, progress: bool) -> Result<Search
     let arch_path = cfg.out.join("arch.toml");
     let text = toml::to_string(&arch).map_err(|e| SearchError::Invalid(format!("cannot serialise the architecture: {e}")))?;
     std::fs::write(&arch_path, text).map_err(io(&arch_path))?;
-    plots::write_all(&cfg.out, &log, &arch)?;
+    // Charts are a convenience: the architecture file is the result, so a missing font or an
+    // unwritable chart is a warning, not a failed search.
+    if let Err(e) = plots::write_all(&cfg.out, &log, &arch) {
+        tracing::warn!("search plots not written: {e}");
+        eprintln!("warning: search plots not written: {e}");
+    }
     Ok(SearchResult { arch, arch_path, log })
 }
 
