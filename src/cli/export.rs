@@ -73,6 +73,7 @@ pub struct ValidateArgs {
 }
 
 pub fn validate(a: ValidateArgs) -> Result<ExitCode> {
+    use crate::export::validate;
     let model = QModel::load(&a.model)?;
     let backend = match a.backend.as_str() {
         "cpu" => Backend::best(),
@@ -87,42 +88,24 @@ pub fn validate(a: ValidateArgs) -> Result<ExitCode> {
         ds = ds.subset(n);
     }
     let cpu = Cpu::new(backend, 1)?;
-    let prepared = model.prepare(&cpu)?;
     let t = Instant::now();
-    let threads = a.threads.max(1);
+    let outs = validate::run_engine(&model, &cpu, &ds, a.threads)?;
+    let secs = t.elapsed().as_secs_f64();
     let n = ds.len();
-    let per = ds.shape.numel();
-    let chunk = n.div_ceil(threads);
-    let results: Vec<Result<Vec<Vec<Option<LayerOut>>>, crate::engine::EngineError>> = std::thread::scope(|s| {
-        let handles: Vec<_> = (0..threads)
-            .map(|k| {
-                let (ds, model, cpu, prepared) = (&ds, &model, &cpu, &prepared);
-                s.spawn(move || {
-                    (k * chunk..((k + 1) * chunk).min(n)).map(|i| model.run_layers(cpu, prepared, &ds.images[i * per..(i + 1) * per])).collect()
-                })
-            })
-            .collect();
-        handles.into_iter().map(|h| h.join().expect("engine thread panicked")).collect()
-    });
-    let mut outs = Vec::with_capacity(n);
-    for r in results {
-        outs.extend(r?);
-    }
-    let engine_s = t.elapsed().as_secs_f64();
-    let logits = |o: &Vec<Option<LayerOut>>| match o.last() {
-        Some(Some(LayerOut::Logits(l))) => l.clone(),
-        _ => vec![],
-    };
-    let argmax = |l: &[i32]| l.iter().enumerate().max_by_key(|(i, v)| (**v, std::cmp::Reverse(*i))).map_or(0, |(i, _)| i);
-    let correct = outs.iter().zip(&ds.labels).filter(|(o, &y)| argmax(&logits(o)) == y as usize).count();
+    let correct = outs
+        .iter()
+        .zip(&ds.labels)
+        .filter(|(o, &y)| matches!(o.last(), Some(Some(LayerOut::Logits(l))) if validate::argmax(l) == y as usize))
+        .count();
     println!(
-        "{}: {} on {} test images with {:?} kernels: accuracy {:.2}% ({:.2} ms/image/thread)",
+        "{}: {} on {} {} test images, {:?} kernels: accuracy {:.2}% ({:.2} ms per image per thread)",
         a.model.display(),
         model.net().model,
         n,
+        a.data,
         backend,
         100.0 * correct as f64 / n as f64,
-        engine_s * 1e3 * threads as f64 / n as f64
+        secs * 1e3 * a.threads.max(1) as f64 / n as f64
     );
     compare_with_simulation(&a, &model, &ds, &outs)
 }
@@ -136,87 +119,23 @@ fn compare_with_simulation(_: &ValidateArgs, _: &QModel, _: &crate::data::Datase
 /// Compares every layer's integer output of the engine with the tch integer simulation.
 #[cfg(feature = "train")]
 fn compare_with_simulation(a: &ValidateArgs, model: &QModel, ds: &crate::data::Dataset, outs: &[Vec<Option<LayerOut>>]) -> Result<ExitCode> {
-    use crate::export::{convert, simulate};
-    use tch::{Kind, Tensor};
     let ckpt = match (&a.checkpoint, &model.header.source) {
         (Some(c), _) => c.clone(),
         (None, Some(s)) => PathBuf::from(s),
         (None, None) => bail!("{} records no checkpoint; pass --checkpoint", a.model.display()),
     };
     let m = crate::train::load_model(&ckpt).with_context(|| format!("loading the checkpoint to simulate ({})", ckpt.display()))?;
-    if m.meta.net != *model.net() {
-        bail!("{} and {} describe different networks", ckpt.display(), a.model.display());
-    }
-    let layers = convert::int_layers(&m).map_err(anyhow::Error::msg)?;
-    let net = model.net();
-    let s = net.input;
-    let (mut agree, mut sim_correct, mut float_correct) = (0usize, 0usize, 0usize);
-    let mut mismatched_values: u64 = 0;
-    let mut max_dev: i64 = 0;
-    let mut worst = String::new();
-    let batch = 500;
-    for start in (0..ds.len()).step_by(batch) {
-        let end = (start + batch).min(ds.len());
-        let px = &ds.images[start * s.numel()..end * s.numel()];
-        let x = Tensor::from_slice(px).view([(end - start) as i64, s.c as i64, s.h as i64, s.w as i64]);
-        let sim = simulate::simulate(net, &layers, &x).map_err(anyhow::Error::msg)?;
-        let float_logits = tch::no_grad(|| m.model.f_forward_t(&(x.to_kind(Kind::Float) / 255.0), false))?;
-        let float_pred = Vec::<i64>::try_from(&float_logits.argmax(-1, false))?;
-        for (li, l) in net.layers.iter().enumerate() {
-            let Some(st) = &sim[li] else { continue };
-            for (bi, o) in outs[start..end].iter().enumerate() {
-                let theirs: Vec<i64> = match &o[li] {
-                    Some(LayerOut::Codes(q)) => {
-                        // Engine tensors are HWC; the simulation's are CHW.
-                        let mut v = vec![0i64; q.data.len()];
-                        for p in 0..q.h * q.w {
-                            for c in 0..q.c {
-                                v[c * q.h * q.w + p] = q.data[p * q.c + c] as i64;
-                            }
-                        }
-                        v
-                    }
-                    Some(LayerOut::Sums(v)) | Some(LayerOut::Logits(v)) => v.iter().map(|&x| x as i64).collect(),
-                    None => bail!("the engine produced no output for layer {}", l.name),
-                };
-                let ours = Vec::<i64>::try_from(&st.get(bi as i64).flatten(0, -1))?;
-                if ours.len() != theirs.len() {
-                    bail!("layer {}: engine output has {} values, simulation {}", l.name, theirs.len(), ours.len());
-                }
-                for (x, y) in ours.iter().zip(&theirs) {
-                    let d = (x - y).abs();
-                    if d > 0 {
-                        mismatched_values += 1;
-                        if d > max_dev {
-                            max_dev = d;
-                            worst = format!("layer {} image {}", l.name, start + bi);
-                        }
-                    }
-                }
-            }
-        }
-        let sim_logits = sim.last().and_then(|t| t.as_ref()).ok_or_else(|| anyhow::anyhow!("no simulated logits"))?;
-        let sim_pred = Vec::<i64>::try_from(&sim_logits.argmax(-1, false))?;
-        for (bi, o) in outs[start..end].iter().enumerate() {
-            let engine_pred = match o.last() {
-                Some(Some(LayerOut::Logits(l))) => l.iter().enumerate().max_by_key(|(i, v)| (**v, std::cmp::Reverse(*i))).map_or(0, |(i, _)| i) as i64,
-                _ => -1,
-            };
-            let y = ds.labels[start + bi] as i64;
-            agree += (engine_pred == sim_pred[bi]) as usize;
-            sim_correct += (sim_pred[bi] == y) as usize;
-            float_correct += (float_pred[bi] == y) as usize;
-        }
-    }
-    let n = ds.len() as f64;
-    println!("tch integer simulation of {}: accuracy {:.2}%", ckpt.display(), 100.0 * sim_correct as f64 / n);
-    println!("tch float fake-quant model: accuracy {:.2}% (reference; rounding of the folded scales may differ)", 100.0 * float_correct as f64 / n);
-    println!("argmax agreement engine vs simulation: {:.2}% ({agree}/{})", 100.0 * agree as f64 / n, ds.len());
+    let r = crate::export::validate::compare(model, &m, ds, outs).map_err(anyhow::Error::msg)?;
+    let n = r.images as f64;
+    println!("tch integer simulation of {}: accuracy {:.2}%", ckpt.display(), 100.0 * r.simulation_correct as f64 / n);
+    println!("tch float fake-quant model (reference): accuracy {:.2}%", 100.0 * r.float_correct as f64 / n);
+    println!("argmax agreement engine vs simulation: {:.2}% ({}/{})", 100.0 * r.agree as f64 / n, r.agree, r.images);
     println!(
-        "per-layer integer outputs: {} values differ; largest deviation {}{}",
-        mismatched_values,
-        max_dev,
-        if worst.is_empty() { String::new() } else { format!(" ({worst})") }
+        "per-layer integer outputs: {} of {} values differ; largest deviation {}{}",
+        r.mismatched_values,
+        r.compared_values,
+        r.max_deviation,
+        if r.worst.is_empty() { String::new() } else { format!(" ({})", r.worst) }
     );
-    Ok(if mismatched_values == 0 && agree == ds.len() { ExitCode::SUCCESS } else { ExitCode::from(1) })
+    Ok(if r.exact() { ExitCode::SUCCESS } else { ExitCode::from(1) })
 }

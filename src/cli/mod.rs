@@ -39,6 +39,9 @@ enum Command {
     /// Test accuracy of a checkpoint.
     #[cfg(feature = "train")]
     Eval(train::EvalArgs),
+    /// Copy a finished checkpoint without its optimiser state (for distribution).
+    #[cfg(feature = "train")]
+    Strip(train::StripArgs),
     /// Export a W2A2 checkpoint to a packed `.nce` model (and optionally a C header).
     #[cfg(feature = "train")]
     Export(export::ExportArgs),
@@ -89,6 +92,8 @@ pub fn main() -> ExitCode {
         Command::Sensitivity(args) => sensitivity::run(args),
         #[cfg(feature = "train")]
         Command::Export(args) => export::export(args),
+        #[cfg(feature = "train")]
+        Command::Strip(args) => train::strip(args),
         Command::Validate(args) => export::validate(args),
     };
     match result {

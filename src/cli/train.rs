@@ -168,3 +168,20 @@ pub fn eval(a: EvalArgs) -> Result<ExitCode> {
     );
     Ok(ExitCode::SUCCESS)
 }
+
+#[derive(clap::Args)]
+pub struct StripArgs {
+    /// A checkpoint written by `nce train`.
+    checkpoint: PathBuf,
+    /// Where to write the weights-only copy.
+    #[arg(short, long)]
+    out: PathBuf,
+}
+
+/// Drops the optimiser state of a finished checkpoint.
+pub fn strip(a: StripArgs) -> Result<ExitCode> {
+    crate::train::checkpoint::strip(&a.checkpoint, &a.out)?;
+    let size = std::fs::metadata(&a.out).map(|m| m.len()).unwrap_or(0);
+    println!("wrote {} ({size} bytes, no optimiser state)", a.out.display());
+    Ok(ExitCode::SUCCESS)
+}

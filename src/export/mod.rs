@@ -10,5 +10,6 @@ pub mod format;
 pub mod model;
 #[cfg(feature = "train")]
 pub mod simulate;
+pub mod validate;
 
 pub use model::{DecodeError, Header, LayerOut, ModelFileError, Prepared, QModel, Step};

@@ -70,3 +70,10 @@ pub fn load<M: DeserializeOwned>(path: &Path) -> Result<Checkpoint<M>, Checkpoin
     let meta = meta.ok_or_else(|| err("no metadata record (not written by nce?)".into()))?;
     Ok(Checkpoint { meta, vars, opt })
 }
+
+/// Copies a checkpoint without its optimiser state: what to distribute once training is over
+/// (half the size; it still evaluates, exports and initialises runs, but cannot `--resume`).
+pub fn strip(input: &Path, output: &Path) -> Result<(), CheckpointError> {
+    let ck = load::<serde_json::Value>(input)?;
+    save(output, &ck.meta, &ck.vars, &[])
+}

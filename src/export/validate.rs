@@ -1,0 +1,137 @@
+//! Validation of an exported model: run it on the integer engine and compare every layer's
+//! integer output with the tch integer simulation of its checkpoint.
+
+use super::model::{LayerOut, QModel};
+use crate::data::Dataset;
+use crate::engine::cpu::Cpu;
+use crate::engine::EngineError;
+use serde::Serialize;
+
+/// Every layer's output for every image of `ds`, computed on `threads` threads (images are
+/// split between them; each conv runs on one thread).
+pub fn run_engine(model: &QModel, cpu: &Cpu, ds: &Dataset, threads: usize) -> Result<Vec<Vec<Option<LayerOut>>>, EngineError> {
+    let prepared = model.prepare(cpu)?;
+    let n = ds.len();
+    let per = ds.shape.numel();
+    let threads = threads.max(1);
+    let chunk = n.div_ceil(threads).max(1);
+    let results: Vec<Result<Vec<Vec<Option<LayerOut>>>, EngineError>> = std::thread::scope(|s| {
+        let handles: Vec<_> = (0..threads)
+            .map(|k| {
+                let prepared = &prepared;
+                s.spawn(move || {
+                    (k * chunk..((k + 1) * chunk).min(n))
+                        .map(|i| model.run_layers(cpu, prepared, &ds.images[i * per..(i + 1) * per]))
+                        .collect()
+                })
+            })
+            .collect();
+        handles.into_iter().map(|h| h.join().expect("engine thread panicked")).collect()
+    });
+    let mut outs = Vec::with_capacity(n);
+    for r in results {
+        outs.extend(r?);
+    }
+    Ok(outs)
+}
+
+/// Index of the largest logit, ties to the first (as `torch.argmax`).
+pub fn argmax(logits: &[i32]) -> usize {
+    logits.iter().enumerate().max_by_key(|(i, v)| (**v, std::cmp::Reverse(*i))).map_or(0, |(i, _)| i)
+}
+
+/// The outcome of a comparison.
+#[derive(Clone, Debug, Serialize, Default)]
+pub struct Report {
+    pub images: usize,
+    pub engine_correct: usize,
+    pub simulation_correct: usize,
+    /// The float fake-quant model's correct predictions (reference only).
+    pub float_correct: usize,
+    /// Images where the engine's and the simulation's argmax agree.
+    pub agree: usize,
+    /// Integer values (over all layers and images) that differ.
+    pub mismatched_values: u64,
+    pub compared_values: u64,
+    pub max_deviation: i64,
+    /// Where the largest deviation was seen.
+    pub worst: String,
+}
+
+impl Report {
+    pub fn exact(&self) -> bool {
+        self.mismatched_values == 0 && self.agree == self.images
+    }
+}
+
+/// Compares engine outputs `outs` (from [`run_engine`] on `ds`) with the integer simulation
+/// of `ckpt`, batch by batch.
+#[cfg(feature = "train")]
+pub fn compare(model: &QModel, ckpt: &crate::train::LoadedModel, ds: &Dataset, outs: &[Vec<Option<LayerOut>>]) -> Result<Report, String> {
+    use super::{convert, simulate};
+    use tch::{Kind, Tensor};
+    if ckpt.meta.net != *model.net() {
+        return Err("the checkpoint and the model file describe different networks".into());
+    }
+    let layers = convert::int_layers(ckpt)?;
+    let net = model.net();
+    let s = net.input;
+    let mut r = Report { images: ds.len(), ..Default::default() };
+    let terr = |e: tch::TchError| e.to_string();
+    for start in (0..ds.len()).step_by(500) {
+        let end = (start + 500).min(ds.len());
+        let px = &ds.images[start * s.numel()..end * s.numel()];
+        let x = Tensor::from_slice(px).view([(end - start) as i64, s.c as i64, s.h as i64, s.w as i64]);
+        let sim = simulate::simulate(net, &layers, &x)?;
+        let float_logits = tch::no_grad(|| ckpt.model.f_forward_t(&(x.to_kind(Kind::Float) / 255.0), false)).map_err(|e| e.to_string())?;
+        let float_pred = Vec::<i64>::try_from(&float_logits.argmax(-1, false)).map_err(terr)?;
+        for (li, l) in net.layers.iter().enumerate() {
+            let Some(st) = &sim[li] else { continue };
+            for (bi, o) in outs[start..end].iter().enumerate() {
+                let theirs: Vec<i64> = match &o[li] {
+                    Some(LayerOut::Codes(q)) => {
+                        // Engine tensors are HWC; the simulation's are CHW.
+                        let mut v = vec![0i64; q.data.len()];
+                        for p in 0..q.h * q.w {
+                            for c in 0..q.c {
+                                v[c * q.h * q.w + p] = q.data[p * q.c + c] as i64;
+                            }
+                        }
+                        v
+                    }
+                    Some(LayerOut::Sums(v)) | Some(LayerOut::Logits(v)) => v.iter().map(|&x| x as i64).collect(),
+                    None => return Err(format!("the engine produced no output for layer {}", l.name)),
+                };
+                let ours = Vec::<i64>::try_from(&st.get(bi as i64).flatten(0, -1)).map_err(terr)?;
+                if ours.len() != theirs.len() {
+                    return Err(format!("layer {}: engine output has {} values, simulation {}", l.name, theirs.len(), ours.len()));
+                }
+                r.compared_values += ours.len() as u64;
+                for (x, y) in ours.iter().zip(&theirs) {
+                    let d = (x - y).abs();
+                    if d > 0 {
+                        r.mismatched_values += 1;
+                        if d > r.max_deviation {
+                            r.max_deviation = d;
+                            r.worst = format!("layer {} image {}", l.name, start + bi);
+                        }
+                    }
+                }
+            }
+        }
+        let sim_logits = sim.last().and_then(|t| t.as_ref()).ok_or("no simulated logits")?;
+        let sim_pred = Vec::<i64>::try_from(&sim_logits.argmax(-1, false)).map_err(terr)?;
+        for (bi, o) in outs[start..end].iter().enumerate() {
+            let engine_pred = match o.last() {
+                Some(Some(LayerOut::Logits(l))) => argmax(l) as i64,
+                _ => -1,
+            };
+            let y = ds.labels[start + bi] as i64;
+            r.agree += (engine_pred == sim_pred[bi]) as usize;
+            r.engine_correct += (engine_pred == y) as usize;
+            r.simulation_correct += (sim_pred[bi] == y) as usize;
+            r.float_correct += (float_pred[bi] == y) as usize;
+        }
+    }
+    Ok(r)
+}
