@@ -192,7 +192,10 @@ pub fn decode(bytes: &[u8]) -> Result<Container, FormatError> {
     if stored != computed {
         return Err(FormatError::Checksum { stored, computed });
     }
-    let _reserved = c.u16("reserved")?;
+    let reserved = c.u16("reserved")?;
+    if reserved != 0 {
+        return Err(FormatError::Invalid { what: "reserved field".into(), msg: format!("{reserved} (must be 0 in version {VERSION})") });
+    }
     let hlen = c.u32("header length")? as usize;
     if hlen > MAX_HEADER {
         return Err(FormatError::Invalid { what: "header length".into(), msg: format!("{hlen} exceeds {MAX_HEADER}") });

@@ -5,7 +5,7 @@
 use super::format::{self, Array, Container, Entry, FormatError};
 use crate::engine::cpu::Cpu;
 use crate::engine::{Conv2d, ConvWeights, EngineError, Linear, MaxPool2d, PackedW2, QTensor, Requant, Residual, Weights8};
-use crate::graph::{Network, Op, Src};
+use crate::graph::{Network, Op, Shape, Src};
 use serde::{Deserialize, Serialize};
 use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
@@ -76,24 +76,138 @@ pub enum LayerOut {
     Logits(Vec<i32>),
 }
 
-fn arr<'a>(c: &'a Container, name: &str) -> Result<&'a Entry, String> {
-    c.arrays.get(name).ok_or_else(|| format!("missing array `{name}`"))
-}
+/// Limits on the layer graph of a model file (`docs/format.md`, "Limits"): they bound the work
+/// and memory that a file can make the reader and the engines spend.
+pub const MAX_LAYERS: usize = 10_000;
+/// Largest channel count, height, width, kernel size, stride or padding.
+pub const MAX_DIM: usize = 1 << 16;
+/// Largest activation tensor, in codes.
+pub const MAX_TENSOR: usize = 1 << 28;
 
-fn i32s(c: &Container, name: &str, len: usize) -> Result<Vec<i32>, String> {
-    match &arr(c, name)?.data {
-        Array::I32(v) if v.len() == len => Ok(v.clone()),
-        Array::I32(v) => Err(format!("`{name}` has {} values, expected {len}", v.len())),
-        _ => Err(format!("`{name}` must be int32")),
+fn dtype_name(a: &Array) -> &'static str {
+    match a {
+        Array::U8(_) => "uint8",
+        Array::I8(_) => "int8",
+        Array::I32(_) => "int32",
+        Array::U32(_) => "uint32",
     }
 }
 
-fn scalar_i32(c: &Container, name: &str) -> Result<i32, String> {
-    Ok(i32s(c, name, 1)?[0])
+/// The container's arrays, remembering which ones the plan used (every array must be used).
+struct Arrays<'a> {
+    c: &'a Container,
+    used: std::collections::BTreeSet<&'a str>,
+}
+
+impl<'a> Arrays<'a> {
+    fn get(&mut self, name: &str) -> Result<&'a Entry, String> {
+        let (key, e) = self.c.arrays.get_key_value(name).ok_or_else(|| format!("missing array `{name}`"))?;
+        self.used.insert(key.as_str());
+        Ok(e)
+    }
+
+    fn shape(name: &str, e: &Entry, dims: &[usize]) -> Result<(), String> {
+        if e.dims != dims {
+            return Err(format!("`{name}` has shape {:?}, expected {dims:?}", e.dims));
+        }
+        Ok(())
+    }
+
+    /// An int32 array of shape `[len]`.
+    fn i32s(&mut self, name: &str, len: usize) -> Result<Vec<i32>, String> {
+        let e = self.get(name)?;
+        match &e.data {
+            Array::I32(v) => Self::shape(name, e, &[len]).map(|_| v.clone()),
+            a => Err(format!("`{name}` must be int32, found {}", dtype_name(a))),
+        }
+    }
+
+    fn scalar_i32(&mut self, name: &str) -> Result<i32, String> {
+        Ok(self.i32s(name, 1)?[0])
+    }
+}
+
+fn check_shape(what: &str, s: Shape) -> Result<(), String> {
+    let dims_ok = [s.c, s.h, s.w].iter().all(|&d| (1..=MAX_DIM).contains(&d));
+    if !dims_ok || s.c.checked_mul(s.h).and_then(|v| v.checked_mul(s.w)).is_none_or(|n| n > MAX_TENSOR) {
+        return Err(format!("{what}: shape {s} is outside the limits (dimensions 1..={MAX_DIM}, at most {MAX_TENSOR} elements)"));
+    }
+    Ok(())
+}
+
+/// Outputs of a `k`-window with `stride` and symmetric `pad` along an axis of `n`, or `None`
+/// when the window is larger than the padded input.
+fn window(n: usize, k: usize, stride: usize, pad: usize) -> Option<usize> {
+    Some((n + 2 * pad).checked_sub(k)? / stride + 1)
+}
+
+/// Checks the graph's shapes on their own: every layer's `in_shape` is its input's shape and
+/// its `out_shape` is what its op makes of it, all within the limits. (Arity and ordering of
+/// the inputs are checked before.)
+fn check_graph(net: &Network) -> Result<(), String> {
+    check_shape("input", net.input)?;
+    let shape = |s: Src| match s {
+        Src::Input => net.input,
+        Src::Layer(j) => net.layers[j].out_shape,
+    };
+    for l in &net.layers {
+        let x = shape(l.inputs[0]);
+        if l.in_shape != x {
+            return Err(format!("{}: in_shape {} does not match its input's shape {x}", l.name, l.in_shape));
+        }
+        let geometry = |k: usize, stride: usize, pad: usize| -> Result<(usize, usize), String> {
+            if !(1..=MAX_DIM).contains(&k) || !(1..=MAX_DIM).contains(&stride) || pad > MAX_DIM {
+                return Err(format!("{}: kernel {k}, stride {stride}, pad {pad} outside the limits (1..={MAX_DIM}, pad ≤ {MAX_DIM})", l.name));
+            }
+            match (window(x.h, k, stride, pad), window(x.w, k, stride, pad)) {
+                (Some(h), Some(w)) => Ok((h, w)),
+                _ => Err(format!("{}: kernel {k} is larger than the padded input {x} (pad {pad})", l.name)),
+            }
+        };
+        let expected = match l.op {
+            Op::Conv { k, stride, pad, .. } => {
+                let (h, w) = geometry(k, stride, pad)?;
+                Shape::new(l.out_shape.c, h, w)
+            }
+            Op::MaxPool { k, stride, pad } => {
+                if 2 * pad.min(MAX_DIM + 1) > k {
+                    return Err(format!("{}: max-pool padding {pad} exceeds half the kernel {k}", l.name));
+                }
+                let (h, w) = geometry(k, stride, pad)?;
+                Shape::new(x.c, h, w)
+            }
+            Op::Subsample { stride } => {
+                if !(1..=MAX_DIM).contains(&stride) {
+                    return Err(format!("{}: stride {stride} outside 1..={MAX_DIM}", l.name));
+                }
+                Shape::new(x.c, x.h.div_ceil(stride), x.w.div_ceil(stride))
+            }
+            Op::Add { .. } => {
+                let y = shape(l.inputs[1]);
+                if (y.h, y.w) != (x.h, x.w) {
+                    return Err(format!("{}: adds inputs of different sizes {x} and {y}", l.name));
+                }
+                Shape::new(x.c.max(y.c), x.h, x.w)
+            }
+            Op::GlobalAvgPool => Shape::new(x.c, 1, 1),
+            Op::Linear => Shape::new(net.classes, 1, 1),
+        };
+        if l.out_shape != expected {
+            return Err(format!("{}: out_shape {} does not follow from its op and input (expected {expected})", l.name, l.out_shape));
+        }
+        check_shape(&l.name, l.out_shape)?;
+    }
+    Ok(())
 }
 
 impl QModel {
     /// Builds the execution plan for `net` from the integer arrays in `c`.
+    ///
+    /// Everything the plan relies on is checked here, so that running an accepted model can
+    /// only fail on its input: graph references and shapes (within [`MAX_LAYERS`],
+    /// [`MAX_DIM`], [`MAX_TENSOR`]), every step reading a tensor that an earlier step
+    /// produced, and every array's presence, dtype and exact shape; arrays that no layer uses
+    /// are rejected.
     pub fn from_container(c: &Container) -> Result<QModel, String> {
         let header: Header = serde_json::from_str(&c.header).map_err(|e| format!("header: {e}"))?;
         if header.kind != "nce-model" {
@@ -101,8 +215,8 @@ impl QModel {
         }
         let net = &header.net;
         let n = net.layers.len();
-        if n == 0 || n > 10_000 {
-            return Err(format!("network has {n} layers"));
+        if n == 0 || n > MAX_LAYERS {
+            return Err(format!("network has {n} layers (1..={MAX_LAYERS})"));
         }
         // Validate the graph's references before indexing with them.
         for (i, l) in net.layers.iter().enumerate() {
@@ -111,7 +225,25 @@ impl QModel {
                 return Err(format!("layer {} has invalid inputs", l.name));
             }
         }
-        let consumers = |i: usize| -> Vec<usize> { (i + 1..n).filter(|&j| net.layers[j].inputs.contains(&Src::Layer(i))).collect() };
+        check_graph(net)?;
+        let mut consumers: Vec<Vec<usize>> = vec![Vec::new(); n];
+        for (j, l) in net.layers.iter().enumerate() {
+            for s in &l.inputs {
+                if let Src::Layer(i) = *s {
+                    if consumers[i].last() != Some(&j) {
+                        consumers[i].push(j);
+                    }
+                }
+            }
+        }
+        let mut arrays = Arrays { c, used: Default::default() };
+        // Which layers' code tensors exist once the steps so far have run.
+        let mut ready = vec![false; n];
+        let readable = |ready: &[bool], s: Src, who: &str| match s {
+            Src::Input => Ok(()),
+            Src::Layer(j) if ready[j] => Ok(()),
+            Src::Layer(j) => Err(format!("{who}: reads {}, which is not an activation tensor computed before it", net.layers[j].name)),
+        };
         let mut fused_adds = vec![false; n];
         let mut steps = Vec::new();
         for (i, l) in net.layers.iter().enumerate() {
@@ -122,23 +254,35 @@ impl QModel {
                     }
                     let cin = l.in_shape.c;
                     let cout = l.out_shape.c;
-                    let k_len = cin * k * k;
-                    let w = arr(c, &format!("{}.w", l.name))?;
-                    let weights = match (&w.data, l.wbits) {
-                        (Array::U32(words), 2) => ConvWeights::W2(PackedW2::from_words(cout, k_len, words.clone()).map_err(|e| format!("{}: {e}", l.name))?),
-                        (Array::I8(v), 8) => ConvWeights::W8(Weights8::new(cout, k_len, v.clone()).map_err(|e| format!("{}: {e}", l.name))?),
-                        _ => return Err(format!("{}: {}-bit weights are not supported by the engines (2 or 8)", l.name, l.wbits)),
+                    let k_len = cin
+                        .checked_mul(k)
+                        .and_then(|v| v.checked_mul(k))
+                        .ok_or_else(|| format!("{}: reduction length {cin}·{k}·{k} overflows", l.name))?;
+                    let wname = format!("{}.w", l.name);
+                    let w = arrays.get(&wname)?;
+                    let weights = match (l.wbits, &w.data) {
+                        (2, Array::U32(words)) => {
+                            Arrays::shape(&wname, w, &[cout, crate::engine::words_for(k_len)])?;
+                            ConvWeights::W2(PackedW2::from_words(cout, k_len, words.clone()).map_err(|e| format!("{}: {e}", l.name))?)
+                        }
+                        (8, Array::I8(v)) => {
+                            Arrays::shape(&wname, w, &[cout, k_len])?;
+                            ConvWeights::W8(Weights8::new(cout, k_len, v.clone()).map_err(|e| format!("{}: {e}", l.name))?)
+                        }
+                        (2, a) => return Err(format!("`{wname}` must be uint32 (packed 2-bit codes) for a 2-bit layer, found {}", dtype_name(a))),
+                        (8, a) => return Err(format!("`{wname}` must be int8 for an 8-bit layer, found {}", dtype_name(a))),
+                        (b, _) => return Err(format!("{}: {b}-bit weights are not supported by the engines (2 or 8)", l.name)),
                     };
-                    let shift = scalar_i32(c, &format!("{}.shift", l.name))?;
+                    let shift = arrays.scalar_i32(&format!("{}.shift", l.name))?;
                     if !(0..=30).contains(&shift) {
                         return Err(format!("{}: shift {shift} outside 0..=30", l.name));
                     }
+                    readable(&ready, l.inputs[0], &l.name)?;
                     let (out, residual, qbits) = if relu {
                         (i, None, l.out_bits)
                     } else {
                         // A conv without ReLU must feed exactly one add, which it is fused with.
-                        let cons = consumers(i);
-                        let [a] = cons.as_slice() else {
+                        let [a] = consumers[i].as_slice() else {
                             return Err(format!("{}: a conv without ReLU must feed exactly one residual add", l.name));
                         };
                         let add = &net.layers[*a];
@@ -153,21 +297,23 @@ impl QModel {
                             },
                             Src::Input => (Src::Input, 1),
                         };
+                        readable(&ready, src, &add.name)?;
                         fused_adds[*a] = true;
-                        let r = scalar_i32(c, &format!("{}.r", l.name))?;
+                        let r = arrays.scalar_i32(&format!("{}.r", l.name))?;
                         (*a, Some((src, stride, r)), add.out_bits)
                     };
                     if !(1..=8).contains(&qbits) {
                         return Err(format!("{}: output bits {qbits} not supported", l.name));
                     }
                     let requant = Requant {
-                        m: i32s(c, &format!("{}.m", l.name), cout)?,
-                        b: i32s(c, &format!("{}.b", l.name), cout)?,
+                        m: arrays.i32s(&format!("{}.m", l.name), cout)?,
+                        b: arrays.i32s(&format!("{}.b", l.name), cout)?,
                         shift: shift as u32,
                         qmax: ((1u16 << qbits) - 1) as u8,
                     };
                     let conv = Conv2d::new(cin, k, stride, pad, weights, requant).map_err(|e| format!("{}: {e}", l.name))?;
                     steps.push(Step::Conv { layer: i, input: l.inputs[0], out, conv, residual });
+                    ready[out] = true;
                 }
                 Op::Add { .. } => {
                     if !fused_adds[i] {
@@ -175,30 +321,48 @@ impl QModel {
                     }
                 }
                 Op::Subsample { .. } => {
-                    if consumers(i).iter().any(|&j| !matches!(net.layers[j].op, Op::Add { .. })) {
+                    if consumers[i].iter().any(|&j| !matches!(net.layers[j].op, Op::Add { .. })) {
                         return Err(format!("{}: a subsampling shortcut may only feed adds", l.name));
                     }
                 }
                 Op::MaxPool { k, stride, pad } => {
+                    readable(&ready, l.inputs[0], &l.name)?;
                     steps.push(Step::MaxPool { layer: i, input: l.inputs[0], pool: MaxPool2d { k, stride, pad } });
+                    ready[i] = true;
                 }
-                Op::GlobalAvgPool => steps.push(Step::Pool { layer: i, input: l.inputs[0] }),
+                Op::GlobalAvgPool => {
+                    readable(&ready, l.inputs[0], &l.name)?;
+                    steps.push(Step::Pool { layer: i, input: l.inputs[0] });
+                }
                 Op::Linear => {
                     if l.wbits != 8 || i != n - 1 {
                         return Err(format!("{}: only a final 8-bit classifier is supported", l.name));
                     }
+                    // The classifier reads the pooled sums of the layer just before it.
+                    let pooled = i.checked_sub(1).filter(|&p| l.inputs[0] == Src::Layer(p) && matches!(net.layers[p].op, Op::GlobalAvgPool));
+                    if pooled.is_none() {
+                        return Err(format!("{}: the classifier must read the global average pooling just before it", l.name));
+                    }
                     let cin = l.in_shape.numel();
-                    let w = match &arr(c, &format!("{}.w", l.name))?.data {
-                        Array::I8(v) => Weights8::new(l.out_shape.c, cin, v.clone()).map_err(|e| format!("{}: {e}", l.name))?,
-                        _ => return Err(format!("{}: classifier weights must be int8", l.name)),
+                    let wname = format!("{}.w", l.name);
+                    let w = arrays.get(&wname)?;
+                    let w = match &w.data {
+                        Array::I8(v) => {
+                            Arrays::shape(&wname, w, &[l.out_shape.c, cin])?;
+                            Weights8::new(l.out_shape.c, cin, v.clone()).map_err(|e| format!("{}: {e}", l.name))?
+                        }
+                        a => return Err(format!("`{wname}` must be int8 (classifier weights), found {}", dtype_name(a))),
                     };
-                    let linear = Linear::new(w, i32s(c, &format!("{}.b", l.name), l.out_shape.c)?).map_err(|e| format!("{}: {e}", l.name))?;
+                    let linear = Linear::new(w, arrays.i32s(&format!("{}.b", l.name), l.out_shape.c)?).map_err(|e| format!("{}: {e}", l.name))?;
                     steps.push(Step::Linear { layer: i, linear });
                 }
             }
         }
         if !matches!(steps.last(), Some(Step::Linear { .. })) {
             return Err("the network must end with a classifier".into());
+        }
+        if let Some(name) = c.arrays.keys().find(|k| !arrays.used.contains(k.as_str())) {
+            return Err(format!("unexpected array `{name}`: no layer of the network uses it"));
         }
         Ok(QModel { header, steps })
     }
