@@ -50,3 +50,18 @@ fn engine_matches_the_simulation_on_every_layer() {
         assert!(r.engine_correct as f64 / n as f64 > 0.7, "accuracy {} of {n}", r.engine_correct);
     }
 }
+
+#[test]
+fn batch_api_matches_single_images() {
+    let model = QModel::load(Path::new(MODEL)).unwrap();
+    let cpu = Cpu::best(1);
+    let prepared = model.prepare(&cpu).unwrap();
+    let ds = nce::data::load("fashion-mnist", Path::new("data"), nce::data::Split::Test).unwrap().subset(7);
+    let batch = model.run_batch(&cpu, &prepared, &ds.images, 3).unwrap();
+    assert_eq!(batch.len(), 7);
+    let per = ds.shape.numel();
+    for (i, logits) in batch.iter().enumerate() {
+        assert_eq!(logits, &model.run(&cpu, &prepared, &ds.images[i * per..(i + 1) * per]).unwrap());
+    }
+    assert!(model.run_batch(&cpu, &prepared, &ds.images[..per + 1], 2).is_err());
+}

@@ -455,6 +455,33 @@ impl QModel {
         }
     }
 
+    /// Integer logits of a batch of images (concatenated `C×H×W` u8 pixels), spread over
+    /// `threads` threads (each image runs on one thread: per-image layers are too small to
+    /// split profitably).
+    pub fn run_batch(&self, cpu: &Cpu, prepared: &Prepared, images: &[u8], threads: usize) -> Result<Vec<Vec<i32>>, EngineError> {
+        let per = self.net().input.numel();
+        if per == 0 || images.len() % per != 0 {
+            return Err(EngineError::Mismatch { what: "batch bytes (a multiple of one image)", expected: per, got: images.len() });
+        }
+        let n = images.len() / per;
+        let chunk = n.div_ceil(threads.max(1)).max(1);
+        std::thread::scope(|s| {
+            let handles: Vec<_> = (0..n)
+                .step_by(chunk)
+                .map(|start| {
+                    s.spawn(move || {
+                        (start..(start + chunk).min(n)).map(|i| self.run(cpu, prepared, &images[i * per..(i + 1) * per])).collect::<Result<Vec<_>, _>>()
+                    })
+                })
+                .collect();
+            let mut out = Vec::with_capacity(n);
+            for h in handles {
+                out.extend(h.join().expect("engine thread panicked")?);
+            }
+            Ok(out)
+        })
+    }
+
     /// Lays out every conv's weights for `cpu`'s backend (do once, run many).
     pub fn prepare(&self, cpu: &Cpu) -> Result<Prepared, EngineError> {
         let convs = self
