@@ -113,3 +113,41 @@ fn corrupt_checkpoints_are_clear_errors() {
     let e = train::load_model(&dir.path().join("missing.ot")).err().unwrap().to_string();
     assert!(e.contains("missing.ot"), "{e}");
 }
+
+#[test]
+fn cli_training_survives_being_killed() {
+    use std::process::Command;
+    let dir = tempfile::tempdir().unwrap();
+    let out = dir.path().join("run");
+    let args = |resume: bool| {
+        let mut a: Vec<String> = [
+            "train", "--model", "resnet20", "--data", "fashion-mnist", "--bits", "2", "--epochs", "1", "--batch-size", "64",
+            "--train-subset", "640", "--test-subset", "200", "--checkpoint-every", "2", "--threads", "1", "--quiet", "--out",
+        ]
+        .iter()
+        .map(|s| s.to_string())
+        .collect();
+        a.push(out.display().to_string());
+        if resume {
+            a.push("--resume".into());
+        }
+        a
+    };
+    let mut child = Command::new(env!("CARGO_BIN_EXE_nce")).args(args(false)).spawn().unwrap();
+    let ckpt = out.join("checkpoint.ot");
+    let started = std::time::Instant::now();
+    while !ckpt.exists() && started.elapsed().as_secs() < 120 {
+        std::thread::sleep(std::time::Duration::from_millis(50));
+    }
+    child.kill().unwrap(); // SIGKILL mid-epoch
+    let _ = child.wait();
+    assert!(ckpt.exists(), "no mid-epoch checkpoint within 120 s");
+    let meta = checkpoint::load::<Meta>(&ckpt).unwrap().meta;
+    assert_eq!(meta.epoch, 0, "killed during the first epoch");
+    let o = Command::new(env!("CARGO_BIN_EXE_nce")).args(args(true)).output().unwrap();
+    assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
+    assert!(String::from_utf8_lossy(&o.stdout).contains("final test accuracy"));
+    let meta = checkpoint::load::<Meta>(&ckpt).unwrap().meta;
+    assert_eq!((meta.epoch, meta.step), (1, 10), "finished the 10 steps of the epoch after resuming");
+    assert_eq!(std::fs::read_to_string(out.join("metrics.jsonl")).unwrap().lines().count(), 1);
+}
