@@ -1,8 +1,10 @@
 //! `nce export` and `nce validate`.
 
 use crate::engine::cpu::{Backend, Cpu};
-use crate::export::{format, LayerOut, QModel};
-use anyhow::{bail, Context, Result};
+use crate::export::{LayerOut, QModel};
+#[cfg(feature = "train")]
+use anyhow::Context;
+use anyhow::{bail, Result};
 use std::path::PathBuf;
 use std::process::ExitCode;
 use std::time::Instant;
@@ -28,7 +30,7 @@ pub fn export(a: ExportArgs) -> Result<ExitCode> {
     let m = crate::train::load_model(&a.checkpoint)?;
     let layers = convert::int_layers(&m).map_err(anyhow::Error::msg).with_context(|| format!("exporting {}", a.checkpoint.display()))?;
     let container = convert::to_container(&m, &layers, &a.checkpoint.display().to_string(), a.profile.clone()).map_err(anyhow::Error::msg)?;
-    let bytes = format::encode(&container)?;
+    let bytes = crate::export::format::encode(&container)?;
     let tmp = a.out.with_extension("tmp");
     std::fs::write(&tmp, &bytes).with_context(|| format!("writing {}", tmp.display()))?;
     std::fs::rename(&tmp, &a.out).with_context(|| format!("writing {}", a.out.display()))?;
