@@ -417,11 +417,16 @@ pub fn search(cfg: &SearchConfig, resume: bool, progress: bool) -> Result<Search
 }
 
 /// Accuracy of the supernet's argmax architecture.
+///
+/// BatchNorm uses the statistics of each 500-image test batch: the running statistics were
+/// collected under *mixed* widths upstream, which the argmax network never sees, and with
+/// 2-bit activations that mismatch alone drives it to chance level (the usual one-shot NAS
+/// BN recalibration; the final architecture is retrained anyway).
 fn accuracy(sn: &Supernet, loader: &Loader) -> f64 {
     let (mut correct, mut seen) = (0i64, 0i64);
     no_grad(|| {
         for (x, y) in loader.epoch_batches(0) {
-            let out = sn.forward(&x, false, Mode::Argmax, true);
+            let out = sn.forward(&x, true, Mode::Argmax, true);
             correct += out.argmax(-1, false).eq_tensor(&y).sum(Kind::Int64).int64_value(&[]);
             seen += y.size()[0];
         }
