@@ -82,14 +82,14 @@ const SHAPES: [Shape; 7] = [
 ];
 
 /// splitmix64, for reproducible random layers.
-struct Rng(u64);
+struct Rng(nce::data::Rng);
+
 impl Rng {
+    fn new(seed: u64) -> Rng {
+        Rng(nce::data::Rng::new(seed))
+    }
     fn next(&mut self) -> u64 {
-        self.0 = self.0.wrapping_add(0x9e37_79b9_7f4a_7c15);
-        let mut z = self.0;
-        z = (z ^ (z >> 30)).wrapping_mul(0xbf58_476d_1ce4_e5b9);
-        z = (z ^ (z >> 27)).wrapping_mul(0x94d0_49bb_1331_11eb);
-        z ^ (z >> 31)
+        self.0.next_u64()
     }
 }
 
@@ -102,7 +102,7 @@ struct Layer {
 }
 
 fn layer(s: &Shape, seed: u64) -> Layer {
-    let mut rng = Rng(seed);
+    let mut rng = Rng::new(seed);
     let k_len = 9 * s.c_in;
     let weights = if s.w8 {
         let w = (0..s.c_out * k_len).map(|_| ((rng.next() % 255) as i32 - 127) as i8).collect();

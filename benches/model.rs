@@ -48,14 +48,14 @@ use std::time::{Duration, Instant};
 use tch::{nn, nn::ModuleT, Device, Kind, Tensor};
 
 /// splitmix64, for reproducible synthetic models and images.
-struct Rng(u64);
+struct Rng(nce::data::Rng);
+
 impl Rng {
+    fn new(seed: u64) -> Rng {
+        Rng(nce::data::Rng::new(seed))
+    }
     fn next(&mut self) -> u64 {
-        self.0 = self.0.wrapping_add(0x9e37_79b9_7f4a_7c15);
-        let mut z = self.0;
-        z = (z ^ (z >> 30)).wrapping_mul(0xbf58_476d_1ce4_e5b9);
-        z = (z ^ (z >> 27)).wrapping_mul(0x94d0_49bb_1331_11eb);
-        z ^ (z >> 31)
+        self.0.next_u64()
     }
     /// Uniform in `[lo, hi)`.
     fn uniform(&mut self, lo: f64, hi: f64) -> f64 {
@@ -77,7 +77,7 @@ fn pick_shift(values: &[f64]) -> u32 {
 /// shortcut codes with `r = ½`, and `b` drops by the shortcut's mean contribution.
 fn synthetic(input: Shape, seed: u64) -> Container {
     let net = build(ModelKind::Resnet20, input, 10, None, &BitConfig::uniform(2)).expect("ResNet-20 graph");
-    let mut rng = Rng(seed);
+    let mut rng = Rng::new(seed);
     let mut arrays = BTreeMap::new();
     let mut put = |name: String, dims: Vec<usize>, data: Array| {
         arrays.insert(name, Entry { dims, data });
@@ -315,7 +315,7 @@ fn bench(label: &str, qm: &QModel, file_bytes: usize, o: &Opts) {
     );
     println!("MACs per image: {:.2} M", net.macs() as f64 / 1e6);
 
-    let mut rng = Rng(0x5eed ^ file_bytes as u64);
+    let mut rng = Rng::new(0x5eed ^ file_bytes as u64);
     let img: Vec<u8> = (0..input.numel()).map(|_| (rng.next() % 256) as u8).collect();
     let img2: Vec<u8> = (0..input.numel()).map(|_| (rng.next() % 256) as u8).collect();
 

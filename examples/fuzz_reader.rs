@@ -101,15 +101,14 @@ const TIME_LIMIT: Duration = Duration::from_millis(100);
 // PRNG
 // ------------------------------------------------------------------------------------------
 
-struct Rng(u64);
+struct Rng(nce::data::Rng);
 
 impl Rng {
+    fn new(seed: u64) -> Rng {
+        Rng(nce::data::Rng::new(seed))
+    }
     fn next(&mut self) -> u64 {
-        self.0 = self.0.wrapping_add(0x9E37_79B9_7F4A_7C15);
-        let mut z = self.0;
-        z = (z ^ (z >> 30)).wrapping_mul(0xBF58_476D_1CE4_E5B9);
-        z = (z ^ (z >> 27)).wrapping_mul(0x94D0_49BB_1331_11EB);
-        z ^ (z >> 31)
+        self.0.next_u64()
     }
     /// Uniform in `0..n` (`n > 0`).
     fn below(&mut self, n: usize) -> usize {
@@ -137,7 +136,7 @@ fn synthetic_seed() -> Vec<u8> {
     widths[7..13].fill(6);
     widths[13..].fill(8);
     let net = build(ModelKind::Resnet20, Shape::new(1, 8, 8), 10, Some(&widths), &BitConfig::uniform(2)).expect("network");
-    let mut rng = Rng(0x5EED);
+    let mut rng = Rng::new(0x5EED);
     let mut arrays = BTreeMap::new();
     let mut scales = BTreeMap::new();
     let i32s = |v: Vec<i32>| Entry { dims: vec![v.len()], data: Array::I32(v) };
@@ -765,7 +764,7 @@ fn main() {
     let layer_count = layer_names.len();
     let cpu = Cpu::best(1);
 
-    let mut rng = Rng(seed);
+    let mut rng = Rng::new(seed);
     let mut counts: BTreeMap<String, u64> = BTreeMap::new();
     let mut examples: BTreeMap<String, String> = BTreeMap::new();
     let verbose = std::env::var_os("FUZZ_VERBOSE").is_some();

@@ -15,14 +15,14 @@ use std::collections::BTreeMap;
 // ------------------------------------------------------------------------------------------
 
 /// splitmix64, for reproducible array contents.
-struct Rng(u64);
+struct Rng(nce::data::Rng);
+
 impl Rng {
+    fn new(seed: u64) -> Rng {
+        Rng(nce::data::Rng::new(seed))
+    }
     fn next(&mut self) -> u64 {
-        self.0 = self.0.wrapping_add(0x9E37_79B9_7F4A_7C15);
-        let mut z = self.0;
-        z = (z ^ (z >> 30)).wrapping_mul(0xBF58_476D_1CE4_E5B9);
-        z = (z ^ (z >> 27)).wrapping_mul(0x94D0_49BB_1331_11EB);
-        z ^ (z >> 31)
+        self.0.next_u64()
     }
     fn range(&mut self, lo: i64, hi: i64) -> i64 {
         lo + (self.next() % (hi - lo + 1) as u64) as i64
@@ -70,7 +70,7 @@ fn header_json(net: &Network) -> String {
 /// A container that `QModel::from_container` accepts: the arrays `nce export` writes, filled
 /// with random but valid values (2-bit words take any bits, padding included).
 fn synthetic(net: &Network) -> Container {
-    let mut rng = Rng(7);
+    let mut rng = Rng::new(7);
     let mut arrays = BTreeMap::new();
     let i32s = |v: Vec<i32>| Entry { dims: vec![v.len()], data: Array::I32(v) };
     for l in &net.layers {
