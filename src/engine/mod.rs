@@ -16,6 +16,8 @@
 //! [`EngineError`].
 
 pub mod cpu;
+#[cfg(feature = "wgpu")]
+pub mod wgpu;
 
 use std::fmt;
 

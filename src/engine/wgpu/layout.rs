@@ -1,0 +1,85 @@
+//! Host-side layouts of the GPU buffers: activations packed 4 codes per `u32` and conv weights
+//! re-laid out per tap (so a kernel never splits a word across taps when `c_in` is not a
+//! multiple of 16).
+
+use crate::engine::{Conv2d, ConvWeights, QTensor};
+
+/// Activation words per pixel: 4 codes per word, channels padded with zero codes.
+pub(crate) fn words_per_pixel(c: usize) -> usize {
+    c.div_ceil(4)
+}
+
+/// Appends an HWC tensor in the packed layout.
+pub(crate) fn pack_hwc(t: &QTensor, out: &mut Vec<u32>) {
+    for px in t.data.chunks_exact(t.c) {
+        out.extend(px.chunks(4).map(|q| q.iter().enumerate().fold(0u32, |w, (i, &v)| w | (v as u32) << (8 * i))));
+    }
+}
+
+/// Appends a `C×H×W` image (the dataset's layout) in the packed HWC layout.
+pub(crate) fn pack_chw(image: &[u8], c: usize, h: usize, w: usize, out: &mut Vec<u32>) {
+    let cw = words_per_pixel(c);
+    let start = out.len();
+    out.resize(start + h * w * cw, 0);
+    for ch in 0..c {
+        for p in 0..h * w {
+            out[start + p * cw + ch / 4] |= (image[ch * h * w + p] as u32) << (8 * (ch % 4));
+        }
+    }
+}
+
+/// The HWC tensor held by packed words (exactly `h·w·words_per_pixel(c)` of them).
+pub(crate) fn unpack_hwc(words: &[u32], h: usize, w: usize, c: usize) -> QTensor {
+    let cw = words_per_pixel(c);
+    let mut data = Vec::with_capacity(h * w * c);
+    for px in words.chunks_exact(cw).take(h * w) {
+        data.extend((0..c).map(|ch| (px[ch / 4] >> (8 * (ch % 4))) as u8));
+    }
+    QTensor { h, w, c, data }
+}
+
+/// Conv weights as the kernels read them, with `wpt` words per tap:
+/// - 2-bit: per output channel and tap, `⌈c_in/16⌉` words of 16 codes `u = (c + 3) / 2`
+///   (channel `16j + i` in bits `2i..2i+2` of word `j`), padding codes 0;
+/// - 8-bit: per output channel and tap, `⌈c_in/4⌉` words of 4 i8 codes, padding 0.
+pub(crate) struct GpuWeights {
+    pub words: Vec<u32>,
+    pub wpt: usize,
+}
+
+pub(crate) fn relayout(conv: &Conv2d) -> GpuWeights {
+    let (taps, c_in) = (conv.k * conv.k, conv.c_in);
+    match &conv.weights {
+        ConvWeights::W2(w) => {
+            let wpt = c_in.div_ceil(16);
+            let mut words = vec![0u32; w.c_out * taps * wpt];
+            for o in 0..w.c_out {
+                for t in 0..taps {
+                    for ci in 0..c_in {
+                        let u = ((w.code(o, t * c_in + ci) + 3) / 2) as u32;
+                        words[(o * taps + t) * wpt + ci / 16] |= u << (2 * (ci % 16));
+                    }
+                }
+            }
+            GpuWeights { words, wpt }
+        }
+        ConvWeights::W8(w) => {
+            let wpt = words_per_pixel(c_in);
+            let mut words = vec![0u32; w.c_out * taps * wpt];
+            for o in 0..w.c_out {
+                for t in 0..taps {
+                    for ci in 0..c_in {
+                        let b = w.code(o, t * c_in + ci) as u8 as u32;
+                        words[(o * taps + t) * wpt + ci / 4] |= b << (8 * (ci % 4));
+                    }
+                }
+            }
+            GpuWeights { words, wpt }
+        }
+    }
+}
+
+/// `m` followed by `b`, as the conv kernels' `mb` binding.
+pub(crate) fn requant_words(conv: &Conv2d) -> Vec<i32> {
+    conv.requant.m.iter().chain(&conv.requant.b).copied().collect()
+}
