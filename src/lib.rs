@@ -19,6 +19,8 @@ pub mod plot;
 #[cfg(feature = "train")]
 pub mod models;
 #[cfg(feature = "train")]
+pub mod pipeline;
+#[cfg(feature = "train")]
 pub mod quant;
 #[cfg(feature = "train")]
 pub mod search;

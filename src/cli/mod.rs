@@ -4,6 +4,8 @@
 
 mod cost;
 mod export;
+#[cfg(feature = "train")]
+mod pipeline;
 mod profiles;
 #[cfg(feature = "train")]
 mod search;
@@ -54,6 +56,10 @@ enum Command {
     /// Per-layer 2-bit quantization sensitivity of an FP32 checkpoint (one-on and one-off).
     #[cfg(feature = "train")]
     Sensitivity(sensitivity::SensitivityArgs),
+    /// Every stage from FP32 training to a report: sensitivity, search, W2A2 training of the
+    /// searched and the uniform network, export, validation, latency (resumable, skips what is done).
+    #[cfg(feature = "train")]
+    Pipeline(Box<pipeline::PipelineArgs>),
 }
 
 /// The widths of an architecture file written by `nce search` (`widths = [...]`).
@@ -90,6 +96,8 @@ pub fn main() -> ExitCode {
         Command::Search(args) => search::run(*args),
         #[cfg(feature = "train")]
         Command::Sensitivity(args) => sensitivity::run(args),
+        #[cfg(feature = "train")]
+        Command::Pipeline(args) => pipeline::run(*args),
         #[cfg(feature = "train")]
         Command::Export(args) => export::export(args),
         #[cfg(feature = "train")]

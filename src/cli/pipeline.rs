@@ -1,0 +1,72 @@
+//! `nce pipeline`: every stage from FP32 training to the report (see [`crate::pipeline`]).
+
+use crate::graph::ModelKind;
+use crate::pipeline::{self, PipelineConfig, Schedule};
+use anyhow::{bail, Result};
+use std::path::PathBuf;
+use std::process::ExitCode;
+
+#[derive(clap::Args)]
+pub struct PipelineArgs {
+    /// Hardware profile whose budgets and cost plugins drive the search and the report.
+    #[arg(long)]
+    profile: PathBuf,
+    #[arg(long, default_value = "resnet20")]
+    model: ModelKind,
+    #[arg(long, default_value = "fashion-mnist")]
+    data: String,
+    #[arg(long, default_value = "data")]
+    data_root: PathBuf,
+    /// quick (reduced schedule, minutes) | full (the long schedule, hours to days on a CPU)
+    #[arg(long, default_value = "quick")]
+    preset: String,
+    /// Use this FP32 checkpoint (`nce train --bits 32`) instead of training one.
+    #[arg(long)]
+    init: Option<PathBuf>,
+    #[arg(long, default_value_t = 0)]
+    seed: u64,
+    /// libtorch threads (0 = libtorch's default); also the engine's validation threads.
+    #[arg(long, default_value_t = 0)]
+    threads: usize,
+    /// Run folder: one sub-folder per stage, report.md and report.html.
+    #[arg(long)]
+    out: PathBuf,
+    #[arg(long)]
+    quiet: bool,
+}
+
+pub fn run(a: PipelineArgs) -> Result<ExitCode> {
+    let Some(schedule) = Schedule::preset(&a.preset) else { bail!("unknown preset `{}` (quick, full)", a.preset) };
+    let mut c = PipelineConfig::new(a.profile, a.model, &a.data, a.out, &a.preset, schedule);
+    c.data_root = a.data_root;
+    c.init = a.init;
+    c.seed = a.seed;
+    c.threads = a.threads;
+    c.progress = !a.quiet;
+    c.fail_stage = std::env::var("NCE_PIPELINE_FAIL_STAGE").ok().filter(|s| !s.is_empty());
+    if let Some(s) = &c.fail_stage {
+        if !pipeline::STAGES.contains(&s.as_str()) {
+            bail!("NCE_PIPELINE_FAIL_STAGE={s} names no stage ({})", pipeline::STAGES.join(", "));
+        }
+    }
+    let s = &c.schedule;
+    if a.preset == "quick" {
+        println!(
+            "REDUCED SCHEDULE (--preset quick): {} training images, {} FP32 epoch(s), {}-epoch search, {} W2A2 epoch(s) per network, \
+             {} test images. An end-to-end check in minutes, not a result; use --preset full for results.",
+            s.train_subset.map_or("all".into(), |n| n.to_string()),
+            s.fp32_epochs,
+            s.search_epochs,
+            s.w2a2_epochs,
+            s.test_subset.map_or("all".into(), |n| n.to_string())
+        );
+    } else {
+        println!("preset {}: {} FP32 epochs, {}-epoch search, {} W2A2 epochs per network (resumable: rerun the same command)", a.preset, s.fp32_epochs, s.search_epochs, s.w2a2_epochs);
+    }
+    let r = pipeline::run(&c)?;
+    for st in &r.stages {
+        println!("{:<14} {:<8} {:>8.1} s  {}", st.stage, st.status.to_string(), st.seconds, st.reason);
+    }
+    println!("total {:.1} s; report: {} and {}", r.seconds, r.report_md.display(), r.report_html.display());
+    Ok(ExitCode::SUCCESS)
+}
