@@ -242,14 +242,17 @@ fn linear_matches_reference() {
 #[test]
 fn committed_model_matches_the_cpu_engine() {
     let model = QModel::load(Path::new("examples/resnet20-w2a2-fashion.nce")).unwrap();
-    let test = nce::data::load("fashion-mnist", Path::new("data"), nce::data::Split::Test).unwrap().subset(300);
+    // lavapipe runs ResNet-20 at ~15 images/s on two loaded cores: 200 images with the shift
+    // kernel and the first 100 with dot4 keep this test near 30 s.
+    let test = nce::data::load("fashion-mnist", Path::new("data"), nce::data::Split::Test).unwrap().subset(200);
     let cpu = Cpu::best(1);
     let want = model.run_batch(&cpu, &model.prepare(&cpu).unwrap(), &test.images, 2).unwrap();
-    for dot in DotKernel::ALL {
-        // A batch limit that does not divide 300: several submissions, the last one partial.
-        let gpu = WgpuModel::with_options(engine(), &model, dot, 128).unwrap();
-        let got = gpu.run_batch(&test.images).unwrap();
-        assert_eq!(got.len(), want.len());
+    let per = test.shape.numel();
+    for (dot, n) in [(DotKernel::Shift, 200), (DotKernel::Dot4, 100)] {
+        // A batch limit that does not divide n: several submissions, the last one partial.
+        let gpu = WgpuModel::with_options(engine(), &model, dot, 64).unwrap();
+        let got = gpu.run_batch(&test.images[..n * per]).unwrap();
+        assert_eq!(got.len(), n);
         let differing: usize = got.iter().zip(&want).map(|(g, w)| g.iter().zip(w).filter(|(a, b)| a != b).count()).sum();
         assert_eq!(differing, 0, "{dot}: {differing} logits differ from the CPU engine");
     }

@@ -61,9 +61,14 @@ pub struct ValidateArgs {
     data: String,
     #[arg(long, default_value = "data")]
     data_root: PathBuf,
-    /// cpu (the fastest kernels of this machine) or cpu-scalar (the reference).
+    /// cpu (the fastest kernels of this machine), cpu-scalar (the reference) or wgpu (compared
+    /// logit for logit with the CPU engine; `NCE_WGPU_DOT=shift|dot4` picks the 2-bit kernel).
     #[arg(long, default_value = "cpu")]
     backend: String,
+    /// wgpu adapter: an index or name substring from `nce adapters` (default: `NCE_WGPU_ADAPTER`,
+    /// else the best one).
+    #[arg(long)]
+    adapter: Option<String>,
     /// The checkpoint to simulate (default: the one recorded in the model file).
     #[arg(long)]
     checkpoint: Option<PathBuf>,
@@ -80,7 +85,8 @@ pub fn validate(a: ValidateArgs) -> Result<ExitCode> {
     let backend = match a.backend.as_str() {
         "cpu" => Backend::best(),
         "cpu-scalar" => Backend::Scalar,
-        other => bail!("unknown backend `{other}` (cpu, cpu-scalar)"),
+        "wgpu" => Backend::best(),
+        other => bail!("unknown backend `{other}` (cpu, cpu-scalar, wgpu)"),
     };
     let mut ds = crate::data::load(&a.data, &a.data_root, crate::data::Split::Test)?;
     if ds.shape != model.net().input {
@@ -88,6 +94,9 @@ pub fn validate(a: ValidateArgs) -> Result<ExitCode> {
     }
     if let Some(n) = a.test_subset.filter(|&n| n < ds.len()) {
         ds = ds.subset(n);
+    }
+    if a.backend == "wgpu" {
+        return validate_wgpu(&a, &model, &ds);
     }
     let cpu = Cpu::new(backend, 1)?;
     let t = Instant::now();
@@ -140,4 +149,60 @@ fn compare_with_simulation(a: &ValidateArgs, model: &QModel, ds: &crate::data::D
         if r.worst.is_empty() { String::new() } else { format!(" ({})", r.worst) }
     );
     Ok(if r.exact() { ExitCode::SUCCESS } else { ExitCode::from(1) })
+}
+
+#[cfg(not(feature = "wgpu"))]
+fn validate_wgpu(_: &ValidateArgs, _: &QModel, _: &crate::data::Dataset) -> Result<ExitCode> {
+    bail!("this build has no wgpu backend (build with the `wgpu` feature)")
+}
+
+/// Runs the dataset through the wgpu backend and compares every logit with the CPU engine's
+/// (which `--backend cpu` checks against the training-time simulation).
+#[cfg(feature = "wgpu")]
+fn validate_wgpu(a: &ValidateArgs, model: &QModel, ds: &crate::data::Dataset) -> Result<ExitCode> {
+    use crate::engine::wgpu::{AdapterChoice, WgpuEngine, WgpuModel};
+    use crate::export::validate::argmax;
+    let engine = WgpuEngine::new(&AdapterChoice::from_flag_or_env(a.adapter.as_deref()))?;
+    let gpu = WgpuModel::new(&engine, model)?;
+    let n = ds.len();
+    let t = Instant::now();
+    let got = gpu.run_batch(&ds.images)?;
+    let gpu_s = t.elapsed().as_secs_f64();
+    let cpu = Cpu::best(1);
+    let t = Instant::now();
+    let want = model.run_batch(&cpu, &model.prepare(&cpu)?, &ds.images, a.threads)?;
+    let cpu_s = t.elapsed().as_secs_f64();
+    let differing: usize = got.iter().zip(&want).map(|(g, w)| g.iter().zip(w).filter(|(x, y)| x != y).count()).sum();
+    let images_differing = got.iter().zip(&want).filter(|(g, w)| g != w).count();
+    let agree = got.iter().zip(&want).filter(|(g, w)| argmax(g) == argmax(w)).count();
+    let correct = got.iter().zip(&ds.labels).filter(|(g, &y)| argmax(g) == y as usize).count();
+    println!(
+        "{}: {} on {n} {} test images, wgpu on {} ({} kernel, {} images per submission): accuracy {:.2}%, {:.1} s ({:.1} images/s)",
+        a.model.display(),
+        model.net().model,
+        a.data,
+        engine.adapter(),
+        gpu.dot(),
+        gpu.max_batch(),
+        100.0 * correct as f64 / n as f64,
+        gpu_s,
+        n as f64 / gpu_s
+    );
+    println!("CPU engine ({:?} kernels, {} threads): {:.1} s ({:.1} images/s)", cpu.backend(), a.threads, cpu_s, n as f64 / cpu_s);
+    println!("argmax agreement wgpu vs CPU engine: {:.2}% ({agree}/{n})", 100.0 * agree as f64 / n as f64);
+    println!("logits: {differing} of {} differ ({images_differing} images)", n * want.first().map_or(0, Vec::len));
+    Ok(if differing == 0 && agree == n { ExitCode::SUCCESS } else { ExitCode::from(1) })
+}
+
+/// `nce adapters`: every adapter wgpu finds.
+#[cfg(feature = "wgpu")]
+pub fn adapters() -> Result<ExitCode> {
+    let found = crate::engine::wgpu::adapters();
+    if found.is_empty() {
+        return Err(crate::engine::wgpu::WgpuError::NoAdapter(String::new()).into());
+    }
+    for a in found {
+        println!("{a}");
+    }
+    Ok(ExitCode::SUCCESS)
 }

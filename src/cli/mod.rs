@@ -47,6 +47,9 @@ enum Command {
     /// Export a W2A2 checkpoint to a packed `.nce` model (and optionally a C header).
     #[cfg(feature = "train")]
     Export(export::ExportArgs),
+    /// List the wgpu adapters (index, name, backend, device type, driver) for `--adapter`.
+    #[cfg(feature = "wgpu")]
+    Adapters,
     /// Run an exported model on a test set with the integer engine and compare every layer
     /// with the tch integer simulation of its checkpoint.
     Validate(export::ValidateArgs),
@@ -103,6 +106,8 @@ pub fn main() -> ExitCode {
         #[cfg(feature = "train")]
         Command::Strip(args) => train::strip(args),
         Command::Validate(args) => export::validate(args),
+        #[cfg(feature = "wgpu")]
+        Command::Adapters => export::adapters(),
     };
     match result {
         Ok(code) => code,
