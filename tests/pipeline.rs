@@ -353,3 +353,24 @@ document.body.appendChild(d);});</script>"#;
     }
     assert!(dom.contains("<h2>Costs against budgets</h2>") && dom.contains("npu-int2-array"));
 }
+
+#[test]
+fn an_imported_fp32_checkpoint_replaces_training_and_identical_weights_skip_the_rest() {
+    let dir = copy_of_base("imported");
+    let (base_dir, _) = base();
+    let init = scratch().join("imported-fp32.ot");
+    std::fs::copy(base_dir.join("fp32/checkpoint.ot"), &init).unwrap();
+    let mut c = config(&dir);
+    c.init = Some(init);
+    let r = pipeline::run(&c).unwrap();
+    // The fp32 stage's configuration changed (import instead of training), but it produced the
+    // same checkpoint, so every consumer of it is still up to date.
+    let expect: Vec<(&str, StageStatus)> =
+        STAGES.iter().map(|s| (*s, if matches!(*s, "fp32" | "report") { StageStatus::Ran } else { StageStatus::Skipped })).collect();
+    assert_statuses(&r, &expect);
+    assert_eq!(json(&dir.join("fp32/result.json"))["test_acc"], json(&base_dir.join("fp32/result.json"))["test_acc"]);
+    // A quantized checkpoint is refused, naming the stage.
+    c.init = Some(base_dir.join("train-uniform/checkpoint.ot"));
+    let err = pipeline::run(&c).unwrap_err().to_string();
+    assert!(err.contains("stage `fp32` failed") && err.contains("full-precision"), "{err}");
+}
