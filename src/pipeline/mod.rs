@@ -57,6 +57,9 @@ pub struct Schedule {
     pub wgpu_subset: Option<usize>,
     /// Timed repetitions per layer and per model in the latency measurement.
     pub measure_repeats: usize,
+    /// Width ratios (of the base width) the latency table covers; it must include every
+    /// width the search can pick (its candidates and expansions: 0.5 to 2.0 in steps of 0.25).
+    pub measure_grid: Vec<f64>,
 }
 
 impl Schedule {
@@ -64,23 +67,24 @@ impl Schedule {
     /// `docs/results.md`). Accuracies from it are far from converged.
     pub fn quick() -> Schedule {
         Schedule {
-            train_subset: Some(2000),
+            train_subset: Some(1500),
             test_subset: Some(500),
             batch_size: 128,
             fp32_epochs: 2,
             fp32_lr: 0.1,
             fp32_warmup_epochs: 0,
-            search_train_subset: Some(1024),
+            search_train_subset: Some(768),
             search_epochs: 2,
             search_test_subset: 200,
             search_threshold: 0.4,
             w2a2_epochs: 1,
             w2a2_lr: 0.02,
-            sensitivity_test_subset: Some(200),
+            sensitivity_test_subset: Some(100),
             calib_batch: 128,
-            validate_subset: Some(500),
+            validate_subset: Some(300),
             wgpu_subset: Some(100),
             measure_repeats: 20,
+            measure_grid: vec![0.5, 0.75, 1.0, 1.25, 1.5, 1.75, 2.0],
         }
     }
 
@@ -106,6 +110,7 @@ impl Schedule {
             validate_subset: None,
             wgpu_subset: Some(1000),
             measure_repeats: 100,
+            measure_grid: vec![0.5, 0.75, 1.0, 1.25, 1.5, 1.75, 2.0],
         }
     }
 
@@ -407,16 +412,16 @@ pub fn run(cfg: &PipelineConfig) -> Result<PipelineRun, PipelineError> {
     // ---------------------------------------------------------------- measure
     let measure = r.stage(
         "measure",
-        json!({"v": 1, "available": measure_unavailable().is_none(), "repeats": s.measure_repeats}),
+        json!({"v": 1, "available": measure_unavailable().is_none(), "repeats": s.measure_repeats, "grid": s.measure_grid}),
         &{
             let mut v = exported.clone();
             v.push(profile_input.clone());
             v
         },
         &[],
-        |_| match measure_unavailable() {
+        |ctx| match measure_unavailable() {
             Some(why) => Ok(json!({"available": false, "reason": why})),
-            None => Err("unreachable".into()),
+            None => Err(format!("no latency measurement in this build ({})", ctx.dir.display())),
         },
     )?;
 

@@ -388,7 +388,47 @@ pub fn write(inp: &Inputs, dir: &Path, md_path: &Path, html_path: &Path) -> Resu
             "measure: {}.",
             inp.measure.get("reason").and_then(Value::as_str).unwrap_or("not available in this build")
         ))),
-        Some(true) => b.push(generic_table(inp.measure)),
+        Some(true) => {
+            let ms = inp.measure;
+            b.push(Block::Para(format!(
+                "Per-layer latency table of the CPU engine ({}, {} thread, {} entries: `{}`) measured over the base network's width grid on \
+                 this machine; predicted = sum of the table over a model's layers (what the `latency-lut` plugin computes), measured = the \
+                 whole model on one image, {} timed runs.",
+                ms.get("backend").and_then(Value::as_str).unwrap_or("n/a"),
+                f(ms, &["threads"]).map_or("n/a".into(), num),
+                f(ms, &["table_entries"]).map_or("n/a".into(), num),
+                ms.get("table").and_then(Value::as_str).unwrap_or("n/a"),
+                f(ms, &["uniform", "runs"]).map_or("n/a".into(), num),
+            )));
+            let mut rows = Vec::new();
+            let (mut pred, mut meas) = (Vec::new(), Vec::new());
+            for m in ["uniform", "nce"] {
+                let (p_us, m_us) = (f(ms, &[m, "predicted_us"]), f(ms, &[m, "measured_us"]));
+                rows.push(vec![
+                    format!("{m} W2A2"),
+                    p_us.map_or("n/a".into(), |x| format!("{x:.1}")),
+                    m_us.map_or("n/a".into(), |x| format!("{x:.1}")),
+                    f(ms, &[m, "measured_sd_us"]).map_or("n/a".into(), |x| format!("{x:.1}")),
+                    f(ms, &[m, "error"]).map_or("n/a".into(), |x| format!("{:+.1} %", 100.0 * x)),
+                ]);
+                pred.push(p_us.unwrap_or(f64::NAN));
+                meas.push(m_us.unwrap_or(f64::NAN));
+            }
+            b.push(Block::Table(
+                vec!["model".into(), "predicted (µs)".into(), "measured (µs)".into(), "measured s.d. (µs)".into(), "prediction error".into()],
+                rows,
+            ));
+            let chart = dir.join("latency");
+            crate::plot::bar_chart(
+                &chart,
+                "CPU engine latency per image: predicted vs measured",
+                "µs",
+                &["uniform W2A2".into(), "NCE W2A2".into()],
+                &[("predicted (table)".into(), pred), ("measured".into(), meas)],
+            )
+            .map_err(|e| e.to_string())?;
+            b.push(Block::Image("CPU engine latency per image, predicted vs measured".into(), chart.with_extension("png")));
+        }
     }
     let predicted: Vec<String> = nce_cost
         .metrics
