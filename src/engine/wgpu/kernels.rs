@@ -143,7 +143,7 @@ impl Launch {
                 let d = &g.d;
                 let taps = g.k * g.k;
                 let (rh, rw, rc, rs, r) = g.res.unwrap_or((0, 0, 0, 0, 0));
-                let mut v = vec![
+                let head = [
                     batch * d.ho * d.wo,
                     g.h,
                     g.w,
@@ -161,9 +161,10 @@ impl Launch {
                     g.shift as usize,
                     g.qmax as usize,
                 ];
-                let mut out = v.drain(..).map(u).collect::<Result<Vec<u32>>>()?;
-                out.push(r as u32);
-                for x in [g.hi as usize, g.res.is_some() as usize, rh, rw, rc, words_per_pixel(rc), rs] {
+                let tail = [g.hi as usize, g.res.is_some() as usize, rh, rw, rc, words_per_pixel(rc), rs];
+                let mut out = head.into_iter().map(u).collect::<Result<Vec<u32>>>()?;
+                out.push(r as u32); // the i32 field `r`, bit for bit
+                for x in tail {
                     out.push(u(x)?);
                 }
                 return Ok(out);

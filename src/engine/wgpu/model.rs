@@ -268,7 +268,7 @@ impl<'e> WgpuModel<'e> {
     pub fn run_batch(&self, images: &[u8]) -> Result<Vec<Vec<i32>>> {
         let (c, h, w) = self.input;
         let per = c * h * w;
-        if per == 0 || images.len() % per != 0 {
+        if per == 0 || !images.len().is_multiple_of(per) {
             return Err(EngineError::Mismatch { what: "batch bytes (a multiple of one image)", expected: per, got: images.len() }.into());
         }
         let _guard = self.lock.lock().unwrap_or_else(|p| p.into_inner());
