@@ -4,6 +4,7 @@
 
 mod cost;
 mod export;
+mod measure;
 #[cfg(feature = "train")]
 mod pipeline;
 mod profiles;
@@ -53,6 +54,9 @@ enum Command {
     /// Run an exported model on a test set with the integer engine and compare every layer
     /// with the tch integer simulation of its checkpoint.
     Validate(export::ValidateArgs),
+    /// Per-layer latency table of the integer engine on this machine (for `latency-lut`), or
+    /// `--check` a table against a model's measured latency.
+    Measure(Box<measure::MeasureArgs>),
     /// NCE channel search under a hardware profile's budgets.
     #[cfg(feature = "train")]
     Search(Box<search::SearchArgs>),
@@ -108,6 +112,7 @@ pub fn main() -> ExitCode {
         Command::Validate(args) => export::validate(args),
         #[cfg(feature = "wgpu")]
         Command::Adapters => export::adapters(),
+        Command::Measure(args) => measure::run(*args),
     };
     match result {
         Ok(code) => code,

@@ -56,6 +56,9 @@ pub struct SearchArgs {
     threads: usize,
     #[arg(long, default_value = "runs/search")]
     out: PathBuf,
+    /// Trained checkpoint (`nce train`) to start the supernet's weights from.
+    #[arg(long)]
+    init: Option<PathBuf>,
     #[arg(long)]
     resume: bool,
     #[arg(long)]
@@ -76,6 +79,7 @@ pub fn run(a: SearchArgs) -> Result<ExitCode> {
     c.test_subset = Some(a.test_subset);
     c.seed = a.seed;
     c.threads = a.threads;
+    c.init = a.init;
     let r = search::search(&c, a.resume, !a.quiet).with_context(|| format!("searching into {}", c.out.display()))?;
     println!("architecture: {}", r.arch_path.display());
     println!("{:<20} {:>5} {:>6}  candidates", "layer", "base", "width");

@@ -148,9 +148,10 @@ impl LatencyTable {
 }
 
 /// Splits `conv3x3_s1_g1_i16_o32_h8_w8_w2a2` into its family (`conv3x3_s1_g1_h8_w8_w2a2`)
-/// and `in × out`. Signatures without channel fields have no family.
+/// and `in × out`; `linear_i…` by its inputs and `add_c…`/`gap_c…` by their channels.
+/// Signatures without channel fields have no family.
 fn split_signature(sig: &str) -> Option<(String, f64)> {
-    let (mut i, mut o) = (None, None);
+    let (mut i, mut o, mut c) = (None, None, None);
     let mut rest = Vec::new();
     for tok in sig.split('_') {
         let num = |p: char| tok.strip_prefix(p).filter(|d| !d.is_empty()).and_then(|d| d.parse::<f64>().ok());
@@ -158,11 +159,20 @@ fn split_signature(sig: &str) -> Option<(String, f64)> {
             i = Some(v);
         } else if let (None, Some(v)) = (o, num('o')) {
             o = Some(v);
+        } else if let (None, Some(v)) = (c, num('c')) {
+            c = Some(v);
         } else {
             rest.push(tok);
         }
     }
-    Some((rest.join("_"), i? * o?))
+    let x = match (i, o, c) {
+        (Some(i), Some(o), _) => i * o,
+        // Linear layers scale with their inputs; adds, pools and shortcuts with their channels.
+        (Some(i), None, _) => i,
+        (None, None, Some(c)) => c,
+        _ => return None,
+    };
+    Some((rest.join("_"), x))
 }
 
 #[cfg(test)]

@@ -4,6 +4,7 @@
 mod latency_table;
 mod locate;
 mod profile;
+pub mod measure;
 
 pub use latency_table::{LatencyEntry, LatencyTable, TableError};
 pub use locate::Location;

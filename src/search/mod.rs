@@ -62,6 +62,9 @@ pub struct SearchConfig {
     pub seed: u64,
     pub threads: usize,
     pub out: PathBuf,
+    /// A trained checkpoint (`nce train`) to initialise the supernet's weights from.
+    #[serde(default)]
+    pub init: Option<PathBuf>,
 }
 
 impl SearchConfig {
@@ -91,6 +94,7 @@ impl SearchConfig {
             seed: 0,
             threads: 0,
             out,
+            init: None,
         }
     }
 
@@ -226,6 +230,14 @@ pub fn search(cfg: &SearchConfig, resume: bool, progress: bool) -> Result<Search
 
     tch::manual_seed(cfg.seed as i64);
     let mut sn = Supernet::new(&base, &space, cfg.pact_init);
+    if let Some(init) = cfg.init.as_ref().filter(|_| !(resume && cfg.out.join("search-checkpoint.ot").is_file())) {
+        let ck = checkpoint::load::<serde_json::Value>(init)?;
+        let n = sn.init_from(&ck.vars);
+        if n == 0 {
+            return Err(SearchError::Invalid(format!("{}: no variable matches the supernet of {}", init.display(), cfg.model)));
+        }
+        tracing::info!("initialised {n} supernet variables from {}", init.display());
+    }
     let mut adam = Adam::new(&sn.logits, cfg.arch_lr, cfg.arch_betas, cfg.arch_weight_decay);
     let mut sgd = Sgd::new(cfg.momentum, true);
     let ckpt_path = cfg.out.join("search-checkpoint.ot");

@@ -151,6 +151,45 @@ impl Supernet {
         sn
     }
 
+    /// Initialises the supernet from a trained model's variables (`nce train` checkpoint names):
+    /// conv/linear weights and PACT clips by name, each candidate's BatchNorm `X.bn{c}.*` from
+    /// the model's `X.bn.*`. Tensors of different sizes share their leading slice (the channels
+    /// both have); channels beyond the trained width keep their random initialisation.
+    ///
+    /// Why: TAS and NCE search on a pre-trained network in spirit (TAS warms the supernet up for
+    /// many epochs); starting from a trained base lets a short search spend its epochs on the
+    /// architecture rather than on relearning the task. Returns how many variables were set.
+    pub fn init_from(&mut self, src: &[(String, Tensor)]) -> usize {
+        let source_name = |n: &str| -> String {
+            let parts: Vec<&str> = n.split('.').collect();
+            parts
+                .iter()
+                .map(|p| if p.len() > 2 && p.starts_with("bn") && p[2..].chars().all(|c| c.is_ascii_digit()) { "bn" } else { p })
+                .collect::<Vec<_>>()
+                .join(".")
+        };
+        let mut copied = 0;
+        tch::no_grad(|| {
+            for (name, dst) in self.vs.variables() {
+                let want = source_name(&name);
+                let Some((_, s)) = src.iter().find(|(n, _)| *n == want) else { continue };
+                let (ds, ss) = (dst.size(), s.size());
+                if ds.len() != ss.len() {
+                    continue;
+                }
+                let (mut d, mut v) = (dst.shallow_clone(), s.shallow_clone());
+                for (dim, (&a, &b)) in ds.iter().zip(&ss).enumerate() {
+                    let n = a.min(b);
+                    d = d.narrow(dim as i64, 0, n);
+                    v = v.narrow(dim as i64, 0, n);
+                }
+                d.copy_(&v.to_kind(d.kind()));
+                copied += 1;
+            }
+        });
+        copied
+    }
+
     /// Creates the BatchNorm of candidate width `c` of slot `s` if it does not exist yet.
     pub fn ensure_bn(&mut self, s: usize, c: usize) {
         if self.bns.contains_key(&(s, c)) {

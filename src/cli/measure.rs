@@ -1,0 +1,104 @@
+//! `nce measure`: per-layer latency tables for the `latency-lut` plugin, and `--check` of a
+//! table's prediction against a whole model's measured latency.
+
+use crate::engine::cpu::{Backend, Cpu};
+use crate::export::QModel;
+use crate::graph::{self, BitConfig, ModelKind, Shape};
+use crate::hw::measure::{self, MeasureConfig};
+use crate::hw::LatencyTable;
+use anyhow::{bail, Context, Result};
+use std::path::PathBuf;
+use std::process::ExitCode;
+
+#[derive(clap::Args)]
+pub struct MeasureArgs {
+    /// Engine to time: cpu (best SIMD path), cpu-scalar.
+    #[arg(long, default_value = "cpu")]
+    backend: String,
+    /// Model whose layer families are measured.
+    #[arg(long, default_value = "resnet20")]
+    model: ModelKind,
+    /// Input as CxHxW (default: 1x28x28, the Fashion-MNIST/MNIST shape the examples use).
+    #[arg(long, default_value = "1x28x28")]
+    input: Shape,
+    #[arg(long, default_value_t = 10)]
+    classes: usize,
+    /// Width ratios of the base widths, for input and output channels independently.
+    #[arg(long, value_delimiter = ',', default_values_t = MeasureConfig::default().grid)]
+    widths_grid: Vec<f64>,
+    /// Round channel counts to multiples of this (the profile's channel granularity).
+    #[arg(long, default_value_t = 1)]
+    granularity: usize,
+    #[arg(long, default_value_t = MeasureConfig::default().warmup)]
+    warmup: usize,
+    #[arg(long, default_value_t = MeasureConfig::default().repeats)]
+    repeats: usize,
+    /// Engine threads (1 = the batch-1 latency an edge core sees).
+    #[arg(long, default_value_t = 1)]
+    threads: usize,
+    /// Where to write the table (CSV).
+    #[arg(short, long)]
+    output: Option<PathBuf>,
+    /// Instead of measuring a table: compare `--table`'s predicted whole-model latency of this
+    /// model file with its measured latency (goal: within ±10 %).
+    #[arg(long)]
+    check: Option<PathBuf>,
+    /// The table `--check` reads.
+    #[arg(long)]
+    table: Option<PathBuf>,
+    /// Allowed relative error of `--check` before it exits with status 1.
+    #[arg(long, default_value_t = 0.10)]
+    tolerance: f64,
+}
+
+fn engine(a: &MeasureArgs) -> Result<Cpu> {
+    let backend = match a.backend.as_str() {
+        "cpu" => Backend::best(),
+        "cpu-scalar" => Backend::Scalar,
+        "wgpu" => bail!("per-layer tables on wgpu are not measured yet: use --backend cpu"),
+        other => bail!("unknown backend `{other}` (cpu, cpu-scalar)"),
+    };
+    Ok(Cpu::new(backend, a.threads.max(1))?)
+}
+
+pub fn run(a: MeasureArgs) -> Result<ExitCode> {
+    let cpu = engine(&a)?;
+    if let Some(model_path) = &a.check {
+        let table_path = a.table.as_ref().or(a.output.as_ref()).context("--check needs --table FILE.csv")?;
+        let table = LatencyTable::load(table_path)?;
+        let model = QModel::load(model_path)?;
+        let predicted = measure::predict_us(&table, model.net())?;
+        let measured = measure::measure_model_cpu(&model, &cpu, a.warmup.max(10), a.repeats.max(100))?;
+        let err = predicted / measured.mean_us - 1.0;
+        println!("model      {}", model_path.display());
+        println!("table      {} ({})", table_path.display(), table.meta.get("backend").map(String::as_str).unwrap_or("?"));
+        println!("engine     cpu-{} × {} thread(s)", cpu.backend(), cpu.threads());
+        println!("predicted  {predicted:.1} µs");
+        println!("measured   {:.1} µs ± {:.1} (n = {})", measured.mean_us, measured.var_us2.sqrt(), measured.count);
+        let ok = err.abs() <= a.tolerance;
+        println!("error      {:+.1} % ({} ±{:.0} %)", 100.0 * err, if ok { "within" } else { "OUTSIDE" }, 100.0 * a.tolerance);
+        return Ok(if ok { ExitCode::SUCCESS } else { ExitCode::from(1) });
+    }
+    let output = a.output.clone().context("give -o FILE.csv for the table (or --check MODEL.nce --table FILE.csv)")?;
+    let net = graph::build(a.model, a.input, a.classes, None, &BitConfig::uniform(2))?;
+    let cfg = MeasureConfig { grid: a.widths_grid.clone(), warmup: a.warmup, repeats: a.repeats, granularity: a.granularity };
+    let bar = indicatif::ProgressBar::new(0);
+    bar.set_style(indicatif::ProgressStyle::with_template("measure [{bar:30}] {pos}/{len} layers ({elapsed}<{eta})").expect("static template").progress_chars("=> "));
+    let mut table = measure::measure_cpu(&net, &cpu, &cfg, |done, total| {
+        bar.set_length(total as u64);
+        bar.set_position(done as u64);
+    })?;
+    bar.finish_and_clear();
+    table.path = output.clone();
+    let base = measure::predict_us(&table, &net)?;
+    table.meta.insert("base_model_us".into(), format!("{base:.1}"));
+    if let Some(dir) = output.parent().filter(|d| !d.as_os_str().is_empty()) {
+        std::fs::create_dir_all(dir).with_context(|| format!("creating {}", dir.display()))?;
+    }
+    let tmp = output.with_extension("csv.tmp");
+    std::fs::write(&tmp, table.to_csv()).with_context(|| format!("writing {}", tmp.display()))?;
+    std::fs::rename(&tmp, &output).with_context(|| format!("writing {}", output.display()))?;
+    println!("{} signatures → {}", table.entries.len(), output.display());
+    println!("predicted base {} latency: {base:.1} µs (cpu-{}, {} thread(s))", a.model, cpu.backend(), cpu.threads());
+    Ok(ExitCode::SUCCESS)
+}

@@ -1,0 +1,288 @@
+//! Measuring latency tables on this machine (`nce measure`) and checking them against a whole
+//! model's measured latency.
+//!
+//! Every layer family of a base network is timed over a grid of width ratios, for the input and
+//! the output channels independently (the search picks both per layer), with synthetic weights
+//! and inputs: latency of these integer kernels does not depend on the values. A residual add is
+//! fused into the conv that feeds it, so its cost is measured as the difference between that conv
+//! with and without the add; parameter-free shortcuts (option-A subsampling) are read inside the
+//! fused add and cost nothing of their own.
+
+use super::{LatencyEntry, LatencyTable};
+use crate::data::Rng;
+use crate::engine::cpu::Cpu;
+use crate::engine::{Conv2d, ConvWeights, EngineError, Linear, MaxPool2d, PackedW2, QTensor, Requant, Residual, Weights8};
+use crate::export::QModel;
+use crate::graph::{Layer, Network, Op, Src};
+use std::collections::BTreeMap;
+use std::time::Instant;
+
+/// How to time each layer.
+#[derive(Clone, Debug)]
+pub struct MeasureConfig {
+    /// Width ratios of the base width (applied to input and output channels independently).
+    pub grid: Vec<f64>,
+    /// Untimed runs before timing (caches, branch predictors, frequency ramp-up).
+    pub warmup: usize,
+    /// Timed runs per layer.
+    pub repeats: usize,
+    /// Channel counts are rounded to multiples of this.
+    pub granularity: usize,
+}
+
+impl Default for MeasureConfig {
+    fn default() -> Self {
+        MeasureConfig { grid: vec![0.5, 0.75, 1.0, 1.25, 1.5, 1.75, 2.0], warmup: 5, repeats: 30, granularity: 1 }
+    }
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum MeasureError {
+    #[error("engine: {0}")]
+    Engine(#[from] EngineError),
+    #[error("{0}")]
+    Invalid(String),
+}
+
+/// Times `f` `warmup + repeats` times; returns the count, mean and variance in µs of the
+/// fastest 80 % of the timed runs.
+pub fn time_us<E>(warmup: usize, repeats: usize, mut f: impl FnMut() -> Result<(), E>) -> Result<LatencyEntry, E> {
+    for _ in 0..warmup {
+        f()?;
+    }
+    let mut xs = Vec::with_capacity(repeats.max(1));
+    for _ in 0..repeats.max(1) {
+        let t = Instant::now();
+        f()?;
+        xs.push(t.elapsed().as_secs_f64() * 1e6);
+    }
+    // The slowest fifth is dropped: on a shared machine those are preemptions, not the kernel.
+    xs.sort_by(f64::total_cmp);
+    xs.truncate((xs.len() * 4).div_ceil(5).max(1));
+    let n = xs.len() as f64;
+    let mean = xs.iter().sum::<f64>() / n;
+    let var = if xs.len() > 1 { xs.iter().map(|x| (x - mean).powi(2)).sum::<f64>() / (n - 1.0) } else { 0.0 };
+    Ok(LatencyEntry { count: xs.len() as u64, mean_us: mean, var_us2: var })
+}
+
+/// Uniform in `lo..hi` (`lo < hi`).
+fn range(rng: &mut Rng, lo: i64, hi: i64) -> i64 {
+    lo + rng.below((hi - lo).max(1) as u64) as i64
+}
+
+fn round_to(c: f64, g: usize) -> usize {
+    let g = g.max(1);
+    (((c / g as f64).round() as usize).max(1)) * g
+}
+
+/// A conv with random codes and a requantisation that keeps outputs spread over `0..=qmax`
+/// (so the timed epilogue does the same work as a trained layer's).
+pub fn synthetic_conv(rng: &mut Rng, c_in: usize, c_out: usize, k: usize, stride: usize, pad: usize, w8: bool, qmax: u8) -> Result<Conv2d, EngineError> {
+    let k_len = k * k * c_in;
+    let weights = if w8 {
+        ConvWeights::W8(Weights8::new(c_out, k_len, (0..c_out * k_len).map(|_| range(rng, -127, 127) as i8).collect())?)
+    } else {
+        let codes: Vec<i8> = (0..c_out * k_len).map(|_| [-3i8, -1, 1, 3][rng.below(4) as usize]).collect();
+        ConvWeights::W2(PackedW2::pack(c_out, k_len, &codes)?)
+    };
+    let shift = 16u32;
+    let m = ((1u64 << shift) as f64 * qmax as f64 / ((k_len as f64).sqrt() * 3.0 * 3.0)).max(1.0) as i64;
+    let requant = Requant {
+        m: (0..c_out).map(|_| range(rng, m / 2, m) as i32).collect(),
+        b: (0..c_out).map(|_| range(rng, -(1 << shift), 1 << shift) as i32).collect(),
+        shift,
+        qmax,
+    };
+    Conv2d::new(c_in, k, stride, pad, weights, requant)
+}
+
+fn codes(rng: &mut Rng, h: usize, w: usize, c: usize, max: u8) -> Result<QTensor, EngineError> {
+    QTensor::new(h, w, c, (0..h * w * c).map(|_| rng.below(max as u64 + 1) as u8).collect())
+}
+
+/// Channels a layer's input may have: the grid over its base count unless it reads the image.
+fn input_channels(net: &Network, l: &Layer, cfg: &MeasureConfig) -> Vec<usize> {
+    match l.inputs[0] {
+        Src::Input => vec![l.in_shape.c],
+        Src::Layer(_) => grid_channels(l.in_shape.c, cfg, net),
+    }
+}
+
+fn grid_channels(base: usize, cfg: &MeasureConfig, _net: &Network) -> Vec<usize> {
+    let mut v: Vec<usize> = cfg.grid.iter().map(|r| round_to(base as f64 * r, cfg.granularity)).collect();
+    v.sort_unstable();
+    v.dedup();
+    v
+}
+
+fn with_channels(l: &Layer, c_in: usize, c_out: usize) -> Layer {
+    let mut l = l.clone();
+    l.in_shape.c = c_in;
+    l.out_shape.c = c_out;
+    l
+}
+
+/// Measures every layer family of `net` (a base network) over the width grid on `cpu`.
+/// `progress` is called after each signature with (done, total).
+pub fn measure_cpu(net: &Network, cpu: &Cpu, cfg: &MeasureConfig, mut progress: impl FnMut(usize, usize)) -> Result<LatencyTable, MeasureError> {
+    if cfg.grid.is_empty() || cfg.grid.iter().any(|r| !(*r > 0.0) || !r.is_finite()) {
+        return Err(MeasureError::Invalid(format!("width grid {:?} must hold positive ratios", cfg.grid)));
+    }
+    // Work list: signature → closure inputs, deduplicated so shared shapes are timed once.
+    enum Job {
+        Conv { c_in: usize, c_out: usize, l: Layer, residual: bool },
+        Pool { c: usize, l: Layer },
+        Linear { c_in: usize, l: Layer },
+        MaxPool { c: usize, l: Layer },
+        Free,
+    }
+    let mut jobs: BTreeMap<String, Job> = BTreeMap::new();
+    for l in &net.layers {
+        match l.op {
+            Op::Conv { .. } => {
+                for &ci in &input_channels(net, l, cfg) {
+                    for &co in &grid_channels(l.out_shape.c, cfg, net) {
+                        let v = with_channels(l, ci, co);
+                        jobs.entry(v.signature()).or_insert(Job::Conv { c_in: ci, c_out: co, l: v, residual: false });
+                    }
+                }
+            }
+            Op::Add { .. } => {
+                // Timed on the conv that feeds it (inputs[0]) at c → c channels.
+                let Src::Layer(j) = l.inputs[0] else { continue };
+                let feeder = &net.layers[j];
+                if !matches!(feeder.op, Op::Conv { .. }) {
+                    continue;
+                }
+                for &c in &grid_channels(l.out_shape.c, cfg, net) {
+                    let v = with_channels(l, c, c);
+                    jobs.entry(v.signature()).or_insert(Job::Conv { c_in: c, c_out: c, l: with_channels(feeder, c, c), residual: true });
+                }
+            }
+            Op::GlobalAvgPool => {
+                for &c in &grid_channels(l.in_shape.c, cfg, net) {
+                    let v = with_channels(l, c, c);
+                    jobs.entry(v.signature()).or_insert(Job::Pool { c, l: v });
+                }
+            }
+            Op::Linear => {
+                for &c in &grid_channels(l.in_shape.c, cfg, net) {
+                    let mut v = l.clone();
+                    v.in_shape.c = c;
+                    jobs.entry(v.signature()).or_insert(Job::Linear { c_in: c, l: v });
+                }
+            }
+            Op::MaxPool { .. } => {
+                for &c in &input_channels(net, l, cfg) {
+                    let v = with_channels(l, c, c);
+                    jobs.entry(v.signature()).or_insert(Job::MaxPool { c, l: v });
+                }
+            }
+            Op::Subsample { .. } => {
+                for &c in &grid_channels(l.in_shape.c, cfg, net) {
+                    jobs.entry(with_channels(l, c, c).signature()).or_insert(Job::Free);
+                }
+            }
+        }
+    }
+
+    let mut rng = Rng::new(0x6d65_6173);
+    let mut table = LatencyTable::default();
+    let total = jobs.len();
+    for (done, (sig, job)) in jobs.into_iter().enumerate() {
+        let entry = match job {
+            Job::Conv { c_in, c_out, l, residual } => {
+                let Op::Conv { k, stride, pad, .. } = l.op else { unreachable!("conv job") };
+                let first = l.wbits > 2;
+                let qmax = ((1u32 << l.out_bits.min(8)) - 1) as u8;
+                let conv = synthetic_conv(&mut rng, c_in, c_out, k, stride, pad, first, qmax)?;
+                let prepared = cpu.prepare(&conv)?;
+                let amax = if l.abits >= 8 { 255 } else { ((1u32 << l.abits) - 1) as u8 };
+                let x = codes(&mut rng, l.in_shape.h, l.in_shape.w, c_in, amax)?;
+                let plain = time_us(cfg.warmup, cfg.repeats, || cpu.conv2d(&prepared, &x, None).map(drop))?;
+                if residual {
+                    let sc = codes(&mut rng, l.out_shape.h, l.out_shape.w, c_out, qmax)?;
+                    let r = Residual { input: &sc, stride: 1, r: 1 << 15 };
+                    let fused = time_us(cfg.warmup, cfg.repeats, || cpu.conv2d(&prepared, &x, Some(&r)).map(drop))?;
+                    LatencyEntry {
+                        count: fused.count,
+                        mean_us: (fused.mean_us - plain.mean_us).max(0.0),
+                        var_us2: fused.var_us2 + plain.var_us2,
+                    }
+                } else {
+                    plain
+                }
+            }
+            Job::Pool { c, l } => {
+                let x = codes(&mut rng, l.in_shape.h, l.in_shape.w, c, 3)?;
+                time_us(cfg.warmup, cfg.repeats, || cpu.global_avg_pool(&x).map(drop))?
+            }
+            Job::Linear { c_in, l } => {
+                let n = c_in * l.in_shape.h * l.in_shape.w;
+                let o = l.out_shape.c;
+                let w = Weights8::new(o, n, (0..n * o).map(|_| range(&mut rng, -127, 127) as i8).collect())?;
+                let lin = Linear::new(w, (0..o).map(|_| range(&mut rng, -1000, 1000) as i32).collect())?;
+                let x: Vec<i32> = (0..n).map(|_| range(&mut rng, 0, 3 * 64) as i32).collect();
+                time_us(cfg.warmup, cfg.repeats, || cpu.linear(&lin, &x).map(drop))?
+            }
+            Job::MaxPool { c, l } => {
+                let Op::MaxPool { k, stride, pad } = l.op else { unreachable!("max-pool job") };
+                let x = codes(&mut rng, l.in_shape.h, l.in_shape.w, c, 255)?;
+                let p = MaxPool2d { k, stride, pad };
+                time_us(cfg.warmup, cfg.repeats, || cpu.max_pool(&p, &x).map(drop))?
+            }
+            Job::Free => LatencyEntry { count: 1, mean_us: 0.0, var_us2: 0.0 },
+        };
+        table.entries.insert(sig, entry);
+        progress(done + 1, total);
+    }
+    table.meta.insert("backend".into(), format!("cpu-{}", cpu.backend()));
+    table.meta.insert("threads".into(), cpu.threads().to_string());
+    table.meta.insert("warmup".into(), cfg.warmup.to_string());
+    table.meta.insert("repeats".into(), cfg.repeats.to_string());
+    table.meta.insert("grid".into(), cfg.grid.iter().map(|r| r.to_string()).collect::<Vec<_>>().join(","));
+    table.meta.insert("model".into(), net.model.clone());
+    table.meta.insert("input".into(), net.input.to_string());
+    for (k, v) in machine_facts() {
+        table.meta.insert(k, v);
+    }
+    Ok(table)
+}
+
+/// CPU model, governor and frequency as far as Linux tells (recorded with each table: a table
+/// measured under `powersave` does not predict a `performance` run).
+pub fn machine_facts() -> Vec<(String, String)> {
+    let read = |p: &str| std::fs::read_to_string(p).ok().map(|s| s.trim().to_string());
+    let cpu = read("/proc/cpuinfo")
+        .and_then(|s| s.lines().find(|l| l.starts_with("model name")).and_then(|l| l.split_once(':')).map(|(_, v)| v.trim().to_string()))
+        .unwrap_or_else(|| "unknown".into());
+    let governor = read("/sys/devices/system/cpu/cpu0/cpufreq/scaling_governor").unwrap_or_else(|| "unknown".into());
+    let khz = read("/sys/devices/system/cpu/cpu0/cpufreq/scaling_cur_freq").unwrap_or_else(|| "unknown".into());
+    let cores = std::thread::available_parallelism().map(|n| n.get().to_string()).unwrap_or_else(|_| "unknown".into());
+    vec![
+        ("cpu".into(), cpu.replace(' ', "_")),
+        ("governor".into(), governor),
+        ("cur_freq_khz".into(), khz),
+        ("cores".into(), cores),
+    ]
+}
+
+/// Sum of the table's per-layer latencies over a network, in µs (what `latency-lut` predicts).
+pub fn predict_us(table: &LatencyTable, net: &Network) -> Result<f64, MeasureError> {
+    net.layers
+        .iter()
+        .map(|l| {
+            let sig = l.signature();
+            table.lookup_us(&sig).ok_or_else(|| MeasureError::Invalid(format!("{}: no measurement for `{sig}` (layer {})", table.path.display(), l.name)))
+        })
+        .sum()
+}
+
+/// Whole-model latency of one image on the CPU engine (what the table must predict).
+pub fn measure_model_cpu(model: &QModel, cpu: &Cpu, warmup: usize, repeats: usize) -> Result<LatencyEntry, MeasureError> {
+    let prepared = model.prepare(cpu)?;
+    let mut rng = Rng::new(7);
+    let n = model.net().input.numel();
+    let image: Vec<u8> = (0..n).map(|_| rng.below(256) as u8).collect();
+    Ok(time_us(warmup, repeats, || model.run(cpu, &prepared, &image).map(drop))?)
+}
