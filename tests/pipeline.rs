@@ -27,6 +27,7 @@ fn tiny() -> Schedule {
         search_epochs: 1,
         search_test_subset: 100,
         search_threshold: 0.4,
+        search_lr: 0.02,
         w2a2_epochs: 1,
         w2a2_lr: 0.02,
         sensitivity_test_subset: Some(100),
@@ -146,6 +147,9 @@ fn first_run_runs_every_stage_and_writes_manifests() {
     let m = Manifest::read(&dir.join("train-nce/manifest.json")).unwrap();
     assert!(m.inputs.files.contains_key("search/arch.toml"), "{:?}", m.inputs.files);
     assert!(m.inputs.files.contains_key("fp32/checkpoint.ot"));
+    // The search starts its supernet from the FP32 weights.
+    let m = Manifest::read(&dir.join("search/manifest.json")).unwrap();
+    assert!(m.inputs.files.contains_key("fp32/checkpoint.ot") && m.inputs.files.contains_key("profile"), "{:?}", m.inputs.files);
     assert!(dir.join("export/nce.nce").is_file() && dir.join("export/uniform.nce").is_file());
 }
 
@@ -366,7 +370,8 @@ fn an_imported_fp32_checkpoint_replaces_training_and_identical_weights_skip_the_
     c.init = Some(init);
     let r = pipeline::run(&c).unwrap();
     // The fp32 stage's configuration changed (import instead of training), but it produced the
-    // same checkpoint, so every consumer of it is still up to date.
+    // same checkpoint, so every consumer of it (sensitivity, search, both trainings) is still up
+    // to date.
     let expect: Vec<(&str, StageStatus)> =
         STAGES.iter().map(|s| (*s, if matches!(*s, "fp32" | "report") { StageStatus::Ran } else { StageStatus::Skipped })).collect();
     assert_statuses(&r, &expect);

@@ -46,6 +46,9 @@ pub struct Schedule {
     pub search_test_subset: usize,
     /// Expansion threshold (see `docs/search.md`).
     pub search_threshold: f64,
+    /// Learning rate of the supernet's weights (the search starts them from the FP32
+    /// checkpoint, so this is a fine-tuning rate, like the W2A2 trainings').
+    pub search_lr: f64,
     pub w2a2_epochs: usize,
     pub w2a2_lr: f64,
     /// Test images for sensitivity (37 evaluations for ResNet-20).
@@ -69,14 +72,15 @@ impl Schedule {
         Schedule {
             train_subset: Some(1500),
             test_subset: Some(500),
-            batch_size: 128,
+            batch_size: 64,
             fp32_epochs: 2,
-            fp32_lr: 0.1,
+            fp32_lr: 0.05,
             fp32_warmup_epochs: 0,
             search_train_subset: Some(768),
             search_epochs: 2,
             search_test_subset: 200,
             search_threshold: 0.4,
+            search_lr: 0.02,
             w2a2_epochs: 1,
             w2a2_lr: 0.02,
             sensitivity_test_subset: Some(100),
@@ -103,6 +107,7 @@ impl Schedule {
             search_epochs: 30,
             search_test_subset: 2000,
             search_threshold: 0.4,
+            search_lr: 0.02,
             w2a2_epochs: 30,
             w2a2_lr: 0.02,
             sensitivity_test_subset: None,
@@ -207,7 +212,7 @@ pub fn wgpu_unavailable() -> Option<&'static str> {
 
 /// Whether this build can measure latency (`None`) or why not.
 pub fn measure_unavailable() -> Option<&'static str> {
-    Some("not available in this build: the latency measurement API (nce::hw::measure) has not landed yet")
+    None
 }
 
 fn file_label(p: &Path) -> String {
@@ -295,10 +300,13 @@ pub fn run(cfg: &PipelineConfig) -> Result<PipelineRun, PipelineError> {
     sc.test_subset = Some(s.search_test_subset);
     sc.batch_size = s.batch_size;
     sc.space.threshold = s.search_threshold;
+    sc.lr = s.search_lr;
+    sc.init = Some(fp32_ckpt.clone());
     sc.seed = cfg.seed;
     sc.threads = threads;
     let arch_path = out.join("search/arch.toml");
-    let search = r.stage("search", search_identity(&sc, 1), std::slice::from_ref(&profile_input), &[], |ctx| {
+    let search_inputs = [profile_input.clone(), ("fp32/checkpoint.ot".to_string(), fp32_ckpt.clone())];
+    let search = r.stage("search", search_identity(&sc, 1), &search_inputs, &[], |ctx| {
         let res = search::search(&sc, ctx.resume, cfg.progress).map_err(|e| e.to_string())?;
         let last = res.log.last();
         Ok(json!({
@@ -421,7 +429,7 @@ pub fn run(cfg: &PipelineConfig) -> Result<PipelineRun, PipelineError> {
         &[],
         |ctx| match measure_unavailable() {
             Some(why) => Ok(json!({"available": false, "reason": why})),
-            None => Err(format!("no latency measurement in this build ({})", ctx.dir.display())),
+            None => measure(&models.iter().map(|(m, _)| (m.to_string(), nce_file(m))).collect::<Vec<_>>(), s, &ctx.dir),
         },
     )?;
 
@@ -481,6 +489,7 @@ fn search_identity(c: &SearchConfig, version: u32) -> serde_json::Value {
     c.out = PathBuf::new();
     c.profile = PathBuf::new();
     c.data_root = PathBuf::new();
+    c.init = c.init.as_ref().map(|_| PathBuf::from("fp32/checkpoint.ot"));
     json!({"v": version, "search": c})
 }
 
@@ -635,6 +644,47 @@ fn validate_wgpu(cfg: &PipelineConfig, models: &[(String, PathBuf)], threads: us
                 "dot_kernel": gm.dot().to_string(),
                 "cpu_seconds": cpu_seconds,
                 "wgpu_seconds": wgpu_seconds,
+            }),
+        );
+    }
+    Ok(serde_json::Value::Object(res))
+}
+
+/// Per-layer latency table of the CPU engine (one thread, the fastest kernels) over the base
+/// network's width grid (`hw::measure::measure_cpu`), then, for each model, the whole-model
+/// latency the table predicts (sum over its layers) against the measured one.
+fn measure(models: &[(String, PathBuf)], s: &Schedule, dir: &Path) -> Result<serde_json::Value, String> {
+    use crate::engine::cpu::{Backend, Cpu};
+    use crate::export::QModel;
+    use crate::hw::measure::{measure_cpu, measure_model_cpu, predict_us, MeasureConfig};
+    let loaded: Vec<(String, QModel)> =
+        models.iter().map(|(m, f)| QModel::load(f).map(|q| (m.clone(), q)).map_err(|e| e.to_string())).collect::<Result<_, _>>()?;
+    let base = &loaded.iter().find(|(m, _)| m == "uniform").ok_or("no uniform model to measure the table on")?.1;
+    let backend = Backend::best();
+    let cpu = Cpu::new(backend, 1).map_err(|e| e.to_string())?;
+    let repeats = s.measure_repeats;
+    let mc = MeasureConfig { repeats, grid: s.measure_grid.clone(), ..MeasureConfig::default() };
+    let table = measure_cpu(base.net(), &cpu, &mc, |_, _| {}).map_err(|e| e.to_string())?;
+    let csv = dir.join("latency-table.csv");
+    manifest::write_atomic(&csv, table.to_csv().as_bytes()).map_err(|e| format!("{}: {e}", csv.display()))?;
+    let mut res = serde_json::Map::new();
+    res.insert("available".into(), json!(true));
+    res.insert("backend".into(), json!(format!("cpu-{backend}")));
+    res.insert("threads".into(), json!(1));
+    res.insert("table".into(), json!("measure/latency-table.csv"));
+    res.insert("table_entries".into(), json!(table.entries.len()));
+    res.insert("machine".into(), json!(table.meta));
+    for (m, q) in &loaded {
+        let predicted = predict_us(&table, q.net()).map_err(|e| e.to_string())?;
+        let measured = measure_model_cpu(q, &cpu, mc.warmup, repeats).map_err(|e| e.to_string())?;
+        res.insert(
+            m.clone(),
+            json!({
+                "predicted_us": predicted,
+                "measured_us": measured.mean_us,
+                "measured_sd_us": measured.var_us2.max(0.0).sqrt(),
+                "runs": measured.count,
+                "error": (predicted - measured.mean_us) / measured.mean_us,
             }),
         );
     }
