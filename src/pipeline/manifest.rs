@@ -113,8 +113,11 @@ pub fn stage_files(dir: &Path) -> std::io::Result<Vec<PathBuf>> {
 /// checkpoint once even though it is both one stage's output and later stages' input.
 #[derive(Default)]
 pub struct HashCache {
-    seen: Mutex<HashMap<PathBuf, (u64, Option<SystemTime>, String)>>,
+    seen: Mutex<HashMap<PathBuf, Seen>>,
 }
+
+/// A file's length and modification time when it was hashed, and the hash.
+type Seen = (u64, Option<SystemTime>, String);
 
 impl HashCache {
     pub fn file(&self, path: &Path) -> std::io::Result<String> {
