@@ -23,7 +23,7 @@ pub struct SpaceConfig {
 
 impl Default for SpaceConfig {
     fn default() -> Self {
-        SpaceConfig { ratios: vec![0.5, 0.75, 1.0], step: 0.25, cap: 2.0, granularity: 1, threshold: 0.4 }
+        SpaceConfig { ratios: vec![0.5, 0.75, 1.0], step: 0.25, cap: 2.0, granularity: 1, threshold: 0.5 }
     }
 }
 

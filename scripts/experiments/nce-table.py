@@ -1,0 +1,89 @@
+#!/usr/bin/env python3
+"""The issue-4 experiment table from a run folder of scripts/experiments/nce-fashion-mnist.sh.
+
+Rows: uniform W2A2, NCE and TAS (expansion off), each with its costs relative to the base
+network and the final test accuracy per seed (mean ± sample std over the seeds found). Then the
+Spearman correlation between each searched layer's width ratio (width / base) and its 2-bit
+sensitivity (`nce sensitivity` of the FP32 model, both of its measures).
+Standard library only (tomllib needs Python >= 3.11).
+"""
+import json, math, statistics, sys, tomllib
+from pathlib import Path
+
+out = Path(sys.argv[1] if len(sys.argv) > 1 else "runs/nce-fashion")
+
+def final_accs(name):
+    accs = {}
+    for d in sorted(out.glob(f"final-{name}-s*")):
+        m = d / "metrics.jsonl"
+        if not m.is_file():
+            continue
+        lines = [json.loads(l) for l in m.read_text().splitlines() if l.strip()]
+        if lines:
+            accs[d.name.rsplit("-s", 1)[1]] = (100 * lines[-1]["test_acc"], len(lines))
+    return accs
+
+def fmt_accs(accs):
+    if not accs:
+        return "–", "–"
+    per = ", ".join(f"s{s}: {a:.2f} ({e} ep)" for s, (a, e) in sorted(accs.items()))
+    v = [a for a, _ in accs.values()]
+    ms = f"{statistics.mean(v):.2f} ± {statistics.stdev(v):.2f}" if len(v) > 1 else f"{v[0]:.2f} (1 seed)"
+    return per, ms
+
+def ranks(xs):
+    order = sorted(range(len(xs)), key=lambda i: xs[i])
+    r = [0.0] * len(xs)
+    i = 0
+    while i < len(xs):
+        j = i
+        while j + 1 < len(xs) and xs[order[j + 1]] == xs[order[i]]:
+            j += 1
+        for k in range(i, j + 1):
+            r[order[k]] = (i + j) / 2 + 1
+        i = j + 1
+    return r
+
+def spearman(a, b):
+    ra, rb = ranks(a), ranks(b)
+    ma, mb = statistics.mean(ra), statistics.mean(rb)
+    num = sum((x - ma) * (y - mb) for x, y in zip(ra, rb))
+    den = math.sqrt(sum((x - ma) ** 2 for x in ra) * sum((y - mb) ** 2 for y in rb))
+    return num / den if den else float("nan")
+
+rows = [("uniform W2A2", "uniform", None)]
+for name, label in [("nce", "NCE W2A2"), ("tas", "TAS W2A2 (T = ∞)")]:
+    f = out / name / "arch.toml"
+    rows.append((label, name, tomllib.loads(f.read_text()) if f.is_file() else None))
+
+print("| network | MACs | params | budgets | expansions | widths | final test acc per seed | mean ± std |")
+print("|---|---:|---:|---|---:|---|---|---:|")
+for label, name, arch in rows:
+    per, ms = fmt_accs(final_accs(name))
+    if arch is None:
+        print(f"| {label} | 1.000× | 1.000× | base | – | base | {per} | {ms} |")
+        continue
+    cost = {c["metric"]: c["value"] / c["base"] for c in arch["costs"]}
+    verdict = "all met" if all(b["pass"] for b in arch["budgets"]) else "FAIL: " + ", ".join(b["metric"] for b in arch["budgets"] if not b["pass"])
+    if arch.get("repaired"):
+        verdict += f" (repaired: {', '.join(arch['repaired'])})"
+    widths = " ".join(str(w) for w in arch["widths"])
+    print(f"| {label} | {cost.get('macs', float('nan')):.3f}× | {cost.get('params', float('nan')):.3f}× | {verdict} | {len(arch['expansions'])} | {widths} | {per} | {ms} |")
+
+sens = out / "sensitivity" / "sensitivity.csv"
+if sens.is_file():
+    rowsens = {}
+    for line in sens.read_text().splitlines()[1:]:
+        f = line.split(",")
+        rowsens[f[0]] = (float(f[1]), float(f[2]))
+    print()
+    print("| search | Spearman ρ(width ratio, one-on drop) | Spearman ρ(width ratio, one-off gain) | layers |")
+    print("|---|---:|---:|---:|")
+    for label, name, arch in rows[1:]:
+        if arch is None:
+            continue
+        layers = [l for l in arch["layers"] if l["name"] in rowsens]
+        ratio = [l["width"] / l["base"] for l in layers]
+        on = [rowsens[l["name"]][0] for l in layers]
+        off = [rowsens[l["name"]][1] for l in layers]
+        print(f"| {label} | {spearman(ratio, on):+.3f} | {spearman(ratio, off):+.3f} | {len(layers)} |")
