@@ -31,7 +31,7 @@ for dot in shift dot4; do
     echo "== nce validate --backend wgpu (NCE_WGPU_DOT=$dot)"
     start=$(date +%s.%N)
     NCE_WGPU_DOT=$dot "$NCE_BIN" validate "$MODEL" --data fashion-mnist --backend wgpu ${NCE_WGPU_ADAPTER:+--adapter "$NCE_WGPU_ADAPTER"} || status=1
-    echo "wall time: $(echo "$(date +%s.%N) - $start" | bc) s"
+    echo "wall time: $(awk -v a="$start" -v b="$(date +%s.%N)" "BEGIN{printf \"%.1f\", b-a}") s"
 done
 
 echo "== wgpu bench ($BENCH_BIN)"

@@ -63,10 +63,14 @@ for label, name, arch in rows:
     if arch is None:
         print(f"| {label} | 1.000× | 1.000× | base | – | base | {per} | {ms} |")
         continue
+    if arch["widths"] == arch["base_widths"] and not final_accs(name):
+        # The search kept every base width: this is the uniform network, trained once.
+        per, ms = fmt_accs(final_accs("uniform"))
+        per = "= uniform W2A2 (same network): " + per
     cost = {c["metric"]: c["value"] / c["base"] for c in arch["costs"]}
     verdict = "all met" if all(b["pass"] for b in arch["budgets"]) else "FAIL: " + ", ".join(b["metric"] for b in arch["budgets"] if not b["pass"])
     if arch.get("repaired"):
-        verdict += f" (repaired: {', '.join(arch['repaired'])})"
+        verdict += f" after {len(arch['repaired'])} repair steps"
     widths = " ".join(str(w) for w in arch["widths"])
     print(f"| {label} | {cost.get('macs', float('nan')):.3f}× | {cost.get('params', float('nan')):.3f}× | {verdict} | {len(arch['expansions'])} | {widths} | {per} | {ms} |")
 

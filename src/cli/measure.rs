@@ -12,7 +12,7 @@ use std::process::ExitCode;
 
 #[derive(clap::Args)]
 pub struct MeasureArgs {
-    /// Engine to time: cpu (best SIMD path), cpu-scalar.
+    /// Engine to time: cpu (best SIMD path), cpu-scalar, wgpu (single-op calls; see README).
     #[arg(long, default_value = "cpu")]
     backend: String,
     /// Model whose layer families are measured.
@@ -49,16 +49,50 @@ pub struct MeasureArgs {
     /// Allowed relative error of `--check` before it exits with status 1.
     #[arg(long, default_value_t = 0.10)]
     tolerance: f64,
+    /// wgpu adapter (index or name substring; default `NCE_WGPU_ADAPTER`, else the best).
+    #[arg(long)]
+    adapter: Option<String>,
 }
 
 fn engine(a: &MeasureArgs) -> Result<Cpu> {
     let backend = match a.backend.as_str() {
-        "cpu" => Backend::best(),
+        "cpu" | "wgpu" => Backend::best(),
         "cpu-scalar" => Backend::Scalar,
-        "wgpu" => bail!("per-layer tables on wgpu are not measured yet: use --backend cpu"),
-        other => bail!("unknown backend `{other}` (cpu, cpu-scalar)"),
+        other => bail!("unknown backend `{other}` (cpu, cpu-scalar, wgpu)"),
     };
     Ok(Cpu::new(backend, a.threads.max(1))?)
+}
+
+#[cfg(feature = "wgpu")]
+fn wgpu_engine(a: &MeasureArgs) -> Result<(crate::engine::wgpu::WgpuEngine, crate::engine::wgpu::DotKernel)> {
+    use crate::engine::wgpu::{AdapterChoice, DotKernel, WgpuEngine};
+    let engine = WgpuEngine::new(&AdapterChoice::from_flag_or_env(a.adapter.as_deref()))?;
+    let dot = engine.resolve_dot(DotKernel::from_env()?);
+    Ok((engine, dot))
+}
+
+/// Predicted vs measured whole-model latency on wgpu.
+#[cfg(feature = "wgpu")]
+fn measured_wgpu(a: &MeasureArgs, model: &QModel) -> Result<(crate::hw::LatencyEntry, String)> {
+    let (engine, dot) = wgpu_engine(a)?;
+    let m = measure::measure_model_wgpu(model, &engine, dot, a.warmup.max(3), a.repeats.max(20))?;
+    Ok((m, format!("wgpu {} ({dot:?})", engine.adapter().name)))
+}
+
+#[cfg(not(feature = "wgpu"))]
+fn measured_wgpu(_: &MeasureArgs, _: &QModel) -> Result<(crate::hw::LatencyEntry, String)> {
+    bail!("this build has no wgpu backend (build with the `wgpu` feature)")
+}
+
+#[cfg(feature = "wgpu")]
+fn table_wgpu(a: &MeasureArgs, net: &crate::graph::Network, cfg: &MeasureConfig, progress: impl FnMut(usize, usize)) -> Result<LatencyTable> {
+    let (engine, dot) = wgpu_engine(a)?;
+    Ok(measure::measure(net, &measure::WgpuRunner { engine: &engine, dot }, cfg, progress)?)
+}
+
+#[cfg(not(feature = "wgpu"))]
+fn table_wgpu(_: &MeasureArgs, _: &crate::graph::Network, _: &MeasureConfig, _: impl FnMut(usize, usize)) -> Result<LatencyTable> {
+    bail!("this build has no wgpu backend (build with the `wgpu` feature)")
 }
 
 pub fn run(a: MeasureArgs) -> Result<ExitCode> {
@@ -68,11 +102,15 @@ pub fn run(a: MeasureArgs) -> Result<ExitCode> {
         let table = LatencyTable::load(table_path)?;
         let model = QModel::load(model_path)?;
         let predicted = measure::predict_us(&table, model.net())?;
-        let measured = measure::measure_model_cpu(&model, &cpu, a.warmup.max(10), a.repeats.max(100))?;
+        let (measured, engine_name) = if a.backend == "wgpu" {
+            measured_wgpu(&a, &model)?
+        } else {
+            (measure::measure_model_cpu(&model, &cpu, a.warmup.max(10), a.repeats.max(100))?, format!("cpu-{} × {} thread(s)", cpu.backend(), cpu.threads()))
+        };
         let err = predicted / measured.mean_us - 1.0;
         println!("model      {}", model_path.display());
         println!("table      {} ({})", table_path.display(), table.meta.get("backend").map(String::as_str).unwrap_or("?"));
-        println!("engine     cpu-{} × {} thread(s)", cpu.backend(), cpu.threads());
+        println!("engine     {engine_name}");
         println!("predicted  {predicted:.1} µs");
         println!("measured   {:.1} µs ± {:.1} (n = {})", measured.mean_us, measured.var_us2.sqrt(), measured.count);
         let ok = err.abs() <= a.tolerance;
@@ -84,10 +122,11 @@ pub fn run(a: MeasureArgs) -> Result<ExitCode> {
     let cfg = MeasureConfig { grid: a.widths_grid.clone(), warmup: a.warmup, repeats: a.repeats, granularity: a.granularity };
     let bar = indicatif::ProgressBar::new(0);
     bar.set_style(indicatif::ProgressStyle::with_template("measure [{bar:30}] {pos}/{len} layers ({elapsed}<{eta})").expect("static template").progress_chars("=> "));
-    let mut table = measure::measure_cpu(&net, &cpu, &cfg, |done, total| {
+    let progress = |done: usize, total: usize| {
         bar.set_length(total as u64);
         bar.set_position(done as u64);
-    })?;
+    };
+    let mut table = if a.backend == "wgpu" { table_wgpu(&a, &net, &cfg, progress)? } else { measure::measure_cpu(&net, &cpu, &cfg, progress)? };
     bar.finish_and_clear();
     table.path = output.clone();
     let base = measure::predict_us(&table, &net)?;
@@ -99,6 +138,6 @@ pub fn run(a: MeasureArgs) -> Result<ExitCode> {
     std::fs::write(&tmp, table.to_csv()).with_context(|| format!("writing {}", tmp.display()))?;
     std::fs::rename(&tmp, &output).with_context(|| format!("writing {}", output.display()))?;
     println!("{} signatures → {}", table.entries.len(), output.display());
-    println!("predicted base {} latency: {base:.1} µs (cpu-{}, {} thread(s))", a.model, cpu.backend(), cpu.threads());
+    println!("predicted base {} latency: {base:.1} µs ({})", a.model, table.meta.get("backend").map(String::as_str).unwrap_or("?"));
     Ok(ExitCode::SUCCESS)
 }

@@ -42,6 +42,71 @@ pub enum MeasureError {
     Engine(#[from] EngineError),
     #[error("{0}")]
     Invalid(String),
+    #[error("{0}")]
+    Backend(String),
+}
+
+/// An engine whose layers can be timed one at a time (the CPU engine, or wgpu's single-op calls).
+pub trait Runner {
+    /// `backend`/`threads`/adapter facts recorded in the table's metadata.
+    fn describe(&self) -> Vec<(String, String)>;
+    /// Prepares `conv` once and returns a call that runs it (what gets timed).
+    fn conv<'a>(&'a self, conv: &'a Conv2d) -> Result<Box<dyn Fn(&QTensor, Option<&Residual>) -> Result<(), MeasureError> + 'a>, MeasureError>;
+    fn global_avg_pool(&self, x: &QTensor) -> Result<(), MeasureError>;
+    fn linear(&self, l: &Linear, x: &[i32]) -> Result<(), MeasureError>;
+    fn max_pool(&self, p: &MaxPool2d, x: &QTensor) -> Result<(), MeasureError>;
+}
+
+impl Runner for Cpu {
+    fn describe(&self) -> Vec<(String, String)> {
+        vec![("backend".into(), format!("cpu-{}", self.backend())), ("threads".into(), self.threads().to_string())]
+    }
+    fn conv<'a>(&'a self, conv: &'a Conv2d) -> Result<Box<dyn Fn(&QTensor, Option<&Residual>) -> Result<(), MeasureError> + 'a>, MeasureError> {
+        let prepared = self.prepare(conv)?;
+        Ok(Box::new(move |x, r| self.conv2d(&prepared, x, r).map(drop).map_err(MeasureError::from)))
+    }
+    fn global_avg_pool(&self, x: &QTensor) -> Result<(), MeasureError> {
+        Cpu::global_avg_pool(self, x).map(drop).map_err(Into::into)
+    }
+    fn linear(&self, l: &Linear, x: &[i32]) -> Result<(), MeasureError> {
+        Cpu::linear(self, l, x).map(drop).map_err(Into::into)
+    }
+    fn max_pool(&self, p: &MaxPool2d, x: &QTensor) -> Result<(), MeasureError> {
+        Cpu::max_pool(self, p, x).map(drop).map_err(Into::into)
+    }
+}
+
+/// wgpu's single-op calls: each uploads its operands, runs one dispatch and reads the result
+/// back, so a layer's time includes its own transfers (what a batch-1, layer-by-layer
+/// deployment pays; a whole-model submission overlaps them, which `--check` exposes).
+#[cfg(feature = "wgpu")]
+pub struct WgpuRunner<'e> {
+    pub engine: &'e crate::engine::wgpu::WgpuEngine,
+    pub dot: crate::engine::wgpu::DotKernel,
+}
+
+#[cfg(feature = "wgpu")]
+impl Runner for WgpuRunner<'_> {
+    fn describe(&self) -> Vec<(String, String)> {
+        let a = self.engine.adapter();
+        vec![
+            ("backend".into(), format!("wgpu-{:?}", self.dot).to_lowercase()),
+            ("adapter".into(), format!("{} ({}, {})", a.name, a.backend, a.device_type)),
+            ("threads".into(), "1".into()),
+        ]
+    }
+    fn conv<'a>(&'a self, conv: &'a Conv2d) -> Result<Box<dyn Fn(&QTensor, Option<&Residual>) -> Result<(), MeasureError> + 'a>, MeasureError> {
+        Ok(Box::new(move |x, r| self.engine.conv2d(conv, x, r, self.dot).map(drop).map_err(|e| MeasureError::Backend(e.to_string()))))
+    }
+    fn global_avg_pool(&self, x: &QTensor) -> Result<(), MeasureError> {
+        self.engine.global_avg_pool(x).map(drop).map_err(|e| MeasureError::Backend(e.to_string()))
+    }
+    fn linear(&self, l: &Linear, x: &[i32]) -> Result<(), MeasureError> {
+        self.engine.linear(l, x).map(drop).map_err(|e| MeasureError::Backend(e.to_string()))
+    }
+    fn max_pool(&self, p: &MaxPool2d, x: &QTensor) -> Result<(), MeasureError> {
+        self.engine.max_pool(p, x).map(drop).map_err(|e| MeasureError::Backend(e.to_string()))
+    }
 }
 
 /// Times `f` `warmup + repeats` times; returns the count, mean and variance in µs of the
@@ -122,9 +187,14 @@ fn with_channels(l: &Layer, c_in: usize, c_out: usize) -> Layer {
     l
 }
 
-/// Measures every layer family of `net` (a base network) over the width grid on `cpu`.
+/// Measures every layer family of `net` (a base network) over the width grid on the CPU engine.
 /// `progress` is called after each signature with (done, total).
-pub fn measure_cpu(net: &Network, cpu: &Cpu, cfg: &MeasureConfig, mut progress: impl FnMut(usize, usize)) -> Result<LatencyTable, MeasureError> {
+pub fn measure_cpu(net: &Network, cpu: &Cpu, cfg: &MeasureConfig, progress: impl FnMut(usize, usize)) -> Result<LatencyTable, MeasureError> {
+    measure(net, cpu, cfg, progress)
+}
+
+/// Measures every layer family of `net` (a base network) over the width grid on `runner`.
+pub fn measure(net: &Network, runner: &dyn Runner, cfg: &MeasureConfig, mut progress: impl FnMut(usize, usize)) -> Result<LatencyTable, MeasureError> {
     if cfg.grid.is_empty() || cfg.grid.iter().any(|r| !(*r > 0.0) || !r.is_finite()) {
         return Err(MeasureError::Invalid(format!("width grid {:?} must hold positive ratios", cfg.grid)));
     }
@@ -196,14 +266,14 @@ pub fn measure_cpu(net: &Network, cpu: &Cpu, cfg: &MeasureConfig, mut progress: 
                 let first = l.wbits > 2;
                 let qmax = ((1u32 << l.out_bits.min(8)) - 1) as u8;
                 let conv = synthetic_conv(&mut rng, c_in, c_out, k, stride, pad, first, qmax)?;
-                let prepared = cpu.prepare(&conv)?;
+                let run = runner.conv(&conv)?;
                 let amax = if l.abits >= 8 { 255 } else { ((1u32 << l.abits) - 1) as u8 };
                 let x = codes(&mut rng, l.in_shape.h, l.in_shape.w, c_in, amax)?;
-                let plain = time_us(cfg.warmup, cfg.repeats, || cpu.conv2d(&prepared, &x, None).map(drop))?;
+                let plain = time_us(cfg.warmup, cfg.repeats, || run(&x, None))?;
                 if residual {
                     let sc = codes(&mut rng, l.out_shape.h, l.out_shape.w, c_out, qmax)?;
                     let r = Residual { input: &sc, stride: 1, r: 1 << 15 };
-                    let fused = time_us(cfg.warmup, cfg.repeats, || cpu.conv2d(&prepared, &x, Some(&r)).map(drop))?;
+                    let fused = time_us(cfg.warmup, cfg.repeats, || run(&x, Some(&r)))?;
                     LatencyEntry {
                         count: fused.count,
                         mean_us: (fused.mean_us - plain.mean_us).max(0.0),
@@ -215,7 +285,7 @@ pub fn measure_cpu(net: &Network, cpu: &Cpu, cfg: &MeasureConfig, mut progress: 
             }
             Job::Pool { c, l } => {
                 let x = codes(&mut rng, l.in_shape.h, l.in_shape.w, c, 3)?;
-                time_us(cfg.warmup, cfg.repeats, || cpu.global_avg_pool(&x).map(drop))?
+                time_us(cfg.warmup, cfg.repeats, || runner.global_avg_pool(&x))?
             }
             Job::Linear { c_in, l } => {
                 let n = c_in * l.in_shape.h * l.in_shape.w;
@@ -223,21 +293,22 @@ pub fn measure_cpu(net: &Network, cpu: &Cpu, cfg: &MeasureConfig, mut progress: 
                 let w = Weights8::new(o, n, (0..n * o).map(|_| range(&mut rng, -127, 127) as i8).collect())?;
                 let lin = Linear::new(w, (0..o).map(|_| range(&mut rng, -1000, 1000) as i32).collect())?;
                 let x: Vec<i32> = (0..n).map(|_| range(&mut rng, 0, 3 * 64) as i32).collect();
-                time_us(cfg.warmup, cfg.repeats, || cpu.linear(&lin, &x).map(drop))?
+                time_us(cfg.warmup, cfg.repeats, || runner.linear(&lin, &x))?
             }
             Job::MaxPool { c, l } => {
                 let Op::MaxPool { k, stride, pad } = l.op else { unreachable!("max-pool job") };
                 let x = codes(&mut rng, l.in_shape.h, l.in_shape.w, c, 255)?;
                 let p = MaxPool2d { k, stride, pad };
-                time_us(cfg.warmup, cfg.repeats, || cpu.max_pool(&p, &x).map(drop))?
+                time_us(cfg.warmup, cfg.repeats, || runner.max_pool(&p, &x))?
             }
             Job::Free => LatencyEntry { count: 1, mean_us: 0.0, var_us2: 0.0 },
         };
         table.entries.insert(sig, entry);
         progress(done + 1, total);
     }
-    table.meta.insert("backend".into(), format!("cpu-{}", cpu.backend()));
-    table.meta.insert("threads".into(), cpu.threads().to_string());
+    for (k, v) in runner.describe() {
+        table.meta.insert(k, v);
+    }
     table.meta.insert("warmup".into(), cfg.warmup.to_string());
     table.meta.insert("repeats".into(), cfg.repeats.to_string());
     table.meta.insert("grid".into(), cfg.grid.iter().map(|r| r.to_string()).collect::<Vec<_>>().join(","));
@@ -285,4 +356,14 @@ pub fn measure_model_cpu(model: &QModel, cpu: &Cpu, warmup: usize, repeats: usiz
     let n = model.net().input.numel();
     let image: Vec<u8> = (0..n).map(|_| rng.below(256) as u8).collect();
     Ok(time_us(warmup, repeats, || model.run(cpu, &prepared, &image).map(drop))?)
+}
+
+/// Whole-model latency of one image through wgpu (one submission per inference, as deployed).
+#[cfg(feature = "wgpu")]
+pub fn measure_model_wgpu(model: &QModel, engine: &crate::engine::wgpu::WgpuEngine, dot: crate::engine::wgpu::DotKernel, warmup: usize, repeats: usize) -> Result<LatencyEntry, MeasureError> {
+    let m = crate::engine::wgpu::WgpuModel::with_options(engine, model, dot, 1).map_err(|e| MeasureError::Backend(e.to_string()))?;
+    let mut rng = Rng::new(7);
+    let n = model.net().input.numel();
+    let image: Vec<u8> = (0..n).map(|_| rng.below(256) as u8).collect();
+    time_us(warmup, repeats, || m.run_batch(&image).map(drop).map_err(|e| MeasureError::Backend(e.to_string())))
 }
