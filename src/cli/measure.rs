@@ -46,6 +46,10 @@ pub struct MeasureArgs {
     /// The table `--check` reads.
     #[arg(long)]
     table: Option<PathBuf>,
+    /// With `--check`: also time each conv of the model on its own and print it next to the
+    /// table's entry (where a miss comes from).
+    #[arg(long)]
+    per_layer: bool,
     /// Allowed relative error of `--check` before it exits with status 1.
     #[arg(long, default_value_t = 0.10)]
     tolerance: f64,
@@ -113,6 +117,13 @@ pub fn run(a: MeasureArgs) -> Result<ExitCode> {
         println!("engine     {engine_name}");
         println!("predicted  {predicted:.1} µs");
         println!("measured   {:.1} µs ± {:.1} (n = {})", measured.mean_us, measured.var_us2.sqrt(), measured.count);
+        if a.per_layer {
+            println!("{:<20} {:>10} {:>10}  signature", "layer", "real µs", "table µs");
+            for (name, sig, us) in measure::model_steps_cpu(&model, &cpu, a.warmup, a.repeats)? {
+                let t = table.lookup_us(&sig).unwrap_or(f64::NAN);
+                println!("{name:<20} {us:>10.1} {t:>10.1}  {sig}");
+            }
+        }
         let ok = err.abs() <= a.tolerance;
         println!("error      {:+.1} % ({} ±{:.0} %)", 100.0 * err, if ok { "within" } else { "OUTSIDE" }, 100.0 * a.tolerance);
         return Ok(if ok { ExitCode::SUCCESS } else { ExitCode::from(1) });

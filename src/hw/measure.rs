@@ -367,3 +367,37 @@ pub fn measure_model_wgpu(model: &QModel, engine: &crate::engine::wgpu::WgpuEngi
     let image: Vec<u8> = (0..n).map(|_| rng.below(256) as u8).collect();
     time_us(warmup, repeats, || m.run_batch(&image).map(drop).map_err(|e| MeasureError::Backend(e.to_string())))
 }
+
+/// Each step of a real model timed on its own with random codes of the right shapes (what the
+/// table's entries are for synthetic layers): `(layer name, signature, µs)`. A fused residual
+/// add is timed with its conv and reported under the conv's name. Separates "the table's
+/// synthetic layers differ from real ones" from "whole-model overhead" when `--check` misses.
+pub fn model_steps_cpu(model: &QModel, cpu: &Cpu, warmup: usize, repeats: usize) -> Result<Vec<(String, String, f64)>, MeasureError> {
+    use crate::export::Step;
+    let net = model.net();
+    let mut rng = Rng::new(11);
+    let shape_of = |s: Src| match s {
+        Src::Input => (net.input.h, net.input.w, net.input.c),
+        Src::Layer(j) => (net.layers[j].out_shape.h, net.layers[j].out_shape.w, net.layers[j].out_shape.c),
+    };
+    let mut out = Vec::new();
+    for step in &model.steps {
+        let Step::Conv { layer, input, conv, residual, .. } = step else { continue };
+        let l = &net.layers[*layer];
+        let (h, w, c) = shape_of(*input);
+        let amax = if matches!(input, Src::Input) { 255 } else { ((1u32 << l.abits.min(8)) - 1) as u8 };
+        let x = codes(&mut rng, h, w, c, amax)?;
+        let p = cpu.prepare(conv)?;
+        let e = match residual {
+            Some((src, stride, r)) => {
+                let (rh, rw, rc) = shape_of(*src);
+                let sc = codes(&mut rng, rh, rw, rc, 3)?;
+                let res = Residual { input: &sc, stride: *stride, r: *r };
+                time_us(warmup, repeats, || cpu.conv2d(&p, &x, Some(&res)).map(drop))?
+            }
+            None => time_us(warmup, repeats, || cpu.conv2d(&p, &x, None).map(drop))?,
+        };
+        out.push((l.name.clone(), l.signature(), e.mean_us));
+    }
+    Ok(out)
+}
