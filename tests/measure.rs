@@ -83,6 +83,12 @@ fn cli_measures_and_checks_a_model() {
     let o = nce(&["measure", "--widths-grid", "0.5,1", "--warmup", "1", "--repeats", "3", "-o", csv_s]);
     assert!(o.status.success(), "{}", text(&o));
     assert!(text(&o).contains("predicted base resnet20 latency"), "{}", text(&o));
+    // --append merges a second input size into the same table.
+    let o = nce(&["measure", "--input", "3x32x32", "--widths-grid", "1", "--warmup", "0", "--repeats", "1", "--append", "-o", csv_s]);
+    assert!(o.status.success(), "{}", text(&o));
+    let t = LatencyTable::load(&csv).unwrap();
+    assert!(t.entries.keys().any(|k| k.contains("_h28_w28_")) && t.entries.keys().any(|k| k.contains("_h32_w32_")));
+    assert_eq!(t.meta["input"], "1x28x28,3x32x32");
     // A 1000 % tolerance: this checks the plumbing; the ±10 % goal is measured in docs/results.md
     // on a quiet machine, not asserted on a loaded CI runner.
     let o = nce(&["measure", "--check", "examples/resnet20-w2a2-fashion.nce", "--table", csv_s, "--repeats", "20", "--tolerance", "10"]);

@@ -39,6 +39,9 @@ pub struct MeasureArgs {
     /// Where to write the table (CSV).
     #[arg(short, long)]
     output: Option<PathBuf>,
+    /// Merge into an existing table at `-o` (e.g. a second input size) instead of replacing it.
+    #[arg(long)]
+    append: bool,
     /// Instead of measuring a table: compare `--table`'s predicted whole-model latency of this
     /// model file with its measured latency (goal: within ±10 %).
     #[arg(long)]
@@ -142,6 +145,21 @@ pub fn run(a: MeasureArgs) -> Result<ExitCode> {
     table.path = output.clone();
     let base = measure::predict_us(&table, &net)?;
     table.meta.insert("base_model_us".into(), format!("{base:.1}"));
+    if a.append && output.is_file() {
+        let old = LatencyTable::load(&output)?;
+        for (k, v) in old.meta {
+            match table.meta.get_mut(&k) {
+                Some(new) if (k == "input" || k == "base_model_us" || k == "model") && *new != v => *new = format!("{v},{new}"),
+                Some(_) => {}
+                None => {
+                    table.meta.insert(k, v);
+                }
+            }
+        }
+        for (sig, e) in old.entries {
+            table.entries.entry(sig).or_insert(e);
+        }
+    }
     if let Some(dir) = output.parent().filter(|d| !d.as_os_str().is_empty()) {
         std::fs::create_dir_all(dir).with_context(|| format!("creating {}", dir.display()))?;
     }
