@@ -929,3 +929,36 @@ fn tiny_search_expands_meets_budgets_and_resumes() {
     assert_eq!(std::fs::read_to_string(dir.path().join("search.jsonl")).unwrap().lines().count(), 2);
 }
 
+
+/// `--init`: a trained model's variables land in the supernet by name — weights in the leading
+/// slice of the cap-sized tensors, the model's BatchNorm in every candidate's (narrowed), PACT
+/// clips as they are — and channels beyond the trained width keep their initialisation.
+#[test]
+fn init_from_copies_a_trained_model_by_name() {
+    let mut sn = tiny_supernet(&SpaceConfig::default());
+    let vars = sn.vs.variables();
+    let w = &vars["layer1.0.conv_a.weight"];
+    let cap = w.size()[0];
+    let before_tail = f32s(&w.narrow(0, 16, cap - 16));
+    // A "trained model" at the base widths (16 channels in stage 1), values we can recognise.
+    let src = vec![
+        ("layer1.0.conv_a.weight".to_string(), Tensor::full([16, 16, 3, 3], 0.25, (Kind::Float, tch::Device::Cpu))),
+        ("layer1.0.conv_a.bn.weight".to_string(), Tensor::arange(16, (Kind::Float, tch::Device::Cpu))),
+        ("layer1.0.conv_a.act.alpha".to_string(), Tensor::from_slice(&[1.5f32])),
+        ("not.in.the.supernet".to_string(), Tensor::zeros([3], (Kind::Float, tch::Device::Cpu))),
+    ];
+    let n = sn.init_from(&src);
+    // The conv weight, one BN weight per candidate (8, 12, 16) and the clip.
+    assert_eq!(n, 1 + 3 + 1);
+    let vars = sn.vs.variables();
+    let w = &vars["layer1.0.conv_a.weight"];
+    assert!(f32s(&w.narrow(0, 0, 16).narrow(1, 0, 16)).iter().all(|&v| v == 0.25));
+    assert_eq!(f32s(&w.narrow(0, 16, cap - 16)), before_tail, "channels beyond the trained width keep their init");
+    for c in [8i64, 12, 16] {
+        let bn = &vars[&format!("layer1.0.conv_a.bn{c}.weight")];
+        assert_eq!(f32s(bn), (0..c).map(|v| v as f32).collect::<Vec<_>>());
+    }
+    assert_eq!(f32s(&vars["layer1.0.conv_a.act.alpha"]), vec![1.5]);
+    // Nothing matches: nothing is copied.
+    assert_eq!(sn.init_from(&[("x.weight".to_string(), Tensor::zeros([1], (Kind::Float, tch::Device::Cpu)))]), 0);
+}

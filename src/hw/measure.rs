@@ -166,14 +166,14 @@ fn codes(rng: &mut Rng, h: usize, w: usize, c: usize, max: u8) -> Result<QTensor
 }
 
 /// Channels a layer's input may have: the grid over its base count unless it reads the image.
-fn input_channels(net: &Network, l: &Layer, cfg: &MeasureConfig) -> Vec<usize> {
+fn input_channels(l: &Layer, cfg: &MeasureConfig) -> Vec<usize> {
     match l.inputs[0] {
         Src::Input => vec![l.in_shape.c],
-        Src::Layer(_) => grid_channels(l.in_shape.c, cfg, net),
+        Src::Layer(_) => grid_channels(l.in_shape.c, cfg),
     }
 }
 
-fn grid_channels(base: usize, cfg: &MeasureConfig, _net: &Network) -> Vec<usize> {
+fn grid_channels(base: usize, cfg: &MeasureConfig) -> Vec<usize> {
     let mut v: Vec<usize> = cfg.grid.iter().map(|r| round_to(base as f64 * r, cfg.granularity)).collect();
     v.sort_unstable();
     v.dedup();
@@ -210,8 +210,8 @@ pub fn measure(net: &Network, runner: &dyn Runner, cfg: &MeasureConfig, mut prog
     for l in &net.layers {
         match l.op {
             Op::Conv { .. } => {
-                for &ci in &input_channels(net, l, cfg) {
-                    for &co in &grid_channels(l.out_shape.c, cfg, net) {
+                for &ci in &input_channels(l, cfg) {
+                    for &co in &grid_channels(l.out_shape.c, cfg) {
                         let v = with_channels(l, ci, co);
                         jobs.entry(v.signature()).or_insert(Job::Conv { c_in: ci, c_out: co, l: v, residual: false });
                     }
@@ -224,32 +224,32 @@ pub fn measure(net: &Network, runner: &dyn Runner, cfg: &MeasureConfig, mut prog
                 if !matches!(feeder.op, Op::Conv { .. }) {
                     continue;
                 }
-                for &c in &grid_channels(l.out_shape.c, cfg, net) {
+                for &c in &grid_channels(l.out_shape.c, cfg) {
                     let v = with_channels(l, c, c);
                     jobs.entry(v.signature()).or_insert(Job::Conv { c_in: c, c_out: c, l: with_channels(feeder, c, c), residual: true });
                 }
             }
             Op::GlobalAvgPool => {
-                for &c in &grid_channels(l.in_shape.c, cfg, net) {
+                for &c in &grid_channels(l.in_shape.c, cfg) {
                     let v = with_channels(l, c, c);
                     jobs.entry(v.signature()).or_insert(Job::Pool { c, l: v });
                 }
             }
             Op::Linear => {
-                for &c in &grid_channels(l.in_shape.c, cfg, net) {
+                for &c in &grid_channels(l.in_shape.c, cfg) {
                     let mut v = l.clone();
                     v.in_shape.c = c;
                     jobs.entry(v.signature()).or_insert(Job::Linear { c_in: c, l: v });
                 }
             }
             Op::MaxPool { .. } => {
-                for &c in &input_channels(net, l, cfg) {
+                for &c in &input_channels(l, cfg) {
                     let v = with_channels(l, c, c);
                     jobs.entry(v.signature()).or_insert(Job::MaxPool { c, l: v });
                 }
             }
             Op::Subsample { .. } => {
-                for &c in &grid_channels(l.in_shape.c, cfg, net) {
+                for &c in &grid_channels(l.in_shape.c, cfg) {
                     jobs.entry(with_channels(l, c, c).signature()).or_insert(Job::Free);
                 }
             }

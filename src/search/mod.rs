@@ -229,8 +229,10 @@ pub fn search(cfg: &SearchConfig, resume: bool, progress: bool) -> Result<Search
     space.granularity = space.granularity.max(profile.unit.channel_granularity);
 
     tch::manual_seed(cfg.seed as i64);
+    let ckpt_path = cfg.out.join("search-checkpoint.ot");
     let mut sn = Supernet::new(&base, &space, cfg.pact_init);
-    if let Some(init) = cfg.init.as_ref().filter(|_| !(resume && cfg.out.join("search-checkpoint.ot").is_file())) {
+    // A resumed run restores every variable from its own checkpoint; --init only seeds a new one.
+    if let Some(init) = cfg.init.as_ref().filter(|_| !(resume && ckpt_path.is_file())) {
         let ck = checkpoint::load::<serde_json::Value>(init)?;
         let n = sn.init_from(&ck.vars);
         if n == 0 {
@@ -240,7 +242,6 @@ pub fn search(cfg: &SearchConfig, resume: bool, progress: bool) -> Result<Search
     }
     let mut adam = Adam::new(&sn.logits, cfg.arch_lr, cfg.arch_betas, cfg.arch_weight_decay);
     let mut sgd = Sgd::new(cfg.momentum, true);
-    let ckpt_path = cfg.out.join("search-checkpoint.ot");
     let log_path = cfg.out.join("search.jsonl");
     let mut epoch0 = 0;
     let mut step = 0;
