@@ -349,12 +349,16 @@ pub fn predict_us(table: &LatencyTable, net: &Network) -> Result<f64, MeasureErr
         .sum()
 }
 
+/// One image of random pixels in the model's input shape (latency does not depend on values).
+fn random_image(model: &QModel) -> Vec<u8> {
+    let mut rng = Rng::new(7);
+    (0..model.net().input.numel()).map(|_| rng.below(256) as u8).collect()
+}
+
 /// Whole-model latency of one image on the CPU engine (what the table must predict).
 pub fn measure_model_cpu(model: &QModel, cpu: &Cpu, warmup: usize, repeats: usize) -> Result<LatencyEntry, MeasureError> {
     let prepared = model.prepare(cpu)?;
-    let mut rng = Rng::new(7);
-    let n = model.net().input.numel();
-    let image: Vec<u8> = (0..n).map(|_| rng.below(256) as u8).collect();
+    let image = random_image(model);
     Ok(time_us(warmup, repeats, || model.run(cpu, &prepared, &image).map(drop))?)
 }
 
@@ -362,9 +366,7 @@ pub fn measure_model_cpu(model: &QModel, cpu: &Cpu, warmup: usize, repeats: usiz
 #[cfg(feature = "wgpu")]
 pub fn measure_model_wgpu(model: &QModel, engine: &crate::engine::wgpu::WgpuEngine, dot: crate::engine::wgpu::DotKernel, warmup: usize, repeats: usize) -> Result<LatencyEntry, MeasureError> {
     let m = crate::engine::wgpu::WgpuModel::with_options(engine, model, dot, 1).map_err(|e| MeasureError::Backend(e.to_string()))?;
-    let mut rng = Rng::new(7);
-    let n = model.net().input.numel();
-    let image: Vec<u8> = (0..n).map(|_| rng.below(256) as u8).collect();
+    let image = random_image(model);
     time_us(warmup, repeats, || m.run_batch(&image).map(drop).map_err(|e| MeasureError::Backend(e.to_string())))
 }
 

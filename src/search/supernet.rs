@@ -173,17 +173,10 @@ impl Supernet {
             for (name, dst) in self.vs.variables() {
                 let want = source_name(&name);
                 let Some((_, s)) = src.iter().find(|(n, _)| *n == want) else { continue };
-                let (ds, ss) = (dst.size(), s.size());
-                if ds.len() != ss.len() {
+                if dst.dim() != s.dim() {
                     continue;
                 }
-                let (mut d, mut v) = (dst.shallow_clone(), s.shallow_clone());
-                for (dim, (&a, &b)) in ds.iter().zip(&ss).enumerate() {
-                    let n = a.min(b);
-                    d = d.narrow(dim as i64, 0, n);
-                    v = v.narrow(dim as i64, 0, n);
-                }
-                d.copy_(&v.to_kind(d.kind()));
+                crate::train::copy_leading(&dst, s);
                 copied += 1;
             }
         });

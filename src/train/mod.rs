@@ -12,4 +12,5 @@ mod trainer;
 pub use checkpoint::CheckpointError;
 pub use metrics::EpochMetrics;
 pub use schedule::CosineSchedule;
+pub(crate) use trainer::copy_leading;
 pub use trainer::{calibrate_clips, evaluate, load_model, mse_clip, train, LoadedModel, Meta, TrainConfig, TrainError, TrainSummary};

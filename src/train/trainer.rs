@@ -186,6 +186,19 @@ pub fn load_model(path: &Path) -> Result<LoadedModel, TrainError> {
 /// Copies `src` into the store's variables by name. With `partial`, variables that are missing
 /// or differ in shape take the overlapping leading slice (weight inheritance between widths);
 /// otherwise every variable must be present with the same shape. Returns how many were copied.
+/// Copies the leading slice `src` and `dst` share (the first `min` entries along every dim) from
+/// `src` into `dst`: how a model inherits a trained model's channels at other widths. Both must
+/// have the same rank; call inside `no_grad`.
+pub(crate) fn copy_leading(dst: &Tensor, src: &Tensor) {
+    let (mut d, mut v) = (dst.shallow_clone(), src.shallow_clone());
+    for (dim, (&a, &b)) in dst.size().iter().zip(&src.size()).enumerate() {
+        let n = a.min(b);
+        d = d.narrow(dim as i64, 0, n);
+        v = v.narrow(dim as i64, 0, n);
+    }
+    d.copy_(&v);
+}
+
 fn copy_vars(vs: &nn::VarStore, src: &[(String, Tensor)], partial: bool) -> Result<usize, String> {
     let vars = vs.variables();
     let mut copied = 0;
@@ -202,14 +215,7 @@ fn copy_vars(vs: &nn::VarStore, src: &[(String, Tensor)], partial: bool) -> Resu
             if ds == ss {
                 dst.copy_(s);
             } else if partial && ds.len() == ss.len() {
-                let mut d = dst.shallow_clone();
-                let mut v = s.shallow_clone();
-                for (dim, (&a, &b)) in ds.iter().zip(&ss).enumerate() {
-                    let n = a.min(b);
-                    d = d.narrow(dim as i64, 0, n);
-                    v = v.narrow(dim as i64, 0, n);
-                }
-                d.copy_(&v);
+                copy_leading(&dst, s);
             } else if partial {
                 continue;
             } else {
