@@ -46,12 +46,15 @@ pub enum MeasureError {
     Backend(String),
 }
 
+/// A prepared conv: run it on an input (and an optional fused residual).
+pub type ConvCall<'a> = Box<dyn Fn(&QTensor, Option<&Residual>) -> Result<(), MeasureError> + 'a>;
+
 /// An engine whose layers can be timed one at a time (the CPU engine, or wgpu's single-op calls).
 pub trait Runner {
     /// `backend`/`threads`/adapter facts recorded in the table's metadata.
     fn describe(&self) -> Vec<(String, String)>;
     /// Prepares `conv` once and returns a call that runs it (what gets timed).
-    fn conv<'a>(&'a self, conv: &'a Conv2d) -> Result<Box<dyn Fn(&QTensor, Option<&Residual>) -> Result<(), MeasureError> + 'a>, MeasureError>;
+    fn conv<'a>(&'a self, conv: &'a Conv2d) -> Result<ConvCall<'a>, MeasureError>;
     fn global_avg_pool(&self, x: &QTensor) -> Result<(), MeasureError>;
     fn linear(&self, l: &Linear, x: &[i32]) -> Result<(), MeasureError>;
     fn max_pool(&self, p: &MaxPool2d, x: &QTensor) -> Result<(), MeasureError>;
@@ -61,7 +64,7 @@ impl Runner for Cpu {
     fn describe(&self) -> Vec<(String, String)> {
         vec![("backend".into(), format!("cpu-{}", self.backend())), ("threads".into(), self.threads().to_string())]
     }
-    fn conv<'a>(&'a self, conv: &'a Conv2d) -> Result<Box<dyn Fn(&QTensor, Option<&Residual>) -> Result<(), MeasureError> + 'a>, MeasureError> {
+    fn conv<'a>(&'a self, conv: &'a Conv2d) -> Result<ConvCall<'a>, MeasureError> {
         let prepared = self.prepare(conv)?;
         Ok(Box::new(move |x, r| self.conv2d(&prepared, x, r).map(drop).map_err(MeasureError::from)))
     }
@@ -95,7 +98,7 @@ impl Runner for WgpuRunner<'_> {
             ("threads".into(), "1".into()),
         ]
     }
-    fn conv<'a>(&'a self, conv: &'a Conv2d) -> Result<Box<dyn Fn(&QTensor, Option<&Residual>) -> Result<(), MeasureError> + 'a>, MeasureError> {
+    fn conv<'a>(&'a self, conv: &'a Conv2d) -> Result<ConvCall<'a>, MeasureError> {
         Ok(Box::new(move |x, r| self.engine.conv2d(conv, x, r, self.dot).map(drop).map_err(|e| MeasureError::Backend(e.to_string()))))
     }
     fn global_avg_pool(&self, x: &QTensor) -> Result<(), MeasureError> {
