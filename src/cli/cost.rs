@@ -12,9 +12,12 @@ pub struct Args {
     /// Hardware profile file.
     #[arg(long)]
     profile: PathBuf,
-    /// resnet20 | resnet32 | resnet56 | resnet18 | resnet50
-    #[arg(long)]
-    model: ModelKind,
+    /// resnet20 | resnet32 | resnet56 | resnet18 | resnet50 (or take it from --arch)
+    #[arg(long, required_unless_present = "arch")]
+    model: Option<ModelKind>,
+    /// An architecture file (`nce search`): its model, input, classes and widths.
+    #[arg(long, conflicts_with_all = ["widths", "model", "input", "classes"])]
+    arch: Option<PathBuf>,
     /// Input as CxHxW (default: 3x32x32 for CIFAR ResNets, 3x224x224 for ImageNet ones).
     #[arg(long)]
     input: Option<Shape>,
@@ -52,7 +55,15 @@ pub fn networks(
 
 pub fn run(a: Args) -> Result<ExitCode> {
     let profile = Profile::load(&a.profile)?;
-    let (net, base) = networks(a.model, a.input, a.classes, a.widths.as_deref(), a.bits)?;
+    let (model, input, classes, widths) = match &a.arch {
+        Some(path) => {
+            let arch = crate::graph::ArchFile::load(path)?;
+            let input = arch.input_shape().map_err(|e| anyhow::anyhow!("{}: `input`: {e}", path.display()))?;
+            (arch.model, Some(input), Some(arch.classes), Some(arch.widths))
+        }
+        None => (a.model.ok_or_else(|| anyhow::anyhow!("give --model or --arch"))?, a.input, a.classes, a.widths.clone()),
+    };
+    let (net, base) = networks(model, input, classes, widths.as_deref(), a.bits)?;
     let eval = Evaluator::new(&profile)?;
     let report = eval.evaluate(&net, &base).with_context(|| format!("costing {} under {}", net.model, profile.name))?;
     if a.json {

@@ -71,13 +71,7 @@ enum Command {
 
 /// The widths of an architecture file written by `nce search` (`widths = [...]`).
 pub fn arch_widths(path: &std::path::Path) -> anyhow::Result<Vec<usize>> {
-    #[derive(serde::Deserialize)]
-    struct Arch {
-        widths: Vec<usize>,
-    }
-    let text = std::fs::read_to_string(path).map_err(|e| anyhow::anyhow!("{}: {e}", path.display()))?;
-    let a: Arch = toml::from_str(&text).map_err(|e| anyhow::anyhow!("{}: {}", path.display(), e.message()))?;
-    Ok(a.widths)
+    Ok(crate::graph::ArchFile::load(path)?.widths)
 }
 
 /// Parses the process arguments, runs the command and maps errors to an exit code.

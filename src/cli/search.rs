@@ -59,6 +59,21 @@ pub struct SearchArgs {
     /// Trained checkpoint (`nce train`) to start the supernet's weights from.
     #[arg(long)]
     init: Option<PathBuf>,
+    /// Epochs of weight steps only before architecture steps (and expansion) start.
+    #[arg(long, default_value_t = 0)]
+    warmup_epochs: usize,
+    /// How the final widths are derived from the search.
+    #[arg(long, value_enum, default_value = "cost-aware")]
+    derive: search::Derivation,
+    /// How the channels an expansion adds start: function-preserving copies or their random init.
+    #[arg(long, value_enum, default_value = "preserve")]
+    expansion_init: search::ExpansionInit,
+    /// Noise on copied filters at expansion, relative to the weight's std.
+    #[arg(long, default_value_t = 0.01)]
+    expansion_noise: f64,
+    /// Images of the architecture half that score each epoch's argmax network (TAS derivation).
+    #[arg(long, default_value_t = 1000)]
+    val_subset: usize,
     #[arg(long)]
     resume: bool,
     #[arg(long)]
@@ -80,6 +95,11 @@ pub fn run(a: SearchArgs) -> Result<ExitCode> {
     c.seed = a.seed;
     c.threads = a.threads;
     c.init = a.init;
+    c.warmup_epochs = a.warmup_epochs;
+    c.derive = a.derive;
+    c.expansion_init = a.expansion_init;
+    c.expansion_noise = a.expansion_noise;
+    c.val_subset = a.val_subset;
     let r = search::search(&c, a.resume, !a.quiet).with_context(|| format!("searching into {}", c.out.display()))?;
     println!("architecture: {}", r.arch_path.display());
     println!("{:<20} {:>5} {:>6}  candidates", "layer", "base", "width");
@@ -90,8 +110,9 @@ pub fn run(a: SearchArgs) -> Result<ExitCode> {
     for b in &r.arch.budgets {
         println!("budget {:<22} {:>14.4} <= {:>14.4} {}", b.metric, b.value, b.max, if b.pass { "PASS" } else { "FAIL" });
     }
+    println!("derivation: {}", r.arch.derivation);
     if !r.arch.repaired.is_empty() {
-        println!("repaired to meet budgets: {}", r.arch.repaired.join(", "));
+        println!("changed after the argmax: {}", r.arch.repaired.join(", "));
     }
     println!("{} expansion events; log {}", r.arch.expansions.len(), c.out.join("search.jsonl").display());
     Ok(ExitCode::SUCCESS)

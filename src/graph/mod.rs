@@ -12,9 +12,11 @@
 //! - a residual add of tensors of different widths zero-pads the narrower one (option-A
 //!   shortcuts in CIFAR ResNets; TAS's rule for searched widths), so it has no parameters.
 
+pub mod arch;
 mod bits;
 mod resnet;
 
+pub use arch::ArchFile;
 pub use bits::BitConfig;
 pub use resnet::{build, ModelKind};
 

@@ -23,6 +23,7 @@ use crate::train::checkpoint::{self, CheckpointError};
 use crate::train::sgd::Sgd;
 use crate::train::CosineSchedule;
 use adam::Adam;
+pub use derive::Derivation;
 use derive::{ArchBudget, ArchCost, ArchFile, ArchLayer, DeriveError};
 use indicatif::{ProgressBar, ProgressStyle};
 use serde::{Deserialize, Serialize};
@@ -65,6 +66,44 @@ pub struct SearchConfig {
     /// A trained checkpoint (`nce train`) to initialise the supernet's weights from.
     #[serde(default)]
     pub init: Option<PathBuf>,
+    /// Epochs of weight steps only (sampled widths, logits frozen, no expansion) before the
+    /// architecture steps start, so the logits learn from trained candidates.
+    #[serde(default)]
+    pub warmup_epochs: usize,
+    /// How the final widths are derived (`docs/search.md`).
+    #[serde(default = "default_derivation")]
+    pub derive: Derivation,
+    /// How an expanded slot's new channels start.
+    #[serde(default)]
+    pub expansion_init: ExpansionInit,
+    /// Noise on copied filters, relative to the weight's std.
+    #[serde(default = "default_noise")]
+    pub expansion_noise: f64,
+    /// Images of the architecture half used to score each epoch's argmax network (TAS derivation).
+    #[serde(default = "default_val_subset")]
+    pub val_subset: usize,
+}
+
+/// How the channels a slot gains by expansion are initialised.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[cfg_attr(feature = "cli", derive(clap::ValueEnum))]
+#[serde(rename_all = "kebab-case")]
+pub enum ExpansionInit {
+    /// Function-preserving copies ([`Supernet::init_expanded`]).
+    #[default]
+    Preserve,
+    /// Whatever the pre-allocated weights hold (their random initialisation).
+    Keep,
+}
+
+fn default_derivation() -> Derivation {
+    Derivation::CostAware
+}
+fn default_noise() -> f64 {
+    0.01
+}
+fn default_val_subset() -> usize {
+    1000
 }
 
 impl SearchConfig {
@@ -95,6 +134,11 @@ impl SearchConfig {
             threads: 0,
             out,
             init: None,
+            warmup_epochs: 0,
+            derive: Derivation::CostAware,
+            expansion_init: ExpansionInit::Preserve,
+            expansion_noise: default_noise(),
+            val_subset: default_val_subset(),
         }
     }
 
@@ -142,6 +186,13 @@ pub struct EpochLog {
     pub arch_acc: f64,
     /// Accuracy of the argmax architecture (inside the supernet) on held-out test images.
     pub argmax_test_acc: f64,
+    /// Accuracy of the argmax architecture on the first `val_subset` images of the
+    /// architecture half (held out from the weights; used by the TAS derivation).
+    #[serde(default)]
+    pub argmax_val_acc: f64,
+    /// Whether the argmax architecture met every budget.
+    #[serde(default)]
+    pub argmax_pass: bool,
     pub widths: Vec<usize>,
     pub probs: Vec<Vec<f64>>,
     pub candidates: Vec<Vec<usize>>,
@@ -269,6 +320,8 @@ pub fn search(cfg: &SearchConfig, resume: bool, progress: bool) -> Result<Search
     let wl = Loader::new(&wset, LoaderConfig { drop_last: true, ..LoaderConfig::train(&wset.name, cfg.batch_size, cfg.seed) }, tch::Device::Cpu)?;
     let al = Loader::new(&aset, LoaderConfig { drop_last: true, ..LoaderConfig::train(&aset.name, cfg.batch_size, cfg.seed ^ 0xA5C4) }, tch::Device::Cpu)?;
     let tl = Loader::eval(&test, 500, tch::Device::Cpu)?;
+    let vset = aset.subset(cfg.val_subset.clamp(1, aset.len().max(1)));
+    let vl = Loader::eval(&vset, 500, tch::Device::Cpu)?;
     let per_epoch = wl.num_batches().min(al.num_batches());
     if per_epoch == 0 {
         return Err(SearchError::Invalid(format!("each half of the training data needs at least one batch of {}", cfg.batch_size)));
@@ -289,6 +342,8 @@ pub fn search(cfg: &SearchConfig, resume: bool, progress: bool) -> Result<Search
         let (mut wl_sum, mut wc, mut al_sum, mut ac, mut seen) = (0.0, 0i64, 0.0, 0i64, 0i64);
         let mut last_costs: Vec<(String, f64, f64, f64)> = Vec::new();
         let params = sn.weight_params();
+        let masks = sn.decay_masks();
+        let arch_epoch = epoch >= cfg.warmup_epochs;
         for ((xw, yw), (xa, ya)) in wl.epoch_batches(epoch as u64).zip(al.epoch_batches(epoch as u64)).take(per_epoch) {
             tch::manual_seed(cfg.seed.wrapping_mul(7_919).wrapping_add(step as u64) as i64);
             // Weight step: sampled widths, logits frozen.
@@ -300,9 +355,16 @@ pub fn search(cfg: &SearchConfig, resume: bool, progress: bool) -> Result<Search
             }
             Sgd::zero_grad(&params);
             loss.backward();
-            sgd.step(&params, sched.lr(step), |n| if n.ends_with(".alpha") { 1e-4 } else { cfg.weight_decay });
+            sgd.step_masked(&params, sched.lr(step), |n| if n.ends_with(".alpha") { 1e-4 } else { cfg.weight_decay }, &masks);
             wl_sum += lv * yw.size()[0] as f64;
             wc += out.argmax(-1, false).eq_tensor(&yw).sum(Kind::Int64).int64_value(&[]);
+            seen += yw.size()[0];
+            step += 1;
+            if !arch_epoch {
+                bar.set_message(format!("τ {tau:.2} warm-up w-acc {:.1}%", 100.0 * wc as f64 / seen as f64));
+                bar.inc(1);
+                continue;
+            }
 
             // Architecture step: cross-entropy + λ·L_k over every separable budget.
             let out = sn.forward(&xa, true, Mode::Sample { tau }, false);
@@ -332,20 +394,23 @@ pub fn search(cfg: &SearchConfig, resume: bool, progress: bool) -> Result<Search
             adam.step(&sn.logits);
             al_sum += ce.double_value(&[]) * ya.size()[0] as f64;
             ac += out.argmax(-1, false).eq_tensor(&ya).sum(Kind::Int64).int64_value(&[]);
-            seen += yw.size()[0];
-            step += 1;
             bar.set_message(format!("τ {tau:.2} w-acc {:.1}% a-acc {:.1}%", 100.0 * wc as f64 / seen as f64, 100.0 * ac as f64 / seen as f64));
             bar.inc(1);
         }
         bar.finish_and_clear();
         let argmax_test_acc = accuracy(&sn, &tl);
+        let argmax_val_acc = accuracy(&sn, &vl);
         let probs = sn.probs();
         let widths = sn.argmax_widths();
-        let events = space::expand(&mut sn.slots, &probs, &space, epoch);
+        let argmax_pass = derive::cost_of(cfg.model, base.input, base.classes, &widths, &bits, &eval, &base)?.1.passes();
+        let events = if arch_epoch { space::expand(&mut sn.slots, &probs, &space, epoch) } else { Vec::new() };
         for e in &events {
             // expand() already appended the width to the slot; grow logits, BN and Adam state.
             sn.add_candidate(e.slot, e.new_widest);
             adam.grow(e.slot);
+            if cfg.expansion_init == ExpansionInit::Preserve {
+                sn.init_expanded(e.slot, e.old_widest, e.new_widest, cfg.expansion_noise, cfg.seed ^ (epoch as u64) << 8, &mut sgd.buffers);
+            }
             tracing::info!("epoch {epoch}: expanded {} from {} to {}", e.layer, e.old_widest, e.new_widest);
         }
         expansions.extend(events.iter().cloned());
@@ -357,6 +422,8 @@ pub fn search(cfg: &SearchConfig, resume: bool, progress: bool) -> Result<Search
             arch_loss: al_sum / seen.max(1) as f64,
             arch_acc: ac as f64 / seen.max(1) as f64,
             argmax_test_acc,
+            argmax_val_acc,
+            argmax_pass,
             widths,
             probs,
             candidates: sn.slots.iter().map(|s| s.candidates.clone()).collect(),
@@ -391,7 +458,25 @@ pub fn search(cfg: &SearchConfig, resume: bool, progress: bool) -> Result<Search
     }
 
     let probs = sn.probs();
-    let (widths, repaired, report) = derive::derive(cfg.model, base.input, base.classes, &sn.slots, &probs, &bits, &eval, &base)?;
+    let tas_pick = match cfg.derive {
+        Derivation::Tas => log
+            .iter()
+            .filter(|l| l.epoch >= cfg.warmup_epochs && l.argmax_pass)
+            .max_by(|a, b| a.argmax_val_acc.total_cmp(&b.argmax_val_acc).then(a.epoch.cmp(&b.epoch)))
+            .map(|l| (l.epoch, l.widths.clone())),
+        Derivation::CostAware => None,
+    };
+    let (widths, repaired, report, derivation) = match tas_pick {
+        Some((epoch, widths)) => {
+            let (_, report) = derive::cost_of(cfg.model, base.input, base.classes, &widths, &bits, &eval, &base)?;
+            (widths, Vec::new(), report, format!("tas (epoch {epoch})"))
+        }
+        None => {
+            let (w, r, rep) = derive::derive(cfg.model, base.input, base.classes, &sn.slots, &probs, space.granularity, &bits, &eval, &base)?;
+            let name = if cfg.derive == Derivation::Tas { "cost-aware (tas: no epoch met every budget)" } else { "cost-aware" };
+            (w, r, rep, name.to_string())
+        }
+    };
     let base_report = eval.evaluate(&base, &base)?;
     let arch = ArchFile {
         model: cfg.model,
@@ -400,6 +485,7 @@ pub fn search(cfg: &SearchConfig, resume: bool, progress: bool) -> Result<Search
         profile: cfg.profile.display().to_string(),
         widths,
         base_widths: base.widths.clone(),
+        derivation,
         repaired,
         layers: sn
             .slots
@@ -418,8 +504,7 @@ pub fn search(cfg: &SearchConfig, resume: bool, progress: bool) -> Result<Search
         expansions,
     };
     let arch_path = cfg.out.join("arch.toml");
-    let text = toml::to_string(&arch).map_err(|e| SearchError::Invalid(format!("cannot serialise the architecture: {e}")))?;
-    std::fs::write(&arch_path, text).map_err(io(&arch_path))?;
+    arch.save(&arch_path).map_err(|e| SearchError::Invalid(e.to_string()))?;
     // Charts are a convenience: the architecture file is the result, so a missing font or an
     // unwritable chart is a warning, not a failed search.
     if let Err(e) = plots::write_all(&cfg.out, &log, &arch) {

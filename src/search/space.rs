@@ -2,6 +2,7 @@
 //!
 //! Pure bookkeeping (no tch) so the rule is testable on synthetic probabilities.
 
+pub use crate::graph::arch::Expansion;
 use serde::{Deserialize, Serialize};
 
 /// How candidate sets are built and grown.
@@ -55,16 +56,6 @@ pub struct Slot {
     pub cap: usize,
     /// Candidate widths, strictly increasing.
     pub candidates: Vec<usize>,
-}
-
-/// An expansion event (logged and written to the architecture file).
-#[derive(Clone, Debug, Serialize, Deserialize, PartialEq)]
-pub struct Expansion {
-    pub epoch: usize,
-    pub slot: usize,
-    pub layer: String,
-    pub old_widest: usize,
-    pub new_widest: usize,
 }
 
 impl Slot {

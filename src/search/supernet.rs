@@ -208,6 +208,107 @@ impl Supernet {
         self.ensure_bn(s, width);
     }
 
+    /// Function-preserving initialisation of a slot's new widest candidate `new` (after
+    /// [`Supernet::add_candidate`]), Net2Net-style but safe under weight sharing:
+    /// - the conv's new output filters are copies of randomly chosen existing filters plus
+    ///   Gaussian noise of `noise` × the weight's std (and their SGD momentum is cleared);
+    /// - the new candidate's BatchNorm copies the `old` candidate's γ, β and running statistics
+    ///   for the shared channels and the sources' for the new ones, except γ = β = 0 on the new
+    ///   channels: they output exactly zero, so the network computes what it computed with the
+    ///   `old` width (in FP32), and γ grows from its gradient;
+    /// - convs that read this conv directly get their new input columns copied from the sources
+    ///   (they never influenced the output before, and multiply zeros until γ grows).
+    ///
+    /// Why not Net2Net's split (halving the source's outgoing weights): those weights are shared
+    /// with every narrower candidate, whose function the halving would change.
+    pub fn init_expanded(&mut self, s: usize, old: usize, new: usize, noise: f64, seed: u64, sgd_buffers: &mut BTreeMap<String, Tensor>) {
+        if new <= old || old == 0 {
+            return;
+        }
+        let mut rng = crate::data::Rng::derive(seed, (s as u64) << 32 | new as u64);
+        let src: Vec<i64> = (old..new).map(|_| rng.below(old as u64) as i64).collect();
+        let src_t = Tensor::from_slice(&src);
+        let n_new = (new - old) as i64;
+        let name = self.slots[s].name.clone();
+        let conv_layers: Vec<usize> = self.convs.iter().filter(|(_, c)| c.slot == s).map(|(&i, _)| i).collect();
+        tch::no_grad(|| {
+            for &i in &conv_layers {
+                let w = &self.convs[&i].weight;
+                let rows = w.index_select(0, &src_t);
+                let std = w.narrow(0, 0, old as i64).std(true).double_value(&[]);
+                let fresh = &rows + rows.randn_like() * (noise * std);
+                w.narrow(0, old as i64, n_new).copy_(&fresh);
+                if let Some(buf) = sgd_buffers.get_mut(&format!("{}.weight", self.net.layers[i].name)) {
+                    let _ = buf.narrow(0, old as i64, n_new).zero_();
+                }
+                // Direct conv consumers: new input columns copied from the sources.
+                for (j, l) in self.net.layers.iter().enumerate() {
+                    if l.inputs.first() == Some(&Src::Layer(i)) {
+                        if let (Op::Conv { groups: 1, .. }, Some(c)) = (&l.op, self.convs.get(&j)) {
+                            let cols = c.weight.index_select(1, &src_t);
+                            c.weight.narrow(1, old as i64, n_new).copy_(&cols);
+                        }
+                    }
+                }
+            }
+            let (from, to) = (&self.bns[&(s, old)], &self.bns[&(s, new)]);
+            let pairs = [
+                (from.ws.as_ref(), to.ws.as_ref(), true),
+                (from.bs.as_ref(), to.bs.as_ref(), true),
+                (Some(&from.running_mean), Some(&to.running_mean), false),
+                (Some(&from.running_var), Some(&to.running_var), false),
+            ];
+            for (a, b, zero_new) in pairs {
+                let (Some(a), Some(b)) = (a, b) else { continue };
+                b.narrow(0, 0, old as i64).copy_(a);
+                let mut tail = b.narrow(0, old as i64, n_new);
+                if zero_new {
+                    let _ = tail.zero_();
+                } else {
+                    tail.copy_(&a.index_select(0, &src_t));
+                }
+            }
+        });
+        tracing::debug!("{name}: channels {old}..{new} initialised from copies");
+    }
+
+    /// Weight-decay masks: for every conv and linear weight, 1 on the slice some candidate can
+    /// read (rows up to the slot's widest candidate, input columns up to the widest input any
+    /// candidate produces) and 0 elsewhere, so decay never shrinks weights no candidate uses.
+    pub fn decay_masks(&self) -> BTreeMap<String, Tensor> {
+        let mut active: Vec<usize> = Vec::with_capacity(self.net.layers.len());
+        let of = |active: &Vec<usize>, s: Src| match s {
+            Src::Input => self.net.input.c,
+            Src::Layer(i) => active[i],
+        };
+        let mut masks = BTreeMap::new();
+        for (i, l) in self.net.layers.iter().enumerate() {
+            let cin = of(&active, l.inputs[0]);
+            let c = match l.op {
+                Op::Conv { groups, .. } => {
+                    let conv = &self.convs[&i];
+                    let out = self.slots[conv.slot].widest() as i64;
+                    let m = conv.weight.zeros_like();
+                    let _ = m.narrow(0, 0, out).narrow(1, 0, cin as i64 / groups as i64).fill_(1.0);
+                    masks.insert(format!("{}.weight", l.name), m);
+                    out as usize
+                }
+                Op::Linear => {
+                    if let Some((w, _)) = &self.fc {
+                        let m = w.zeros_like();
+                        let _ = m.narrow(1, 0, (cin as i64).min(w.size()[1])).fill_(1.0);
+                        masks.insert(format!("{}.weight", l.name), m);
+                    }
+                    l.out_shape.c
+                }
+                Op::Add { .. } => l.inputs.iter().map(|&s| of(&active, s)).max().unwrap_or(0),
+                _ => cin,
+            };
+            active.push(c);
+        }
+        masks
+    }
+
     /// Softmax probabilities of every slot.
     pub fn probs(&self) -> Vec<Vec<f64>> {
         self.logits.iter().map(|l| Vec::<f64>::try_from(&l.detach().softmax(0, Kind::Double)).unwrap_or_default()).collect()

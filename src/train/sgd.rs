@@ -21,6 +21,12 @@ impl Sgd {
     /// `p -= lr · (g + μ·buf)` (Nesterov) or `lr · buf`. `decay(name)` gives each parameter's
     /// weight decay (0 for quantizer clips and steps, which get their own regulariser).
     pub fn step(&mut self, params: &[(String, Tensor)], lr: f64, decay: impl Fn(&str) -> f64) {
+        self.step_masked(params, lr, decay, &BTreeMap::new());
+    }
+
+    /// [`Sgd::step`] with the weight decay of a parameter multiplied elementwise by its mask in
+    /// `masks` (if it has one): the search uses it to leave weight slices no candidate reads alone.
+    pub fn step_masked(&mut self, params: &[(String, Tensor)], lr: f64, decay: impl Fn(&str) -> f64, masks: &BTreeMap<String, Tensor>) {
         no_grad(|| {
             for (name, p) in params {
                 let grad = p.grad();
@@ -30,7 +36,10 @@ impl Sgd {
                 let mut g = grad.shallow_clone();
                 let wd = decay(name);
                 if wd != 0.0 {
-                    g = &g + p * wd;
+                    g = match masks.get(name) {
+                        Some(m) => &g + p * m * wd,
+                        None => &g + p * wd,
+                    };
                 }
                 let buf = self.buffers.entry(name.clone()).or_insert_with(|| g.zeros_like());
                 let _ = buf.g_mul_scalar_(self.momentum).g_add_(&g);

@@ -1,0 +1,106 @@
+#!/usr/bin/env bash
+# The fair NCE experiment on Fashion-MNIST (protocol and acceptance rule: docs/results.md,
+# "NCE vs uniform W2A2 at equal cost"; settings: presets/fair-fashion.toml).
+#
+# Every network compared gets the same final treatment: FP32 training of its own architecture
+# from scratch, then W2A2 training initialised from that FP32 model with knowledge distillation
+# from one shared FP32 ResNet-20 teacher (the uniform arm's own FP32 run), on all 60,000
+# training images, evaluated on all 10,000 test images. Arms, all under
+# hw-profiles/nce-flops-params.toml (MACs <= 1.0x, params <= 1.0x the base ResNet-20):
+#   uniform   base widths
+#   nce-sK    NCE search (threshold T), search seed K
+#   tas       TAS with a static wide space (candidates 0.5x..1.5x, no expansion)
+#   scaled    every width scaled by one factor to NCE's MACs (only if NCE landed below 0.97x)
+#
+# Resumable: rerun the same command after an interruption (even kill -9); finished stages are
+# skipped and the interrupted one resumes from its checkpoint. One heavy job at a time.
+#
+#   scripts/experiments/fair-fashion.sh            # everything, in order
+#   STAGES=teacher scripts/experiments/fair-fashion.sh
+#   STAGES=report  scripts/experiments/fair-fashion.sh
+set -euo pipefail
+cd "$(dirname "${BASH_SOURCE[0]}")/../.."
+OUT=${OUT:-runs/fair-fashion}
+PRESET=${PRESET:-presets/fair-fashion.toml}
+STAGES=${STAGES:-teacher search fp32 w2a2 report}
+THREADS=${THREADS:-2}
+export OMP_WAIT_POLICY=PASSIVE
+
+# Settings come from the preset file (one place, also read by the report).
+val() { python3 - "$PRESET" "$1" <<'PY'
+import sys, tomllib
+d = tomllib.load(open(sys.argv[1], "rb"))
+for k in sys.argv[2].split("."):
+    d = d[k]
+print(",".join(map(str, d)) if isinstance(d, list) else d)
+PY
+}
+PROFILE=$(val profile)
+FP_EPOCHS=$(val fp32.epochs); FP_LR=$(val fp32.lr)
+Q_EPOCHS=$(val w2a2.epochs); Q_LR=$(val w2a2.lr); SEEDS=$(val w2a2.seeds | tr , ' ')
+KD_ALPHA=$(val w2a2.kd_alpha); KD_T=$(val w2a2.kd_temperature)
+S_EPOCHS=$(val search.epochs); S_WARMUP=$(val search.warmup_epochs); S_LR=$(val search.lr)
+S_ARCH_LR=$(val search.arch_lr); S_SUBSET=$(val search.train_subset); T=$(val search.threshold)
+S_SEEDS=$(val search.seeds | tr , ' '); TAS_RATIOS=$(val search.tas_ratios); DERIVE=$(val search.derive)
+BATCH=$(val batch_size); WD=$(val weight_decay)
+
+mkdir -p "$OUT/bin"
+[ -x target/release/nce ] || cargo build --release --quiet
+# Run a copy so rebuilding the tree never touches a running experiment.
+cp target/release/nce "$OUT/bin/nce.new" && mv "$OUT/bin/nce.new" "$OUT/bin/nce"
+nce() { nice -n 19 "$OUT/bin/nce" "$@"; }
+TEACHER=$OUT/fp32-uniform/checkpoint.ot
+
+done_epochs() { # run dir -> epochs finished
+  [ -f "$1/metrics.jsonl" ] && grep -c . "$1/metrics.jsonl" || echo 0
+}
+train() { # dir epochs extra-args...
+  local dir=$1 epochs=$2; shift 2
+  [ "$(done_epochs "$dir")" -ge "$epochs" ] && return 0
+  echo "[fair] $(date +%T) train $dir" >&2
+  nce train --model resnet20 --data fashion-mnist --epochs "$epochs" --batch-size "$BATCH" \
+    --weight-decay "$WD" --threads "$THREADS" --checkpoint-every 100 --quiet --out "$dir" --resume "$@"
+}
+search() { # name seed threshold ratios
+  [ -f "$OUT/$1/arch.toml" ] && return 0
+  echo "[fair] $(date +%T) search $1" >&2
+  nce search --profile "$PROFILE" --model resnet20 --data fashion-mnist --epochs "$S_EPOCHS" \
+    --warmup-epochs "$S_WARMUP" --train-subset "$S_SUBSET" --test-subset 1000 --batch-size "$BATCH" \
+    --lr "$S_LR" --arch-lr "$S_ARCH_LR" --threshold "$3" --ratios "$4" --derive "$DERIVE" \
+    --init "$TEACHER" --threads "$THREADS" --seed "$2" --out "$OUT/$1" --resume --quiet
+}
+arms() { # every arm with an architecture, as "name arch-file-or-empty"
+  echo "uniform -"
+  for s in $S_SEEDS; do [ -f "$OUT/nce-s$s/arch.toml" ] && echo "nce-s$s $OUT/nce-s$s/arch.toml"; done
+  [ -f "$OUT/tas/arch.toml" ] && echo "tas $OUT/tas/arch.toml"
+  [ -f "$OUT/scaled/arch.toml" ] && echo "scaled $OUT/scaled/arch.toml"
+  true
+}
+arch_args() { [ "$1" = - ] || echo "--arch $1"; }
+
+for stage in $STAGES; do
+  case $stage in
+    teacher) train "$OUT/fp32-uniform" "$FP_EPOCHS" --bits 32 --lr "$FP_LR" --seed 0 ;;
+    search)
+      for s in $S_SEEDS; do search "nce-s$s" "$s" "$T" 0.5,0.75,1.0; done
+      search tas 0 inf "$TAS_RATIOS"
+      python3 scripts/experiments/fair-table.py "$OUT" --scaled-arch "$PROFILE" ;;
+    fp32)
+      arms | while read -r name arch; do
+        [ "$name" = uniform ] && continue
+        # shellcheck disable=SC2046
+        train "$OUT/fp32-$name" "$FP_EPOCHS" --bits 32 --lr "$FP_LR" --seed 0 $(arch_args "$arch")
+      done ;;
+    w2a2)
+      for seed in $SEEDS; do
+        arms | while read -r name arch; do
+          # shellcheck disable=SC2046
+          train "$OUT/w2a2-$name-s$seed" "$Q_EPOCHS" --bits 2 --lr "$Q_LR" --warmup-epochs 0 --seed "$seed" \
+            --init "$OUT/fp32-$name/checkpoint.ot" --teacher "$TEACHER" --kd-alpha "$KD_ALPHA" \
+            --kd-temperature "$KD_T" $(arch_args "$arch")
+        done
+      done ;;
+    report) python3 scripts/experiments/fair-table.py "$OUT" ;;
+    *) echo "unknown stage $stage" >&2; exit 2 ;;
+  esac
+done

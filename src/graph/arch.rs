@@ -1,0 +1,109 @@
+//! The architecture file (`arch.toml`): what `nce search` writes and `nce train --arch`,
+//! `nce cost --arch` and the pipeline read. One type, one loader, one writer.
+
+use super::ModelKind;
+use serde::{Deserialize, Serialize};
+use std::path::{Path, PathBuf};
+
+/// A searched architecture: the widths per width slot, and how the search arrived at them.
+#[derive(Clone, Debug, Serialize, Deserialize)]
+pub struct ArchFile {
+    pub model: ModelKind,
+    pub input: String,
+    pub classes: usize,
+    pub profile: String,
+    pub widths: Vec<usize>,
+    pub base_widths: Vec<usize>,
+    /// How the widths were derived from the search (`cost-aware` or `tas (epoch N)`).
+    #[serde(default)]
+    pub derivation: String,
+    /// Slots changed by the derivation after the argmax (`layer: from -> to`).
+    pub repaired: Vec<String>,
+    pub layers: Vec<ArchLayer>,
+    pub costs: Vec<ArchCost>,
+    pub budgets: Vec<ArchBudget>,
+    pub expansions: Vec<Expansion>,
+}
+
+#[derive(Clone, Debug, Serialize, Deserialize)]
+pub struct ArchLayer {
+    pub name: String,
+    pub base: usize,
+    pub width: usize,
+    pub candidates: Vec<usize>,
+    pub probs: Vec<f64>,
+}
+
+#[derive(Clone, Debug, Serialize, Deserialize)]
+pub struct ArchCost {
+    pub plugin: String,
+    pub metric: String,
+    pub value: f64,
+    pub base: f64,
+}
+
+#[derive(Clone, Debug, Serialize, Deserialize)]
+pub struct ArchBudget {
+    pub metric: String,
+    pub value: f64,
+    pub max: f64,
+    pub pass: bool,
+}
+
+/// An expansion event of the search (logged and written to the architecture file).
+#[derive(Clone, Debug, Serialize, Deserialize, PartialEq)]
+pub struct Expansion {
+    pub epoch: usize,
+    pub slot: usize,
+    pub layer: String,
+    pub old_widest: usize,
+    pub new_widest: usize,
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum ArchError {
+    #[error("{}: {source}", file.display())]
+    Io { file: PathBuf, source: std::io::Error },
+    #[error("{}: not an architecture file: {message}", file.display())]
+    Parse { file: PathBuf, message: String },
+    #[error("{}: cannot serialise the architecture: {message}", file.display())]
+    Write { file: PathBuf, message: String },
+}
+
+impl ArchFile {
+    /// Reads an architecture file; errors name the file and, for syntax errors, the line.
+    pub fn load(path: &Path) -> Result<ArchFile, ArchError> {
+        let text = std::fs::read_to_string(path).map_err(|source| ArchError::Io { file: path.into(), source })?;
+        toml::from_str(&text).map_err(|e| {
+            let at = e.span().map(|s| line_col(&text, s.start)).map(|(l, c)| format!("{l}:{c}: ")).unwrap_or_default();
+            ArchError::Parse { file: path.into(), message: format!("{at}{}", e.message()) }
+        })
+    }
+
+    /// Writes the file atomically (temp file in the same folder, then rename).
+    pub fn save(&self, path: &Path) -> Result<(), ArchError> {
+        let text = toml::to_string(self).map_err(|e| ArchError::Write { file: path.into(), message: e.to_string() })?;
+        let tmp = path.with_extension("toml.tmp");
+        let io = |file: &Path| {
+            let file = file.to_path_buf();
+            move |source| ArchError::Io { file, source }
+        };
+        std::fs::write(&tmp, text).map_err(io(&tmp))?;
+        std::fs::rename(&tmp, path).map_err(|e| {
+            let _ = std::fs::remove_file(&tmp);
+            ArchError::Io { file: path.into(), source: e }
+        })
+    }
+
+    /// The input shape recorded in the file.
+    pub fn input_shape(&self) -> Result<super::Shape, String> {
+        self.input.parse()
+    }
+}
+
+fn line_col(text: &str, offset: usize) -> (usize, usize) {
+    let before = &text[..offset.min(text.len())];
+    let line = before.matches('\n').count() + 1;
+    let col = before.rsplit('\n').next().map_or(0, |l| l.chars().count()) + 1;
+    (line, col)
+}
