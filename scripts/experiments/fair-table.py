@@ -1,0 +1,170 @@
+#!/usr/bin/env python3
+"""The verdict table of the fair NCE experiment (scripts/experiments/fair-fashion.sh).
+
+    fair-table.py RUN_DIR                        # markdown table + verdict on stdout
+    fair-table.py RUN_DIR --scaled-arch PROFILE  # also write RUN_DIR/scaled/arch.toml if NCE
+                                                 # landed below 0.97x MACs (the "scaled" arm)
+
+Per arm: final test accuracy of every W2A2 seed (last epoch, all 10,000 test images), mean and
+sample std, MACs and params relative to the base ResNet-20, CPU-hours. Then the paired
+difference NCE - uniform by final-training seed (NCE = mean over search seeds) with a 95 %
+t-interval, and the pre-registered rule: NCE >= uniform + 0.5 points at <= 1.0x MACs and
+params, with the interval of the difference above 0. Standard library only (Python >= 3.11).
+"""
+import json, math, statistics, subprocess, sys, tomllib
+from pathlib import Path
+
+T975 = {1: 12.706, 2: 4.303, 3: 3.182, 4: 2.776, 5: 2.571, 6: 2.447, 7: 2.365, 8: 2.306, 9: 2.262,
+        10: 2.228, 12: 2.179, 15: 2.131, 20: 2.086, 30: 2.042}
+
+
+def t975(df):
+    keys = sorted(k for k in T975 if k <= df)
+    return T975[keys[-1]] if keys else float("nan")
+
+
+def metrics(d):
+    m = d / "metrics.jsonl"
+    if not m.is_file():
+        return []
+    return [json.loads(l) for l in m.read_text().splitlines() if l.strip()]
+
+
+def seconds(d):
+    s = sum(e.get("seconds", 0.0) for e in metrics(d))
+    log = d / "search.jsonl"
+    if log.is_file():
+        s += sum(json.loads(l).get("seconds", 0.0) for l in log.read_text().splitlines() if l.strip())
+    return s
+
+
+def arms(out):
+    found = ["uniform"]
+    found += sorted(p.parent.name for p in out.glob("nce-s*/arch.toml"))
+    found += [n for n in ("tas", "scaled") if (out / n / "arch.toml").is_file()]
+    return found
+
+
+def cost_ratios(out, arm):
+    """MACs and params of the arm's network relative to the base, from `nce cost --arch`."""
+    if arm == "uniform":
+        return 1.0, 1.0
+    profile = tomllib.loads(Path("presets/fair-fashion.toml").read_text())["profile"]
+    r = subprocess.run([str(out / "bin" / "nce"), "cost", "--arch", str(out / arm / "arch.toml"),
+                        "--profile", profile, "--json"], check=True, capture_output=True, text=True)
+    b = {x["metric"]: x["value"] / x["base"] for x in json.loads(r.stdout)["budgets"]}
+    return b.get("macs", float("nan")), b.get("params", float("nan"))
+
+
+def accs(out, arm, want_epochs):
+    res = {}
+    for d in sorted(out.glob(f"w2a2-{arm}-s*")):
+        m = metrics(d)
+        if len(m) >= want_epochs:
+            res[int(d.name.rsplit("-s", 1)[1])] = 100 * m[-1]["test_acc"]
+    return res
+
+
+def mean_std(v):
+    if not v:
+        return "–"
+    return f"{statistics.mean(v):.2f} ± {statistics.stdev(v):.2f}" if len(v) > 1 else f"{v[0]:.2f} (1 seed)"
+
+
+def interval(d):
+    if len(d) < 2:
+        return float("nan"), float("nan"), float("nan")
+    m, s = statistics.mean(d), statistics.stdev(d)
+    h = t975(len(d) - 1) * s / math.sqrt(len(d))
+    return m, m - h, m + h
+
+
+def report(out, preset):
+    q_epochs = preset["w2a2"]["epochs"]
+    rows, per_arm = [], {}
+    for arm in arms(out):
+        a = accs(out, arm, q_epochs)
+        per_arm[arm] = a
+        macs, params = cost_ratios(out, arm)
+        hours = sum(seconds(d) for d in out.glob(f"*{arm}*") if d.is_dir()) / 3600
+        seeds = ", ".join(f"{v:.2f}" for _, v in sorted(a.items()))
+        rows.append(f"| {arm} | {mean_std(list(a.values()))} | {seeds or '–'} | {macs:.3f}x | {params:.3f}x | {hours:.2f} |")
+    print("| arm | W2A2 test acc. (%) mean ± std | per seed | MACs | params | CPU-h |")
+    print("|---|---|---|---|---|---|")
+    print("\n".join(rows))
+    teacher = metrics(out / "fp32-uniform")
+    if teacher:
+        print(f"\nShared FP32 teacher (uniform ResNet-20): {100 * teacher[-1]['test_acc']:.2f} % after {len(teacher)} epochs.")
+    nce_arms = [a for a in per_arm if a.startswith("nce-")]
+    uni = per_arm.get("uniform", {})
+    diffs = []
+    for seed, u in sorted(uni.items()):
+        vals = [per_arm[a][seed] for a in nce_arms if seed in per_arm[a]]
+        if len(vals) == len(nce_arms) and vals:
+            diffs.append(statistics.mean(vals) - u)
+    m, lo, hi = interval(diffs)
+    print(f"\nPaired difference NCE − uniform over {len(diffs)} final-training seeds "
+          f"(NCE averaged over {len(nce_arms)} search seeds): {m:+.2f} points, 95 % CI [{lo:+.2f}, {hi:+.2f}].")
+    for a in ("tas", "scaled"):
+        if a in per_arm:
+            d = [statistics.mean([per_arm[n][s] for n in nce_arms]) - per_arm[a][s]
+                 for s in per_arm[a] if all(s in per_arm[n] for n in nce_arms)]
+            m2, lo2, hi2 = interval(d)
+            print(f"Paired difference NCE − {a}: {m2:+.2f} points, 95 % CI [{lo2:+.2f}, {hi2:+.2f}] over {len(d)} seeds.")
+    within = all(max(cost_ratios(out, a)) <= 1.0 + 1e-9 for a in nce_arms)
+    need = len(preset["w2a2"]["seeds"])
+    if len(diffs) < need or not nce_arms:
+        print(f"\nVerdict: not yet decided ({len(diffs)} of {need} paired seeds finished).")
+    elif m >= 0.5 and lo > 0 and within:
+        print("\nVerdict: MET — NCE ≥ uniform + 0.5 points at ≤ 1.0x MACs and params, interval above 0.")
+    else:
+        print(f"\nVerdict: NOT MET — difference {m:+.2f} points (needs ≥ +0.50 with the 95 % interval above 0), "
+              f"NCE within budget: {within}.")
+
+
+def scaled_arch(out, profile):
+    """Writes scaled/arch.toml: base widths times one factor, at the mean MACs of the NCE arms."""
+    nce = [cost_ratios(out, p.parent.name)[0] for p in out.glob("nce-s*/arch.toml")]
+    if not nce or min(nce) >= 0.97 or (out / "scaled" / "arch.toml").is_file():
+        return
+    target = statistics.mean(nce)
+    arch = tomllib.loads(next(out.glob("nce-s*/arch.toml")).read_text())
+    base = arch["base_widths"]
+
+    def macs(f):
+        w = [max(1, round(b * f)) for b in base]
+        r = subprocess.run([str(out / "bin" / "nce"), "cost", "--profile", profile, "--model", arch["model"],
+                            "--input", arch["input"], "--classes", str(arch["classes"]), "--widths",
+                            ",".join(map(str, w)), "--json"], check=True, capture_output=True, text=True)
+        m = {x["metric"]: x["total"] for x in json.loads(r.stdout)["metrics"]}
+        return w, m["macs"]
+
+    _, base_macs = macs(1.0)
+    lo, hi = 0.3, 1.0
+    for _ in range(30):
+        mid = (lo + hi) / 2
+        if macs(mid)[1] / base_macs <= target:
+            lo = mid
+        else:
+            hi = mid
+    w, m = macs(lo)
+    (out / "scaled").mkdir(exist_ok=True)
+    lines = [f'model = "{arch["model"]}"', f'input = "{arch["input"]}"', f'classes = {arch["classes"]}',
+             f'profile = "{profile}"', f"widths = {w}", f"base_widths = {base}",
+             f'derivation = "uniform scale {lo:.4f} to NCE\'s mean MACs ({target:.4f}x)"',
+             "repaired = []", "layers = []", "costs = []", "budgets = []", "expansions = []"]
+    (out / "scaled" / "arch.toml").write_text("\n".join(lines) + "\n")
+    print(f"scaled arm: factor {lo:.4f}, MACs {m / base_macs:.4f}x (NCE mean {target:.4f}x)", file=sys.stderr)
+
+
+def main():
+    out = Path(sys.argv[1] if len(sys.argv) > 1 else "runs/fair-fashion")
+    preset = tomllib.loads(Path("presets/fair-fashion.toml").read_text())
+    if "--scaled-arch" in sys.argv:
+        scaled_arch(out, sys.argv[sys.argv.index("--scaled-arch") + 1])
+        return
+    report(out, preset)
+
+
+if __name__ == "__main__":
+    main()
