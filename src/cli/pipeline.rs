@@ -17,9 +17,13 @@ pub struct PipelineArgs {
     data: String,
     #[arg(long, default_value = "data")]
     data_root: PathBuf,
-    /// quick (reduced schedule, minutes) | full (the long schedule, hours to days on a CPU)
+    /// A shipped schedule: quick (reduced, minutes) | full (hours to days on a CPU); the files
+    /// are in presets/.
     #[arg(long, default_value = "quick")]
     preset: String,
+    /// A schedule file (TOML, the keys of presets/quick.toml) instead of a preset.
+    #[arg(long, conflicts_with = "preset")]
+    schedule: Option<PathBuf>,
     /// Use this FP32 checkpoint (`nce train --bits 32`) instead of training one.
     #[arg(long)]
     init: Option<PathBuf>,
@@ -36,8 +40,11 @@ pub struct PipelineArgs {
 }
 
 pub fn run(a: PipelineArgs) -> Result<ExitCode> {
-    let Some(schedule) = Schedule::preset(&a.preset) else { bail!("unknown preset `{}` (quick, full)", a.preset) };
-    let mut c = PipelineConfig::new(a.profile, a.model, &a.data, a.out, &a.preset, schedule);
+    let (name, schedule) = match &a.schedule {
+        Some(file) => (file.display().to_string(), Schedule::load(file)?),
+        None => (a.preset.clone(), Schedule::preset(&a.preset)?),
+    };
+    let mut c = PipelineConfig::new(a.profile, a.model, &a.data, a.out, &name, schedule);
     c.data_root = a.data_root;
     c.init = a.init;
     c.seed = a.seed;
@@ -50,7 +57,7 @@ pub fn run(a: PipelineArgs) -> Result<ExitCode> {
         }
     }
     let s = &c.schedule;
-    if a.preset == "quick" {
+    if a.schedule.is_none() && a.preset == "quick" {
         println!(
             "REDUCED SCHEDULE (--preset quick): {} training images, {} FP32 epoch(s), {}-epoch search, {} W2A2 epoch(s) per network, \
              {} test images. An end-to-end check in minutes, not a result; use --preset full for results.",
@@ -61,7 +68,7 @@ pub fn run(a: PipelineArgs) -> Result<ExitCode> {
             s.test_subset.map_or("all".into(), |n| n.to_string())
         );
     } else {
-        println!("preset {}: {} FP32 epochs, {}-epoch search, {} W2A2 epochs per network (resumable: rerun the same command)", a.preset, s.fp32_epochs, s.search_epochs, s.w2a2_epochs);
+        println!("schedule {}: {} FP32 epochs, {}-epoch search, {} W2A2 epochs per network (resumable: rerun the same command)", name, s.fp32_epochs, s.search_epochs, s.w2a2_epochs);
     }
     let r = pipeline::run(&c)?;
     for st in &r.stages {

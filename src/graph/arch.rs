@@ -75,7 +75,7 @@ impl ArchFile {
     pub fn load(path: &Path) -> Result<ArchFile, ArchError> {
         let text = std::fs::read_to_string(path).map_err(|source| ArchError::Io { file: path.into(), source })?;
         toml::from_str(&text).map_err(|e| {
-            let at = e.span().map(|s| line_col(&text, s.start)).map(|(l, c)| format!("{l}:{c}: ")).unwrap_or_default();
+            let at = e.span().map(|s| format!("{}: ", crate::hw::Location::of_offset(&text, s.start))).unwrap_or_default();
             ArchError::Parse { file: path.into(), message: format!("{at}{}", e.message()) }
         })
     }
@@ -99,11 +99,4 @@ impl ArchFile {
     pub fn input_shape(&self) -> Result<super::Shape, String> {
         self.input.parse()
     }
-}
-
-fn line_col(text: &str, offset: usize) -> (usize, usize) {
-    let before = &text[..offset.min(text.len())];
-    let line = before.matches('\n').count() + 1;
-    let col = before.rsplit('\n').next().map_or(0, |l| l.chars().count()) + 1;
-    (line, col)
 }

@@ -18,7 +18,7 @@ use crate::graph::ModelKind;
 use crate::search::{self, SearchConfig};
 use crate::sensitivity::{self, SensitivityConfig};
 use crate::train::{self, TrainConfig};
-use serde::Serialize;
+use serde::{Deserialize, Serialize};
 use serde_json::json;
 use stage::{Runner, StageCtx, StageOutcome};
 use std::path::{Path, PathBuf};
@@ -27,19 +27,24 @@ use std::path::{Path, PathBuf};
 pub const STAGES: [&str; 10] =
     ["fp32", "sensitivity", "search", "train-nce", "train-uniform", "export", "validate-cpu", "validate-wgpu", "measure", "report"];
 
-/// Every size of a schedule, in one place. [`Schedule::quick`] and [`Schedule::full`] are the
-/// presets; tests build tiny ones by hand.
-#[derive(Clone, Debug, Serialize, PartialEq)]
+/// Every size of a schedule, in one place: a TOML file (`--schedule FILE`) or a shipped preset
+/// (`presets/NAME.toml`, embedded in the binary: `--preset NAME`). Optional keys left out mean
+/// "all images"; any other key missing or unknown is an error naming the file, line and column.
+#[derive(Clone, Debug, Serialize, Deserialize, PartialEq)]
+#[serde(deny_unknown_fields)]
 pub struct Schedule {
     /// Training images (file-order prefix) for FP32 and both W2A2 trainings; `None` = all.
+    #[serde(default)]
     pub train_subset: Option<usize>,
     /// Test images for the accuracies of the trained models; `None` = all 10,000.
+    #[serde(default)]
     pub test_subset: Option<usize>,
     pub batch_size: usize,
     pub fp32_epochs: usize,
     pub fp32_lr: f64,
     pub fp32_warmup_epochs: usize,
     /// Training images for the search (split 50/50 into weight and architecture halves).
+    #[serde(default)]
     pub search_train_subset: Option<usize>,
     pub search_epochs: usize,
     /// Test images for the search's per-epoch argmax accuracy (reported only).
@@ -52,11 +57,14 @@ pub struct Schedule {
     pub w2a2_epochs: usize,
     pub w2a2_lr: f64,
     /// Test images for sensitivity (37 evaluations for ResNet-20).
+    #[serde(default)]
     pub sensitivity_test_subset: Option<usize>,
     pub calib_batch: usize,
     /// Test images run on the CPU engine and compared layer by layer with the simulation.
+    #[serde(default)]
     pub validate_subset: Option<usize>,
     /// Test images run on wgpu and compared with the CPU engine.
+    #[serde(default)]
     pub wgpu_subset: Option<usize>,
     /// Timed repetitions per layer and per model in the latency measurement.
     pub measure_repeats: usize,
@@ -65,66 +73,49 @@ pub struct Schedule {
     pub measure_grid: Vec<f64>,
 }
 
+/// The presets shipped in `presets/` (embedded, so `--preset` works from any folder).
+pub const PRESETS: [(&str, &str); 2] = [("quick", include_str!("../../presets/quick.toml")), ("full", include_str!("../../presets/full.toml"))];
+
+#[derive(Debug, thiserror::Error)]
+pub enum ScheduleError {
+    #[error("{}: {source}", file.display())]
+    Io { file: PathBuf, source: std::io::Error },
+    #[error("{file}:{at}: {message}")]
+    Invalid { file: String, at: crate::hw::Location, message: String },
+    #[error("unknown preset `{name}` (shipped: {}); `fair-fashion` is the fair experiment's preset, run by scripts/experiments/fair-fashion.sh", PRESETS.map(|p| p.0).join(", "))]
+    UnknownPreset { name: String },
+}
+
 impl Schedule {
-    /// Reduced schedule that runs end to end in under 10 minutes on a 2-core machine (measured:
-    /// `docs/results.md`). Accuracies from it are far from converged.
+    /// Parses schedule TOML; `file` names it in errors.
+    pub fn parse(text: &str, file: &str) -> Result<Schedule, ScheduleError> {
+        toml::from_str(text).map_err(|e| ScheduleError::Invalid {
+            file: file.into(),
+            at: crate::hw::Location::of_offset(text, e.span().map_or(0, |s| s.start)),
+            message: e.message().to_string(),
+        })
+    }
+
+    /// Reads a schedule file.
+    pub fn load(path: &Path) -> Result<Schedule, ScheduleError> {
+        let text = std::fs::read_to_string(path).map_err(|source| ScheduleError::Io { file: path.into(), source })?;
+        Schedule::parse(&text, &path.display().to_string())
+    }
+
+    /// A shipped preset by name.
+    pub fn preset(name: &str) -> Result<Schedule, ScheduleError> {
+        let (_, text) = PRESETS.iter().find(|(n, _)| *n == name).ok_or_else(|| ScheduleError::UnknownPreset { name: name.into() })?;
+        Schedule::parse(text, &format!("presets/{name}.toml"))
+    }
+
+    /// The reduced preset (`presets/quick.toml`).
     pub fn quick() -> Schedule {
-        Schedule {
-            train_subset: Some(1500),
-            test_subset: Some(500),
-            batch_size: 64,
-            fp32_epochs: 2,
-            fp32_lr: 0.05,
-            fp32_warmup_epochs: 0,
-            search_train_subset: Some(768),
-            search_epochs: 2,
-            search_test_subset: 200,
-            search_threshold: search::space::SpaceConfig::default().threshold,
-            search_lr: 0.02,
-            w2a2_epochs: 1,
-            w2a2_lr: 0.02,
-            sensitivity_test_subset: Some(100),
-            calib_batch: 128,
-            validate_subset: Some(300),
-            wgpu_subset: Some(100),
-            measure_repeats: 20,
-            measure_grid: vec![0.5, 0.75, 1.0, 1.25, 1.5, 1.75, 2.0],
-        }
+        Schedule::preset("quick").expect("the shipped quick preset parses (tested)")
     }
 
-    /// The longer schedule: all 60,000 training and 10,000 test images, 30 FP32 epochs, a
-    /// 30-epoch search and 30 W2A2 epochs per network (hours to days on a CPU; every stage
-    /// resumes, so it can run across sessions).
+    /// The long preset (`presets/full.toml`).
     pub fn full() -> Schedule {
-        Schedule {
-            train_subset: None,
-            test_subset: None,
-            batch_size: 128,
-            fp32_epochs: 30,
-            fp32_lr: 0.1,
-            fp32_warmup_epochs: 1,
-            search_train_subset: None,
-            search_epochs: 30,
-            search_test_subset: 2000,
-            search_threshold: search::space::SpaceConfig::default().threshold,
-            search_lr: 0.02,
-            w2a2_epochs: 30,
-            w2a2_lr: 0.02,
-            sensitivity_test_subset: None,
-            calib_batch: 256,
-            validate_subset: None,
-            wgpu_subset: Some(1000),
-            measure_repeats: 100,
-            measure_grid: vec![0.5, 0.75, 1.0, 1.25, 1.5, 1.75, 2.0],
-        }
-    }
-
-    pub fn preset(name: &str) -> Option<Schedule> {
-        match name {
-            "quick" => Some(Schedule::quick()),
-            "full" => Some(Schedule::full()),
-            _ => None,
-        }
+        Schedule::preset("full").expect("the shipped full preset parses (tested)")
     }
 }
 
