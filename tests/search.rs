@@ -1113,3 +1113,53 @@ fn warmup_epochs_freeze_the_architecture() {
     let ratio = r.arch.budgets.iter().map(|b| b.value / b.max).fold(0.0, f64::max);
     assert!((0.97..=1.0).contains(&ratio), "binding budget at {ratio:.4}x");
 }
+
+/// `kill -9` during the second epoch (after the first epoch expanded every slot), then
+/// `--resume`: the final weights, optimiser state, logits and log are bit-identical to an
+/// uninterrupted run's.
+#[test]
+fn search_resumes_bit_identically_after_kill_9() {
+    use std::process::Command;
+    let dir = tempfile::tempdir().unwrap();
+    let args = |out: &str| -> Vec<String> {
+        let a = "search --profile hw-profiles/nce-flops-params.toml --epochs 3 --train-subset 256 --test-subset 50 \
+                 --val-subset 32 --batch-size 32 --threshold 0.3 --threads 1 --quiet --out";
+        let mut v: Vec<String> = a.split_whitespace().map(String::from).collect();
+        v.push(dir.path().join(out).display().to_string());
+        v
+    };
+    let nce = env!("CARGO_BIN_EXE_nce");
+    assert!(Command::new(nce).args(args("a")).output().unwrap().status.success());
+    let mut child = Command::new(nce).args(args("b")).stdout(std::process::Stdio::null()).spawn().unwrap();
+    let log = dir.path().join("b/search.jsonl");
+    while std::fs::read_to_string(&log).map_or(true, |s| s.lines().count() < 1) {
+        assert!(child.try_wait().unwrap().is_none(), "the search ended before it could be killed");
+        std::thread::sleep(std::time::Duration::from_millis(2));
+    }
+    child.kill().unwrap(); // SIGKILL
+    child.wait().unwrap();
+    assert!(!dir.path().join("b/arch.toml").exists(), "killed before the end");
+    let mut resumed = args("b");
+    resumed.push("--resume".into());
+    let o = Command::new(nce).args(&resumed).output().unwrap();
+    assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
+
+    let read = |d: &str| nce::train::checkpoint::load::<serde_json::Value>(&dir.path().join(d).join("search-checkpoint.ot")).unwrap();
+    let (a, b) = (read("a"), read("b"));
+    assert!(a.meta["expansions"].as_array().unwrap().len() >= 10, "the first epoch expanded");
+    for (x, y) in [(&a.vars, &b.vars), (&a.opt, &b.opt)] {
+        assert_eq!(x.len(), y.len());
+        for ((n1, t1), (n2, t2)) in x.iter().zip(y) {
+            assert_eq!(n1, n2);
+            assert!(t1.equal(t2), "{n1} differs after resume");
+        }
+    }
+    let probs = |d: &str| -> Vec<serde_json::Value> {
+        std::fs::read_to_string(dir.path().join(d).join("search.jsonl")).unwrap().lines().map(|l| serde_json::from_str::<serde_json::Value>(l).unwrap()["probs"].clone()).collect()
+    };
+    assert_eq!(probs("a"), probs("b"));
+    assert_eq!(
+        std::fs::read_to_string(dir.path().join("a/arch.toml")).unwrap(),
+        std::fs::read_to_string(dir.path().join("b/arch.toml")).unwrap()
+    );
+}

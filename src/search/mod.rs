@@ -293,6 +293,7 @@ pub fn search(cfg: &SearchConfig, resume: bool, progress: bool) -> Result<Search
     }
     let mut adam = Adam::new(&sn.logits, cfg.arch_lr, cfg.arch_betas, cfg.arch_weight_decay);
     let mut sgd = Sgd::new(cfg.momentum, true);
+    sgd.skip_zero_grads = true;
     let log_path = cfg.out.join("search.jsonl");
     let mut epoch0 = 0;
     let mut step = 0;

@@ -18,8 +18,27 @@ pub struct SpaceConfig {
     /// Widths are rounded to multiples of this (the profile's channel granularity).
     pub granularity: usize,
     /// Expand a slot when the softmax probability of its widest candidate exceeds this.
-    /// `f64::INFINITY` disables expansion (plain TAS with quantization in the loop).
+    /// `f64::INFINITY` disables expansion (plain TAS with quantization in the loop). JSON has
+    /// no infinity, so it is stored as `null` (and `null` reads back as infinity): a TAS
+    /// search's checkpoint must resume.
+    #[serde(with = "infinity_as_null")]
     pub threshold: f64,
+}
+
+mod infinity_as_null {
+    use serde::{Deserialize, Deserializer, Serializer};
+
+    pub fn serialize<S: Serializer>(v: &f64, s: S) -> Result<S::Ok, S::Error> {
+        if v.is_infinite() && *v > 0.0 {
+            s.serialize_none()
+        } else {
+            s.serialize_f64(*v)
+        }
+    }
+
+    pub fn deserialize<'de, D: Deserializer<'de>>(d: D) -> Result<f64, D::Error> {
+        Ok(Option::<f64>::deserialize(d)?.unwrap_or(f64::INFINITY))
+    }
 }
 
 impl Default for SpaceConfig {

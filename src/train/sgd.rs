@@ -10,11 +10,18 @@ pub struct Sgd {
     pub nesterov: bool,
     /// Momentum buffers by parameter name (created lazily on the first step).
     pub buffers: BTreeMap<String, Tensor>,
+    /// Skip parameters whose gradient is exactly zero, as if it were undefined. libtorch keeps
+    /// a gradient defined (zeroed) once any step has used the parameter, so without this a
+    /// parameter that this step did not use (a BatchNorm of an unsampled candidate) is updated
+    /// by momentum only if an earlier step of *this process* used it — and a resumed search
+    /// diverges from an uninterrupted one. Skipping gives PyTorch's
+    /// `zero_grad(set_to_none=True)` semantics independently of history. The search sets it.
+    pub skip_zero_grads: bool,
 }
 
 impl Sgd {
     pub fn new(momentum: f64, nesterov: bool) -> Sgd {
-        Sgd { momentum, nesterov, buffers: BTreeMap::new() }
+        Sgd { momentum, nesterov, buffers: BTreeMap::new(), skip_zero_grads: false }
     }
 
     /// One update of every parameter that has a gradient: `g = ∇ + wd·p`, `buf = μ·buf + g`,
@@ -30,7 +37,7 @@ impl Sgd {
         no_grad(|| {
             for (name, p) in params {
                 let grad = p.grad();
-                if !grad.defined() {
+                if !grad.defined() || (self.skip_zero_grads && grad.count_nonzero(None::<i64>).int64_value(&[]) == 0) {
                     continue;
                 }
                 let mut g = grad.shallow_clone();
