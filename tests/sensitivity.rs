@@ -54,8 +54,8 @@ fn resnet20_one_on_and_one_off() {
     }
     assert_eq!(r.plots.len(), 2);
 
-    // A quantized checkpoint is refused with a message naming it.
-    let mut q = TrainConfig::new(ModelKind::Resnet20, "fashion-mnist", 2, 1, dir.path().join("w2"));
+    // A quantized checkpoint other than the default W2A2 (here W4A4) is refused, naming it.
+    let mut q = TrainConfig::new(ModelKind::Resnet20, "fashion-mnist", 4, 1, dir.path().join("w4"));
     q.train_subset = Some(64);
     q.test_subset = Some(20);
     q.batch_size = 64;
@@ -72,4 +72,25 @@ fn missing_checkpoint_is_an_error() {
     let cfg = SensitivityConfig::new(dir.path().join("nope.ot"), dir.path().join("out"));
     let err = sensitivity::run(&cfg, false).unwrap_err();
     assert!(err.to_string().contains("nope.ot"), "{err}");
+}
+
+/// A trained W2A2 checkpoint: one-off only, with the checkpoint's own weights and clips — the
+/// all-W2A2 accuracy is the checkpoint's own test accuracy (not a near-chance untrained one).
+#[test]
+fn trained_w2a2_checkpoint_gives_calibrated_one_off() {
+    let dir = tempfile::tempdir().unwrap();
+    let ckpt = PathBuf::from("examples/resnet20-w2a2-fashion.ot");
+    let mut cfg = SensitivityConfig::new(ckpt.clone(), dir.path().join("sens"));
+    cfg.test_subset = Some(100);
+    cfg.threads = 1;
+    let r = sensitivity::run(&cfg, false).unwrap();
+    assert_eq!(r.layers.len(), 18);
+    assert!(r.fp32_acc.is_nan());
+    assert!(r.layers.iter().all(|l| l.one_on_acc.is_nan() && l.one_off_acc.is_finite()));
+    // The W2A2 accuracy is the checkpoint's own, evaluated as `nce eval` does.
+    let loaded = train::load_model(&ckpt).unwrap();
+    let test = nce::data::load("fashion-mnist", "data".as_ref(), nce::data::Split::Test).unwrap().subset(100);
+    let acc = 100.0 * train::evaluate(&loaded.model, &nce::data::Loader::eval(&test, 500, tch::Device::Cpu).unwrap()).1;
+    assert!((r.w2a2_acc - acc).abs() < 1e-9, "{} vs {acc}", r.w2a2_acc);
+    assert!(r.w2a2_acc > 70.0, "a trained W2A2 model, not chance: {}", r.w2a2_acc);
 }

@@ -100,7 +100,12 @@ for stage in $STAGES; do
             --kd-temperature "$KD_T" $(arch_args "$arch")
         done
       done ;;
-    report) python3 scripts/experiments/fair-table.py "$OUT" ;;
+    report)
+      # Calibrated sensitivity: one-off gains of the trained uniform W2A2 model (seed 0).
+      if [ ! -f "$OUT/sensitivity/sensitivity.csv" ] && [ "$(done_epochs "$OUT/w2a2-uniform-s0")" -ge "$Q_EPOCHS" ]; then
+        nce sensitivity "$OUT/w2a2-uniform-s0/checkpoint.ot" --threads "$THREADS" --out "$OUT/sensitivity" > /dev/null
+      fi
+      python3 scripts/experiments/fair-table.py "$OUT" ;;
     *) echo "unknown stage $stage" >&2; exit 2 ;;
   esac
 done

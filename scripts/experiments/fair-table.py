@@ -89,7 +89,7 @@ def report(out, preset):
         hours = sum(seconds(d) for d in out.glob(f"*{arm}*") if d.is_dir()) / 3600
         seeds = ", ".join(f"{v:.2f}" for _, v in sorted(a.items()))
         rows.append(f"| {arm} | {mean_std(list(a.values()))} | {seeds or '–'} | {macs:.3f}x | {params:.3f}x | {hours:.2f} |")
-    print("| arm | W2A2 test acc. (%) mean ± std | per seed | MACs | params | CPU-h |")
+    print("| arm | W2A2 test acc. (%) mean ± std | per seed | MACs | params | wall h (2 cores) |")
     print("|---|---|---|---|---|---|")
     print("\n".join(rows))
     teacher = metrics(out / "fp32-uniform")
@@ -157,6 +157,53 @@ def scaled_arch(out, profile):
     print(f"scaled arm: factor {lo:.4f}, MACs {m / base_macs:.4f}x (NCE mean {target:.4f}x)", file=sys.stderr)
 
 
+def ranks(xs):
+    order = sorted(range(len(xs)), key=lambda i: xs[i])
+    r = [0.0] * len(xs)
+    i = 0
+    while i < len(xs):
+        j = i
+        while j + 1 < len(xs) and xs[order[j + 1]] == xs[order[i]]:
+            j += 1
+        for k in range(i, j + 1):
+            r[order[k]] = (i + j) / 2 + 1
+        i = j + 1
+    return r
+
+
+def spearman_ci(a, b):
+    """Spearman rho with a 95 % Fisher-z interval (se = 1.06 / sqrt(n - 3), Fieller et al.)."""
+    ra, rb = ranks(a), ranks(b)
+    ma, mb = statistics.mean(ra), statistics.mean(rb)
+    num = sum((x - ma) * (y - mb) for x, y in zip(ra, rb))
+    den = math.sqrt(sum((x - ma) ** 2 for x in ra) * sum((y - mb) ** 2 for y in rb))
+    if den == 0 or len(a) < 4:
+        return float("nan"), float("nan"), float("nan")
+    rho = max(min(num / den, 0.999999), -0.999999)
+    z, se = math.atanh(rho), 1.06 / math.sqrt(len(a) - 3)
+    return rho, math.tanh(z - 1.96 * se), math.tanh(z + 1.96 * se)
+
+
+def sensitivity(out):
+    csv = out / "sensitivity" / "sensitivity.csv"
+    if not csv.is_file():
+        print("\nWidth vs sensitivity: not yet measured (needs the uniform W2A2 seed-0 model).")
+        return
+    gain = {}
+    for line in csv.read_text().splitlines()[1:]:
+        f = line.split(",")
+        gain[f[0]] = float(f[2])
+    print("\nWidth vs calibrated sensitivity (one-off gain of the trained uniform W2A2 model, "
+          "`nce sensitivity` on all test images): Spearman rho with a 95 % Fisher-z interval")
+    for p in sorted(out.glob("*/arch.toml")):
+        arch = tomllib.loads(p.read_text())
+        pairs = [(w / l["base"], gain[l["name"]]) for l, w in zip(arch["layers"], arch["widths"]) if l["name"] in gain]
+        if len(pairs) < 4:
+            continue
+        rho, lo, hi = spearman_ci([x for x, _ in pairs], [y for _, y in pairs])
+        print(f"- {p.parent.name}: rho = {rho:+.3f} [{lo:+.3f}, {hi:+.3f}] over {len(pairs)} layers")
+
+
 def main():
     out = Path(sys.argv[1] if len(sys.argv) > 1 else "runs/fair-fashion")
     preset = tomllib.loads(Path("presets/fair-fashion.toml").read_text())
@@ -164,6 +211,7 @@ def main():
         scaled_arch(out, sys.argv[sys.argv.index("--scaled-arch") + 1])
         return
     report(out, preset)
+    sensitivity(out)
 
 
 if __name__ == "__main__":
