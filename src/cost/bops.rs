@@ -19,6 +19,7 @@ impl CostModel for Bops {
 #[distributed_slice(COST_PLUGINS)]
 static BOPS: CostPlugin = CostPlugin {
     name: "bops",
+    origin: module_path!(),
     summary: "bit operations: MACs x weight bits x activation bits",
     create: |ctx| {
         ctx.options::<super::params::NoOptions>()?;

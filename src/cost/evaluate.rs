@@ -68,9 +68,30 @@ impl CostReport {
     }
 }
 
+impl Instance {
+    /// A plugin's values for one layer (or the total), checked: one per declared metric, each
+    /// finite and non-negative. A negative or NaN cost would pass any budget.
+    fn checked(&self, layer: &str, v: Vec<f64>) -> Result<Vec<f64>, CostError> {
+        if v.len() != self.metrics.len() {
+            return Err(CostError::Arity { plugin: self.name.clone(), layer: layer.into(), got: v.len(), expected: self.metrics.len() });
+        }
+        if let Some((m, x)) = self.metrics.iter().zip(&v).find(|(_, x)| !x.is_finite() || **x < 0.0) {
+            return Err(CostError::BadValue { plugin: self.name.clone(), metric: m.name.clone(), layer: layer.into(), value: *x });
+        }
+        Ok(v)
+    }
+}
+
 impl Evaluator {
     /// Instantiates every plugin the profile names and binds every budget to one metric.
     pub fn new(profile: &Profile) -> Result<Evaluator, ProfileError> {
+        if let Some((name, origins)) = super::duplicate_plugins().into_iter().next() {
+            return Err(profile.error_at(
+                "plugins",
+                "",
+                format!("cost plugin name `{name}` is registered more than once (by {}); rename one of them", origins.join(" and ")),
+            ));
+        }
         let mut plugins = Vec::new();
         for (name, options) in &profile.plugins {
             let plugin = find_plugin(name).ok_or_else(|| {
@@ -137,8 +158,9 @@ impl Evaluator {
         let mut metrics = Vec::new();
         let mut totals = Vec::new();
         for p in &self.plugins {
-            let per_layer: Vec<Vec<f64>> = net.layers.iter().map(|l| p.model.layer_cost(l)).collect::<Result<_, _>>()?;
-            let total = p.model.network_cost(net)?;
+            let per_layer: Vec<Vec<f64>> =
+                net.layers.iter().map(|l| p.model.layer_cost(l).and_then(|v| p.checked(&l.name, v))).collect::<Result<_, _>>()?;
+            let total = p.checked("(network total)", p.model.network_cost(net)?)?;
             for (j, m) in p.metrics.iter().enumerate() {
                 metrics.push(MetricReport {
                     plugin: p.name.clone(),
@@ -156,7 +178,7 @@ impl Evaluator {
             let p = &self.plugins[b.plugin];
             let value = totals[b.plugin][b.metric];
             let base_value = if matches!(b.budget.limit, BudgetLimit::Relative(_)) || !std::ptr::eq(net, base) {
-                p.model.network_cost(base)?[b.metric]
+                p.checked("(base network total)", p.model.network_cost(base)?)?[b.metric]
             } else {
                 value
             };

@@ -41,6 +41,7 @@ impl CostModel for LatencyLut {
 #[distributed_slice(COST_PLUGINS)]
 static LATENCY_LUT: CostPlugin = CostPlugin {
     name: "latency-lut",
+    origin: module_path!(),
     summary: "latency from the profile's measured per-layer table, interpolating unmeasured widths",
     create: |ctx| {
         let o: Options = ctx.options()?;

@@ -18,6 +18,7 @@ impl CostModel for Macs {
 #[distributed_slice(COST_PLUGINS)]
 static MACS: CostPlugin = CostPlugin {
     name: "macs",
+    origin: module_path!(),
     summary: "multiply-accumulates of conv and linear layers",
     create: |ctx| {
         ctx.options::<super::params::NoOptions>()?;

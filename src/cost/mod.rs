@@ -7,7 +7,7 @@
 //! ```ignore
 //! use nce::cost::{CostModel, CostPlugin, PluginContext, PluginError, COST_PLUGINS};
 //! #[linkme::distributed_slice(COST_PLUGINS)]
-//! static MINE: CostPlugin = CostPlugin { name: "mine", summary: "…", create: |ctx| Ok(Box::new(Mine::new(ctx)?)) };
+//! static MINE: CostPlugin = CostPlugin { name: "mine", origin: module_path!(), summary: "…", create: |ctx| Ok(Box::new(Mine::new(ctx)?)) };
 //! ```
 //!
 //! Costs are *per layer* functions of the layer's shape, channels and bits, so the search can
@@ -93,6 +93,9 @@ impl PluginContext<'_> {
 pub struct CostPlugin {
     /// The name profiles use in `[plugins.NAME]`.
     pub name: &'static str,
+    /// Where it is registered: write `module_path!()` (names both crates when two plugins
+    /// claim one name).
+    pub origin: &'static str,
     /// One line for `nce profiles plugins`/docs.
     pub summary: &'static str,
     pub create: fn(&PluginContext) -> Result<Box<dyn CostModel>, PluginError>,
@@ -106,6 +109,19 @@ pub static COST_PLUGINS: [CostPlugin];
 /// Looks up a registered plugin by name.
 pub fn find_plugin(name: &str) -> Option<&'static CostPlugin> {
     COST_PLUGINS.iter().find(|p| p.name == name)
+}
+
+/// Every plugin name registered more than once, with the modules that register it. Names are
+/// how profiles select plugins, so a duplicate is an error (never a silent shadowing).
+pub fn duplicate_plugins() -> Vec<(&'static str, Vec<&'static str>)> {
+    let mut dups: Vec<(&'static str, Vec<&'static str>)> = Vec::new();
+    for name in plugin_names() {
+        let origins: Vec<&'static str> = COST_PLUGINS.iter().filter(|p| p.name == name).map(|p| p.origin).collect();
+        if origins.len() > 1 && !dups.iter().any(|(n, _)| *n == name) {
+            dups.push((name, origins));
+        }
+    }
+    dups
 }
 
 /// Names of all registered plugins, sorted.
@@ -129,4 +145,8 @@ pub enum PluginError {
 pub enum CostError {
     #[error("{plugin}: {msg}")]
     Plugin { plugin: String, msg: String },
+    #[error("cost plugin `{plugin}` returned {got} values for layer `{layer}`, but declares {expected} metrics")]
+    Arity { plugin: String, layer: String, got: usize, expected: usize },
+    #[error("cost plugin `{plugin}` returned {value} for metric `{metric}` of layer `{layer}`: costs must be finite and non-negative")]
+    BadValue { plugin: String, metric: String, layer: String, value: f64 },
 }

@@ -108,6 +108,7 @@ impl CostModel for PackedMemory {
 #[distributed_slice(COST_PLUGINS)]
 static PACKED_MEMORY: CostPlugin = CostPlugin {
     name: "packed-memory",
+    origin: module_path!(),
     summary: "packed weight bytes (word-padded, with per-channel requant data) and peak packed activation bytes",
     create: |ctx| {
         let o: Options = ctx.options()?;

@@ -23,6 +23,7 @@ impl CostModel for Params {
 #[distributed_slice(COST_PLUGINS)]
 static PARAMS: CostPlugin = CostPlugin {
     name: "params",
+    origin: module_path!(),
     summary: "trainable parameters: conv/linear weights, linear bias, BatchNorm gamma/beta",
     create: |ctx| {
         ctx.options::<NoOptions>()?;

@@ -66,6 +66,7 @@ impl CostModel for Roofline {
 #[distributed_slice(COST_PLUGINS)]
 static ROOFLINE: CostPlugin = CostPlugin {
     name: "roofline",
+    origin: module_path!(),
     summary: "latency from the unit's lanes, clock and packing and the memory bandwidth",
     create: |ctx| {
         let o: Options = ctx.options()?;

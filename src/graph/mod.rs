@@ -38,6 +38,9 @@ impl Shape {
     pub fn numel(&self) -> usize {
         self.c * self.h * self.w
     }
+    pub fn numel_u128(&self) -> u128 {
+        self.c as u128 * self.h as u128 * self.w as u128
+    }
 }
 
 impl fmt::Display for Shape {
@@ -106,6 +109,24 @@ pub struct Layer {
 }
 
 impl Layer {
+    /// MACs and weights in `u128` (cannot overflow for any `usize` shape); [`graph::build`]
+    /// rejects layers where either exceeds [`MAX_LAYER_COUNT`], so the `u64` counts below are exact.
+    pub fn macs_and_weights_u128(&self) -> (u128, u128) {
+        let (i, o) = (self.in_shape.c as u128, self.out_shape.c as u128);
+        let pixels = self.out_shape.h as u128 * self.out_shape.w as u128;
+        match self.op {
+            Op::Conv { k, groups, .. } => {
+                let w = i / groups.max(1) as u128 * (k as u128 * k as u128) * o;
+                (w.saturating_mul(pixels), w)
+            }
+            Op::Linear => {
+                let w = self.in_shape.numel_u128() * o;
+                (w, w)
+            }
+            _ => (0, 0),
+        }
+    }
+
     /// Input channels × output channels × kernel area / groups: the MACs per output pixel.
     pub fn macs(&self) -> u64 {
         match self.op {
@@ -221,4 +242,13 @@ pub enum GraphError {
     Bits { what: String, bits: u8 },
     #[error("bit override names layer `{0}`, which the network does not have")]
     UnknownLayer(String),
+    #[error("{what} is {value}, above the supported maximum {max}")]
+    OutOfRange { what: String, value: u128, max: u128 },
 }
+
+/// Most channels (per layer, input and classes) a network may have.
+pub const MAX_CHANNELS: u128 = 1 << 16;
+/// Largest input height or width.
+pub const MAX_SPATIAL: u128 = 1 << 14;
+/// Most MACs or weights of one layer (2^53: exact in the `f64` costs).
+pub const MAX_LAYER_COUNT: u128 = 1 << 53;

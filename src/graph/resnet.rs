@@ -86,6 +86,7 @@ pub fn build(
             return Err(GraphError::WidthCount { model: model.name().into(), expected: base.len(), got: w.len() });
         }
     }
+    check_sizes(input, classes, widths)?;
     let mut b = Builder::new(model.name(), input, widths);
     construct(model, &mut b);
     if let Some(e) = b.error.take() {
@@ -93,8 +94,34 @@ pub fn build(
     }
     b.linear(classes);
     let mut net = Network { model: model.name().into(), input, classes, layers: b.layers, widths: b.widths };
+    for l in &net.layers {
+        let (macs, weights) = l.macs_and_weights_u128();
+        out_of_range(&format!("MACs of layer {}", l.name), macs, super::MAX_LAYER_COUNT)?;
+        out_of_range(&format!("weights of layer {}", l.name), weights, super::MAX_LAYER_COUNT)?;
+    }
     bits.apply(&mut net)?;
     Ok(net)
+}
+
+fn out_of_range(what: &str, value: u128, max: u128) -> Result<(), GraphError> {
+    if value > max {
+        return Err(GraphError::OutOfRange { what: what.into(), value, max });
+    }
+    Ok(())
+}
+
+/// Sizes a network description accepts: beyond these, counts stop being exact in the `f64`
+/// costs plugins compute (2^53), and `u64` arithmetic could wrap (a width of 2^63 once reported
+/// 0 MACs and passed every budget).
+fn check_sizes(input: Shape, classes: usize, widths: Option<&[usize]>) -> Result<(), GraphError> {
+    out_of_range("input channels", input.c as u128, super::MAX_CHANNELS)?;
+    out_of_range("input height", input.h as u128, super::MAX_SPATIAL)?;
+    out_of_range("input width", input.w as u128, super::MAX_SPATIAL)?;
+    out_of_range("classes", classes as u128, super::MAX_CHANNELS)?;
+    for (i, &w) in widths.unwrap_or(&[]).iter().enumerate() {
+        out_of_range(&format!("width of slot {i}"), w as u128, super::MAX_CHANNELS)?;
+    }
+    Ok(())
 }
 
 fn construct(model: ModelKind, b: &mut Builder) {

@@ -92,6 +92,7 @@ impl CostModel for Systolic {
 #[distributed_slice(COST_PLUGINS)]
 static SYSTOLIC: CostPlugin = CostPlugin {
     name: "systolic",
+    origin: module_path!(),
     summary: "weight-stationary systolic array cycles (example plugin crate nce-systolic-cost)",
     create: |ctx| Ok(Box::new(Systolic::create(ctx)?)),
 };
