@@ -30,7 +30,7 @@ pub struct PipelineArgs {
     #[arg(long, default_value_t = 0)]
     seed: u64,
     /// libtorch threads (0 = libtorch's default); also the engine's validation threads.
-    #[arg(long, default_value_t = 0)]
+    #[arg(long, value_parser = super::args::threads, default_value_t = 0)]
     threads: usize,
     /// Run folder: one sub-folder per stage, report.md and report.html.
     #[arg(long)]

@@ -17,12 +17,12 @@ pub struct SearchArgs {
     data: String,
     #[arg(long, default_value = "data")]
     data_root: PathBuf,
-    #[arg(long, default_value_t = 10)]
+    #[arg(long, value_parser = super::args::positive, default_value_t = 10)]
     epochs: usize,
-    #[arg(long, default_value_t = 128)]
+    #[arg(long, value_parser = super::args::positive, default_value_t = 128)]
     batch_size: usize,
     /// Bit width in the loop (32 = search in full precision).
-    #[arg(long, default_value_t = 2)]
+    #[arg(long, value_parser = super::args::bits, default_value_t = 2)]
     bits: u8,
     /// Expansion threshold on the widest candidate's probability; `inf` disables expansion (TAS).
     #[arg(long, default_value_t = SpaceConfig::default().threshold)]
@@ -37,22 +37,22 @@ pub struct SearchArgs {
     #[arg(long, default_value_t = SpaceConfig::default().cap)]
     cap: f64,
     /// λ of the budget losses.
-    #[arg(long, default_value_t = 2.0)]
+    #[arg(long, value_parser = super::args::non_negative, allow_negative_numbers = true, default_value_t = 2.0)]
     lambda: f64,
-    #[arg(long, default_value_t = 0.05)]
+    #[arg(long, value_parser = super::args::non_negative, allow_negative_numbers = true, default_value_t = 0.05)]
     tolerance: f64,
-    #[arg(long, default_value_t = 1e-3)]
+    #[arg(long, value_parser = super::args::positive_f64, allow_negative_numbers = true, default_value_t = 1e-3)]
     arch_lr: f64,
-    #[arg(long, default_value_t = 0.1)]
+    #[arg(long, value_parser = super::args::positive_f64, allow_negative_numbers = true, default_value_t = 0.1)]
     lr: f64,
     /// Search on the first N training images (split 50/50 into weight and architecture halves).
-    #[arg(long)]
+    #[arg(long, value_parser = super::args::positive)]
     train_subset: Option<usize>,
-    #[arg(long, default_value_t = 2000)]
+    #[arg(long, value_parser = super::args::positive, default_value_t = 2000)]
     test_subset: usize,
     #[arg(long, default_value_t = 0)]
     seed: u64,
-    #[arg(long, default_value_t = 0)]
+    #[arg(long, value_parser = super::args::threads, default_value_t = 0)]
     threads: usize,
     #[arg(long, default_value = "runs/search")]
     out: PathBuf,
@@ -69,10 +69,10 @@ pub struct SearchArgs {
     #[arg(long, value_enum, default_value = "preserve")]
     expansion_init: search::ExpansionInit,
     /// Noise on copied filters at expansion, relative to the weight's std.
-    #[arg(long, default_value_t = 0.01)]
+    #[arg(long, value_parser = super::args::non_negative, allow_negative_numbers = true, default_value_t = 0.01)]
     expansion_noise: f64,
     /// Images of the architecture half that score each epoch's argmax network (TAS derivation).
-    #[arg(long, default_value_t = 1000)]
+    #[arg(long, value_parser = super::args::positive, default_value_t = 1000)]
     val_subset: usize,
     #[arg(long)]
     resume: bool,

@@ -16,12 +16,12 @@ pub struct SensitivityArgs {
     #[arg(long, default_value = "data")]
     data_root: PathBuf,
     /// Evaluate on the first N test images (file order); default the whole test set.
-    #[arg(long)]
+    #[arg(long, value_parser = super::args::positive)]
     test_subset: Option<usize>,
     /// Training images used to calibrate the PACT clips.
-    #[arg(long, default_value_t = 256)]
+    #[arg(long, value_parser = super::args::positive, default_value_t = 256)]
     calib_batch: usize,
-    #[arg(long, default_value_t = 0)]
+    #[arg(long, value_parser = super::args::threads, default_value_t = 0)]
     threads: usize,
     /// Folder for sensitivity.csv and sensitivity.{svg,png}.
     #[arg(long, default_value = "runs/sensitivity")]

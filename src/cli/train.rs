@@ -17,21 +17,21 @@ pub struct TrainArgs {
     #[arg(long, default_value = "data")]
     data_root: PathBuf,
     /// Bit width of the quantized layers; 32 = full precision.
-    #[arg(long, default_value_t = 2)]
+    #[arg(long, value_parser = super::args::bits, default_value_t = 2)]
     bits: u8,
     /// Bits of the first conv and the last linear.
-    #[arg(long, default_value_t = 8)]
+    #[arg(long, value_parser = super::args::bits, default_value_t = 8)]
     first_last_bits: u8,
-    #[arg(long, default_value_t = 10)]
+    #[arg(long, value_parser = super::args::positive, default_value_t = 10)]
     epochs: usize,
-    #[arg(long, default_value_t = 128)]
+    #[arg(long, value_parser = super::args::positive, default_value_t = 128)]
     batch_size: usize,
-    #[arg(long, default_value_t = 0.1)]
+    #[arg(long, value_parser = super::args::positive_f64, allow_negative_numbers = true, default_value_t = 0.1)]
     lr: f64,
-    #[arg(long, default_value_t = 5e-4)]
+    #[arg(long, value_parser = super::args::non_negative, allow_negative_numbers = true, default_value_t = 5e-4)]
     weight_decay: f64,
     /// L2 on the PACT clips.
-    #[arg(long, default_value_t = 1e-4)]
+    #[arg(long, value_parser = super::args::non_negative, allow_negative_numbers = true, default_value_t = 1e-4)]
     clip_decay: f64,
     #[arg(long, default_value_t = 1)]
     warmup_epochs: usize,
@@ -52,24 +52,24 @@ pub struct TrainArgs {
     /// Distil from this teacher checkpoint.
     #[arg(long)]
     teacher: Option<PathBuf>,
-    #[arg(long, default_value_t = 0.9)]
+    #[arg(long, value_parser = super::args::fraction, allow_negative_numbers = true, default_value_t = 0.9)]
     kd_alpha: f64,
-    #[arg(long, default_value_t = 4.0)]
+    #[arg(long, value_parser = super::args::positive_f64, allow_negative_numbers = true, default_value_t = 4.0)]
     kd_temperature: f64,
     /// Train on the first N training images only (file order; the IDX files are shuffled).
-    #[arg(long)]
+    #[arg(long, value_parser = super::args::positive)]
     train_subset: Option<usize>,
     /// Evaluate on the first N test images only.
-    #[arg(long)]
+    #[arg(long, value_parser = super::args::positive)]
     test_subset: Option<usize>,
     /// Also checkpoint every N steps inside an epoch.
     #[arg(long, default_value_t = 0)]
     checkpoint_every: usize,
     /// Stop with a checkpoint after this many steps in total (continue with --resume).
-    #[arg(long)]
+    #[arg(long, value_parser = super::args::positive)]
     max_steps: Option<usize>,
     /// libtorch threads (0 = default).
-    #[arg(long, default_value_t = 0)]
+    #[arg(long, value_parser = super::args::threads, default_value_t = 0)]
     threads: usize,
     /// Weight quantizer for 2..4-bit layers: sawb | lsq
     #[arg(long, default_value = "sawb")]
@@ -140,7 +140,7 @@ pub struct EvalArgs {
     data: Option<String>,
     #[arg(long, default_value = "data")]
     data_root: PathBuf,
-    #[arg(long)]
+    #[arg(long, value_parser = super::args::positive)]
     test_subset: Option<usize>,
 }
 
