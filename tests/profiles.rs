@@ -163,3 +163,21 @@ fn malformed_toml_is_located() {
     let e = err(&GOOD.replace("lanes = 4", "lanes = = 4"));
     assert!(e.starts_with("hw-profiles/t.toml:9:"), "{e}");
 }
+
+/// Malformed budgets are named by key and described in the user's terms; serde's internal
+/// "untagged enum RawBudget" never reaches the user.
+#[test]
+fn malformed_budgets_name_the_key_not_serde_internals() {
+    for (bad, want) in [
+        ("macs = true", "got a boolean"),
+        ("macs = { max = \"1.0x\", plugn = \"macs\" }", "unknown key `plugn`"),
+        ("macs = { plugin = \"macs\" }", "needs `max`"),
+        ("macs = [1]", "got a array"),
+        ("macs = { max = true }", "`max` must be"),
+        ("macs = { max = 1.0, plugin = 3 }", "`plugin` must be"),
+    ] {
+        let e = err(&GOOD.replace("macs = \"1.0x\"", bad));
+        assert!(e.starts_with("hw-profiles/t.toml:20:1: `budgets.macs`: "), "{bad}: {e}");
+        assert!(e.contains(want) && !e.contains("untagged"), "{bad}: {e}");
+    }
+}

@@ -120,32 +120,47 @@ struct Raw {
     unit: ArithmeticUnit,
     memory: Memory,
     #[serde(default)]
-    budgets: BTreeMap<String, RawBudget>,
+    budgets: BTreeMap<String, toml::Value>,
     plugins: BTreeMap<String, toml::Table>,
     latency_table: Option<RawTable>,
     measurement: Option<Measurement>,
 }
 
-#[derive(Deserialize)]
-#[serde(untagged)]
-enum RawBudget {
-    Number(f64),
-    Text(String),
-    Full(RawBudgetTable),
-}
-
-#[derive(Deserialize)]
-#[serde(deny_unknown_fields)]
-struct RawBudgetTable {
-    max: RawLimit,
-    plugin: Option<String>,
-}
-
-#[derive(Deserialize)]
-#[serde(untagged)]
+/// A budget's limit as written: a number (absolute) or a string such as `"1.0x"` (relative).
 enum RawLimit {
     Number(f64),
     Text(String),
+}
+
+const BUDGET_FORMS: &str = "a number, a multiple of the base such as \"1.0x\", or { max = …, plugin = \"NAME\" }";
+
+fn raw_limit(v: &toml::Value) -> Option<RawLimit> {
+    match v {
+        toml::Value::Integer(i) => Some(RawLimit::Number(*i as f64)),
+        toml::Value::Float(f) => Some(RawLimit::Number(*f)),
+        toml::Value::String(s) => Some(RawLimit::Text(s.clone())),
+        _ => None,
+    }
+}
+
+/// One `[budgets]` entry: its limit and the plugin it names, or a message saying what is
+/// wrong in the user's terms (not serde's "untagged enum" wording).
+fn raw_budget(v: &toml::Value) -> Result<(RawLimit, Option<String>), String> {
+    if let Some(l) = raw_limit(v) {
+        return Ok((l, None));
+    }
+    let toml::Value::Table(t) = v else { return Err(format!("expected {BUDGET_FORMS}, got a {}", v.type_str())) };
+    if let Some(k) = t.keys().find(|k| !["max", "plugin"].contains(&k.as_str())) {
+        return Err(format!("unknown key `{k}` (a budget table has `max` and `plugin`)"));
+    }
+    let max = t.get("max").ok_or_else(|| "a budget table needs `max`".to_string())?;
+    let max = raw_limit(max).ok_or_else(|| format!("`max` must be a number or a string such as \"1.0x\", got a {}", max.type_str()))?;
+    let plugin = match t.get("plugin") {
+        None => None,
+        Some(toml::Value::String(p)) => Some(p.clone()),
+        Some(other) => return Err(format!("`plugin` must be a plugin name (a string), got a {}", other.type_str())),
+    };
+    Ok((max, plugin))
 }
 
 #[derive(Deserialize)]
@@ -213,12 +228,8 @@ impl Profile {
 
         let mut budgets = Vec::new();
         for (metric, rb) in &raw.budgets {
-            let (limit, plugin) = match rb {
-                RawBudget::Number(v) => (parse_limit(&RawLimit::Number(*v)), None),
-                RawBudget::Text(s) => (parse_limit(&RawLimit::Text(s.clone())), None),
-                RawBudget::Full(t) => (parse_limit(&t.max), t.plugin.clone()),
-            };
-            let limit = limit.map_err(|msg| invalid("budgets", metric, msg))?;
+            let (raw_limit, plugin) = raw_budget(rb).map_err(|msg| invalid("budgets", metric, msg))?;
+            let limit = parse_limit(&raw_limit).map_err(|msg| invalid("budgets", metric, msg))?;
             budgets.push(Budget { metric: metric.clone(), limit, plugin });
         }
         if raw.plugins.is_empty() {
