@@ -1,4 +1,5 @@
 //! The `nce` binary on every shipped profile, and its errors for bad input.
+#![cfg(all(feature = "cli", feature = "train"))]
 
 use std::process::{Command, Output};
 

@@ -1,5 +1,6 @@
 //! Dataset layer: IDX and CIFAR readers on generated good and bad files, splits and permutations,
 //! the real MNIST / Fashion-MNIST files in data/ (from scripts/setup), and the tch batch loader.
+#![cfg(feature = "train")]
 
 use nce::data::{self, cifar, idx, permutation, Augment, DataError, Dataset, Split};
 use nce::graph::Shape;

@@ -1,6 +1,7 @@
 //! The committed W2A2 ResNet-20 (Fashion-MNIST) model: its export is reproducible and the
 //! integer engine agrees with the tch integer simulation of its checkpoint on every layer.
 //! (`nce validate examples/resnet20-w2a2-fashion.nce` does the same on all 10,000 images.)
+#![cfg(feature = "train")]
 
 use nce::engine::cpu::{Backend, Cpu};
 use nce::export::{convert, format, validate, QModel};

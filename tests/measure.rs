@@ -1,5 +1,6 @@
 //! Latency tables measured on this machine (`nce measure`): coverage of every layer the search
 //! can produce, the CSV round trip, `--check`, and bad-input errors.
+#![cfg(all(feature = "cli", feature = "train"))]
 
 use nce::engine::cpu::Cpu;
 use nce::graph::{self, BitConfig, ModelKind, Shape};

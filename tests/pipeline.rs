@@ -5,6 +5,7 @@
 //!
 //! One full run is shared: each test copies its folder (manifests hold no absolute paths, so a
 //! copied run folder is still up to date) and works on the copy.
+#![cfg(all(feature = "cli", feature = "train"))]
 
 use nce::graph::ModelKind;
 use nce::pipeline::manifest::{base64, hex, sha256, Manifest};

@@ -1,4 +1,5 @@
 //! Charts: both files written, valid PNG of the chart's size, SVG with the title, clear errors.
+#![cfg(feature = "train")]
 
 use nce::plot::{bar_chart, line_chart, PlotError, Series};
 use std::path::Path;

@@ -1,6 +1,7 @@
 //! The NCE search, piece by piece: channel-wise interpolation, Gumbel top-2 sampling, expected
 //! costs and their gradients, TAS's budget loss, the expansion rule with its logits/BN/Adam
 //! bookkeeping, derivation under budgets, and a tiny end-to-end search with resume.
+#![cfg(all(feature = "cli", feature = "train"))]
 
 use approx::assert_relative_eq;
 use nce::cost::{CostModel, Evaluator};

@@ -1,5 +1,6 @@
 //! `nce::sensitivity` on a tiny FP32 ResNet-20 trained in the test: one CSV row per
 //! quantizable layer, finite values, the chart written; clear errors for wrong inputs.
+#![cfg(feature = "train")]
 
 use nce::graph::ModelKind;
 use nce::sensitivity::{self, SensitivityConfig, SensitivityError};

@@ -1,5 +1,6 @@
 //! Training end to end on a small real subset: learning, exact resume, NaN handling, and
 //! checkpoint errors.
+#![cfg(all(feature = "cli", feature = "train"))]
 
 use nce::graph::ModelKind;
 use nce::train::{self, checkpoint, Meta, TrainConfig, TrainError};

@@ -2,6 +2,7 @@
 //! that a user's own binary can link extra cost plugins and reuse it unchanged:
 //! `use my_plugin as _; fn main() -> ExitCode { nce::cli::main() }`.
 
+#[cfg(feature = "train")]
 mod args;
 mod cost;
 mod export;
