@@ -5,12 +5,14 @@
 //! - [`graph`]: the network description every other part is built from;
 //! - [`data`]: real dataset readers;
 //! - [`engine`]: the integer engine that runs exported 2-bit models without libtorch;
+//! - [`fsutil`]: the atomic, clobber-refusing writer every output file goes through;
 //! - `quant`, `models`, `train` (feature `train`, links libtorch through tch).
 
 pub mod cost;
 pub mod data;
 pub mod engine;
 pub mod export;
+pub mod fsutil;
 pub mod graph;
 pub mod hw;
 #[cfg(feature = "plot")]

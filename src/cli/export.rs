@@ -27,13 +27,18 @@ pub struct ExportArgs {
 #[cfg(feature = "train")]
 pub fn export(a: ExportArgs) -> Result<ExitCode> {
     use crate::export::convert;
+    use crate::fsutil::{self, WriteOptions};
+    let opts = WriteOptions::protecting([&a.checkpoint]);
+    // Refuse bad outputs before the (slow) conversion, and never write both to one file.
+    fsutil::check_target(&a.out, &opts)?;
+    if let Some(h) = &a.c_header {
+        fsutil::check_target(h, &WriteOptions::protecting([&a.checkpoint, &a.out]))?;
+    }
     let m = crate::train::load_model(&a.checkpoint)?;
     let layers = convert::int_layers(&m).map_err(anyhow::Error::msg).with_context(|| format!("exporting {}", a.checkpoint.display()))?;
     let container = convert::to_container(&m, &layers, &a.checkpoint.display().to_string(), a.profile.clone()).map_err(anyhow::Error::msg)?;
     let bytes = crate::export::format::encode(&container)?;
-    let tmp = a.out.with_extension("tmp");
-    std::fs::write(&tmp, &bytes).with_context(|| format!("writing {}", tmp.display()))?;
-    std::fs::rename(&tmp, &a.out).with_context(|| format!("writing {}", a.out.display()))?;
+    fsutil::write_atomic(&a.out, &bytes, &opts)?;
     // Read it back through the same validation every user of the file goes through.
     QModel::load(&a.out)?;
     let net = &m.meta.net;
@@ -47,7 +52,8 @@ pub fn export(a: ExportArgs) -> Result<ExitCode> {
     );
     if let Some(h) = &a.c_header {
         let guard = h.file_name().map(|f| f.to_string_lossy().into_owned()).unwrap_or_else(|| "nce_model_h".into());
-        std::fs::write(h, crate::export::c_header::to_c_header(&container, &guard)).with_context(|| format!("writing {}", h.display()))?;
+        let text = crate::export::c_header::to_c_header(&container, &guard);
+        fsutil::write_atomic(h, text.as_bytes(), &WriteOptions::protecting([&a.checkpoint, &a.out]))?;
         println!("wrote {}", h.display());
     }
     Ok(ExitCode::SUCCESS)

@@ -160,12 +160,7 @@ pub fn run(a: MeasureArgs) -> Result<ExitCode> {
             table.entries.entry(sig).or_insert(e);
         }
     }
-    if let Some(dir) = output.parent().filter(|d| !d.as_os_str().is_empty()) {
-        std::fs::create_dir_all(dir).with_context(|| format!("creating {}", dir.display()))?;
-    }
-    let tmp = output.with_extension("csv.tmp");
-    std::fs::write(&tmp, table.to_csv()).with_context(|| format!("writing {}", tmp.display()))?;
-    std::fs::rename(&tmp, &output).with_context(|| format!("writing {}", output.display()))?;
+    crate::fsutil::write_atomic(&output, table.to_csv().as_bytes(), &Default::default())?;
     println!("{} signatures → {}", table.entries.len(), output.display());
     println!("predicted base {} latency: {base:.1} µs ({})", a.model, table.meta.get("backend").map(String::as_str).unwrap_or("?"));
     Ok(ExitCode::SUCCESS)

@@ -68,6 +68,8 @@ pub enum ArchError {
     Parse { file: PathBuf, message: String },
     #[error("{}: cannot serialise the architecture: {message}", file.display())]
     Write { file: PathBuf, message: String },
+    #[error(transparent)]
+    Output(#[from] crate::fsutil::WriteError),
 }
 
 impl ArchFile {
@@ -80,19 +82,12 @@ impl ArchFile {
         })
     }
 
-    /// Writes the file atomically (temp file in the same folder, then rename).
+    /// Writes the file atomically through [`crate::fsutil::write_atomic`]: a failed write keeps
+    /// the previous file, and links, folders and devices are refused.
     pub fn save(&self, path: &Path) -> Result<(), ArchError> {
         let text = toml::to_string(self).map_err(|e| ArchError::Write { file: path.into(), message: e.to_string() })?;
-        let tmp = path.with_extension("toml.tmp");
-        let io = |file: &Path| {
-            let file = file.to_path_buf();
-            move |source| ArchError::Io { file, source }
-        };
-        std::fs::write(&tmp, text).map_err(io(&tmp))?;
-        std::fs::rename(&tmp, path).map_err(|e| {
-            let _ = std::fs::remove_file(&tmp);
-            ArchError::Io { file: path.into(), source: e }
-        })
+        crate::fsutil::write_atomic(path, text.as_bytes(), &Default::default())?;
+        Ok(())
     }
 
     /// The input shape recorded in the file.

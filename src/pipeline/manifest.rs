@@ -70,13 +70,9 @@ pub fn write_json<T: Serialize>(path: &Path, value: &T) -> std::io::Result<()> {
     write_atomic(path, text.as_bytes())
 }
 
-/// Writes `bytes` to `path` through `path.tmp` and a rename.
+/// Writes `bytes` to `path` through [`crate::fsutil::write_atomic`] (temp file, fsync, rename).
 pub fn write_atomic(path: &Path, bytes: &[u8]) -> std::io::Result<()> {
-    let mut tmp = path.as_os_str().to_owned();
-    tmp.push(".tmp");
-    let tmp = PathBuf::from(tmp);
-    std::fs::write(&tmp, bytes)?;
-    std::fs::rename(&tmp, path)
+    crate::fsutil::write_atomic(path, bytes, &Default::default()).map_err(std::io::Error::other)
 }
 
 /// Every regular file under `dir` (recursively), sorted, except the manifest, the pending marker

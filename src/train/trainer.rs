@@ -144,6 +144,9 @@ pub enum TrainError {
     Graph(#[from] GraphError),
     #[error(transparent)]
     Checkpoint(#[from] CheckpointError),
+    /// Writing an output (the metrics log) failed or was refused.
+    #[error(transparent)]
+    Output(#[from] crate::fsutil::WriteError),
     #[error("model: {0}")]
     Model(String),
     #[error("{}: {source}", file.display())]
@@ -523,12 +526,10 @@ pub fn mse_clip(x: &Tensor, qmax: f64) -> f64 {
 
 fn rewrite_metrics(path: &Path, kept: &[EpochMetrics]) -> Result<(), TrainError> {
     let io = |source| TrainError::Io { file: path.into(), source };
-    let tmp = path.with_extension("jsonl.tmp");
     let mut text = String::new();
     for m in kept {
         text.push_str(&serde_json::to_string(m).map_err(|e| io(std::io::Error::other(e)))?);
         text.push('\n');
     }
-    std::fs::write(&tmp, text).map_err(io)?;
-    std::fs::rename(&tmp, path).map_err(io)
+    Ok(crate::fsutil::write_atomic(path, text.as_bytes(), &Default::default())?)
 }
