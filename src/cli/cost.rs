@@ -66,11 +66,8 @@ pub fn run(a: Args) -> Result<ExitCode> {
     let (net, base) = networks(model, input, classes, widths.as_deref(), a.bits)?;
     let eval = Evaluator::new(&profile)?;
     let report = eval.evaluate(&net, &base).with_context(|| format!("costing {} under {}", net.model, profile.name))?;
-    if a.json {
-        println!("{}", serde_json::to_string_pretty(&report)?);
-    } else {
-        print_report(&profile, &net, &report);
-    }
+    let text = if a.json { serde_json::to_string_pretty(&report)? + "\n" } else { format_report(&profile, &net, &report) };
+    super::emit(&text).context("writing to standard output")?;
     Ok(if a.strict && !report.passes() { ExitCode::from(1) } else { ExitCode::SUCCESS })
 }
 
@@ -90,13 +87,16 @@ pub fn human(v: f64) -> String {
     }
 }
 
-pub fn print_report(profile: &Profile, net: &Network, report: &CostReport) {
-    println!("{} on {} under profile {} ({})", net.model, net.input, profile.name, profile.path.display());
+/// The human-readable report (one string, so that a closed stdout is one write to handle).
+pub fn format_report(profile: &Profile, net: &Network, report: &CostReport) -> String {
+    use std::fmt::Write;
+    let mut out = String::new();
+    let _ = writeln!(out, "{} on {} under profile {} ({})", net.model, net.input, profile.name, profile.path.display());
     let mut header = format!("{:<22} {:<10} {:>5} {:>13}", "layer", "op", "W/A", "out");
     for m in &report.metrics {
         header.push_str(&format!(" {:>14}", truncate(&m.metric, 14)));
     }
-    println!("{header}");
+    let _ = writeln!(out, "{header}");
     for (i, l) in net.layers.iter().enumerate() {
         if !l.has_weights() && report.metrics.iter().all(|m| m.per_layer[i] == 0.0) {
             continue;
@@ -108,21 +108,22 @@ pub fn print_report(profile: &Profile, net: &Network, report: &CostReport) {
         for m in &report.metrics {
             row.push_str(&format!(" {:>14}", human(m.per_layer[i])));
         }
-        println!("{row}");
+        let _ = writeln!(out, "{row}");
     }
     let mut total = format!("{:<22} {:<10} {:>5} {:>13}", "total", "", "", "");
     for m in &report.metrics {
         total.push_str(&format!(" {:>14}", human(m.total)));
     }
-    println!("{total}");
+    let _ = writeln!(out, "{total}");
     for m in &report.metrics {
-        println!("  {:<22} {:>16} {:<6} ({}{})", m.metric, format!("{:.6}", m.total).trim_end_matches('0').trim_end_matches('.'), m.unit, m.plugin, if m.separable { "" } else { ", peak, not a sum" });
+        let _ = writeln!(out, "  {:<22} {:>16} {:<6} ({}{})", m.metric, format!("{:.6}", m.total).trim_end_matches('0').trim_end_matches('.'), m.unit, m.plugin, if m.separable { "" } else { ", peak, not a sum" });
     }
     if report.budgets.is_empty() {
-        println!("no budgets in this profile");
+        let _ = writeln!(out, "no budgets in this profile");
     }
     for b in &report.budgets {
-        println!(
+        let _ = writeln!(
+            out,
             "budget {:<22} {:>12} <= {:>12} ({}) {}",
             b.metric,
             human(b.value),
@@ -131,6 +132,7 @@ pub fn print_report(profile: &Profile, net: &Network, report: &CostReport) {
             if b.pass { "PASS" } else { "FAIL" }
         );
     }
+    out
 }
 
 fn truncate(s: &str, n: usize) -> String {

@@ -114,7 +114,57 @@ pub fn main() -> ExitCode {
         Ok(code) => code,
         Err(e) => {
             eprintln!("error: {e:#}");
-            ExitCode::from(2)
+            ExitCode::from(exit_code(&e))
         }
+    }
+}
+
+/// 1 when the environment failed a write (full disk, permissions: the command itself was fine),
+/// 2 for everything else (bad arguments and inputs, refused outputs).
+fn exit_code(e: &anyhow::Error) -> u8 {
+    if e.chain().any(write_failed) {
+        1
+    } else {
+        2
+    }
+}
+
+/// Whether `e` is a failed write of an output file, possibly wrapped in a library error that
+/// displays it transparently (and so hides it from the `source` chain).
+fn write_failed(e: &(dyn std::error::Error + 'static)) -> bool {
+    use crate::fsutil::WriteError;
+    if let Some(w) = e.downcast_ref::<WriteError>() {
+        return w.is_io();
+    }
+    if let Some(crate::graph::arch::ArchError::Output(w)) = e.downcast_ref() {
+        return w.is_io();
+    }
+    #[cfg(feature = "train")]
+    {
+        use crate::train::{CheckpointError, TrainError};
+        let ck = |c: &CheckpointError| matches!(c, CheckpointError::Output(w) if w.is_io());
+        if let Some(c) = e.downcast_ref::<CheckpointError>() {
+            return ck(c);
+        }
+        match e.downcast_ref::<TrainError>() {
+            Some(TrainError::Checkpoint(c)) => return ck(c),
+            Some(TrainError::Output(w)) => return w.is_io(),
+            _ => {}
+        }
+        if let Some(crate::search::SearchError::Checkpoint(c)) = e.downcast_ref() {
+            return ck(c);
+        }
+    }
+    false
+}
+
+/// Writes `text` to standard output, treating a closed pipe (`nce cost --json | head -1`) as
+/// success: the reader has what it wanted, and Rust's `println!` would panic instead.
+pub(crate) fn emit(text: &str) -> std::io::Result<()> {
+    use std::io::Write;
+    let mut out = std::io::stdout().lock();
+    match out.write_all(text.as_bytes()).and_then(|()| out.flush()) {
+        Err(e) if e.kind() == std::io::ErrorKind::BrokenPipe => Ok(()),
+        r => r,
     }
 }
