@@ -151,8 +151,10 @@ fn write_failed(e: &(dyn std::error::Error + 'static)) -> bool {
             Some(TrainError::Output(w)) => return w.is_io(),
             _ => {}
         }
-        if let Some(crate::search::SearchError::Checkpoint(c)) = e.downcast_ref() {
-            return ck(c);
+        match e.downcast_ref::<crate::search::SearchError>() {
+            Some(crate::search::SearchError::Checkpoint(c)) => return ck(c),
+            Some(crate::search::SearchError::Output(w)) => return w.is_io(),
+            _ => {}
         }
     }
     false
