@@ -152,3 +152,17 @@ fn cli_training_survives_being_killed() {
     assert_eq!((meta.epoch, meta.step), (1, 10), "finished the 10 steps of the epoch after resuming");
     assert_eq!(std::fs::read_to_string(out.join("metrics.jsonl")).unwrap().lines().count(), 1);
 }
+
+/// A run that diverges before its first checkpoint does not claim to keep one.
+#[test]
+fn nan_loss_before_any_checkpoint_says_none_was_written() {
+    let dir = tempfile::tempdir().unwrap();
+    let mut c = config(dir.path(), 32, 1);
+    c.lr = 1e12;
+    c.checkpoint_every = 0;
+    let e = train::train(&c, false, false).err().expect("diverges");
+    let msg = e.to_string();
+    assert!(matches!(e, TrainError::NonFinite { checkpoint: None, .. }), "{msg}");
+    assert!(msg.contains("No checkpoint was written") && !msg.contains("is kept in"), "{msg}");
+    assert!(!dir.path().join("checkpoint.ot").exists());
+}

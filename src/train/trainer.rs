@@ -151,8 +151,11 @@ pub enum TrainError {
     Model(String),
     #[error("{}: {source}", file.display())]
     Io { file: PathBuf, source: std::io::Error },
-    #[error("non-finite loss ({value}) at epoch {epoch}, batch {batch}; stopped. The last good checkpoint is kept in {}", checkpoint.display())]
-    NonFinite { value: f64, epoch: usize, batch: usize, checkpoint: PathBuf },
+    #[error("non-finite loss ({value}) at epoch {epoch}, batch {batch}; stopped. {}", match checkpoint {
+        Some(c) => format!("The last good checkpoint is kept in {}", c.display()),
+        None => "No checkpoint was written before it (lower --lr or check the data)".to_string(),
+    })]
+    NonFinite { value: f64, epoch: usize, batch: usize, checkpoint: Option<PathBuf> },
     #[error("cannot resume: {0}")]
     Resume(String),
     #[error("libtorch: {0}")]
@@ -347,7 +350,7 @@ pub fn train(cfg: &TrainConfig, resume: bool, progress: bool) -> Result<TrainSum
         // is computed one step after the update that caused it.
         let finite = no_grad(|| vs.variables().values().all(|p| p.isfinite().all().int64_value(&[]) != 0));
         if !finite {
-            return Err(TrainError::NonFinite { value: f64::NAN, epoch: meta.epoch, batch: meta.batch, checkpoint: ckpt_path.clone() });
+            return Err(TrainError::NonFinite { value: f64::NAN, epoch: meta.epoch, batch: meta.batch, checkpoint: ckpt_path.is_file().then(|| ckpt_path.clone()) });
         }
         let mut vars: Vec<(String, Tensor)> = vs.variables().into_iter().collect();
         vars.sort_by(|a, b| a.0.cmp(&b.0));
@@ -391,7 +394,7 @@ pub fn train(cfg: &TrainConfig, resume: bool, progress: bool) -> Result<TrainSum
             let value = loss.double_value(&[]);
             if !value.is_finite() {
                 bar.abandon();
-                return Err(TrainError::NonFinite { value, epoch, batch: i, checkpoint: ckpt_path.clone() });
+                return Err(TrainError::NonFinite { value, epoch, batch: i, checkpoint: ckpt_path.is_file().then(|| ckpt_path.clone()) });
             }
             Sgd::zero_grad(&params);
             loss.backward();
