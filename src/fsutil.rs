@@ -101,6 +101,7 @@ pub fn write_atomic_with(path: &Path, opts: &WriteOptions, fill: impl FnOnce(&mu
     std::fs::create_dir_all(dir).map_err(io_err)?;
     let name = path.file_name().map(|n| n.to_string_lossy().into_owned()).unwrap_or_default();
     let prefix = format!(".{name}.");
+    remove_stale_temps(dir, &prefix);
     // The temp file is removed when `tmp` drops, i.e. on every early return below.
     let mut tmp = temp_builder(&prefix).tempfile_in(dir).map_err(io_err)?;
     if let Ok(m) = std::fs::metadata(path) {
@@ -119,6 +120,20 @@ pub fn write_atomic_with(path: &Path, opts: &WriteOptions, fill: impl FnOnce(&mu
         let _ = d.sync_all();
     }
     Ok(())
+}
+
+/// Removes temp files a killed earlier write of the same target left behind
+/// (`.NAME.XXXXXX.tmp` in the target's folder). Best effort: a failure to list or delete only
+/// leaves them for the next run.
+fn remove_stale_temps(dir: &Path, prefix: &str) {
+    let Ok(entries) = std::fs::read_dir(dir) else { return };
+    for e in entries.flatten() {
+        let n = e.file_name();
+        let n = n.to_string_lossy();
+        if n.starts_with(prefix) && n.ends_with(".tmp") && e.file_type().is_ok_and(|t| t.is_file()) {
+            let _ = std::fs::remove_file(e.path());
+        }
+    }
 }
 
 /// The folder a temp file for `path` goes in (the current folder for a bare file name).
@@ -240,5 +255,19 @@ mod tests {
         assert!(e.to_string().contains("out.bin") && e.to_string().contains("No space left on device"), "{e}");
         assert_eq!(std::fs::read(&p).unwrap(), b"old");
         assert_eq!(std::fs::read_dir(d.path()).unwrap().count(), 1);
+    }
+
+    #[test]
+    fn stale_temp_files_of_a_killed_write_are_removed_on_the_next_write() {
+        let dir = tempfile::tempdir().unwrap();
+        let target = dir.path().join("model.nce");
+        let stale = dir.path().join(".model.nce.AbC123.tmp");
+        let other = dir.path().join(".other.nce.AbC123.tmp");
+        std::fs::write(&stale, b"half a model").unwrap();
+        std::fs::write(&other, b"another target's").unwrap();
+        write_atomic(&target, b"whole", &WriteOptions::default()).unwrap();
+        assert!(!stale.exists(), "the killed write's temp file is cleaned");
+        assert!(other.exists(), "temp files of other targets are left alone");
+        assert_eq!(std::fs::read(&target).unwrap(), b"whole");
     }
 }
