@@ -91,6 +91,7 @@ pub fn load<M: DeserializeOwned>(path: &Path) -> Result<Checkpoint<M>, Checkpoin
     if !bytes.starts_with(ZIP_MAGIC) {
         return Err(err(format!("expected a checkpoint written by `nce train` or `nce search` (a libtorch archive), found {}", describe(&bytes))));
     }
+    verify_archive(&bytes).map_err(|m| err(format!("damaged archive: {m}")))?;
     let mut all = Tensor::load_multi_from_stream(std::io::Cursor::new(bytes)).map_err(|e| err(format!("damaged libtorch archive ({})", torch_message(&e))))?;
     match all.iter().position(|(n, _)| n == CHECKSUM) {
         Some(i) => {
@@ -102,6 +103,20 @@ pub fn load<M: DeserializeOwned>(path: &Path) -> Result<Checkpoint<M>, Checkpoin
         None => tracing::warn!("{}: this checkpoint predates checksums; loading it without an integrity check", path.display()),
     }
     split(path, all)
+}
+
+/// Reads every entry of the zip archive, which checks its CRC-32, before libtorch parses it:
+/// libtorch does not check them, and a damaged record (e.g. a tensor name that is no longer
+/// UTF-8) can otherwise abort the process inside tch's FFI callback instead of returning an
+/// error. A file crafted with valid CRCs can still reach libtorch's own checks.
+fn verify_archive(bytes: &[u8]) -> Result<(), String> {
+    let mut zip = zip::ZipArchive::new(std::io::Cursor::new(bytes)).map_err(|e| e.to_string())?;
+    for i in 0..zip.len() {
+        let mut entry = zip.by_index(i).map_err(|e| e.to_string())?;
+        let name = entry.name().to_string();
+        std::io::copy(&mut entry, &mut std::io::sink()).map_err(|e| format!("entry `{name}`: {e}"))?;
+    }
+    Ok(())
 }
 
 /// Separates the metadata, model variables and optimiser state, rejecting non-finite values.
