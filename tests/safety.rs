@@ -58,14 +58,28 @@ fn random_bytes(n: usize, mut x: u64) -> Vec<u8> {
 }
 
 #[test]
-fn a_flipped_byte_in_a_checkpoint_is_a_checksum_mismatch() {
+fn a_flipped_byte_in_a_checkpoint_is_a_clean_error() {
     let dir = tempfile::tempdir().unwrap();
     let p = fresh_checkpoint(dir.path());
     let mut bytes = std::fs::read(&p).unwrap();
-    // The middle of the file is tensor data (headers are a few hundred bytes of ~300 KiB).
+    // The middle of the file is tensor data (headers are a few hundred bytes of ~300 KiB); the
+    // zip entry's CRC-32 catches it before libtorch parses anything.
     let mid = bytes.len() / 2;
     bytes[mid] ^= 0x10;
     std::fs::write(&p, bytes).unwrap();
+    assert_one_clean_line(&p, "damaged archive");
+}
+
+/// A well-formed archive whose tensors were changed after the checksum was computed (a file
+/// edited with libtorch, say): the SHA-256 catches what the zip CRCs cannot.
+#[test]
+fn an_altered_tensor_in_a_valid_archive_is_a_checksum_mismatch() {
+    let dir = tempfile::tempdir().unwrap();
+    let p = fresh_checkpoint(dir.path());
+    let mut named = tch::Tensor::load_multi(&p).unwrap();
+    let victim = named.iter().position(|(n, t)| !n.starts_with("__") && t.kind() == tch::Kind::Float).unwrap();
+    named[victim].1 = &named[victim].1 + 1.0;
+    tch::Tensor::save_multi(&named, &p).unwrap();
     assert_one_clean_line(&p, "checksum mismatch: the file is corrupt or was modified");
 }
 
