@@ -39,7 +39,8 @@
 use nce::engine::cpu::Cpu;
 use nce::engine::PackedW2;
 use nce::export::format::{self, Array, Container, Entry};
-use nce::export::{Header, LayerOut, Prepared, QModel};
+use nce::engine::cpu::model::Prepared;
+use nce::engine::plan::{Header, LayerOut, QModel};
 use nce::graph::{build, BitConfig, ModelKind, Network, Op, Shape, Src};
 use nce::models::{Model, ModelOptions};
 use std::collections::BTreeMap;

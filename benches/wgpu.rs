@@ -7,7 +7,7 @@
 
 use nce::engine::cpu::Cpu;
 use nce::engine::wgpu::{DotKernel, WgpuEngine, WgpuModel};
-use nce::export::QModel;
+use nce::engine::plan::QModel;
 use std::path::Path;
 use std::time::Instant;
 

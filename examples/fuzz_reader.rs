@@ -1,4 +1,4 @@
-//! A stable-Rust fuzzer for the `.nce` model reader (`nce::export::QModel::from_bytes`).
+//! A stable-Rust fuzzer for the `.nce` model reader (`nce::engine::plan::QModel::from_bytes`, in `nce::export::model`).
 //!
 //! ```text
 //! cargo run --release --example fuzz_reader -- [ITERATIONS] [SEED] [SEED_FILE]
@@ -33,7 +33,8 @@
 use nce::engine::cpu::Cpu;
 use nce::engine::words_for;
 use nce::export::format::{crc32, decode, encode, Array, Container, Entry, FormatError};
-use nce::export::{DecodeError, Header, QModel};
+use nce::engine::plan::{Header, QModel};
+use nce::export::DecodeError;
 use nce::graph::{build, BitConfig, ModelKind, Op, Shape};
 use serde_json::Value;
 use std::alloc::{GlobalAlloc, Layout, System};
@@ -164,7 +165,7 @@ fn synthetic_seed() -> Vec<u8> {
             arrays.insert(format!("{}.b", l.name), i32s((0..cout).map(|_| rng.below(2001) as i32 - 1000).collect()));
         }
         if scales.len() < 3 {
-            let s = nce::export::model::LayerScales { weight: Some(0.01), input: Some(0.5), output: Some(0.25), weight_bits: l.wbits };
+            let s = nce::engine::plan::LayerScales { weight: Some(0.01), input: Some(0.5), output: Some(0.25), weight_bits: l.wbits };
             scales.insert(l.name.clone(), s);
         }
     }

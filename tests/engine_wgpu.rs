@@ -8,7 +8,7 @@
 use nce::engine::cpu::{reference, Cpu};
 use nce::engine::wgpu::{DotKernel, WgpuEngine, WgpuModel};
 use nce::engine::{Conv2d, ConvWeights, EngineError, Linear, MaxPool2d, PackedW2, QTensor, Requant, Residual, Weights8};
-use nce::export::QModel;
+use nce::engine::plan::QModel;
 use std::path::Path;
 use std::sync::OnceLock;
 

@@ -4,7 +4,8 @@
 #![cfg(feature = "train")]
 
 use nce::engine::cpu::{Backend, Cpu};
-use nce::export::{convert, format, validate, QModel};
+use nce::engine::plan::QModel;
+use nce::export::{convert, format, validate};
 use std::path::Path;
 
 const CKPT: &str = "examples/resnet20-w2a2-fashion.ot";
@@ -43,7 +44,7 @@ fn engine_matches_the_simulation_on_every_layer() {
         let n = if backend == Backend::Scalar { 20 } else { 300 };
         let ds = test.subset(n);
         let cpu = Cpu::new(backend, 1).unwrap();
-        let outs = validate::run_engine(&model, &cpu, &ds, 2).unwrap();
+        let outs = model.run_layers_batch(&cpu, &ds.images, 2).unwrap();
         let r = validate::compare(&model, &ckpt, &ds, &outs).unwrap();
         assert!(r.exact(), "{backend:?}: {r:?}");
         assert_eq!(r.engine_correct, r.simulation_correct);

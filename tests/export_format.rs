@@ -5,8 +5,8 @@
 use nce::engine::cpu::Cpu;
 use nce::engine::{pack_codes, words_for};
 use nce::export::format::{crc32, decode, encode, Array, Container, Entry, FormatError};
-use nce::export::model::LayerScales;
-use nce::export::{DecodeError, Header, QModel};
+use nce::engine::plan::{Header, LayerScales, QModel};
+use nce::export::DecodeError;
 use nce::graph::{build, BitConfig, ModelKind, Network, Op, Shape, Src};
 use std::collections::BTreeMap;
 

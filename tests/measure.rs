@@ -4,7 +4,7 @@
 
 use nce::engine::cpu::Cpu;
 use nce::graph::{self, BitConfig, ModelKind, Shape};
-use nce::hw::measure::{self, MeasureConfig};
+use nce::engine::measure::{self, MeasureConfig};
 use nce::hw::LatencyTable;
 use std::path::Path;
 use std::process::{Command, Output};

@@ -1,7 +1,9 @@
 //! `nce export` and `nce validate`.
 
-use crate::engine::cpu::{Backend, Cpu};
-use crate::export::{LayerOut, QModel};
+use crate::engine::compare::argmax;
+use crate::engine::cpu::Cpu;
+use crate::engine::plan::{LayerOut, QModel};
+use crate::engine::{BackendKind, BackendOptions};
 #[cfg(feature = "train")]
 use anyhow::Context;
 use anyhow::{bail, Result};
@@ -67,10 +69,11 @@ pub struct ValidateArgs {
     data: String,
     #[arg(long, default_value = "data")]
     data_root: PathBuf,
-    /// cpu (the fastest kernels of this machine), cpu-scalar (the reference) or wgpu (compared
-    /// logit for logit with the CPU engine; `NCE_WGPU_DOT=shift|dot4` picks the 2-bit kernel).
-    #[arg(long, default_value = "cpu")]
-    backend: String,
+    /// cpu (the fastest kernels of this machine) and cpu-scalar (the reference) are compared
+    /// layer by layer with the training-time simulation; any other backend (wgpu:
+    /// `NCE_WGPU_DOT=shift|dot4` picks the 2-bit kernel) logit for logit with the CPU engine.
+    #[arg(long, value_enum, default_value_t = BackendKind::Cpu)]
+    backend: BackendKind,
     /// wgpu adapter: an index or name substring from `nce adapters` (default: `NCE_WGPU_ADAPTER`,
     /// else the best one).
     #[arg(long)]
@@ -86,14 +89,7 @@ pub struct ValidateArgs {
 }
 
 pub fn validate(a: ValidateArgs) -> Result<ExitCode> {
-    use crate::export::validate;
     let model = QModel::load(&a.model)?;
-    let backend = match a.backend.as_str() {
-        "cpu" => Backend::best(),
-        "cpu-scalar" => Backend::Scalar,
-        "wgpu" => Backend::best(),
-        other => bail!("unknown backend `{other}` (cpu, cpu-scalar, wgpu)"),
-    };
     let mut ds = crate::data::load(&a.data, &a.data_root, crate::data::Split::Test)?;
     if ds.shape != model.net().input {
         bail!("{} expects {} inputs, {} has {}", a.model.display(), model.net().input, a.data, ds.shape);
@@ -101,18 +97,18 @@ pub fn validate(a: ValidateArgs) -> Result<ExitCode> {
     if let Some(n) = a.test_subset.filter(|&n| n < ds.len()) {
         ds = ds.subset(n);
     }
-    if a.backend == "wgpu" {
-        return validate_wgpu(&a, &model, &ds);
-    }
+    let Some(backend) = a.backend.cpu_isa() else {
+        return validate_against_cpu(&a, &model, &ds);
+    };
     let cpu = Cpu::new(backend, 1)?;
     let t = Instant::now();
-    let outs = validate::run_engine(&model, &cpu, &ds, a.threads)?;
+    let outs = model.run_layers_batch(&cpu, &ds.images, a.threads)?;
     let secs = t.elapsed().as_secs_f64();
     let n = ds.len();
     let correct = outs
         .iter()
         .zip(&ds.labels)
-        .filter(|(o, &y)| matches!(o.last(), Some(Some(LayerOut::Logits(l))) if validate::argmax(l) == y as usize))
+        .filter(|(o, &y)| matches!(o.last(), Some(Some(LayerOut::Logits(l))) if argmax(l) == y as usize))
         .count();
     println!(
         "{}: {} on {} {} test images, {:?} kernels: accuracy {:.2}% ({:.2} ms per image per thread)",
@@ -157,47 +153,32 @@ fn compare_with_simulation(a: &ValidateArgs, model: &QModel, ds: &crate::data::D
     Ok(if r.exact() { ExitCode::SUCCESS } else { ExitCode::from(1) })
 }
 
-#[cfg(not(feature = "wgpu"))]
-fn validate_wgpu(_: &ValidateArgs, _: &QModel, _: &crate::data::Dataset) -> Result<ExitCode> {
-    bail!("this build has no wgpu backend (build with the `wgpu` feature)")
-}
-
-/// Runs the dataset through the wgpu backend and compares every logit with the CPU engine's
-/// (which `--backend cpu` checks against the training-time simulation).
-#[cfg(feature = "wgpu")]
-fn validate_wgpu(a: &ValidateArgs, model: &QModel, ds: &crate::data::Dataset) -> Result<ExitCode> {
-    use crate::engine::wgpu::{AdapterChoice, WgpuEngine, WgpuModel};
-    use crate::export::validate::argmax;
-    let engine = WgpuEngine::new(&AdapterChoice::from_flag_or_env(a.adapter.as_deref()))?;
-    let gpu = WgpuModel::new(&engine, model)?;
-    let n = ds.len();
-    let t = Instant::now();
-    let got = gpu.run_batch(&ds.images)?;
-    let gpu_s = t.elapsed().as_secs_f64();
-    let cpu = Cpu::best(1);
-    let t = Instant::now();
-    let want = model.run_batch(&cpu, &model.prepare(&cpu)?, &ds.images, a.threads)?;
-    let cpu_s = t.elapsed().as_secs_f64();
-    let differing: usize = got.iter().zip(&want).map(|(g, w)| g.iter().zip(w).filter(|(x, y)| x != y).count()).sum();
-    let images_differing = got.iter().zip(&want).filter(|(g, w)| g != w).count();
-    let agree = got.iter().zip(&want).filter(|(g, w)| argmax(g) == argmax(w)).count();
-    let correct = got.iter().zip(&ds.labels).filter(|(g, &y)| argmax(g) == y as usize).count();
+/// Runs the dataset through `a.backend` and through the CPU engine (which `--backend cpu`
+/// checks against the training-time simulation) and compares every logit.
+fn validate_against_cpu(a: &ValidateArgs, model: &QModel, ds: &crate::data::Dataset) -> Result<ExitCode> {
+    let opts = BackendOptions { image_threads: a.threads, adapter: a.adapter.clone(), ..Default::default() };
+    let backend = crate::engine::open(a.backend, &opts)?;
+    let cpu = crate::engine::open(BackendKind::Cpu, &opts)?;
+    let (on_backend, on_cpu) = (backend.prepare(model)?, cpu.prepare(model)?);
+    let c = crate::engine::compare(&*on_backend, &*on_cpu, ds, (&backend.name(), &cpu.name()))?;
+    let n = c.images;
+    let details: Vec<String> = on_backend.details().into_iter().map(|(k, v)| format!("{k} {v}")).collect();
     println!(
-        "{}: {} on {n} {} test images, wgpu on {} ({} kernel, {} images per submission): accuracy {:.2}%, {:.1} s ({:.1} images/s)",
+        "{}: {} on {n} {} test images, {} on {} ({}): accuracy {:.2}%, {:.1} s ({:.1} images/s)",
         a.model.display(),
         model.net().model,
         a.data,
-        engine.adapter(),
-        gpu.dot(),
-        gpu.max_batch(),
-        100.0 * correct as f64 / n as f64,
-        gpu_s,
-        n as f64 / gpu_s
+        backend.name(),
+        backend.device(),
+        details.join(", "),
+        100.0 * c.a_correct as f64 / n as f64,
+        c.a_seconds,
+        n as f64 / c.a_seconds
     );
-    println!("CPU engine ({:?} kernels, {} threads): {:.1} s ({:.1} images/s)", cpu.backend(), a.threads, cpu_s, n as f64 / cpu_s);
-    println!("argmax agreement wgpu vs CPU engine: {:.2}% ({agree}/{n})", 100.0 * agree as f64 / n as f64);
-    println!("logits: {differing} of {} differ ({images_differing} images)", n * want.first().map_or(0, Vec::len));
-    Ok(if differing == 0 && agree == n { ExitCode::SUCCESS } else { ExitCode::from(1) })
+    println!("CPU engine ({}, {} threads): {:.1} s ({:.1} images/s)", cpu.name(), a.threads, c.b_seconds, n as f64 / c.b_seconds);
+    println!("argmax agreement {} vs CPU engine: {:.2}% ({}/{n})", backend.name(), 100.0 * c.argmax_agree as f64 / n as f64, c.argmax_agree);
+    println!("logits: {} of {} differ ({} images)", c.differing_logits, c.logits, c.differing_images);
+    Ok(if c.exact() { ExitCode::SUCCESS } else { ExitCode::from(1) })
 }
 
 /// `nce adapters`: every adapter wgpu finds.

@@ -1,20 +1,20 @@
 //! `nce measure`: per-layer latency tables for the `latency-lut` plugin, and `--check` of a
 //! table's prediction against a whole model's measured latency.
 
-use crate::engine::cpu::{Backend, Cpu};
-use crate::export::QModel;
+use crate::engine::measure::{self, MeasureConfig, Runner};
+use crate::engine::plan::QModel;
+use crate::engine::{Backend, BackendKind, BackendOptions};
 use crate::graph::{self, BitConfig, ModelKind, Shape};
-use crate::hw::measure::{self, MeasureConfig};
 use crate::hw::LatencyTable;
-use anyhow::{bail, Context, Result};
+use anyhow::{Context, Result};
 use std::path::PathBuf;
 use std::process::ExitCode;
 
 #[derive(clap::Args)]
 pub struct MeasureArgs {
     /// Engine to time: cpu (best SIMD path), cpu-scalar, wgpu (single-op calls; see README).
-    #[arg(long, default_value = "cpu")]
-    backend: String,
+    #[arg(long, value_enum, default_value_t = BackendKind::Cpu)]
+    backend: BackendKind,
     /// Model whose layer families are measured.
     #[arg(long, default_value = "resnet20")]
     model: ModelKind,
@@ -61,59 +61,27 @@ pub struct MeasureArgs {
     adapter: Option<String>,
 }
 
-fn engine(a: &MeasureArgs) -> Result<Cpu> {
-    let backend = match a.backend.as_str() {
-        "cpu" | "wgpu" => Backend::best(),
-        "cpu-scalar" => Backend::Scalar,
-        other => bail!("unknown backend `{other}` (cpu, cpu-scalar, wgpu)"),
-    };
-    Ok(Cpu::new(backend, a.threads.max(1))?)
+/// The backend to time, sized for one image per call (batch-1 latency, as deployed).
+fn open(a: &MeasureArgs) -> Result<Box<dyn Backend>> {
+    let opts = BackendOptions { layer_threads: a.threads.max(1), image_threads: 1, adapter: a.adapter.clone(), max_batch: Some(1) };
+    Ok(crate::engine::open(a.backend, &opts)?)
 }
 
-#[cfg(feature = "wgpu")]
-fn wgpu_engine(a: &MeasureArgs) -> Result<(crate::engine::wgpu::WgpuEngine, crate::engine::wgpu::DotKernel)> {
-    use crate::engine::wgpu::{AdapterChoice, DotKernel, WgpuEngine};
-    let engine = WgpuEngine::new(&AdapterChoice::from_flag_or_env(a.adapter.as_deref()))?;
-    let dot = engine.resolve_dot(DotKernel::from_env()?);
-    Ok((engine, dot))
-}
-
-/// Predicted vs measured whole-model latency on wgpu.
-#[cfg(feature = "wgpu")]
-fn measured_wgpu(a: &MeasureArgs, model: &QModel) -> Result<(crate::hw::LatencyEntry, String)> {
-    let (engine, dot) = wgpu_engine(a)?;
-    let m = measure::measure_model_wgpu(model, &engine, dot, a.warmup.max(3), a.repeats.max(20))?;
-    Ok((m, format!("wgpu {} ({dot:?})", engine.adapter().name)))
-}
-
-#[cfg(not(feature = "wgpu"))]
-fn measured_wgpu(_: &MeasureArgs, _: &QModel) -> Result<(crate::hw::LatencyEntry, String)> {
-    bail!("this build has no wgpu backend (build with the `wgpu` feature)")
-}
-
-#[cfg(feature = "wgpu")]
-fn table_wgpu(a: &MeasureArgs, net: &crate::graph::Network, cfg: &MeasureConfig, progress: impl FnMut(usize, usize)) -> Result<LatencyTable> {
-    let (engine, dot) = wgpu_engine(a)?;
-    Ok(measure::measure(net, &measure::WgpuRunner { engine: &engine, dot }, cfg, progress)?)
-}
-
-#[cfg(not(feature = "wgpu"))]
-fn table_wgpu(_: &MeasureArgs, _: &crate::graph::Network, _: &MeasureConfig, _: impl FnMut(usize, usize)) -> Result<LatencyTable> {
-    bail!("this build has no wgpu backend (build with the `wgpu` feature)")
+/// The backend's single-layer calls (what tables and `--per-layer` time).
+fn layers(backend: &dyn Backend) -> Result<&dyn Runner> {
+    backend.layers().with_context(|| format!("backend {} cannot time single layers", backend.name()))
 }
 
 pub fn run(a: MeasureArgs) -> Result<ExitCode> {
-    let cpu = engine(&a)?;
+    let backend = open(&a)?;
     if let Some(model_path) = &a.check {
         let table_path = a.table.as_ref().or(a.output.as_ref()).context("--check needs --table FILE.csv")?;
         let table = LatencyTable::load(table_path)?;
         let model = QModel::load(model_path)?;
         let predicted = measure::predict_us(&table, model.net())?;
-        let (measured, engine_name) = if a.backend == "wgpu" {
-            measured_wgpu(&a, &model)?
-        } else {
-            (measure::measure_model_cpu(&model, &cpu, a.warmup.max(10), a.repeats.max(100))?, format!("cpu-{} × {} thread(s)", cpu.backend(), cpu.threads()))
-        };
+        let (min_warmup, min_repeats) = backend.min_model_runs();
+        let measured = measure::measure_model(&*backend, &model, a.warmup.max(min_warmup), a.repeats.max(min_repeats))?;
+        let engine_name = format!("{} on {}", backend.name(), backend.device());
         let err = predicted / measured.mean_us - 1.0;
         println!("model      {}", model_path.display());
         println!("table      {} ({})", table_path.display(), table.meta.get("backend").map(String::as_str).unwrap_or("?"));
@@ -122,7 +90,7 @@ pub fn run(a: MeasureArgs) -> Result<ExitCode> {
         println!("measured   {:.1} µs ± {:.1} (n = {})", measured.mean_us, measured.var_us2.sqrt(), measured.count);
         if a.per_layer {
             println!("{:<20} {:>10} {:>10}  signature", "layer", "real µs", "table µs");
-            for (name, sig, us) in measure::model_steps_cpu(&model, &cpu, a.warmup, a.repeats)? {
+            for (name, sig, us) in measure::model_steps(&model, layers(&*backend)?, a.warmup, a.repeats)? {
                 let t = table.lookup_us(&sig).unwrap_or(f64::NAN);
                 println!("{name:<20} {us:>10.1} {t:>10.1}  {sig}");
             }
@@ -140,7 +108,7 @@ pub fn run(a: MeasureArgs) -> Result<ExitCode> {
         bar.set_length(total as u64);
         bar.set_position(done as u64);
     };
-    let mut table = if a.backend == "wgpu" { table_wgpu(&a, &net, &cfg, progress)? } else { measure::measure_cpu(&net, &cpu, &cfg, progress)? };
+    let mut table = measure::measure(&net, layers(&*backend)?, &cfg, progress)?;
     bar.finish_and_clear();
     table.path = output.clone();
     let base = measure::predict_us(&table, &net)?;

@@ -1,5 +1,6 @@
 //! Measuring latency tables on this machine (`nce measure`) and checking them against a whole
-//! model's measured latency.
+//! model's measured latency, on any [`Backend`] (the tables themselves are described in
+//! [`crate::hw`], which knows nothing of engines).
 //!
 //! Every layer family of a base network is timed over a grid of width ratios, for the input and
 //! the output channels independently (the search picks both per layer), with synthetic weights
@@ -8,12 +9,13 @@
 //! with and without the add; parameter-free shortcuts (option-A subsampling) are read inside the
 //! fused add and cost nothing of their own.
 
-use super::{LatencyEntry, LatencyTable};
+use super::backend::{Backend, BackendError};
+use super::cpu::Cpu;
+use super::plan::{QModel, Step};
+use super::{Conv2d, ConvWeights, EngineError, Linear, MaxPool2d, PackedW2, QTensor, Requant, Residual, Weights8};
 use crate::data::Rng;
-use crate::engine::cpu::Cpu;
-use crate::engine::{Conv2d, ConvWeights, EngineError, Linear, MaxPool2d, PackedW2, QTensor, Requant, Residual, Weights8};
-use crate::export::QModel;
 use crate::graph::{Layer, Network, Op, Src};
+use crate::hw::{LatencyEntry, LatencyTable};
 use std::collections::BTreeMap;
 use std::time::Instant;
 
@@ -44,12 +46,15 @@ pub enum MeasureError {
     Invalid(String),
     #[error("{0}")]
     Backend(String),
+    #[error(transparent)]
+    Open(#[from] BackendError),
 }
 
 /// A prepared conv: run it on an input (and an optional fused residual).
 pub type ConvCall<'a> = Box<dyn Fn(&QTensor, Option<&Residual>) -> Result<(), MeasureError> + 'a>;
 
-/// An engine whose layers can be timed one at a time (the CPU engine, or wgpu's single-op calls).
+/// An engine whose layers can be timed one at a time (the CPU engine, or wgpu's single-op
+/// calls); a [`Backend`] hands one out through [`Backend::layers`].
 pub trait Runner {
     /// `backend`/`threads`/adapter facts recorded in the table's metadata.
     fn describe(&self) -> Vec<(String, String)>;
@@ -76,39 +81,6 @@ impl Runner for Cpu {
     }
     fn max_pool(&self, p: &MaxPool2d, x: &QTensor) -> Result<(), MeasureError> {
         Cpu::max_pool(self, p, x).map(drop).map_err(Into::into)
-    }
-}
-
-/// wgpu's single-op calls: each uploads its operands, runs one dispatch and reads the result
-/// back, so a layer's time includes its own transfers (what a batch-1, layer-by-layer
-/// deployment pays; a whole-model submission overlaps them, which `--check` exposes).
-#[cfg(feature = "wgpu")]
-pub struct WgpuRunner<'e> {
-    pub engine: &'e crate::engine::wgpu::WgpuEngine,
-    pub dot: crate::engine::wgpu::DotKernel,
-}
-
-#[cfg(feature = "wgpu")]
-impl Runner for WgpuRunner<'_> {
-    fn describe(&self) -> Vec<(String, String)> {
-        let a = self.engine.adapter();
-        vec![
-            ("backend".into(), format!("wgpu-{:?}", self.dot).to_lowercase()),
-            ("adapter".into(), format!("{} ({}, {})", a.name, a.backend, a.device_type)),
-            ("threads".into(), "1".into()),
-        ]
-    }
-    fn conv<'a>(&'a self, conv: &'a Conv2d) -> Result<ConvCall<'a>, MeasureError> {
-        Ok(Box::new(move |x, r| self.engine.conv2d(conv, x, r, self.dot).map(drop).map_err(|e| MeasureError::Backend(e.to_string()))))
-    }
-    fn global_avg_pool(&self, x: &QTensor) -> Result<(), MeasureError> {
-        self.engine.global_avg_pool(x).map(drop).map_err(|e| MeasureError::Backend(e.to_string()))
-    }
-    fn linear(&self, l: &Linear, x: &[i32]) -> Result<(), MeasureError> {
-        self.engine.linear(l, x).map(drop).map_err(|e| MeasureError::Backend(e.to_string()))
-    }
-    fn max_pool(&self, p: &MaxPool2d, x: &QTensor) -> Result<(), MeasureError> {
-        self.engine.max_pool(p, x).map(drop).map_err(|e| MeasureError::Backend(e.to_string()))
     }
 }
 
@@ -327,9 +299,7 @@ pub fn measure(net: &Network, runner: &dyn Runner, cfg: &MeasureConfig, mut prog
 /// measured under `powersave` does not predict a `performance` run).
 pub fn machine_facts() -> Vec<(String, String)> {
     let read = |p: &str| std::fs::read_to_string(p).ok().map(|s| s.trim().to_string());
-    let cpu = read("/proc/cpuinfo")
-        .and_then(|s| s.lines().find(|l| l.starts_with("model name")).and_then(|l| l.split_once(':')).map(|(_, v)| v.trim().to_string()))
-        .unwrap_or_else(|| "unknown".into());
+    let cpu = cpu_model();
     let governor = read("/sys/devices/system/cpu/cpu0/cpufreq/scaling_governor").unwrap_or_else(|| "unknown".into());
     let khz = read("/sys/devices/system/cpu/cpu0/cpufreq/scaling_cur_freq").unwrap_or_else(|| "unknown".into());
     let cores = std::thread::available_parallelism().map(|n| n.get().to_string()).unwrap_or_else(|_| "unknown".into());
@@ -339,6 +309,14 @@ pub fn machine_facts() -> Vec<(String, String)> {
         ("cur_freq_khz".into(), khz),
         ("cores".into(), cores),
     ]
+}
+
+/// The CPU's model name as `/proc/cpuinfo` gives it (`unknown` elsewhere).
+pub fn cpu_model() -> String {
+    std::fs::read_to_string("/proc/cpuinfo")
+        .ok()
+        .and_then(|s| s.lines().find(|l| l.starts_with("model name")).and_then(|l| l.split_once(':')).map(|(_, v)| v.trim().to_string()))
+        .unwrap_or_else(|| "unknown".into())
 }
 
 /// Sum of the table's per-layer latencies over a network, in µs (what `latency-lut` predicts).
@@ -358,27 +336,20 @@ fn random_image(model: &QModel) -> Vec<u8> {
     (0..model.net().input.numel()).map(|_| rng.below(256) as u8).collect()
 }
 
-/// Whole-model latency of one image on the CPU engine (what the table must predict).
-pub fn measure_model_cpu(model: &QModel, cpu: &Cpu, warmup: usize, repeats: usize) -> Result<LatencyEntry, MeasureError> {
-    let prepared = model.prepare(cpu)?;
+/// Whole-model latency of one image on `backend` (what the table must predict): one image per
+/// call, as deployed. Open the backend with `max_batch: Some(1)` so its buffers are sized as
+/// deployed, and see [`Backend::min_model_runs`] for counts that give a stable number.
+pub fn measure_model(backend: &dyn Backend, model: &QModel, warmup: usize, repeats: usize) -> Result<LatencyEntry, MeasureError> {
+    let prepared = backend.prepare(model)?;
     let image = random_image(model);
-    Ok(time_us(warmup, repeats, || model.run(cpu, &prepared, &image).map(drop))?)
-}
-
-/// Whole-model latency of one image through wgpu (one submission per inference, as deployed).
-#[cfg(feature = "wgpu")]
-pub fn measure_model_wgpu(model: &QModel, engine: &crate::engine::wgpu::WgpuEngine, dot: crate::engine::wgpu::DotKernel, warmup: usize, repeats: usize) -> Result<LatencyEntry, MeasureError> {
-    let m = crate::engine::wgpu::WgpuModel::with_options(engine, model, dot, 1).map_err(|e| MeasureError::Backend(e.to_string()))?;
-    let image = random_image(model);
-    time_us(warmup, repeats, || m.run_batch(&image).map(drop).map_err(|e| MeasureError::Backend(e.to_string())))
+    time_us(warmup, repeats, || prepared.run_batch(&image).map(drop).map_err(MeasureError::from))
 }
 
 /// Each step of a real model timed on its own with random codes of the right shapes (what the
 /// table's entries are for synthetic layers): `(layer name, signature, µs)`. A fused residual
 /// add is timed with its conv and reported under the conv's name. Separates "the table's
 /// synthetic layers differ from real ones" from "whole-model overhead" when `--check` misses.
-pub fn model_steps_cpu(model: &QModel, cpu: &Cpu, warmup: usize, repeats: usize) -> Result<Vec<(String, String, f64)>, MeasureError> {
-    use crate::export::Step;
+pub fn model_steps(model: &QModel, runner: &dyn Runner, warmup: usize, repeats: usize) -> Result<Vec<(String, String, f64)>, MeasureError> {
     let net = model.net();
     let mut rng = Rng::new(11);
     let shape_of = |s: Src| match s {
@@ -392,15 +363,15 @@ pub fn model_steps_cpu(model: &QModel, cpu: &Cpu, warmup: usize, repeats: usize)
         let (h, w, c) = shape_of(*input);
         let amax = if matches!(input, Src::Input) { 255 } else { ((1u32 << l.abits.min(8)) - 1) as u8 };
         let x = codes(&mut rng, h, w, c, amax)?;
-        let p = cpu.prepare(conv)?;
+        let run = runner.conv(conv)?;
         let e = match residual {
             Some((src, stride, r)) => {
                 let (rh, rw, rc) = shape_of(*src);
                 let sc = codes(&mut rng, rh, rw, rc, 3)?;
                 let res = Residual { input: &sc, stride: *stride, r: *r };
-                time_us(warmup, repeats, || cpu.conv2d(&p, &x, Some(&res)).map(drop))?
+                time_us(warmup, repeats, || run(&x, Some(&res)))?
             }
-            None => time_us(warmup, repeats, || cpu.conv2d(&p, &x, None).map(drop))?,
+            None => time_us(warmup, repeats, || run(&x, None))?,
         };
         out.push((l.name.clone(), l.signature(), e.mean_us));
     }

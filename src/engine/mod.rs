@@ -1,7 +1,10 @@
 //! The pure-Rust integer engine for exported 2-bit models.
 //!
-//! This module holds the public data types (activation tensors, packed weights, layer
-//! descriptions) and their validation; [`cpu`] executes them. Every op follows
+//! `engine` owns execution. This module holds the public data types (activation tensors,
+//! packed weights, layer descriptions) and their validation; [`plan`] is the runnable model
+//! that the file reader builds; [`Backend`] is the seam every engine implements ([`cpu`],
+//! `wgpu`), opened by [`open`] from a [`BackendKind`]; [`compare`] checks two backends
+//! against each other and [`measure`] times them. Nothing here reads files or checkpoints. Every op follows
 //! `docs/quantization.md` bit for bit: the scalar code in [`cpu::reference`] is the
 //! definition and every fast path is tested against it.
 //!
@@ -15,9 +18,16 @@
 //! Public constructors and ops never panic on inconsistent dimensions: they return
 //! [`EngineError`].
 
+pub mod backend;
+pub mod compare;
 pub mod cpu;
+pub mod measure;
+pub mod plan;
 #[cfg(feature = "wgpu")]
 pub mod wgpu;
+
+pub use backend::{open, Backend, BackendError, BackendKind, BackendOptions, PreparedModel};
+pub use compare::{compare, Comparison};
 
 use std::fmt;
 

@@ -2,7 +2,7 @@
 //! the activation/weight scales into per-channel fixed-point multipliers and offsets.
 
 use super::format::{Array, Container, Entry};
-use super::model::{Header, LayerScales};
+use crate::engine::plan::{Header, LayerScales};
 use crate::engine::PackedW2;
 use crate::graph::{Network, Op, Src};
 use crate::models::LayerExport;

@@ -1,5 +1,6 @@
 //! Export of trained 2-bit models: the `.nce` container ([`format`], documented in
-//! `docs/format.md`), the runnable integer model ([`model`]), and — with the `train` feature —
+//! `docs/format.md`), the reader that turns a container into the engine's runnable plan
+//! ([`model`], building [`crate::engine::plan::QModel`]), and — with the `train` feature —
 //! conversion from checkpoints ([`convert`]), the tch integer simulation the engines are
 //! validated against ([`simulate`]) and a C header writer for microcontrollers ([`c_header`]).
 
@@ -12,4 +13,4 @@ pub mod model;
 pub mod simulate;
 pub mod validate;
 
-pub use model::{DecodeError, Header, LayerOut, ModelFileError, Prepared, QModel, Step};
+pub use model::{DecodeError, ModelFileError};

@@ -1,59 +1,15 @@
-//! An exported integer model: the layer graph plus every layer's integer parameters, laid out
-//! as an execution plan for the engines. Pure Rust: edge builds read and run it without
-//! libtorch.
+//! Reading a `.nce` file into the engine's runnable plan ([`QModel`]): the container's header
+//! and integer arrays are checked against the layer graph and laid out as [`Step`]s. Pure Rust:
+//! edge builds read and run models without libtorch.
+//!
+//! The plan itself and its execution live in [`crate::engine`]; this module only decides
+//! whether a file is a model the engines can run.
 
 use super::format::{self, Array, Container, Entry, FormatError};
-use crate::engine::cpu::Cpu;
-use crate::engine::{Conv2d, ConvWeights, EngineError, Linear, MaxPool2d, PackedW2, QTensor, Requant, Residual, Weights8};
+use crate::engine::plan::{Header, QModel, Step};
+use crate::engine::{Conv2d, ConvWeights, EngineError, Linear, MaxPool2d, PackedW2, Requant, Weights8};
 use crate::graph::{Network, Op, Shape, Src};
-use serde::{Deserialize, Serialize};
-use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
-
-/// The JSON header of a `.nce` file.
-#[derive(Clone, Debug, Serialize, Deserialize, PartialEq)]
-pub struct Header {
-    /// Always `"nce-model"`.
-    pub kind: String,
-    /// The network (model, input, widths, per-layer bits).
-    pub net: Network,
-    /// The hardware profile the network was searched for, if any.
-    pub profile: Option<String>,
-    /// Where the weights came from (checkpoint path) and what it scored.
-    pub source: Option<String>,
-    /// Real-valued scales per layer, for people reading the file (the engines use only the
-    /// integer arrays).
-    pub scales: BTreeMap<String, LayerScales>,
-}
-
-/// Documentation-only scales of one layer.
-#[derive(Clone, Debug, Serialize, Deserialize, PartialEq, Default)]
-pub struct LayerScales {
-    pub weight: Option<f64>,
-    pub input: Option<f64>,
-    pub output: Option<f64>,
-    pub weight_bits: u8,
-}
-
-/// One executable step.
-#[derive(Clone, Debug, PartialEq)]
-pub enum Step {
-    /// A conv (writing graph layer `out`), optionally with the residual add fused: the add's
-    /// shortcut operand comes from tensor `residual.0`, subsampled by `residual.1`, scaled by
-    /// `residual.2`.
-    Conv { layer: usize, input: Src, out: usize, conv: Conv2d, residual: Option<(Src, usize, i32)> },
-    MaxPool { layer: usize, input: Src, pool: MaxPool2d },
-    /// Global average pooling as exact per-channel sums.
-    Pool { layer: usize, input: Src },
-    Linear { layer: usize, linear: Linear },
-}
-
-/// A validated model ready to run.
-#[derive(Clone, Debug, PartialEq)]
-pub struct QModel {
-    pub header: Header,
-    pub steps: Vec<Step>,
-}
 
 /// What is wrong with a model file or a model.
 #[derive(Debug, thiserror::Error)]
@@ -66,14 +22,6 @@ pub enum ModelFileError {
     Invalid { file: PathBuf, msg: String },
     #[error("{}: {source}", file.display())]
     Engine { file: PathBuf, source: EngineError },
-}
-
-/// Per-layer integer output of a run (for validation against the simulation).
-#[derive(Clone, Debug, PartialEq, Eq)]
-pub enum LayerOut {
-    Codes(QTensor),
-    Sums(Vec<i32>),
-    Logits(Vec<i32>),
 }
 
 /// Limits on the layer graph of a model file (`docs/format.md`, "Limits"): they bound the work
@@ -381,124 +329,6 @@ impl QModel {
         let c = format::decode(bytes).map_err(DecodeError::Format)?;
         QModel::from_container(&c).map_err(DecodeError::Invalid)
     }
-
-    pub fn net(&self) -> &Network {
-        &self.header.net
-    }
-
-    /// Runs one image (`C×H×W` u8 pixels, the dataset's layout) and returns every layer's
-    /// integer output, indexed by graph layer (fused adds hold the block output; the conv
-    /// feeding them and parameter-free shortcuts hold `None`).
-    pub fn run_layers(&self, cpu: &Cpu, prepared: &Prepared, image: &[u8]) -> Result<Vec<Option<LayerOut>>, EngineError> {
-        let net = self.net();
-        let (c, h, w) = (net.input.c, net.input.h, net.input.w);
-        if image.len() != c * h * w {
-            return Err(EngineError::Mismatch { what: "image bytes", expected: c * h * w, got: image.len() });
-        }
-        // CHW → HWC.
-        let mut hwc = vec![0u8; image.len()];
-        for ch in 0..c {
-            for p in 0..h * w {
-                hwc[p * c + ch] = image[ch * h * w + p];
-            }
-        }
-        let input = QTensor::new(h, w, c, hwc)?;
-        let mut outs: Vec<Option<LayerOut>> = vec![None; net.layers.len()];
-        let tensor = |outs: &Vec<Option<LayerOut>>, s: Src| -> Result<QTensor, EngineError> {
-            match s {
-                Src::Input => Ok(input.clone()),
-                Src::Layer(j) => match &outs[j] {
-                    Some(LayerOut::Codes(t)) => Ok(t.clone()),
-                    _ => Err(EngineError::Invalid { what: "plan", detail: format!("layer {j} has no activation output") }),
-                },
-            }
-        };
-        for (si, step) in self.steps.iter().enumerate() {
-            match step {
-                Step::Conv { input, out, residual, .. } => {
-                    let x = tensor(&outs, *input)?;
-                    let p = &prepared.convs[si];
-                    let y = match residual {
-                        Some((src, stride, r)) => {
-                            let sc = tensor(&outs, *src)?;
-                            cpu.conv2d(p.as_ref().expect("prepared conv"), &x, Some(&Residual { input: &sc, stride: *stride, r: *r }))?
-                        }
-                        None => cpu.conv2d(p.as_ref().expect("prepared conv"), &x, None)?,
-                    };
-                    outs[*out] = Some(LayerOut::Codes(y));
-                }
-                Step::MaxPool { layer, input, pool } => {
-                    let x = tensor(&outs, *input)?;
-                    outs[*layer] = Some(LayerOut::Codes(cpu.max_pool(pool, &x)?));
-                }
-                Step::Pool { layer, input } => {
-                    let x = tensor(&outs, *input)?;
-                    outs[*layer] = Some(LayerOut::Sums(cpu.global_avg_pool(&x)?));
-                }
-                Step::Linear { layer, linear } => {
-                    let x = match outs[*layer - 1].as_ref() {
-                        Some(LayerOut::Sums(s)) => s.clone(),
-                        _ => return Err(EngineError::Invalid { what: "plan", detail: "the classifier must follow global pooling".into() }),
-                    };
-                    outs[*layer] = Some(LayerOut::Logits(cpu.linear(linear, &x)?));
-                }
-            }
-        }
-        Ok(outs)
-    }
-
-    /// Integer logits of one image.
-    pub fn run(&self, cpu: &Cpu, prepared: &Prepared, image: &[u8]) -> Result<Vec<i32>, EngineError> {
-        match self.run_layers(cpu, prepared, image)?.pop().flatten() {
-            Some(LayerOut::Logits(l)) => Ok(l),
-            _ => Err(EngineError::Invalid { what: "plan", detail: "no logits".into() }),
-        }
-    }
-
-    /// Integer logits of a batch of images (concatenated `C×H×W` u8 pixels), spread over
-    /// `threads` threads (each image runs on one thread: per-image layers are too small to
-    /// split profitably).
-    pub fn run_batch(&self, cpu: &Cpu, prepared: &Prepared, images: &[u8], threads: usize) -> Result<Vec<Vec<i32>>, EngineError> {
-        let per = self.net().input.numel();
-        if per == 0 || images.len() % per != 0 {
-            return Err(EngineError::Mismatch { what: "batch bytes (a multiple of one image)", expected: per, got: images.len() });
-        }
-        let n = images.len() / per;
-        let chunk = n.div_ceil(threads.max(1)).max(1);
-        std::thread::scope(|s| {
-            let handles: Vec<_> = (0..n)
-                .step_by(chunk)
-                .map(|start| {
-                    s.spawn(move || {
-                        (start..(start + chunk).min(n)).map(|i| self.run(cpu, prepared, &images[i * per..(i + 1) * per])).collect::<Result<Vec<_>, _>>()
-                    })
-                })
-                .collect();
-            let mut out = Vec::with_capacity(n);
-            for h in handles {
-                out.extend(h.join().expect("engine thread panicked")?);
-            }
-            Ok(out)
-        })
-    }
-
-    /// Lays out every conv's weights for `cpu`'s backend (do once, run many).
-    pub fn prepare(&self, cpu: &Cpu) -> Result<Prepared, EngineError> {
-        let convs = self
-            .steps
-            .iter()
-            .map(|s| match s {
-                Step::Conv { conv, .. } => cpu.prepare(conv).map(Some),
-                _ => Ok(None),
-            })
-            .collect::<Result<_, _>>()?;
-        Ok(Prepared { convs })
-    }
-}
-
-/// Backend-specific weight layouts of a [`QModel`].
-pub struct Prepared {
-    convs: Vec<Option<crate::engine::cpu::PreparedConv>>,
 }
 
 /// Why bytes are not a runnable model: a container error or a semantic one.

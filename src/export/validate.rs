@@ -1,44 +1,14 @@
-//! Validation of an exported model: run it on the integer engine and compare every layer's
-//! integer output with the tch integer simulation of its checkpoint.
+//! Validation of an exported model against its checkpoint: every layer's integer output of
+//! the engine (from [`QModel::run_layers_batch`]) compared with the tch integer simulation.
+//! (Backends are compared with each other by [`crate::engine::compare`].)
 
-use super::model::{LayerOut, QModel};
-use crate::data::Dataset;
-use crate::engine::cpu::Cpu;
-use crate::engine::EngineError;
+#[cfg(feature = "train")]
+use crate::{
+    data::Dataset,
+    engine::compare::argmax,
+    engine::plan::{LayerOut, QModel},
+};
 use serde::Serialize;
-
-/// Every layer's output for every image of `ds`, computed on `threads` threads (images are
-/// split between them; each conv runs on one thread).
-pub fn run_engine(model: &QModel, cpu: &Cpu, ds: &Dataset, threads: usize) -> Result<Vec<Vec<Option<LayerOut>>>, EngineError> {
-    let prepared = model.prepare(cpu)?;
-    let n = ds.len();
-    let per = ds.shape.numel();
-    let threads = threads.max(1);
-    let chunk = n.div_ceil(threads).max(1);
-    let results: Vec<Result<Vec<Vec<Option<LayerOut>>>, EngineError>> = std::thread::scope(|s| {
-        let handles: Vec<_> = (0..threads)
-            .map(|k| {
-                let prepared = &prepared;
-                s.spawn(move || {
-                    (k * chunk..((k + 1) * chunk).min(n))
-                        .map(|i| model.run_layers(cpu, prepared, &ds.images[i * per..(i + 1) * per]))
-                        .collect()
-                })
-            })
-            .collect();
-        handles.into_iter().map(|h| h.join().expect("engine thread panicked")).collect()
-    });
-    let mut outs = Vec::with_capacity(n);
-    for r in results {
-        outs.extend(r?);
-    }
-    Ok(outs)
-}
-
-/// Index of the largest logit, ties to the first (as `torch.argmax`).
-pub fn argmax(logits: &[i32]) -> usize {
-    logits.iter().enumerate().max_by_key(|(i, v)| (**v, std::cmp::Reverse(*i))).map_or(0, |(i, _)| i)
-}
 
 /// The outcome of a comparison.
 #[derive(Clone, Debug, Serialize, Default)]
@@ -64,7 +34,7 @@ impl Report {
     }
 }
 
-/// Compares engine outputs `outs` (from [`run_engine`] on `ds`) with the integer simulation
+/// Compares engine outputs `outs` (from [`QModel::run_layers_batch`] on `ds`) with the integer simulation
 /// of `ckpt`, batch by batch.
 #[cfg(feature = "train")]
 pub fn compare(model: &QModel, ckpt: &crate::train::LoadedModel, ds: &Dataset, outs: &[Vec<Option<LayerOut>>]) -> Result<Report, String> {

@@ -14,6 +14,8 @@ pub mod manifest;
 pub mod report;
 pub mod stage;
 
+use crate::engine::plan::QModel;
+use crate::engine::{BackendKind, BackendOptions};
 use crate::graph::ModelKind;
 use crate::search::{self, SearchConfig};
 use crate::sensitivity::{self, SensitivityConfig};
@@ -194,11 +196,7 @@ impl PipelineRun {
 
 /// Whether this build can run the wgpu validation (`None`) or why not.
 pub fn wgpu_unavailable() -> Option<&'static str> {
-    if cfg!(feature = "wgpu") {
-        None
-    } else {
-        Some("not available in this build: nce was built without the `wgpu` feature")
-    }
+    BackendKind::Wgpu.unavailable()
 }
 
 /// Whether this build can measure latency (`None`) or why not.
@@ -404,7 +402,7 @@ pub fn run(cfg: &PipelineConfig) -> Result<PipelineRun, PipelineError> {
         &[],
         |_| match wgpu_unavailable() {
             Some(why) => Ok(json!({"available": false, "reason": why})),
-            None => validate_wgpu(cfg, &models.iter().map(|(m, _)| (m.to_string(), nce_file(m))).collect::<Vec<_>>(), threads.max(1)),
+            None => validate_against_cpu(cfg, BackendKind::Wgpu, &models.iter().map(|(m, _)| (m.to_string(), nce_file(m))).collect::<Vec<_>>(), threads.max(1)),
         },
     )?;
 
@@ -509,7 +507,7 @@ fn import_fp32(cfg: &PipelineConfig, init: &Path, dir: &Path) -> Result<serde_js
 }
 
 fn export_one(ckpt: &Path, label: &str, profile: &str, file: &Path) -> Result<usize, String> {
-    use crate::export::{convert, format, QModel};
+    use crate::export::{convert, format};
     let m = train::load_model(ckpt).map_err(|e| e.to_string())?;
     let layers = convert::int_layers(&m).map_err(|e| format!("exporting {}: {e}", ckpt.display()))?;
     let container = convert::to_container(&m, &layers, label, Some(profile.to_string()))?;
@@ -529,7 +527,7 @@ fn test_set(cfg: &PipelineConfig, n: Option<usize>) -> Result<crate::data::Datas
 
 fn validate_cpu_one(cfg: &PipelineConfig, file: &Path, ckpt: &Path, threads: usize) -> Result<serde_json::Value, String> {
     use crate::engine::cpu::{Backend, Cpu};
-    use crate::export::{validate, QModel};
+    use crate::export::validate;
     let model = QModel::load(file).map_err(|e| e.to_string())?;
     let ds = test_set(cfg, cfg.schedule.validate_subset)?;
     if ds.shape != model.net().input {
@@ -538,7 +536,7 @@ fn validate_cpu_one(cfg: &PipelineConfig, file: &Path, ckpt: &Path, threads: usi
     let backend = Backend::best();
     let cpu = Cpu::new(backend, 1).map_err(|e| e.to_string())?;
     let t = std::time::Instant::now();
-    let outs = validate::run_engine(&model, &cpu, &ds, threads).map_err(|e| e.to_string())?;
+    let outs = model.run_layers_batch(&cpu, &ds.images, threads).map_err(|e| e.to_string())?;
     let engine_seconds = t.elapsed().as_secs_f64();
     let m = train::load_model(ckpt).map_err(|e| e.to_string())?;
     let rep = validate::compare(&model, &m, &ds, &outs)?;
@@ -570,104 +568,78 @@ fn validate_cpu_one(cfg: &PipelineConfig, file: &Path, ckpt: &Path, threads: usi
     }))
 }
 
-#[cfg(not(feature = "wgpu"))]
-fn validate_wgpu(_: &PipelineConfig, _: &[(String, PathBuf)], _: usize) -> Result<serde_json::Value, String> {
-    Err("built without the `wgpu` feature".into())
-}
-
-/// Runs each model on the wgpu engine and on the CPU engine over the same test images and
-/// compares their integer logits; any difference fails the stage.
-#[cfg(feature = "wgpu")]
-fn validate_wgpu(cfg: &PipelineConfig, models: &[(String, PathBuf)], threads: usize) -> Result<serde_json::Value, String> {
-    use crate::engine::cpu::{Backend, Cpu};
-    use crate::engine::wgpu::{WgpuEngine, WgpuModel};
-    use crate::export::{validate::argmax, QModel};
-    let engine = WgpuEngine::from_env().map_err(|e| e.to_string())?;
+/// Runs each model on `kind` and on the CPU engine over the same test images and compares
+/// their integer logits ([`crate::engine::compare`]); any difference fails the stage.
+fn validate_against_cpu(cfg: &PipelineConfig, kind: BackendKind, models: &[(String, PathBuf)], threads: usize) -> Result<serde_json::Value, String> {
+    let opts = BackendOptions { image_threads: threads, ..Default::default() };
+    let backend = crate::engine::open(kind, &opts).map_err(|e| e.to_string())?;
+    let cpu = crate::engine::open(BackendKind::Cpu, &opts).map_err(|e| e.to_string())?;
     let ds = test_set(cfg, cfg.schedule.wgpu_subset)?;
     let mut res = serde_json::Map::new();
     res.insert("available".into(), json!(true));
-    res.insert("adapter".into(), json!(engine.adapter().to_string()));
+    res.insert("adapter".into(), json!(backend.device()));
     for (m, file) in models {
         let model = QModel::load(file).map_err(|e| e.to_string())?;
-        let backend = Backend::best();
-        let cpu = Cpu::new(backend, 1).map_err(|e| e.to_string())?;
-        let prepared = model.prepare(&cpu).map_err(|e| e.to_string())?;
-        let t = std::time::Instant::now();
-        let on_cpu = model.run_batch(&cpu, &prepared, &ds.images, threads).map_err(|e| e.to_string())?;
-        let cpu_seconds = t.elapsed().as_secs_f64();
-        let gm = WgpuModel::new(&engine, &model).map_err(|e| e.to_string())?;
-        let t = std::time::Instant::now();
-        let on_gpu = gm.run_batch(&ds.images).map_err(|e| e.to_string())?;
-        let wgpu_seconds = t.elapsed().as_secs_f64();
-        if on_gpu.len() != on_cpu.len() {
-            return Err(format!("{}: wgpu returned {} results for {} images", file.display(), on_gpu.len(), on_cpu.len()));
-        }
-        let (mut identical, mut agree, mut max_dev, mut cpu_ok, mut gpu_ok) = (0usize, 0usize, 0i64, 0usize, 0usize);
-        for ((c, g), &y) in on_cpu.iter().zip(&on_gpu).zip(&ds.labels) {
-            identical += (c == g) as usize;
-            let (ac, ag) = (argmax(c), argmax(g));
-            agree += (ac == ag) as usize;
-            cpu_ok += (ac == y as usize) as usize;
-            gpu_ok += (ag == y as usize) as usize;
-            for (a, b) in c.iter().zip(g) {
-                max_dev = max_dev.max((i64::from(*a) - i64::from(*b)).abs());
-            }
-        }
-        let n = ds.len();
-        if identical != n {
+        let on_cpu = cpu.prepare(&model).map_err(|e| e.to_string())?;
+        let on_backend = backend.prepare(&model).map_err(|e| format!("{}: {e}", file.display()))?;
+        let c = crate::engine::compare(&*on_cpu, &*on_backend, &ds, (&cpu.name(), &backend.name())).map_err(|e| format!("{}: {e}", file.display()))?;
+        let n = c.images;
+        if c.differing_images != 0 {
             return Err(format!(
-                "{}: wgpu and CPU logits differ on {} of {n} images (largest deviation {max_dev}, argmax agreement {agree}/{n}) on {}",
+                "{}: {} and CPU logits differ on {} of {n} images (largest deviation {}, argmax agreement {}/{n}) on {}",
                 file.display(),
-                n - identical,
-                engine.adapter()
+                kind,
+                c.differing_images,
+                c.max_deviation,
+                c.argmax_agree,
+                backend.device()
             ));
         }
-        res.insert(
-            m.clone(),
-            json!({
-                "images": n,
-                "identical_logits": identical,
-                "argmax_agree": agree,
-                "max_deviation": max_dev,
-                "cpu_acc": cpu_ok as f64 / n.max(1) as f64,
-                "wgpu_acc": gpu_ok as f64 / n.max(1) as f64,
-                "cpu_backend": backend.to_string(),
-                "dot_kernel": gm.dot().to_string(),
-                "cpu_seconds": cpu_seconds,
-                "wgpu_seconds": wgpu_seconds,
-            }),
-        );
+        let mut v = json!({
+            "images": n,
+            "identical_logits": n - c.differing_images,
+            "argmax_agree": c.argmax_agree,
+            "max_deviation": c.max_deviation,
+            "cpu_acc": c.a_correct as f64 / n.max(1) as f64,
+            "wgpu_acc": c.b_correct as f64 / n.max(1) as f64,
+            "cpu_backend": cpu.name().trim_start_matches("cpu-"),
+            "cpu_seconds": c.a_seconds,
+            "wgpu_seconds": c.b_seconds,
+        });
+        for (k, d) in on_backend.details() {
+            v[k] = json!(d);
+        }
+        res.insert(m.clone(), v);
     }
     Ok(serde_json::Value::Object(res))
 }
 
 /// Per-layer latency table of the CPU engine (one thread, the fastest kernels) over the base
-/// network's width grid (`hw::measure::measure_cpu`), then, for each model, the whole-model
+/// network's width grid ([`crate::engine::measure::measure`]), then, for each model, the whole-model
 /// latency the table predicts (sum over its layers) against the measured one.
 fn measure(models: &[(String, PathBuf)], s: &Schedule, dir: &Path) -> Result<serde_json::Value, String> {
-    use crate::engine::cpu::{Backend, Cpu};
-    use crate::export::QModel;
-    use crate::hw::measure::{measure_cpu, measure_model_cpu, predict_us, MeasureConfig};
+    use crate::engine::measure::{measure as measure_table, measure_model, predict_us, MeasureConfig};
     let loaded: Vec<(String, QModel)> =
         models.iter().map(|(m, f)| QModel::load(f).map(|q| (m.clone(), q)).map_err(|e| e.to_string())).collect::<Result<_, _>>()?;
     let base = &loaded.iter().find(|(m, _)| m == "uniform").ok_or("no uniform model to measure the table on")?.1;
-    let backend = Backend::best();
-    let cpu = Cpu::new(backend, 1).map_err(|e| e.to_string())?;
+    let opts = BackendOptions { max_batch: Some(1), ..Default::default() };
+    let backend = crate::engine::open(BackendKind::Cpu, &opts).map_err(|e| e.to_string())?;
+    let layers = backend.layers().ok_or("the CPU engine times single layers")?;
     let repeats = s.measure_repeats;
     let mc = MeasureConfig { repeats, grid: s.measure_grid.clone(), ..MeasureConfig::default() };
-    let table = measure_cpu(base.net(), &cpu, &mc, |_, _| {}).map_err(|e| e.to_string())?;
+    let table = measure_table(base.net(), layers, &mc, |_, _| {}).map_err(|e| e.to_string())?;
     let csv = dir.join("latency-table.csv");
     manifest::write_atomic(&csv, table.to_csv().as_bytes()).map_err(|e| format!("{}: {e}", csv.display()))?;
     let mut res = serde_json::Map::new();
     res.insert("available".into(), json!(true));
-    res.insert("backend".into(), json!(format!("cpu-{backend}")));
+    res.insert("backend".into(), json!(backend.name()));
     res.insert("threads".into(), json!(1));
     res.insert("table".into(), json!("measure/latency-table.csv"));
     res.insert("table_entries".into(), json!(table.entries.len()));
     res.insert("machine".into(), json!(table.meta));
     for (m, q) in &loaded {
         let predicted = predict_us(&table, q.net()).map_err(|e| e.to_string())?;
-        let measured = measure_model_cpu(q, &cpu, mc.warmup, repeats).map_err(|e| e.to_string())?;
+        let measured = measure_model(&*backend, q, mc.warmup, repeats).map_err(|e| e.to_string())?;
         res.insert(
             m.clone(),
             json!({

@@ -7,7 +7,7 @@
 use super::manifest::{base64, Manifest, MANIFEST};
 use super::{PipelineConfig, STAGES};
 use crate::cost::{CostReport, Evaluator};
-use crate::export::QModel;
+use crate::engine::plan::QModel;
 use crate::hw::Profile;
 use crate::search::derive::ArchFile;
 use serde_json::{json, Value};

@@ -10,6 +10,8 @@
 //! yet: it would sit beside `avx2.rs` as `neon.rs` behind `target_arch = "aarch64"` and plug into
 //! the same `Kernel` enum and pixel-range driver.
 
+pub mod backend;
+pub mod model;
 pub mod reference;
 
 #[cfg(target_arch = "x86_64")]

@@ -7,7 +7,8 @@
 //! (`int64.wgsl`, `conv_common.wgsl`), max pooling, global average pooling and the classifier.
 //!
 //! - [`WgpuEngine`] owns an adapter's device and the compiled pipelines;
-//! - [`WgpuModel`] uploads a [`crate::export::QModel`]'s weights once and runs batches with one
+//! - [`backend::WgpuBackend`] puts both behind [`crate::engine::Backend`];
+//! - [`WgpuModel`] uploads a [`crate::engine::plan::QModel`]'s weights once and runs batches with one
 //!   queue submission each;
 //! - [`WgpuEngine::conv2d`] and the other single-op calls exist for testing the kernels on their
 //!   own (one submission per call, nothing cached).
@@ -16,12 +17,13 @@
 //! substring), by default from `NCE_WGPU_ADAPTER`; without one it picks a discrete GPU over an
 //! integrated one over a software rasteriser, Vulkan/Metal/DX12 before GL.
 
+pub mod backend;
 mod kernels;
 mod layout;
 mod model;
 mod ops;
 
-pub use model::WgpuModel;
+pub use model::{WgpuModel, DEFAULT_BATCH};
 
 use crate::engine::EngineError;
 use std::fmt;

@@ -7,7 +7,7 @@ use super::layout::{self, words_per_pixel};
 use super::ops::{check_pool, logits_from_pairs};
 use super::{DotKernel, Result, WgpuEngine, WgpuError};
 use crate::engine::{EngineError, QTensor, Residual};
-use crate::export::{QModel, Step};
+use crate::engine::plan::{QModel, Step};
 use crate::graph::Src;
 use std::collections::HashMap;
 use std::sync::Mutex;

@@ -1,0 +1,156 @@
+//! Running a [`QModel`] on the CPU engine: weights prepared once per [`Cpu`] backend, then any
+//! number of images, one layer after the other, optionally spread over threads by image.
+
+use super::{Cpu, PreparedConv};
+use crate::engine::plan::{LayerOut, QModel, Step};
+use crate::engine::{EngineError, QTensor, Residual};
+use crate::graph::Src;
+
+impl QModel {
+    /// Runs one image (`C×H×W` u8 pixels, the dataset's layout) and returns every layer's
+    /// integer output, indexed by graph layer (fused adds hold the block output; the conv
+    /// feeding them and parameter-free shortcuts hold `None`).
+    pub fn run_layers(&self, cpu: &Cpu, prepared: &Prepared, image: &[u8]) -> Result<Vec<Option<LayerOut>>, EngineError> {
+        let net = self.net();
+        let (c, h, w) = (net.input.c, net.input.h, net.input.w);
+        if image.len() != c * h * w {
+            return Err(EngineError::Mismatch { what: "image bytes", expected: c * h * w, got: image.len() });
+        }
+        // CHW → HWC.
+        let mut hwc = vec![0u8; image.len()];
+        for ch in 0..c {
+            for p in 0..h * w {
+                hwc[p * c + ch] = image[ch * h * w + p];
+            }
+        }
+        let input = QTensor::new(h, w, c, hwc)?;
+        let mut outs: Vec<Option<LayerOut>> = vec![None; net.layers.len()];
+        let tensor = |outs: &Vec<Option<LayerOut>>, s: Src| -> Result<QTensor, EngineError> {
+            match s {
+                Src::Input => Ok(input.clone()),
+                Src::Layer(j) => match &outs[j] {
+                    Some(LayerOut::Codes(t)) => Ok(t.clone()),
+                    _ => Err(EngineError::Invalid { what: "plan", detail: format!("layer {j} has no activation output") }),
+                },
+            }
+        };
+        for (si, step) in self.steps.iter().enumerate() {
+            match step {
+                Step::Conv { input, out, residual, .. } => {
+                    let x = tensor(&outs, *input)?;
+                    let p = &prepared.convs[si];
+                    let y = match residual {
+                        Some((src, stride, r)) => {
+                            let sc = tensor(&outs, *src)?;
+                            cpu.conv2d(p.as_ref().expect("prepared conv"), &x, Some(&Residual { input: &sc, stride: *stride, r: *r }))?
+                        }
+                        None => cpu.conv2d(p.as_ref().expect("prepared conv"), &x, None)?,
+                    };
+                    outs[*out] = Some(LayerOut::Codes(y));
+                }
+                Step::MaxPool { layer, input, pool } => {
+                    let x = tensor(&outs, *input)?;
+                    outs[*layer] = Some(LayerOut::Codes(cpu.max_pool(pool, &x)?));
+                }
+                Step::Pool { layer, input } => {
+                    let x = tensor(&outs, *input)?;
+                    outs[*layer] = Some(LayerOut::Sums(cpu.global_avg_pool(&x)?));
+                }
+                Step::Linear { layer, linear } => {
+                    let x = match outs[*layer - 1].as_ref() {
+                        Some(LayerOut::Sums(s)) => s.clone(),
+                        _ => return Err(EngineError::Invalid { what: "plan", detail: "the classifier must follow global pooling".into() }),
+                    };
+                    outs[*layer] = Some(LayerOut::Logits(cpu.linear(linear, &x)?));
+                }
+            }
+        }
+        Ok(outs)
+    }
+
+    /// Integer logits of one image.
+    pub fn run(&self, cpu: &Cpu, prepared: &Prepared, image: &[u8]) -> Result<Vec<i32>, EngineError> {
+        match self.run_layers(cpu, prepared, image)?.pop().flatten() {
+            Some(LayerOut::Logits(l)) => Ok(l),
+            _ => Err(EngineError::Invalid { what: "plan", detail: "no logits".into() }),
+        }
+    }
+
+    /// Integer logits of a batch of images (concatenated `C×H×W` u8 pixels), spread over
+    /// `threads` threads (each image runs on one thread: per-image layers are too small to
+    /// split profitably).
+    pub fn run_batch(&self, cpu: &Cpu, prepared: &Prepared, images: &[u8], threads: usize) -> Result<Vec<Vec<i32>>, EngineError> {
+        let per = self.net().input.numel();
+        if per == 0 || images.len() % per != 0 {
+            return Err(EngineError::Mismatch { what: "batch bytes (a multiple of one image)", expected: per, got: images.len() });
+        }
+        let n = images.len() / per;
+        let chunk = n.div_ceil(threads.max(1)).max(1);
+        let run_range = |start: usize| -> Result<Vec<Vec<i32>>, EngineError> {
+            (start..(start + chunk).min(n)).map(|i| self.run(cpu, prepared, &images[i * per..(i + 1) * per])).collect()
+        };
+        if chunk >= n {
+            // One range: run it here (a spawned thread would cost more than a small image).
+            return run_range(0);
+        }
+        let run_range = &run_range;
+        std::thread::scope(|s| {
+            let handles: Vec<_> = (0..n)
+                .step_by(chunk)
+                .map(|start| s.spawn(move || run_range(start)))
+                .collect();
+            let mut out = Vec::with_capacity(n);
+            for h in handles {
+                out.extend(h.join().expect("engine thread panicked")?);
+            }
+            Ok(out)
+        })
+    }
+
+    /// Every layer's output for every image of `images` (concatenated `C×H×W` pixels), on
+    /// `threads` threads split by image (each conv runs on `cpu`'s own threads). What
+    /// validation against the training-time simulation compares, layer by layer.
+    pub fn run_layers_batch(&self, cpu: &Cpu, images: &[u8], threads: usize) -> Result<Vec<Vec<Option<LayerOut>>>, EngineError> {
+        let prepared = self.prepare(cpu)?;
+        let per = self.net().input.numel();
+        if per == 0 || images.len() % per != 0 {
+            return Err(EngineError::Mismatch { what: "batch bytes (a multiple of one image)", expected: per, got: images.len() });
+        }
+        let n = images.len() / per;
+        let threads = threads.max(1);
+        let chunk = n.div_ceil(threads).max(1);
+        let results: Vec<Result<Vec<Vec<Option<LayerOut>>>, EngineError>> = std::thread::scope(|s| {
+            let handles: Vec<_> = (0..threads)
+                .map(|k| {
+                    let prepared = &prepared;
+                    s.spawn(move || (k * chunk..((k + 1) * chunk).min(n)).map(|i| self.run_layers(cpu, prepared, &images[i * per..(i + 1) * per])).collect())
+                })
+                .collect();
+            handles.into_iter().map(|h| h.join().expect("engine thread panicked")).collect()
+        });
+        let mut outs = Vec::with_capacity(n);
+        for r in results {
+            outs.extend(r?);
+        }
+        Ok(outs)
+    }
+
+    /// Lays out every conv's weights for `cpu`'s backend (do once, run many).
+    pub fn prepare(&self, cpu: &Cpu) -> Result<Prepared, EngineError> {
+        let convs = self
+            .steps
+            .iter()
+            .map(|s| match s {
+                Step::Conv { conv, .. } => cpu.prepare(conv).map(Some),
+                _ => Ok(None),
+            })
+            .collect::<Result<_, _>>()?;
+        Ok(Prepared { convs })
+    }
+}
+
+/// Backend-specific weight layouts of a [`QModel`].
+pub struct Prepared {
+    convs: Vec<Option<PreparedConv>>,
+}
+
