@@ -17,7 +17,6 @@
 use nce::cost::Evaluator;
 use nce::data::Rng;
 use nce::graph::{build, BitConfig, ModelKind, Shape};
-use nce::hw::Profile;
 use std::panic::{catch_unwind, AssertUnwindSafe};
 use std::path::{Path, PathBuf};
 use std::time::{Duration, Instant};
@@ -92,7 +91,7 @@ fn replace_number(b: &mut Vec<u8>, rng: &mut Rng) {
 
 /// Parses, instantiates and costs one input; `Ok(true)` if it was accepted.
 fn exercise(text: &str, path: &Path) -> Result<bool, String> {
-    let Ok(p) = Profile::parse(text, path) else { return Ok(false) };
+    let Ok(p) = nce::cost::parse_profile(text, path) else { return Ok(false) };
     let Ok(eval) = Evaluator::new(&p) else { return Ok(true) };
     let net = build(ModelKind::Resnet20, Shape::new(1, 28, 28), 10, None, &BitConfig::uniform(2)).map_err(|e| e.to_string())?;
     let _ = eval.evaluate(&net, &net);

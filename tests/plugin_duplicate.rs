@@ -3,7 +3,6 @@
 
 use linkme::distributed_slice;
 use nce::cost::{CostPlugin, Evaluator, COST_PLUGINS};
-use nce::hw::Profile;
 
 #[distributed_slice(COST_PLUGINS)]
 static SHADOW: CostPlugin = CostPlugin {
@@ -17,7 +16,7 @@ static SHADOW: CostPlugin = CostPlugin {
 fn duplicate_plugin_names_are_an_error_naming_both() {
     // The profile loader validates plugins against the registry, so the error may come from it
     // or from the evaluator; either way it names both registrations and the profile.
-    let e = match Profile::load("hw-profiles/nce-flops-params.toml") {
+    let e = match nce::cost::load_profile("hw-profiles/nce-flops-params.toml") {
         Err(e) => e.to_string(),
         Ok(p) => Evaluator::new(&p).err().expect("a duplicate name must be refused").to_string(),
     };

@@ -45,6 +45,6 @@ fn profile_uses_the_plugin() {
 #[test]
 fn plugin_options_are_validated() {
     let text = std::fs::read_to_string(PROFILE).unwrap().replace("rows = 32", "rowz = 32");
-    let e = Profile::parse(&text, std::path::Path::new(PROFILE)).unwrap_err().to_string();
+    let e = nce::cost::parse_profile(&text, std::path::Path::new(PROFILE)).unwrap_err().to_string();
     assert!(e.contains(PROFILE) && e.contains("rowz"), "{e}");
 }

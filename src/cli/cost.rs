@@ -54,7 +54,7 @@ pub fn networks(
 }
 
 pub fn run(a: Args) -> Result<ExitCode> {
-    let profile = Profile::load(&a.profile)?;
+    let profile = crate::cost::load_profile(&a.profile)?;
     let (model, input, classes, widths) = match &a.arch {
         Some(path) => {
             let arch = crate::graph::ArchFile::load(path)?;

@@ -30,7 +30,7 @@ pub fn run(action: Action) -> Result<ExitCode> {
     match action {
         Action::List { dir } => {
             for path in profile_files(&dir)? {
-                match Profile::load(&path) {
+                match crate::cost::load_profile(&path) {
                     Ok(p) => println!("{:<24} {:<40} {}", p.name, path.display(), p.description),
                     Err(e) => println!("{:<24} {:<40} INVALID: {e}", "?", path.display()),
                 }
@@ -39,14 +39,14 @@ pub fn run(action: Action) -> Result<ExitCode> {
         }
         Action::Show { name, dir } => {
             let path = resolve(&name, &dir)?;
-            let p = Profile::load(&path)?;
+            let p = crate::cost::load_profile(&path)?;
             show(&p);
             Ok(ExitCode::SUCCESS)
         }
         Action::Check { files } => {
             let mut bad = 0;
             for f in &files {
-                match Profile::load(f) {
+                match crate::cost::load_profile(f) {
                     Ok(p) => println!("ok      {} ({})", f.display(), p.name),
                     Err(e) => {
                         bad += 1;
@@ -83,7 +83,7 @@ pub fn resolve(name: &str, dir: &Path) -> Result<PathBuf> {
         }
     }
     for f in &files {
-        if Profile::load(f).is_ok_and(|p| p.name == name) {
+        if crate::cost::load_profile(f).is_ok_and(|p| p.name == name) {
             return Ok(f.clone());
         }
     }

@@ -27,8 +27,29 @@ pub use evaluate::{BudgetVerdict, CostReport, Evaluator, MetricReport};
 pub use packed_memory::{packed_activation_bytes, packed_weight_bytes};
 
 use crate::graph::{Layer, Network};
-use crate::hw::Profile;
+use crate::hw::{Profile, ProfileError};
+use std::path::Path;
 use linkme::distributed_slice;
+
+/// Reads and validates a profile, including its cost plugins (they must be registered and
+/// accept their options) and its budgets (each must be produced by exactly one plugin of the
+/// profile, or name the plugin). [`Profile::load`] checks only the file's own fields: the
+/// plugin checks live here so that `hw` does not depend on `cost`.
+pub fn load_profile(path: impl AsRef<Path>) -> Result<Profile, ProfileError> {
+    checked(Profile::load(path)?)
+}
+
+/// [`load_profile`] for text already read; `path` names the file in errors and resolves its
+/// relative paths.
+pub fn parse_profile(text: &str, path: &Path) -> Result<Profile, ProfileError> {
+    checked(Profile::parse(text, path)?)
+}
+
+/// Plugins and budget/metric matching are checked by building the evaluator once.
+fn checked(profile: Profile) -> Result<Profile, ProfileError> {
+    Evaluator::new(&profile)?;
+    Ok(profile)
+}
 
 /// Description of one metric a plugin produces.
 #[derive(Clone, Debug, PartialEq, Eq)]

@@ -170,9 +170,10 @@ struct RawTable {
 }
 
 impl Profile {
-    /// Reads, parses and validates a profile, including its cost plugins (they must be
-    /// registered and accept their options) and its budgets (each must be produced by exactly
-    /// one plugin of the profile, or name the plugin).
+    /// Reads, parses and validates a profile's own fields (units, memories, budgets' limits,
+    /// its latency table). Its cost plugins and the budgets' metrics are checked against the
+    /// plugin registry by `crate::cost::load_profile` (hw describes targets and does not know
+    /// the plugins).
     pub fn load(path: impl AsRef<Path>) -> Result<Profile, ProfileError> {
         let path = path.as_ref();
         let text = std::fs::read_to_string(path).map_err(|source| ProfileError::Io { file: path.into(), source })?;
@@ -259,8 +260,6 @@ impl Profile {
             path: path.into(),
             source: text.into(),
         };
-        // Plugins and budget/metric matching are checked by building the evaluator once.
-        crate::cost::Evaluator::new(&profile)?;
         Ok(profile)
     }
 

@@ -220,7 +220,7 @@ fn finished(s: &train::TrainSummary, stage: &str) -> Result<f64, String> {
 pub fn run(cfg: &PipelineConfig) -> Result<PipelineRun, PipelineError> {
     let started = std::time::Instant::now();
     let s = &cfg.schedule;
-    let profile = crate::hw::Profile::load(&cfg.profile).map_err(|e| PipelineError::Setup(e.to_string()))?;
+    let profile = crate::cost::load_profile(&cfg.profile).map_err(|e| PipelineError::Setup(e.to_string()))?;
     std::fs::create_dir_all(&cfg.out).map_err(|e| PipelineError::Setup(format!("{}: {e}", cfg.out.display())))?;
     let out = &cfg.out;
     let mut r = Runner::new(out.clone(), STAGES.len(), cfg.fail_stage.clone(), cfg.progress);
