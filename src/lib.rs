@@ -4,9 +4,15 @@
 //! - [`cost`]: the cost-plugin registry (built-ins and user crates via `linkme`);
 //! - [`graph`]: the network description every other part is built from;
 //! - [`data`]: real dataset readers;
-//! - [`engine`]: the integer engine that runs exported 2-bit models without libtorch;
+//! - [`engine`]: execution: the integer engine, its runnable plan and the backends (CPU, wgpu)
+//!   behind one `Backend` trait, backend comparison and latency measurement, without libtorch;
+//! - [`export`]: the `.nce` file format, reading a file into the engine's plan, and (feature
+//!   `train`) checkpoint conversion and the integer simulation;
 //! - [`fsutil`]: the atomic, clobber-refusing writer every output file goes through;
 //! - `quant`, `models`, `train` (feature `train`, links libtorch through tch).
+//!
+//! Which module may import which, and where to add a backend, quantizer, model, cost plugin or
+//! pipeline stage: `docs/architecture.md`.
 
 pub mod cost;
 pub mod data;

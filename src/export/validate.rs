@@ -1,5 +1,5 @@
 //! Validation of an exported model against its checkpoint: every layer's integer output of
-//! the engine (from [`QModel::run_layers_batch`]) compared with the tch integer simulation.
+//! the engine (from [`crate::engine::plan::QModel::run_layers_batch`]) compared with the tch integer simulation.
 //! (Backends are compared with each other by [`crate::engine::compare`].)
 
 #[cfg(feature = "train")]
@@ -34,7 +34,7 @@ impl Report {
     }
 }
 
-/// Compares engine outputs `outs` (from [`QModel::run_layers_batch`] on `ds`) with the integer simulation
+/// Compares engine outputs `outs` (from [`crate::engine::plan::QModel::run_layers_batch`] on `ds`) with the integer simulation
 /// of `ckpt`, batch by batch.
 #[cfg(feature = "train")]
 pub fn compare(model: &QModel, ckpt: &crate::train::LoadedModel, ds: &Dataset, outs: &[Vec<Option<LayerOut>>]) -> Result<Report, String> {

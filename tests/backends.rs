@@ -1,0 +1,72 @@
+//! The backend seam (`nce::engine::Backend`): every backend opened through `engine::open`
+//! computes the CPU engine's logits bit for bit on the committed model, as
+//! `engine::compare` reports them, and names itself and its device. (No libtorch needed.)
+
+use nce::engine::plan::QModel;
+use nce::engine::{compare, open, BackendKind, BackendOptions};
+use std::path::Path;
+
+const MODEL: &str = "examples/resnet20-w2a2-fashion.nce";
+
+fn test_images(n: usize) -> nce::data::Dataset {
+    nce::data::load("fashion-mnist", Path::new("data"), nce::data::Split::Test).unwrap().subset(n)
+}
+
+/// `kind` against the CPU engine over `n` images.
+fn check(kind: BackendKind, n: usize) {
+    let model = QModel::load(Path::new(MODEL)).unwrap();
+    let ds = test_images(n);
+    let opts = BackendOptions { image_threads: 2, max_batch: Some(3), ..Default::default() };
+    let backend = open(kind, &opts).unwrap_or_else(|e| panic!("{kind}: {e}"));
+    let cpu = open(BackendKind::Cpu, &opts).unwrap();
+    assert_eq!(backend.kind(), kind);
+    assert!(!backend.name().is_empty() && !backend.device().is_empty());
+    let (b, c) = (backend.prepare(&model).unwrap(), cpu.prepare(&model).unwrap());
+    let r = compare(&*b, &*c, &ds, (&backend.name(), &cpu.name())).unwrap();
+    assert!(r.exact(), "{kind}: {r:?}");
+    assert_eq!((r.images, r.logits, r.argmax_agree), (n, n * 10, n));
+    assert_eq!(r.a_correct, r.b_correct);
+}
+
+#[test]
+fn cpu_kinds_agree_through_the_seam() {
+    // The scalar reference is slow in debug builds: a few images.
+    check(BackendKind::CpuScalar, 6);
+    check(BackendKind::Cpu, 20);
+}
+
+#[cfg(feature = "wgpu")]
+#[test]
+fn wgpu_agrees_through_the_seam() {
+    // lavapipe is slow: a few images, several submissions of at most 3.
+    check(BackendKind::Wgpu, 8);
+}
+
+#[test]
+fn backend_kinds_parse_and_print_their_cli_names() {
+    for k in BackendKind::ALL {
+        assert_eq!(k.to_string().parse::<BackendKind>().unwrap(), k);
+    }
+    let e = "gpu".parse::<BackendKind>().unwrap_err().to_string();
+    assert!(e.contains("unknown backend `gpu`"), "{e}");
+}
+
+#[test]
+fn compare_counts_differences() {
+    use nce::engine::{BackendError, PreparedModel};
+    struct Fixed(Vec<Vec<i32>>);
+    impl PreparedModel for Fixed {
+        fn run_batch(&self, _: &[u8]) -> Result<Vec<Vec<i32>>, BackendError> {
+            Ok(self.0.clone())
+        }
+    }
+    let ds = nce::data::Dataset { name: "t".into(), images: vec![0; 3 * 784], labels: vec![0, 1, 1], shape: nce::graph::Shape::new(1, 28, 28), classes: 2 };
+    let a = Fixed(vec![vec![5, 1], vec![0, 2], vec![3, 3]]);
+    let b = Fixed(vec![vec![5, 1], vec![4, 2], vec![3, 9]]);
+    let r = compare(&a, &b, &ds, ("a", "b")).unwrap();
+    assert_eq!((r.logits, r.differing_logits, r.differing_images, r.argmax_agree, r.max_deviation), (6, 2, 2, 1, 6));
+    assert_eq!((r.a_correct, r.b_correct), (2, 2));
+    assert!(!r.exact());
+    let short = Fixed(vec![vec![1, 2]]);
+    assert!(compare(&short, &b, &ds, ("short", "b")).unwrap_err().to_string().contains("short returned 1 results for 3 images"));
+}
