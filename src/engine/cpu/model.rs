@@ -81,7 +81,7 @@ impl QModel {
     /// split profitably).
     pub fn run_batch(&self, cpu: &Cpu, prepared: &Prepared, images: &[u8], threads: usize) -> Result<Vec<Vec<i32>>, EngineError> {
         let per = self.net().input.numel();
-        if per == 0 || images.len() % per != 0 {
+        if per == 0 || !images.len().is_multiple_of(per) {
             return Err(EngineError::Mismatch { what: "batch bytes (a multiple of one image)", expected: per, got: images.len() });
         }
         let n = images.len() / per;
@@ -113,7 +113,7 @@ impl QModel {
     pub fn run_layers_batch(&self, cpu: &Cpu, images: &[u8], threads: usize) -> Result<Vec<Vec<Option<LayerOut>>>, EngineError> {
         let prepared = self.prepare(cpu)?;
         let per = self.net().input.numel();
-        if per == 0 || images.len() % per != 0 {
+        if per == 0 || !images.len().is_multiple_of(per) {
             return Err(EngineError::Mismatch { what: "batch bytes (a multiple of one image)", expected: per, got: images.len() });
         }
         let n = images.len() / per;
