@@ -109,6 +109,8 @@ fn search_plots_from_a_synthetic_log() {
                 arch_loss: 1.0,
                 arch_acc: 0.5,
                 argmax_test_acc: 0.5,
+                argmax_val_acc: 0.5,
+                argmax_pass: true,
                 widths: widths.clone(),
                 candidates: probs.iter().map(|p| (1..=p.len()).map(|i| 8 * i).collect()).collect(),
                 probs,
@@ -129,6 +131,7 @@ fn search_plots_from_a_synthetic_log() {
         profile: "hw-profiles/mcu-cortex-m7.toml".into(),
         widths: widths.clone(),
         base_widths: base.clone(),
+        derivation: "cost-aware".into(),
         repaired: vec![],
         layers: names
             .iter()

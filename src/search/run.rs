@@ -12,7 +12,6 @@ use super::{Budgets, Derivation, EpochLog, ExpansionInit, Meta, SearchConfig, Se
 use crate::cost::Evaluator;
 use crate::data::{Loader, LoaderConfig};
 use crate::graph::{self, BitConfig, Network};
-use crate::hw::Profile;
 use crate::train::checkpoint;
 use crate::train::sgd::Sgd;
 use crate::train::CosineSchedule;
@@ -73,7 +72,7 @@ impl<'a> Run<'a> {
         if !(cfg.space.threshold > 0.0) {
             return Err(SearchError::Invalid(format!("expansion threshold must be positive, got {}", cfg.space.threshold)));
         }
-        let profile = Profile::load(&cfg.profile)?;
+        let profile = crate::cost::load_profile(&cfg.profile)?;
         let eval = Evaluator::new(&profile)?;
         std::fs::create_dir_all(&cfg.out).map_err(|source| SearchError::Io { file: cfg.out.clone(), source })?;
         let (wset, aset, test) = load_split(cfg)?;
