@@ -45,3 +45,19 @@ fn search_sensitivity_and_pipeline_reject_out_of_range_values() {
     usage_error(&["sensitivity", "examples/resnet20-w2a2-fashion.ot", "--test-subset", "0"], "--test-subset");
     usage_error(&["pipeline", "--profile", p, "--threads", "5000"], "--threads");
 }
+
+#[test]
+fn validate_and_measure_reject_out_of_range_values() {
+    for (args, flag) in [
+        (&["validate", "examples/resnet20-w2a2-fashion.nce", "--test-subset", "0"][..], "--test-subset"),
+        (&["validate", "examples/resnet20-w2a2-fashion.nce", "--threads", "100000"], "--threads"),
+        (&["measure", "-o", "/tmp/never-written.csv", "--threads", "100000"], "--threads"),
+        (&["measure", "-o", "/tmp/never-written.csv", "--repeats", "0"], "--repeats"),
+    ] {
+        let o = Command::new(env!("CARGO_BIN_EXE_nce")).args(args).output().unwrap();
+        let err = String::from_utf8_lossy(&o.stderr);
+        assert_eq!(o.status.code(), Some(2), "{args:?}: {err}");
+        assert!(err.contains(&format!("'{flag}")), "{args:?} should name {flag}: {err}");
+    }
+    assert!(!std::path::Path::new("/tmp/never-written.csv").exists());
+}

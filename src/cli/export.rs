@@ -82,9 +82,10 @@ pub struct ValidateArgs {
     #[arg(long)]
     checkpoint: Option<PathBuf>,
     /// Validate on the first N test images only.
-    #[arg(long)]
+    #[arg(long, value_parser = super::args::positive)]
     test_subset: Option<usize>,
-    #[arg(long, default_value_t = 2)]
+    /// Engine threads (at most 1,024).
+    #[arg(long, default_value_t = 2, value_parser = super::args::threads)]
     threads: usize,
 }
 
@@ -102,7 +103,7 @@ pub fn validate(a: ValidateArgs) -> Result<ExitCode> {
     };
     let cpu = Cpu::new(backend, 1)?;
     let t = Instant::now();
-    let outs = model.run_layers_batch(&cpu, &ds.images, a.threads)?;
+    let outs = model.run_layers_batch(&cpu, &ds.images, a.threads).with_context(|| format!("running {} on the {backend:?} engine", a.model.display()))?;
     let secs = t.elapsed().as_secs_f64();
     let n = ds.len();
     let correct = outs
@@ -160,7 +161,8 @@ fn validate_against_cpu(a: &ValidateArgs, model: &QModel, ds: &crate::data::Data
     let backend = crate::engine::open(a.backend, &opts)?;
     let cpu = crate::engine::open(BackendKind::Cpu, &opts)?;
     let (on_backend, on_cpu) = (backend.prepare(model)?, cpu.prepare(model)?);
-    let c = crate::engine::compare(&*on_backend, &*on_cpu, ds, (&backend.name(), &cpu.name()))?;
+    let c = crate::engine::compare(&*on_backend, &*on_cpu, ds, (&backend.name(), &cpu.name()))
+        .with_context(|| format!("running {} on {} and {}", a.model.display(), backend.name(), cpu.name()))?;
     let n = c.images;
     let details: Vec<String> = on_backend.details().into_iter().map(|(k, v)| format!("{k} {v}")).collect();
     println!(

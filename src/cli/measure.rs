@@ -31,10 +31,10 @@ pub struct MeasureArgs {
     granularity: usize,
     #[arg(long, default_value_t = MeasureConfig::default().warmup)]
     warmup: usize,
-    #[arg(long, default_value_t = MeasureConfig::default().repeats)]
+    #[arg(long, default_value_t = MeasureConfig::default().repeats, value_parser = super::args::positive)]
     repeats: usize,
-    /// Engine threads (1 = the batch-1 latency an edge core sees).
-    #[arg(long, default_value_t = 1)]
+    /// Engine threads (1 = the batch-1 latency an edge core sees; at most 1,024).
+    #[arg(long, default_value_t = 1, value_parser = super::args::threads)]
     threads: usize,
     /// Where to write the table (CSV).
     #[arg(short, long)]
