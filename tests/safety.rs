@@ -261,3 +261,19 @@ fn training_on_a_full_disk_stops_cleanly_and_keeps_the_last_checkpoint() {
     let meta = checkpoint::load::<Meta>(&keep.join("run/checkpoint.ot")).expect("the previous checkpoint still loads").meta;
     assert_eq!(meta.step, 1, "the checkpoint of step 1 is kept");
 }
+
+/// A full disk behind `> file` is a failed write: one line naming standard output and the OS
+/// error, exit 1 (not a panic, not a usage error).
+#[test]
+fn cost_json_to_a_full_disk_exits_1() {
+    let full = std::fs::OpenOptions::new().write(true).open("/dev/full").unwrap();
+    let o = Command::new(NCE)
+        .args(["cost", "--profile", "hw-profiles/nce-flops-params.toml", "--model", "resnet20", "--json"])
+        .stdout(full)
+        .output()
+        .unwrap();
+    let err = String::from_utf8_lossy(&o.stderr);
+    assert_eq!(o.status.code(), Some(1), "{err}");
+    assert!(err.contains("writing to standard output") && err.contains("No space left on device"), "{err}");
+    assert!(!err.contains("panicked"), "{err}");
+}

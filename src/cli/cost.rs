@@ -67,7 +67,7 @@ pub fn run(a: Args) -> Result<ExitCode> {
     let eval = Evaluator::new(&profile)?;
     let report = eval.evaluate(&net, &base).with_context(|| format!("costing {} under {}", net.model, profile.name))?;
     let text = if a.json { serde_json::to_string_pretty(&report)? + "\n" } else { format_report(&profile, &net, &report) };
-    super::emit(&text).context("writing to standard output")?;
+    super::emit(&text)?;
     Ok(if a.strict && !report.passes() { ExitCode::from(1) } else { ExitCode::SUCCESS })
 }
 

@@ -134,6 +134,9 @@ fn exit_code(e: &anyhow::Error) -> u8 {
 /// displays it transparently (and so hides it from the `source` chain).
 fn write_failed(e: &(dyn std::error::Error + 'static)) -> bool {
     use crate::fsutil::WriteError;
+    if e.downcast_ref::<StdoutError>().is_some() {
+        return true;
+    }
     if let Some(w) = e.downcast_ref::<WriteError>() {
         return w.is_io();
     }
@@ -163,11 +166,17 @@ fn write_failed(e: &(dyn std::error::Error + 'static)) -> bool {
 
 /// Writes `text` to standard output, treating a closed pipe (`nce cost --json | head -1`) as
 /// success: the reader has what it wanted, and Rust's `println!` would panic instead.
-pub(crate) fn emit(text: &str) -> std::io::Result<()> {
+/// Any other failure (a full disk behind `> file`) is a [`StdoutError`], which exits 1.
+pub(crate) fn emit(text: &str) -> Result<(), StdoutError> {
     use std::io::Write;
     let mut out = std::io::stdout().lock();
     match out.write_all(text.as_bytes()).and_then(|()| out.flush()) {
         Err(e) if e.kind() == std::io::ErrorKind::BrokenPipe => Ok(()),
-        r => r,
+        r => r.map_err(StdoutError),
     }
 }
+
+/// Standard output could not be written (not a closed pipe).
+#[derive(Debug, thiserror::Error)]
+#[error("writing to standard output: {0}")]
+pub(crate) struct StdoutError(std::io::Error);
