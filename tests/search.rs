@@ -1164,3 +1164,26 @@ fn search_resumes_bit_identically_after_kill_9() {
         std::fs::read_to_string(dir.path().join("b/arch.toml")).unwrap()
     );
 }
+
+/// `--init` from an FP32 model (which has no PACT clips): the supernet's clips are calibrated
+/// on the weight half, not left at `pact_init` (4.0, far too wide for 2 bits).
+#[test]
+fn fp32_init_calibrates_the_clips() {
+    torch();
+    let dir = tempfile::tempdir().unwrap();
+    let mut cfg = SearchConfig::new(ModelKind::Resnet20, "hw-profiles/nce-flops-params.toml".into(), "fashion-mnist", 1, dir.path().to_path_buf());
+    cfg.train_subset = Some(256);
+    cfg.test_subset = Some(50);
+    cfg.val_subset = 32;
+    cfg.batch_size = 64;
+    cfg.threads = 1;
+    cfg.lr = 1e-12; // the clips stay where the initialisation put them
+    cfg.warmup_epochs = 1;
+    cfg.init = Some("examples/resnet20-fp32-fashion.ot".into());
+    search(&cfg, false, false).unwrap();
+    let ck = nce::train::checkpoint::load::<serde_json::Value>(&dir.path().join("search-checkpoint.ot")).unwrap();
+    let clips: Vec<f64> = ck.vars.iter().filter(|(n, _)| n.ends_with(".act.alpha")).map(|(_, t)| t.double_value(&[0])).collect();
+    assert_eq!(clips.len(), 19);
+    assert!(clips.iter().all(|c| (c - cfg.pact_init).abs() > 1e-3), "clips left at pact_init: {clips:?}");
+    assert!(clips.iter().any(|c| (c - clips[0]).abs() > 1e-3), "one clip for every layer: {clips:?}");
+}

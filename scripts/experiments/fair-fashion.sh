@@ -42,6 +42,7 @@ KD_ALPHA=$(val w2a2.kd_alpha); KD_T=$(val w2a2.kd_temperature)
 S_EPOCHS=$(val search.epochs); S_WARMUP=$(val search.warmup_epochs); S_LR=$(val search.lr)
 S_ARCH_LR=$(val search.arch_lr); S_SUBSET=$(val search.train_subset); T=$(val search.threshold)
 S_SEEDS=$(val search.seeds | tr , ' '); TAS_RATIOS=$(val search.tas_ratios); DERIVE=$(val search.derive)
+S_INIT_EPOCHS=$(val search.init_epochs)
 BATCH=$(val batch_size); WD=$(val weight_decay)
 
 mkdir -p "$OUT/bin"
@@ -50,6 +51,9 @@ mkdir -p "$OUT/bin"
 cp target/release/nce "$OUT/bin/nce.new" && mv "$OUT/bin/nce.new" "$OUT/bin/nce"
 nce() { nice -n 19 "$OUT/bin/nce" "$@"; }
 TEACHER=$OUT/fp32-uniform/checkpoint.ot
+# Every search starts from the same short W2A2 QAT of the uniform FP32 model (trained clips and
+# 2-bit-adapted weights); from the FP32 weights directly the supernet sits near chance.
+SEARCH_INIT=$OUT/search-init/checkpoint.ot
 
 done_epochs() { # run dir -> epochs finished
   [ -f "$1/metrics.jsonl" ] && grep -c . "$1/metrics.jsonl" || echo 0
@@ -67,7 +71,7 @@ search() { # name seed threshold ratios
   nce search --profile "$PROFILE" --model resnet20 --data fashion-mnist --epochs "$S_EPOCHS" \
     --warmup-epochs "$S_WARMUP" --train-subset "$S_SUBSET" --test-subset 1000 --batch-size "$BATCH" \
     --lr "$S_LR" --arch-lr "$S_ARCH_LR" --threshold "$3" --ratios "$4" --derive "$DERIVE" \
-    --init "$TEACHER" --threads "$THREADS" --seed "$2" --out "$OUT/$1" --resume --quiet
+    --init "$SEARCH_INIT" --threads "$THREADS" --seed "$2" --out "$OUT/$1" --resume --quiet
 }
 arms() { # every arm with an architecture, as "name arch-file-or-empty"
   echo "uniform -"
@@ -82,6 +86,8 @@ for stage in $STAGES; do
   case $stage in
     teacher) train "$OUT/fp32-uniform" "$FP_EPOCHS" --bits 32 --lr "$FP_LR" --seed 0 ;;
     search)
+      train "$OUT/search-init" "$S_INIT_EPOCHS" --bits 2 --lr "$S_LR" --warmup-epochs 0 --train-subset "$S_SUBSET" \
+        --init "$TEACHER" --seed 0
       for s in $S_SEEDS; do search "nce-s$s" "$s" "$T" 0.5,0.75,1.0; done
       search tas 0 inf "$TAS_RATIOS"
       python3 scripts/experiments/fair-table.py "$OUT" --scaled-arch "$PROFILE" ;;

@@ -94,6 +94,18 @@ impl<'a> Run<'a> {
                 return Err(SearchError::Invalid(format!("{}: no variable matches the supernet of {}", init.display(), cfg.model)));
             }
             tracing::info!("initialised {n} supernet variables from {}", init.display());
+            if !ck.vars.iter().any(|(name, _)| name.ends_with(".act.alpha")) {
+                let clips = calibrated_clips(&base, &ck.vars, &wset, cfg.seed)?;
+                let vars = sn.vs.variables();
+                tch::no_grad(|| {
+                    for (name, value) in &clips {
+                        if let Some(t) = vars.get(name) {
+                            let _ = t.shallow_clone().fill_(*value);
+                        }
+                    }
+                });
+                tracing::info!("calibrated {} PACT clips of the FP32 --init model", clips.len());
+            }
         }
         let adam = Adam::new(&sn.logits, cfg.arch_lr, cfg.arch_betas, cfg.arch_weight_decay);
         let mut sgd = Sgd::new(cfg.momentum, true);
@@ -358,6 +370,27 @@ impl<'a> Run<'a> {
             }
         })
     }
+}
+
+/// PACT clips for a supernet initialised from an FP32 model, which has none: the base network at
+/// W2A2 with the FP32 weights, clips set by [`crate::train::calibrate_clips`] on one batch of the
+/// weight half (as `nce train` does before QAT). Without this every clip starts at
+/// `pact_init` (4.0), far too wide for 2 bits on BatchNorm-scaled activations: most of them
+/// round to 0, and the first search epochs see a network near chance.
+fn calibrated_clips(base: &Network, init: &[(String, Tensor)], wset: &crate::data::Dataset, seed: u64) -> Result<Vec<(String, f64)>, SearchError> {
+    let vs = tch::nn::VarStore::new(tch::Device::Cpu);
+    crate::models::Model::new(&vs.root(), base, &crate::models::ModelOptions::default()).map_err(|e| SearchError::Invalid(e.to_string()))?;
+    tch::no_grad(|| {
+        for (name, mut dst) in vs.variables() {
+            if let Some((_, src)) = init.iter().find(|(n, t)| *n == name && t.size() == dst.size()) {
+                dst.copy_(src);
+            }
+        }
+    });
+    let calib = Loader::train(wset, 256, seed ^ 0xC0FFEE, tch::Device::Cpu)?;
+    let Some((x, _)) = calib.batch(0, 0) else { return Ok(Vec::new()) };
+    crate::train::calibrate_clips(&vs, base, &x).map_err(|e| SearchError::Invalid(format!("calibrating PACT clips: {e}")))?;
+    Ok(vs.variables().into_iter().filter(|(n, _)| n.ends_with(".act.alpha")).map(|(n, t)| (n, t.double_value(&[0]))).collect())
 }
 
 fn loaders(cfg: &SearchConfig, wset: &crate::data::Dataset, aset: &crate::data::Dataset, test: &crate::data::Dataset) -> Result<Loaders, SearchError> {
