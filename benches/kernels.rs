@@ -119,8 +119,7 @@ fn layer(s: &Shape, seed: u64) -> Layer {
     };
     let conv = Conv2d::new(s.c_in, 3, s.stride, 1, weights, requant).unwrap();
     let amax = if s.w8 { 256 } else { 4 };
-    let x = QTensor::new(s.hw, s.hw, s.c_in, (0..s.hw * s.hw * s.c_in).map(|_| (rng.next() % amax) as u8).collect())
-        .unwrap();
+    let x = QTensor::new(s.hw, s.hw, s.c_in, (0..s.hw * s.hw * s.c_in).map(|_| (rng.next() % amax) as u8).collect()).unwrap();
     let shortcut = s.residual.then(|| {
         let n = s.out_hw() * s.out_hw() * s.c_out;
         QTensor::new(s.out_hw(), s.out_hw(), s.c_out, (0..n).map(|_| (rng.next() % 4) as u8).collect()).unwrap()
@@ -272,17 +271,12 @@ fn table() {
     let rounds = env_or("NCE_TABLE_ROUNDS", 101usize).max(1);
     let batch = Duration::from_secs_f64(env_or("NCE_TABLE_BATCH_MS", 2.0f64) / 1e3);
     let best = Backend::best();
-    let (lib, vs) = if cfg!(feature = "train") {
-        (torch_name(), "libtorch fp32 conv2d")
-    } else {
-        ("", "nothing (libtorch needs the `train` feature)")
-    };
+    let (lib, vs) =
+        if cfg!(feature = "train") { (torch_name(), "libtorch fp32 conv2d") } else { ("", "nothing (libtorch needs the `train` feature)") };
     println!("# 3x3 conv, batch 1: nce {best} vs {vs} (interleaved, {rounds} rounds of ~{batch:?} per side, medians)");
     println!("# load average at start: {}", load_average());
     println!();
-    println!(
-        "| layer | ResNet-20 convs | threads | engine {best} µs | libtorch fp32 µs | libtorch / engine | p25–p75 | engine GMAC/s |"
-    );
+    println!("| layer | ResNet-20 convs | threads | engine {best} µs | libtorch fp32 µs | libtorch / engine | p25–p75 | engine GMAC/s |");
     println!("|---|---:|---:|---:|---:|---:|---:|---:|");
     // (shape index, threads, engine µs, libtorch µs, paired ratio), medians.
     #[allow(clippy::type_complexity)]
@@ -308,12 +302,7 @@ fn table() {
             let tt = t.get_mut(1).map(|v| median(v));
             let tts = tt.map_or("—".into(), |tt| format!("{tt:.1}"));
             let rs = ratio.map_or("— | —".into(), |[m, lo, hi]| format!("**{m:.2}×** | {lo:.2}–{hi:.2}"));
-            println!(
-                "| {} | {} | {threads} | {e:.1} | {tts} | {rs} | {:.1} |",
-                s.name(),
-                s.resnet20_count(),
-                s.macs() as f64 / e / 1e3
-            );
+            println!("| {} | {} | {threads} | {e:.1} | {tts} | {rs} | {:.1} |", s.name(), s.resnet20_count(), s.macs() as f64 / e / 1e3);
             res.push((i, threads, e, tt, ratio.map(|r| r[0])));
         }
     }

@@ -36,11 +36,11 @@
 //! Models: synthetic 3×32×32 (CIFAR) and 1×28×28 (Fashion-MNIST), plus
 //! `examples/resnet20-w2a2-fashion.nce` when it exists and every `--model FILE`.
 
+use nce::engine::cpu::model::Prepared;
 use nce::engine::cpu::Cpu;
+use nce::engine::plan::{Header, LayerOut, QModel};
 use nce::engine::PackedW2;
 use nce::export::format::{self, Array, Container, Entry};
-use nce::engine::cpu::model::Prepared;
-use nce::engine::plan::{Header, LayerOut, QModel};
 use nce::graph::{build, BitConfig, ModelKind, Network, Op, Shape, Src};
 use nce::models::{Model, ModelOptions};
 use std::collections::BTreeMap;
@@ -160,11 +160,17 @@ impl Folded {
                 Op::Conv { k, .. } => {
                     let (cin, cout, k) = (l.in_shape.c as i64, l.out_shape.c as i64, k as i64);
                     let std = (2.0 / (cin * k * k) as f64).sqrt();
-                    Some((Tensor::randn([cout, cin, k, k], (Kind::Float, Device::Cpu)) * std, Tensor::randn([cout], (Kind::Float, Device::Cpu)) * 0.1))
+                    Some((
+                        Tensor::randn([cout, cin, k, k], (Kind::Float, Device::Cpu)) * std,
+                        Tensor::randn([cout], (Kind::Float, Device::Cpu)) * 0.1,
+                    ))
                 }
                 Op::Linear => {
                     let (cin, cout) = (l.in_shape.numel() as i64, l.out_shape.c as i64);
-                    Some((Tensor::randn([cout, cin], (Kind::Float, Device::Cpu)) * (1.0 / cin as f64).sqrt(), Tensor::zeros([cout], (Kind::Float, Device::Cpu))))
+                    Some((
+                        Tensor::randn([cout, cin], (Kind::Float, Device::Cpu)) * (1.0 / cin as f64).sqrt(),
+                        Tensor::zeros([cout], (Kind::Float, Device::Cpu)),
+                    ))
                 }
                 _ => None,
             })
@@ -458,7 +464,13 @@ fn main() {
         files.push(example.into());
     }
     println!("# ResNet-20 batch-1 latency: nce W2A2 engine vs libtorch fp32 eval (interleaved medians)");
-    println!("# rounds ≤ {}, ~{:?} per side per round, ≤ {:?} per group; load average at start {}", o.rounds, o.batch, o.max, load_average());
+    println!(
+        "# rounds ≤ {}, ~{:?} per side per round, ≤ {:?} per group; load average at start {}",
+        o.rounds,
+        o.batch,
+        o.max,
+        load_average()
+    );
     println!();
     if let Some(path) = value("--write-synthetic") {
         let bytes = format::encode(&synthetic(Shape::new(3, 32, 32), 1)).expect("encode");

@@ -31,7 +31,13 @@ fn main() {
         train::train(&t, false, false).expect("QAT epoch");
         t_times.push(started.elapsed().as_secs_f64());
 
-        let mut s = SearchConfig::new(ModelKind::Resnet20, root.join("hw-profiles/npu-int2-array.toml"), "fashion-mnist", 1, tmp.path().join(format!("search{r}")));
+        let mut s = SearchConfig::new(
+            ModelKind::Resnet20,
+            root.join("hw-profiles/npu-int2-array.toml"),
+            "fashion-mnist",
+            1,
+            tmp.path().join(format!("search{r}")),
+        );
         s.data_root = root.join("data");
         s.train_subset = Some(images);
         s.test_subset = Some(500);

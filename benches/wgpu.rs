@@ -6,8 +6,8 @@
 //! Prints images/s per engine and each wgpu variant's speed relative to the CPU engine.
 
 use nce::engine::cpu::Cpu;
-use nce::engine::wgpu::{DotKernel, WgpuEngine, WgpuModel};
 use nce::engine::plan::QModel;
+use nce::engine::wgpu::{DotKernel, WgpuEngine, WgpuModel};
 use std::path::Path;
 use std::time::Instant;
 

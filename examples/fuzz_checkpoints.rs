@@ -120,7 +120,10 @@ fn main() {
         *outcomes.entry(kind).or_default() += 1;
     }
     let secs = started.elapsed().as_secs_f64();
-    println!("{iterations} inputs in {secs:.1} s ({:.0}/s), seed {seed}: 0 panics, 0 aborts, 0 altered checkpoints accepted", iterations as f64 / secs);
+    println!(
+        "{iterations} inputs in {secs:.1} s ({:.0}/s), seed {seed}: 0 panics, 0 aborts, 0 altered checkpoints accepted",
+        iterations as f64 / secs
+    );
     for (k, n) in outcomes {
         println!("  {n:>9}  {k}");
     }

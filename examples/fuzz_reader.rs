@@ -31,9 +31,9 @@
 //! available.
 
 use nce::engine::cpu::Cpu;
+use nce::engine::plan::{Header, QModel};
 use nce::engine::words_for;
 use nce::export::format::{crc32, decode, encode, Array, Container, Entry, FormatError};
-use nce::engine::plan::{Header, QModel};
 use nce::export::DecodeError;
 use nce::graph::{build, BitConfig, ModelKind, Op, Shape};
 use serde_json::Value;
@@ -208,7 +208,12 @@ fn split(bytes: &[u8]) -> Option<(Vec<u8>, Vec<Rec>, Fields)> {
         let data_at = at + 2 + name.len() + 2 + 4 * rank;
         let n = e.data.byte_len();
         offs.push((at, at + 2 + name.len(), at + 3 + name.len(), at + 4 + name.len(), rank));
-        recs.push(Rec { name: name.as_bytes().to_vec(), dtype, dims: e.dims.iter().map(|&d| d as u32).collect(), data: bytes[data_at..data_at + n].to_vec() });
+        recs.push(Rec {
+            name: name.as_bytes().to_vec(),
+            dtype,
+            dims: e.dims.iter().map(|&d| d as u32).collect(),
+            data: bytes[data_at..data_at + n].to_vec(),
+        });
         at = data_at + n;
     }
     Some((c.header.into_bytes(), recs, Fields { header_len_at: 8, count_at, recs: offs }))
@@ -289,8 +294,7 @@ fn fix_crc(b: &mut [u8]) {
 // Mutations
 // ------------------------------------------------------------------------------------------
 
-const INTERESTING_U32: [u32; 16] =
-    [0, 1, 2, 3, 4, 15, 16, 17, 255, 256, 65535, 65536, 65537, 0x7fff_ffff, 0x8000_0000, u32::MAX];
+const INTERESTING_U32: [u32; 16] = [0, 1, 2, 3, 4, 15, 16, 17, 255, 256, 65535, 65536, 65537, 0x7fff_ffff, 0x8000_0000, u32::MAX];
 
 /// Byte-level mutations that may change the length.
 fn raw_mutation(rng: &mut Rng, b: &mut Vec<u8>) {
@@ -348,11 +352,19 @@ fn field_mutation(rng: &mut Rng, b: &mut [u8], f: &Fields) {
     let (name_len_at, dtype_at, rank_at, dims_at, rank) = r;
     match rng.below(8) {
         0 => {
-            let v = if rng.chance(50) { *rng.pick(&INTERESTING_U32) } else { ((f.count_at - 12) as u32).wrapping_add(rng.below(9) as u32).wrapping_sub(4) };
+            let v = if rng.chance(50) {
+                *rng.pick(&INTERESTING_U32)
+            } else {
+                ((f.count_at - 12) as u32).wrapping_add(rng.below(9) as u32).wrapping_sub(4)
+            };
             put32(b, f.header_len_at, v);
         }
         1 => {
-            let v = if rng.chance(50) { *rng.pick(&INTERESTING_U32) } else { (f.recs.len() as u32).wrapping_add(rng.below(5) as u32).wrapping_sub(2) };
+            let v = if rng.chance(50) {
+                *rng.pick(&INTERESTING_U32)
+            } else {
+                (f.recs.len() as u32).wrapping_add(rng.below(5) as u32).wrapping_sub(2)
+            };
             put32(b, f.count_at, v);
         }
         2 => {
@@ -667,7 +679,11 @@ fn error_kind(e: &DecodeError) -> String {
             FormatError::Trailing(_) => "format: trailing bytes".into(),
             FormatError::Invalid { what, msg } => {
                 let kinds = ["header length", "header", "array count", "name length", "name", "dtype", "rank", "dims", "size", "reserved"];
-                let k = if msg == "appears twice" { "duplicate array" } else { kinds.iter().find(|k| what.contains(*k)).copied().unwrap_or("other") };
+                let k = if msg == "appears twice" {
+                    "duplicate array"
+                } else {
+                    kinds.iter().find(|k| what.contains(*k)).copied().unwrap_or("other")
+                };
                 format!("format: invalid {k}")
             }
         },
@@ -825,7 +841,9 @@ fn main() {
                             }
                         }
                         9 | 10 => {
-                            let t = text.get_or_insert_with(|| json.take().map_or_else(|| header.clone(), |v| serde_json::to_vec(&v).expect("json")));
+                            let t = text.get_or_insert_with(|| {
+                                json.take().map_or_else(|| header.clone(), |v| serde_json::to_vec(&v).expect("json"))
+                            });
                             text_mutation(&mut rng, t);
                         }
                         11 => count_delta += if rng.chance(50) { 1 } else { -1 },

@@ -164,10 +164,7 @@ enum Swatch {
 }
 
 /// Splits `root` into the plot (left) and a legend panel (right) sized to the longest name.
-fn with_legend<DB: DrawingBackend>(
-    root: &DrawingArea<DB, Shift>,
-    entries: &[(String, Swatch)],
-) -> Result<DrawingArea<DB, Shift>, String> {
+fn with_legend<DB: DrawingBackend>(root: &DrawingArea<DB, Shift>, entries: &[(String, Swatch)]) -> Result<DrawingArea<DB, Shift>, String> {
     if entries.is_empty() {
         return Ok(root.clone());
     }

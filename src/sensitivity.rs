@@ -267,11 +267,8 @@ pub fn run(cfg: &SensitivityConfig, progress: bool) -> Result<SensitivityReport,
 
     // SAWB weights and PACT activations whatever the checkpoint trained with: both need no
     // training to start from FP32 weights (LSQ steps would).
-    let options = ModelOptions {
-        weight: WeightQuantizer::Sawb,
-        activation: ActQuantizer::Pact,
-        ..loaded.meta.config.model_options.clone()
-    };
+    let options =
+        ModelOptions { weight: WeightQuantizer::Sawb, activation: ActQuantizer::Pact, ..loaded.meta.config.model_options.clone() };
     let bench = Bench {
         fp: &loaded.vs,
         options,
@@ -290,7 +287,8 @@ pub fn run(cfg: &SensitivityConfig, progress: bool) -> Result<SensitivityReport,
     for layer in quantizable_layers(net)? {
         let one_on_acc = if trained_w2a2 { f64::NAN } else { bench.accuracy(&one_on(net, &layer)?)? };
         let one_off_acc = bench.accuracy(&one_off(net, Some(&layer))?)?;
-        let s = LayerSensitivity { one_on_drop: fp32_acc - one_on_acc, one_off_gain: one_off_acc - w2a2_acc, one_on_acc, one_off_acc, layer };
+        let s =
+            LayerSensitivity { one_on_drop: fp32_acc - one_on_acc, one_off_gain: one_off_acc - w2a2_acc, one_on_acc, one_off_acc, layer };
         if progress {
             eprintln!("  {:<20} one-on drop {:+7.2} pp, one-off gain {:+7.2} pp", s.layer, s.one_on_drop, s.one_off_gain);
         }
@@ -322,4 +320,3 @@ fn write_csv(path: &Path, layers: &[LayerSensitivity], fp32: f64, w2a2: f64) -> 
     }
     std::fs::write(path, text).map_err(|source| SensitivityError::Io { file: path.into(), source })
 }
-

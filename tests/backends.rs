@@ -60,7 +60,13 @@ fn compare_counts_differences() {
             Ok(self.0.clone())
         }
     }
-    let ds = nce::data::Dataset { name: "t".into(), images: vec![0; 3 * 784], labels: vec![0, 1, 1], shape: nce::graph::Shape::new(1, 28, 28), classes: 2 };
+    let ds = nce::data::Dataset {
+        name: "t".into(),
+        images: vec![0; 3 * 784],
+        labels: vec![0, 1, 1],
+        shape: nce::graph::Shape::new(1, 28, 28),
+        classes: 2,
+    };
     let a = Fixed(vec![vec![5, 1], vec![0, 2], vec![3, 3]]);
     let b = Fixed(vec![vec![5, 1], vec![4, 2], vec![3, 9]]);
     let r = compare(&a, &b, &ds, ("a", "b")).unwrap();

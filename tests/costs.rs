@@ -67,11 +67,7 @@ fn roofline_on_the_mcu_profile() {
     assert_relative_eq!(layer(&r, &net, "latency_ms", "layer1.0.conv_a"), expected_ms, max_relative = 1e-12);
     // A memory-bound layer: the add reads two 8/2-bit tensors and writes one.
     let add_bytes = 16.0 * 1024.0 + 4.0 * 1024.0; // 8-bit conv_b output in, 2-bit out
-    assert_relative_eq!(
-        layer(&r, &net, "latency_ms", "layer1.0.add"),
-        add_bytes / 0.864e9 * 1e3 / 0.8 + 0.020,
-        max_relative = 1e-12
-    );
+    assert_relative_eq!(layer(&r, &net, "latency_ms", "layer1.0.add"), add_bytes / 0.864e9 * 1e3 / 0.8 + 0.020, max_relative = 1e-12);
 }
 
 #[test]
@@ -114,7 +110,9 @@ fn latency_lut_reads_and_interpolates() {
 fn latency_lut_without_allow_missing_names_the_signature() {
     let dir = tempfile::tempdir().unwrap();
     std::fs::write(dir.path().join("t.csv"), "signature,count,mean_us,var_us2\nlinear_i64_o10_w8a8,1,1,0\n").unwrap();
-    let text = std::fs::read_to_string("hw-profiles/mcu-cortex-m7.toml").unwrap().replace("[plugins.roofline]", "[plugins.latency-lut]\n\n[plugins.roofline]")
+    let text = std::fs::read_to_string("hw-profiles/mcu-cortex-m7.toml")
+        .unwrap()
+        .replace("[plugins.roofline]", "[plugins.latency-lut]\n\n[plugins.roofline]")
         + "\n[latency_table]\nfile = \"t.csv\"\n";
     let text = text.replace("latency_ms = 500.0", "latency_ms = { max = 500.0, plugin = \"latency-lut\" }");
     let path = dir.path().join("p.toml");

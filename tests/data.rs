@@ -219,11 +219,7 @@ fn cifar_load_directory() {
     let dir = root.path().join("cifar10");
     std::fs::create_dir_all(&dir).unwrap();
     let mut all_labels = Vec::new();
-    for (i, name) in
-        ["data_batch_1", "data_batch_2", "data_batch_3", "data_batch_4", "data_batch_5", "test_batch"]
-            .iter()
-            .enumerate()
-    {
+    for (i, name) in ["data_batch_1", "data_batch_2", "data_batch_3", "data_batch_4", "data_batch_5", "test_batch"].iter().enumerate() {
         let labels = [i as u8, (i as u8 + 1) % 10];
         let images = vec![i as u8; 2 * cifar::IMAGE_BYTES];
         cifar::write_cifar_batch(&dir.join(format!("{name}.bin")), &images, &labels).unwrap();
@@ -311,8 +307,7 @@ fn real_root() -> PathBuf {
 }
 
 fn load_real(name: &str, split: Split) -> Dataset {
-    data::load(name, &real_root(), split)
-        .unwrap_or_else(|e| panic!("{e} (run scripts/setup to download the datasets)"))
+    data::load(name, &real_root(), split).unwrap_or_else(|e| panic!("{e} (run scripts/setup to download the datasets)"))
 }
 
 /// Fashion-MNIST train is used by several tests; gunzipping it in a debug build takes a while.
@@ -488,9 +483,7 @@ mod loader {
         let got: Vec<u8> = Vec::try_from(&noflip.reshape([-1])).unwrap();
         for s in 0..25 {
             let out = &got[s * c * h * w..(s + 1) * c * h * w];
-            assert!(
-                (0..=2 * pad).any(|dy| (0..=2 * pad).any(|dx| reference(ds.image(s), dy, dx, false) == out))
-            );
+            assert!((0..=2 * pad).any(|dy| (0..=2 * pad).any(|dx| reference(ds.image(s), dy, dx, false) == out)));
         }
     }
 

@@ -6,8 +6,8 @@
 
 use nce::engine::cpu::{reference, Backend, Cpu};
 use nce::engine::{
-    pack_codes, unpack_codes, words_for, Conv2d, ConvWeights, EngineError, Linear, MaxPool2d, PackedW2, QTensor,
-    Requant, Residual, Weights8,
+    pack_codes, unpack_codes, words_for, Conv2d, ConvWeights, EngineError, Linear, MaxPool2d, PackedW2, QTensor, Requant, Residual,
+    Weights8,
 };
 
 /// splitmix64: tiny, seeded, good enough for test data.
@@ -86,9 +86,7 @@ struct Case {
 fn random_conv(rng: &mut Rng, c: &Case) -> Conv2d {
     let k_len = c.k * c.k * c.c_in;
     let weights = if c.w8 {
-        ConvWeights::W8(
-            Weights8::new(c.c_out, k_len, (0..c.c_out * k_len).map(|_| rng.range(-127, 127) as i8).collect()).unwrap(),
-        )
+        ConvWeights::W8(Weights8::new(c.c_out, k_len, (0..c.c_out * k_len).map(|_| rng.range(-127, 127) as i8).collect()).unwrap())
     } else {
         let codes: Vec<i8> = (0..c.c_out * k_len).map(|_| rng.code2()).collect();
         ConvWeights::W2(PackedW2::pack(c.c_out, k_len, &codes).unwrap())
@@ -162,10 +160,7 @@ fn conv_w2_output_channel_sweep() {
     let mut rng = Rng::new(2);
     for (i, &c_out) in CHANNELS.iter().enumerate() {
         let c_in = [16, 3, 17][i % 3];
-        run_case(
-            &mut rng,
-            &Case { c_in, c_out, k: 3, stride: 1 + i % 2, h: 9, w: 5, w8: false, amax: 3, residual: None },
-        );
+        run_case(&mut rng, &Case { c_in, c_out, k: 3, stride: 1 + i % 2, h: 9, w: 5, w8: false, amax: 3, residual: None });
     }
 }
 
@@ -173,9 +168,7 @@ fn conv_w2_output_channel_sweep() {
 fn conv_w2_eight_bit_activations_flush_often() {
     // amax = 255 makes the int16 run only 21 steps long: many flushes per pixel.
     let mut rng = Rng::new(3);
-    for (c_in, c_out, k, res) in
-        [(65, 17, 3, None), (16, 32, 3, Some((32, 1))), (5, 9, 1, None), (33, 64, 3, Some((16, 1)))]
-    {
+    for (c_in, c_out, k, res) in [(65, 17, 3, None), (16, 32, 3, Some((32, 1))), (5, 9, 1, None), (33, 64, 3, Some((16, 1)))] {
         run_case(&mut rng, &Case { c_in, c_out, k, stride: 1, h: 7, w: 7, w8: false, amax: 255, residual: res });
     }
 }
@@ -195,16 +188,11 @@ fn conv_w8_first_layer() {
 #[test]
 fn conv_resnet20_shapes() {
     let mut rng = Rng::new(5);
-    for (c_in, c_out, hw, stride) in
-        [(16, 16, 32, 1), (16, 32, 32, 2), (32, 32, 16, 1), (32, 64, 16, 2), (64, 64, 8, 1)]
-    {
+    for (c_in, c_out, hw, stride) in [(16, 16, 32, 1), (16, 32, 32, 2), (32, 32, 16, 1), (32, 64, 16, 2), (64, 64, 8, 1)] {
         let residual = Some((c_in, stride)); // option A: the block input, subsampled
         run_case(&mut rng, &Case { c_in, c_out, k: 3, stride, h: hw, w: hw, w8: false, amax: 3, residual });
     }
-    run_case(
-        &mut rng,
-        &Case { c_in: 3, c_out: 16, k: 3, stride: 1, h: 32, w: 32, w8: true, amax: 255, residual: None },
-    );
+    run_case(&mut rng, &Case { c_in: 3, c_out: 16, k: 3, stride: 1, h: 32, w: 32, w8: true, amax: 255, residual: None });
 }
 
 #[test]
@@ -358,20 +346,13 @@ fn requant_extreme_multipliers() {
             let x = QTensor::new(5, 5, 64, rng.codes_u8(25 * 64, 255)).unwrap();
             let res = QTensor::new(5, 5, 32, rng.codes_u8(25 * 32, 255)).unwrap();
             for r in [0, i32::MAX, i32::MIN] {
-                check_conv(
-                    &format!("m {m} b {b} shift {shift} r {r}"),
-                    &conv,
-                    &x,
-                    Some(&Residual { input: &res, stride: 1, r }),
-                );
+                check_conv(&format!("m {m} b {b} shift {shift} r {r}"), &conv, &x, Some(&Residual { input: &res, stride: 1, r }));
             }
         }
     }
     // Hand value: acc = 255·3 = 765 (1×1, code +3, input 255), m = 2^31 − 1, shift 40.
     let w = PackedW2::pack(1, 1, &[3]).unwrap();
-    let conv =
-        Conv2d::new(1, 1, 1, 0, ConvWeights::W2(w), Requant { m: vec![i32::MAX], b: vec![0], shift: 40, qmax: 255 })
-            .unwrap();
+    let conv = Conv2d::new(1, 1, 1, 0, ConvWeights::W2(w), Requant { m: vec![i32::MAX], b: vec![0], shift: 40, qmax: 255 }).unwrap();
     let out = check_conv("hand", &conv, &QTensor::new(1, 1, 1, vec![255]).unwrap(), None);
     let v = 765i64 * i32::MAX as i64 + (1 << 39);
     assert_eq!(out.data[0] as i64, (v >> 40).clamp(0, 255));
@@ -382,8 +363,7 @@ fn requant_extreme_multipliers() {
 fn reference_conv_by_hand() {
     // 3×3 input, one channel, 3×3 kernel of +1 with padding 1: acc = sum of the neighbourhood.
     let w = PackedW2::pack(1, 9, &[1; 9]).unwrap();
-    let conv =
-        Conv2d::new(1, 3, 1, 1, ConvWeights::W2(w), Requant { m: vec![1], b: vec![0], shift: 0, qmax: 255 }).unwrap();
+    let conv = Conv2d::new(1, 3, 1, 1, ConvWeights::W2(w), Requant { m: vec![1], b: vec![0], shift: 0, qmax: 255 }).unwrap();
     let x = QTensor::new(3, 3, 1, vec![1, 2, 3, 0, 1, 0, 3, 2, 1]).unwrap();
     let out = check_conv("hand 3x3", &conv, &x, None);
     assert_eq!(out.data, vec![4, 7, 6, 9, 13, 9, 6, 7, 4]);
@@ -468,9 +448,7 @@ fn dimension_errors_are_typed() {
     let cpu = Cpu::best(2);
     let p = cpu.prepare(&conv).unwrap();
     let x2 = QTensor::zeros(3, 3, 2);
-    assert!(
-        matches!(cpu.conv2d(&p, &x2, None), Err(EngineError::Mismatch { what, .. }) if what.contains("input channels"))
-    );
+    assert!(matches!(cpu.conv2d(&p, &x2, None), Err(EngineError::Mismatch { what, .. }) if what.contains("input channels")));
     let x = QTensor::zeros(4, 4, 1);
     let bad_res = QTensor::zeros(3, 4, 4);
     let r = Residual { input: &bad_res, stride: 1, r: 1 };
@@ -508,8 +486,7 @@ fn dimension_errors_are_typed() {
 #[test]
 fn kernel_larger_than_input_is_an_error() {
     let w = PackedW2::pack(1, 9, &[1; 9]).unwrap();
-    let conv =
-        Conv2d::new(1, 3, 1, 0, ConvWeights::W2(w), Requant { m: vec![1], b: vec![0], shift: 0, qmax: 3 }).unwrap();
+    let conv = Conv2d::new(1, 3, 1, 0, ConvWeights::W2(w), Requant { m: vec![1], b: vec![0], shift: 0, qmax: 3 }).unwrap();
     let x = QTensor::zeros(2, 5, 1);
     for cpu in cpus() {
         assert!(matches!(cpu.conv2d_once(&conv, &x, None), Err(EngineError::Invalid { .. })));

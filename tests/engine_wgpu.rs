@@ -6,9 +6,9 @@
 #![cfg(feature = "wgpu")]
 
 use nce::engine::cpu::{reference, Cpu};
+use nce::engine::plan::QModel;
 use nce::engine::wgpu::{DotKernel, WgpuEngine, WgpuModel};
 use nce::engine::{Conv2d, ConvWeights, EngineError, Linear, MaxPool2d, PackedW2, QTensor, Requant, Residual, Weights8};
-use nce::engine::plan::QModel;
 use std::path::Path;
 use std::sync::OnceLock;
 
@@ -72,7 +72,8 @@ fn random_conv(rng: &mut Rng, c: &Case) -> Conv2d {
     let qmax = [3u8, 1, 15, 255][rng.below(4) as usize];
     let requant = if c.saturate {
         let shift = [0u32, 1, 31, 32, 33, 62][rng.below(6) as usize];
-        let pick = |rng: &mut Rng| [i32::MIN, i32::MAX, -1, 0, 1, rng.range(i32::MIN as i64, i32::MAX as i64) as i32][rng.below(6) as usize];
+        let pick =
+            |rng: &mut Rng| [i32::MIN, i32::MAX, -1, 0, 1, rng.range(i32::MIN as i64, i32::MAX as i64) as i32][rng.below(6) as usize];
         Requant { m: (0..c.c_out).map(|_| pick(rng)).collect(), b: (0..c.c_out).map(|_| pick(rng)).collect(), shift, qmax }
     } else {
         let shift = rng.range(8, 24) as u32;
@@ -150,10 +151,10 @@ fn conv_w2_boundary_shapes() {
 fn conv_w2_residual_and_activations() {
     let cases = [
         Case { residual: Some((16, 1)), ..case(16, 16, 3, 1, 1, 7, 7) },
-        Case { residual: Some((8, 2)), ..case(16, 32, 3, 2, 1, 9, 9) },   // narrower shortcut, subsampled
-        Case { residual: Some((40, 1)), ..case(17, 20, 3, 1, 1, 5, 6) },  // wider shortcut: m = b = 0 channels
-        Case { residual: Some((5, 2)), ..case(5, 3, 1, 1, 0, 3, 3) },     // shortcut subsampled more than the conv
-        Case { amax: 255, ..case(20, 9, 3, 1, 1, 6, 5) },                 // codes above 127 (dot4's split path)
+        Case { residual: Some((8, 2)), ..case(16, 32, 3, 2, 1, 9, 9) }, // narrower shortcut, subsampled
+        Case { residual: Some((40, 1)), ..case(17, 20, 3, 1, 1, 5, 6) }, // wider shortcut: m = b = 0 channels
+        Case { residual: Some((5, 2)), ..case(5, 3, 1, 1, 0, 3, 3) },   // shortcut subsampled more than the conv
+        Case { amax: 255, ..case(20, 9, 3, 1, 1, 6, 5) },               // codes above 127 (dot4's split path)
         Case { amax: 127, residual: Some((9, 1)), ..case(33, 9, 3, 1, 1, 4, 4) },
         Case { amax: 255, ..case(64, 64, 3, 1, 1, 8, 8) },
     ];
@@ -201,7 +202,8 @@ fn conv_errors_match_the_cpu_engine() {
 #[test]
 fn max_pool_matches_reference() {
     let mut rng = Rng::new(7);
-    for (h, w, c, k, stride, pad) in [(8, 8, 16, 2, 2, 0), (7, 9, 5, 3, 2, 1), (1, 1, 3, 1, 1, 0), (5, 5, 33, 3, 1, 1), (6, 4, 4, 2, 1, 1)] {
+    for (h, w, c, k, stride, pad) in [(8, 8, 16, 2, 2, 0), (7, 9, 5, 3, 2, 1), (1, 1, 3, 1, 1, 0), (5, 5, 33, 3, 1, 1), (6, 4, 4, 2, 1, 1)]
+    {
         let x = rng.tensor(h, w, c, 255);
         let p = MaxPool2d { k, stride, pad };
         let want = reference::max_pool(&p, &x).unwrap();

@@ -3,9 +3,9 @@
 //! corrupt input must be an `Err` with a readable message, never a panic.
 
 use nce::engine::cpu::Cpu;
+use nce::engine::plan::{Header, LayerScales, QModel};
 use nce::engine::{pack_codes, words_for};
 use nce::export::format::{crc32, decode, encode, Array, Container, Entry, FormatError};
-use nce::engine::plan::{Header, LayerScales, QModel};
 use nce::export::DecodeError;
 use nce::graph::{build, BitConfig, ModelKind, Network, Op, Shape, Src};
 use std::collections::BTreeMap;
@@ -59,10 +59,7 @@ fn tiny_net() -> Network {
 
 fn header_json(net: &Network) -> String {
     let mut scales = BTreeMap::new();
-    scales.insert(
-        "conv1".to_string(),
-        LayerScales { weight: Some(0.01), input: Some(1.0 / 255.0), output: Some(0.5), weight_bits: 8 },
-    );
+    scales.insert("conv1".to_string(), LayerScales { weight: Some(0.01), input: Some(1.0 / 255.0), output: Some(0.5), weight_bits: 8 });
     let h = Header { kind: "nce-model".into(), net: net.clone(), profile: None, source: Some("synthetic".into()), scales };
     serde_json::to_string(&h).unwrap()
 }

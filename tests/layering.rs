@@ -11,7 +11,8 @@ use std::path::{Path, PathBuf};
 /// Every `.rs` file under `dir`, recursively, in a stable order.
 fn rust_files(dir: &Path) -> Vec<PathBuf> {
     let mut out = Vec::new();
-    let mut entries: Vec<_> = std::fs::read_dir(dir).unwrap_or_else(|e| panic!("{}: {e}", dir.display())).map(|e| e.expect("dir entry").path()).collect();
+    let mut entries: Vec<_> =
+        std::fs::read_dir(dir).unwrap_or_else(|e| panic!("{}: {e}", dir.display())).map(|e| e.expect("dir entry").path()).collect();
     entries.sort();
     for p in entries {
         if p.is_dir() {
@@ -76,7 +77,12 @@ fn backends_are_not_string_matched_outside_the_engine() {
             hits.extend(offending(&name, &patterns));
         } else if name.ends_with(".rs") {
             let text = std::fs::read_to_string(&p).expect("read");
-            hits.extend(text.lines().enumerate().filter(|(_, l)| !l.trim_start().starts_with("//") && patterns.iter().any(|n| l.contains(n))).map(|(i, l)| format!("{name}:{}: {}", i + 1, l.trim())));
+            hits.extend(
+                text.lines()
+                    .enumerate()
+                    .filter(|(_, l)| !l.trim_start().starts_with("//") && patterns.iter().any(|n| l.contains(n)))
+                    .map(|(i, l)| format!("{name}:{}: {}", i + 1, l.trim())),
+            );
         }
     }
     assert!(hits.is_empty(), "backend names are matched through engine::BackendKind, not strings:\n{}", hits.join("\n"));

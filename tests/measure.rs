@@ -3,8 +3,8 @@
 #![cfg(all(feature = "cli", feature = "train"))]
 
 use nce::engine::cpu::Cpu;
-use nce::graph::{self, BitConfig, ModelKind, Shape};
 use nce::engine::measure::{self, MeasureConfig};
+use nce::graph::{self, BitConfig, ModelKind, Shape};
 use nce::hw::LatencyTable;
 use std::path::Path;
 use std::process::{Command, Output};

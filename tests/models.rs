@@ -306,7 +306,14 @@ fn fp32_checkpoint_initialises_w2a2_by_name() {
     alphas.sort();
     assert_eq!(missing, alphas, "only the quantizer variables are new");
     let (f, q) = (vf.variables(), vq.variables());
-    for name in ["conv1.weight", "layer2.1.conv_b.weight", "layer1.0.conv_a.bn.running_mean", "layer3.0.conv_a.bn.running_var", "fc.weight", "fc.bias"] {
+    for name in [
+        "conv1.weight",
+        "layer2.1.conv_b.weight",
+        "layer1.0.conv_a.bn.running_mean",
+        "layer3.0.conv_a.bn.running_var",
+        "fc.weight",
+        "fc.bias",
+    ] {
         assert!(f[name].equal(&q[name]), "{name}");
     }
 

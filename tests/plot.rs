@@ -100,7 +100,8 @@ fn search_plots_from_a_synthetic_log() {
         .map(|e| {
             let p = 0.3 + 0.1 * e as f64;
             // Slot 1 expands after epoch 1: one more candidate from then on.
-            let probs = vec![vec![0.3, 0.3, 0.4], if e < 2 { vec![0.2, 0.2, p] } else { vec![0.1, 0.2, 0.3, p - 0.2] }, vec![0.5, 0.3, 0.2]];
+            let probs =
+                vec![vec![0.3, 0.3, 0.4], if e < 2 { vec![0.2, 0.2, p] } else { vec![0.1, 0.2, 0.3, p - 0.2] }, vec![0.5, 0.3, 0.2]];
             EpochLog {
                 epoch: e,
                 tau: 5.0 - e as f64,
@@ -114,7 +115,10 @@ fn search_plots_from_a_synthetic_log() {
                 widths: widths.clone(),
                 candidates: probs.iter().map(|p| (1..=p.len()).map(|i| 8 * i).collect()).collect(),
                 probs,
-                budgets: vec![("macs".into(), 1.1e6 - 5e4 * e as f64, 1.2e6 - 6e4 * e as f64, 1.0e6), ("peak_activation_bytes".into(), f64::NAN, 9e3, 1e4)],
+                budgets: vec![
+                    ("macs".into(), 1.1e6 - 5e4 * e as f64, 1.2e6 - 6e4 * e as f64, 1.0e6),
+                    ("peak_activation_bytes".into(), f64::NAN, 9e3, 1e4),
+                ],
                 expansions: if e == 1 {
                     vec![Expansion { epoch: 1, slot: 1, layer: names[1].into(), old_widest: 16, new_widest: 20 }]
                 } else {
@@ -136,7 +140,13 @@ fn search_plots_from_a_synthetic_log() {
         layers: names
             .iter()
             .zip(base.iter().zip(&widths))
-            .map(|(n, (&b, &w))| ArchLayer { name: (*n).into(), base: b, width: w, candidates: vec![b / 2, b, w], probs: vec![0.2, 0.3, 0.5] })
+            .map(|(n, (&b, &w))| ArchLayer {
+                name: (*n).into(),
+                base: b,
+                width: w,
+                candidates: vec![b / 2, b, w],
+                probs: vec![0.2, 0.3, 0.5],
+            })
             .collect(),
         costs: vec![],
         budgets: vec![],

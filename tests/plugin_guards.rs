@@ -23,14 +23,26 @@ impl CostModel for Bad {
 }
 
 #[distributed_slice(COST_PLUGINS)]
-static NEGATIVE: CostPlugin =
-    CostPlugin { name: "test-negative", origin: module_path!(), summary: "returns -1", create: |_| Ok(Box::new(Bad { value: -1.0, values: 2 })) };
+static NEGATIVE: CostPlugin = CostPlugin {
+    name: "test-negative",
+    origin: module_path!(),
+    summary: "returns -1",
+    create: |_| Ok(Box::new(Bad { value: -1.0, values: 2 })),
+};
 #[distributed_slice(COST_PLUGINS)]
-static NAN: CostPlugin =
-    CostPlugin { name: "test-nan", origin: module_path!(), summary: "returns NaN", create: |_| Ok(Box::new(Bad { value: f64::NAN, values: 2 })) };
+static NAN: CostPlugin = CostPlugin {
+    name: "test-nan",
+    origin: module_path!(),
+    summary: "returns NaN",
+    create: |_| Ok(Box::new(Bad { value: f64::NAN, values: 2 })),
+};
 #[distributed_slice(COST_PLUGINS)]
-static SHORT: CostPlugin =
-    CostPlugin { name: "test-short", origin: module_path!(), summary: "returns one value for two metrics", create: |_| Ok(Box::new(Bad { value: 1.0, values: 1 })) };
+static SHORT: CostPlugin = CostPlugin {
+    name: "test-short",
+    origin: module_path!(),
+    summary: "returns one value for two metrics",
+    create: |_| Ok(Box::new(Bad { value: 1.0, values: 1 })),
+};
 
 fn evaluate(plugin: &str) -> Result<(), CostError> {
     let text = format!(

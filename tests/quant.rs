@@ -3,9 +3,8 @@
 
 use approx::assert_relative_eq;
 use nce::quant::{
-    groups, lsq_init_step, lsq_quantize, maxabs_codes, maxabs_quantize, maxabs_scale, pact_clip, pact_codes,
-    pact_quantize, round_half_away, sawb_alpha, sawb_codes, sawb_coefficients, sawb_quantize, Lsq, LsqTarget, Pact,
-    QuantError, WeightScheme,
+    groups, lsq_init_step, lsq_quantize, maxabs_codes, maxabs_quantize, maxabs_scale, pact_clip, pact_codes, pact_quantize,
+    round_half_away, sawb_alpha, sawb_codes, sawb_coefficients, sawb_quantize, Lsq, LsqTarget, Pact, QuantError, WeightScheme,
 };
 use tch::{nn, Device, Kind, Tensor};
 

@@ -190,7 +190,8 @@ fn export_refuses_links_fifos_and_folders() {
     std::fs::create_dir(&folder).unwrap();
     let o = nce(&["export", s(&p), "-o", s(&folder)]);
     assert!(stderr(&o).contains("a directory"), "{}", stderr(&o));
-    let leftovers: Vec<_> = std::fs::read_dir(dir.path()).unwrap().map(|e| e.unwrap().file_name()).filter(|n| n.to_string_lossy().ends_with(".tmp")).collect();
+    let leftovers: Vec<_> =
+        std::fs::read_dir(dir.path()).unwrap().map(|e| e.unwrap().file_name()).filter(|n| n.to_string_lossy().ends_with(".tmp")).collect();
     assert!(leftovers.is_empty(), "temp files left: {leftovers:?}");
 }
 
@@ -218,8 +219,26 @@ fn training_on_a_full_disk_stops_cleanly_and_keeps_the_last_checkpoint() {
     let dir = tempfile::tempdir().unwrap();
     let train = |out: &Path, extra: &[&str]| -> Vec<String> {
         let mut a: Vec<String> = [
-            "train", "--model", "resnet20", "--data", "fashion-mnist", "--bits", "2", "--epochs", "1", "--batch-size", "128",
-            "--train-subset", "256", "--test-subset", "100", "--checkpoint-every", "1", "--threads", "1", "--quiet",
+            "train",
+            "--model",
+            "resnet20",
+            "--data",
+            "fashion-mnist",
+            "--bits",
+            "2",
+            "--epochs",
+            "1",
+            "--batch-size",
+            "128",
+            "--train-subset",
+            "256",
+            "--test-subset",
+            "100",
+            "--checkpoint-every",
+            "1",
+            "--threads",
+            "1",
+            "--quiet",
         ]
         .iter()
         .map(|s| s.to_string())
@@ -256,7 +275,8 @@ fn training_on_a_full_disk_stops_cleanly_and_keeps_the_last_checkpoint() {
     assert_eq!(rc.trim(), "1", "exit status (134 is the libtorch abort):\n{err}");
     assert!(err.contains("checkpoint.ot") && err.contains("No space left on device"), "{err}");
     assert!(!err.contains("terminate called"), "{err}");
-    let names: Vec<String> = std::fs::read_dir(keep.join("run")).unwrap().map(|e| e.unwrap().file_name().to_string_lossy().into_owned()).collect();
+    let names: Vec<String> =
+        std::fs::read_dir(keep.join("run")).unwrap().map(|e| e.unwrap().file_name().to_string_lossy().into_owned()).collect();
     assert!(names.iter().all(|n| !n.ends_with(".tmp")), "temp files left: {names:?}");
     let meta = checkpoint::load::<Meta>(&keep.join("run/checkpoint.ot")).expect("the previous checkpoint still loads").meta;
     assert_eq!(meta.step, 1, "the checkpoint of step 1 is kept");

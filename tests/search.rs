@@ -363,7 +363,8 @@ fn expected_macs_gradients_match_finite_differences() {
     let macs = model(&eval, "macs");
     tch::manual_seed(21);
     let sn = cost_supernet();
-    let vals: Vec<Vec<f32>> = sn.logits.iter().map(|l| f32s(&(Tensor::randn([l.size()[0]], (Kind::Float, tch::Device::Cpu)) * 0.8))).collect();
+    let vals: Vec<Vec<f32>> =
+        sn.logits.iter().map(|l| f32s(&(Tensor::randn([l.size()[0]], (Kind::Float, tch::Device::Cpu)) * 0.8))).collect();
     set_logits(&sn, &vals);
     let e = expected_cost(&sn, &distributions(&sn), macs, 0).unwrap();
     let e0 = e.double_value(&[]);
@@ -392,7 +393,11 @@ fn expected_macs_gradients_match_finite_differences() {
             let fd = (up - down) / (2.0 * h as f64);
             let err = (fd - grads[s][j]).abs();
             worst = worst.max(err / gmax);
-            assert!(err <= 2e-3 * gmax + 1e-3 * grads[s][j].abs(), "slot {s} logit {j}: autograd {} vs finite difference {fd} (E = {e0})", grads[s][j]);
+            assert!(
+                err <= 2e-3 * gmax + 1e-3 * grads[s][j].abs(),
+                "slot {s} logit {j}: autograd {} vs finite difference {fd} (E = {e0})",
+                grads[s][j]
+            );
         }
     }
     set_logits(&sn, &vals);
@@ -765,11 +770,8 @@ macs = {budget}
 fn greedy_space() -> (Vec<space::Slot>, Vec<Vec<f64>>) {
     let cfg = SpaceConfig::default();
     let base = tiny_net();
-    let mut slots: Vec<space::Slot> = base
-        .layers
-        .iter()
-        .filter_map(|l| l.width_slot.map(|s| space::Slot::new(&l.name, base.widths[s], &cfg)))
-        .collect();
+    let mut slots: Vec<space::Slot> =
+        base.layers.iter().filter_map(|l| l.width_slot.map(|s| space::Slot::new(&l.name, base.widths[s], &cfg))).collect();
     for s in &mut slots {
         while let Some(n) = s.next_width(&cfg) {
             s.candidates.push(n);
@@ -865,11 +867,14 @@ fn cost_aware_repair_and_grow_back_follow_cost_per_probability() {
     assert_eq!(changed, vec!["a: 16 -> 9".to_string(), "c: 16 -> 8".to_string()]);
     // Grow-back order: from all-narrow, the slot with the strongest preference for 16 grows first.
     let prefer_b = vec![vec![0.6, 0.4], vec![0.51, 0.49], vec![0.9, 0.1]];
-    let tight = |w: &[usize]| -> Result<Vec<derive::Budget>, ()> { Ok(vec![derive::Budget { metric: "cost".into(), value: w.iter().sum::<usize>() as f64, max: 32.0 }]) };
+    let tight = |w: &[usize]| -> Result<Vec<derive::Budget>, ()> {
+        Ok(vec![derive::Budget { metric: "cost".into(), value: w.iter().sum::<usize>() as f64, max: 32.0 }])
+    };
     let (w, _) = derive::cost_aware(&slots, &prefer_b, 1, tight).unwrap().unwrap();
     assert_eq!(w, vec![8, 16, 8], "b is the most preferred growth");
     // Infeasible: even the narrowest network breaks the budget.
-    let impossible = |_: &[usize]| -> Result<Vec<derive::Budget>, ()> { Ok(vec![derive::Budget { metric: "cost".into(), value: 2.0, max: 1.0 }]) };
+    let impossible =
+        |_: &[usize]| -> Result<Vec<derive::Budget>, ()> { Ok(vec![derive::Budget { metric: "cost".into(), value: 2.0, max: 1.0 }]) };
     assert!(derive::cost_aware(&slots, &probs, 1, impossible).unwrap().is_err());
 }
 
@@ -952,7 +957,6 @@ fn tiny_search_expands_meets_budgets_and_resumes() {
     assert_eq!(again.log.len(), 2);
     assert_eq!(std::fs::read_to_string(dir.path().join("search.jsonl")).unwrap().lines().count(), 2);
 }
-
 
 /// `--init`: a trained model's variables land in the supernet by name — weights in the leading
 /// slice of the cap-sized tensors, the model's BatchNorm in every candidate's (narrowed), PACT
@@ -1096,7 +1100,8 @@ fn weight_decay_leaves_unused_slices_alone() {
 fn warmup_epochs_freeze_the_architecture() {
     torch();
     let dir = tempfile::tempdir().unwrap();
-    let mut cfg = SearchConfig::new(ModelKind::Resnet20, "hw-profiles/nce-flops-params.toml".into(), "fashion-mnist", 3, dir.path().to_path_buf());
+    let mut cfg =
+        SearchConfig::new(ModelKind::Resnet20, "hw-profiles/nce-flops-params.toml".into(), "fashion-mnist", 3, dir.path().to_path_buf());
     cfg.train_subset = Some(256);
     cfg.test_subset = Some(100);
     cfg.val_subset = 64;
@@ -1156,7 +1161,11 @@ fn search_resumes_bit_identically_after_kill_9() {
         }
     }
     let probs = |d: &str| -> Vec<serde_json::Value> {
-        std::fs::read_to_string(dir.path().join(d).join("search.jsonl")).unwrap().lines().map(|l| serde_json::from_str::<serde_json::Value>(l).unwrap()["probs"].clone()).collect()
+        std::fs::read_to_string(dir.path().join(d).join("search.jsonl"))
+            .unwrap()
+            .lines()
+            .map(|l| serde_json::from_str::<serde_json::Value>(l).unwrap()["probs"].clone())
+            .collect()
     };
     assert_eq!(probs("a"), probs("b"));
     assert_eq!(
@@ -1171,7 +1180,8 @@ fn search_resumes_bit_identically_after_kill_9() {
 fn fp32_init_calibrates_the_clips() {
     torch();
     let dir = tempfile::tempdir().unwrap();
-    let mut cfg = SearchConfig::new(ModelKind::Resnet20, "hw-profiles/nce-flops-params.toml".into(), "fashion-mnist", 1, dir.path().to_path_buf());
+    let mut cfg =
+        SearchConfig::new(ModelKind::Resnet20, "hw-profiles/nce-flops-params.toml".into(), "fashion-mnist", 1, dir.path().to_path_buf());
     cfg.train_subset = Some(256);
     cfg.test_subset = Some(50);
     cfg.val_subset = 32;

@@ -19,11 +19,8 @@ fn config(out: &Path, bits: u8, epochs: usize) -> TrainConfig {
 
 fn vars(path: &Path) -> Vec<(String, Vec<f32>)> {
     let ck = checkpoint::load::<Meta>(path).unwrap();
-    let mut v: Vec<(String, Vec<f32>)> = ck
-        .vars
-        .iter()
-        .map(|(n, t)| (n.clone(), Vec::<f32>::try_from(&t.to_kind(tch::Kind::Float).flatten(0, -1)).unwrap()))
-        .collect();
+    let mut v: Vec<(String, Vec<f32>)> =
+        ck.vars.iter().map(|(n, t)| (n.clone(), Vec::<f32>::try_from(&t.to_kind(tch::Kind::Float).flatten(0, -1)).unwrap())).collect();
     v.sort_by(|a, b| a.0.cmp(&b.0));
     v
 }
@@ -122,8 +119,27 @@ fn cli_training_survives_being_killed() {
     let out = dir.path().join("run");
     let args = |resume: bool| {
         let mut a: Vec<String> = [
-            "train", "--model", "resnet20", "--data", "fashion-mnist", "--bits", "2", "--epochs", "1", "--batch-size", "64",
-            "--train-subset", "640", "--test-subset", "200", "--checkpoint-every", "2", "--threads", "1", "--quiet", "--out",
+            "train",
+            "--model",
+            "resnet20",
+            "--data",
+            "fashion-mnist",
+            "--bits",
+            "2",
+            "--epochs",
+            "1",
+            "--batch-size",
+            "64",
+            "--train-subset",
+            "640",
+            "--test-subset",
+            "200",
+            "--checkpoint-every",
+            "2",
+            "--threads",
+            "1",
+            "--quiet",
+            "--out",
         ]
         .iter()
         .map(|s| s.to_string())

@@ -116,7 +116,15 @@ pub fn format_report(profile: &Profile, net: &Network, report: &CostReport) -> S
     }
     let _ = writeln!(out, "{total}");
     for m in &report.metrics {
-        let _ = writeln!(out, "  {:<22} {:>16} {:<6} ({}{})", m.metric, format!("{:.6}", m.total).trim_end_matches('0').trim_end_matches('.'), m.unit, m.plugin, if m.separable { "" } else { ", peak, not a sum" });
+        let _ = writeln!(
+            out,
+            "  {:<22} {:>16} {:<6} ({}{})",
+            m.metric,
+            format!("{:.6}", m.total).trim_end_matches('0').trim_end_matches('.'),
+            m.unit,
+            m.plugin,
+            if m.separable { "" } else { ", peak, not a sum" }
+        );
     }
     if report.budgets.is_empty() {
         let _ = writeln!(out, "no budgets in this profile");

@@ -38,7 +38,8 @@ pub fn export(a: ExportArgs) -> Result<ExitCode> {
     }
     let m = crate::train::load_model(&a.checkpoint)?;
     let layers = convert::int_layers(&m).map_err(anyhow::Error::msg).with_context(|| format!("exporting {}", a.checkpoint.display()))?;
-    let container = convert::to_container(&m, &layers, &a.checkpoint.display().to_string(), a.profile.clone()).map_err(anyhow::Error::msg)?;
+    let container =
+        convert::to_container(&m, &layers, &a.checkpoint.display().to_string(), a.profile.clone()).map_err(anyhow::Error::msg)?;
     let bytes = crate::export::format::encode(&container)?;
     fsutil::write_atomic(&a.out, &bytes, &opts)?;
     // Read it back through the same validation every user of the file goes through.
@@ -103,7 +104,9 @@ pub fn validate(a: ValidateArgs) -> Result<ExitCode> {
     };
     let cpu = Cpu::new(backend, 1)?;
     let t = Instant::now();
-    let outs = model.run_layers_batch(&cpu, &ds.images, a.threads).with_context(|| format!("running {} on the {backend:?} engine", a.model.display()))?;
+    let outs = model
+        .run_layers_batch(&cpu, &ds.images, a.threads)
+        .with_context(|| format!("running {} on the {backend:?} engine", a.model.display()))?;
     let secs = t.elapsed().as_secs_f64();
     let n = ds.len();
     let correct = outs
@@ -132,7 +135,12 @@ fn compare_with_simulation(_: &ValidateArgs, _: &QModel, _: &crate::data::Datase
 
 /// Compares every layer's integer output of the engine with the tch integer simulation.
 #[cfg(feature = "train")]
-fn compare_with_simulation(a: &ValidateArgs, model: &QModel, ds: &crate::data::Dataset, outs: &[Vec<Option<LayerOut>>]) -> Result<ExitCode> {
+fn compare_with_simulation(
+    a: &ValidateArgs,
+    model: &QModel,
+    ds: &crate::data::Dataset,
+    outs: &[Vec<Option<LayerOut>>],
+) -> Result<ExitCode> {
     let ckpt = match (&a.checkpoint, &model.header.source) {
         (Some(c), _) => c.clone(),
         (None, Some(s)) => PathBuf::from(s),
@@ -178,7 +186,12 @@ fn validate_against_cpu(a: &ValidateArgs, model: &QModel, ds: &crate::data::Data
         n as f64 / c.a_seconds
     );
     println!("CPU engine ({}, {} threads): {:.1} s ({:.1} images/s)", cpu.name(), a.threads, c.b_seconds, n as f64 / c.b_seconds);
-    println!("argmax agreement {} vs CPU engine: {:.2}% ({}/{n})", backend.name(), 100.0 * c.argmax_agree as f64 / n as f64, c.argmax_agree);
+    println!(
+        "argmax agreement {} vs CPU engine: {:.2}% ({}/{n})",
+        backend.name(),
+        100.0 * c.argmax_agree as f64 / n as f64,
+        c.argmax_agree
+    );
     println!("logits: {} of {} differ ({} images)", c.differing_logits, c.logits, c.differing_images);
     Ok(if c.exact() { ExitCode::SUCCESS } else { ExitCode::from(1) })
 }

@@ -103,7 +103,11 @@ pub fn run(a: MeasureArgs) -> Result<ExitCode> {
     let net = graph::build(a.model, a.input, a.classes, None, &BitConfig::uniform(2))?;
     let cfg = MeasureConfig { grid: a.widths_grid.clone(), warmup: a.warmup, repeats: a.repeats, granularity: a.granularity };
     let bar = indicatif::ProgressBar::new(0);
-    bar.set_style(indicatif::ProgressStyle::with_template("measure [{bar:30}] {pos}/{len} layers ({elapsed}<{eta})").expect("static template").progress_chars("=> "));
+    bar.set_style(
+        indicatif::ProgressStyle::with_template("measure [{bar:30}] {pos}/{len} layers ({elapsed}<{eta})")
+            .expect("static template")
+            .progress_chars("=> "),
+    );
     let progress = |done: usize, total: usize| {
         bar.set_length(total as u64);
         bar.set_position(done as u64);

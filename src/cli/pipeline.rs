@@ -68,7 +68,10 @@ pub fn run(a: PipelineArgs) -> Result<ExitCode> {
             s.test_subset.map_or("all".into(), |n| n.to_string())
         );
     } else {
-        println!("schedule {}: {} FP32 epochs, {}-epoch search, {} W2A2 epochs per network (resumable: rerun the same command)", name, s.fp32_epochs, s.search_epochs, s.w2a2_epochs);
+        println!(
+            "schedule {}: {} FP32 epochs, {}-epoch search, {} W2A2 epochs per network (resumable: rerun the same command)",
+            name, s.fp32_epochs, s.search_epochs, s.w2a2_epochs
+        );
     }
     let r = pipeline::run(&c)?;
     for st in &r.stages {

@@ -116,12 +116,7 @@ fn show(p: &Profile) {
         m.weight_buffer_bytes, m.activation_buffer_bytes, m.bandwidth_gbps
     );
     for b in &p.budgets {
-        println!(
-            "budget:  {} <= {}{}",
-            b.metric,
-            b.limit,
-            b.plugin.as_ref().map(|p| format!(" (from {p})")).unwrap_or_default()
-        );
+        println!("budget:  {} <= {}{}", b.metric, b.limit, b.plugin.as_ref().map(|p| format!(" (from {p})")).unwrap_or_default());
     }
     for (name, opts) in &p.plugins {
         println!("plugin:  {name} {}", if opts.is_empty() { String::new() } else { opts.to_string().replace('\n', " ") });

@@ -118,7 +118,11 @@ pub fn run(a: TrainArgs) -> Result<ExitCode> {
     let cfg = config(&a)?;
     let s = train::train(&cfg, a.resume, !a.quiet).with_context(|| format!("training into {}", cfg.out.display()))?;
     if s.final_test_acc.is_nan() {
-        println!("stopped after {} steps; continue with the same command and --resume ({})", cfg.max_steps.unwrap_or(0), s.checkpoint.display());
+        println!(
+            "stopped after {} steps; continue with the same command and --resume ({})",
+            cfg.max_steps.unwrap_or(0),
+            s.checkpoint.display()
+        );
         return Ok(ExitCode::SUCCESS);
     }
     println!(

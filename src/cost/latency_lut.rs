@@ -45,9 +45,11 @@ static LATENCY_LUT: CostPlugin = CostPlugin {
     summary: "latency from the profile's measured per-layer table, interpolating unmeasured widths",
     create: |ctx| {
         let o: Options = ctx.options()?;
-        let table = ctx.profile.latency_table.clone().ok_or_else(|| {
-            PluginError::Requirement("needs a measured table: add `[latency_table] file = \"…csv\"`".into())
-        })?;
+        let table = ctx
+            .profile
+            .latency_table
+            .clone()
+            .ok_or_else(|| PluginError::Requirement("needs a measured table: add `[latency_table] file = \"…csv\"`".into()))?;
         Ok(Box::new(LatencyLut { table, allow_missing: o.allow_missing }))
     },
 };

@@ -28,8 +28,8 @@ pub use packed_memory::{packed_activation_bytes, packed_weight_bytes};
 
 use crate::graph::{Layer, Network};
 use crate::hw::{Profile, ProfileError};
-use std::path::Path;
 use linkme::distributed_slice;
+use std::path::Path;
 
 /// Reads and validates a profile, including its cost plugins (they must be registered and
 /// accept their options) and its budgets (each must be produced by exactly one plugin of the

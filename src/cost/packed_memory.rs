@@ -65,8 +65,7 @@ impl PackedMemory {
             }
         }
         let input_bytes = packed_activation_bytes(net.input, 8, self.word_bits);
-        let bytes: Vec<u64> =
-            net.layers.iter().map(|l| packed_activation_bytes(l.out_shape, l.out_bits, self.word_bits)).collect();
+        let bytes: Vec<u64> = net.layers.iter().map(|l| packed_activation_bytes(l.out_shape, l.out_bits, self.word_bits)).collect();
         (0..n)
             .map(|j| {
                 let mut live = if last_use_input >= j { input_bytes } else { 0 };

@@ -28,13 +28,7 @@ impl LoaderConfig {
     /// Training: shuffled, the dataset's default augmentation ([`Augment::for_dataset`]),
     /// last partial batch kept.
     pub fn train(dataset: &str, batch_size: usize, seed: u64) -> LoaderConfig {
-        LoaderConfig {
-            batch_size,
-            shuffle: true,
-            drop_last: false,
-            augment: Augment::for_dataset(dataset),
-            seed,
-        }
+        LoaderConfig { batch_size, shuffle: true, drop_last: false, augment: Augment::for_dataset(dataset), seed }
     }
 
     /// Evaluation: file order, no augmentation, every sample exactly once.
@@ -81,9 +75,7 @@ impl Loader {
             )));
         }
         let n = ds.len();
-        let images = Tensor::from_slice(&ds.images)
-            .view([n as i64, s.c as i64, s.h as i64, s.w as i64])
-            .to_device(device);
+        let images = Tensor::from_slice(&ds.images).view([n as i64, s.c as i64, s.h as i64, s.w as i64]).to_device(device);
         let labels = Tensor::from_slice(&ds.labels).to_kind(Kind::Int64).to_device(device);
         Ok(Loader { images, labels, n, shape: s, cfg, device })
     }
@@ -149,13 +141,7 @@ impl Loader {
     /// skipped batches, which is how a run resumes mid-epoch.
     pub fn epoch_batches(&self, epoch: u64) -> EpochBatches<'_> {
         let order: Vec<i64> = self.order(epoch).into_iter().map(|i| i as i64).collect();
-        EpochBatches {
-            loader: self,
-            epoch,
-            order: Tensor::from_slice(&order).to_device(self.device),
-            next: 0,
-            end: self.num_batches(),
-        }
+        EpochBatches { loader: self, epoch, order: Tensor::from_slice(&order).to_device(self.device), next: 0, end: self.num_batches() }
     }
 
     fn make_batch(&self, order: &Tensor, epoch: u64, index: usize) -> (Tensor, Tensor) {

@@ -25,11 +25,7 @@ pub fn read_cifar_batch(path: &Path) -> Result<(Vec<u8>, Vec<u8>), DataError> {
 /// Parses an in-memory batch; `path` is only used in error messages.
 pub fn parse_cifar_batch(path: &Path, bytes: &[u8]) -> Result<(Vec<u8>, Vec<u8>), DataError> {
     if bytes.is_empty() || !bytes.len().is_multiple_of(RECORD_BYTES) {
-        return Err(DataError::CifarLength {
-            path: path.to_path_buf(),
-            len: bytes.len() as u64,
-            record: RECORD_BYTES,
-        });
+        return Err(DataError::CifarLength { path: path.to_path_buf(), len: bytes.len() as u64, record: RECORD_BYTES });
     }
     let n = bytes.len() / RECORD_BYTES;
     let mut images = Vec::with_capacity(n * IMAGE_BYTES);
@@ -48,11 +44,7 @@ pub fn write_cifar_batch(path: &Path, images: &[u8], labels: &[u8]) -> Result<()
     if labels.len().checked_mul(IMAGE_BYTES) != Some(images.len()) {
         return Err(DataError::Malformed {
             path: path.to_path_buf(),
-            reason: format!(
-                "{} pixels do not hold {} CIFAR images of {IMAGE_BYTES} bytes",
-                images.len(),
-                labels.len()
-            ),
+            reason: format!("{} pixels do not hold {} CIFAR images of {IMAGE_BYTES} bytes", images.len(), labels.len()),
         });
     }
     check_labels(path, labels, CLASSES)?;

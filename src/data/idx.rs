@@ -35,9 +35,7 @@ pub fn read_maybe_gz(path: &Path) -> Result<Vec<u8>, DataError> {
         let isize = u32::from_le_bytes([bytes[n - 4], bytes[n - 3], bytes[n - 2], bytes[n - 1]]);
         let hint = (isize as usize).min(n.saturating_mul(64));
         let mut out = Vec::with_capacity(hint);
-        MultiGzDecoder::new(&bytes[..])
-            .read_to_end(&mut out)
-            .map_err(|source| DataError::Gzip { path: path.to_path_buf(), source })?;
+        MultiGzDecoder::new(&bytes[..]).read_to_end(&mut out).map_err(|source| DataError::Gzip { path: path.to_path_buf(), source })?;
         Ok(out)
     } else {
         Ok(bytes)
@@ -54,41 +52,25 @@ pub(crate) fn io_error(path: &Path, e: std::io::Error) -> DataError {
 
 /// Parses an IDX u8 buffer with the given magic; returns the dims and the body.
 /// `path` is only used in error messages.
-fn parse<'a>(
-    path: &Path,
-    bytes: &'a [u8],
-    magic: u32,
-    what: &'static str,
-) -> Result<(Vec<usize>, &'a [u8]), DataError> {
+fn parse<'a>(path: &Path, bytes: &'a [u8], magic: u32, what: &'static str) -> Result<(Vec<usize>, &'a [u8]), DataError> {
     let ndims = (magic & 0xff) as usize;
     let header = 4 + 4 * ndims;
     let be = |i: usize| u32::from_be_bytes([bytes[i], bytes[i + 1], bytes[i + 2], bytes[i + 3]]);
     if bytes.len() < 4 {
-        return Err(DataError::Truncated {
-            path: path.to_path_buf(),
-            expected: header as u64,
-            found: bytes.len() as u64,
-        });
+        return Err(DataError::Truncated { path: path.to_path_buf(), expected: header as u64, found: bytes.len() as u64 });
     }
     let found = be(0);
     if found != magic {
         return Err(DataError::BadMagic { path: path.to_path_buf(), expected: magic, found, what });
     }
     if bytes.len() < header {
-        return Err(DataError::Truncated {
-            path: path.to_path_buf(),
-            expected: header as u64,
-            found: bytes.len() as u64,
-        });
+        return Err(DataError::Truncated { path: path.to_path_buf(), expected: header as u64, found: bytes.len() as u64 });
     }
     let dims: Vec<usize> = (0..ndims).map(|d| be(4 + 4 * d) as usize).collect();
     // u64 arithmetic: 3 × u32 can overflow usize on 32-bit targets and even u64 in theory.
     let body = dims.iter().try_fold(1u64, |acc, &d| acc.checked_mul(d as u64));
     let Some(expected) = body.and_then(|b| b.checked_add(header as u64)) else {
-        return Err(DataError::Malformed {
-            path: path.to_path_buf(),
-            reason: format!("dimensions {dims:?} overflow"),
-        });
+        return Err(DataError::Malformed { path: path.to_path_buf(), reason: format!("dimensions {dims:?} overflow") });
     };
     let found = bytes.len() as u64;
     if found < expected {
@@ -105,10 +87,7 @@ pub fn parse_images(path: &Path, bytes: &[u8]) -> Result<IdxImages, DataError> {
     let (dims, body) = parse(path, bytes, IMAGES_MAGIC, "u8 idx3 images")?;
     let (count, rows, cols) = (dims[0], dims[1], dims[2]);
     if rows == 0 || cols == 0 {
-        return Err(DataError::Malformed {
-            path: path.to_path_buf(),
-            reason: format!("image size {rows}x{cols}"),
-        });
+        return Err(DataError::Malformed { path: path.to_path_buf(), reason: format!("image size {rows}x{cols}") });
     }
     Ok(IdxImages { count, rows, cols, pixels: body.to_vec() })
 }
@@ -148,9 +127,7 @@ pub fn read_pair(images: &Path, labels: &Path, classes: usize) -> Result<(IdxIma
 
 pub(crate) fn check_labels(path: &Path, labels: &[u8], classes: usize) -> Result<(), DataError> {
     match labels.iter().position(|&l| usize::from(l) >= classes) {
-        Some(index) => {
-            Err(DataError::LabelOutOfRange { path: path.to_path_buf(), index, label: labels[index], classes })
-        }
+        Some(index) => Err(DataError::LabelOutOfRange { path: path.to_path_buf(), index, label: labels[index], classes }),
         None => Ok(()),
     }
 }

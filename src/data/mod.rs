@@ -114,13 +114,7 @@ impl fmt::Debug for Dataset {
 
 impl Dataset {
     /// Builds a dataset after checking that pixels, labels, shape and classes agree.
-    pub fn new(
-        name: impl Into<String>,
-        images: Vec<u8>,
-        labels: Vec<u8>,
-        shape: Shape,
-        classes: usize,
-    ) -> Result<Dataset, DataError> {
+    pub fn new(name: impl Into<String>, images: Vec<u8>, labels: Vec<u8>, shape: Shape, classes: usize) -> Result<Dataset, DataError> {
         let name = name.into();
         if shape.numel() == 0 || labels.len().checked_mul(shape.numel()) != Some(images.len()) {
             return Err(DataError::InvalidArgument(format!(
@@ -292,22 +286,12 @@ fn load_idx(name: &str, dir: &Path, split: Split, gz: bool) -> Result<Dataset, D
     let images = either_form(dir.join(format!("{prefix}-images-idx3-ubyte{ext}")));
     let labels = either_form(dir.join(format!("{prefix}-labels-idx1-ubyte{ext}")));
     let (imgs, labels) = idx::read_pair(&images, &labels, 10)?;
-    Ok(Dataset {
-        name: name.to_string(),
-        shape: Shape::new(1, imgs.rows, imgs.cols),
-        images: imgs.pixels,
-        labels,
-        classes: 10,
-    })
+    Ok(Dataset { name: name.to_string(), shape: Shape::new(1, imgs.rows, imgs.cols), images: imgs.pixels, labels, classes: 10 })
 }
 
 fn load_cifar10(dir: &Path, split: Split) -> Result<Dataset, DataError> {
     let nested = dir.join("cifar-10-batches-bin");
-    let dir = if !dir.join("test_batch.bin").exists() && nested.join("test_batch.bin").exists() {
-        nested
-    } else {
-        dir.to_path_buf()
-    };
+    let dir = if !dir.join("test_batch.bin").exists() && nested.join("test_batch.bin").exists() { nested } else { dir.to_path_buf() };
     let files: Vec<PathBuf> = match split {
         Split::Train => (1..=5).map(|i| dir.join(format!("data_batch_{i}.bin"))).collect(),
         Split::Test => vec![dir.join("test_batch.bin")],
@@ -319,13 +303,7 @@ fn load_cifar10(dir: &Path, split: Split) -> Result<Dataset, DataError> {
         images.extend_from_slice(&im);
         labels.extend_from_slice(&lb);
     }
-    Ok(Dataset {
-        name: "cifar10".to_string(),
-        images,
-        labels,
-        shape: Shape::new(3, cifar::SIDE, cifar::SIDE),
-        classes: cifar::CLASSES,
-    })
+    Ok(Dataset { name: "cifar10".to_string(), images, labels, shape: Shape::new(3, cifar::SIDE, cifar::SIDE), classes: cifar::CLASSES })
 }
 
 /// splitmix64 (Steele, Lea & Flood 2014): tiny, fast, statistically good enough for shuffles

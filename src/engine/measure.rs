@@ -117,7 +117,16 @@ fn round_to(c: f64, g: usize) -> usize {
 
 /// A conv with random codes and a requantisation that keeps outputs spread over `0..=qmax`
 /// (so the timed epilogue does the same work as a trained layer's).
-pub fn synthetic_conv(rng: &mut Rng, c_in: usize, c_out: usize, k: usize, stride: usize, pad: usize, w8: bool, qmax: u8) -> Result<Conv2d, EngineError> {
+pub fn synthetic_conv(
+    rng: &mut Rng,
+    c_in: usize,
+    c_out: usize,
+    k: usize,
+    stride: usize,
+    pad: usize,
+    w8: bool,
+    qmax: u8,
+) -> Result<Conv2d, EngineError> {
     let k_len = k * k * c_in;
     let weights = if w8 {
         ConvWeights::W8(Weights8::new(c_out, k_len, (0..c_out * k_len).map(|_| range(rng, -127, 127) as i8).collect())?)
@@ -164,12 +173,22 @@ fn with_channels(l: &Layer, c_in: usize, c_out: usize) -> Layer {
 
 /// Measures every layer family of `net` (a base network) over the width grid on the CPU engine.
 /// `progress` is called after each signature with (done, total).
-pub fn measure_cpu(net: &Network, cpu: &Cpu, cfg: &MeasureConfig, progress: impl FnMut(usize, usize)) -> Result<LatencyTable, MeasureError> {
+pub fn measure_cpu(
+    net: &Network,
+    cpu: &Cpu,
+    cfg: &MeasureConfig,
+    progress: impl FnMut(usize, usize),
+) -> Result<LatencyTable, MeasureError> {
     measure(net, cpu, cfg, progress)
 }
 
 /// Measures every layer family of `net` (a base network) over the width grid on `runner`.
-pub fn measure(net: &Network, runner: &dyn Runner, cfg: &MeasureConfig, mut progress: impl FnMut(usize, usize)) -> Result<LatencyTable, MeasureError> {
+pub fn measure(
+    net: &Network,
+    runner: &dyn Runner,
+    cfg: &MeasureConfig,
+    mut progress: impl FnMut(usize, usize),
+) -> Result<LatencyTable, MeasureError> {
     if cfg.grid.is_empty() || cfg.grid.iter().any(|r| !(*r > 0.0) || !r.is_finite()) {
         return Err(MeasureError::Invalid(format!("width grid {:?} must hold positive ratios", cfg.grid)));
     }
@@ -303,12 +322,7 @@ pub fn machine_facts() -> Vec<(String, String)> {
     let governor = read("/sys/devices/system/cpu/cpu0/cpufreq/scaling_governor").unwrap_or_else(|| "unknown".into());
     let khz = read("/sys/devices/system/cpu/cpu0/cpufreq/scaling_cur_freq").unwrap_or_else(|| "unknown".into());
     let cores = std::thread::available_parallelism().map(|n| n.get().to_string()).unwrap_or_else(|_| "unknown".into());
-    vec![
-        ("cpu".into(), cpu.replace(' ', "_")),
-        ("governor".into(), governor),
-        ("cur_freq_khz".into(), khz),
-        ("cores".into(), cores),
-    ]
+    vec![("cpu".into(), cpu.replace(' ', "_")), ("governor".into(), governor), ("cur_freq_khz".into(), khz), ("cores".into(), cores)]
 }
 
 /// The CPU's model name as `/proc/cpuinfo` gives it (`unknown` elsewhere).
@@ -325,7 +339,9 @@ pub fn predict_us(table: &LatencyTable, net: &Network) -> Result<f64, MeasureErr
         .iter()
         .map(|l| {
             let sig = l.signature();
-            table.lookup_us(&sig).ok_or_else(|| MeasureError::Invalid(format!("{}: no measurement for `{sig}` (layer {})", table.path.display(), l.name)))
+            table
+                .lookup_us(&sig)
+                .ok_or_else(|| MeasureError::Invalid(format!("{}: no measurement for `{sig}` (layer {})", table.path.display(), l.name)))
         })
         .sum()
 }

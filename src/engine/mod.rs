@@ -231,16 +231,9 @@ impl PackedW2 {
 
     pub fn validate(&self) -> Result<()> {
         if self.c_out == 0 || self.k_len == 0 {
-            return Err(invalid(
-                "2-bit weights",
-                format!("c_out = {}, k_len = {} must be positive", self.c_out, self.k_len),
-            ));
+            return Err(invalid("2-bit weights", format!("c_out = {}, k_len = {} must be positive", self.c_out, self.k_len)));
         }
-        expect_eq(
-            "packed 2-bit words (c_out·words_per_channel)",
-            self.c_out * self.words_per_channel(),
-            self.words.len(),
-        )
+        expect_eq("packed 2-bit words (c_out·words_per_channel)", self.c_out * self.words_per_channel(), self.words.len())
     }
 }
 
@@ -266,10 +259,7 @@ impl Weights8 {
 
     pub fn validate(&self) -> Result<()> {
         if self.c_out == 0 || self.k_len == 0 {
-            return Err(invalid(
-                "8-bit weights",
-                format!("c_out = {}, k_len = {} must be positive", self.c_out, self.k_len),
-            ));
+            return Err(invalid("8-bit weights", format!("c_out = {}, k_len = {} must be positive", self.c_out, self.k_len)));
         }
         expect_eq("8-bit weight codes (c_out·k_len)", self.c_out * self.k_len, self.data.len())
     }
@@ -393,14 +383,7 @@ fn out_len(what: &'static str, n: usize, k: usize, stride: usize, pad: usize) ->
 }
 
 impl Conv2d {
-    pub fn new(
-        c_in: usize,
-        k: usize,
-        stride: usize,
-        pad: usize,
-        weights: ConvWeights,
-        requant: Requant,
-    ) -> Result<Self> {
+    pub fn new(c_in: usize, k: usize, stride: usize, pad: usize, weights: ConvWeights, requant: Requant) -> Result<Self> {
         let conv = Conv2d { c_in, k, stride, pad, weights, requant };
         conv.validate()?;
         Ok(conv)

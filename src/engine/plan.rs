@@ -43,11 +43,27 @@ pub enum Step {
     /// A conv (writing graph layer `out`), optionally with the residual add fused: the add's
     /// shortcut operand comes from tensor `residual.0`, subsampled by `residual.1`, scaled by
     /// `residual.2`.
-    Conv { layer: usize, input: Src, out: usize, conv: Conv2d, residual: Option<(Src, usize, i32)> },
-    MaxPool { layer: usize, input: Src, pool: MaxPool2d },
+    Conv {
+        layer: usize,
+        input: Src,
+        out: usize,
+        conv: Conv2d,
+        residual: Option<(Src, usize, i32)>,
+    },
+    MaxPool {
+        layer: usize,
+        input: Src,
+        pool: MaxPool2d,
+    },
     /// Global average pooling as exact per-channel sums.
-    Pool { layer: usize, input: Src },
-    Linear { layer: usize, linear: Linear },
+    Pool {
+        layer: usize,
+        input: Src,
+    },
+    Linear {
+        layer: usize,
+        linear: Linear,
+    },
 }
 
 /// A validated model ready to run.

@@ -28,7 +28,9 @@ pub fn to_c_header(c: &Container, guard: &str) -> String {
         let (ty, values): (&str, Vec<String>) = match &e.data {
             Array::U8(v) => ("uint8_t", v.iter().map(|x| x.to_string()).collect()),
             Array::I8(v) => ("int8_t", v.iter().map(|x| x.to_string()).collect()),
-            Array::I32(v) => ("int32_t", v.iter().map(|x| if *x == i32::MIN { "(-2147483647 - 1)".into() } else { x.to_string() }).collect()),
+            Array::I32(v) => {
+                ("int32_t", v.iter().map(|x| if *x == i32::MIN { "(-2147483647 - 1)".into() } else { x.to_string() }).collect())
+            }
             Array::U32(v) => ("uint32_t", v.iter().map(|x| format!("0x{x:08x}u")).collect()),
         };
         let dims: Vec<String> = e.dims.iter().map(|d| d.to_string()).collect();

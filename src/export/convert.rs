@@ -81,7 +81,10 @@ pub fn int_layers(model: &LoadedModel) -> Result<Vec<IntLayer>, String> {
         let e = &ex[i];
         match l.op {
             Op::Conv { relu, .. } => {
-                let wi = e.weight_int.as_ref().ok_or_else(|| format!("{}: full-precision weights cannot be exported (train with --bits 2)", l.name))?;
+                let wi = e
+                    .weight_int
+                    .as_ref()
+                    .ok_or_else(|| format!("{}: full-precision weights cannot be exported (train with --bits 2)", l.name))?;
                 let bn = e.bn.as_ref().ok_or_else(|| format!("{}: no BatchNorm", l.name))?;
                 let s_x = scale_of(&scales, l.inputs[0]).ok_or_else(|| format!("{}: its input is not quantized", l.name))?;
                 let (s_out, s_sc) = if relu {
@@ -91,7 +94,8 @@ pub fn int_layers(model: &LoadedModel) -> Result<Vec<IntLayer>, String> {
                         .find(|&j| net.layers[j].inputs.first() == Some(&Src::Layer(i)) && matches!(net.layers[j].op, Op::Add { .. }))
                         .ok_or_else(|| format!("{}: a conv without ReLU must feed a residual add", l.name))?;
                     let s_out = ex[add].act.ok_or_else(|| format!("{}: output is not quantized", net.layers[add].name))?.scale;
-                    let s_sc = scale_of(&scales, net.layers[add].inputs[1]).ok_or_else(|| format!("{}: shortcut is not quantized", net.layers[add].name))?;
+                    let s_sc = scale_of(&scales, net.layers[add].inputs[1])
+                        .ok_or_else(|| format!("{}: shortcut is not quantized", net.layers[add].name))?;
                     (s_out, Some(s_sc))
                 };
                 let (gamma, beta, mean, var) = (to_f64(&bn.gamma), to_f64(&bn.beta), to_f64(&bn.running_mean), to_f64(&bn.running_var));

@@ -123,7 +123,11 @@ pub fn encode(c: &Container) -> Result<Vec<u8>, FormatError> {
         if name.is_empty() || name.len() > MAX_NAME {
             return Err(invalid("array name", format!("`{name}` must be 1..={MAX_NAME} bytes")));
         }
-        if e.dims.is_empty() || e.dims.len() > 4 || e.dims.iter().product::<usize>() != e.data.len() || e.dims.iter().any(|&d| d > u32::MAX as usize) {
+        if e.dims.is_empty()
+            || e.dims.len() > 4
+            || e.dims.iter().product::<usize>() != e.data.len()
+            || e.dims.iter().any(|&d| d > u32::MAX as usize)
+        {
             return Err(invalid(name, format!("dims {:?} do not describe {} elements", e.dims, e.data.len())));
         }
         out.extend_from_slice(&(name.len() as u16).to_le_bytes());

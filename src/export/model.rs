@@ -105,7 +105,10 @@ fn check_graph(net: &Network) -> Result<(), String> {
         }
         let geometry = |k: usize, stride: usize, pad: usize| -> Result<(usize, usize), String> {
             if !(1..=MAX_DIM).contains(&k) || !(1..=MAX_DIM).contains(&stride) || pad > MAX_DIM {
-                return Err(format!("{}: kernel {k}, stride {stride}, pad {pad} outside the limits (1..={MAX_DIM}, pad ≤ {MAX_DIM})", l.name));
+                return Err(format!(
+                    "{}: kernel {k}, stride {stride}, pad {pad} outside the limits (1..={MAX_DIM}, pad ≤ {MAX_DIM})",
+                    l.name
+                ));
             }
             match (window(x.h, k, stride, pad), window(x.w, k, stride, pad)) {
                 (Some(h), Some(w)) => Ok((h, w)),
@@ -217,7 +220,9 @@ impl QModel {
                             Arrays::shape(&wname, w, &[cout, k_len])?;
                             ConvWeights::W8(Weights8::new(cout, k_len, v.clone()).map_err(|e| format!("{}: {e}", l.name))?)
                         }
-                        (2, a) => return Err(format!("`{wname}` must be uint32 (packed 2-bit codes) for a 2-bit layer, found {}", dtype_name(a))),
+                        (2, a) => {
+                            return Err(format!("`{wname}` must be uint32 (packed 2-bit codes) for a 2-bit layer, found {}", dtype_name(a)))
+                        }
                         (8, a) => return Err(format!("`{wname}` must be int8 for an 8-bit layer, found {}", dtype_name(a))),
                         (b, _) => return Err(format!("{}: {b}-bit weights are not supported by the engines (2 or 8)", l.name)),
                     };
@@ -240,7 +245,9 @@ impl QModel {
                         let (src, stride) = match add.inputs[1] {
                             Src::Layer(j) => match net.layers[j].op {
                                 Op::Subsample { stride } => (net.layers[j].inputs[0], stride),
-                                Op::Conv { relu: false, .. } => return Err(format!("{}: projection shortcuts are not supported by the engines yet", add.name)),
+                                Op::Conv { relu: false, .. } => {
+                                    return Err(format!("{}: projection shortcuts are not supported by the engines yet", add.name))
+                                }
                                 _ => (Src::Layer(j), 1),
                             },
                             Src::Input => (Src::Input, 1),
@@ -287,7 +294,8 @@ impl QModel {
                         return Err(format!("{}: only a final 8-bit classifier is supported", l.name));
                     }
                     // The classifier reads the pooled sums of the layer just before it.
-                    let pooled = i.checked_sub(1).filter(|&p| l.inputs[0] == Src::Layer(p) && matches!(net.layers[p].op, Op::GlobalAvgPool));
+                    let pooled =
+                        i.checked_sub(1).filter(|&p| l.inputs[0] == Src::Layer(p) && matches!(net.layers[p].op, Op::GlobalAvgPool));
                     if pooled.is_none() {
                         return Err(format!("{}: the classifier must read the global average pooling just before it", l.name));
                     }
@@ -301,7 +309,8 @@ impl QModel {
                         }
                         a => return Err(format!("`{wname}` must be int8 (classifier weights), found {}", dtype_name(a))),
                     };
-                    let linear = Linear::new(w, arrays.i32s(&format!("{}.b", l.name), l.out_shape.c)?).map_err(|e| format!("{}: {e}", l.name))?;
+                    let linear =
+                        Linear::new(w, arrays.i32s(&format!("{}.b", l.name), l.out_shape.c)?).map_err(|e| format!("{}: {e}", l.name))?;
                     steps.push(Step::Linear { layer: i, linear });
                 }
             }

@@ -89,8 +89,7 @@ impl BitConfig {
         // Pass-through layers read at their producer's precision; compute out_bits from consumers.
         let n = net.layers.len();
         for i in 0..n {
-            let consumers: Vec<usize> =
-                (i + 1..n).filter(|&j| net.layers[j].inputs.contains(&super::Src::Layer(i))).collect();
+            let consumers: Vec<usize> = (i + 1..n).filter(|&j| net.layers[j].inputs.contains(&super::Src::Layer(i))).collect();
             let layer = &net.layers[i];
             let out = if consumers.is_empty() {
                 32

@@ -143,7 +143,7 @@ impl Layer {
         self.weight_count() as u64
             + match self.op {
                 Op::Conv { .. } => 2 * self.out_shape.c as u64, // BN gamma + beta
-                Op::Linear => self.out_shape.c as u64,            // bias
+                Op::Linear => self.out_shape.c as u64,          // bias
                 _ => 0,
             }
     }
@@ -175,10 +175,9 @@ impl Layer {
     pub fn signature(&self) -> String {
         let (i, o, h, w) = (self.in_shape.c, self.out_shape.c, self.in_shape.h, self.in_shape.w);
         match self.op {
-            Op::Conv { k, stride, groups, .. } => format!(
-                "conv{k}x{k}_s{stride}_g{groups}_i{i}_o{o}_h{h}_w{w}_w{}a{}",
-                self.wbits, self.abits
-            ),
+            Op::Conv { k, stride, groups, .. } => {
+                format!("conv{k}x{k}_s{stride}_g{groups}_i{i}_o{o}_h{h}_w{w}_w{}a{}", self.wbits, self.abits)
+            }
             Op::Linear => format!("linear_i{}_o{o}_w{}a{}", self.in_shape.numel(), self.wbits, self.abits),
             Op::Add { .. } => format!("add_c{o}_h{}_w{}", self.out_shape.h, self.out_shape.w),
             Op::Subsample { stride } => format!("subsample_s{stride}_c{i}_h{h}_w{w}"),

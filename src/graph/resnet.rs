@@ -64,22 +64,13 @@ impl fmt::Display for ModelKind {
 impl FromStr for ModelKind {
     type Err = GraphError;
     fn from_str(s: &str) -> Result<Self, GraphError> {
-        ModelKind::ALL
-            .into_iter()
-            .find(|m| m.name().eq_ignore_ascii_case(s))
-            .ok_or_else(|| GraphError::UnknownModel(s.to_string()))
+        ModelKind::ALL.into_iter().find(|m| m.name().eq_ignore_ascii_case(s)).ok_or_else(|| GraphError::UnknownModel(s.to_string()))
     }
 }
 
 /// Builds `model` for `input` and `classes`, with `widths` (one per width slot; `None` = base)
 /// and the given bit configuration.
-pub fn build(
-    model: ModelKind,
-    input: Shape,
-    classes: usize,
-    widths: Option<&[usize]>,
-    bits: &BitConfig,
-) -> Result<Network, GraphError> {
+pub fn build(model: ModelKind, input: Shape, classes: usize, widths: Option<&[usize]>, bits: &BitConfig) -> Result<Network, GraphError> {
     let base = model.base_widths();
     if let Some(w) = widths {
         if w.len() != base.len() {
@@ -167,11 +158,8 @@ fn imagenet(b: &mut Builder, blocks: &[usize], bottleneck: bool) {
                 let a = b.conv(&format!("{p}.conv_a"), x, w, 3, stride, true);
                 b.conv(&format!("{p}.conv_b"), a, w, 3, 1, false)
             };
-            let sc = if stride != 1 || in_base != out_base {
-                b.conv_k(&format!("{p}.downsample"), x, out_base, 1, stride, 0, false)
-            } else {
-                x
-            };
+            let sc =
+                if stride != 1 || in_base != out_base { b.conv_k(&format!("{p}.downsample"), x, out_base, 1, stride, 0, false) } else { x };
             x = b.add(&format!("{p}.add"), last, sc);
             in_base = out_base;
         }
@@ -258,17 +246,7 @@ impl<'a> Builder<'a> {
         if (out_shape.h == 0 || out_shape.w == 0) && self.error.is_none() {
             self.error = Some(GraphError::InputTooSmall { model: self.model.into(), input: self.input, layer: name.into() });
         }
-        self.layers.push(Layer {
-            name: name.into(),
-            op,
-            inputs,
-            in_shape,
-            out_shape,
-            wbits: 0,
-            abits: 0,
-            out_bits: 0,
-            width_slot: slot,
-        });
+        self.layers.push(Layer { name: name.into(), op, inputs, in_shape, out_shape, wbits: 0, abits: 0, out_bits: 0, width_slot: slot });
         Src::Layer(self.layers.len() - 1)
     }
 }

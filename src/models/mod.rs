@@ -454,10 +454,9 @@ impl Model {
             for s in &m.spec.inputs {
                 inputs.push(match *s {
                     Src::Input => x,
-                    Src::Layer(j) => outs[j].as_ref().ok_or_else(|| ModelError::Structure {
-                        layer: m.spec.name.clone(),
-                        msg: format!("input {j} is not available"),
-                    })?,
+                    Src::Layer(j) => outs[j]
+                        .as_ref()
+                        .ok_or_else(|| ModelError::Structure { layer: m.spec.name.clone(), msg: format!("input {j} is not available") })?,
                 });
             }
             let y = m.forward(&inputs, train)?;
@@ -485,9 +484,7 @@ impl Model {
         self.run(x, train, true)?
             .into_iter()
             .enumerate()
-            .map(|(i, t)| {
-                t.ok_or_else(|| ModelError::Structure { layer: self.layers[i].spec.name.clone(), msg: "no output".into() })
-            })
+            .map(|(i, t)| t.ok_or_else(|| ModelError::Structure { layer: self.layers[i].spec.name.clone(), msg: "no output".into() }))
             .collect()
     }
 
@@ -550,11 +547,7 @@ impl nn::ModuleT for Model {
 /// Trainable variables of `vs` excluding quantizer groups (the graph's parameter count).
 pub fn count_params(vs: &nn::VarStore) -> u64 {
     let vars = vs.variables_.lock().unwrap_or_else(|e| e.into_inner());
-    vars.trainable_variables
-        .iter()
-        .filter(|v| !groups::QUANTIZER.contains(&v.group))
-        .map(|v| v.tensor.numel() as u64)
-        .sum()
+    vars.trainable_variables.iter().filter(|v| !groups::QUANTIZER.contains(&v.group)).map(|v| v.tensor.numel() as u64).sum()
 }
 
 /// What [`copy_by_name`] did.

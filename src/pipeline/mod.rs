@@ -76,7 +76,8 @@ pub struct Schedule {
 }
 
 /// The presets shipped in `presets/` (embedded, so `--preset` works from any folder).
-pub const PRESETS: [(&str, &str); 2] = [("quick", include_str!("../../presets/quick.toml")), ("full", include_str!("../../presets/full.toml"))];
+pub const PRESETS: [(&str, &str); 2] =
+    [("quick", include_str!("../../presets/quick.toml")), ("full", include_str!("../../presets/full.toml"))];
 
 #[derive(Debug, thiserror::Error)]
 pub enum ScheduleError {
@@ -341,13 +342,10 @@ pub fn run(cfg: &PipelineConfig) -> Result<PipelineRun, PipelineError> {
         |ctx| train_body(&nce_cfg, "train-nce", ctx),
     )?;
     let uni_cfg = w2a2("train-uniform", None);
-    let uniform = r.stage(
-        "train-uniform",
-        train_identity(&uni_cfg, 1),
-        &[("fp32/checkpoint.ot".into(), fp32_ckpt.clone())],
-        &[],
-        |ctx| train_body(&uni_cfg, "train-uniform", ctx),
-    )?;
+    let uniform =
+        r.stage("train-uniform", train_identity(&uni_cfg, 1), &[("fp32/checkpoint.ot".into(), fp32_ckpt.clone())], &[], |ctx| {
+            train_body(&uni_cfg, "train-uniform", ctx)
+        })?;
 
     // ---------------------------------------------------------------- export
     let models = [("nce", out.join("train-nce/checkpoint.ot")), ("uniform", out.join("train-uniform/checkpoint.ot"))];
@@ -373,19 +371,14 @@ pub fn run(cfg: &PipelineConfig) -> Result<PipelineRun, PipelineError> {
     let exported: Vec<(String, PathBuf)> = models.iter().map(|(m, _)| (format!("export/{m}.nce"), nce_file(m))).collect();
     let mut val_inputs = exported.clone();
     val_inputs.extend(models.iter().map(|(m, p)| (format!("train-{m}/checkpoint.ot"), p.clone())));
-    let validate_cpu = r.stage(
-        "validate-cpu",
-        json!({"v": 1, "data": cfg.data, "test_subset": s.validate_subset}),
-        &val_inputs,
-        &[],
-        |_| {
+    let validate_cpu =
+        r.stage("validate-cpu", json!({"v": 1, "data": cfg.data, "test_subset": s.validate_subset}), &val_inputs, &[], |_| {
             let mut res = serde_json::Map::new();
             for (m, ckpt) in &models {
                 res.insert(m.to_string(), validate_cpu_one(cfg, &nce_file(m), ckpt, threads.max(1))?);
             }
             Ok(serde_json::Value::Object(res))
-        },
-    )?;
+        })?;
 
     // ---------------------------------------------------------------- validate-wgpu
     let validate_wgpu = r.stage(
@@ -402,7 +395,12 @@ pub fn run(cfg: &PipelineConfig) -> Result<PipelineRun, PipelineError> {
         &[],
         |_| match wgpu_unavailable() {
             Some(why) => Ok(json!({"available": false, "reason": why})),
-            None => validate_against_cpu(cfg, BackendKind::Wgpu, &models.iter().map(|(m, _)| (m.to_string(), nce_file(m))).collect::<Vec<_>>(), threads.max(1)),
+            None => validate_against_cpu(
+                cfg,
+                BackendKind::Wgpu,
+                &models.iter().map(|(m, _)| (m.to_string(), nce_file(m))).collect::<Vec<_>>(),
+                threads.max(1),
+            ),
         },
     )?;
 
@@ -425,7 +423,8 @@ pub fn run(cfg: &PipelineConfig) -> Result<PipelineRun, PipelineError> {
     // ---------------------------------------------------------------- report
     let report_md = out.join("report.md");
     let report_html = out.join("report.html");
-    let mut rep_inputs: Vec<(String, PathBuf)> = STAGES[..STAGES.len() - 1].iter().map(|st| (format!("{st}/result.json"), out.join(st).join(stage::RESULT))).collect();
+    let mut rep_inputs: Vec<(String, PathBuf)> =
+        STAGES[..STAGES.len() - 1].iter().map(|st| (format!("{st}/result.json"), out.join(st).join(stage::RESULT))).collect();
     rep_inputs.push(profile_input.clone());
     rep_inputs.push(("search/arch.toml".into(), arch_path.clone()));
     rep_inputs.extend(exported.iter().cloned());
@@ -570,7 +569,12 @@ fn validate_cpu_one(cfg: &PipelineConfig, file: &Path, ckpt: &Path, threads: usi
 
 /// Runs each model on `kind` and on the CPU engine over the same test images and compares
 /// their integer logits ([`crate::engine::compare`]); any difference fails the stage.
-fn validate_against_cpu(cfg: &PipelineConfig, kind: BackendKind, models: &[(String, PathBuf)], threads: usize) -> Result<serde_json::Value, String> {
+fn validate_against_cpu(
+    cfg: &PipelineConfig,
+    kind: BackendKind,
+    models: &[(String, PathBuf)],
+    threads: usize,
+) -> Result<serde_json::Value, String> {
     let opts = BackendOptions { image_threads: threads, ..Default::default() };
     let backend = crate::engine::open(kind, &opts).map_err(|e| e.to_string())?;
     let cpu = crate::engine::open(BackendKind::Cpu, &opts).map_err(|e| e.to_string())?;
@@ -582,7 +586,8 @@ fn validate_against_cpu(cfg: &PipelineConfig, kind: BackendKind, models: &[(Stri
         let model = QModel::load(file).map_err(|e| e.to_string())?;
         let on_cpu = cpu.prepare(&model).map_err(|e| e.to_string())?;
         let on_backend = backend.prepare(&model).map_err(|e| format!("{}: {e}", file.display()))?;
-        let c = crate::engine::compare(&*on_cpu, &*on_backend, &ds, (&cpu.name(), &backend.name())).map_err(|e| format!("{}: {e}", file.display()))?;
+        let c = crate::engine::compare(&*on_cpu, &*on_backend, &ds, (&cpu.name(), &backend.name()))
+            .map_err(|e| format!("{}: {e}", file.display()))?;
         let n = c.images;
         if c.differing_images != 0 {
             return Err(format!(

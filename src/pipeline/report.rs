@@ -157,11 +157,8 @@ pub fn write(inp: &Inputs, dir: &Path, md_path: &Path, html_path: &Path) -> Resu
         p.unit.clock_mhz,
         p.unit.channel_granularity
     )));
-    let rows = uni_cost
-        .budgets
-        .iter()
-        .map(|v| vec![v.metric.clone(), v.plugin.clone(), v.limit.clone(), num(v.max), num(v.base)])
-        .collect();
+    let rows =
+        uni_cost.budgets.iter().map(|v| vec![v.metric.clone(), v.plugin.clone(), v.limit.clone(), num(v.max), num(v.base)]).collect();
     b.push(Block::Table(
         vec!["budget".into(), "plugin".into(), "limit".into(), "absolute limit".into(), "uniform (base) value".into()],
         rows,
@@ -317,11 +314,17 @@ pub fn write(inp: &Inputs, dir: &Path, md_path: &Path, html_path: &Path) -> Resu
             f(inp.export, &[m, "bytes"]).map_or("n/a".into(), num),
             v.get("backend").and_then(Value::as_str).unwrap_or("n/a").to_string(),
             format!("{}/{}", f(&v, &["agree"]).map_or("n/a".into(), num), f(&v, &["images"]).map_or("n/a".into(), num)),
-            format!("{} of {}", f(&v, &["mismatched_values"]).map_or("n/a".into(), num), f(&v, &["compared_values"]).map_or("n/a".into(), num)),
+            format!(
+                "{} of {}",
+                f(&v, &["mismatched_values"]).map_or("n/a".into(), num),
+                f(&v, &["compared_values"]).map_or("n/a".into(), num)
+            ),
             f(&v, &["max_deviation"]).map_or("n/a".into(), num),
         ]);
     }
-    b.push(Block::Para("CPU integer engine vs the tch integer simulation of the checkpoint, every layer's integer output compared:".into()));
+    b.push(Block::Para(
+        "CPU integer engine vs the tch integer simulation of the checkpoint, every layer's integer output compared:".into(),
+    ));
     b.push(Block::Table(
         vec![
             "model".into(),
@@ -358,11 +361,7 @@ pub fn write(inp: &Inputs, dir: &Path, md_path: &Path, html_path: &Path) -> Resu
                     pct(f(&v, &["cpu_acc"])),
                     pct(f(&v, &["wgpu_acc"])),
                     v.get("dot_kernel").and_then(Value::as_str).unwrap_or("n/a").to_string(),
-                    format!(
-                        "{:.2} / {:.2}",
-                        f(&v, &["cpu_seconds"]).unwrap_or(f64::NAN),
-                        f(&v, &["wgpu_seconds"]).unwrap_or(f64::NAN)
-                    ),
+                    format!("{:.2} / {:.2}", f(&v, &["cpu_seconds"]).unwrap_or(f64::NAN), f(&v, &["wgpu_seconds"]).unwrap_or(f64::NAN)),
                 ]);
             }
             b.push(Block::Table(
@@ -415,7 +414,13 @@ pub fn write(inp: &Inputs, dir: &Path, md_path: &Path, html_path: &Path) -> Resu
                 meas.push(m_us.unwrap_or(f64::NAN));
             }
             b.push(Block::Table(
-                vec!["model".into(), "predicted (µs)".into(), "measured (µs)".into(), "measured s.d. (µs)".into(), "prediction error".into()],
+                vec![
+                    "model".into(),
+                    "predicted (µs)".into(),
+                    "measured (µs)".into(),
+                    "measured s.d. (µs)".into(),
+                    "prediction error".into(),
+                ],
                 rows,
             ));
             let chart = dir.join("latency");
@@ -607,7 +612,13 @@ fn render_html(blocks: &[Block], title: &str) -> Result<String, String> {
             Block::Image(alt, path) => {
                 let bytes = std::fs::read(path).map_err(|e| format!("{}: {e}", path.display()))?;
                 let mime = if path.extension().is_some_and(|e| e == "svg") { "image/svg+xml" } else { "image/png" };
-                let _ = writeln!(o, "<figure><img alt=\"{}\" src=\"data:{mime};base64,{}\"><figcaption>{}</figcaption></figure>", esc(alt), base64(&bytes), esc(alt));
+                let _ = writeln!(
+                    o,
+                    "<figure><img alt=\"{}\" src=\"data:{mime};base64,{}\"><figcaption>{}</figcaption></figure>",
+                    esc(alt),
+                    base64(&bytes),
+                    esc(alt)
+                );
             }
         }
     }

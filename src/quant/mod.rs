@@ -141,8 +141,12 @@ impl ActInt {
 pub enum WeightQuant {
     /// Full precision (32-bit layers).
     None,
-    Sawb { bits: u8 },
-    MaxAbs { bits: u8 },
+    Sawb {
+        bits: u8,
+    },
+    MaxAbs {
+        bits: u8,
+    },
     Lsq(Lsq),
 }
 

@@ -105,7 +105,8 @@ pub fn cost_aware<E>(
         match best {
             Some((_, s)) => choice[s] -= 1,
             None => {
-                let failing: Vec<String> = cur.iter().filter(|b| !b.pass()).map(|b| format!("{} {:.4} > {:.4}", b.metric, b.value, b.max)).collect();
+                let failing: Vec<String> =
+                    cur.iter().filter(|b| !b.pass()).map(|b| format!("{} {:.4} > {:.4}", b.metric, b.value, b.max)).collect();
                 return Ok(Err(failing.join(", ")));
             }
         }

@@ -228,11 +228,8 @@ struct Budgets {
 fn bind_budgets(eval: &Evaluator, base: &Network) -> Result<Budgets, SearchError> {
     let report = eval.evaluate(base, base)?;
     let models: Vec<_> = eval.models().collect();
-    let items = eval
-        .budgets()
-        .zip(&report.budgets)
-        .map(|((b, p, m), v)| (b.metric.clone(), p, m, v.max, models[p].1.separable(m)))
-        .collect();
+    let items =
+        eval.budgets().zip(&report.budgets).map(|((b, p, m), v)| (b.metric.clone(), p, m, v.max, models[p].1.separable(m))).collect();
     Ok(Budgets { items })
 }
 

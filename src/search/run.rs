@@ -7,7 +7,7 @@ use super::adam::Adam;
 use super::derive::{self, ArchBudget, ArchCost, ArchFile, ArchLayer};
 use super::space::{self, Expansion, SpaceConfig};
 use super::supernet::{Mode, Supernet};
-use super::{bind_budgets, bit_config, cost, load_split, plots, read_log, restore, save, write_log, accuracy};
+use super::{accuracy, bind_budgets, bit_config, cost, load_split, plots, read_log, restore, save, write_log};
 use super::{Budgets, Derivation, EpochLog, ExpansionInit, Meta, SearchConfig, SearchError, SearchResult};
 use crate::cost::Evaluator;
 use crate::data::{Loader, LoaderConfig};
@@ -178,7 +178,11 @@ impl<'a> Run<'a> {
             self.step += 1;
             if arch_epoch {
                 self.arch_step(&xa, &ya, tau, &params, &mut t)?;
-                bar.set_message(format!("τ {tau:.2} w-acc {:.1}% a-acc {:.1}%", pct(t.weight_correct, t.seen), pct(t.arch_correct, t.seen)));
+                bar.set_message(format!(
+                    "τ {tau:.2} w-acc {:.1}% a-acc {:.1}%",
+                    pct(t.weight_correct, t.seen),
+                    pct(t.arch_correct, t.seen)
+                ));
             } else {
                 bar.set_message(format!("τ {tau:.2} warm-up w-acc {:.1}%", pct(t.weight_correct, t.seen)));
             }
@@ -254,14 +258,22 @@ impl<'a> Run<'a> {
         let argmax_val_acc = accuracy(&self.sn, &self.data.val);
         let probs = self.sn.probs();
         let widths = self.sn.argmax_widths();
-        let argmax_pass = derive::cost_of(cfg.model, self.base.input, self.base.classes, &widths, &self.bits, &self.eval, &self.base)?.1.passes();
+        let argmax_pass =
+            derive::cost_of(cfg.model, self.base.input, self.base.classes, &widths, &self.bits, &self.eval, &self.base)?.1.passes();
         let events = if arch_epoch { space::expand(&mut self.sn.slots, &probs, &self.space, epoch) } else { Vec::new() };
         for e in &events {
             // expand() already appended the width to the slot; grow logits, BN and Adam state.
             self.sn.add_candidate(e.slot, e.new_widest);
             self.adam.grow(e.slot);
             if cfg.expansion_init == ExpansionInit::Preserve {
-                self.sn.init_expanded(e.slot, e.old_widest, e.new_widest, cfg.expansion_noise, cfg.seed ^ (epoch as u64) << 8, &mut self.sgd.buffers);
+                self.sn.init_expanded(
+                    e.slot,
+                    e.old_widest,
+                    e.new_widest,
+                    cfg.expansion_noise,
+                    cfg.seed ^ (epoch as u64) << 8,
+                    &mut self.sgd.buffers,
+                );
             }
             tracing::info!("epoch {epoch}: expanded {} from {} to {}", e.layer, e.old_widest, e.new_widest);
         }
@@ -312,7 +324,13 @@ impl<'a> Run<'a> {
             .iter()
             .zip(&probs)
             .zip(self.sn.argmax_widths())
-            .map(|((s, p), w)| ArchLayer { name: s.name.clone(), base: s.base, width: w, candidates: s.candidates.clone(), probs: p.clone() })
+            .map(|((s, p), w)| ArchLayer {
+                name: s.name.clone(),
+                base: s.base,
+                width: w,
+                candidates: s.candidates.clone(),
+                probs: p.clone(),
+            })
             .collect();
         let arch = ArchFile {
             model: cfg.model,
@@ -330,7 +348,11 @@ impl<'a> Run<'a> {
                 .zip(&base_report.metrics)
                 .map(|(m, b)| ArchCost { plugin: m.plugin.clone(), metric: m.metric.clone(), value: m.total, base: b.total })
                 .collect(),
-            budgets: report.budgets.iter().map(|b| ArchBudget { metric: b.metric.clone(), value: b.value, max: b.max, pass: b.pass }).collect(),
+            budgets: report
+                .budgets
+                .iter()
+                .map(|b| ArchBudget { metric: b.metric.clone(), value: b.value, max: b.max, pass: b.pass })
+                .collect(),
             expansions: self.expansions,
         };
         let arch_path = cfg.out.join("arch.toml");
@@ -363,8 +385,17 @@ impl<'a> Run<'a> {
                 (widths, Vec::new(), report, format!("tas (epoch {epoch})"))
             }
             None => {
-                let (w, r, rep) =
-                    derive::derive(cfg.model, base.input, base.classes, &self.sn.slots, probs, self.space.granularity, &self.bits, &self.eval, base)?;
+                let (w, r, rep) = derive::derive(
+                    cfg.model,
+                    base.input,
+                    base.classes,
+                    &self.sn.slots,
+                    probs,
+                    self.space.granularity,
+                    &self.bits,
+                    &self.eval,
+                    base,
+                )?;
                 let name = if cfg.derive == Derivation::Tas { "cost-aware (tas: no epoch met every budget)" } else { "cost-aware" };
                 (w, r, rep, name.to_string())
             }
@@ -377,9 +408,15 @@ impl<'a> Run<'a> {
 /// weight half (as `nce train` does before QAT). Without this every clip starts at
 /// `pact_init` (4.0), far too wide for 2 bits on BatchNorm-scaled activations: most of them
 /// round to 0, and the first search epochs see a network near chance.
-fn calibrated_clips(base: &Network, init: &[(String, Tensor)], wset: &crate::data::Dataset, seed: u64) -> Result<Vec<(String, f64)>, SearchError> {
+fn calibrated_clips(
+    base: &Network,
+    init: &[(String, Tensor)],
+    wset: &crate::data::Dataset,
+    seed: u64,
+) -> Result<Vec<(String, f64)>, SearchError> {
     let vs = tch::nn::VarStore::new(tch::Device::Cpu);
-    crate::models::Model::new(&vs.root(), base, &crate::models::ModelOptions::default()).map_err(|e| SearchError::Invalid(e.to_string()))?;
+    crate::models::Model::new(&vs.root(), base, &crate::models::ModelOptions::default())
+        .map_err(|e| SearchError::Invalid(e.to_string()))?;
     tch::no_grad(|| {
         for (name, mut dst) in vs.variables() {
             if let Some((_, src)) = init.iter().find(|(n, t)| *n == name && t.size() == dst.size()) {
@@ -393,10 +430,16 @@ fn calibrated_clips(base: &Network, init: &[(String, Tensor)], wset: &crate::dat
     Ok(vs.variables().into_iter().filter(|(n, _)| n.ends_with(".act.alpha")).map(|(n, t)| (n, t.double_value(&[0]))).collect())
 }
 
-fn loaders(cfg: &SearchConfig, wset: &crate::data::Dataset, aset: &crate::data::Dataset, test: &crate::data::Dataset) -> Result<Loaders, SearchError> {
+fn loaders(
+    cfg: &SearchConfig,
+    wset: &crate::data::Dataset,
+    aset: &crate::data::Dataset,
+    test: &crate::data::Dataset,
+) -> Result<Loaders, SearchError> {
     let cpu = tch::Device::Cpu;
     let weights = Loader::new(wset, LoaderConfig { drop_last: true, ..LoaderConfig::train(&wset.name, cfg.batch_size, cfg.seed) }, cpu)?;
-    let arch = Loader::new(aset, LoaderConfig { drop_last: true, ..LoaderConfig::train(&aset.name, cfg.batch_size, cfg.seed ^ 0xA5C4) }, cpu)?;
+    let arch =
+        Loader::new(aset, LoaderConfig { drop_last: true, ..LoaderConfig::train(&aset.name, cfg.batch_size, cfg.seed ^ 0xA5C4) }, cpu)?;
     let test = Loader::eval(test, 500, cpu)?;
     let val = Loader::eval(&aset.subset(cfg.val_subset.clamp(1, aset.len().max(1))), 500, cpu)?;
     let per_epoch = weights.num_batches().min(arch.num_batches());
@@ -413,7 +456,9 @@ fn pct(n: i64, d: i64) -> f64 {
 fn progress_bar(show: bool, len: usize, epoch: usize, epochs: usize) -> ProgressBar {
     let bar = if show { ProgressBar::new(len as u64) } else { ProgressBar::hidden() };
     bar.set_style(
-        ProgressStyle::with_template("search {prefix} [{bar:30}] {pos}/{len} {msg} ({elapsed}<{eta})").expect("static template").progress_chars("=> "),
+        ProgressStyle::with_template("search {prefix} [{bar:30}] {pos}/{len} {msg} ({elapsed}<{eta})")
+            .expect("static template")
+            .progress_chars("=> "),
     );
     bar.set_prefix(format!("{}/{}", epoch + 1, epochs));
     bar

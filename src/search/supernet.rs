@@ -316,13 +316,7 @@ impl Supernet {
 
     /// The argmax width of every slot.
     pub fn argmax_widths(&self) -> Vec<usize> {
-        self.probs()
-            .iter()
-            .zip(&self.slots)
-            .map(|(p, s)| {
-                s.candidates[super::space::argmax(p)]
-            })
-            .collect()
+        self.probs().iter().zip(&self.slots).map(|(p, s)| s.candidates[super::space::argmax(p)]).collect()
     }
 
     /// Weight-side parameters (conv/linear weights, BatchNorms, PACT clips) by name.

@@ -89,10 +89,14 @@ pub fn load<M: DeserializeOwned>(path: &Path) -> Result<Checkpoint<M>, Checkpoin
     }
     let bytes = std::fs::read(path).map_err(|e| err(e.to_string()))?;
     if !bytes.starts_with(ZIP_MAGIC) {
-        return Err(err(format!("expected a checkpoint written by `nce train` or `nce search` (a libtorch archive), found {}", describe(&bytes))));
+        return Err(err(format!(
+            "expected a checkpoint written by `nce train` or `nce search` (a libtorch archive), found {}",
+            describe(&bytes)
+        )));
     }
     verify_archive(&bytes).map_err(|m| err(format!("damaged archive: {m}")))?;
-    let mut all = Tensor::load_multi_from_stream(std::io::Cursor::new(bytes)).map_err(|e| err(format!("damaged libtorch archive ({})", torch_message(&e))))?;
+    let mut all = Tensor::load_multi_from_stream(std::io::Cursor::new(bytes))
+        .map_err(|e| err(format!("damaged libtorch archive ({})", torch_message(&e))))?;
     match all.iter().position(|(n, _)| n == CHECKSUM) {
         Some(i) => {
             let stored = Vec::<u8>::try_from(&all.swap_remove(i).1).map_err(|e| err(torch_message(&e)))?;

@@ -27,11 +27,7 @@ pub fn append(path: &Path, m: &EpochMetrics) -> std::io::Result<()> {
 /// Reads all records of `path` (empty if it does not exist).
 pub fn read(path: &Path) -> std::io::Result<Vec<EpochMetrics>> {
     match std::fs::read_to_string(path) {
-        Ok(s) => s
-            .lines()
-            .filter(|l| !l.trim().is_empty())
-            .map(|l| serde_json::from_str(l).map_err(std::io::Error::other))
-            .collect(),
+        Ok(s) => s.lines().filter(|l| !l.trim().is_empty()).map(|l| serde_json::from_str(l).map_err(std::io::Error::other)).collect(),
         Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(vec![]),
         Err(e) => Err(e),
     }

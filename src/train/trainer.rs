@@ -282,7 +282,16 @@ pub fn train(cfg: &TrainConfig, resume: bool, progress: bool) -> Result<TrainSum
     let ckpt_path = cfg.checkpoint_path();
     let metrics_path = cfg.metrics_path();
 
-    let mut meta = Meta { format: FORMAT, config: cfg.clone(), net: net.clone(), epoch: 0, batch: 0, step: 0, partial: Partial::default(), last: None };
+    let mut meta = Meta {
+        format: FORMAT,
+        config: cfg.clone(),
+        net: net.clone(),
+        epoch: 0,
+        batch: 0,
+        step: 0,
+        partial: Partial::default(),
+        last: None,
+    };
     if resume && ckpt_path.is_file() {
         let ck = checkpoint::load::<Meta>(&ckpt_path)?;
         let mut want = cfg.clone();
@@ -340,7 +349,11 @@ pub fn train(cfg: &TrainConfig, resume: bool, progress: bool) -> Result<TrainSum
     };
     let decay = |name: &str| {
         if is_quantizer_param(name) {
-            if name.ends_with(".alpha") { cfg.clip_decay } else { 0.0 }
+            if name.ends_with(".alpha") {
+                cfg.clip_decay
+            } else {
+                0.0
+            }
         } else {
             cfg.weight_decay
         }
@@ -350,7 +363,12 @@ pub fn train(cfg: &TrainConfig, resume: bool, progress: bool) -> Result<TrainSum
         // is computed one step after the update that caused it.
         let finite = no_grad(|| vs.variables().values().all(|p| p.isfinite().all().int64_value(&[]) != 0));
         if !finite {
-            return Err(TrainError::NonFinite { value: f64::NAN, epoch: meta.epoch, batch: meta.batch, checkpoint: ckpt_path.is_file().then(|| ckpt_path.clone()) });
+            return Err(TrainError::NonFinite {
+                value: f64::NAN,
+                epoch: meta.epoch,
+                batch: meta.batch,
+                checkpoint: ckpt_path.is_file().then(|| ckpt_path.clone()),
+            });
         }
         let mut vars: Vec<(String, Tensor)> = vs.variables().into_iter().collect();
         vars.sort_by(|a, b| a.0.cmp(&b.0));
@@ -383,10 +401,11 @@ pub fn train(cfg: &TrainConfig, resume: bool, progress: bool) -> Result<TrainSum
                 Some(t) => {
                     let tl = no_grad(|| nn::ModuleT::forward_t(&t.model, &x, false));
                     let temp = cfg.kd_temperature;
-                    let kd = (logits.shallow_clone() / temp)
-                        .log_softmax(-1, Kind::Float)
-                        .kl_div(&(tl / temp).log_softmax(-1, Kind::Float), tch::Reduction::Mean, true)
-                        * (temp * temp * logits.size()[1] as f64);
+                    let kd = (logits.shallow_clone() / temp).log_softmax(-1, Kind::Float).kl_div(
+                        &(tl / temp).log_softmax(-1, Kind::Float),
+                        tch::Reduction::Mean,
+                        true,
+                    ) * (temp * temp * logits.size()[1] as f64);
                     &ce * (1.0 - cfg.kd_alpha) + kd * cfg.kd_alpha
                 }
                 None => ce.shallow_clone(),

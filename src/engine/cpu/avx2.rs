@@ -292,12 +292,8 @@ unsafe fn run_avx2(job: &Job, px: Range<usize>, out: &mut [u8]) {
                 });
                 let a = acc.as_ptr().add(i * BLOCK);
                 match &job.epi {
-                    Epilogue::F64 { m, c, r, qmax } => {
-                        epilogue_f64(a, m[c0..].as_ptr(), c[c0..].as_ptr(), res, *r, *qmax, dst)
-                    }
-                    Epilogue::I64 { m, bias } => {
-                        epilogue_i64(a, m[c0..].as_ptr(), bias[c0..].as_ptr(), res, &c.requant, dst)
-                    }
+                    Epilogue::F64 { m, c, r, qmax } => epilogue_f64(a, m[c0..].as_ptr(), c[c0..].as_ptr(), res, *r, *qmax, dst),
+                    Epilogue::I64 { m, bias } => epilogue_i64(a, m[c0..].as_ptr(), bias[c0..].as_ptr(), res, &c.requant, dst),
                 }
             }
         }
@@ -338,14 +334,7 @@ struct Fused {
 
 /// The fused epilogue for block `c0` of pixels `first..first + np` (relative to `out`), when it
 /// applies: f64 form, all 16 channels are outputs, and the shortcut has all or none of them.
-fn fused(
-    job: &Job,
-    c0: usize,
-    first: usize,
-    np: usize,
-    res_offs: &[usize; PIXEL_TILE],
-    out: &mut [u8],
-) -> Option<Fused> {
+fn fused(job: &Job, c0: usize, first: usize, np: usize, res_offs: &[usize; PIXEL_TILE], out: &mut [u8]) -> Option<Fused> {
     let Epilogue::F64 { m, c, r, qmax } = &job.epi else { return None };
     let d = &job.d;
     if c0 + BLOCK > d.c_out {
@@ -496,10 +485,7 @@ unsafe fn micro_w8<const P: usize>(
 #[inline]
 #[target_feature(enable = "avx2")]
 unsafe fn requant8_f64(a: __m256i, m: *const f64, c: *const f64, q: Option<u64>, r: f64, qmax: f64) -> u64 {
-    let mut lo = _mm256_add_pd(
-        _mm256_mul_pd(_mm256_cvtepi32_pd(_mm256_castsi256_si128(a)), _mm256_loadu_pd(m)),
-        _mm256_loadu_pd(c),
-    );
+    let mut lo = _mm256_add_pd(_mm256_mul_pd(_mm256_cvtepi32_pd(_mm256_castsi256_si128(a)), _mm256_loadu_pd(m)), _mm256_loadu_pd(c));
     let mut hi = _mm256_add_pd(
         _mm256_mul_pd(_mm256_cvtepi32_pd(_mm256_extracti128_si256(a, 1)), _mm256_loadu_pd(m.add(4))),
         _mm256_loadu_pd(c.add(4)),
@@ -543,15 +529,7 @@ fn store8(out: &mut [u8], c: usize, codes: u64) {
 /// holds the block's 16 accumulators, `m`/`c` the block's tables, `res` the shortcut codes of
 /// these channels; `out` receives `out.len() ≤ 16` codes.
 #[target_feature(enable = "avx2")]
-unsafe fn epilogue_f64(
-    acc: *const i32,
-    m: *const f64,
-    c: *const f64,
-    res: Option<(&[u8], i32)>,
-    r: f64,
-    qmax: f64,
-    out: &mut [u8],
-) {
+unsafe fn epilogue_f64(acc: *const i32, m: *const f64, c: *const f64, res: Option<(&[u8], i32)>, r: f64, qmax: f64, out: &mut [u8]) {
     for h in (0..out.len()).step_by(8) {
         let a = _mm256_loadu_si256(acc.add(h).cast());
         let q = res.map(|(q, _)| shortcut8(q, h));
@@ -561,14 +539,7 @@ unsafe fn epilogue_f64(
 
 /// The int64 form of [`epilogue_f64`] (see [`Epilogue::I64`]).
 #[target_feature(enable = "avx2")]
-unsafe fn epilogue_i64(
-    acc: *const i32,
-    m: *const i32,
-    bias: *const i64,
-    res: Option<(&[u8], i32)>,
-    rq: &Requant,
-    out: &mut [u8],
-) {
+unsafe fn epilogue_i64(acc: *const i32, m: *const i32, bias: *const i64, res: Option<(&[u8], i32)>, rq: &Requant, out: &mut [u8]) {
     let consts = (_mm256_set1_epi64x(rq.qmax as i64), _mm_cvtsi32_si128(rq.shift as i32));
     for c in (0..out.len()).step_by(8) {
         let a = _mm256_loadu_si256(acc.add(c).cast());

@@ -160,8 +160,7 @@ impl Cpu {
         let threads = self.threads_for((d.ho * d.wo * d.c_conv * p.conv.k_len()) as u64);
         match &p.kernel {
             Kernel::Scalar(codes) => {
-                let f =
-                    |px: Range<usize>, o: &mut [u8]| reference::conv2d_pixels(&p.conv, codes, &d, x, residual, px, o);
+                let f = |px: Range<usize>, o: &mut [u8]| reference::conv2d_pixels(&p.conv, codes, &d, x, residual, px, o);
                 par_pixels(threads, d.ho * d.wo, d.c_out, 1, &mut out.data, f);
             }
             #[cfg(target_arch = "x86_64")]

@@ -95,10 +95,7 @@ impl QModel {
         }
         let run_range = &run_range;
         std::thread::scope(|s| {
-            let handles: Vec<_> = (0..n)
-                .step_by(chunk)
-                .map(|start| s.spawn(move || run_range(start)))
-                .collect();
+            let handles: Vec<_> = (0..n).step_by(chunk).map(|start| s.spawn(move || run_range(start))).collect();
             let mut out = Vec::with_capacity(n);
             for h in handles {
                 out.extend(h.join().expect("engine thread panicked")?);
@@ -123,7 +120,11 @@ impl QModel {
             let handles: Vec<_> = (0..threads)
                 .map(|k| {
                     let prepared = &prepared;
-                    s.spawn(move || (k * chunk..((k + 1) * chunk).min(n)).map(|i| self.run_layers(cpu, prepared, &images[i * per..(i + 1) * per])).collect())
+                    s.spawn(move || {
+                        (k * chunk..((k + 1) * chunk).min(n))
+                            .map(|i| self.run_layers(cpu, prepared, &images[i * per..(i + 1) * per]))
+                            .collect()
+                    })
                 })
                 .collect();
             handles.into_iter().map(|h| h.join().expect("engine thread panicked")).collect()
@@ -153,4 +154,3 @@ impl QModel {
 pub struct Prepared {
     convs: Vec<Option<PreparedConv>>,
 }
-

@@ -92,8 +92,7 @@ pub fn linear(l: &Linear, x: &[i32]) -> Result<Vec<i32>> {
     (0..l.c_out())
         .map(|o| {
             let acc: i64 = x.iter().enumerate().map(|(c, &v)| l.weights.code(o, c) as i64 * v as i64).sum();
-            i32::try_from(acc + l.bias[o] as i64)
-                .map_err(|_| EngineError::Overflow(format!("logit {o} = {}", acc + l.bias[o] as i64)))
+            i32::try_from(acc + l.bias[o] as i64).map_err(|_| EngineError::Overflow(format!("logit {o} = {}", acc + l.bias[o] as i64)))
         })
         .collect()
 }

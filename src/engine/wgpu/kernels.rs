@@ -37,10 +37,8 @@ pub(crate) struct Kernels {
 }
 
 fn pipeline(device: &wgpu::Device, label: &str, parts: &[&str]) -> wgpu::ComputePipeline {
-    let module = device.create_shader_module(wgpu::ShaderModuleDescriptor {
-        label: Some(label),
-        source: wgpu::ShaderSource::Wgsl(parts.concat().into()),
-    });
+    let module = device
+        .create_shader_module(wgpu::ShaderModuleDescriptor { label: Some(label), source: wgpu::ShaderSource::Wgsl(parts.concat().into()) });
     device.create_compute_pipeline(&wgpu::ComputePipelineDescriptor {
         label: Some(label),
         layout: None,
@@ -92,7 +90,15 @@ pub(crate) struct ConvGeom {
 }
 
 impl ConvGeom {
-    pub fn new(conv: &Conv2d, h: usize, w: usize, d: ConvDims, wpt: usize, res: Option<(usize, usize, usize, usize, i32)>, in_max: u8) -> Self {
+    pub fn new(
+        conv: &Conv2d,
+        h: usize,
+        w: usize,
+        d: ConvDims,
+        wpt: usize,
+        res: Option<(usize, usize, usize, usize, i32)>,
+        in_max: u8,
+    ) -> Self {
         ConvGeom {
             h,
             w,
@@ -231,7 +237,12 @@ pub(crate) fn storage_init<T: Copy>(device: &wgpu::Device, label: &str, data: &[
 
 /// An empty buffer of `bytes` (rounded up to 4) with `usage`.
 pub(crate) fn buffer(device: &wgpu::Device, label: &str, bytes: u64, usage: wgpu::BufferUsages) -> wgpu::Buffer {
-    device.create_buffer(&wgpu::BufferDescriptor { label: Some(label), size: bytes.max(4).next_multiple_of(4), usage, mapped_at_creation: false })
+    device.create_buffer(&wgpu::BufferDescriptor {
+        label: Some(label),
+        size: bytes.max(4).next_multiple_of(4),
+        usage,
+        mapped_at_creation: false,
+    })
 }
 
 /// The bytes of a slice of plain integers (u8, u32, i32).
@@ -257,7 +268,8 @@ pub(crate) fn bind_group(
             size: std::num::NonZeroU64::new(PARAM_SLOT),
         }),
     }];
-    entries.extend(buffers.iter().enumerate().map(|(i, b)| wgpu::BindGroupEntry { binding: i as u32 + 1, resource: b.as_entire_binding() }));
+    entries
+        .extend(buffers.iter().enumerate().map(|(i, b)| wgpu::BindGroupEntry { binding: i as u32 + 1, resource: b.as_entire_binding() }));
     device.create_bind_group(&wgpu::BindGroupDescriptor { label: None, layout: &pipeline.get_bind_group_layout(0), entries: &entries })
 }
 

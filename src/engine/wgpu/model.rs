@@ -6,8 +6,8 @@ use super::kernels::{self, ConvGeom, Launch, PARAM_SLOT};
 use super::layout::{self, words_per_pixel};
 use super::ops::{check_pool, logits_from_pairs};
 use super::{DotKernel, Result, WgpuEngine, WgpuError};
-use crate::engine::{EngineError, QTensor, Residual};
 use crate::engine::plan::{QModel, Step};
+use crate::engine::{EngineError, QTensor, Residual};
 use crate::graph::Src;
 use std::collections::HashMap;
 use std::sync::Mutex;
@@ -53,7 +53,10 @@ impl Slots {
         i
     }
     fn get(&self, s: Src) -> Result<usize> {
-        self.of.get(&key(s)).copied().ok_or_else(|| EngineError::Invalid { what: "plan", detail: format!("{s:?} is not computed before it is read") }.into())
+        self.of
+            .get(&key(s))
+            .copied()
+            .ok_or_else(|| EngineError::Invalid { what: "plan", detail: format!("{s:?} is not computed before it is read") }.into())
     }
 }
 
@@ -141,7 +144,15 @@ impl<'e> WgpuModel<'e> {
                     let res = residual.zip(sc_probe.as_ref()).map(|((_, stride, r), t)| Residual { input: t, stride, r });
                     let d = conv.dims(&x.probe(), res.as_ref())?;
                     let gw = layout::relayout(conv);
-                    let geom = ConvGeom::new(conv, x.h, x.w, d, gw.wpt, residual.zip(sc).map(|((_, st, r), t)| (t.h, t.w, t.c, st, r)), x.max_code);
+                    let geom = ConvGeom::new(
+                        conv,
+                        x.h,
+                        x.w,
+                        d,
+                        gw.wpt,
+                        residual.zip(sc).map(|((_, st, r), t)| (t.h, t.w, t.c, st, r)),
+                        x.max_code,
+                    );
                     own.push(kernels::storage_init(dev, "conv weights", &gw.words));
                     own.push(kernels::storage_init(dev, "requant", &layout::requant_words(conv)));
                     let res_binding = match residual {
@@ -155,7 +166,16 @@ impl<'e> WgpuModel<'e> {
                     max_conv_pixels = max_conv_pixels.max(d.ho * d.wo);
                     shapes.insert(key(o), y);
                     let y_slot = slots.alloc(o);
-                    plan.push((Launch::Conv(geom), vec![Binding::Slot(x_slot), Binding::Own(own.len() - 2), Binding::Own(own.len() - 1), res_binding, Binding::Slot(y_slot)]));
+                    plan.push((
+                        Launch::Conv(geom),
+                        vec![
+                            Binding::Slot(x_slot),
+                            Binding::Own(own.len() - 2),
+                            Binding::Own(own.len() - 1),
+                            res_binding,
+                            Binding::Slot(y_slot),
+                        ],
+                    ));
                 }
                 Step::MaxPool { layer, input, pool } => {
                     let x = shape(&shapes, *input)?;
@@ -216,7 +236,8 @@ impl<'e> WgpuModel<'e> {
         let logits = kernels::buffer(dev, "logits", logit_bytes, wgpu::BufferUsages::STORAGE | wgpu::BufferUsages::COPY_SRC);
         let staging = kernels::buffer(dev, "staging", logit_bytes, wgpu::BufferUsages::MAP_READ | wgpu::BufferUsages::COPY_DST);
         let dummy = kernels::storage_init(dev, "no residual", &[0u32]);
-        let params = kernels::buffer(dev, "params", PARAM_SLOT * plan.len() as u64, wgpu::BufferUsages::UNIFORM | wgpu::BufferUsages::COPY_DST);
+        let params =
+            kernels::buffer(dev, "params", PARAM_SLOT * plan.len() as u64, wgpu::BufferUsages::UNIFORM | wgpu::BufferUsages::COPY_DST);
         let launches = engine.scoped(|| {
             Ok(plan
                 .into_iter()

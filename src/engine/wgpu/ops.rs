@@ -82,7 +82,8 @@ impl WgpuEngine {
         }
         let w: Vec<i32> = l.weights.data.iter().map(|&c| c as i32).collect();
         let dev = &self.device;
-        let inputs = [kernels::storage_init(dev, "sums", x), kernels::storage_init(dev, "w", &w), kernels::storage_init(dev, "bias", &l.bias)];
+        let inputs =
+            [kernels::storage_init(dev, "sums", x), kernels::storage_init(dev, "w", &w), kernels::storage_init(dev, "bias", &l.bias)];
         let pairs = self.launch_once(&Launch::Linear { c_in: l.c_in(), c_out: l.c_out() }, DotKernel::Shift, &inputs, 2 * l.c_out())?;
         Ok(logits_from_pairs(&pairs)?)
     }
