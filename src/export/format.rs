@@ -255,25 +255,9 @@ pub fn decode(bytes: &[u8]) -> Result<Container, FormatError> {
     Ok(Container { header, arrays })
 }
 
-/// CRC-32 (IEEE 802.3, reflected, as zlib/PNG), table-driven.
+/// CRC-32 (IEEE 802.3, reflected, as zlib/PNG): `crc32fast`.
 pub fn crc32(bytes: &[u8]) -> u32 {
-    static TABLE: std::sync::OnceLock<[u32; 256]> = std::sync::OnceLock::new();
-    let t = TABLE.get_or_init(|| {
-        let mut t = [0u32; 256];
-        for (i, e) in t.iter_mut().enumerate() {
-            let mut c = i as u32;
-            for _ in 0..8 {
-                c = if c & 1 != 0 { 0xEDB8_8320 ^ (c >> 1) } else { c >> 1 };
-            }
-            *e = c;
-        }
-        t
-    });
-    let mut c = !0u32;
-    for &b in bytes {
-        c = t[((c ^ b as u32) & 0xff) as usize] ^ (c >> 8);
-    }
-    !c
+    crc32fast::hash(bytes)
 }
 
 #[cfg(test)]

@@ -48,29 +48,33 @@ impl LatencyTable {
     pub fn parse(text: &str, path: &Path) -> Result<LatencyTable, TableError> {
         let err = |line: usize, msg: String| TableError::Parse { file: path.into(), line, msg };
         let mut table = LatencyTable { path: path.into(), ..Default::default() };
+        // `#` lines are metadata; the CSV reader skips them as comments.
+        for meta in text.lines().filter_map(|l| l.trim().strip_prefix('#')) {
+            for (k, v) in meta.split_whitespace().filter_map(|kv| kv.split_once('=')) {
+                table.meta.insert(k.to_string(), v.to_string());
+            }
+        }
+        let mut rows = csv::ReaderBuilder::new()
+            .has_headers(false)
+            .comment(Some(b'#'))
+            .flexible(true)
+            .trim(csv::Trim::All)
+            .from_reader(text.as_bytes());
         let mut saw_header = false;
-        for (i, raw) in text.lines().enumerate() {
-            let line = raw.trim();
-            let n = i + 1;
-            if line.is_empty() {
+        for row in rows.records() {
+            let row = row.map_err(|e| err(e.position().map_or(1, |p| p.line() as usize), e.to_string()))?;
+            let n = row.position().map_or(1, |p| p.line() as usize);
+            if row.iter().all(str::is_empty) {
                 continue;
             }
-            if let Some(meta) = line.strip_prefix('#') {
-                for kv in meta.split_whitespace() {
-                    if let Some((k, v)) = kv.split_once('=') {
-                        table.meta.insert(k.to_string(), v.to_string());
-                    }
-                }
-                continue;
-            }
+            let f: Vec<&str> = row.iter().collect();
             if !saw_header {
-                if line != HEADER {
-                    return Err(err(n, format!("expected the header `{HEADER}`, got `{line}`")));
+                if f.join(",") != HEADER {
+                    return Err(err(n, format!("expected the header `{HEADER}`, got `{}`", f.join(","))));
                 }
                 saw_header = true;
                 continue;
             }
-            let f: Vec<&str> = line.split(',').map(str::trim).collect();
             if f.len() != 4 {
                 return Err(err(n, format!("expected 4 comma-separated fields, got {}", f.len())));
             }
@@ -104,12 +108,14 @@ impl LatencyTable {
             let kv: Vec<String> = self.meta.iter().map(|(k, v)| format!("{k}={}", v.replace(' ', "_"))).collect();
             s.push_str(&format!("# {}\n", kv.join(" ")));
         }
-        s.push_str(HEADER);
-        s.push('\n');
-        for (sig, e) in &self.entries {
-            s.push_str(&format!("{sig},{},{},{}\n", e.count, e.mean_us, e.var_us2));
-        }
-        s
+        let mut w = csv::WriterBuilder::new().terminator(csv::Terminator::Any(b'\n')).from_writer(s.into_bytes());
+        let written = w.write_record(HEADER.split(',')).and_then(|()| {
+            self.entries.iter().try_for_each(|(sig, e)| {
+                w.write_record([sig.as_str(), &e.count.to_string(), &e.mean_us.to_string(), &e.var_us2.to_string()])
+            })
+        });
+        written.expect("writing CSV to memory");
+        String::from_utf8(w.into_inner().expect("writing CSV to memory")).expect("CSV of UTF-8 fields")
     }
 
     /// Mean latency in microseconds for `signature`, interpolating unmeasured channel counts.

@@ -218,8 +218,8 @@ impl Launch {
 }
 
 /// A storage buffer holding `data` (at least 4 bytes: wgpu rejects empty bindings).
-pub(crate) fn storage_init<T: Copy>(device: &wgpu::Device, label: &str, data: &[T]) -> wgpu::Buffer {
-    let bytes = as_bytes(data);
+pub(crate) fn storage_init<T: bytemuck::Pod>(device: &wgpu::Device, label: &str, data: &[T]) -> wgpu::Buffer {
+    let bytes: &[u8] = bytemuck::cast_slice(data);
     let mut padded;
     let contents = if bytes.len() < 4 {
         padded = bytes.to_vec();
@@ -243,13 +243,6 @@ pub(crate) fn buffer(device: &wgpu::Device, label: &str, bytes: u64, usage: wgpu
         usage,
         mapped_at_creation: false,
     })
-}
-
-/// The bytes of a slice of plain integers (u8, u32, i32).
-pub(crate) fn as_bytes<T: Copy>(data: &[T]) -> &[u8] {
-    // SAFETY: only instantiated with primitive integer types, which have no padding bytes and
-    // no invalid bit patterns; the length is the slice's size in bytes.
-    unsafe { std::slice::from_raw_parts(data.as_ptr().cast::<u8>(), std::mem::size_of_val(data)) }
 }
 
 /// A bind group of `buffers` at bindings 1.. after the parameter slot at binding 0.

@@ -316,8 +316,8 @@ impl<'e> WgpuModel<'e> {
             groups.push(launch.groups(n)?);
         }
         let pairs = self.engine.scoped(|| {
-            queue.write_buffer(&self.slots[self.input_slot], 0, kernels::as_bytes(&words));
-            queue.write_buffer(&self.params, 0, kernels::as_bytes(&params));
+            queue.write_buffer(&self.slots[self.input_slot], 0, bytemuck::cast_slice(&words));
+            queue.write_buffer(&self.params, 0, bytemuck::cast_slice(&params));
             let mut enc = dev.create_command_encoder(&Default::default());
             {
                 let mut pass = enc.begin_compute_pass(&Default::default());

@@ -97,7 +97,7 @@ impl WgpuEngine {
         let groups = launch.groups(1)?;
         self.scoped(|| {
             let pbuf = kernels::buffer(dev, "params", PARAM_SLOT, wgpu::BufferUsages::UNIFORM | wgpu::BufferUsages::COPY_DST);
-            self.queue.write_buffer(&pbuf, 0, kernels::as_bytes(&params));
+            self.queue.write_buffer(&pbuf, 0, bytemuck::cast_slice(&params));
             let bytes = (out_words * 4) as u64;
             let out = kernels::buffer(dev, "out", bytes, wgpu::BufferUsages::STORAGE | wgpu::BufferUsages::COPY_SRC);
             let staging = kernels::buffer(dev, "staging", bytes, wgpu::BufferUsages::MAP_READ | wgpu::BufferUsages::COPY_DST);
