@@ -21,6 +21,10 @@
 //! libtorch / engine *within* a round (with its quartiles): on a loaded machine the times are
 //! bimodal, and pairing keeps both sides of every ratio under the same load.
 
+#[path = "../tests/common/mod.rs"]
+mod common;
+
+use common::Rng;
 use criterion::{criterion_group, Criterion, Throughput};
 use nce::engine::cpu::{Backend, Cpu, PreparedConv};
 use nce::engine::{Conv2d, ConvWeights, PackedW2, QTensor, Requant, Residual, Weights8};
@@ -80,18 +84,6 @@ const SHAPES: [Shape; 7] = [
     Shape { residual: true, ..Shape::w2(16, 16, 32, 1) },
     Shape { w8: true, ..Shape::w2(3, 16, 32, 1) },
 ];
-
-/// splitmix64, for reproducible random layers.
-struct Rng(nce::data::Rng);
-
-impl Rng {
-    fn new(seed: u64) -> Rng {
-        Rng(nce::data::Rng::new(seed))
-    }
-    fn next(&mut self) -> u64 {
-        self.0.next_u64()
-    }
-}
 
 /// A random quantized layer of this shape, its input and (if any) its shortcut tensor. Other
 /// engines (a float conv) can build the same layer from `conv.weights.codes_i32()`.

@@ -36,6 +36,10 @@
 //! Models: synthetic 3×32×32 (CIFAR) and 1×28×28 (Fashion-MNIST), plus
 //! `examples/resnet20-w2a2-fashion.nce` when it exists and every `--model FILE`.
 
+#[path = "../tests/common/mod.rs"]
+mod common;
+
+use common::Rng;
 use nce::engine::cpu::model::Prepared;
 use nce::engine::cpu::Cpu;
 use nce::engine::plan::{Header, LayerOut, QModel};
@@ -47,22 +51,6 @@ use std::collections::BTreeMap;
 use std::hint::black_box;
 use std::time::{Duration, Instant};
 use tch::{nn, nn::ModuleT, Device, Kind, Tensor};
-
-/// splitmix64, for reproducible synthetic models and images.
-struct Rng(nce::data::Rng);
-
-impl Rng {
-    fn new(seed: u64) -> Rng {
-        Rng(nce::data::Rng::new(seed))
-    }
-    fn next(&mut self) -> u64 {
-        self.0.next_u64()
-    }
-    /// Uniform in `[lo, hi)`.
-    fn uniform(&mut self, lo: f64, hi: f64) -> f64 {
-        lo + (hi - lo) * (self.next() >> 11) as f64 / (1u64 << 53) as f64
-    }
-}
 
 /// Largest shift in `0..=30` keeping every `|v|·2^shift` inside int32 (as the exporter picks it).
 fn pick_shift(values: &[f64]) -> u32 {

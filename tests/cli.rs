@@ -1,15 +1,9 @@
 //! The `nce` binary on every shipped profile, and its errors for bad input.
 #![cfg(all(feature = "cli", feature = "train"))]
 
-use std::process::{Command, Output};
+mod common;
 
-fn nce(args: &[&str]) -> Output {
-    Command::new(env!("CARGO_BIN_EXE_nce")).args(args).output().expect("run nce")
-}
-
-fn text(o: &Output) -> String {
-    String::from_utf8_lossy(&o.stdout).into_owned() + &String::from_utf8_lossy(&o.stderr)
-}
+use common::{nce, text};
 
 fn shipped() -> Vec<String> {
     let mut v: Vec<String> = std::fs::read_dir("hw-profiles")

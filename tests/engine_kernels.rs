@@ -4,35 +4,14 @@
 //! demands bit-exact equality with `reference::conv2d`. The shape sweep sits on the packing
 //! and vector boundaries (channels around 8/16/32/64, reduction lengths around 4/16 codes).
 
+mod common;
+
+use common::{random_weights, spread_requant, Rng};
 use nce::engine::cpu::{reference, Backend, Cpu};
 use nce::engine::{
     pack_codes, unpack_codes, words_for, Conv2d, ConvWeights, EngineError, Linear, MaxPool2d, PackedW2, QTensor, Requant, Residual,
     Weights8,
 };
-
-/// splitmix64: tiny, seeded, good enough for test data.
-struct Rng(nce::data::Rng);
-
-impl Rng {
-    fn new(seed: u64) -> Rng {
-        Rng(nce::data::Rng::new(seed))
-    }
-    fn next(&mut self) -> u64 {
-        self.0.next_u64()
-    }
-    fn below(&mut self, n: u64) -> u64 {
-        self.next() % n
-    }
-    fn range(&mut self, lo: i64, hi: i64) -> i64 {
-        lo + self.below((hi - lo + 1) as u64) as i64
-    }
-    fn code2(&mut self) -> i8 {
-        [-3, -1, 1, 3][self.below(4) as usize]
-    }
-    fn codes_u8(&mut self, n: usize, max: u8) -> Vec<u8> {
-        (0..n).map(|_| self.below(max as u64 + 1) as u8).collect()
-    }
-}
 
 /// Every backend on this machine with 1, 2 and 3 threads, plus a work-limited thread count.
 fn cpus() -> Vec<Cpu> {
@@ -85,24 +64,10 @@ struct Case {
 /// Random layer whose outputs spread over `0..=qmax` rather than all saturating.
 fn random_conv(rng: &mut Rng, c: &Case) -> Conv2d {
     let k_len = c.k * c.k * c.c_in;
-    let weights = if c.w8 {
-        ConvWeights::W8(Weights8::new(c.c_out, k_len, (0..c.c_out * k_len).map(|_| rng.range(-127, 127) as i8).collect()).unwrap())
-    } else {
-        let codes: Vec<i8> = (0..c.c_out * k_len).map(|_| rng.code2()).collect();
-        ConvWeights::W2(PackedW2::pack(c.c_out, k_len, &codes).unwrap())
-    };
+    let weights = random_weights(rng, c.c_out, k_len, c.w8, -127);
     let shift = rng.range(8, 24) as u32;
     let qmax = [3u8, 3, 15, 255][rng.below(4) as usize];
-    let wmax = if c.w8 { 127.0 } else { 3.0 };
-    let acc_scale = (k_len as f64).sqrt() * c.amax.max(1) as f64 * wmax;
-    let m_mag = ((1u64 << shift) as f64 * qmax as f64 / acc_scale).max(1.0) as i64;
-    let span = (1i64 << shift) * qmax as i64;
-    let requant = Requant {
-        m: (0..c.c_out).map(|_| rng.range(-m_mag / 4, m_mag) as i32).collect(),
-        b: (0..c.c_out).map(|_| rng.range(-span, span).clamp(i32::MIN as i64, i32::MAX as i64) as i32).collect(),
-        shift,
-        qmax,
-    };
+    let requant = spread_requant(rng, c.c_out, k_len, c.amax, c.w8, shift, qmax);
     Conv2d::new(c.c_in, c.k, c.stride, c.k / 2, weights, requant).unwrap()
 }
 

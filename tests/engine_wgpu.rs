@@ -5,10 +5,13 @@
 //! install (on a machine without a GPU: `apt-get install mesa-vulkan-drivers libvulkan1`).
 #![cfg(feature = "wgpu")]
 
+mod common;
+
+use common::{random_weights, spread_requant, Rng};
 use nce::engine::cpu::{reference, Cpu};
 use nce::engine::plan::QModel;
 use nce::engine::wgpu::{DotKernel, WgpuEngine, WgpuModel};
-use nce::engine::{Conv2d, ConvWeights, EngineError, Linear, MaxPool2d, PackedW2, QTensor, Requant, Residual, Weights8};
+use nce::engine::{Conv2d, EngineError, Linear, MaxPool2d, QTensor, Requant, Residual, Weights8};
 use std::path::Path;
 use std::sync::OnceLock;
 
@@ -17,26 +20,6 @@ fn engine() -> &'static WgpuEngine {
     match E.get_or_init(|| WgpuEngine::from_env().map_err(|e| e.to_string())) {
         Ok(e) => e,
         Err(e) => panic!("{e}"),
-    }
-}
-
-struct Rng(nce::data::Rng);
-
-impl Rng {
-    fn new(seed: u64) -> Rng {
-        Rng(nce::data::Rng::new(seed))
-    }
-    fn below(&mut self, n: u64) -> u64 {
-        self.0.next_u64() % n
-    }
-    fn range(&mut self, lo: i64, hi: i64) -> i64 {
-        lo + self.below((hi - lo + 1) as u64) as i64
-    }
-    fn codes_u8(&mut self, n: usize, max: u8) -> Vec<u8> {
-        (0..n).map(|_| self.below(max as u64 + 1) as u8).collect()
-    }
-    fn tensor(&mut self, h: usize, w: usize, c: usize, max: u8) -> QTensor {
-        QTensor::new(h, w, c, self.codes_u8(h * w * c, max)).unwrap()
     }
 }
 
@@ -63,12 +46,7 @@ const fn case(c_in: usize, c_out: usize, k: usize, stride: usize, pad: usize, h:
 
 fn random_conv(rng: &mut Rng, c: &Case) -> Conv2d {
     let k_len = c.k * c.k * c.c_in;
-    let weights = if c.w8 {
-        ConvWeights::W8(Weights8::new(c.c_out, k_len, (0..c.c_out * k_len).map(|_| rng.range(-128, 127) as i8).collect()).unwrap())
-    } else {
-        let codes: Vec<i8> = (0..c.c_out * k_len).map(|_| [-3, -1, 1, 3][rng.below(4) as usize]).collect();
-        ConvWeights::W2(PackedW2::pack(c.c_out, k_len, &codes).unwrap())
-    };
+    let weights = random_weights(rng, c.c_out, k_len, c.w8, -128);
     let qmax = [3u8, 1, 15, 255][rng.below(4) as usize];
     let requant = if c.saturate {
         let shift = [0u32, 1, 31, 32, 33, 62][rng.below(6) as usize];
@@ -77,16 +55,7 @@ fn random_conv(rng: &mut Rng, c: &Case) -> Conv2d {
         Requant { m: (0..c.c_out).map(|_| pick(rng)).collect(), b: (0..c.c_out).map(|_| pick(rng)).collect(), shift, qmax }
     } else {
         let shift = rng.range(8, 24) as u32;
-        let wmax = if c.w8 { 127.0 } else { 3.0 };
-        let acc_scale = (k_len as f64).sqrt() * c.amax.max(1) as f64 * wmax;
-        let m_mag = ((1u64 << shift) as f64 * qmax as f64 / acc_scale).max(1.0) as i64;
-        let span = (1i64 << shift) * qmax as i64;
-        Requant {
-            m: (0..c.c_out).map(|_| rng.range(-m_mag / 4, m_mag) as i32).collect(),
-            b: (0..c.c_out).map(|_| rng.range(-span, span).clamp(i32::MIN as i64, i32::MAX as i64) as i32).collect(),
-            shift,
-            qmax,
-        }
+        spread_requant(rng, c.c_out, k_len, c.amax, c.w8, shift, qmax)
     };
     Conv2d::new(c.c_in, c.k, c.stride, c.pad, weights, requant).unwrap()
 }

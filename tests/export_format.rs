@@ -2,6 +2,9 @@
 //! byte layout, and a corrupt-file suite on a real (synthetic, checkpoint-free) model. Every
 //! corrupt input must be an `Err` with a readable message, never a panic.
 
+mod common;
+
+use common::Rng;
 use nce::engine::cpu::Cpu;
 use nce::engine::plan::{Header, LayerScales, QModel};
 use nce::engine::{pack_codes, words_for};
@@ -13,21 +16,6 @@ use std::collections::BTreeMap;
 // ------------------------------------------------------------------------------------------
 // Helpers
 // ------------------------------------------------------------------------------------------
-
-/// splitmix64, for reproducible array contents.
-struct Rng(nce::data::Rng);
-
-impl Rng {
-    fn new(seed: u64) -> Rng {
-        Rng(nce::data::Rng::new(seed))
-    }
-    fn next(&mut self) -> u64 {
-        self.0.next_u64()
-    }
-    fn range(&mut self, lo: i64, hi: i64) -> i64 {
-        lo + (self.next() % (hi - lo + 1) as u64) as i64
-    }
-}
 
 fn small_net() -> Network {
     // conv1 and the three stages at 4, 4, 6, 8 channels: small, and the stage transitions

@@ -2,20 +2,14 @@
 //! can produce, the CSV round trip, `--check`, and bad-input errors.
 #![cfg(all(feature = "cli", feature = "train"))]
 
+mod common;
+
+use common::{nce, text};
 use nce::engine::cpu::Cpu;
 use nce::engine::measure::{self, MeasureConfig};
 use nce::graph::{self, BitConfig, ModelKind, Shape};
 use nce::hw::LatencyTable;
 use std::path::Path;
-use std::process::{Command, Output};
-
-fn nce(args: &[&str]) -> Output {
-    Command::new(env!("CARGO_BIN_EXE_nce")).args(args).output().expect("run nce")
-}
-
-fn text(o: &Output) -> String {
-    String::from_utf8_lossy(&o.stdout).into_owned() + &String::from_utf8_lossy(&o.stderr)
-}
 
 fn input() -> Shape {
     Shape { c: 1, h: 28, w: 28 }

@@ -3,6 +3,9 @@
 //! closed stdout, and training on a full disk. Each test fails on the code before the fix.
 #![cfg(all(feature = "cli", feature = "train"))]
 
+mod common;
+
+use common::nce;
 use nce::train::{checkpoint, CheckpointError, Meta};
 use std::path::{Path, PathBuf};
 use std::process::{Command, Output};
@@ -10,10 +13,6 @@ use std::process::{Command, Output};
 const NCE: &str = env!("CARGO_BIN_EXE_nce");
 /// A W2A2 ResNet-20 checkpoint committed before checksums existed (weights only).
 const LEGACY: &str = "examples/resnet20-w2a2-fashion.ot";
-
-fn nce(args: &[&str]) -> Output {
-    Command::new(NCE).args(args).output().expect("run nce")
-}
 
 fn stderr(o: &Output) -> String {
     String::from_utf8_lossy(&o.stderr).into_owned()
