@@ -92,7 +92,7 @@ fn nan_loss_stops_and_keeps_the_last_good_checkpoint() {
     let mut c = config(dir.path(), 32, 1);
     c.lr = 1e6;
     c.checkpoint_every = 1;
-    let e = train::train(&c, false, false).err().expect("diverges");
+    let e = train::train(&c, false, false).expect_err("diverges");
     let msg = e.to_string();
     assert!(matches!(e, TrainError::NonFinite { .. }), "{msg}");
     assert!(msg.contains("checkpoint.ot"), "{msg}");
@@ -176,7 +176,7 @@ fn nan_loss_before_any_checkpoint_says_none_was_written() {
     let mut c = config(dir.path(), 32, 1);
     c.lr = 1e12;
     c.checkpoint_every = 0;
-    let e = train::train(&c, false, false).err().expect("diverges");
+    let e = train::train(&c, false, false).expect_err("diverges");
     let msg = e.to_string();
     assert!(matches!(e, TrainError::NonFinite { checkpoint: None, .. }), "{msg}");
     assert!(msg.contains("No checkpoint was written") && !msg.contains("is kept in"), "{msg}");

@@ -219,7 +219,7 @@ impl Profile {
                 return Err(invalid(table, key, format!("must be a positive number, got {v}")));
             }
         }
-        if u.word_bits % u.weight_bits as u32 != 0 || u.word_bits > 1024 {
+        if !u.word_bits.is_multiple_of(u.weight_bits as u32) || u.word_bits > 1024 {
             return Err(invalid(
                 "unit",
                 "word_bits",

@@ -71,6 +71,7 @@ pub fn with_channels(layer: &Layer, cin: usize, cout: usize) -> Layer {
 }
 
 /// The expected value of metric `metric` of `model` (a differentiable scalar tensor).
+#[allow(clippy::assign_op_pattern)] // `+=` on a tch Tensor is an in-place `add_`; the loss is built out of place
 pub fn expected_cost(sn: &Supernet, dists: &[Dist], model: &dyn CostModel, metric: usize) -> Result<Tensor, CostError> {
     let mut total = Tensor::zeros([], (Kind::Float, tch::Device::Cpu));
     for (i, l) in sn.net.layers.iter().enumerate() {

@@ -70,6 +70,9 @@ impl Budget {
     }
 }
 
+/// [`cost_aware`]'s answer: the widths and the changes made after the argmax, or why none fit.
+pub type Derived = Result<(Vec<usize>, Vec<String>), String>;
+
 /// Cost-aware derivation over any cost function (`costs(widths)` gives every budget).
 /// Returns the widths and the changes made after the argmax (`layer: from -> to`).
 pub fn cost_aware<E>(
@@ -77,7 +80,7 @@ pub fn cost_aware<E>(
     probs: &[Vec<f64>],
     granularity: usize,
     mut costs: impl FnMut(&[usize]) -> Result<Vec<Budget>, E>,
-) -> Result<Result<(Vec<usize>, Vec<String>), String>, E> {
+) -> Result<Derived, E> {
     let lp = |s: usize, i: usize| probs[s][i].max(1e-12).ln();
     let mut choice: Vec<usize> = probs.iter().map(|p| super::space::argmax(p)).collect();
     let widths_of = |c: &[usize]| -> Vec<usize> { slots.iter().zip(c).map(|(s, &i)| s.candidates[i]).collect() };

@@ -69,7 +69,7 @@ impl<'a> Run<'a> {
         if cfg.threads > 0 {
             tch::set_num_threads(cfg.threads as i32);
         }
-        if !(cfg.space.threshold > 0.0) {
+        if cfg.space.threshold.is_nan() || cfg.space.threshold <= 0.0 {
             return Err(SearchError::Invalid(format!("expansion threshold must be positive, got {}", cfg.space.threshold)));
         }
         let profile = crate::cost::load_profile(&cfg.profile)?;
@@ -219,6 +219,7 @@ impl<'a> Run<'a> {
     }
 
     /// Adam on the logits: cross-entropy + λ·L_k over every separable budget.
+    #[allow(clippy::assign_op_pattern)] // `+=` on a tch Tensor is an in-place `add_`; the loss is built out of place
     fn arch_step(&mut self, x: &Tensor, y: &Tensor, tau: f64, params: &[(String, Tensor)], t: &mut Tally) -> Result<(), SearchError> {
         let cfg = self.cfg;
         let out = self.sn.forward(x, true, Mode::Sample { tau }, false);

@@ -433,7 +433,7 @@ pub fn train(cfg: &TrainConfig, resume: bool, progress: bool) -> Result<TrainSum
             ));
             bar.inc(1);
             let stop = cfg.max_steps.is_some_and(|m| meta.step >= m) && meta.batch < per_epoch;
-            if stop || (cfg.checkpoint_every > 0 && meta.step % cfg.checkpoint_every == 0 && meta.batch < per_epoch) {
+            if stop || (cfg.checkpoint_every > 0 && meta.step.is_multiple_of(cfg.checkpoint_every) && meta.batch < per_epoch) {
                 meta.partial = Partial { seconds: secs, ..p.clone() };
                 save(&meta, &sgd)?;
             }
