@@ -5,7 +5,7 @@
 
 mod common;
 
-use common::nce;
+use common::{nce, train_args};
 use nce::train::{checkpoint, CheckpointError, Meta};
 use std::path::{Path, PathBuf};
 use std::process::{Command, Output};
@@ -217,31 +217,7 @@ fn cost_json_into_a_closed_pipe_ends_quietly() {
 fn training_on_a_full_disk_stops_cleanly_and_keeps_the_last_checkpoint() {
     let dir = tempfile::tempdir().unwrap();
     let train = |out: &Path, extra: &[&str]| -> Vec<String> {
-        let mut a: Vec<String> = [
-            "train",
-            "--model",
-            "resnet20",
-            "--data",
-            "fashion-mnist",
-            "--bits",
-            "2",
-            "--epochs",
-            "1",
-            "--batch-size",
-            "128",
-            "--train-subset",
-            "256",
-            "--test-subset",
-            "100",
-            "--checkpoint-every",
-            "1",
-            "--threads",
-            "1",
-            "--quiet",
-        ]
-        .iter()
-        .map(|s| s.to_string())
-        .collect();
+        let mut a = train_args(128, 256, 100, 1);
         a.extend(extra.iter().map(|s| s.to_string()));
         a.push("--out".into());
         a.push(out.display().to_string());

@@ -2,6 +2,9 @@
 //! checkpoint errors.
 #![cfg(all(feature = "cli", feature = "train"))]
 
+mod common;
+
+use common::train_args;
 use nce::graph::ModelKind;
 use nce::train::{self, checkpoint, Meta, TrainConfig, TrainError};
 use std::path::Path;
@@ -118,32 +121,8 @@ fn cli_training_survives_being_killed() {
     let dir = tempfile::tempdir().unwrap();
     let out = dir.path().join("run");
     let args = |resume: bool| {
-        let mut a: Vec<String> = [
-            "train",
-            "--model",
-            "resnet20",
-            "--data",
-            "fashion-mnist",
-            "--bits",
-            "2",
-            "--epochs",
-            "1",
-            "--batch-size",
-            "64",
-            "--train-subset",
-            "640",
-            "--test-subset",
-            "200",
-            "--checkpoint-every",
-            "2",
-            "--threads",
-            "1",
-            "--quiet",
-            "--out",
-        ]
-        .iter()
-        .map(|s| s.to_string())
-        .collect();
+        let mut a = train_args(64, 640, 200, 2);
+        a.push("--out".into());
         a.push(out.display().to_string());
         if resume {
             a.push("--resume".into());

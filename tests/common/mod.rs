@@ -73,6 +73,16 @@ pub fn nce(args: &[&str]) -> std::process::Output {
     std::process::Command::new(env!("CARGO_BIN_EXE_nce")).args(args).output().expect("run nce")
 }
 
+/// `nce train` arguments for one epoch of a W2 ResNet-20 on Fashion-MNIST subsets, on one
+/// thread, checkpointing every `checkpoint_every` steps, quietly.
+pub fn train_args(batch_size: usize, train_subset: usize, test_subset: usize, checkpoint_every: usize) -> Vec<String> {
+    let fixed = "train --model resnet20 --data fashion-mnist --bits 2 --epochs 1 --threads 1 --quiet";
+    let sized = format!(
+        "--batch-size {batch_size} --train-subset {train_subset} --test-subset {test_subset} --checkpoint-every {checkpoint_every}"
+    );
+    fixed.split(' ').chain(sized.split(' ')).map(String::from).collect()
+}
+
 /// A finished command's stdout followed by its stderr.
 pub fn text(o: &std::process::Output) -> String {
     String::from_utf8_lossy(&o.stdout).into_owned() + &String::from_utf8_lossy(&o.stderr)
