@@ -142,7 +142,10 @@ impl<'a> Run<'a> {
     /// Continues from the run's checkpoint: candidates, variables, optimiser state, counters, log.
     fn restore(&mut self) -> Result<(), SearchError> {
         let ck = checkpoint::load::<Meta>(&self.ckpt_path)?;
-        if ck.meta.config != *self.cfg {
+        // The thread count changes speed, not the run: a search may resume with another one.
+        let mut want = self.cfg.clone();
+        want.threads = ck.meta.config.threads;
+        if ck.meta.config != want {
             return Err(SearchError::Resume(format!("{} was written with a different configuration", self.ckpt_path.display())));
         }
         for (s, cands) in ck.meta.candidates.iter().enumerate() {
