@@ -4,9 +4,7 @@ use crate::engine::compare::argmax;
 use crate::engine::cpu::Cpu;
 use crate::engine::plan::{LayerOut, QModel};
 use crate::engine::{BackendKind, BackendOptions};
-#[cfg(feature = "train")]
-use anyhow::Context;
-use anyhow::{bail, Result};
+use anyhow::{bail, Context, Result};
 use std::path::PathBuf;
 use std::process::ExitCode;
 use std::time::Instant;
