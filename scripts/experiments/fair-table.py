@@ -14,6 +14,9 @@ params, with the interval of the difference above 0. Standard library only (Pyth
 import json, math, statistics, subprocess, sys, tomllib
 from pathlib import Path
 
+sys.path.insert(0, str(Path(__file__).parent))
+from rankstats import spearman  # noqa: E402
+
 T975 = {1: 12.706, 2: 4.303, 3: 3.182, 4: 2.776, 5: 2.571, 6: 2.447, 7: 2.365, 8: 2.306, 9: 2.262,
         10: 2.228, 12: 2.179, 15: 2.131, 20: 2.086, 30: 2.042}
 
@@ -157,29 +160,12 @@ def scaled_arch(out, profile):
     print(f"scaled arm: factor {lo:.4f}, MACs {m / base_macs:.4f}x (NCE mean {target:.4f}x)", file=sys.stderr)
 
 
-def ranks(xs):
-    order = sorted(range(len(xs)), key=lambda i: xs[i])
-    r = [0.0] * len(xs)
-    i = 0
-    while i < len(xs):
-        j = i
-        while j + 1 < len(xs) and xs[order[j + 1]] == xs[order[i]]:
-            j += 1
-        for k in range(i, j + 1):
-            r[order[k]] = (i + j) / 2 + 1
-        i = j + 1
-    return r
-
-
 def spearman_ci(a, b):
     """Spearman rho with a 95 % Fisher-z interval (se = 1.06 / sqrt(n - 3), Fieller et al.)."""
-    ra, rb = ranks(a), ranks(b)
-    ma, mb = statistics.mean(ra), statistics.mean(rb)
-    num = sum((x - ma) * (y - mb) for x, y in zip(ra, rb))
-    den = math.sqrt(sum((x - ma) ** 2 for x in ra) * sum((y - mb) ** 2 for y in rb))
-    if den == 0 or len(a) < 4:
+    rho = spearman(a, b)
+    if math.isnan(rho) or len(a) < 4:
         return float("nan"), float("nan"), float("nan")
-    rho = max(min(num / den, 0.999999), -0.999999)
+    rho = max(min(rho, 0.999999), -0.999999)
     z, se = math.atanh(rho), 1.06 / math.sqrt(len(a) - 3)
     return rho, math.tanh(z - 1.96 * se), math.tanh(z + 1.96 * se)
 

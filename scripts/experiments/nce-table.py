@@ -8,6 +8,8 @@ sensitivity (`nce sensitivity` of the FP32 model, both of its measures).
 Standard library only (tomllib needs Python >= 3.11).
 """
 import json, math, statistics, sys, tomllib
+sys.path.insert(0, str(__import__('pathlib').Path(__file__).parent))
+from rankstats import spearman  # noqa: E402
 from pathlib import Path
 
 out = Path(sys.argv[1] if len(sys.argv) > 1 else "runs/nce-fashion")
@@ -30,26 +32,6 @@ def fmt_accs(accs):
     v = [a for a, _ in accs.values()]
     ms = f"{statistics.mean(v):.2f} ± {statistics.stdev(v):.2f}" if len(v) > 1 else f"{v[0]:.2f} (1 seed)"
     return per, ms
-
-def ranks(xs):
-    order = sorted(range(len(xs)), key=lambda i: xs[i])
-    r = [0.0] * len(xs)
-    i = 0
-    while i < len(xs):
-        j = i
-        while j + 1 < len(xs) and xs[order[j + 1]] == xs[order[i]]:
-            j += 1
-        for k in range(i, j + 1):
-            r[order[k]] = (i + j) / 2 + 1
-        i = j + 1
-    return r
-
-def spearman(a, b):
-    ra, rb = ranks(a), ranks(b)
-    ma, mb = statistics.mean(ra), statistics.mean(rb)
-    num = sum((x - ma) * (y - mb) for x, y in zip(ra, rb))
-    den = math.sqrt(sum((x - ma) ** 2 for x in ra) * sum((y - mb) ** 2 for y in rb))
-    return num / den if den else float("nan")
 
 rows = [("uniform W2A2", "uniform", None)]
 for name, label in [("nce", "NCE W2A2"), ("tas", "TAS W2A2 (T = ∞)")]:
