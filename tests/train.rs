@@ -20,6 +20,14 @@ fn config(out: &Path, bits: u8, epochs: usize) -> TrainConfig {
     c
 }
 
+/// libtorch's random generator is process-wide: a test that seeds it and initialises a model
+/// can be interleaved with another test's seeding, and two runs meant to be identical start from
+/// different weights. In-process training tests therefore run one at a time.
+fn serial() -> std::sync::MutexGuard<'static, ()> {
+    static LOCK: std::sync::Mutex<()> = std::sync::Mutex::new(());
+    LOCK.lock().unwrap_or_else(|e| e.into_inner())
+}
+
 fn vars(path: &Path) -> Vec<(String, Vec<f32>)> {
     let ck = checkpoint::load::<Meta>(path).unwrap();
     let mut v: Vec<(String, Vec<f32>)> =
@@ -30,6 +38,7 @@ fn vars(path: &Path) -> Vec<(String, Vec<f32>)> {
 
 #[test]
 fn w2a2_learns_on_real_data() {
+    let _serial = serial();
     let dir = tempfile::tempdir().unwrap();
     let mut c = config(dir.path(), 2, 3);
     c.train_subset = Some(2048);
@@ -48,6 +57,7 @@ fn w2a2_learns_on_real_data() {
 
 #[test]
 fn resume_matches_an_uninterrupted_run() {
+    let _serial = serial();
     let a = tempfile::tempdir().unwrap();
     let b = tempfile::tempdir().unwrap();
     let ca = config(a.path(), 2, 2);
@@ -80,6 +90,7 @@ fn resume_matches_an_uninterrupted_run() {
 
 #[test]
 fn resume_with_another_config_is_refused() {
+    let _serial = serial();
     let dir = tempfile::tempdir().unwrap();
     let mut c = config(dir.path(), 2, 1);
     c.max_steps = Some(2);
@@ -91,6 +102,7 @@ fn resume_with_another_config_is_refused() {
 
 #[test]
 fn nan_loss_stops_and_keeps_the_last_good_checkpoint() {
+    let _serial = serial();
     let dir = tempfile::tempdir().unwrap();
     let mut c = config(dir.path(), 32, 1);
     c.lr = 1e6;
@@ -151,6 +163,7 @@ fn cli_training_survives_being_killed() {
 /// A run that diverges before its first checkpoint does not claim to keep one.
 #[test]
 fn nan_loss_before_any_checkpoint_says_none_was_written() {
+    let _serial = serial();
     let dir = tempfile::tempdir().unwrap();
     let mut c = config(dir.path(), 32, 1);
     c.lr = 1e12;
