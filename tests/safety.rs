@@ -208,6 +208,19 @@ fn cost_json_into_a_closed_pipe_ends_quietly() {
     assert!(stderr(&o).is_empty(), "{}", stderr(&o));
 }
 
+/// Every printing command ends quietly when the reader has gone (they print with `println!`,
+/// which panics on a broken pipe unless the CLI catches it).
+#[test]
+fn printing_commands_into_a_closed_pipe_end_quietly() {
+    for args in [&["profiles", "list"][..], &["plugins"], &["profiles", "show", "npu-int2-array"]] {
+        let (reader, writer) = std::io::pipe().unwrap();
+        drop(reader);
+        let o = Command::new(NCE).args(args).stdout(writer).stderr(std::process::Stdio::piped()).output().unwrap();
+        assert_eq!(o.status.code(), Some(0), "{args:?}: {}", stderr(&o));
+        assert!(!stderr(&o).contains("panicked"), "{args:?}: {}", stderr(&o));
+    }
+}
+
 /// Training whose second checkpoint hits a full disk. The disk is a real tmpfs, sized between
 /// one and two checkpoints, mounted in a private user and mount namespace (`unshare -rm`, no
 /// privileges needed; chmod would not do as root, and the failure must be a real ENOSPC from

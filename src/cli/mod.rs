@@ -79,6 +79,7 @@ pub fn arch_widths(path: &std::path::Path) -> anyhow::Result<Vec<usize>> {
 
 /// Parses the process arguments, runs the command and maps errors to an exit code.
 pub fn main() -> ExitCode {
+    quiet_on_closed_stdout();
     let filter = tracing_subscriber::EnvFilter::try_from_default_env().unwrap_or_else(|_| "warn".into());
     tracing_subscriber::fmt().with_env_filter(filter).with_writer(std::io::stderr).init();
     let cli = Cli::parse();
@@ -162,6 +163,21 @@ fn write_failed(e: &(dyn std::error::Error + 'static)) -> bool {
         }
     }
     false
+}
+
+/// A reader that stops early (`nce profiles list | head -1`) closes the pipe; `println!` then
+/// panics with "failed printing to stdout: Broken pipe". That is the reader's choice, not a
+/// failure: end quietly with exit 0, as Unix tools do, for every printing command at once.
+fn quiet_on_closed_stdout() {
+    let default = std::panic::take_hook();
+    std::panic::set_hook(Box::new(move |info| {
+        let payload = info.payload();
+        let msg = payload.downcast_ref::<String>().map(String::as_str).or_else(|| payload.downcast_ref::<&str>().copied()).unwrap_or("");
+        if msg.starts_with("failed printing to stdout") && msg.contains("Broken pipe") {
+            std::process::exit(0);
+        }
+        default(info);
+    }));
 }
 
 /// Writes `text` to standard output, treating a closed pipe (`nce cost --json | head -1`) as
