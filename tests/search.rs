@@ -1094,19 +1094,25 @@ fn weight_decay_leaves_unused_slices_alone() {
     assert!((w.narrow(0, 16, 16) - before.narrow(0, 16, 16)).abs().max().double_value(&[]) > 0.0);
 }
 
+/// A search on 256 Fashion-MNIST images under the `nce-flops-params` profile, one thread.
+fn small_search(out: &Path, epochs: usize, test: usize, val: usize) -> SearchConfig {
+    let mut cfg =
+        SearchConfig::new(ModelKind::Resnet20, "hw-profiles/nce-flops-params.toml".into(), "fashion-mnist", epochs, out.to_path_buf());
+    cfg.train_subset = Some(256);
+    cfg.test_subset = Some(test);
+    cfg.val_subset = val;
+    cfg.batch_size = 64;
+    cfg.threads = 1;
+    cfg
+}
+
 /// Warm-up epochs train weights only: the logits do not move and nothing expands, even at a
 /// threshold every slot exceeds; the first architecture epoch moves them.
 #[test]
 fn warmup_epochs_freeze_the_architecture() {
     torch();
     let dir = tempfile::tempdir().unwrap();
-    let mut cfg =
-        SearchConfig::new(ModelKind::Resnet20, "hw-profiles/nce-flops-params.toml".into(), "fashion-mnist", 3, dir.path().to_path_buf());
-    cfg.train_subset = Some(256);
-    cfg.test_subset = Some(100);
-    cfg.val_subset = 64;
-    cfg.batch_size = 64;
-    cfg.threads = 1;
+    let mut cfg = small_search(dir.path(), 3, 100, 64);
     cfg.space.threshold = 0.2;
     cfg.warmup_epochs = 2;
     let r = search(&cfg, false, false).unwrap();
@@ -1180,13 +1186,7 @@ fn search_resumes_bit_identically_after_kill_9() {
 fn fp32_init_calibrates_the_clips() {
     torch();
     let dir = tempfile::tempdir().unwrap();
-    let mut cfg =
-        SearchConfig::new(ModelKind::Resnet20, "hw-profiles/nce-flops-params.toml".into(), "fashion-mnist", 1, dir.path().to_path_buf());
-    cfg.train_subset = Some(256);
-    cfg.test_subset = Some(50);
-    cfg.val_subset = 32;
-    cfg.batch_size = 64;
-    cfg.threads = 1;
+    let mut cfg = small_search(dir.path(), 1, 50, 32);
     cfg.lr = 1e-12; // the clips stay where the initialisation put them
     cfg.warmup_epochs = 1;
     cfg.init = Some("examples/resnet20-fp32-fashion.ot".into());
