@@ -15,14 +15,25 @@
 # Resumable: rerun the same command after an interruption (even kill -9); finished stages are
 # skipped and the interrupted one resumes from its checkpoint. One heavy job at a time.
 #
+# Survives a fresh clone: runs/ is not tracked, so every finished unit (metrics, architectures,
+# search logs, and the checkpoints a later stage starts from) is copied to the tracked record
+# experiments/fair-fashion/, and the driver restores runs/ from it before it starts.
+# `STAGES=persist` also records the checkpoints of unfinished units, so that the next clone
+# resumes them exactly (commit experiments/ afterwards).
+#
+# Order: the units that decide the verdict first (the uniform arm and the NCE seed-0 arm, by
+# seed), then the remaining searches and their arms. The protocol is the same in any order.
+#
 #   scripts/experiments/fair-fashion.sh            # everything, in order
 #   STAGES=teacher scripts/experiments/fair-fashion.sh
 #   STAGES=report  scripts/experiments/fair-fashion.sh
+#   STAGES=persist scripts/experiments/fair-fashion.sh
 set -euo pipefail
 cd "$(dirname "${BASH_SOURCE[0]}")/../.."
 OUT=${OUT:-runs/fair-fashion}
 PRESET=${PRESET:-presets/fair-fashion.toml}
-STAGES=${STAGES:-teacher search fp32 w2a2 report}
+KEEP=${KEEP:-experiments/fair-fashion}
+STAGES=${STAGES:-restore teacher fp32 w2a2 search fp32 w2a2 persist report}
 THREADS=${THREADS:-2}
 export OMP_WAIT_POLICY=PASSIVE
 
@@ -58,12 +69,37 @@ SEARCH_INIT=$OUT/search-init/checkpoint.ot
 done_epochs() { # run dir -> epochs finished
   [ -f "$1/metrics.jsonl" ] && grep -c . "$1/metrics.jsonl" || echo 0
 }
+# A unit's checkpoint is kept when a later stage starts from it (or when it is unfinished and
+# `persist` is asked for); otherwise only its metrics and logs are.
+needed_later() { case $(basename "$1") in search-init|fp32-*|w2a2-uniform-s0) return 0 ;; *) return 1 ;; esac; }
+keep_unit() { # run dir [all]: copy the record of one unit to $KEEP
+  local dir=$1 dest=$KEEP/$(basename "$1") f
+  mkdir -p "$dest"
+  for f in metrics.jsonl arch.toml search.jsonl widths.svg probs.svg costs.svg SOURCE; do
+    [ -f "$dir/$f" ] && cp "$dir/$f" "$dest/$f.new" && mv "$dest/$f.new" "$dest/$f"
+  done
+  for f in checkpoint.ot search-checkpoint.ot; do
+    [ -f "$dir/$f" ] || continue
+    if { [ "$f" = checkpoint.ot ] && needed_later "$dir"; } || [ "${2:-}" = all ]; then
+      cp "$dir/$f" "$dest/$f.new" && mv "$dest/$f.new" "$dest/$f"
+    else
+      rm -f "$dest/$f" # an unfinished unit's checkpoint, kept earlier, is no longer needed
+    fi
+  done
+  true
+}
+unit_finished() { # run dir: a finished search or training
+  local want
+  case $(basename "$1") in fp32-*) want=$FP_EPOCHS ;; search-init) want=$S_INIT_EPOCHS ;; *) want=$Q_EPOCHS ;; esac
+  [ -f "$1/arch.toml" ] || [ -f "$1/SOURCE" ] || [ "$(done_epochs "$1")" -ge "$want" ]
+}
 train() { # dir epochs extra-args...
   local dir=$1 epochs=$2; shift 2
   [ "$(done_epochs "$dir")" -ge "$epochs" ] && return 0
   echo "[fair] $(date +%T) train $dir" >&2
   nce train --model resnet20 --data fashion-mnist --epochs "$epochs" --batch-size "$BATCH" \
     --weight-decay "$WD" --threads "$THREADS" --checkpoint-every 100 --quiet --out "$dir" --resume "$@"
+  keep_unit "$dir"
 }
 search() { # name seed threshold ratios
   [ -f "$OUT/$1/arch.toml" ] && return 0
@@ -72,6 +108,7 @@ search() { # name seed threshold ratios
     --warmup-epochs "$S_WARMUP" --train-subset "$S_SUBSET" --test-subset 1000 --batch-size "$BATCH" \
     --lr "$S_LR" --arch-lr "$S_ARCH_LR" --threshold "$3" --ratios "$4" --derive "$DERIVE" \
     --init "$SEARCH_INIT" --threads "$THREADS" --seed "$2" --out "$OUT/$1" --resume --quiet
+  keep_unit "$OUT/$1"
 }
 arms() { # every arm with an architecture, as "name arch-file-or-empty"
   echo "uniform -"
@@ -84,7 +121,22 @@ arch_args() { [ "$1" = - ] || echo "--arch $1"; }
 
 for stage in $STAGES; do
   case $stage in
-    teacher) train "$OUT/fp32-uniform" "$FP_EPOCHS" --bits 32 --lr "$FP_LR" --seed 0 ;;
+    restore) # the tracked record -> runs/, never overwriting what runs/ already has
+      for d in "$KEEP"/*/; do
+        [ -d "$d" ] || continue
+        mkdir -p "$OUT/$(basename "$d")"
+        cp -n "$d"* "$OUT/$(basename "$d")/"
+      done ;;
+    teacher)
+      # The teacher of this experiment ran in the first session (15 epochs, 93.78 %) and is
+      # committed, stripped, as examples/resnet20-fp32-fashion.ot; a clone without it retrains.
+      if [ ! -f "$TEACHER" ] && [ -f examples/resnet20-fp32-fashion.ot ]; then
+        mkdir -p "$OUT/fp32-uniform"
+        cp examples/resnet20-fp32-fashion.ot "$TEACHER"
+        echo "examples/resnet20-fp32-fashion.ot: this run's FP32 teacher, 15 epochs, 93.78 % (first session)" \
+          > "$OUT/fp32-uniform/SOURCE"
+      fi
+      [ -f "$OUT/fp32-uniform/SOURCE" ] || train "$OUT/fp32-uniform" "$FP_EPOCHS" --bits 32 --lr "$FP_LR" --seed 0 ;;
     search)
       train "$OUT/search-init" "$S_INIT_EPOCHS" --bits 2 --lr "$S_LR" --warmup-epochs 0 --train-subset "$S_SUBSET" \
         --init "$TEACHER" --seed 0
@@ -105,6 +157,11 @@ for stage in $STAGES; do
             --init "$OUT/fp32-$name/checkpoint.ot" --teacher "$TEACHER" --kd-alpha "$KD_ALPHA" \
             --kd-temperature "$KD_T" $(arch_args "$arch")
         done
+      done ;;
+    persist) # unfinished units too, with their checkpoints, so a fresh clone resumes them exactly
+      for d in "$OUT"/*/; do
+        case $(basename "$d") in bin|sensitivity) continue ;; esac
+        if unit_finished "$d"; then keep_unit "$d"; else keep_unit "$d" all; fi
       done ;;
     report)
       # Calibrated sensitivity: one-off gains of the trained uniform W2A2 model (seed 0).
