@@ -42,6 +42,13 @@ fn wgpu_agrees_through_the_seam() {
     check(BackendKind::Wgpu, 8);
 }
 
+/// The C runtime on both emulated targets (needs `scripts/setup`'s cross compilers and QEMU).
+#[test]
+fn qemu_backends_agree_through_the_seam() {
+    check(BackendKind::QemuCortexM7, 4);
+    check(BackendKind::QemuAarch64, 4);
+}
+
 #[test]
 fn backend_kinds_parse_and_print_their_cli_names() {
     for k in BackendKind::ALL {

@@ -19,6 +19,10 @@ pub struct ExportArgs {
     /// Also write the arrays as a C header (for microcontrollers).
     #[arg(long)]
     c_header: Option<PathBuf>,
+    /// Also write a self-contained C99 package (model, runtime, test harnesses) into this
+    /// folder: `nce_run(input, logits)` with no malloc and no floating point (README, "C").
+    #[arg(long)]
+    c_runtime: Option<PathBuf>,
     /// Record the hardware profile the network was built for.
     #[arg(long)]
     profile: Option<String>,
@@ -34,6 +38,9 @@ pub fn export(a: ExportArgs) -> Result<ExitCode> {
     if let Some(h) = &a.c_header {
         fsutil::check_target(h, &WriteOptions::protecting([&a.checkpoint, &a.out]))?;
     }
+    for f in c_runtime_files(&a) {
+        fsutil::check_target(&f, &WriteOptions::protecting([&a.checkpoint]))?;
+    }
     let m = crate::train::load_model(&a.checkpoint)?;
     let layers = convert::int_layers(&m).map_err(anyhow::Error::msg).with_context(|| format!("exporting {}", a.checkpoint.display()))?;
     let container =
@@ -41,7 +48,7 @@ pub fn export(a: ExportArgs) -> Result<ExitCode> {
     let bytes = crate::export::format::encode(&container)?;
     fsutil::write_atomic(&a.out, &bytes, &opts)?;
     // Read it back through the same validation every user of the file goes through.
-    QModel::load(&a.out)?;
+    let model = QModel::load(&a.out)?;
     let net = &m.meta.net;
     let packed_bits: u64 = net.layers.iter().filter(|l| l.wbits == 2).map(|l| l.weight_count() as u64 * 2).sum();
     println!(
@@ -57,7 +64,29 @@ pub fn export(a: ExportArgs) -> Result<ExitCode> {
         fsutil::write_atomic(h, text.as_bytes(), &WriteOptions::protecting([&a.checkpoint, &a.out]))?;
         println!("wrote {}", h.display());
     }
+    write_c_runtime(&a, &model)?;
     Ok(ExitCode::SUCCESS)
+}
+
+/// The paths `--c-runtime DIR` writes (checked before the slow conversion).
+#[cfg(feature = "train")]
+fn c_runtime_files(a: &ExportArgs) -> Vec<PathBuf> {
+    let Some(dir) = &a.c_runtime else { return Vec::new() };
+    let names = ["nce_model.h", "nce_model.c"].into_iter().chain(crate::engine::c_runtime::RUNTIME_FILES.iter().map(|(n, _)| *n));
+    names.map(|n| dir.join(n)).collect()
+}
+
+/// `--c-runtime DIR`: the C package of the exported model.
+#[cfg(feature = "train")]
+fn write_c_runtime(a: &ExportArgs, model: &QModel) -> Result<()> {
+    let Some(dir) = &a.c_runtime else { return Ok(()) };
+    let pkg = crate::engine::c_runtime::generate(model).with_context(|| format!("writing the C package into {}", dir.display()))?;
+    for (name, text) in &pkg.files {
+        crate::fsutil::write_atomic(&dir.join(name), text.as_bytes(), &crate::fsutil::WriteOptions::protecting([&a.checkpoint]))?;
+    }
+    let (files, arena, scratch, steps) = (pkg.files.len(), pkg.arena_bytes, pkg.scratch_bytes, pkg.steps);
+    println!("wrote {} ({files} files; arena {arena} bytes, SIMD scratch {scratch} bytes, {steps} steps)", dir.display());
+    Ok(())
 }
 
 #[derive(clap::Args)]

@@ -6,6 +6,7 @@
 //! ([`super::compare`]), latency measurement ([`super::measure`]), the CLI and the pipeline
 //! only see the trait.
 
+use super::c_runtime::{CTarget, QemuBackend};
 use super::cpu::{self, Cpu};
 use super::measure::Runner;
 use super::plan::QModel;
@@ -23,10 +24,16 @@ pub enum BackendKind {
     /// The wgpu compute backend (Vulkan/Metal/DX12/GL; `NCE_WGPU_DOT=shift|dot4` picks the
     /// 2-bit kernel, `NCE_WGPU_ADAPTER` the adapter).
     Wgpu,
+    /// The C runtime on an emulated Cortex-M7 (`qemu-system-arm -M mps2-an500`;
+    /// `NCE_C_KERNELS=scalar|simd` picks the kernels).
+    QemuCortexM7,
+    /// The C runtime on emulated AArch64 (`qemu-aarch64` user mode; `NCE_C_KERNELS=scalar|simd`).
+    QemuAarch64,
 }
 
 impl BackendKind {
-    pub const ALL: [BackendKind; 3] = [BackendKind::Cpu, BackendKind::CpuScalar, BackendKind::Wgpu];
+    pub const ALL: [BackendKind; 5] =
+        [BackendKind::Cpu, BackendKind::CpuScalar, BackendKind::Wgpu, BackendKind::QemuCortexM7, BackendKind::QemuAarch64];
 
     /// The name the CLI takes and reports print.
     pub fn name(self) -> &'static str {
@@ -34,6 +41,8 @@ impl BackendKind {
             BackendKind::Cpu => "cpu",
             BackendKind::CpuScalar => "cpu-scalar",
             BackendKind::Wgpu => "wgpu",
+            BackendKind::QemuCortexM7 => "qemu-cortex-m7",
+            BackendKind::QemuAarch64 => "qemu-aarch64",
         }
     }
 
@@ -43,7 +52,7 @@ impl BackendKind {
         match self {
             BackendKind::Cpu => Some(cpu::Backend::best()),
             BackendKind::CpuScalar => Some(cpu::Backend::Scalar),
-            BackendKind::Wgpu => None,
+            BackendKind::Wgpu | BackendKind::QemuCortexM7 | BackendKind::QemuAarch64 => None,
         }
     }
 
@@ -94,7 +103,7 @@ impl Default for BackendOptions {
 #[derive(Debug, thiserror::Error)]
 #[non_exhaustive]
 pub enum BackendError {
-    #[error("unknown backend `{0}` (cpu, cpu-scalar, wgpu)")]
+    #[error("unknown backend `{0}` (cpu, cpu-scalar, wgpu, qemu-cortex-m7, qemu-aarch64)")]
     Unknown(String),
     /// The backend exists but this build left it out.
     #[error("this build has no {backend} backend (build with the `{feature}` feature)")]
@@ -107,6 +116,8 @@ pub enum BackendError {
     Count { backend: String, expected: usize, got: usize },
     #[error(transparent)]
     Engine(#[from] EngineError),
+    #[error(transparent)]
+    CRuntime(#[from] super::c_runtime::CRuntimeError),
     #[cfg(feature = "wgpu")]
     #[error(transparent)]
     Wgpu(#[from] super::wgpu::WgpuError),
@@ -154,5 +165,7 @@ pub fn open(kind: BackendKind, opts: &BackendOptions) -> Result<Box<dyn Backend>
         BackendKind::Wgpu => Ok(Box::new(super::wgpu::backend::WgpuBackend::open(opts)?)),
         #[cfg(not(feature = "wgpu"))]
         BackendKind::Wgpu => Err(BackendError::NotBuilt { backend: kind, feature: "wgpu" }),
+        BackendKind::QemuCortexM7 => Ok(Box::new(QemuBackend::open(kind, CTarget::CortexM7, opts)?)),
+        BackendKind::QemuAarch64 => Ok(Box::new(QemuBackend::open(kind, CTarget::AArch64, opts)?)),
     }
 }

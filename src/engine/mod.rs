@@ -19,6 +19,7 @@
 //! [`EngineError`].
 
 pub mod backend;
+pub mod c_runtime;
 pub mod compare;
 pub mod cpu;
 pub mod measure;

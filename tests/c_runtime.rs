@@ -1,0 +1,182 @@
+//! The C runtime (`nce export --c-runtime`): compiled for this machine with
+//! `-std=c99 -Wall -Wextra -Werror`, every layer's output equals the Rust engine's; compiled
+//! for Cortex-M7 and AArch64 (both kernel paths) and run under QEMU, every logit does.
+//! The QEMU test needs `scripts/setup`'s cross compilers and emulators. (No libtorch needed.)
+
+mod common;
+
+use common::Rng;
+use nce::engine::c_runtime::{generate, CBuild, CTarget, Kernels, TraceRecord};
+use nce::engine::cpu::{self, Cpu};
+use nce::engine::plan::{Header, LayerOut, QModel, Step};
+use nce::engine::words_for;
+use nce::export::format::{Array, Container, Entry};
+use nce::graph::{build, BitConfig, ModelKind, Network, Op, Shape};
+use std::collections::BTreeMap;
+use std::path::Path;
+
+const MODEL: &str = "examples/resnet20-w2a2-fashion.nce";
+
+fn example() -> (QModel, Vec<u8>) {
+    let model = QModel::load(Path::new(MODEL)).unwrap();
+    let ds = nce::data::load("fashion-mnist", Path::new("data"), nce::data::Split::Test).unwrap().subset(3);
+    (model, ds.images)
+}
+
+/// ResNet-20 at odd widths on a 3×9×9 input with random parameters: reductions that are not
+/// multiples of 16 codes, option-A shortcuts that subsample and zero-pad channels, odd sizes.
+fn odd_model(seed: u64) -> QModel {
+    let mut widths = vec![5usize; 19];
+    widths[7..13].fill(7);
+    widths[13..].fill(11);
+    let net = build(ModelKind::Resnet20, Shape::new(3, 9, 9), 7, Some(&widths), &BitConfig::uniform(2)).unwrap();
+    QModel::from_container(&random_container(&net, seed)).unwrap()
+}
+
+fn random_container(net: &Network, seed: u64) -> Container {
+    let mut rng = Rng::new(seed);
+    let mut arrays = BTreeMap::new();
+    let i32s = |v: Vec<i32>| Entry { dims: vec![v.len()], data: Array::I32(v) };
+    for l in &net.layers {
+        match l.op {
+            Op::Conv { k, relu, .. } => {
+                let (cout, k_len) = (l.out_shape.c, l.in_shape.c * k * k);
+                let w = if l.wbits == 2 {
+                    // Any bits: padding past k_len must never be read.
+                    let wpc = words_for(k_len);
+                    Entry { dims: vec![cout, wpc], data: Array::U32((0..cout * wpc).map(|_| rng.next() as u32).collect()) }
+                } else {
+                    Entry { dims: vec![cout, k_len], data: Array::I8((0..cout * k_len).map(|_| rng.range(-127, 127) as i8).collect()) }
+                };
+                let m_max = if l.wbits == 2 { 1 << 17 } else { 1 << 12 };
+                arrays.insert(format!("{}.w", l.name), w);
+                arrays.insert(format!("{}.m", l.name), i32s((0..cout).map(|_| rng.range(-m_max / 8, m_max) as i32).collect()));
+                arrays.insert(format!("{}.b", l.name), i32s((0..cout).map(|_| rng.range(-(1 << 22), 1 << 22) as i32).collect()));
+                arrays.insert(format!("{}.shift", l.name), i32s(vec![22]));
+                if !relu {
+                    arrays.insert(format!("{}.r", l.name), i32s(vec![rng.range(1 << 20, 1 << 22) as i32]));
+                }
+            }
+            Op::Linear => {
+                let (cout, cin) = (l.out_shape.c, l.in_shape.numel());
+                let w = Entry { dims: vec![cout, cin], data: Array::I8((0..cout * cin).map(|_| rng.range(-127, 127) as i8).collect()) };
+                arrays.insert(format!("{}.w", l.name), w);
+                arrays.insert(format!("{}.b", l.name), i32s((0..cout).map(|_| rng.range(-1000, 1000) as i32).collect()));
+            }
+            _ => {}
+        }
+    }
+    let h = Header { kind: "nce-model".into(), net: net.clone(), profile: None, source: None, scales: BTreeMap::new() };
+    Container { header: serde_json::to_string(&h).unwrap(), arrays }
+}
+
+/// The Rust engine's output of every hook step for every image: (image, step, values).
+fn engine_trace(model: &QModel, images: &[u8]) -> Vec<(usize, usize, Vec<i32>)> {
+    let cpu = Cpu::new(cpu::Backend::Scalar, 1).unwrap();
+    let prepared = model.prepare(&cpu).unwrap();
+    let per = model.net().input.numel();
+    let mut out = Vec::new();
+    for (i, image) in images.chunks_exact(per).enumerate() {
+        let layers = model.run_layers(&cpu, &prepared, image).unwrap();
+        for (s, step) in model.steps.iter().enumerate() {
+            let layer = match step {
+                Step::Conv { out, .. } => *out,
+                Step::MaxPool { layer, .. } | Step::Pool { layer, .. } | Step::Linear { layer, .. } => *layer,
+            };
+            let values = match layers[layer].as_ref().unwrap() {
+                LayerOut::Codes(t) => t.data.iter().map(|&q| q as i32).collect(),
+                LayerOut::Sums(v) | LayerOut::Logits(v) => v.clone(),
+            };
+            out.push((i, s + 1, values));
+        }
+    }
+    out
+}
+
+/// Every step's output of the C build equals the engine's (the input conversion too).
+fn assert_same_layers(model: &QModel, images: &[u8], trace: &[TraceRecord]) {
+    let expected = engine_trace(model, images);
+    let steps: Vec<&TraceRecord> = trace.iter().filter(|r| r.step > 0).collect();
+    assert_eq!(steps.len(), expected.len(), "one record per step and image");
+    let mut compared = 0;
+    for (r, (image, step, values)) in steps.iter().zip(&expected) {
+        assert_eq!((r.image, r.step), (*image, *step));
+        let differ = r.values.iter().zip(values).filter(|(a, b)| a != b).count();
+        assert!(differ == 0 && r.values.len() == values.len(), "image {image} step {step} (layer {}): {differ} values differ", r.layer);
+        compared += values.len();
+    }
+    assert!(compared > 0);
+    let inputs = trace.iter().filter(|r| r.step == 0).count();
+    assert_eq!(inputs, images.len() / model.net().input.numel());
+}
+
+fn engine_logits(model: &QModel, images: &[u8]) -> Vec<Vec<i32>> {
+    let cpu = Cpu::new(cpu::Backend::Scalar, 1).unwrap();
+    model.run_batch(&cpu, &model.prepare(&cpu).unwrap(), images, 2).unwrap()
+}
+
+fn random_images(model: &QModel, n: usize, seed: u64) -> Vec<u8> {
+    let mut rng = Rng::new(seed);
+    rng.codes_u8(n * model.net().input.numel(), 255)
+}
+
+#[test]
+fn host_c_matches_every_layer_of_the_example_model() {
+    let (model, images) = example();
+    let pkg = generate(&model).unwrap();
+    let build = CBuild::compile(&pkg, CTarget::Host, Kernels::Simd, true).unwrap();
+    let out = build.run(&images, 2, false).unwrap();
+    assert_same_layers(&model, &images, &out.trace);
+    assert_eq!(out.logits, engine_logits(&model, &images));
+}
+
+#[test]
+fn host_c_matches_every_layer_on_odd_shapes() {
+    for seed in [1, 2] {
+        let model = odd_model(seed);
+        let images = random_images(&model, 4, seed);
+        let build = CBuild::compile(&generate(&model).unwrap(), CTarget::Host, Kernels::Scalar, true).unwrap();
+        let out = build.run(&images, 1, false).unwrap();
+        assert_same_layers(&model, &images, &out.trace);
+        let logits = engine_logits(&model, &images);
+        assert_eq!(out.logits, logits);
+        assert!(logits.iter().any(|l| l.iter().any(|&v| v != l[0])), "random parameters should give varied logits");
+    }
+}
+
+#[test]
+fn the_arena_reuses_memory_and_the_package_is_self_contained() {
+    let (model, _) = example();
+    let pkg = generate(&model).unwrap();
+    let net = model.net();
+    let all: usize = net.input.numel() + net.layers.iter().map(|l| l.out_shape.numel()).sum::<usize>();
+    let largest_pair = 28 * 28 * 16 * 2;
+    assert!(pkg.arena_bytes >= largest_pair && pkg.arena_bytes < all / 2, "arena {} of {all}", pkg.arena_bytes);
+    let names: Vec<&str> = pkg.files.iter().map(|(n, _)| n.as_str()).collect();
+    for f in ["nce_model.h", "nce_model.c", "nce_runtime.h", "nce_runtime.c"] {
+        assert!(names.contains(&f), "{f} in {names:?}");
+    }
+    let c = &pkg.files.iter().find(|(n, _)| n == "nce_model.c").unwrap().1;
+    assert!(!c.contains("malloc") && !c.contains("float") && !c.contains("double"));
+    // Constants in execution order: step 0's weights come first.
+    assert!(c.find("nce_s0_w").unwrap() < c.find("nce_s1_w").unwrap());
+}
+
+/// Both QEMU targets and both kernel paths, every logit, on the odd model and a few images of
+/// the example model.
+#[test]
+fn qemu_targets_match_the_engine() {
+    let odd = odd_model(3);
+    let odd_images = random_images(&odd, 3, 3);
+    let (model, images) = example();
+    for target in [CTarget::CortexM7, CTarget::AArch64] {
+        target.check_tools().unwrap_or_else(|e| panic!("{e}"));
+        for kernels in [Kernels::Scalar, Kernels::Simd] {
+            for (m, imgs) in [(&odd, &odd_images), (&model, &images)] {
+                let build = CBuild::compile(&generate(m).unwrap(), target, kernels, false).unwrap();
+                let out = build.run(imgs, 2, false).unwrap_or_else(|e| panic!("{target:?} {kernels:?}: {e}"));
+                assert_eq!(out.logits, engine_logits(m, imgs), "{target:?} {kernels:?} on {}", m.net().model);
+            }
+        }
+    }
+}
