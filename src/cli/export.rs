@@ -2,6 +2,8 @@
 
 use crate::engine::compare::argmax;
 use crate::engine::cpu::Cpu;
+#[cfg(feature = "train")]
+use crate::engine::onnx::OnnxForm;
 use crate::engine::plan::{LayerOut, QModel};
 use crate::engine::{BackendKind, BackendOptions};
 use anyhow::{bail, Context, Result};
@@ -13,9 +15,16 @@ use std::time::Instant;
 pub struct ExportArgs {
     /// A W2A2 checkpoint written by `nce train`.
     checkpoint: PathBuf,
-    /// Output model file.
-    #[arg(short, long)]
-    out: PathBuf,
+    /// Output model file (`.nce`).
+    #[arg(short, long, required_unless_present_any = ["onnx", "qonnx"])]
+    out: Option<PathBuf>,
+    /// Also (or only) write the model as ONNX in QDQ form (opset 17, runs in stock ONNX
+    /// Runtime; docs/onnx.md).
+    #[arg(long)]
+    onnx: Option<PathBuf>,
+    /// Also (or only) write the model as QONNX (`Quant` nodes, bit width 2; for FINN / qonnx).
+    #[arg(long)]
+    qonnx: Option<PathBuf>,
     /// Also write the arrays as a C header (for microcontrollers).
     #[arg(long)]
     c_header: Option<PathBuf>,
@@ -29,14 +38,29 @@ pub struct ExportArgs {
 }
 
 #[cfg(feature = "train")]
+impl ExportArgs {
+    /// Every output file with the format written there.
+    fn outputs(&self) -> Vec<(&PathBuf, Option<OnnxForm>)> {
+        let mut o: Vec<(&PathBuf, Option<OnnxForm>)> = self.out.iter().map(|p| (p, None)).collect();
+        o.extend(self.onnx.iter().map(|p| (p, Some(OnnxForm::Qdq))));
+        o.extend(self.qonnx.iter().map(|p| (p, Some(OnnxForm::Qonnx))));
+        o
+    }
+}
+
+#[cfg(feature = "train")]
 pub fn export(a: ExportArgs) -> Result<ExitCode> {
     use crate::export::convert;
     use crate::fsutil::{self, WriteOptions};
-    let opts = WriteOptions::protecting([&a.checkpoint]);
-    // Refuse bad outputs before the (slow) conversion, and never write both to one file.
-    fsutil::check_target(&a.out, &opts)?;
+    let outputs = a.outputs();
+    // Refuse bad outputs before the (slow) conversion, and never write two outputs to one file.
+    let mut protected: Vec<&PathBuf> = vec![&a.checkpoint];
+    for (p, _) in &outputs {
+        fsutil::check_target(p, &WriteOptions::protecting(protected.iter().copied()))?;
+        protected.push(p);
+    }
     if let Some(h) = &a.c_header {
-        fsutil::check_target(h, &WriteOptions::protecting([&a.checkpoint, &a.out]))?;
+        fsutil::check_target(h, &WriteOptions::protecting(protected.iter().copied()))?;
     }
     for f in c_runtime_files(&a) {
         fsutil::check_target(&f, &WriteOptions::protecting([&a.checkpoint]))?;
@@ -45,23 +69,22 @@ pub fn export(a: ExportArgs) -> Result<ExitCode> {
     let layers = convert::int_layers(&m).map_err(anyhow::Error::msg).with_context(|| format!("exporting {}", a.checkpoint.display()))?;
     let container =
         convert::to_container(&m, &layers, &a.checkpoint.display().to_string(), a.profile.clone()).map_err(anyhow::Error::msg)?;
-    let bytes = crate::export::format::encode(&container)?;
-    fsutil::write_atomic(&a.out, &bytes, &opts)?;
-    // Read it back through the same validation every user of the file goes through.
-    let model = QModel::load(&a.out)?;
-    let net = &m.meta.net;
-    let packed_bits: u64 = net.layers.iter().filter(|l| l.wbits == 2).map(|l| l.weight_count() as u64 * 2).sum();
-    println!(
-        "wrote {} ({} bytes; 2-bit weights {} bytes packed, {} arrays)",
-        a.out.display(),
-        bytes.len(),
-        packed_bits / 8,
-        container.arrays.len()
-    );
+    let model = QModel::from_container(&container).map_err(anyhow::Error::msg)?;
+    let opts = WriteOptions::protecting([&a.checkpoint]);
+    for (path, form) in outputs {
+        match form {
+            None => write_nce(path, &container, &m.meta.net, &opts)?,
+            Some(form) => {
+                let bytes = crate::engine::onnx::to_bytes(&model, form)?;
+                fsutil::write_atomic(path, &bytes, &opts)?;
+                println!("wrote {} ({} bytes, ONNX opset {}, {})", path.display(), bytes.len(), crate::engine::onnx::OPSET, form.name());
+            }
+        }
+    }
     if let Some(h) = &a.c_header {
         let guard = h.file_name().map(|f| f.to_string_lossy().into_owned()).unwrap_or_else(|| "nce_model_h".into());
         let text = crate::export::c_header::to_c_header(&container, &guard);
-        fsutil::write_atomic(h, text.as_bytes(), &WriteOptions::protecting([&a.checkpoint, &a.out]))?;
+        fsutil::write_atomic(h, text.as_bytes(), &opts)?;
         println!("wrote {}", h.display());
     }
     write_c_runtime(&a, &model)?;
@@ -86,6 +109,29 @@ fn write_c_runtime(a: &ExportArgs, model: &QModel) -> Result<()> {
     }
     let (files, arena, scratch, steps) = (pkg.files.len(), pkg.arena_bytes, pkg.scratch_bytes, pkg.steps);
     println!("wrote {} ({files} files; arena {arena} bytes, SIMD scratch {scratch} bytes, {steps} steps)", dir.display());
+    Ok(())
+}
+
+/// Writes the `.nce` container and reads it back through the same validation every user of
+/// the file goes through.
+#[cfg(feature = "train")]
+fn write_nce(
+    path: &std::path::Path,
+    container: &crate::export::format::Container,
+    net: &crate::graph::Network,
+    opts: &crate::fsutil::WriteOptions,
+) -> Result<()> {
+    let bytes = crate::export::format::encode(container)?;
+    crate::fsutil::write_atomic(path, &bytes, opts)?;
+    QModel::load(path)?;
+    let packed_bits: u64 = net.layers.iter().filter(|l| l.wbits == 2).map(|l| l.weight_count() as u64 * 2).sum();
+    println!(
+        "wrote {} ({} bytes; 2-bit weights {} bytes packed, {} arrays)",
+        path.display(),
+        bytes.len(),
+        packed_bits / 8,
+        container.arrays.len()
+    );
     Ok(())
 }
 
@@ -189,6 +235,9 @@ fn compare_with_simulation(
     Ok(if r.exact() { ExitCode::SUCCESS } else { ExitCode::from(1) })
 }
 
+/// Smallest argmax agreement with the CPU engine a backend that is not bit-exact must reach.
+const MIN_AGREEMENT: f64 = 0.999;
+
 /// Runs the dataset through `a.backend` and through the CPU engine (which `--backend cpu`
 /// checks against the training-time simulation) and compares every logit.
 fn validate_against_cpu(a: &ValidateArgs, model: &QModel, ds: &crate::data::Dataset) -> Result<ExitCode> {
@@ -220,7 +269,17 @@ fn validate_against_cpu(a: &ValidateArgs, model: &QModel, ds: &crate::data::Data
         c.argmax_agree
     );
     println!("logits: {} of {} differ ({} images)", c.differing_logits, c.logits, c.differing_images);
-    Ok(if c.exact() { ExitCode::SUCCESS } else { ExitCode::from(1) })
+    if a.backend.bit_exact() {
+        return Ok(if c.exact() { ExitCode::SUCCESS } else { ExitCode::from(1) });
+    }
+    println!(
+        "largest logit difference: {} output quantization steps (integer logit units); images with every logit within one step: {}/{n}",
+        c.max_deviation, c.images_within_one
+    );
+    // Not bit-exact by design (float requantisation, docs/onnx.md): held to the agreement threshold.
+    let ok = c.argmax_agree as f64 >= MIN_AGREEMENT * n as f64;
+    println!("{} (threshold {:.1}% argmax agreement)", if ok { "pass" } else { "FAIL" }, MIN_AGREEMENT * 100.0);
+    Ok(if ok { ExitCode::SUCCESS } else { ExitCode::from(1) })
 }
 
 /// `nce adapters`: every adapter wgpu finds.

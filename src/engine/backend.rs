@@ -24,6 +24,9 @@ pub enum BackendKind {
     /// The wgpu compute backend (Vulkan/Metal/DX12/GL; `NCE_WGPU_DOT=shift|dot4` picks the
     /// 2-bit kernel, `NCE_WGPU_ADAPTER` the adapter).
     Wgpu,
+    /// ONNX Runtime (CPU) running the model exported as QDQ ONNX; not bit-exact (float
+    /// requantisation, docs/onnx.md). Needs `scripts/setup`'s libonnxruntime.so.
+    Onnxruntime,
     /// The C runtime on an emulated Cortex-M7 (`qemu-system-arm -M mps2-an500`;
     /// `NCE_C_KERNELS=scalar|simd` picks the kernels).
     QemuCortexM7,
@@ -32,8 +35,14 @@ pub enum BackendKind {
 }
 
 impl BackendKind {
-    pub const ALL: [BackendKind; 5] =
-        [BackendKind::Cpu, BackendKind::CpuScalar, BackendKind::Wgpu, BackendKind::QemuCortexM7, BackendKind::QemuAarch64];
+    pub const ALL: [BackendKind; 6] = [
+        BackendKind::Cpu,
+        BackendKind::CpuScalar,
+        BackendKind::Wgpu,
+        BackendKind::Onnxruntime,
+        BackendKind::QemuCortexM7,
+        BackendKind::QemuAarch64,
+    ];
 
     /// The name the CLI takes and reports print.
     pub fn name(self) -> &'static str {
@@ -41,6 +50,7 @@ impl BackendKind {
             BackendKind::Cpu => "cpu",
             BackendKind::CpuScalar => "cpu-scalar",
             BackendKind::Wgpu => "wgpu",
+            BackendKind::Onnxruntime => "onnxruntime",
             BackendKind::QemuCortexM7 => "qemu-cortex-m7",
             BackendKind::QemuAarch64 => "qemu-aarch64",
         }
@@ -52,14 +62,23 @@ impl BackendKind {
         match self {
             BackendKind::Cpu => Some(cpu::Backend::best()),
             BackendKind::CpuScalar => Some(cpu::Backend::Scalar),
-            BackendKind::Wgpu | BackendKind::QemuCortexM7 | BackendKind::QemuAarch64 => None,
+            BackendKind::Wgpu | BackendKind::Onnxruntime | BackendKind::QemuCortexM7 | BackendKind::QemuAarch64 => None,
         }
+    }
+
+    /// Whether this backend must match the CPU engine bit for bit (ONNX Runtime requantises
+    /// in float and is held to an agreement threshold instead).
+    pub fn bit_exact(self) -> bool {
+        !matches!(self, BackendKind::Onnxruntime)
     }
 
     /// `None` when this build includes the backend, else why not.
     pub fn unavailable(self) -> Option<&'static str> {
         match self {
             BackendKind::Wgpu if !cfg!(feature = "wgpu") => Some("not available in this build: nce was built without the `wgpu` feature"),
+            BackendKind::Onnxruntime if !cfg!(feature = "onnxruntime") => {
+                Some("not available in this build: nce was built without the `onnxruntime` feature")
+            }
             _ => None,
         }
     }
@@ -103,7 +122,7 @@ impl Default for BackendOptions {
 #[derive(Debug, thiserror::Error)]
 #[non_exhaustive]
 pub enum BackendError {
-    #[error("unknown backend `{0}` (cpu, cpu-scalar, wgpu, qemu-cortex-m7, qemu-aarch64)")]
+    #[error("unknown backend `{0}` (cpu, cpu-scalar, wgpu, onnxruntime, qemu-cortex-m7, qemu-aarch64)")]
     Unknown(String),
     /// The backend exists but this build left it out.
     #[error("this build has no {backend} backend (build with the `{feature}` feature)")]
@@ -121,6 +140,9 @@ pub enum BackendError {
     #[cfg(feature = "wgpu")]
     #[error(transparent)]
     Wgpu(#[from] super::wgpu::WgpuError),
+    #[cfg(feature = "onnxruntime")]
+    #[error(transparent)]
+    Onnxruntime(#[from] super::onnxruntime::OrtError),
 }
 
 /// An engine that runs exported models.
@@ -165,6 +187,10 @@ pub fn open(kind: BackendKind, opts: &BackendOptions) -> Result<Box<dyn Backend>
         BackendKind::Wgpu => Ok(Box::new(super::wgpu::backend::WgpuBackend::open(opts)?)),
         #[cfg(not(feature = "wgpu"))]
         BackendKind::Wgpu => Err(BackendError::NotBuilt { backend: kind, feature: "wgpu" }),
+        #[cfg(feature = "onnxruntime")]
+        BackendKind::Onnxruntime => Ok(Box::new(super::onnxruntime::OrtBackend::open(opts)?)),
+        #[cfg(not(feature = "onnxruntime"))]
+        BackendKind::Onnxruntime => Err(BackendError::NotBuilt { backend: kind, feature: "onnxruntime" }),
         BackendKind::QemuCortexM7 => Ok(Box::new(QemuBackend::open(kind, CTarget::CortexM7, opts)?)),
         BackendKind::QemuAarch64 => Ok(Box::new(QemuBackend::open(kind, CTarget::AArch64, opts)?)),
     }

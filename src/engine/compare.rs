@@ -25,6 +25,8 @@ pub struct Comparison {
     pub argmax_agree: usize,
     /// Largest absolute difference of one logit.
     pub max_deviation: i64,
+    /// Images whose every logit differs by at most 1.
+    pub images_within_one: usize,
     /// Correct predictions of `a` and of `b`.
     pub a_correct: usize,
     pub b_correct: usize,
@@ -62,9 +64,9 @@ pub fn compare(a: &dyn PreparedModel, b: &dyn PreparedModel, ds: &Dataset, names
         c.argmax_agree += (ax == ay) as usize;
         c.a_correct += (ax == label as usize) as usize;
         c.b_correct += (ay == label as usize) as usize;
-        for (p, q) in x.iter().zip(y) {
-            c.max_deviation = c.max_deviation.max((i64::from(*p) - i64::from(*q)).abs());
-        }
+        let worst = x.iter().zip(y).map(|(p, q)| (i64::from(*p) - i64::from(*q)).abs()).max().unwrap_or(0);
+        c.max_deviation = c.max_deviation.max(worst);
+        c.images_within_one += (worst <= 1 && x.len() == y.len()) as usize;
     }
     Ok(c)
 }

@@ -23,6 +23,9 @@ pub mod c_runtime;
 pub mod compare;
 pub mod cpu;
 pub mod measure;
+pub mod onnx;
+#[cfg(feature = "onnxruntime")]
+pub mod onnxruntime;
 pub mod plan;
 #[cfg(feature = "wgpu")]
 pub mod wgpu;
