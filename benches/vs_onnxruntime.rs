@@ -1,0 +1,152 @@
+//! The nce integer engine against ONNX Runtime on the same network, in one process,
+//! interleaved: `cargo bench --bench vs_onnxruntime [-- --rounds N --batch-ms MS --model FILE.nce]`.
+//!
+//! Contenders, all on the committed `examples/resnet20-w2a2-fashion.nce` (or `--model`), fed the
+//! first test images of its dataset:
+//! - **nce**: the CPU engine through the backend seam (`engine::open(Cpu)`, AVX2 kernels where
+//!   present; `run_batch` from u8 pixels to integer logits). One image: `layer_threads` = T
+//!   (each conv split over T threads); a batch: `image_threads` = T.
+//! - **ORT fp32**: the same network exported as plain float32 ONNX (`OnnxForm::Float`).
+//! - **ORT int8**: exported as `quantize_static` would write it (`OnnxForm::QdqInt8`: int8
+//!   per-channel weights, uint8 activations, int32 biases), which ONNX Runtime fuses into its
+//!   `QLinearConv`/`QLinearAdd` integer kernels.
+//! - **ORT QDQ (exact)**: the `nce export --onnx` file (`OnnxForm::Qdq`), float convs.
+//!
+//! ONNX Runtime: CPU provider, graph optimisation level All, T intra-op threads, float input
+//! prepared once. Configurations: batch 1 and 32, T = 1 and 2. Each round runs every contender
+//! for about `--batch-ms` in rotated order; the table gives the median time per batch over
+//! rounds and the speed ratio ORT / nce as the median over rounds of the ratio *within* a round
+//! (the machine is shared: pairing keeps both sides of a ratio under the same load), plus the
+//! MAC rate reached (network MACs × images / time).
+
+use nce::engine::onnx::{to_bytes, OnnxForm, INPUT, OUTPUT};
+use nce::engine::onnxruntime::session;
+use nce::engine::plan::QModel;
+use nce::engine::{open, BackendKind, BackendOptions, PreparedModel};
+use ort::session::Session;
+use ort::value::Tensor;
+use std::hint::black_box;
+use std::time::Instant;
+
+struct Opts {
+    rounds: usize,
+    batch_ms: f64,
+    model: String,
+}
+
+fn opts() -> Opts {
+    let mut o = Opts { rounds: 15, batch_ms: 60.0, model: "examples/resnet20-w2a2-fashion.nce".into() };
+    let args: Vec<String> = std::env::args().collect();
+    for w in args.windows(2) {
+        match w[0].as_str() {
+            "--rounds" => o.rounds = w[1].parse().expect("--rounds N"),
+            "--batch-ms" => o.batch_ms = w[1].parse().expect("--batch-ms MS"),
+            "--model" => o.model = w[1].clone(),
+            _ => {}
+        }
+    }
+    o
+}
+
+/// One contender: runs one batch.
+enum Runner {
+    Nce(Box<dyn PreparedModel>),
+    Ort(Session, Tensor<f32>),
+}
+
+impl Runner {
+    fn run(&mut self, images: &[u8]) {
+        match self {
+            Runner::Nce(m) => {
+                black_box(m.run_batch(images).expect("nce run"));
+            }
+            Runner::Ort(s, x) => {
+                let out = s.run(ort::inputs![INPUT => &*x]).expect("ORT run");
+                black_box(out[OUTPUT].try_extract_tensor::<f32>().expect("logits").1[0]);
+            }
+        }
+    }
+}
+
+fn contenders(model: &'static QModel, batch: usize, threads: usize, images: &[u8]) -> Vec<(&'static str, Runner)> {
+    let (one, many) = if batch == 1 { (threads, 1) } else { (1, threads) };
+    let cpu_opts = BackendOptions { layer_threads: one, image_threads: many, ..Default::default() };
+    let cpu: &'static dyn nce::engine::Backend = Box::leak(open(BackendKind::Cpu, &cpu_opts).expect("CPU engine"));
+    let s = model.net().input;
+    let pixels: Vec<f32> = images.iter().map(|&p| f32::from(p) / 255.0).collect();
+    let ort = |form: OnnxForm| {
+        let sess = session(&to_bytes(model, form).expect("export"), threads).expect("ONNX Runtime (run scripts/setup)");
+        let x = Tensor::from_array((vec![batch as i64, s.c as i64, s.h as i64, s.w as i64], pixels.clone())).expect("input");
+        Runner::Ort(sess, x)
+    };
+    vec![
+        ("nce", Runner::Nce(cpu.prepare(model).expect("prepare"))),
+        ("ORT int8", ort(OnnxForm::QdqInt8)),
+        ("ORT fp32", ort(OnnxForm::Float)),
+        ("ORT QDQ (exact)", ort(OnnxForm::Qdq)),
+    ]
+}
+
+fn median(mut v: Vec<f64>) -> f64 {
+    v.sort_by(f64::total_cmp);
+    v[v.len() / 2]
+}
+
+/// Seconds per batch of each contender in each round.
+fn measure(c: &mut [(&str, Runner)], images: &[u8], o: &Opts) -> Vec<Vec<f64>> {
+    let mut reps = Vec::new();
+    for (_, r) in c.iter_mut() {
+        r.run(images);
+        let t = Instant::now();
+        r.run(images);
+        reps.push(((o.batch_ms / 1e3 / t.elapsed().as_secs_f64()).ceil() as usize).clamp(1, 10_000));
+    }
+    let mut times = vec![Vec::new(); c.len()];
+    for round in 0..o.rounds {
+        for k in 0..c.len() {
+            let i = (k + round) % c.len();
+            let t = Instant::now();
+            for _ in 0..reps[i] {
+                c[i].1.run(images);
+            }
+            times[i].push(t.elapsed().as_secs_f64() / reps[i] as f64);
+        }
+    }
+    times
+}
+
+fn main() {
+    let o = opts();
+    let model: &'static QModel = Box::leak(Box::new(QModel::load(std::path::Path::new(&o.model)).expect("model file")));
+    let ds = nce::data::load("fashion-mnist", std::path::Path::new("data"), nce::data::Split::Test).expect("dataset (scripts/setup)");
+    let macs = model.net().macs() as f64;
+    let mhz = cpu_mhz();
+    println!("model {} ({:.1} MMAC per image), {} rounds of ~{} ms, CPU {:.0} MHz", o.model, macs / 1e6, o.rounds, o.batch_ms, mhz);
+    println!("| batch | threads | contender | ms per batch (median) | ms per image | ORT / nce (median of per-round ratios) | GMAC/s | % of AVX2 u8·i8 peak |");
+    println!("|---:|---:|---|---:|---:|---:|---:|---:|");
+    for (batch, threads) in [(1, 1), (1, 2), (32, 1), (32, 2)] {
+        let images = &ds.images[..batch * model.net().input.numel()];
+        let mut c = contenders(model, batch, threads, images);
+        let t = measure(&mut c, images, &o);
+        for (i, (name, _)) in c.iter().enumerate() {
+            let med = median(t[i].clone());
+            let ratio = median(t[i].iter().zip(&t[0]).map(|(x, n)| x / n).collect());
+            let gmacs = macs * batch as f64 / med / 1e9;
+            // AVX2 vpmaddubsw: 2 × 32 u8·i8 MACs per cycle per core.
+            let peak = 64.0 * mhz * 1e6 * threads as f64 / 1e9;
+            let r = if i == 0 { "1.00".to_string() } else { format!("{ratio:.2}") };
+            println!(
+                "| {batch} | {threads} | {name} | {:.3} | {:.4} | {r} | {gmacs:.1} | {:.1} % |",
+                med * 1e3,
+                med * 1e3 / batch as f64,
+                100.0 * gmacs / peak
+            );
+        }
+    }
+}
+
+/// The nominal clock from /proc/cpuinfo (0 where unknown).
+fn cpu_mhz() -> f64 {
+    let text = std::fs::read_to_string("/proc/cpuinfo").unwrap_or_default();
+    text.lines().find(|l| l.starts_with("cpu MHz")).and_then(|l| l.split(':').nth(1)).and_then(|v| v.trim().parse().ok()).unwrap_or(0.0)
+}
