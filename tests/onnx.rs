@@ -136,29 +136,42 @@ fn validate_on_onnxruntime_reports_agreement() {
     assert!(t.contains("largest logit difference: 0 output quantization steps"), "{t}");
 }
 
-/// The exported file in Python's stock ONNX Runtime (scripts/setup makes the venv).
-#[test]
-fn the_qdq_file_runs_in_python_onnxruntime() {
+/// Runs `script` (in the venv scripts/setup makes) on `form` exported and `n` test images;
+/// returns its JSON output and the engine's integer logits of the same images.
+fn python_check(script: &str, form: OnnxForm, n: usize) -> (serde_json::Value, Vec<Vec<i32>>) {
     let venv = Path::new("third_party/onnx-venv/bin/python");
     assert!(venv.exists(), "{} missing: run scripts/setup (or scripts/setup-onnx-venv)", venv.display());
-    let (m, n) = (model(), 50);
-    let ds = test_images(n);
+    let (m, ds) = (model(), test_images(n));
     let dir = tempfile::tempdir().unwrap();
     let (onnx, images) = (dir.path().join("m.onnx"), dir.path().join("images.u8"));
-    std::fs::write(&onnx, to_bytes(&m, OnnxForm::Qdq).unwrap()).unwrap();
+    std::fs::write(&onnx, to_bytes(&m, form).unwrap()).unwrap();
     std::fs::write(&images, &ds.images).unwrap();
     let s = ds.shape;
     let out = std::process::Command::new(venv)
-        .arg("scripts/onnx_check.py")
+        .arg(script)
         .args([onnx.as_os_str(), images.as_os_str()])
         .args([s.c, s.h, s.w].map(|v| v.to_string()))
         .output()
         .unwrap();
     assert!(out.status.success(), "{}", common::text(&out));
-    let v: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
-    assert_eq!(v["opset"].as_i64(), Some(OPSET));
-    let theirs: Vec<Vec<i32>> = serde_json::from_value(v["logits"].clone()).unwrap();
     let cpu = open(BackendKind::Cpu, &BackendOptions::default()).unwrap();
     let ours = cpu.prepare(&m).unwrap().run_batch(&ds.images).unwrap();
+    (serde_json::from_slice(&out.stdout).unwrap(), ours)
+}
+
+/// The exported file in Python's stock ONNX Runtime, after `onnx.checker`.
+#[test]
+fn the_qdq_file_runs_in_python_onnxruntime() {
+    let (v, ours) = python_check("scripts/onnx_check.py", OnnxForm::Qdq, 50);
+    assert_eq!(v["opset"].as_i64(), Some(OPSET));
+    let theirs: Vec<Vec<i32>> = serde_json::from_value(v["logits"].clone()).unwrap();
     assert_eq!(theirs, ours, "Python ONNX Runtime vs the engine");
+}
+
+/// The QONNX file in the `qonnx` package's executor (which evaluates `Quant` itself).
+#[test]
+fn the_qonnx_file_runs_in_the_qonnx_executor() {
+    let (v, ours) = python_check("scripts/qonnx_check.py", OnnxForm::Qonnx, 8);
+    let theirs: Vec<Vec<i32>> = serde_json::from_value(v).unwrap();
+    assert_eq!(theirs, ours, "qonnx execute_onnx vs the engine");
 }
