@@ -220,10 +220,30 @@ impl Bench<'_> {
     }
 }
 
+/// What [`run_with`] reports while it works.
+pub enum Progress<'a> {
+    /// The whole network's accuracies are known; `layers` layers follow.
+    Baseline { model: &'a str, fp32_acc: f64, w2a2_acc: f64, trained_w2a2: bool, images: usize, data: &'a str, layers: usize },
+    /// One more layer is done.
+    Layer(&'a LayerSensitivity),
+}
+
 /// Measures one-on and one-off sensitivity of every quantizable layer and writes
 /// `sensitivity.csv` and `sensitivity.{svg,png}` into `cfg.out`. With `progress`, prints one
 /// line per layer to stderr.
 pub fn run(cfg: &SensitivityConfig, progress: bool) -> Result<SensitivityReport, SensitivityError> {
+    run_with(cfg, &mut |p| match p {
+        _ if !progress => {}
+        Progress::Baseline { model, fp32_acc, w2a2_acc, trained_w2a2, images, data, .. } => {
+            let how = if trained_w2a2 { "trained checkpoint" } else { "calibrated, untrained" };
+            eprintln!("{model}: FP32 {fp32_acc:.2}%, W2A2 ({how}) {w2a2_acc:.2}% on {images} {data} test images");
+        }
+        Progress::Layer(s) => eprintln!("  {:<20} one-on drop {:+7.2} pp, one-off gain {:+7.2} pp", s.layer, s.one_on_drop, s.one_off_gain),
+    })
+}
+
+/// [`run`], reporting its progress to `on_progress` instead of printing it.
+pub fn run_with(cfg: &SensitivityConfig, on_progress: &mut dyn FnMut(Progress)) -> Result<SensitivityReport, SensitivityError> {
     if cfg.threads > 0 {
         tch::set_num_threads(cfg.threads as i32);
     }
@@ -279,19 +299,16 @@ pub fn run(cfg: &SensitivityConfig, progress: bool) -> Result<SensitivityReport,
     };
     let fp32_acc = if trained_w2a2 { f64::NAN } else { 100.0 * train::evaluate(&loaded.model, &bench.test).1 };
     let w2a2_acc = bench.accuracy(&one_off(net, None)?)?;
-    if progress {
-        let how = if trained_w2a2 { "trained checkpoint" } else { "calibrated, untrained" };
-        eprintln!("{}: FP32 {fp32_acc:.2}%, W2A2 ({how}) {w2a2_acc:.2}% on {} {name} test images", net.model, test.len());
-    }
+    let quantizable = quantizable_layers(net)?;
+    let (model, images, layers) = (&net.model, test.len(), quantizable.len());
+    on_progress(Progress::Baseline { model, fp32_acc, w2a2_acc, trained_w2a2, images, data: &name, layers });
     let mut layers = Vec::new();
-    for layer in quantizable_layers(net)? {
+    for layer in quantizable {
         let one_on_acc = if trained_w2a2 { f64::NAN } else { bench.accuracy(&one_on(net, &layer)?)? };
         let one_off_acc = bench.accuracy(&one_off(net, Some(&layer))?)?;
         let s =
             LayerSensitivity { one_on_drop: fp32_acc - one_on_acc, one_off_gain: one_off_acc - w2a2_acc, one_on_acc, one_off_acc, layer };
-        if progress {
-            eprintln!("  {:<20} one-on drop {:+7.2} pp, one-off gain {:+7.2} pp", s.layer, s.one_on_drop, s.one_off_gain);
-        }
+        on_progress(Progress::Layer(&s));
         layers.push(s);
     }
 

@@ -31,12 +31,17 @@ fn list_and_show() {
     let o = nce(&["profiles", "list"]);
     assert!(o.status.success(), "{}", text(&o));
     for f in shipped() {
+        let name = std::path::Path::new(&f).file_stem().unwrap().to_str().unwrap().to_string();
+        assert!(text(&o).lines().any(|l| l.starts_with(&name)), "{name} not listed:\n{}", text(&o));
+    }
+    let o = nce(&["profiles", "list", "--dir", "hw-profiles"]);
+    for f in shipped() {
         assert!(text(&o).contains(&f), "{f} not listed:\n{}", text(&o));
     }
     let o = nce(&["profiles", "show", "mcu-cortex-m7"]);
     assert!(o.status.success() && text(&o).contains("216 MHz") && text(&o).contains("budget:"), "{}", text(&o));
     let o = nce(&["profiles", "show", "nope"]);
-    assert_eq!(o.status.code(), Some(2));
+    assert_eq!(o.status.code(), Some(1));
     assert!(text(&o).contains("no profile `nope`"), "{}", text(&o));
 }
 
@@ -77,7 +82,7 @@ fn bad_input_gives_clear_errors() {
 
     std::fs::write(&bad, good.replace("latency_ms = 500.0", "latency_ms = -1")).unwrap();
     let o = nce(&["cost", "--profile", bad.to_str().unwrap(), "--model", "resnet20"]);
-    assert_eq!(o.status.code(), Some(2));
+    assert_eq!(o.status.code(), Some(1), "a bad input file is a failure, not a usage error");
     assert!(text(&o).contains("budgets.latency_ms") && text(&o).contains("positive"), "{}", text(&o));
 
     let o = nce(&["cost", "--profile", "hw-profiles/mcu-cortex-m7.toml", "--model", "resnet21"]);

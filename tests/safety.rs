@@ -35,7 +35,7 @@ fn fresh_checkpoint(dir: &Path) -> PathBuf {
 fn assert_one_clean_line(file: &Path, want: &str) {
     let o = nce(&["eval", s(file), "--test-subset", "10"]);
     let err = stderr(&o);
-    assert_eq!(o.status.code(), Some(2), "{err}");
+    assert_eq!(o.status.code(), Some(1), "{err}");
     assert_eq!(err.trim_end().lines().count(), 1, "one line, got:\n{err}");
     let name = file.file_name().unwrap().to_str().unwrap();
     assert!(err.contains(name) && err.contains(want), "expected the file name and `{want}`:\n{err}");
@@ -150,7 +150,7 @@ fn export_refuses_to_overwrite_its_own_input() {
     let p = fresh_checkpoint(dir.path());
     let before = std::fs::read(&p).unwrap();
     let o = nce(&["export", s(&p), "-o", s(&p)]);
-    assert_eq!(o.status.code(), Some(2), "{}", stderr(&o));
+    assert_eq!(o.status.code(), Some(1), "{}", stderr(&o));
     assert!(stderr(&o).contains("an input of this command"), "{}", stderr(&o));
     // The same file under another spelling, and as the C header.
     let other = dir.path().join("sub/../ck.ot");
@@ -173,7 +173,7 @@ fn export_refuses_links_fifos_and_folders() {
     let link = dir.path().join("link.nce");
     std::os::unix::fs::symlink(&target, &link).unwrap();
     let o = nce(&["export", s(&p), "-o", s(&link)]);
-    assert_eq!(o.status.code(), Some(2), "{}", stderr(&o));
+    assert_eq!(o.status.code(), Some(1), "{}", stderr(&o));
     assert!(stderr(&o).contains("symbolic link") && stderr(&o).contains("link.nce"), "{}", stderr(&o));
     assert!(std::fs::symlink_metadata(&link).unwrap().file_type().is_symlink());
     assert_eq!(std::fs::read(&target).unwrap(), b"keep");

@@ -1,7 +1,10 @@
 //! Value parsers for command-line numbers, so that out-of-range values are usage errors
 //! (exit 2, clap's message naming the flag) before any work starts. Negative numbers are
 //! accepted as values by the flags that use these parsers (`allow_negative_numbers`), so
-//! `--lr -1` is rejected as a negative learning rate, not as an unknown flag.
+//! `--lr -1` is rejected as a negative learning rate, not as an unknown flag. Also the
+//! argument groups several commands share (`#[command(flatten)]`): [`DataArgs`], [`RunArgs`].
+
+use std::path::{Path, PathBuf};
 
 /// Most libtorch / engine threads a command accepts: far above any machine this targets, far
 /// below where spawning threads exhausts the stack or the OS.
@@ -65,4 +68,90 @@ pub fn threads(s: &str) -> Result<usize, String> {
     } else {
         Err(format!("at most {MAX_THREADS} threads, got {n}"))
     }
+}
+
+/// A dataset name: fashion-mnist, mnist, cifar10 or folder:PATH.
+pub fn dataset(s: &str) -> Result<crate::data::DatasetId, String> {
+    s.parse().map_err(|e: crate::data::DataError| e.to_string())
+}
+
+/// Which dataset and where its files are (`--data`, `--data-root`).
+#[derive(clap::Args, Clone, Debug)]
+pub struct DataSource {
+    /// Dataset: fashion-mnist, mnist, cifar10, or folder:PATH (PATH/{train,test}/<class>/*.png;
+    /// docs/data.md) [default: fashion-mnist, or the one the checkpoint was trained on].
+    #[arg(long, value_parser = dataset)]
+    pub data: Option<crate::data::DatasetId>,
+    /// Folder holding the datasets [default: $NCE_DATA, else ./data, else the platform data
+    /// folder, e.g. ~/.local/share/nce].
+    #[arg(long)]
+    pub data_root: Option<PathBuf>,
+}
+
+impl DataSource {
+    /// The dataset, `default` if none was given.
+    pub fn id(&self, default: &str) -> anyhow::Result<crate::data::DatasetId> {
+        match &self.data {
+            Some(d) => Ok(d.clone()),
+            None => Ok(default.parse()?),
+        }
+    }
+
+    /// The dataset's name and the data root that holds it.
+    pub fn resolve(&self, default: &str) -> anyhow::Result<(String, PathBuf)> {
+        let id = self.id(default)?;
+        let root = crate::data::locate(&id, self.data_root.as_deref())?;
+        Ok((id.to_string(), root))
+    }
+}
+
+/// [`DataSource`] and a test subset (commands that evaluate).
+#[derive(clap::Args, Clone, Debug)]
+pub struct DataArgs {
+    #[command(flatten)]
+    pub source: DataSource,
+    /// Use the first N test images only (file order) [default: all].
+    #[arg(long, value_parser = positive)]
+    pub test_subset: Option<usize>,
+}
+
+/// [`DataArgs`] and a training subset (commands that train).
+#[derive(clap::Args, Clone, Debug)]
+pub struct TrainDataArgs {
+    #[command(flatten)]
+    pub data: DataArgs,
+    /// Train on the first N training images only (file order; the dataset files are shuffled).
+    #[arg(long, value_parser = positive)]
+    pub train_subset: Option<usize>,
+}
+
+/// What every long-running command takes: threads, its run folder, quietness.
+#[derive(clap::Args, Clone, Debug)]
+pub struct RunArgs {
+    /// libtorch threads (0 = libtorch's default; at most 1,024).
+    #[arg(long, value_parser = threads, default_value_t = 0)]
+    pub threads: usize,
+    /// Run folder, created with its parents if missing [default: runs/<command>].
+    #[arg(short, long)]
+    pub out: Option<PathBuf>,
+    /// No progress bars or per-epoch lines.
+    #[arg(long)]
+    pub quiet: bool,
+}
+
+impl RunArgs {
+    /// The run folder, `runs/<command>` if none was given.
+    pub fn out_or(&self, command: &str) -> PathBuf {
+        self.out.clone().unwrap_or_else(|| Path::new("runs").join(command))
+    }
+}
+
+/// [`RunArgs`] and a seed (commands with random choices).
+#[derive(clap::Args, Clone, Debug)]
+pub struct SeededRunArgs {
+    #[command(flatten)]
+    pub run: RunArgs,
+    /// Seed of every random choice (initialisation, data order, augmentation, splits).
+    #[arg(long, default_value_t = 0)]
+    pub seed: u64,
 }

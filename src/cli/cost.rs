@@ -1,6 +1,7 @@
 //! `nce cost`: per-layer and total costs of a network under a profile.
 
 use crate::cost::{CostReport, Evaluator};
+use crate::data::DatasetId;
 use crate::graph::{self, BitConfig, ModelKind, Network, Shape};
 use crate::hw::Profile;
 use anyhow::{Context, Result};
@@ -9,18 +10,23 @@ use std::process::ExitCode;
 
 #[derive(clap::Args)]
 pub struct Args {
-    /// Hardware profile file.
+    /// Hardware profile: a file, or the name of a shipped profile (`nce profiles list`).
     #[arg(long)]
     profile: PathBuf,
     /// resnet20 | resnet32 | resnet56 | resnet18 | resnet50 (or take it from --arch)
     #[arg(long, required_unless_present = "arch")]
     model: Option<ModelKind>,
     /// An architecture file (`nce search`): its model, input, classes and widths.
-    #[arg(long, conflicts_with_all = ["widths", "model", "input", "classes"])]
+    #[arg(long, conflicts_with_all = ["widths", "model", "input", "classes", "data"])]
     arch: Option<PathBuf>,
+    /// Take input shape and classes from a built-in dataset (fashion-mnist, mnist, cifar10).
+    #[arg(long, value_parser = super::args::dataset, conflicts_with_all = ["input", "classes"])]
+    data: Option<DatasetId>,
     /// Input as CxHxW (default: 3x32x32 for CIFAR ResNets, 3x224x224 for ImageNet ones).
     #[arg(long)]
     input: Option<Shape>,
+    /// Classes of the classifier (default: the model's for its default input, else 10 for
+    /// ResNet-20/32/56; ResNet-18/50 on another input need --classes or --data).
     #[arg(long)]
     classes: Option<usize>,
     /// Comma-separated output channels per width slot (default: the base widths).
@@ -29,7 +35,7 @@ pub struct Args {
     /// Uniform bit width of the quantized layers (first conv and last linear stay at 8).
     #[arg(long, default_value_t = 2)]
     bits: u8,
-    /// Print the report as JSON.
+    /// Print the report as JSON (per-layer values carry their layer's name).
     #[arg(long)]
     json: bool,
     /// Exit with status 1 when a budget is exceeded.
@@ -46,29 +52,107 @@ pub fn networks(
     bits: u8,
 ) -> Result<(Network, Network)> {
     let input = input.unwrap_or(model.default_input());
-    let classes = classes.unwrap_or(model.default_classes());
+    let classes = match classes {
+        Some(c) => c,
+        None if input == model.default_input() || model.default_classes() == 10 => model.default_classes(),
+        None => {
+            return Err(super::usage(format!(
+                "{model}'s {} classes belong to its {} input: give --classes N or --data NAME for {input}",
+                model.default_classes(),
+                model.default_input()
+            )))
+        }
+    };
     let cfg = BitConfig::uniform(bits);
     let net = graph::build(model, input, classes, widths, &cfg)?;
     let base = graph::build(model, input, classes, None, &cfg)?;
     Ok((net, base))
 }
 
+/// Model, input, classes and widths from `--arch`, `--data` or the flags themselves.
+fn network_args(a: &Args) -> Result<(ModelKind, Option<Shape>, Option<usize>, Option<Vec<usize>>)> {
+    if let Some(path) = &a.arch {
+        let arch = crate::graph::ArchFile::load(path)?;
+        let input = arch.input_shape().map_err(|e| anyhow::anyhow!("{}: `input`: {e}", path.display()))?;
+        return Ok((arch.model, Some(input), Some(arch.classes), Some(arch.widths)));
+    }
+    let model = a.model.ok_or_else(|| super::usage("give --model or --arch"))?;
+    let (input, classes) = match &a.data {
+        Some(d) => {
+            let (shape, classes) = d.shape_and_classes().ok_or_else(|| super::usage("--data takes a built-in dataset here"))?;
+            (Some(shape), Some(classes))
+        }
+        None => (a.input, a.classes),
+    };
+    Ok((model, input, classes, a.widths.clone()))
+}
+
 pub fn run(a: Args) -> Result<ExitCode> {
     let profile = crate::cost::load_profile(&a.profile)?;
-    let (model, input, classes, widths) = match &a.arch {
-        Some(path) => {
-            let arch = crate::graph::ArchFile::load(path)?;
-            let input = arch.input_shape().map_err(|e| anyhow::anyhow!("{}: `input`: {e}", path.display()))?;
-            (arch.model, Some(input), Some(arch.classes), Some(arch.widths))
-        }
-        None => (a.model.ok_or_else(|| anyhow::anyhow!("give --model or --arch"))?, a.input, a.classes, a.widths.clone()),
-    };
+    let (model, input, classes, widths) = network_args(&a)?;
     let (net, base) = networks(model, input, classes, widths.as_deref(), a.bits)?;
     let eval = Evaluator::new(&profile)?;
     let report = eval.evaluate(&net, &base).with_context(|| format!("costing {} under {}", net.model, profile.name))?;
-    let text = if a.json { serde_json::to_string_pretty(&report)? + "\n" } else { format_report(&profile, &net, &report) };
-    super::emit(&text)?;
+    if a.json {
+        super::emit_json(&CostJson::new(&profile, &net, &report))?;
+    } else {
+        super::emit(&format_report(&profile, &net, &report))?;
+    }
     Ok(if a.strict && !report.passes() { ExitCode::from(1) } else { ExitCode::SUCCESS })
+}
+
+/// `nce cost --json`: the network, every metric with its per-layer values by layer name, and
+/// the budget verdicts.
+#[derive(serde::Serialize)]
+struct CostJson<'a> {
+    model: &'a str,
+    input: String,
+    classes: usize,
+    profile: &'a str,
+    profile_file: &'a std::path::Path,
+    metrics: Vec<MetricJson<'a>>,
+    budgets: &'a [crate::cost::BudgetVerdict],
+    pass: bool,
+}
+
+#[derive(serde::Serialize)]
+struct MetricJson<'a> {
+    metric: &'a str,
+    unit: &'a str,
+    plugin: &'a str,
+    total: f64,
+    /// False for peaks (e.g. the largest activation buffer): the total is not a sum.
+    separable: bool,
+    per_layer: Vec<LayerValue<'a>>,
+}
+
+#[derive(serde::Serialize)]
+struct LayerValue<'a> {
+    layer: &'a str,
+    value: f64,
+}
+
+impl<'a> CostJson<'a> {
+    fn new(profile: &'a Profile, net: &'a Network, report: &'a CostReport) -> CostJson<'a> {
+        let metric = |m: &'a crate::cost::MetricReport| MetricJson {
+            metric: &m.metric,
+            unit: &m.unit,
+            plugin: &m.plugin,
+            total: m.total,
+            separable: m.separable,
+            per_layer: net.layers.iter().zip(&m.per_layer).map(|(l, &value)| LayerValue { layer: &l.name, value }).collect(),
+        };
+        CostJson {
+            model: &net.model,
+            input: net.input.to_string(),
+            classes: net.classes,
+            profile: &profile.name,
+            profile_file: &profile.path,
+            metrics: report.metrics.iter().map(metric).collect(),
+            budgets: &report.budgets,
+            pass: report.passes(),
+        }
+    }
 }
 
 /// Human-readable number: 40551040 → 40.55M.
@@ -87,60 +171,76 @@ pub fn human(v: f64) -> String {
     }
 }
 
+/// Widest table line: every column header is printed in full, so metrics that do not fit
+/// beside the layer columns go into a further table below.
+const MAX_WIDTH: usize = 100;
+
 /// The human-readable report (one string, so that a closed stdout is one write to handle).
 pub fn format_report(profile: &Profile, net: &Network, report: &CostReport) -> String {
     use std::fmt::Write;
     let mut out = String::new();
     let _ = writeln!(out, "{} on {} under profile {} ({})", net.model, net.input, profile.name, profile.path.display());
-    let mut header = format!("{:<22} {:<10} {:>5} {:>13}", "layer", "op", "W/A", "out");
-    for m in &report.metrics {
-        header.push_str(&format!(" {:>14}", truncate(&m.metric, 14)));
+    for chunk in metric_chunks(report) {
+        out.push_str(&layer_table(net, &chunk));
     }
-    let _ = writeln!(out, "{header}");
-    for (i, l) in net.layers.iter().enumerate() {
-        if !l.has_weights() && report.metrics.iter().all(|m| m.per_layer[i] == 0.0) {
-            continue;
-        }
-        let op = format!("{:?}", l.op);
-        let op = op.split([' ', '{']).next().unwrap_or("").to_string();
-        let bits = if l.has_weights() { format!("{}/{}", l.wbits, l.abits) } else { "-".into() };
-        let mut row = format!("{:<22} {:<10} {:>5} {:>13}", truncate(&l.name, 22), op, bits, l.out_shape.to_string());
-        for m in &report.metrics {
-            row.push_str(&format!(" {:>14}", human(m.per_layer[i])));
-        }
-        let _ = writeln!(out, "{row}");
-    }
-    let mut total = format!("{:<22} {:<10} {:>5} {:>13}", "total", "", "", "");
     for m in &report.metrics {
-        total.push_str(&format!(" {:>14}", human(m.total)));
-    }
-    let _ = writeln!(out, "{total}");
-    for m in &report.metrics {
-        let _ = writeln!(
-            out,
-            "  {:<22} {:>16} {:<6} ({}{})",
-            m.metric,
-            format!("{:.6}", m.total).trim_end_matches('0').trim_end_matches('.'),
-            m.unit,
-            m.plugin,
-            if m.separable { "" } else { ", peak, not a sum" }
-        );
+        let total = format!("{:.6}", m.total);
+        let total = total.trim_end_matches('0').trim_end_matches('.');
+        let peak = if m.separable { "" } else { ", peak, not a sum" };
+        let _ = writeln!(out, "  {:<22} {total:>16} {:<6} ({}{peak})", m.metric, m.unit, m.plugin);
     }
     if report.budgets.is_empty() {
         let _ = writeln!(out, "no budgets in this profile");
     }
     for b in &report.budgets {
-        let _ = writeln!(
-            out,
-            "budget {:<22} {:>12} <= {:>12} ({}) {}",
-            b.metric,
-            human(b.value),
-            human(b.max),
-            b.limit,
-            if b.pass { "PASS" } else { "FAIL" }
-        );
+        let verdict = if b.pass { "PASS" } else { "FAIL" };
+        let _ = writeln!(out, "budget {:<22} {:>12} <= {:>12} ({}) {verdict}", b.metric, human(b.value), human(b.max), b.limit);
     }
     out
+}
+
+/// Width of the layer, W/A and output columns with their separators.
+const LAYER_COLUMNS: usize = 22 + 1 + 5 + 1 + 11;
+
+/// The metrics in groups whose columns fit [`MAX_WIDTH`] beside the layer columns.
+fn metric_chunks(report: &CostReport) -> Vec<Vec<&crate::cost::MetricReport>> {
+    let mut chunks: Vec<Vec<&crate::cost::MetricReport>> = vec![vec![]];
+    let mut width = LAYER_COLUMNS;
+    for m in &report.metrics {
+        let w = column_width(m) + 1;
+        let last = chunks.last_mut().expect("never empty");
+        if width + w > MAX_WIDTH && !last.is_empty() {
+            chunks.push(vec![]);
+            width = LAYER_COLUMNS;
+        }
+        chunks.last_mut().expect("never empty").push(m);
+        width += w;
+    }
+    chunks
+}
+
+fn column_width(m: &crate::cost::MetricReport) -> usize {
+    m.metric.chars().count().max(8)
+}
+
+/// One table: a row per layer with a cost, a column per metric of `metrics`, then the totals.
+fn layer_table(net: &Network, metrics: &[&crate::cost::MetricReport]) -> String {
+    let row = |name: &str, bits: &str, shape: &str, cells: Vec<String>| {
+        let mut r = format!("{:<22} {:>5} {:>11}", truncate(name, 22), bits, shape);
+        for (m, c) in metrics.iter().zip(cells) {
+            r.push_str(&format!(" {c:>w$}", w = column_width(m)));
+        }
+        r + "\n"
+    };
+    let mut out = row("layer", "W/A", "out", metrics.iter().map(|m| m.metric.clone()).collect());
+    for (i, l) in net.layers.iter().enumerate() {
+        if !l.has_weights() && metrics.iter().all(|m| m.per_layer[i] == 0.0) {
+            continue;
+        }
+        let bits = if l.has_weights() { format!("{}/{}", l.wbits, l.abits) } else { "-".into() };
+        out += &row(&l.name, &bits, &l.out_shape.to_string(), metrics.iter().map(|m| human(m.per_layer[i])).collect());
+    }
+    out + &row("total", "", "", metrics.iter().map(|m| human(m.total)).collect())
 }
 
 fn truncate(s: &str, n: usize) -> String {

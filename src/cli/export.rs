@@ -1,5 +1,6 @@
 //! `nce export` and `nce validate`.
 
+use super::validate_json::ValidateJson;
 use crate::engine::compare::argmax;
 use crate::engine::cpu::Cpu;
 #[cfg(feature = "train")]
@@ -67,8 +68,8 @@ pub fn export(a: ExportArgs) -> Result<ExitCode> {
     }
     let m = crate::train::load_model(&a.checkpoint)?;
     let layers = convert::int_layers(&m).map_err(anyhow::Error::msg).with_context(|| format!("exporting {}", a.checkpoint.display()))?;
-    let container =
-        convert::to_container(&m, &layers, &a.checkpoint.display().to_string(), a.profile.clone()).map_err(anyhow::Error::msg)?;
+    let container = convert::to_container(&m, &layers, &super::recorded_source(&a.checkpoint, a.out.as_deref()), a.profile.clone())
+        .map_err(anyhow::Error::msg)?;
     let model = QModel::from_container(&container).map_err(anyhow::Error::msg)?;
     let opts = WriteOptions::protecting([&a.checkpoint]);
     for (path, form) in outputs {
@@ -139,10 +140,8 @@ fn write_nce(
 pub struct ValidateArgs {
     /// A model file written by `nce export`.
     model: PathBuf,
-    #[arg(long, default_value = "fashion-mnist")]
-    data: String,
-    #[arg(long, default_value = "data")]
-    data_root: PathBuf,
+    #[command(flatten)]
+    data: super::args::DataArgs,
     /// cpu (the fastest kernels of this machine) and cpu-scalar (the reference) are compared
     /// layer by layer with the training-time simulation; any other backend (wgpu:
     /// `NCE_WGPU_DOT=shift|dot4` picks the 2-bit kernel) logit for logit with the CPU engine.
@@ -155,30 +154,25 @@ pub struct ValidateArgs {
     /// The checkpoint to simulate (default: the one recorded in the model file).
     #[arg(long)]
     checkpoint: Option<PathBuf>,
-    /// Validate on the first N test images only.
-    #[arg(long, value_parser = super::args::positive)]
-    test_subset: Option<usize>,
     /// Engine threads (at most 1,024).
     #[arg(long, default_value_t = 2, value_parser = super::args::threads)]
     threads: usize,
+    /// Print the result as JSON.
+    #[arg(long)]
+    json: bool,
 }
 
 pub fn validate(a: ValidateArgs) -> Result<ExitCode> {
     let model = QModel::load(&a.model)?;
-    let mut ds = crate::data::load(&a.data, &a.data_root, crate::data::Split::Test)?;
-    if ds.shape != model.net().input {
-        bail!("{} expects {} inputs, {} has {}", a.model.display(), model.net().input, a.data, ds.shape);
-    }
-    if let Some(n) = a.test_subset.filter(|&n| n < ds.len()) {
-        ds = ds.subset(n);
-    }
+    let (name, root) = a.data.source.resolve("fashion-mnist")?;
+    let ds = crate::data::load_for(&name, &root, crate::data::Split::Test, a.data.test_subset, Some(model.net().input))
+        .with_context(|| format!("validating {}", a.model.display()))?;
     let Some(backend) = a.backend.cpu_isa() else {
         return validate_against_cpu(&a, &model, &ds);
     };
     let cpu = Cpu::new(backend, 1)?;
     let t = Instant::now();
-    let outs = model
-        .run_layers_batch(&cpu, &ds.images, a.threads)
+    let outs = super::validate_json::run_layers(&model, &cpu, &ds, a.threads)
         .with_context(|| format!("running {} on the {backend:?} engine", a.model.display()))?;
     let secs = t.elapsed().as_secs_f64();
     let n = ds.len();
@@ -187,21 +181,47 @@ pub fn validate(a: ValidateArgs) -> Result<ExitCode> {
         .zip(&ds.labels)
         .filter(|(o, &y)| matches!(o.last(), Some(Some(LayerOut::Logits(l))) if argmax(l) == y as usize))
         .count();
+    let accuracy = correct as f64 / n as f64;
+    let (network, data, backend_name) = (model.net().model.clone(), ds.name.clone(), format!("{backend:?}"));
+    let base = ValidateJson {
+        model: a.model.clone(),
+        network,
+        data,
+        images: n,
+        backend: backend_name,
+        accuracy,
+        exact: false,
+        simulation: None,
+        versus_cpu: None,
+    };
+    if a.json {
+        return compare_with_simulation(&a, &model, &ds, &outs, base);
+    }
     println!(
         "{}: {} on {} {} test images, {:?} kernels: accuracy {:.2}% ({:.2} ms per image per thread)",
         a.model.display(),
         model.net().model,
         n,
-        a.data,
+        ds.name,
         backend,
         100.0 * correct as f64 / n as f64,
         secs * 1e3 * a.threads.max(1) as f64 / n as f64
     );
-    compare_with_simulation(&a, &model, &ds, &outs)
+    compare_with_simulation(&a, &model, &ds, &outs, base)
 }
 
 #[cfg(not(feature = "train"))]
-fn compare_with_simulation(_: &ValidateArgs, _: &QModel, _: &crate::data::Dataset, _: &[Vec<Option<LayerOut>>]) -> Result<ExitCode> {
+fn compare_with_simulation(
+    a: &ValidateArgs,
+    _: &QModel,
+    _: &crate::data::Dataset,
+    _: &[Vec<Option<LayerOut>>],
+    base: ValidateJson,
+) -> Result<ExitCode> {
+    if a.json {
+        super::emit_json(&ValidateJson { exact: true, ..base })?;
+        return Ok(ExitCode::SUCCESS);
+    }
     println!("(built without the `train` feature: no tch simulation to compare with)");
     Ok(ExitCode::SUCCESS)
 }
@@ -213,14 +233,20 @@ fn compare_with_simulation(
     model: &QModel,
     ds: &crate::data::Dataset,
     outs: &[Vec<Option<LayerOut>>],
+    base: ValidateJson,
 ) -> Result<ExitCode> {
     let ckpt = match (&a.checkpoint, &model.header.source) {
         (Some(c), _) => c.clone(),
-        (None, Some(s)) => PathBuf::from(s),
+        (None, Some(s)) => super::recorded_path(&a.model, s),
         (None, None) => bail!("{} records no checkpoint; pass --checkpoint", a.model.display()),
     };
     let m = crate::train::load_model(&ckpt).with_context(|| format!("loading the checkpoint to simulate ({})", ckpt.display()))?;
     let r = crate::export::validate::compare(model, &m, ds, outs).map_err(anyhow::Error::msg)?;
+    if a.json {
+        let simulation = Some(super::validate_json::SimulationJson::new(ckpt.clone(), &r));
+        super::emit_json(&ValidateJson { exact: r.exact(), simulation, ..base })?;
+        return Ok(if r.exact() { ExitCode::SUCCESS } else { ExitCode::from(1) });
+    }
     let n = r.images as f64;
     println!("tch integer simulation of {}: accuracy {:.2}%", ckpt.display(), 100.0 * r.simulation_correct as f64 / n);
     println!("tch float fake-quant model (reference): accuracy {:.2}%", 100.0 * r.float_correct as f64 / n);
@@ -248,12 +274,30 @@ fn validate_against_cpu(a: &ValidateArgs, model: &QModel, ds: &crate::data::Data
     let c = crate::engine::compare(&*on_backend, &*on_cpu, ds, (&backend.name(), &cpu.name()))
         .with_context(|| format!("running {} on {} and {}", a.model.display(), backend.name(), cpu.name()))?;
     let n = c.images;
+    if a.json {
+        let exact = if a.backend.bit_exact() { c.exact() } else { c.argmax_agree as f64 >= MIN_AGREEMENT * n as f64 };
+        let (network, data, accuracy) = (model.net().model.clone(), ds.name.clone(), c.a_correct as f64 / n.max(1) as f64);
+        let versus_cpu = Some(super::validate_json::VersusCpuJson::new(backend.device(), &c));
+        let r = ValidateJson {
+            model: a.model.clone(),
+            network,
+            data,
+            images: n,
+            backend: backend.name(),
+            accuracy,
+            exact,
+            simulation: None,
+            versus_cpu,
+        };
+        super::emit_json(&r)?;
+        return Ok(if exact { ExitCode::SUCCESS } else { ExitCode::from(1) });
+    }
     let details: Vec<String> = on_backend.details().into_iter().map(|(k, v)| format!("{k} {v}")).collect();
     println!(
         "{}: {} on {n} {} test images, {} on {} ({}): accuracy {:.2}%, {:.1} s ({:.1} images/s)",
         a.model.display(),
         model.net().model,
-        a.data,
+        ds.name,
         backend.name(),
         backend.device(),
         details.join(", "),

@@ -21,6 +21,7 @@ pub struct MeasureArgs {
     /// Input as CxHxW (default: 1x28x28, the Fashion-MNIST/MNIST shape the examples use).
     #[arg(long, default_value = "1x28x28")]
     input: Shape,
+    /// Classes of the model's classifier.
     #[arg(long, default_value_t = 10)]
     classes: usize,
     /// Width ratios of the base widths, for input and output channels independently.
@@ -29,16 +30,18 @@ pub struct MeasureArgs {
     /// Round channel counts to multiples of this (the profile's channel granularity).
     #[arg(long, default_value_t = 1)]
     granularity: usize,
+    /// Untimed runs before timing each layer (or model).
     #[arg(long, default_value_t = MeasureConfig::default().warmup)]
     warmup: usize,
+    /// Timed runs per layer (or model); the table keeps their mean and variance.
     #[arg(long, default_value_t = MeasureConfig::default().repeats, value_parser = super::args::positive)]
     repeats: usize,
     /// Engine threads (1 = the batch-1 latency an edge core sees; at most 1,024).
     #[arg(long, default_value_t = 1, value_parser = super::args::threads)]
     threads: usize,
-    /// Where to write the table (CSV).
-    #[arg(short, long)]
-    output: Option<PathBuf>,
+    /// Where to write the table (CSV; parent folders are created).
+    #[arg(short = 'o', long = "out", alias = "output")]
+    out: Option<PathBuf>,
     /// Merge into an existing table at `-o` (e.g. a second input size) instead of replacing it.
     #[arg(long)]
     append: bool,
@@ -59,6 +62,47 @@ pub struct MeasureArgs {
     /// wgpu adapter (index or name substring; default `NCE_WGPU_ADAPTER`, else the best).
     #[arg(long)]
     adapter: Option<String>,
+    /// Print the result as JSON.
+    #[arg(long)]
+    json: bool,
+}
+
+/// `nce measure --json` of a table measurement.
+#[derive(serde::Serialize)]
+struct TableJson<'a> {
+    table: &'a std::path::Path,
+    signatures: usize,
+    backend: &'a str,
+    model: String,
+    /// The table's prediction for the base model, µs.
+    predicted_base_us: f64,
+}
+
+/// `nce measure --check --json`.
+#[derive(serde::Serialize)]
+struct CheckJson<'a> {
+    model: &'a std::path::Path,
+    table: &'a std::path::Path,
+    table_backend: &'a str,
+    engine: String,
+    predicted_us: f64,
+    measured_us: f64,
+    measured_std_us: f64,
+    runs: u64,
+    /// predicted / measured − 1.
+    error: f64,
+    tolerance: f64,
+    within: bool,
+    per_layer: Vec<LayerJson>,
+}
+
+#[derive(serde::Serialize)]
+struct LayerJson {
+    layer: String,
+    signature: String,
+    measured_us: f64,
+    /// `null` when the table has no entry for the signature.
+    table_us: Option<f64>,
 }
 
 /// The backend to time, sized for one image per call (batch-1 latency, as deployed).
@@ -74,66 +118,131 @@ fn layers(backend: &dyn Backend) -> Result<&dyn Runner> {
 
 pub fn run(a: MeasureArgs) -> Result<ExitCode> {
     let backend = open(&a)?;
-    if let Some(model_path) = &a.check {
-        let table_path = a.table.as_ref().or(a.output.as_ref()).context("--check needs --table FILE.csv")?;
-        let table = LatencyTable::load(table_path)?;
-        let model = QModel::load(model_path)?;
-        let predicted = measure::predict_us(&table, model.net())?;
-        let (min_warmup, min_repeats) = backend.min_model_runs();
-        let measured = measure::measure_model(&*backend, &model, a.warmup.max(min_warmup), a.repeats.max(min_repeats))?;
-        let engine_name = format!("{} on {}", backend.name(), backend.device());
-        let err = predicted / measured.mean_us - 1.0;
-        println!("model      {}", model_path.display());
-        println!("table      {} ({})", table_path.display(), table.meta.get("backend").map(String::as_str).unwrap_or("?"));
-        println!("engine     {engine_name}");
-        println!("predicted  {predicted:.1} µs");
-        println!("measured   {:.1} µs ± {:.1} (n = {})", measured.mean_us, measured.var_us2.sqrt(), measured.count);
-        if a.per_layer {
-            println!("{:<20} {:>10} {:>10}  signature", "layer", "real µs", "table µs");
-            for (name, sig, us) in measure::model_steps(&model, layers(&*backend)?, a.warmup, a.repeats)? {
-                let t = table.lookup_us(&sig).unwrap_or(f64::NAN);
-                println!("{name:<20} {us:>10.1} {t:>10.1}  {sig}");
-            }
-        }
-        let ok = err.abs() <= a.tolerance;
-        println!("error      {:+.1} % ({} ±{:.0} %)", 100.0 * err, if ok { "within" } else { "OUTSIDE" }, 100.0 * a.tolerance);
-        return Ok(if ok { ExitCode::SUCCESS } else { ExitCode::from(1) });
+    match &a.check {
+        Some(model) => check(&a, &*backend, model),
+        None => measure_table(&a, &*backend),
     }
-    let output = a.output.clone().context("give -o FILE.csv for the table (or --check MODEL.nce --table FILE.csv)")?;
+}
+
+/// `--check`: the table's predicted whole-model latency against the measured one.
+fn check(a: &MeasureArgs, backend: &dyn Backend, model_path: &std::path::Path) -> Result<ExitCode> {
+    let table_path = a.table.as_ref().or(a.out.as_ref()).ok_or_else(|| super::usage("--check needs --table FILE.csv"))?;
+    let table = LatencyTable::load(table_path)?;
+    let model = QModel::load(model_path)?;
+    let predicted = measure::predict_us(&table, model.net())?;
+    let (min_warmup, min_repeats) = backend.min_model_runs();
+    let measured = measure::measure_model(backend, &model, a.warmup.max(min_warmup), a.repeats.max(min_repeats))?;
+    let per_layer = match a.per_layer {
+        false => vec![],
+        true => measure::model_steps(&model, layers(backend)?, a.warmup, a.repeats)?
+            .into_iter()
+            .map(|(layer, sig, us)| LayerJson { layer, table_us: table.lookup_us(&sig), signature: sig, measured_us: us })
+            .collect(),
+    };
+    let err = predicted / measured.mean_us - 1.0;
+    let r = CheckJson {
+        model: model_path,
+        table: table_path,
+        table_backend: table.meta.get("backend").map(String::as_str).unwrap_or("?"),
+        engine: format!("{} on {}", backend.name(), backend.device()),
+        predicted_us: predicted,
+        measured_us: measured.mean_us,
+        measured_std_us: measured.var_us2.sqrt(),
+        runs: measured.count as u64,
+        error: err,
+        tolerance: a.tolerance,
+        within: err.abs() <= a.tolerance,
+        per_layer,
+    };
+    if a.json {
+        super::emit_json(&r)?;
+    } else {
+        super::emit(&check_text(&r))?;
+    }
+    Ok(if r.within { ExitCode::SUCCESS } else { ExitCode::from(1) })
+}
+
+fn check_text(r: &CheckJson) -> String {
+    use std::fmt::Write;
+    let mut out = String::new();
+    let _ = writeln!(out, "model      {}", r.model.display());
+    let _ = writeln!(out, "table      {} ({})", r.table.display(), r.table_backend);
+    let _ = writeln!(out, "engine     {}", r.engine);
+    let _ = writeln!(out, "predicted  {:.1} µs", r.predicted_us);
+    let _ = writeln!(out, "measured   {:.1} µs ± {:.1} (n = {})", r.measured_us, r.measured_std_us, r.runs);
+    if !r.per_layer.is_empty() {
+        let _ = writeln!(out, "{:<20} {:>10} {:>10}  signature", "layer", "real µs", "table µs");
+    }
+    for l in &r.per_layer {
+        let _ = writeln!(out, "{:<20} {:>10.1} {:>10.1}  {}", l.layer, l.measured_us, l.table_us.unwrap_or(f64::NAN), l.signature);
+    }
+    let verdict = if r.within { "within" } else { "OUTSIDE" };
+    let _ = writeln!(out, "error      {:+.1} % ({verdict} ±{:.0} %)", 100.0 * r.error, 100.0 * r.tolerance);
+    if !r.within {
+        let _ = writeln!(
+            out,
+            "the table was measured on another machine or setup: re-measure it here with \
+             `nce measure --backend cpu --model resnet20 --threads 1 -o {}`",
+            r.table.display()
+        );
+    }
+    out
+}
+
+/// Measures a latency table and writes it to `-o`.
+fn measure_table(a: &MeasureArgs, backend: &dyn Backend) -> Result<ExitCode> {
+    let output = a.out.clone().ok_or_else(|| super::usage("give -o FILE.csv for the table (or --check MODEL.nce --table FILE.csv)"))?;
     let net = graph::build(a.model, a.input, a.classes, None, &BitConfig::uniform(2))?;
     let cfg = MeasureConfig { grid: a.widths_grid.clone(), warmup: a.warmup, repeats: a.repeats, granularity: a.granularity };
-    let bar = indicatif::ProgressBar::new(0);
-    bar.set_style(
-        indicatif::ProgressStyle::with_template("measure [{bar:30}] {pos}/{len} layers ({elapsed}<{eta})")
-            .expect("static template")
-            .progress_chars("=> "),
-    );
+    let bar = super::progress::bar(0, "measure", "layers");
     let progress = |done: usize, total: usize| {
         bar.set_length(total as u64);
         bar.set_position(done as u64);
     };
-    let mut table = measure::measure(&net, layers(&*backend)?, &cfg, progress)?;
+    let mut table = measure::measure(&net, layers(backend)?, &cfg, progress)?;
     bar.finish_and_clear();
     table.path = output.clone();
     let base = measure::predict_us(&table, &net)?;
     table.meta.insert("base_model_us".into(), format!("{base:.1}"));
     if a.append && output.is_file() {
-        let old = LatencyTable::load(&output)?;
-        for (k, v) in old.meta {
-            match table.meta.get_mut(&k) {
-                Some(new) if (k == "input" || k == "base_model_us" || k == "model") && *new != v => *new = format!("{v},{new}"),
-                Some(_) => {}
-                None => {
-                    table.meta.insert(k, v);
-                }
-            }
-        }
-        for (sig, e) in old.entries {
-            table.entries.entry(sig).or_insert(e);
-        }
+        merge(&mut table, LatencyTable::load(&output)?);
     }
     crate::fsutil::write_atomic(&output, table.to_csv().as_bytes(), &Default::default())?;
-    println!("{} signatures → {}", table.entries.len(), output.display());
-    println!("predicted base {} latency: {base:.1} µs ({})", a.model, table.meta.get("backend").map(String::as_str).unwrap_or("?"));
+    let r = TableJson {
+        table: &output,
+        signatures: table.entries.len(),
+        backend: table.meta.get("backend").map(String::as_str).unwrap_or("?"),
+        model: a.model.to_string(),
+        predicted_base_us: base,
+    };
+    if a.json {
+        super::emit_json(&r)?;
+    } else {
+        let text = format!(
+            "{} signatures → {}\npredicted base {} latency: {:.1} µs ({})\n",
+            r.signatures,
+            r.table.display(),
+            r.model,
+            r.predicted_base_us,
+            r.backend
+        );
+        super::emit(&text)?;
+    }
     Ok(ExitCode::SUCCESS)
+}
+
+/// `--append`: keeps `old`'s entries the new table lacks and joins differing metadata.
+fn merge(table: &mut LatencyTable, old: LatencyTable) {
+    for (k, v) in old.meta {
+        match table.meta.get_mut(&k) {
+            Some(new) if (k == "input" || k == "base_model_us" || k == "model") && *new != v => *new = format!("{v},{new}"),
+            Some(_) => {}
+            None => {
+                table.meta.insert(k, v);
+            }
+        }
+    }
+    for (sig, e) in old.entries {
+        table.entries.entry(sig).or_insert(e);
+    }
 }

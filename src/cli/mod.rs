@@ -8,16 +8,20 @@ mod args;
 mod cost;
 mod export;
 mod measure;
+mod paths;
 #[cfg(feature = "train")]
 mod pipeline;
 mod profiles;
+mod progress;
 #[cfg(feature = "train")]
 mod search;
 #[cfg(feature = "train")]
 mod sensitivity;
 #[cfg(feature = "train")]
 mod train;
+mod validate_json;
 
+use anyhow::Result;
 use clap::{Parser, Subcommand};
 use std::process::ExitCode;
 
@@ -77,10 +81,21 @@ pub fn arch_widths(path: &std::path::Path) -> anyhow::Result<Vec<usize>> {
     Ok(crate::graph::ArchFile::load(path)?.widths)
 }
 
+pub(crate) use paths::recorded_path;
+
+/// How a model file records its checkpoint: relative to the model file (`holder`) when there
+/// is one, else as given.
+pub(crate) fn recorded_source(checkpoint: &std::path::Path, holder: Option<&std::path::Path>) -> String {
+    holder.map_or_else(|| checkpoint.to_path_buf(), |h| paths::relative_to_holder(checkpoint, h)).display().to_string()
+}
+
 /// Parses the process arguments, runs the command and maps errors to an exit code.
 pub fn main() -> ExitCode {
+    let _runtime_dir = ensure_xdg_runtime_dir();
     quiet_on_closed_stdout();
-    let filter = tracing_subscriber::EnvFilter::try_from_default_env().unwrap_or_else(|_| "warn".into());
+    // EGL's initialisation failures on machines without a GL driver are not errors of the run
+    // (wgpu falls back to another backend); `RUST_LOG` still shows them.
+    let filter = tracing_subscriber::EnvFilter::try_from_default_env().unwrap_or_else(|_| "warn,wgpu_hal::gles::egl=off".into());
     tracing_subscriber::fmt().with_env_filter(filter).with_writer(std::io::stderr).init();
     let cli = Cli::parse();
     let result = match cli.command {
@@ -121,48 +136,40 @@ pub fn main() -> ExitCode {
     }
 }
 
-/// 1 when the environment failed a write (full disk, permissions: the command itself was fine),
-/// 2 for everything else (bad arguments and inputs, refused outputs).
+/// The exit status of a failed command: 2 for a usage error (clap's own, or a [`UsageError`]
+/// found after parsing), 1 for every other failure (bad input files, refused outputs, failed
+/// writes, engine errors). A command's verdict (validate found differences, a budget failed
+/// under `--strict`) also exits 1, through its `Ok(ExitCode)`.
 fn exit_code(e: &anyhow::Error) -> u8 {
-    if e.chain().any(write_failed) {
-        1
-    } else {
+    if e.chain().any(|c| c.downcast_ref::<UsageError>().is_some()) {
         2
+    } else {
+        1
     }
 }
 
-/// Whether `e` is a failed write of an output file, possibly wrapped in a library error that
-/// displays it transparently (and so hides it from the `source` chain).
-fn write_failed(e: &(dyn std::error::Error + 'static)) -> bool {
-    use crate::fsutil::WriteError;
-    if e.downcast_ref::<StdoutError>().is_some() {
-        return true;
+/// Arguments that parse but do not fit together (found after clap): exits 2 like clap's errors.
+#[derive(Debug, thiserror::Error)]
+#[error("{0}")]
+pub(crate) struct UsageError(pub String);
+
+/// A [`UsageError`] as an `anyhow` error (`return Err(usage("give --model or --arch"))`).
+pub(crate) fn usage(msg: impl Into<String>) -> anyhow::Error {
+    UsageError(msg.into()).into()
+}
+
+/// wgpu's Vulkan loader prints `error: XDG_RUNTIME_DIR is invalid or not set` when the variable
+/// is missing (containers, `sudo`, cron), although nothing fails. Point it at a private (0700,
+/// tempfile's mode) folder of our own before any thread or adapter exists; the returned guard
+/// removes the folder when the command ends.
+fn ensure_xdg_runtime_dir() -> Option<tempfile::TempDir> {
+    if std::env::var_os("XDG_RUNTIME_DIR").is_some_and(|v| !v.is_empty()) {
+        return None;
     }
-    if let Some(w) = e.downcast_ref::<WriteError>() {
-        return w.is_io();
-    }
-    if let Some(crate::graph::arch::ArchError::Output(w)) = e.downcast_ref() {
-        return w.is_io();
-    }
-    #[cfg(feature = "train")]
-    {
-        use crate::train::{CheckpointError, TrainError};
-        let ck = |c: &CheckpointError| matches!(c, CheckpointError::Output(w) if w.is_io());
-        if let Some(c) = e.downcast_ref::<CheckpointError>() {
-            return ck(c);
-        }
-        match e.downcast_ref::<TrainError>() {
-            Some(TrainError::Checkpoint(c)) => return ck(c),
-            Some(TrainError::Output(w)) => return w.is_io(),
-            _ => {}
-        }
-        match e.downcast_ref::<crate::search::SearchError>() {
-            Some(crate::search::SearchError::Checkpoint(c)) => return ck(c),
-            Some(crate::search::SearchError::Output(w)) => return w.is_io(),
-            _ => {}
-        }
-    }
-    false
+    let dir = tempfile::Builder::new().prefix("nce-runtime-").tempdir().ok()?;
+    // Called first thing in `main`, before any other thread exists.
+    std::env::set_var("XDG_RUNTIME_DIR", dir.path());
+    Some(dir)
 }
 
 /// A reader that stops early (`nce profiles list | head -1`) closes the pipe; `println!` then
@@ -192,7 +199,34 @@ pub(crate) fn emit(text: &str) -> Result<(), StdoutError> {
     }
 }
 
+/// Prints `value` as pretty JSON (the `--json` form of a command's result).
+pub(crate) fn emit_json<T: serde::Serialize>(value: &T) -> Result<()> {
+    emit(&(serde_json::to_string_pretty(value)? + "\n"))?;
+    Ok(())
+}
+
 /// Standard output could not be written (not a closed pipe).
 #[derive(Debug, thiserror::Error)]
 #[error("writing to standard output: {0}")]
 pub(crate) struct StdoutError(std::io::Error);
+
+#[cfg(test)]
+mod tests {
+    use clap::CommandFactory;
+
+    /// Every option and positional argument of every command says what it is for.
+    #[test]
+    fn every_option_has_help() {
+        let mut missing = Vec::new();
+        let mut stack = vec![(String::from("nce"), super::Cli::command())];
+        while let Some((path, cmd)) = stack.pop() {
+            for arg in cmd.get_arguments().filter(|a| !a.is_hide_set() && !["help", "version"].contains(&a.get_id().as_str())) {
+                if arg.get_help().is_none_or(|h| h.to_string().trim().is_empty()) {
+                    missing.push(format!("{path} {}", arg.get_id()));
+                }
+            }
+            stack.extend(cmd.get_subcommands().map(|s| (format!("{path} {}", s.get_name()), s.clone())));
+        }
+        assert!(missing.is_empty(), "options without help: {missing:?}");
+    }
+}

@@ -11,12 +11,14 @@ pub struct PipelineArgs {
     /// Hardware profile whose budgets and cost plugins drive the search and the report.
     #[arg(long)]
     profile: PathBuf,
+    /// resnet20 | resnet32 | resnet56 | resnet18 | resnet50
     #[arg(long, default_value = "resnet20")]
     model: ModelKind,
-    #[arg(long, default_value = "fashion-mnist")]
-    data: String,
-    #[arg(long, default_value = "data")]
-    data_root: PathBuf,
+    #[command(flatten)]
+    data: super::args::DataSource,
+    // `--out` is required here; `--threads` are also the engine's validation threads.
+    #[command(flatten)]
+    run: super::args::SeededRunArgs,
     /// A shipped schedule: quick (reduced, minutes) | full (hours to days on a CPU); the files
     /// are in presets/.
     #[arg(long, default_value = "quick")]
@@ -27,16 +29,6 @@ pub struct PipelineArgs {
     /// Use this FP32 checkpoint (`nce train --bits 32`) instead of training one.
     #[arg(long)]
     init: Option<PathBuf>,
-    #[arg(long, default_value_t = 0)]
-    seed: u64,
-    /// libtorch threads (0 = libtorch's default); also the engine's validation threads.
-    #[arg(long, value_parser = super::args::threads, default_value_t = 0)]
-    threads: usize,
-    /// Run folder: one sub-folder per stage, report.md and report.html.
-    #[arg(long)]
-    out: PathBuf,
-    #[arg(long)]
-    quiet: bool,
 }
 
 pub fn run(a: PipelineArgs) -> Result<ExitCode> {
@@ -44,12 +36,17 @@ pub fn run(a: PipelineArgs) -> Result<ExitCode> {
         Some(file) => (file.display().to_string(), Schedule::load(file)?),
         None => (a.preset.clone(), Schedule::preset(&a.preset)?),
     };
-    let mut c = PipelineConfig::new(a.profile, a.model, &a.data, a.out, &name, schedule);
-    c.data_root = a.data_root;
-    c.init = a.init;
-    c.seed = a.seed;
-    c.threads = a.threads;
-    c.progress = !a.quiet;
+    let run = &a.run.run;
+    let out = run.out.clone().ok_or_else(|| super::usage("give -o/--out RUN_FOLDER (one sub-folder per stage, report.md, report.html)"))?;
+    let (data, data_root) = a.data.resolve("fashion-mnist")?;
+    let mut c = PipelineConfig {
+        data_root,
+        init: a.init.clone(),
+        seed: a.run.seed,
+        threads: run.threads,
+        progress: !run.quiet,
+        ..PipelineConfig::new(a.profile.clone(), a.model, &data, out, &name, schedule)
+    };
     c.fail_stage = std::env::var("NCE_PIPELINE_FAIL_STAGE").ok().filter(|s| !s.is_empty());
     if let Some(s) = &c.fail_stage {
         if !pipeline::STAGES.contains(&s.as_str()) {

@@ -8,19 +8,26 @@ use std::process::ExitCode;
 
 #[derive(Subcommand)]
 pub enum Action {
-    /// List the profiles in a directory.
+    /// List the shipped profiles (compiled into nce), or the profiles in a folder.
     List {
-        #[arg(long, default_value = "hw-profiles")]
-        dir: PathBuf,
+        /// List the `.toml` profiles in this folder instead of the shipped ones.
+        #[arg(long)]
+        dir: Option<PathBuf>,
     },
-    /// Show one profile: a file path, or a profile name looked up in --dir.
+    /// Show one profile: a file path, a profile in --dir, or a shipped profile's name.
     Show {
+        /// A profile file, or a profile name (file stem or `name`).
         name: String,
-        #[arg(long, default_value = "hw-profiles")]
-        dir: PathBuf,
+        /// Look the name up in this folder before the shipped profiles.
+        #[arg(long)]
+        dir: Option<PathBuf>,
+        /// Print the profile as JSON.
+        #[arg(long)]
+        json: bool,
     },
-    /// Validate profile files; exits non-zero if any is invalid.
+    /// Validate profile files; exits 1 if any is invalid.
     Check {
+        /// Profile files (or shipped profile names).
         #[arg(required = true)]
         files: Vec<PathBuf>,
     },
@@ -28,19 +35,14 @@ pub enum Action {
 
 pub fn run(action: Action) -> Result<ExitCode> {
     match action {
-        Action::List { dir } => {
-            for path in profile_files(&dir)? {
-                match crate::cost::load_profile(&path) {
-                    Ok(p) => println!("{:<24} {:<40} {}", p.name, path.display(), p.description),
-                    Err(e) => println!("{:<24} {:<40} INVALID: {e}", "?", path.display()),
-                }
+        Action::List { dir } => list(dir.as_deref()),
+        Action::Show { name, dir, json } => {
+            let p = crate::cost::load_profile(resolve(&name, dir.as_deref())?)?;
+            if json {
+                super::emit_json(&ProfileJson::from(&p))?;
+            } else {
+                super::emit(&show(&p))?;
             }
-            Ok(ExitCode::SUCCESS)
-        }
-        Action::Show { name, dir } => {
-            let path = resolve(&name, &dir)?;
-            let p = crate::cost::load_profile(&path)?;
-            show(&p);
             Ok(ExitCode::SUCCESS)
         }
         Action::Check { files } => {
@@ -59,6 +61,32 @@ pub fn run(action: Action) -> Result<ExitCode> {
     }
 }
 
+/// One line per profile: name, where it comes from, description (cut to fit 100 columns).
+fn list(dir: Option<&Path>) -> Result<ExitCode> {
+    let entries: Vec<(PathBuf, String)> = match dir {
+        Some(d) => profile_files(d)?.into_iter().map(|p| (p.clone(), p.display().to_string())).collect(),
+        None => crate::hw::shipped::PROFILES.iter().map(|p| (PathBuf::from(p.name), "(shipped)".to_string())).collect(),
+    };
+    let mut out = String::new();
+    for (path, source) in entries {
+        let line = match crate::cost::load_profile(&path) {
+            Ok(p) => format!("{:<18} {:<12} {}", p.name, source, p.description),
+            Err(e) => format!("{:<18} {:<12} INVALID: {e}", "?", source),
+        };
+        out += &truncate(&line, 100);
+        out.push('\n');
+    }
+    super::emit(&out)?;
+    Ok(ExitCode::SUCCESS)
+}
+
+fn truncate(s: &str, n: usize) -> String {
+    match s.char_indices().nth(n - 1) {
+        Some((i, _)) if s.chars().count() > n => format!("{}…", &s[..i]),
+        _ => s.to_string(),
+    }
+}
+
 /// The `.toml` files of `dir`, sorted.
 pub fn profile_files(dir: &Path) -> Result<Vec<PathBuf>> {
     let mut v: Vec<PathBuf> = std::fs::read_dir(dir)
@@ -70,35 +98,95 @@ pub fn profile_files(dir: &Path) -> Result<Vec<PathBuf>> {
     Ok(v)
 }
 
-/// A path if it exists, else the profile in `dir` whose file stem or `name` matches.
-pub fn resolve(name: &str, dir: &Path) -> Result<PathBuf> {
+/// A path if it exists; else the profile in `dir` whose file stem or `name` matches; else the
+/// shipped profile of that name (returned as its name, which `Profile::load` understands).
+pub fn resolve(name: &str, dir: Option<&Path>) -> Result<PathBuf> {
     let p = PathBuf::from(name);
     if p.is_file() {
         return Ok(p);
     }
-    let files = profile_files(dir)?;
-    for f in &files {
-        if f.file_stem().is_some_and(|s| s == name) {
+    if let Some(dir) = dir {
+        let files = profile_files(dir)?;
+        if let Some(f) = files.iter().find(|f| f.file_stem().is_some_and(|s| s == name)) {
+            return Ok(f.clone());
+        }
+        if let Some(f) = files.iter().find(|f| crate::cost::load_profile(f).is_ok_and(|p| p.name == name)) {
             return Ok(f.clone());
         }
     }
-    for f in &files {
-        if crate::cost::load_profile(f).is_ok_and(|p| p.name == name) {
-            return Ok(f.clone());
+    match crate::hw::shipped::find(name) {
+        Some(s) => Ok(PathBuf::from(s.name)),
+        None => {
+            let place = dir.map(|d| format!(", not in {}", d.display())).unwrap_or_default();
+            bail!("no profile `{name}` (not a file{place}, and not a shipped profile: {})", crate::hw::shipped::names().join(", "))
         }
     }
-    let known: Vec<String> = files.iter().filter_map(|f| f.file_stem().map(|s| s.to_string_lossy().into_owned())).collect();
-    bail!("no profile `{name}` (not a file, and not in {}: {})", dir.display(), known.join(", "))
 }
 
-fn show(p: &Profile) {
-    println!("{} ({})", p.name, p.path.display());
-    println!("  {}", p.description);
+/// `nce profiles show --json`.
+#[derive(serde::Serialize)]
+struct ProfileJson<'a> {
+    name: &'a str,
+    description: &'a str,
+    file: &'a Path,
+    sources: &'a [String],
+    unit: &'a crate::hw::ArithmeticUnit,
+    memory: &'a crate::hw::Memory,
+    /// Peak MACs per second at the unit's weight precision.
+    peak_macs_per_second: f64,
+    budgets: Vec<BudgetJson<'a>>,
+    plugins: &'a std::collections::BTreeMap<String, toml::Table>,
+    latency_table: Option<TableJson<'a>>,
+    measurement: Option<&'a crate::hw::Measurement>,
+}
+
+#[derive(serde::Serialize)]
+struct BudgetJson<'a> {
+    metric: &'a str,
+    /// As written: a number, or a multiple of the base network such as `1x base`.
+    limit: String,
+    plugin: Option<&'a str>,
+}
+
+#[derive(serde::Serialize)]
+struct TableJson<'a> {
+    file: &'a Path,
+    entries: usize,
+}
+
+impl<'a> From<&'a Profile> for ProfileJson<'a> {
+    fn from(p: &'a Profile) -> ProfileJson<'a> {
+        ProfileJson {
+            name: &p.name,
+            description: &p.description,
+            file: &p.path,
+            sources: &p.sources,
+            unit: &p.unit,
+            memory: &p.memory,
+            peak_macs_per_second: p.macs_per_second(p.unit.weight_bits),
+            budgets: p
+                .budgets
+                .iter()
+                .map(|b| BudgetJson { metric: &b.metric, limit: b.limit.to_string(), plugin: b.plugin.as_deref() })
+                .collect(),
+            plugins: &p.plugins,
+            latency_table: p.latency_table.as_ref().map(|t| TableJson { file: &t.path, entries: t.entries.len() }),
+            measurement: p.measurement.as_ref(),
+        }
+    }
+}
+
+fn show(p: &Profile) -> String {
+    use std::fmt::Write;
+    let mut out = String::new();
+    let _ = writeln!(out, "{} ({})", p.name, p.path.display());
+    let _ = writeln!(out, "  {}", p.description);
     for s in &p.sources {
-        println!("  source: {s}");
+        let _ = writeln!(out, "  source: {s}");
     }
     let u = &p.unit;
-    println!(
+    let _ = writeln!(
+        out,
         "unit:    W{}A{}, {}-bit words ({} values/word), {} lanes, {} MHz, {} cycles/packed op, channel granularity {}",
         u.weight_bits,
         u.activation_bits,
@@ -109,22 +197,25 @@ fn show(p: &Profile) {
         u.cycles_per_packed_op,
         u.channel_granularity
     );
-    println!("         peak {:.2} GMAC/s at {} bits", p.macs_per_second(u.weight_bits) / 1e9, u.weight_bits);
+    let _ = writeln!(out, "         peak {:.2} GMAC/s at {} bits", p.macs_per_second(u.weight_bits) / 1e9, u.weight_bits);
     let m = &p.memory;
-    println!(
+    let _ = writeln!(
+        out,
         "memory:  weights {} B, activations {} B, bandwidth {} GB/s",
         m.weight_buffer_bytes, m.activation_buffer_bytes, m.bandwidth_gbps
     );
     for b in &p.budgets {
-        println!("budget:  {} <= {}{}", b.metric, b.limit, b.plugin.as_ref().map(|p| format!(" (from {p})")).unwrap_or_default());
+        let _ =
+            writeln!(out, "budget:  {} <= {}{}", b.metric, b.limit, b.plugin.as_ref().map(|p| format!(" (from {p})")).unwrap_or_default());
     }
     for (name, opts) in &p.plugins {
-        println!("plugin:  {name} {}", if opts.is_empty() { String::new() } else { opts.to_string().replace('\n', " ") });
+        let _ = writeln!(out, "plugin:  {name} {}", if opts.is_empty() { String::new() } else { opts.to_string().replace('\n', " ") });
     }
     if let Some(t) = &p.latency_table {
-        println!("latency table: {} ({} entries)", t.path.display(), t.entries.len());
+        let _ = writeln!(out, "latency table: {} ({} entries)", t.path.display(), t.entries.len());
     }
     if let Some(m) = &p.measurement {
-        println!("measured: {m:?}");
+        let _ = writeln!(out, "measured: {m:?}");
     }
+    out
 }

@@ -8,17 +8,22 @@ use std::process::ExitCode;
 
 #[derive(clap::Args)]
 pub struct SearchArgs {
-    /// Hardware profile whose budgets and cost plugins drive the search.
+    /// Hardware profile whose budgets and cost plugins drive the search: a file, or the name
+    /// of a shipped profile (`nce profiles list`).
     #[arg(long)]
     profile: PathBuf,
+    /// resnet20 | resnet32 | resnet56 | resnet18 | resnet50
     #[arg(long, default_value = "resnet20")]
     model: ModelKind,
-    #[arg(long, default_value = "fashion-mnist")]
-    data: String,
-    #[arg(long, default_value = "data")]
-    data_root: PathBuf,
+    // `--test-subset` defaults to 2,000 images here.
+    #[command(flatten)]
+    data: super::args::TrainDataArgs,
+    #[command(flatten)]
+    run: super::args::SeededRunArgs,
+    /// Search epochs.
     #[arg(long, value_parser = super::args::positive, default_value_t = 10)]
     epochs: usize,
+    /// Images per step (each of the weight and architecture halves).
     #[arg(long, value_parser = super::args::positive, default_value_t = 128)]
     batch_size: usize,
     /// Bit width in the loop (32 = search in full precision).
@@ -39,23 +44,15 @@ pub struct SearchArgs {
     /// λ of the budget losses.
     #[arg(long, value_parser = super::args::non_negative, allow_negative_numbers = true, default_value_t = 2.0)]
     lambda: f64,
+    /// Relative band below each budget in which its loss is zero.
     #[arg(long, value_parser = super::args::non_negative, allow_negative_numbers = true, default_value_t = 0.05)]
     tolerance: f64,
+    /// Learning rate of the architecture parameters (Adam).
     #[arg(long, value_parser = super::args::positive_f64, allow_negative_numbers = true, default_value_t = 1e-3)]
     arch_lr: f64,
+    /// Learning rate of the supernet's weights (SGD).
     #[arg(long, value_parser = super::args::positive_f64, allow_negative_numbers = true, default_value_t = 0.1)]
     lr: f64,
-    /// Search on the first N training images (split 50/50 into weight and architecture halves).
-    #[arg(long, value_parser = super::args::positive)]
-    train_subset: Option<usize>,
-    #[arg(long, value_parser = super::args::positive, default_value_t = 2000)]
-    test_subset: usize,
-    #[arg(long, default_value_t = 0)]
-    seed: u64,
-    #[arg(long, value_parser = super::args::threads, default_value_t = 0)]
-    threads: usize,
-    #[arg(long, default_value = "runs/search")]
-    out: PathBuf,
     /// Trained checkpoint (`nce train`) to start the supernet's weights from.
     #[arg(long)]
     init: Option<PathBuf>,
@@ -74,33 +71,43 @@ pub struct SearchArgs {
     /// Images of the architecture half that score each epoch's argmax network (TAS derivation).
     #[arg(long, value_parser = super::args::positive, default_value_t = 1000)]
     val_subset: usize,
+    /// Continue the search in OUT from its checkpoint.
     #[arg(long)]
     resume: bool,
-    #[arg(long)]
-    quiet: bool,
+}
+
+impl TryFrom<&SearchArgs> for SearchConfig {
+    type Error = anyhow::Error;
+
+    fn try_from(a: &SearchArgs) -> Result<SearchConfig> {
+        let (data, data_root) = a.data.data.source.resolve("fashion-mnist")?;
+        Ok(SearchConfig {
+            data_root,
+            batch_size: a.batch_size,
+            bits: a.bits,
+            space: SpaceConfig { ratios: a.ratios.clone(), step: a.step, cap: a.cap, granularity: 1, threshold: a.threshold },
+            lambda: a.lambda,
+            tolerance: a.tolerance,
+            arch_lr: a.arch_lr,
+            lr: a.lr,
+            train_subset: a.data.train_subset,
+            test_subset: Some(a.data.data.test_subset.unwrap_or(2000)),
+            seed: a.run.seed,
+            threads: a.run.run.threads,
+            init: a.init.clone(),
+            warmup_epochs: a.warmup_epochs,
+            derive: a.derive,
+            expansion_init: a.expansion_init,
+            expansion_noise: a.expansion_noise,
+            val_subset: a.val_subset,
+            ..SearchConfig::new(a.model, a.profile.clone(), &data, a.epochs, a.run.run.out_or("search"))
+        })
+    }
 }
 
 pub fn run(a: SearchArgs) -> Result<ExitCode> {
-    let mut c = SearchConfig::new(a.model, a.profile.clone(), &a.data, a.epochs, a.out.clone());
-    c.data_root = a.data_root;
-    c.batch_size = a.batch_size;
-    c.bits = a.bits;
-    c.space = SpaceConfig { ratios: a.ratios, step: a.step, cap: a.cap, granularity: 1, threshold: a.threshold };
-    c.lambda = a.lambda;
-    c.tolerance = a.tolerance;
-    c.arch_lr = a.arch_lr;
-    c.lr = a.lr;
-    c.train_subset = a.train_subset;
-    c.test_subset = Some(a.test_subset);
-    c.seed = a.seed;
-    c.threads = a.threads;
-    c.init = a.init;
-    c.warmup_epochs = a.warmup_epochs;
-    c.derive = a.derive;
-    c.expansion_init = a.expansion_init;
-    c.expansion_noise = a.expansion_noise;
-    c.val_subset = a.val_subset;
-    let r = search::search(&c, a.resume, !a.quiet).with_context(|| format!("searching into {}", c.out.display()))?;
+    let c = SearchConfig::try_from(&a)?;
+    let r = search::search(&c, a.resume, !a.run.run.quiet).with_context(|| format!("searching into {}", c.out.display()))?;
     println!("architecture: {}", r.arch_path.display());
     println!("{:<20} {:>5} {:>6}  candidates", "layer", "base", "width");
     for l in &r.arch.layers {

@@ -11,35 +11,37 @@ pub struct TrainArgs {
     /// resnet20 | resnet32 | resnet56 | resnet18 | resnet50
     #[arg(long, default_value = "resnet20")]
     model: ModelKind,
-    /// fashion-mnist | mnist | cifar10
-    #[arg(long, default_value = "fashion-mnist")]
-    data: String,
-    #[arg(long, default_value = "data")]
-    data_root: PathBuf,
+    #[command(flatten)]
+    data: super::args::TrainDataArgs,
+    #[command(flatten)]
+    run: super::args::SeededRunArgs,
     /// Bit width of the quantized layers; 32 = full precision.
     #[arg(long, value_parser = super::args::bits, default_value_t = 2)]
     bits: u8,
     /// Bits of the first conv and the last linear.
     #[arg(long, value_parser = super::args::bits, default_value_t = 8)]
     first_last_bits: u8,
+    /// Training epochs.
     #[arg(long, value_parser = super::args::positive, default_value_t = 10)]
     epochs: usize,
+    /// Images per training step.
     #[arg(long, value_parser = super::args::positive, default_value_t = 128)]
     batch_size: usize,
+    /// Peak learning rate (SGD; cosine decay after the warm-up).
     #[arg(long, value_parser = super::args::positive_f64, allow_negative_numbers = true, default_value_t = 0.1)]
     lr: f64,
+    /// L2 weight decay.
     #[arg(long, value_parser = super::args::non_negative, allow_negative_numbers = true, default_value_t = 5e-4)]
     weight_decay: f64,
     /// L2 on the PACT clips.
     #[arg(long, value_parser = super::args::non_negative, allow_negative_numbers = true, default_value_t = 1e-4)]
     clip_decay: f64,
+    /// Epochs of linear learning-rate warm-up.
     #[arg(long, default_value_t = 1)]
     warmup_epochs: usize,
     /// Plain momentum instead of Nesterov.
     #[arg(long)]
     no_nesterov: bool,
-    #[arg(long, default_value_t = 0)]
-    seed: u64,
     /// Output channels per width slot, comma-separated (default: base widths).
     #[arg(long, value_delimiter = ',', conflicts_with = "arch")]
     widths: Option<Vec<usize>>,
@@ -52,71 +54,68 @@ pub struct TrainArgs {
     /// Distil from this teacher checkpoint.
     #[arg(long)]
     teacher: Option<PathBuf>,
+    /// Weight of the distillation loss (the rest is the label loss).
     #[arg(long, value_parser = super::args::fraction, allow_negative_numbers = true, default_value_t = 0.9)]
     kd_alpha: f64,
+    /// Softmax temperature of the distillation loss.
     #[arg(long, value_parser = super::args::positive_f64, allow_negative_numbers = true, default_value_t = 4.0)]
     kd_temperature: f64,
-    /// Train on the first N training images only (file order; the IDX files are shuffled).
-    #[arg(long, value_parser = super::args::positive)]
-    train_subset: Option<usize>,
-    /// Evaluate on the first N test images only.
-    #[arg(long, value_parser = super::args::positive)]
-    test_subset: Option<usize>,
     /// Also checkpoint every N steps inside an epoch.
     #[arg(long, default_value_t = 0)]
     checkpoint_every: usize,
     /// Stop with a checkpoint after this many steps in total (continue with --resume).
     #[arg(long, value_parser = super::args::positive)]
     max_steps: Option<usize>,
-    /// libtorch threads (0 = default).
-    #[arg(long, value_parser = super::args::threads, default_value_t = 0)]
-    threads: usize,
     /// Weight quantizer for 2..4-bit layers: sawb | lsq
     #[arg(long, default_value = "sawb")]
     weight_quant: String,
     /// Activation quantizer: pact | lsq
     #[arg(long, default_value = "pact")]
     act_quant: String,
-    #[arg(long, default_value = "runs/train")]
-    out: PathBuf,
     /// Continue from OUT/checkpoint.ot.
     #[arg(long)]
     resume: bool,
-    #[arg(long)]
-    quiet: bool,
 }
 
-pub fn config(a: &TrainArgs) -> Result<TrainConfig> {
-    let mut c = TrainConfig::new(a.model, &a.data, a.bits, a.epochs, a.out.clone());
-    c.data_root = a.data_root.clone();
-    c.first_last_bits = a.first_last_bits;
-    c.batch_size = a.batch_size;
-    c.lr = a.lr;
-    c.weight_decay = a.weight_decay;
-    c.clip_decay = a.clip_decay;
-    c.warmup_epochs = a.warmup_epochs;
-    c.nesterov = !a.no_nesterov;
-    c.seed = a.seed;
-    c.widths = a.widths.clone();
-    if let Some(arch) = &a.arch {
-        c.widths = Some(crate::cli::arch_widths(arch)?);
+impl TryFrom<&TrainArgs> for TrainConfig {
+    type Error = anyhow::Error;
+
+    fn try_from(a: &TrainArgs) -> Result<TrainConfig> {
+        let (data, data_root) = a.data.data.source.resolve("fashion-mnist")?;
+        let widths = match &a.arch {
+            Some(arch) => Some(crate::cli::arch_widths(arch)?),
+            None => a.widths.clone(),
+        };
+        let model_options = crate::models::ModelOptions::parse(&a.weight_quant, &a.act_quant).map_err(anyhow::Error::msg)?;
+        Ok(TrainConfig {
+            data_root,
+            first_last_bits: a.first_last_bits,
+            batch_size: a.batch_size,
+            lr: a.lr,
+            weight_decay: a.weight_decay,
+            clip_decay: a.clip_decay,
+            warmup_epochs: a.warmup_epochs,
+            nesterov: !a.no_nesterov,
+            seed: a.run.seed,
+            widths,
+            init: a.init.clone(),
+            teacher: a.teacher.clone(),
+            kd_alpha: a.kd_alpha,
+            kd_temperature: a.kd_temperature,
+            train_subset: a.data.train_subset,
+            test_subset: a.data.data.test_subset,
+            checkpoint_every: a.checkpoint_every,
+            max_steps: a.max_steps,
+            threads: a.run.run.threads,
+            model_options,
+            ..TrainConfig::new(a.model, &data, a.bits, a.epochs, a.run.run.out_or("train"))
+        })
     }
-    c.init = a.init.clone();
-    c.teacher = a.teacher.clone();
-    c.kd_alpha = a.kd_alpha;
-    c.kd_temperature = a.kd_temperature;
-    c.train_subset = a.train_subset;
-    c.test_subset = a.test_subset;
-    c.checkpoint_every = a.checkpoint_every;
-    c.max_steps = a.max_steps;
-    c.threads = a.threads;
-    c.model_options = crate::models::ModelOptions::parse(&a.weight_quant, &a.act_quant).map_err(anyhow::Error::msg)?;
-    Ok(c)
 }
 
 pub fn run(a: TrainArgs) -> Result<ExitCode> {
-    let cfg = config(&a)?;
-    let s = train::train(&cfg, a.resume, !a.quiet).with_context(|| format!("training into {}", cfg.out.display()))?;
+    let cfg = TrainConfig::try_from(&a)?;
+    let s = train::train(&cfg, a.resume, !a.run.run.quiet).with_context(|| format!("training into {}", cfg.out.display()))?;
     if s.final_test_acc.is_nan() {
         println!(
             "stopped after {} steps; continue with the same command and --resume ({})",
@@ -139,38 +138,74 @@ pub fn run(a: TrainArgs) -> Result<ExitCode> {
 pub struct EvalArgs {
     /// A checkpoint written by `nce train`.
     checkpoint: PathBuf,
-    /// Dataset (default: the one it was trained on).
+    #[command(flatten)]
+    data: super::args::DataArgs,
+    /// Print the result as JSON.
     #[arg(long)]
-    data: Option<String>,
-    #[arg(long, default_value = "data")]
-    data_root: PathBuf,
-    #[arg(long, value_parser = super::args::positive)]
-    test_subset: Option<usize>,
+    json: bool,
+}
+
+/// `nce eval --json`.
+#[derive(serde::Serialize)]
+struct EvalReport {
+    checkpoint: PathBuf,
+    model: String,
+    bits: u8,
+    data: String,
+    images: usize,
+    /// Fraction of test images classified correctly (0..1).
+    accuracy: f64,
+    /// Mean cross-entropy.
+    loss: f64,
 }
 
 pub fn eval(a: EvalArgs) -> Result<ExitCode> {
     let m = train::load_model(&a.checkpoint)?;
-    let name = a.data.unwrap_or_else(|| m.meta.config.data.clone());
-    let mut ds = crate::data::load(&name, &a.data_root, crate::data::Split::Test)?;
-    if ds.shape != m.meta.net.input {
-        anyhow::bail!("{} expects {} inputs, {name} has {}", a.checkpoint.display(), m.meta.net.input, ds.shape);
+    let (name, root) = a.data.source.resolve(&m.meta.config.data)?;
+    let ds = crate::data::load_for(&name, &root, crate::data::Split::Test, a.data.test_subset, Some(m.meta.net.input))
+        .with_context(|| format!("evaluating {}", a.checkpoint.display()))?;
+    let (loss, accuracy) = evaluate(&m.model, &ds)?;
+    let r = EvalReport {
+        checkpoint: a.checkpoint.clone(),
+        model: m.meta.net.model.clone(),
+        bits: m.meta.config.bits,
+        data: name,
+        images: ds.len(),
+        accuracy,
+        loss,
+    };
+    if a.json {
+        super::emit_json(&r)?;
+    } else {
+        let (b, cp) = (r.bits, r.checkpoint.display());
+        let line = format!(
+            "{cp}: {} W{b}A{b} on {} test ({} images): accuracy {:.2}%, loss {:.4}\n",
+            r.model,
+            r.data,
+            r.images,
+            100.0 * accuracy,
+            loss
+        );
+        super::emit(&line)?;
     }
-    if let Some(n) = a.test_subset.filter(|&n| n < ds.len()) {
-        ds = ds.subset(n);
-    }
-    let loader = crate::data::Loader::eval(&ds, 500, tch::Device::Cpu)?;
-    let (loss, acc) = train::evaluate(&m.model, &loader);
-    println!(
-        "{}: {} W{}A{} on {name} test ({} images): accuracy {:.2}%, loss {:.4}",
-        a.checkpoint.display(),
-        m.meta.net.model,
-        m.meta.config.bits,
-        m.meta.config.bits,
-        ds.len(),
-        100.0 * acc,
-        loss
-    );
     Ok(ExitCode::SUCCESS)
+}
+
+/// [`train::evaluate`] in chunks of 500 images, with a progress bar on a terminal.
+fn evaluate(model: &crate::models::Model, ds: &crate::data::Dataset) -> Result<(f64, f64)> {
+    const CHUNK: usize = 500;
+    let bar = super::progress::bar(ds.len() as u64, "eval", "images");
+    let (mut loss, mut correct) = (0.0, 0.0);
+    for start in (0..ds.len()).step_by(CHUNK) {
+        let part = ds.select(&(start..(start + CHUNK).min(ds.len())).collect::<Vec<_>>());
+        let (l, acc) = train::evaluate(model, &crate::data::Loader::eval(&part, CHUNK, tch::Device::Cpu)?);
+        loss += l * part.len() as f64;
+        correct += acc * part.len() as f64;
+        bar.inc(part.len() as u64);
+    }
+    bar.finish_and_clear();
+    let n = ds.len().max(1) as f64;
+    Ok((loss / n, correct / n))
 }
 
 #[derive(clap::Args)]

@@ -9,7 +9,11 @@
 //! seeded splitmix64, so a run is reproducible from its seed alone and can resume mid-epoch.
 
 pub mod cifar;
+pub mod folder;
 pub mod idx;
+mod source;
+
+pub use source::{load_for, locate, search_roots, DatasetId, ENV_ROOT};
 
 #[cfg(feature = "train")]
 pub mod batches;
@@ -24,8 +28,13 @@ use std::path::{Path, PathBuf};
 /// Where `scripts/setup` puts the datasets, relative to the repository root.
 pub const DEFAULT_ROOT: &str = "data";
 
-/// Dataset names accepted by [`load`].
+/// Dataset names accepted by [`load`] (and `folder:PATH`, a class-per-folder image tree).
 pub const KNOWN_DATASETS: &[&str] = &["fashion-mnist", "mnist", "cifar10"];
+
+/// Where the CIFAR-10 files come from (`scripts/setup` cannot download them here).
+pub const CIFAR_HINT: &str = "CIFAR-10 is not downloaded by scripts/setup: get the binary version \
+(cifar-10-binary.tar.gz from https://www.cs.toronto.edu/~kriz/cifar.html) and put data_batch_1.bin … data_batch_5.bin \
+and test_batch.bin into";
 
 /// Errors of the dataset layer. Every variant that concerns a file names it, so a message is
 /// actionable without a backtrace.
@@ -55,11 +64,33 @@ pub enum DataError {
     LabelOutOfRange { path: PathBuf, index: usize, label: u8, classes: usize },
     #[error("{}: {len} bytes is not a positive multiple of the {record}-byte CIFAR record", path.display())]
     CifarLength { path: PathBuf, len: u64, record: usize },
-    #[error("unknown dataset `{name}` (known: {})", KNOWN_DATASETS.join(", "))]
+    #[error("unknown dataset `{name}` (known: {}, or folder:PATH)", KNOWN_DATASETS.join(", "))]
     UnknownDataset { name: String },
+    /// No data root holds the dataset's folder.
+    #[error("{dataset} not found; looked in {}. {}", join_paths(looked), fetch_hint(dataset, looked))]
+    Missing { dataset: String, looked: Vec<PathBuf> },
+    /// CIFAR-10's folder exists but lacks its batch files.
+    #[error("{}: no CIFAR-10 batch files ({} {})", dir.display(), CIFAR_HINT, dir.display())]
+    CifarMissing { dir: PathBuf },
+    /// The images do not have the shape the model takes.
+    #[error("{dataset} has {found} images, the model takes {expected}")]
+    ShapeMismatch { dataset: String, found: Shape, expected: Shape },
     /// A bad argument from the caller (batch size 0, split fraction outside [0, 1], ...).
     #[error("invalid argument: {0}")]
     InvalidArgument(String),
+}
+
+fn join_paths(paths: &[PathBuf]) -> String {
+    paths.iter().map(|p| p.display().to_string()).collect::<Vec<_>>().join(", ")
+}
+
+fn fetch_hint(dataset: &str, looked: &[PathBuf]) -> String {
+    let first = looked.first().map_or_else(String::new, |p| p.display().to_string());
+    if dataset == "cifar10" {
+        format!("{CIFAR_HINT} {first}")
+    } else {
+        format!("Run scripts/setup in a clone (it downloads into ./data), or set --data-root or ${ENV_ROOT} to a folder holding {dataset}/")
+    }
 }
 
 /// Which half of a dataset's official train/test partition to load.
@@ -251,11 +282,15 @@ impl Augment {
 /// `root/cifar10/{data_batch_1..5,test_batch}.bin` (or the tarball's `cifar-10-batches-bin/`
 /// directory inside `root/cifar10`).
 pub fn load(name: &str, root: &Path, split: Split) -> Result<Dataset, DataError> {
-    match name {
-        "fashion-mnist" => load_idx(name, &root.join(name), split, true),
-        "mnist" => load_idx(name, &root.join(name), split, false),
-        "cifar10" => load_cifar10(&root.join(name), split),
-        _ => Err(DataError::UnknownDataset { name: name.to_string() }),
+    let id: DatasetId = name.parse()?;
+    if !matches!(id, DatasetId::Folder(_)) && !root.join(name).is_dir() {
+        return Err(DataError::Missing { dataset: name.to_string(), looked: vec![root.join(name)] });
+    }
+    match id {
+        DatasetId::FashionMnist => load_idx(name, &root.join(name), split, true),
+        DatasetId::Mnist => load_idx(name, &root.join(name), split, false),
+        DatasetId::Cifar10 => load_cifar10(&root.join(name), split),
+        DatasetId::Folder(dir) => folder::load(&dir, split),
     }
 }
 
@@ -292,6 +327,9 @@ fn load_idx(name: &str, dir: &Path, split: Split, gz: bool) -> Result<Dataset, D
 fn load_cifar10(dir: &Path, split: Split) -> Result<Dataset, DataError> {
     let nested = dir.join("cifar-10-batches-bin");
     let dir = if !dir.join("test_batch.bin").exists() && nested.join("test_batch.bin").exists() { nested } else { dir.to_path_buf() };
+    if !dir.join("test_batch.bin").exists() && !dir.join("data_batch_1.bin").exists() {
+        return Err(DataError::CifarMissing { dir });
+    }
     let files: Vec<PathBuf> = match split {
         Split::Train => (1..=5).map(|i| dir.join(format!("data_batch_{i}.bin"))).collect(),
         Split::Test => vec![dir.join("test_batch.bin")],

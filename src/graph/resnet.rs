@@ -1,5 +1,6 @@
 //! ResNet layer graphs: CIFAR-style ResNet-20/32/56 (He et al. 2016, option-A shortcuts) and
-//! ImageNet ResNet-18/50 (torchvision layout, stride on the 3×3 conv), for any width vector.
+//! ImageNet ResNet-18/50 (torchvision layout, stride on the 3×3 conv; inputs under 64 pixels a
+//! side get a CIFAR stem), for any width vector.
 
 use super::{BitConfig, GraphError, Layer, Network, Op, Shape, Src};
 use serde::{Deserialize, Serialize};
@@ -140,9 +141,19 @@ fn cifar(b: &mut Builder, n: usize) {
     b.gap(x);
 }
 
+/// Inputs smaller than this on a side get the CIFAR stem in ResNet-18/50.
+pub const SMALL_INPUT: usize = 64;
+
 fn imagenet(b: &mut Builder, blocks: &[usize], bottleneck: bool) {
-    let c1 = b.conv_k("conv1", Src::Input, 64, 7, 2, 3, true);
-    let mut x = b.push("maxpool", Op::MaxPool { k: 3, stride: 2, pad: 1 }, vec![c1], None, None);
+    // The ImageNet stem (7×7 stride 2, max-pool: 4× smaller) would leave a 28×28 or 32×32
+    // image at 1×1 by the last stage; small inputs get a 3×3 stride-1 conv and no pool, as
+    // ResNet-18 is usually run on CIFAR.
+    let mut x = if b.input.h.min(b.input.w) < SMALL_INPUT {
+        b.conv_k("conv1", Src::Input, 64, 3, 1, 1, true)
+    } else {
+        let c1 = b.conv_k("conv1", Src::Input, 64, 7, 2, 3, true);
+        b.push("maxpool", Op::MaxPool { k: 3, stride: 2, pad: 1 }, vec![c1], None, None)
+    };
     let mut in_base = 64;
     for (s, &n) in blocks.iter().enumerate() {
         let w = 64 << s;

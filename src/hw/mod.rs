@@ -6,6 +6,7 @@
 mod latency_table;
 mod locate;
 mod profile;
+pub mod shipped;
 
 pub use latency_table::{LatencyEntry, LatencyTable, TableError};
 pub use locate::Location;

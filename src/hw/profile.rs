@@ -1,7 +1,7 @@
 //! Loading and validating `hw-profiles/*.toml`.
 
 use super::{LatencyTable, Location, TableError};
-use serde::Deserialize;
+use serde::{Deserialize, Serialize};
 use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
 
@@ -25,7 +25,7 @@ pub struct Profile {
 }
 
 /// The target's arithmetic unit for packed low-bit MACs.
-#[derive(Clone, Debug, Deserialize, PartialEq)]
+#[derive(Clone, Debug, Deserialize, Serialize, PartialEq)]
 #[serde(deny_unknown_fields)]
 pub struct ArithmeticUnit {
     /// Native weight precision of the unit (the uniform bit width the search keeps).
@@ -43,7 +43,7 @@ pub struct ArithmeticUnit {
 }
 
 /// On-chip buffers and the bandwidth behind them.
-#[derive(Clone, Debug, Deserialize, PartialEq)]
+#[derive(Clone, Debug, Deserialize, Serialize, PartialEq)]
 #[serde(deny_unknown_fields)]
 pub struct Memory {
     pub weight_buffer_bytes: u64,
@@ -53,7 +53,7 @@ pub struct Memory {
 }
 
 /// How a latency table was measured (issue: predictions drift when this is not recorded).
-#[derive(Clone, Debug, Deserialize, PartialEq, Default)]
+#[derive(Clone, Debug, Deserialize, Serialize, PartialEq, Default)]
 #[serde(deny_unknown_fields)]
 pub struct Measurement {
     pub backend: Option<String>,
@@ -106,6 +106,9 @@ pub enum ProfileError {
     Io { file: PathBuf, source: std::io::Error },
     #[error("{}:{at}: `{key}`: {msg}", file.display())]
     Invalid { file: PathBuf, at: Location, key: String, msg: String },
+    /// Neither a file nor the name of a shipped profile.
+    #[error("no profile `{name}`: not a file, and not a shipped profile ({known})")]
+    Unknown { name: String, known: String },
     #[error("{}:{at}: latency table: {source}", file.display())]
     Table { file: PathBuf, at: Location, source: TableError },
 }
@@ -174,8 +177,18 @@ impl Profile {
     /// its latency table). Its cost plugins and the budgets' metrics are checked against the
     /// plugin registry by `crate::cost::load_profile` (hw describes targets and does not know
     /// the plugins).
+    ///
+    /// A `path` that is not a file but the name of a shipped profile (`npu-int2-array`) loads
+    /// that profile from the copy compiled into the library ([`super::shipped`]).
     pub fn load(path: impl AsRef<Path>) -> Result<Profile, ProfileError> {
         let path = path.as_ref();
+        if !path.exists() && path.components().count() == 1 {
+            let name = path.to_string_lossy();
+            return match super::shipped::find(&name) {
+                Some(p) => Profile::parse(p.text, &super::shipped::path(&p)),
+                None => Err(ProfileError::Unknown { name: name.into_owned(), known: super::shipped::names().join(", ") }),
+            };
+        }
         let text = std::fs::read_to_string(path).map_err(|source| ProfileError::Io { file: path.into(), source })?;
         Profile::parse(&text, path)
     }
@@ -242,7 +255,11 @@ impl Profile {
             Some(t) => {
                 let file = path.parent().unwrap_or(Path::new(".")).join(&t.file);
                 let at = Location::of_key(text, "latency_table", "file");
-                let table = LatencyTable::load(&file).map_err(|source| ProfileError::Table { file: path.into(), at, source })?;
+                let table = match super::shipped::file(&file) {
+                    Some(text) => LatencyTable::parse(text, &file),
+                    None => LatencyTable::load(&file),
+                };
+                let table = table.map_err(|source| ProfileError::Table { file: path.into(), at, source })?;
                 Some(table)
             }
         };
