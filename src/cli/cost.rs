@@ -69,12 +69,20 @@ pub fn networks(
     Ok((net, base))
 }
 
+/// The network a `cost` command asks for; `None`s take the defaults of [`networks`].
+struct NetworkSpec {
+    model: ModelKind,
+    input: Option<Shape>,
+    classes: Option<usize>,
+    widths: Option<Vec<usize>>,
+}
+
 /// Model, input, classes and widths from `--arch`, `--data` or the flags themselves.
-fn network_args(a: &Args) -> Result<(ModelKind, Option<Shape>, Option<usize>, Option<Vec<usize>>)> {
+fn network_args(a: &Args) -> Result<NetworkSpec> {
     if let Some(path) = &a.arch {
         let arch = crate::graph::ArchFile::load(path)?;
         let input = arch.input_shape().map_err(|e| anyhow::anyhow!("{}: `input`: {e}", path.display()))?;
-        return Ok((arch.model, Some(input), Some(arch.classes), Some(arch.widths)));
+        return Ok(NetworkSpec { model: arch.model, input: Some(input), classes: Some(arch.classes), widths: Some(arch.widths) });
     }
     let model = a.model.ok_or_else(|| super::usage("give --model or --arch"))?;
     let (input, classes) = match &a.data {
@@ -84,13 +92,13 @@ fn network_args(a: &Args) -> Result<(ModelKind, Option<Shape>, Option<usize>, Op
         }
         None => (a.input, a.classes),
     };
-    Ok((model, input, classes, a.widths.clone()))
+    Ok(NetworkSpec { model, input, classes, widths: a.widths.clone() })
 }
 
 pub fn run(a: Args) -> Result<ExitCode> {
     let profile = crate::cost::load_profile(&a.profile)?;
-    let (model, input, classes, widths) = network_args(&a)?;
-    let (net, base) = networks(model, input, classes, widths.as_deref(), a.bits)?;
+    let n = network_args(&a)?;
+    let (net, base) = networks(n.model, n.input, n.classes, n.widths.as_deref(), a.bits)?;
     let eval = Evaluator::new(&profile)?;
     let report = eval.evaluate(&net, &base).with_context(|| format!("costing {} under {}", net.model, profile.name))?;
     if a.json {

@@ -148,7 +148,7 @@ fn check(a: &MeasureArgs, backend: &dyn Backend, model_path: &std::path::Path) -
         predicted_us: predicted,
         measured_us: measured.mean_us,
         measured_std_us: measured.var_us2.sqrt(),
-        runs: measured.count as u64,
+        runs: measured.count,
         error: err,
         tolerance: a.tolerance,
         within: err.abs() <= a.tolerance,

@@ -59,7 +59,11 @@ fn class_names(train: &Path) -> Result<Vec<String>, DataError> {
     }
 }
 
+/// The images of one class, sorted; none if the split has no folder for the class.
 fn image_files(class_dir: &Path) -> Result<Vec<PathBuf>, DataError> {
+    if !class_dir.is_dir() {
+        return Ok(vec![]);
+    }
     let is_image = |p: &PathBuf| {
         p.extension().and_then(|e| e.to_str()).is_some_and(|e| ["png", "jpg", "jpeg"].contains(&e.to_ascii_lowercase().as_str()))
     };
