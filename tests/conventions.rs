@@ -195,3 +195,33 @@ fn no_spurious_runtime_dir_error() {
     let err = stderr(&o);
     assert!(!err.contains("XDG_RUNTIME_DIR") && !err.contains("ERROR"), "{err}");
 }
+
+/// `sensitivity` prints its table once, on stdout; progress (a bar on a terminal) never
+/// repeats the per-layer results on stderr.
+#[cfg(feature = "train")]
+#[test]
+fn sensitivity_prints_its_result_once() {
+    let out = tempfile::tempdir().unwrap();
+    let args = ["sensitivity", "examples/resnet20-fp32-fashion.ot", "--test-subset", "20", "--calib-batch", "16", "--threads", "1", "-o"];
+    let o = nce_in(&repo(), &[&args[..], &[s(out.path())]].concat());
+    assert!(o.status.success(), "{}", stderr(&o));
+    assert_eq!(stdout(&o).matches("layer1.0.conv_b").count(), 1, "{}", stdout(&o));
+    assert!(!stderr(&o).contains("layer1.0.conv_b"), "results repeated on stderr:\n{}", stderr(&o));
+}
+
+/// Text tables and listings fit 100 columns.
+#[test]
+fn tables_fit_100_columns() {
+    for args in [
+        &["cost", "--profile", "local-cpu", "--model", "resnet20"][..],
+        &["cost", "--profile", "mobile-cpu-a76", "--model", "resnet50"],
+        &["profiles", "list"],
+        &["profiles", "show", "local-cpu"],
+    ] {
+        let o = nce_in(&repo(), args);
+        assert!(o.status.success(), "{args:?}: {}", stderr(&o));
+        let text = stdout(&o);
+        let wide: Vec<&str> = text.lines().filter(|l| l.chars().count() > 100).collect();
+        assert!(wide.is_empty(), "{args:?}: {wide:#?}");
+    }
+}

@@ -176,18 +176,40 @@ impl<'a> From<&'a Profile> for ProfileJson<'a> {
     }
 }
 
+/// `text` in lines of at most 100 columns, the first starting with `first`, the rest with
+/// `rest` (words longer than a line stay whole).
+fn wrap(text: &str, first: &str, rest: &str) -> String {
+    let mut out = String::new();
+    let mut line = first.to_string();
+    let mut empty = true;
+    for word in text.split_whitespace() {
+        if !empty && line.chars().count() + 1 + word.chars().count() > 100 {
+            out += &line;
+            out.push('\n');
+            line = rest.to_string();
+            empty = true;
+        }
+        if !empty {
+            line.push(' ');
+        }
+        line.push_str(word);
+        empty = false;
+    }
+    out + &line + "\n"
+}
+
 fn show(p: &Profile) -> String {
     use std::fmt::Write;
     let mut out = String::new();
     let _ = writeln!(out, "{} ({})", p.name, p.path.display());
-    let _ = writeln!(out, "  {}", p.description);
+    out += &wrap(&p.description, "  ", "  ");
     for s in &p.sources {
-        let _ = writeln!(out, "  source: {s}");
+        out += &wrap(s, "  source: ", "          ");
     }
     let u = &p.unit;
     let _ = writeln!(
         out,
-        "unit:    W{}A{}, {}-bit words ({} values/word), {} lanes, {} MHz, {} cycles/packed op, channel granularity {}",
+        "unit:    W{}A{}, {}-bit words ({} values/word), {} lanes, {} MHz\n         {} cycles/packed op, channel granularity {}",
         u.weight_bits,
         u.activation_bits,
         u.word_bits,
@@ -209,7 +231,8 @@ fn show(p: &Profile) -> String {
             writeln!(out, "budget:  {} <= {}{}", b.metric, b.limit, b.plugin.as_ref().map(|p| format!(" (from {p})")).unwrap_or_default());
     }
     for (name, opts) in &p.plugins {
-        let _ = writeln!(out, "plugin:  {name} {}", if opts.is_empty() { String::new() } else { opts.to_string().replace('\n', " ") });
+        let opts = if opts.is_empty() { String::new() } else { opts.to_string().replace('\n', " ") };
+        out += &wrap(&format!("{name} {opts}"), "plugin:  ", "           ");
     }
     if let Some(t) = &p.latency_table {
         let _ = writeln!(out, "latency table: {} ({} entries)", t.path.display(), t.entries.len());
