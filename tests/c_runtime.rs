@@ -180,3 +180,51 @@ fn qemu_targets_match_the_engine() {
         }
     }
 }
+
+/// Flash, RAM and instruction counts of the Cortex-M7 build: consistent with each other and
+/// with the model (per-step counts add up to the whole, the DSP path needs fewer instructions
+/// than the scalar reference, the calibration matches `-icount shift=0` on a 25 MHz timer).
+#[test]
+fn cortex_m7_counts_flash_ram_and_instructions() {
+    use nce::engine::c_runtime::resource_report;
+    let (model, images) = example();
+    let images = &images[..2 * model.net().input.numel()];
+    let scalar = resource_report(&model, Kernels::Scalar, images).unwrap();
+    let dsp = resource_report(&model, Kernels::Simd, images).unwrap();
+    let packed: u64 = model.net().layers.iter().filter(|l| l.wbits == 2).map(|l| l.weight_count() as u64 / 4).sum();
+    for r in [&scalar, &dsp] {
+        assert_eq!(r.images, 2);
+        assert!((35.0..45.0).contains(&r.insn_per_tick), "{r:?}");
+        assert!(r.flash_bytes > packed && r.flash_bytes < 3 * packed, "flash {} for {packed} packed weight bytes", r.flash_bytes);
+        assert!(r.static_ram_bytes >= r.arena_bytes + r.scratch_bytes && r.static_ram_bytes < r.arena_bytes + r.scratch_bytes + 64);
+        assert!(r.stack_bytes > 0 && r.stack_bytes < 4096, "stack {}", r.stack_bytes);
+        let sum: f64 = r.steps.iter().map(|s| s.instructions).sum();
+        assert!((sum - r.instructions).abs() < 0.01 * r.instructions, "steps {sum} vs whole {}", r.instructions);
+        assert!(r.instructions > model.net().macs() as f64, "at least one instruction per MAC on a scalar core");
+    }
+    assert!(dsp.instructions < 0.6 * scalar.instructions, "dsp {} scalar {}", dsp.instructions, scalar.instructions);
+    assert_eq!(scalar.steps.len(), model.steps.len() + 1);
+}
+
+/// `nce measure --backend qemu-cortex-m7`: one counted entry per signature of the table, larger
+/// for wider layers.
+#[test]
+fn cortex_m7_instruction_table_covers_every_layer_family() {
+    use nce::engine::c_runtime::measure_insn_table;
+    use nce::engine::measure::{layer_jobs, MeasureConfig};
+    let net = build(ModelKind::Resnet20, Shape::new(1, 8, 8), 10, None, &BitConfig::uniform(2)).unwrap();
+    let cfg = MeasureConfig { grid: vec![0.5, 1.0], ..Default::default() };
+    let table = measure_insn_table(&net, &cfg, Kernels::Simd).unwrap();
+    let jobs = layer_jobs(&net, &cfg).unwrap();
+    assert_eq!(table.entries.keys().collect::<Vec<_>>(), jobs.keys().collect::<Vec<_>>());
+    let us = |sig: &str| table.lookup_us(sig).unwrap_or_else(|| panic!("{sig}"));
+    let conv = net.layers.iter().find(|l| l.name == "layer1.0.conv_a").unwrap();
+    let (i, o) = (conv.in_shape.c, conv.out_shape.c);
+    let sig = conv.signature();
+    let half = sig.replace(&format!("_i{i}_o{o}_"), &format!("_i{i}_o{}_", o / 2));
+    assert!(us(&sig) > 1.5 * us(&half) && us(&half) > 0.0, "{sig} {} vs {half} {}", us(&sig), us(&half));
+    for l in &net.layers {
+        assert!(table.lookup_us(&l.signature()).is_some(), "{}", l.signature());
+    }
+    assert_eq!(table.meta["clock_mhz"], "216");
+}

@@ -1,6 +1,7 @@
 //! `nce measure`: per-layer latency tables for the `latency-lut` plugin, and `--check` of a
 //! table's prediction against a whole model's measured latency.
 
+use crate::engine::c_runtime::{ResourceReport, ASSUMED_CPI, M7_CLOCK_MHZ};
 use crate::engine::measure::{self, MeasureConfig, Runner};
 use crate::engine::plan::QModel;
 use crate::engine::{Backend, BackendKind, BackendOptions};
@@ -62,6 +63,10 @@ pub struct MeasureArgs {
     /// wgpu adapter (index or name substring; default `NCE_WGPU_ADAPTER`, else the best).
     #[arg(long)]
     adapter: Option<String>,
+    /// With `--check` on a backend that counts (qemu-cortex-m7): the hardware profile whose
+    /// memory (flash, SRAM) the model's build must fit; exit 1 when it does not.
+    #[arg(long)]
+    profile: Option<PathBuf>,
     /// Print the result as JSON.
     #[arg(long)]
     json: bool,
@@ -130,6 +135,9 @@ fn check(a: &MeasureArgs, backend: &dyn Backend, model_path: &std::path::Path) -
     let table = LatencyTable::load(table_path)?;
     let model = QModel::load(model_path)?;
     let predicted = measure::predict_us(&table, model.net())?;
+    if let Some(counted) = backend.count_model(&model, &random_images(&model, 4)) {
+        return print_counted(a, backend, (model_path, &table, table_path), predicted, &counted?);
+    }
     let (min_warmup, min_repeats) = backend.min_model_runs();
     let measured = measure::measure_model(backend, &model, a.warmup.max(min_warmup), a.repeats.max(min_repeats))?;
     let per_layer = match a.per_layer {
@@ -199,7 +207,10 @@ fn measure_table(a: &MeasureArgs, backend: &dyn Backend) -> Result<ExitCode> {
         bar.set_length(total as u64);
         bar.set_position(done as u64);
     };
-    let mut table = measure::measure(&net, layers(backend)?, &cfg, progress)?;
+    let mut table = match backend.count_table(&net, &cfg) {
+        Some(counted) => counted?,
+        None => measure::measure(&net, layers(backend)?, &cfg, progress)?,
+    };
     bar.finish_and_clear();
     table.path = output.clone();
     let base = measure::predict_us(&table, &net)?;
@@ -245,4 +256,65 @@ fn merge(table: &mut LatencyTable, old: LatencyTable) {
     for (sig, e) in old.entries {
         table.entries.entry(sig).or_insert(e);
     }
+}
+
+/// `n` images of random pixels in the model's input shape (counts barely depend on values).
+fn random_images(model: &QModel, n: usize) -> Vec<u8> {
+    let mut rng = crate::data::Rng::new(7);
+    (0..n * model.net().input.numel()).map(|_| rng.below(256) as u8).collect()
+}
+
+/// `--check` on a backend that counts: flash, RAM (against `--profile`), instructions per
+/// inference and per layer, and the table's prediction against the counted whole.
+fn print_counted(
+    a: &MeasureArgs,
+    backend: &dyn Backend,
+    table: (&std::path::Path, &LatencyTable, &PathBuf),
+    predicted: f64,
+    r: &ResourceReport,
+) -> Result<ExitCode> {
+    let (model_path, table, table_path) = table;
+    let us = ResourceReport::us(r.instructions);
+    println!("model        {}", model_path.display());
+    println!("table        {} ({})", table_path.display(), table.meta.get("backend").map(String::as_str).unwrap_or("?"));
+    println!("engine       {} on {}", r.backend, backend.device());
+    println!("flash        {} bytes (.text + .rodata + .data of nce_model.o and nce_runtime.o)", r.flash_bytes);
+    println!(
+        "RAM          {} bytes = static {} (arena {}, SIMD scratch {}) + stack high-water {}",
+        r.ram_bytes(),
+        r.static_ram_bytes,
+        r.arena_bytes,
+        r.scratch_bytes,
+        r.stack_bytes
+    );
+    println!("instructions {:.0} per inference ({} random images; {:.1} per timer tick)", r.instructions, r.images, r.insn_per_tick);
+    println!("{:<34} {:>12} {:>10} {:>10}", "step", "instructions", "µs", "table µs");
+    for s in &r.steps {
+        let t: f64 = s.signatures.iter().map(|sig| table.lookup_us(sig).unwrap_or(f64::NAN)).sum();
+        println!("{:<34} {:>12.0} {:>10.1} {:>10.1}", s.name, s.instructions, ResourceReport::us(s.instructions), t);
+    }
+    println!(
+        "counted      {us:.1} µs at {M7_CLOCK_MHZ} MHz and {ASSUMED_CPI} cycle per instruction (QEMU counts instructions, not cycles)"
+    );
+    println!("predicted    {predicted:.1} µs (table)");
+    let err = predicted / us - 1.0;
+    let mut ok = err.abs() <= a.tolerance;
+    println!("error        {:+.1} % ({} ±{:.0} %)", 100.0 * err, if ok { "within" } else { "OUTSIDE" }, 100.0 * a.tolerance);
+    if let Some(p) = &a.profile {
+        let profile = crate::hw::Profile::load(p)?;
+        let (flash_ok, ram_ok) =
+            (r.flash_bytes <= profile.memory.weight_buffer_bytes, r.ram_bytes() <= profile.memory.activation_buffer_bytes);
+        println!(
+            "{}: flash {} of {} bytes ({}), RAM {} of {} bytes ({})",
+            profile.name,
+            r.flash_bytes,
+            profile.memory.weight_buffer_bytes,
+            if flash_ok { "fits" } else { "DOES NOT FIT" },
+            r.ram_bytes(),
+            profile.memory.activation_buffer_bytes,
+            if ram_ok { "fits" } else { "DOES NOT FIT" }
+        );
+        ok &= flash_ok && ram_ok;
+    }
+    Ok(if ok { ExitCode::SUCCESS } else { ExitCode::from(1) })
 }

@@ -6,11 +6,13 @@
 //! ([`super::compare`]), latency measurement ([`super::measure`]), the CLI and the pipeline
 //! only see the trait.
 
-use super::c_runtime::{CTarget, QemuBackend};
+use super::c_runtime::{CTarget, QemuBackend, ResourceReport};
 use super::cpu::{self, Cpu};
-use super::measure::Runner;
+use super::measure::{MeasureConfig, Runner};
 use super::plan::QModel;
 use super::EngineError;
+use crate::graph::Network;
+use crate::hw::LatencyTable;
 use std::fmt;
 
 /// The backends this crate knows, as the CLI and the pipeline name them.
@@ -162,6 +164,17 @@ pub trait Backend {
     /// Fewest `(warmup, timed)` runs for a stable whole-model latency (slow backends need fewer).
     fn min_model_runs(&self) -> (usize, usize) {
         (10, 100)
+    }
+    /// Costs this backend counts instead of timing: an emulator's instructions per inference
+    /// and per layer, the target build's flash and RAM, for `model` on `images`. `None` for
+    /// backends measured by the clock.
+    fn count_model(&self, _model: &QModel, _images: &[u8]) -> Option<Result<ResourceReport, BackendError>> {
+        None
+    }
+    /// A per-layer table of counted costs over `cfg`'s width grid (what `nce measure -o`
+    /// writes), instead of timing [`Backend::layers`]; `None` for backends measured by the clock.
+    fn count_table(&self, _net: &Network, _cfg: &MeasureConfig) -> Option<Result<LatencyTable, BackendError>> {
+        None
     }
 }
 

@@ -183,25 +183,42 @@ pub fn measure_cpu(
     measure(net, cpu, cfg, progress)
 }
 
-/// Measures every layer family of `net` (a base network) over the width grid on `runner`.
-pub fn measure(
-    net: &Network,
-    runner: &dyn Runner,
-    cfg: &MeasureConfig,
-    mut progress: impl FnMut(usize, usize),
-) -> Result<LatencyTable, MeasureError> {
+/// One layer family at one width point of a table: what [`measure`] times (and what other
+/// measurements, such as instruction counts under an emulator, count) for a signature.
+#[derive(Clone, Debug)]
+pub enum LayerJob {
+    /// A conv at `c_in → c_out` (layer `l` holds the shapes); with `residual`, the add fused
+    /// into it, costed as the fused conv minus the plain one.
+    Conv {
+        c_in: usize,
+        c_out: usize,
+        l: Layer,
+        residual: bool,
+    },
+    Pool {
+        c: usize,
+        l: Layer,
+    },
+    Linear {
+        c_in: usize,
+        l: Layer,
+    },
+    MaxPool {
+        c: usize,
+        l: Layer,
+    },
+    /// Parameter-free shortcuts (read inside the fused add): cost 0.
+    Free,
+}
+
+/// Every layer family of `net` (a base network) over the width grid, by signature (shared
+/// shapes appear once).
+pub fn layer_jobs(net: &Network, cfg: &MeasureConfig) -> Result<BTreeMap<String, LayerJob>, MeasureError> {
+    use LayerJob as Job;
     if cfg.grid.is_empty() || cfg.grid.iter().any(|r| !(r.is_finite() && *r > 0.0)) {
         return Err(MeasureError::Invalid(format!("width grid {:?} must hold positive ratios", cfg.grid)));
     }
-    // Work list: signature → closure inputs, deduplicated so shared shapes are timed once.
-    enum Job {
-        Conv { c_in: usize, c_out: usize, l: Layer, residual: bool },
-        Pool { c: usize, l: Layer },
-        Linear { c_in: usize, l: Layer },
-        MaxPool { c: usize, l: Layer },
-        Free,
-    }
-    let mut jobs: BTreeMap<String, Job> = BTreeMap::new();
+    let mut jobs: BTreeMap<String, LayerJob> = BTreeMap::new();
     for l in &net.layers {
         match l.op {
             Op::Conv { .. } => {
@@ -250,7 +267,18 @@ pub fn measure(
             }
         }
     }
+    Ok(jobs)
+}
 
+/// Measures every layer family of `net` (a base network) over the width grid on `runner`.
+pub fn measure(
+    net: &Network,
+    runner: &dyn Runner,
+    cfg: &MeasureConfig,
+    mut progress: impl FnMut(usize, usize),
+) -> Result<LatencyTable, MeasureError> {
+    use LayerJob as Job;
+    let jobs = layer_jobs(net, cfg)?;
     let mut rng = Rng::new(0x6d65_6173);
     let mut table = LatencyTable::default();
     let total = jobs.len();

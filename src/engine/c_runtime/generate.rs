@@ -11,9 +11,9 @@ use std::fmt::Write;
 /// Arena offsets are multiples of this (int32 sums live in the arena too).
 const ALIGN: usize = 8;
 
-/// Bytes of the scratch buffer a SIMD path needs per word of packed weights (the DSP path's
-/// int16 receptive field; NEON uses half of it).
-const SCRATCH_PER_WORD: usize = 32;
+/// Bytes of the scratch buffer a SIMD path needs per word of packed weights: the receptive
+/// field as 16 bytes, and (DSP) as 8 halfword pairs.
+pub(super) const SCRATCH_PER_WORD: usize = 48;
 
 /// One tensor of the plan: the input (index 0) or graph layer `j`'s output (index `j + 1`).
 #[derive(Clone, Copy, Debug)]
@@ -98,7 +98,7 @@ fn safe(name: &str) -> String {
     name.chars().map(|c| if c.is_ascii_alphanumeric() || "._-".contains(c) { c } else { '_' }).collect()
 }
 
-fn i32_literal(x: i32) -> String {
+pub(super) fn i32_literal(x: i32) -> String {
     if x == i32::MIN {
         "(-2147483647 - 1)".into()
     } else {
@@ -106,7 +106,7 @@ fn i32_literal(x: i32) -> String {
     }
 }
 
-fn array(out: &mut String, ty: &str, name: &str, values: &[String]) {
+pub(super) fn array(out: &mut String, ty: &str, name: &str, values: &[String]) {
     let _ = writeln!(out, "static const {ty} {name}[{}] = {{", values.len().max(1));
     for chunk in values.chunks(12) {
         let _ = writeln!(out, "    {},", chunk.join(", "));
@@ -119,18 +119,38 @@ fn array(out: &mut String, ty: &str, name: &str, values: &[String]) {
 
 /// The conv's constant arrays and descriptor `nce_s{s}`.
 fn emit_conv(out: &mut String, s: usize, conv: &Conv2d, x: Shape, res: Option<(Shape, usize, i32)>, y: Shape) {
-    let (w8, words, ty, values): (bool, usize, &str, Vec<String>) = match &conv.weights {
-        ConvWeights::W2(w) => (false, w.words_per_channel(), "uint32_t", w.words.iter().map(|v| format!("0x{v:08x}u")).collect()),
-        ConvWeights::W8(w) => (true, 0, "int8_t", w.data.iter().map(|v| v.to_string()).collect()),
+    let (ty, values): (&str, Vec<String>) = match &conv.weights {
+        ConvWeights::W2(w) => ("uint32_t", w.words.iter().map(|v| format!("0x{v:08x}u")).collect()),
+        ConvWeights::W8(w) => ("int8_t", w.data.iter().map(|v| v.to_string()).collect()),
     };
     array(out, ty, &format!("nce_s{s}_w"), &values);
-    array(out, "int32_t", &format!("nce_s{s}_m"), &conv.requant.m.iter().map(|&v| i32_literal(v)).collect::<Vec<_>>());
-    array(out, "int32_t", &format!("nce_s{s}_b"), &conv.requant.b.iter().map(|&v| i32_literal(v)).collect::<Vec<_>>());
+    let syms = [format!("nce_s{s}_w"), format!("nce_s{s}_m"), format!("nce_s{s}_b")];
+    emit_conv_desc(out, &format!("nce_s{s}"), conv, [x, y], res, &syms);
+}
+
+/// The requantisation arrays `{name}_m`, `{name}_b` and the descriptor `name` of a conv reading
+/// `shapes[0]` and writing `shapes[1]`, whose weights are the C array `syms[0]` (`syms[1..]`
+/// name the m and b arrays).
+pub(super) fn emit_conv_desc(
+    out: &mut String,
+    name: &str,
+    conv: &Conv2d,
+    shapes: [Shape; 2],
+    res: Option<(Shape, usize, i32)>,
+    syms: &[String; 3],
+) {
+    let [x, y] = shapes;
+    let (w8, words) = match &conv.weights {
+        ConvWeights::W2(w) => (false, w.words_per_channel()),
+        ConvWeights::W8(_) => (true, 0),
+    };
+    array(out, "int32_t", &syms[1], &conv.requant.m.iter().map(|&v| i32_literal(v)).collect::<Vec<_>>());
+    array(out, "int32_t", &syms[2], &conv.requant.b.iter().map(|&v| i32_literal(v)).collect::<Vec<_>>());
     let (res_c, res_w, res_stride, r) = res.map_or((0, 0, 1, 0), |(sh, stride, r)| (sh.c, sh.w, stride, r));
     let _ = writeln!(
         out,
-        "static const nce_conv_t nce_s{s} = {{\n    .c_in = {}, .h = {}, .w = {}, .ho = {}, .wo = {}, .c_out = {}, .c_conv = {},\n    \
-         .k = {}, .stride = {}, .pad = {}, .w8 = {}, .words = {},\n    .weights = nce_s{s}_w, .m = nce_s{s}_m, .b = nce_s{s}_b, \
+        "static const nce_conv_t {name} = {{\n    .c_in = {}, .h = {}, .w = {}, .ho = {}, .wo = {}, .c_out = {}, .c_conv = {},\n    \
+         .k = {}, .stride = {}, .pad = {}, .w8 = {}, .words = {words},\n    .weights = {}, .m = {}, .b = {}, \
          .shift = {}, .qmax = {},\n    .res_c = {res_c}, .res_w = {res_w}, .res_stride = {res_stride}, .r = {},\n}};\n",
         x.c,
         x.h,
@@ -143,7 +163,9 @@ fn emit_conv(out: &mut String, s: usize, conv: &Conv2d, x: Shape, res: Option<(S
         conv.stride,
         conv.pad,
         w8 as u8,
-        words,
+        syms[0],
+        syms[1],
+        syms[2],
         conv.requant.shift,
         conv.requant.qmax,
         i32_literal(r),

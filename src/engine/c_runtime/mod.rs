@@ -10,13 +10,14 @@
 //!
 //! [`Backend`]: crate::engine::Backend
 
+mod bench;
 pub mod build;
 mod generate;
 mod qemu;
 
 pub use build::{CBuild, CTarget, Kernels, M7Report, RunOutput, TraceRecord};
 pub use generate::generate;
-pub use qemu::QemuBackend;
+pub use qemu::{measure_insn_table, resource_report, QemuBackend, ResourceReport, StepCount, ASSUMED_CPI, M7_CLOCK_MHZ};
 
 use std::path::PathBuf;
 

@@ -106,29 +106,33 @@ void nce_conv_ref(const nce_conv_t *l, const uint8_t *x, const uint8_t *res, uin
 }
 
 #if defined(NCE_SIMD_DSP) || defined(NCE_SIMD_NEON)
-/* The receptive field of output pixel (oy, ox) as a zero-padded code vector of words*16
- * entries in reduction order, written through `put(i, code)`; returns the sum of the codes.
- * Both SIMD paths use sum_i c_i x_i = 2 sum_i u_i x_i - 3 sum_i x_i with u = (c + 3) / 2. */
-#define NCE_PATCH(l, x, oy, ox, PUT, sum)                                                        \
-    do {                                                                                         \
-        uint32_t ky_, kx_, ci_, i_ = 0;                                                          \
-        for (ky_ = 0; ky_ < (l)->k; ky_++) {                                                     \
-            int32_t iy_ = nce_tap((oy), ky_, (l)->stride, (l)->pad, (l)->h);                     \
-            for (kx_ = 0; kx_ < (l)->k; kx_++) {                                                 \
-                int32_t ix_ = nce_tap((ox), kx_, (l)->stride, (l)->pad, (l)->w);                 \
-                const uint8_t *px_ = (iy_ < 0 || ix_ < 0) ? NULL                                 \
-                                     : (x) + ((uint32_t)iy_ * (l)->w + (uint32_t)ix_) * (l)->c_in; \
-                for (ci_ = 0; ci_ < (l)->c_in; ci_++, i_++) {                                    \
-                    uint32_t v_ = px_ ? px_[ci_] : 0u;                                           \
-                    PUT(i_, v_);                                                                 \
-                    (sum) += v_;                                                                 \
-                }                                                                                \
-            }                                                                                    \
-        }                                                                                        \
-        for (; i_ < (l)->words * 16; i_++) {                                                     \
-            PUT(i_, 0u);                                                                         \
-        }                                                                                        \
-    } while (0)
+/* The receptive field of output pixel (oy, ox) as codes in reduction order, zero-padded to
+ * words * 16 bytes; returns their sum. Both SIMD paths use
+ * sum_i c_i x_i = 2 sum_i u_i x_i - 3 sum_i x_i with u = (c + 3) / 2 in {0, 1, 2, 3}. */
+static uint32_t nce_patch(const nce_conv_t *l, const uint8_t *x, uint32_t oy, uint32_t ox, uint8_t *p) {
+    uint32_t ky, kx, ci, i = 0, sum = 0;
+    for (ky = 0; ky < l->k; ky++) {
+        int32_t iy = nce_tap(oy, ky, l->stride, l->pad, l->h);
+        for (kx = 0; kx < l->k; kx++) {
+            int32_t ix = nce_tap(ox, kx, l->stride, l->pad, l->w);
+            if (iy < 0 || ix < 0) {
+                for (ci = 0; ci < l->c_in; ci++) {
+                    p[i++] = 0;
+                }
+            } else {
+                const uint8_t *px = x + ((uint32_t)iy * l->w + (uint32_t)ix) * l->c_in;
+                for (ci = 0; ci < l->c_in; ci++) {
+                    sum += px[ci];
+                    p[i++] = px[ci];
+                }
+            }
+        }
+    }
+    for (; i < l->words * 16; i++) {
+        p[i] = 0;
+    }
+    return sum;
+}
 
 /* acc = 2 * sum(u*x) - 3 * sum(x), exact in int64 (the result fits int32 by the exporter's
  * overflow check). */
@@ -138,38 +142,76 @@ static int32_t nce_from_u(uint32_t sum_ux, uint32_t sum_x) {
 #endif
 
 #if defined(NCE_SIMD_DSP)
-/* Halfword slot of code t (0..15) of a word: pairs hold (x_j, x_j+8) and (x_j+4, x_j+12)
- * for j = 0..3, matching UXTB16 of (w >> 2j) & 0x03030303 and of its bytes 1 and 3. */
-static const uint8_t nce_dsp_slot[16] = {0, 4, 8, 12, 2, 6, 10, 14, 1, 5, 9, 13, 3, 7, 11, 15};
-#define NCE_DSP_PUT(i, v) (patch[((i) & ~15u) + nce_dsp_slot[(i) & 15u]] = (uint16_t)(v))
+/* Halfword pairs of 16 patch codes x0..x15 in the order SMLAD meets the weights:
+ * (x_j, x_j+8) and (x_j+4, x_j+12) for j = 0..3, matching UXTB16 of t = (w >> 2j) & 0x03030303
+ * (codes j, j+8) and of t >> 8 (codes j+4, j+12). */
+static void nce_dsp_pairs(const uint32_t *b, uint32_t *pr) {
+    uint32_t u0 = __uxtb16(b[0]), v0 = __uxtb16(b[0] >> 8), u1 = __uxtb16(b[1]), v1 = __uxtb16(b[1] >> 8);
+    uint32_t u2 = __uxtb16(b[2]), v2 = __uxtb16(b[2] >> 8), u3 = __uxtb16(b[3]), v3 = __uxtb16(b[3] >> 8);
+    pr[0] = (u0 & 0xffffu) | (u2 << 16); /* x0, x8 */
+    pr[1] = (u1 & 0xffffu) | (u3 << 16); /* x4, x12 */
+    pr[2] = (v0 & 0xffffu) | (v2 << 16); /* x1, x9 */
+    pr[3] = (v1 & 0xffffu) | (v3 << 16); /* x5, x13 */
+    pr[4] = (u0 >> 16) | (u2 & 0xffff0000u); /* x2, x10 */
+    pr[5] = (u1 >> 16) | (u3 & 0xffff0000u); /* x6, x14 */
+    pr[6] = (v0 >> 16) | (v2 & 0xffff0000u); /* x3, x11 */
+    pr[7] = (v1 >> 16) | (v3 & 0xffff0000u); /* x7, x15 */
+}
 
+/* Codes j, j+8 and j+4, j+12 of packed word w against pair registers p0, p1. */
+#define NCE_DSP_MAC(w, j, p0, p1, s)                                 \
+    do {                                                             \
+        uint32_t t_ = ((w) >> (2 * (j))) & 0x03030303u;              \
+        (s) = __smlad(__uxtb16(t_), (p0), (s));                      \
+        (s) = __smlad(__uxtb16(t_ >> 8), (p1), (s));                 \
+    } while (0)
+
+/* sum_i u_i x_i of two output channels (rows wa, wb; wb may equal wa) over all words. */
+static void nce_dsp_dot2(const uint32_t *wa, const uint32_t *wb, const uint32_t *pr, uint32_t words, int32_t *sa, int32_t *sb) {
+    int32_t a = 0, b = 0;
+    uint32_t wd;
+    for (wd = 0; wd < words; wd++, pr += 8) {
+        uint32_t x = wa[wd], y = wb[wd];
+        uint32_t p0 = pr[0], p1 = pr[1], p2 = pr[2], p3 = pr[3];
+        NCE_DSP_MAC(x, 0, p0, p1, a);
+        NCE_DSP_MAC(y, 0, p0, p1, b);
+        NCE_DSP_MAC(x, 1, p2, p3, a);
+        NCE_DSP_MAC(y, 1, p2, p3, b);
+        p0 = pr[4];
+        p1 = pr[5];
+        p2 = pr[6];
+        p3 = pr[7];
+        NCE_DSP_MAC(x, 2, p0, p1, a);
+        NCE_DSP_MAC(y, 2, p0, p1, b);
+        NCE_DSP_MAC(x, 3, p2, p3, a);
+        NCE_DSP_MAC(y, 3, p2, p3, b);
+    }
+    *sa = a;
+    *sb = b;
+}
+
+/* Scratch: the u8 patch (words * 16 bytes), then its pairs (words * 32 bytes). */
 static void nce_conv_w2_dsp(const nce_conv_t *l, const uint8_t *x, const uint8_t *res, uint8_t *y, void *scratch) {
-    uint16_t *patch = (uint16_t *)scratch;
-    const uint32_t *pairs = (const uint32_t *)scratch;
+    uint8_t *patch = (uint8_t *)scratch;
+    uint32_t *pairs = (uint32_t *)scratch + l->words * 4;
     const uint32_t *wts = (const uint32_t *)l->weights;
-    uint32_t oy, ox, o, wd, j;
+    uint32_t oy, ox, o, wd;
     for (oy = 0; oy < l->ho; oy++) {
         for (ox = 0; ox < l->wo; ox++) {
             uint8_t *out = y + (oy * l->wo + ox) * l->c_out;
-            uint32_t sum_x = 0;
-            NCE_PATCH(l, x, oy, ox, NCE_DSP_PUT, sum_x);
-            for (o = 0; o < l->c_out; o++) {
-                int32_t acc = 0;
-                if (o < l->c_conv) {
-                    const uint32_t *wr = wts + o * l->words;
-                    int32_t s = 0;
-                    for (wd = 0; wd < l->words; wd++) {
-                        uint32_t w = wr[wd];
-                        const uint32_t *p = pairs + wd * 8;
-                        for (j = 0; j < 4; j++) {
-                            uint32_t t = (w >> (2 * j)) & 0x03030303u;
-                            s = __smlad(__uxtb16(t), p[2 * j], s);
-                            s = __smlad(__uxtb16(t >> 8), p[2 * j + 1], s);
-                        }
-                    }
-                    acc = nce_from_u((uint32_t)s, sum_x);
-                }
-                out[o] = nce_epilogue(l, res, oy, ox, o, acc);
+            uint32_t sum_x = nce_patch(l, x, oy, ox, patch);
+            for (wd = 0; wd < l->words; wd++) {
+                nce_dsp_pairs((const uint32_t *)scratch + wd * 4, pairs + wd * 8);
+            }
+            for (o = 0; o < l->c_conv; o += 2) {
+                uint32_t o2 = o + 1 < l->c_conv ? o + 1 : o;
+                int32_t sa, sb;
+                nce_dsp_dot2(wts + o * l->words, wts + o2 * l->words, pairs, l->words, &sa, &sb);
+                out[o] = nce_epilogue(l, res, oy, ox, o, nce_from_u((uint32_t)sa, sum_x));
+                out[o2] = nce_epilogue(l, res, oy, ox, o2, nce_from_u((uint32_t)sb, sum_x));
+            }
+            for (o = l->c_conv; o < l->c_out; o++) {
+                out[o] = nce_epilogue(l, res, oy, ox, o, 0);
             }
         }
     }
@@ -177,8 +219,6 @@ static void nce_conv_w2_dsp(const nce_conv_t *l, const uint8_t *x, const uint8_t
 #endif
 
 #if defined(NCE_SIMD_NEON)
-#define NCE_NEON_PUT(i, v) (patch[(i)] = (uint8_t)(v))
-
 static void nce_conv_w2_neon(const nce_conv_t *l, const uint8_t *x, const uint8_t *res, uint8_t *y, void *scratch) {
     static const uint8_t lane_byte[16] = {0, 0, 0, 0, 1, 1, 1, 1, 2, 2, 2, 2, 3, 3, 3, 3};
     static const int8_t lane_shift[16] = {0, -2, -4, -6, 0, -2, -4, -6, 0, -2, -4, -6, 0, -2, -4, -6};
@@ -191,8 +231,7 @@ static void nce_conv_w2_neon(const nce_conv_t *l, const uint8_t *x, const uint8_
     for (oy = 0; oy < l->ho; oy++) {
         for (ox = 0; ox < l->wo; ox++) {
             uint8_t *out = y + (oy * l->wo + ox) * l->c_out;
-            uint32_t sum_x = 0;
-            NCE_PATCH(l, x, oy, ox, NCE_NEON_PUT, sum_x);
+            uint32_t sum_x = nce_patch(l, x, oy, ox, patch);
             for (o = 0; o < l->c_out; o++) {
                 int32_t acc = 0;
                 if (o < l->c_conv) {
