@@ -10,7 +10,7 @@
 use nce::graph::ModelKind;
 use nce::pipeline::manifest::{base64, hex, sha256, Manifest};
 use nce::pipeline::stage::StageStatus;
-use nce::pipeline::{self, PipelineConfig, PipelineError, PipelineRun, Schedule, STAGES};
+use nce::pipeline::{self, PipelineConfig, PipelineError, PipelineRun, Schedule, Stage, STAGES};
 use std::path::{Path, PathBuf};
 use std::sync::OnceLock;
 
@@ -38,6 +38,12 @@ fn tiny() -> Schedule {
         measure_repeats: 2,
         // The tiny search cannot expand (one epoch), so its widths stay on the initial grid.
         measure_grid: vec![0.5, 0.75, 1.0],
+        fp32_init: None,
+        search_warmup_epochs: 0,
+        search_arch_lr: None,
+        // Exercises distillation from the FP32 model in both W2A2 trainings.
+        kd_alpha: 0.5,
+        kd_temperature: 4.0,
     }
 }
 
@@ -100,7 +106,7 @@ fn copy_of_base(name: &str) -> PathBuf {
 }
 
 fn statuses(r: &PipelineRun) -> Vec<(String, StageStatus)> {
-    r.stages.iter().map(|s| (s.stage.clone(), s.status)).collect()
+    r.stages.iter().map(|s| (s.stage.name().to_string(), s.status)).collect()
 }
 
 fn assert_statuses(r: &PipelineRun, expect: &[(&str, StageStatus)]) {
@@ -133,6 +139,30 @@ fn sha256_and_base64_match_their_test_vectors() {
 }
 
 #[test]
+fn the_verdict_interval_is_a_paired_bootstrap() {
+    use nce::pipeline::report::verdict;
+    // Identical predictions: no difference, and no interval around it.
+    let same: Vec<bool> = (0..400).map(|i| i % 3 != 0).collect();
+    let v = verdict(&same, &same, 1).unwrap();
+    assert_eq!((v.difference, v.low, v.high, v.better()), (0.0, 0.0, 0.0, "neither"));
+    // NCE right on 40 more images out of 400 (+10 points), wrong nowhere uniform is right:
+    // the paired interval excludes 0 (the unpaired spread of two 80 % accuracies would not be this narrow).
+    let uniform: Vec<bool> = (0..400).map(|i| i % 5 != 0).collect();
+    let nce: Vec<bool> = (0..400).map(|i| i % 5 != 0 || i % 10 == 0).collect();
+    let v = verdict(&uniform, &nce, 1).unwrap();
+    assert!((v.difference - 0.1).abs() < 1e-12, "{v:?}");
+    assert!(v.low > 0.06 && v.high < 0.14 && v.better() == "nce", "{v:?}");
+    let v = verdict(&nce, &uniform, 1).unwrap();
+    assert_eq!(v.better(), "uniform");
+    // One flipped image in each direction on 400: within noise.
+    let mut a = same.clone();
+    a[0] = !a[0];
+    a[1] = !a[1];
+    assert_eq!(verdict(&same, &a, 1).unwrap().better(), "neither");
+    assert!(verdict(&same, &same[..10], 1).is_none(), "unpaired lengths are refused");
+}
+
+#[test]
 fn first_run_runs_every_stage_and_writes_manifests() {
     let (dir, run) = base();
     let expect: Vec<(&str, StageStatus)> = STAGES.iter().map(|s| (*s, StageStatus::Ran)).collect();
@@ -150,9 +180,9 @@ fn first_run_runs_every_stage_and_writes_manifests() {
     let m = Manifest::read(&dir.join("train-nce/manifest.json")).unwrap();
     assert!(m.inputs.files.contains_key("search/arch.toml"), "{:?}", m.inputs.files);
     assert!(m.inputs.files.contains_key("fp32/checkpoint.ot"));
-    // The search starts its supernet from the FP32 weights.
+    // The search starts its supernet from the uniform W2A2 model.
     let m = Manifest::read(&dir.join("search/manifest.json")).unwrap();
-    assert!(m.inputs.files.contains_key("fp32/checkpoint.ot") && m.inputs.files.contains_key("profile"), "{:?}", m.inputs.files);
+    assert!(m.inputs.files.contains_key("train-uniform/checkpoint.ot") && m.inputs.files.contains_key("profile"), "{:?}", m.inputs.files);
     assert!(dir.join("export/nce.nce").is_file() && dir.join("export/uniform.nce").is_file());
 }
 
@@ -181,7 +211,7 @@ fn an_altered_output_reruns_only_its_stage() {
     std::fs::write(dir.join("sensitivity/sensitivity.csv"), "layer\n").unwrap();
     let r = pipeline::run(&config(&dir)).unwrap();
     assert_eq!(r.status("sensitivity"), Some(StageStatus::Ran));
-    assert!(r.stages.iter().filter(|s| s.stage != "sensitivity").all(|s| s.status == StageStatus::Skipped), "{:#?}", r.stages);
+    assert!(r.stages.iter().filter(|s| s.stage != Stage::Sensitivity).all(|s| s.status == StageStatus::Skipped), "{:#?}", r.stages);
 }
 
 #[test]
@@ -196,7 +226,7 @@ fn a_changed_configuration_reruns_its_stage_and_everything_downstream() {
         .collect();
     assert_statuses(&r, &expect);
     assert_eq!(json(&dir.join("validate-cpu/result.json"))["nce"]["images"], 8);
-    let reason = &r.stages.iter().find(|s| s.stage == "validate-cpu").unwrap().reason;
+    let reason = &r.stages.iter().find(|s| s.stage == Stage::ValidateCpu).unwrap().reason;
     assert!(reason.contains("configuration"), "{reason}");
 }
 
@@ -206,20 +236,24 @@ fn an_interrupted_training_stage_resumes_to_the_same_model() {
     let (base_dir, _) = base();
     std::fs::remove_dir_all(dir.join("train-uniform")).unwrap();
     let mut c = config(&dir);
-    c.interrupt = Some(("train-uniform".into(), 1));
+    c.interrupt = Some((Stage::TrainUniform, 1));
     let err = pipeline::run(&c).unwrap_err();
-    assert!(matches!(&err, PipelineError::Stage { stage, .. } if stage == "train-uniform"), "{err}");
+    assert!(matches!(&err, PipelineError::Stage { stage: Stage::TrainUniform, .. }), "{err}");
     assert!(dir.join("train-uniform/checkpoint.ot").is_file(), "the partial checkpoint is kept");
     assert!(dir.join("train-uniform/.pending.json").is_file());
     assert!(!dir.join("train-uniform/manifest.json").exists());
 
     let r = pipeline::run(&config(&dir)).unwrap();
-    for st in ["fp32", "sensitivity", "search", "train-nce"] {
+    for st in ["fp32", "sensitivity"] {
         assert_eq!(r.status(st), Some(StageStatus::Skipped), "{st}: {:#?}", r.stages);
     }
     assert_eq!(r.status("train-uniform"), Some(StageStatus::Resumed));
-    // Resuming is exact: the exported integer model equals the uninterrupted run's.
-    assert_eq!(std::fs::read(dir.join("export/uniform.nce")).unwrap(), std::fs::read(base_dir.join("export/uniform.nce")).unwrap());
+    // Resuming is exact: the exported integer model equals the uninterrupted run's, and the
+    // search that starts from it (rerun: the checkpoint file records the resume) finds the
+    // same widths.
+    let read = |d: &Path, f: &str| std::fs::read(d.join(f)).unwrap_or_else(|e| panic!("{f}: {e}"));
+    assert_eq!(read(&dir, "export/uniform.nce"), read(base_dir, "export/uniform.nce"));
+    assert_eq!(read(&dir, "search/arch.toml"), read(base_dir, "search/arch.toml"));
     assert!(Manifest::read(&dir.join("train-uniform/manifest.json")).unwrap().resumed);
 }
 
@@ -228,7 +262,7 @@ fn a_failing_stage_names_itself_and_keeps_earlier_outputs() {
     let dir = copy_of_base("failing");
     std::fs::remove_dir_all(dir.join("search")).unwrap();
     let mut c = config(&dir);
-    c.fail_stage = Some("search".into());
+    c.fail_stage = Some(Stage::Search);
     let err = pipeline::run(&c).unwrap_err();
     let msg = err.to_string();
     assert!(msg.contains("stage `search` failed"), "{msg}");
@@ -286,6 +320,10 @@ fn the_report_has_every_section_and_number() {
     for st in ["fp32", "train-uniform", "train-nce"] {
         assert!(md.contains(&acc(dir, st)), "report.md lacks {st}'s accuracy {}", acc(dir, st));
     }
+    // The verdict comes first, on the validation images, with its interval.
+    let first_note = md.lines().find(|l| l.starts_with("> ")).unwrap();
+    assert!(first_note.contains("Verdict:") && first_note.contains("95 % paired bootstrap interval"), "{first_note}");
+    assert!(first_note.contains("on the same 16 test images"), "{first_note}");
     // Every budget of the profile and every plugin metric appears.
     let profile = nce::hw::Profile::load(NPU).unwrap();
     for b in &profile.budgets {
@@ -361,6 +399,7 @@ document.body.appendChild(d);});</script>"#;
         assert!(dom.contains(&acc(dir, st)), "rendered report lacks {st}'s accuracy {}", acc(dir, st));
     }
     assert!(dom.contains("<h2>Costs against budgets</h2>") && dom.contains("npu-int2-array"));
+    assert!(dom.contains("<strong>Note:</strong> Verdict:"), "the rendered report opens with the verdict");
 }
 
 #[test]

@@ -13,7 +13,8 @@ fn shipped_presets_parse_and_match_their_files() {
         assert_eq!(embedded, on_disk, "{name}");
     }
     let q = Schedule::quick();
-    assert_eq!((q.train_subset, q.fp32_epochs, q.search_threshold), (Some(1500), 2, 0.5));
+    assert_eq!((q.train_subset, q.test_subset, q.validate_subset, q.search_threshold), (Some(10000), Some(2000), Some(2000), 0.5));
+    assert_eq!(q.fp32_init.as_deref(), Some("shipped:resnet20-fp32-fashion"), "quick starts from the shipped FP32 model");
     let f = Schedule::full();
     assert_eq!((f.train_subset, f.test_subset, f.w2a2_epochs), (None, None, 30), "left-out subsets mean all images");
 }
@@ -34,7 +35,7 @@ fn missing_or_mistyped_keys_are_named() {
     let missing: String = text.lines().filter(|l| !l.starts_with("search_epochs")).map(|l| format!("{l}\n")).collect();
     let msg = Schedule::parse(&missing, "m.toml").unwrap_err().to_string();
     assert!(msg.contains("missing field `search_epochs`"), "{msg}");
-    let wrong = text.replace("batch_size = 64", "batch_size = \"64\"");
+    let wrong = text.replace("batch_size = 128", "batch_size = \"128\"");
     let msg = Schedule::parse(&wrong, "w.toml").unwrap_err().to_string();
     let line = wrong.lines().position(|l| l.starts_with("batch_size")).unwrap() + 1;
     assert!(msg.starts_with(&format!("w.toml:{line}:")), "{msg}");

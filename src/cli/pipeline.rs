@@ -47,22 +47,23 @@ pub fn run(a: PipelineArgs) -> Result<ExitCode> {
         progress: !run.quiet,
         ..PipelineConfig::new(a.profile.clone(), a.model, &data, out, &name, schedule)
     };
-    c.fail_stage = std::env::var("NCE_PIPELINE_FAIL_STAGE").ok().filter(|s| !s.is_empty());
-    if let Some(s) = &c.fail_stage {
-        if !pipeline::STAGES.contains(&s.as_str()) {
-            bail!("NCE_PIPELINE_FAIL_STAGE={s} names no stage ({})", pipeline::STAGES.join(", "));
+    if let Some(s) = std::env::var("NCE_PIPELINE_FAIL_STAGE").ok().filter(|s| !s.is_empty()) {
+        match pipeline::Stage::from_name(&s) {
+            Some(st) => c.fail_stage = Some(st),
+            None => bail!("NCE_PIPELINE_FAIL_STAGE={s} names no stage ({})", pipeline::STAGES.join(", ")),
         }
     }
     let s = &c.schedule;
     if a.schedule.is_none() && a.preset == "quick" {
         println!(
-            "REDUCED SCHEDULE (--preset quick): {} training images, {} FP32 epoch(s), {}-epoch search, {} W2A2 epoch(s) per network, \
-             {} test images. An end-to-end check in minutes, not a result; use --preset full for results.",
-            s.train_subset.map_or("all".into(), |n| n.to_string()),
-            s.fp32_epochs,
+            "REDUCED SCHEDULE (--preset quick): FP32 {}, {}-epoch search on {} images, {} W2A2 epoch(s) per network on {} images, \
+             {} test images. The report's verdict line says whether its difference is beyond noise; --preset full for results.",
+            s.fp32_init.as_deref().map_or(format!("{} epoch(s)", s.fp32_epochs), |i| format!("from {i}")),
             s.search_epochs,
+            s.search_train_subset.map_or("all".into(), |n| n.to_string()),
             s.w2a2_epochs,
-            s.test_subset.map_or("all".into(), |n| n.to_string())
+            s.train_subset.map_or("all".into(), |n| n.to_string()),
+            s.validate_subset.map_or("all".into(), |n| n.to_string())
         );
     } else {
         println!(
@@ -73,6 +74,9 @@ pub fn run(a: PipelineArgs) -> Result<ExitCode> {
     let r = pipeline::run(&c)?;
     for st in &r.stages {
         println!("{:<14} {:<8} {:>8.1} s  {}", st.stage, st.status.to_string(), st.seconds, st.reason);
+    }
+    if let Some(line) = &r.summary.verdict_line {
+        println!("{line}");
     }
     println!("total {:.1} s; report: {} and {}", r.seconds, r.report_md.display(), r.report_html.display());
     Ok(ExitCode::SUCCESS)

@@ -1,7 +1,8 @@
-//! `nce pipeline`: FP32 training (or an imported FP32 checkpoint), per-layer sensitivity, the
-//! NCE search, final W2A2 training of the searched network and of the uniform baseline, export
-//! of both to `.nce`, validation on the CPU engine and on wgpu, latency measurement, and a
-//! report (`report.md`, self-contained `report.html`).
+//! `nce pipeline`: FP32 training (or an imported FP32 checkpoint), per-layer sensitivity, W2A2
+//! training of the uniform baseline, the NCE search started from it, W2A2 training of the
+//! searched network, export of both to `.nce`, validation on the CPU engine and on wgpu, latency
+//! measurement, and a report (`report.md`, self-contained `report.html`) that opens with the
+//! verdict NCE vs uniform and its noise.
 //!
 //! Every stage writes into `<out>/<stage>/` and finishes with a `manifest.json` of its inputs
 //! (its configuration and the SHA-256 of every upstream file it read) and outputs. A rerun skips
@@ -12,6 +13,7 @@
 
 pub mod manifest;
 pub mod report;
+pub mod results;
 pub mod stage;
 
 use crate::engine::plan::QModel;
@@ -20,14 +22,24 @@ use crate::graph::ModelKind;
 use crate::search::{self, SearchConfig};
 use crate::sensitivity::{self, SensitivityConfig};
 use crate::train::{self, TrainConfig};
+use results::*;
 use serde::{Deserialize, Serialize};
 use serde_json::json;
 use stage::{Runner, StageCtx, StageOutcome};
 use std::path::{Path, PathBuf};
 
-/// The stages, in order.
-pub const STAGES: [&str; 10] =
-    ["fp32", "sensitivity", "search", "train-nce", "train-uniform", "export", "validate-cpu", "validate-wgpu", "measure", "report"];
+pub use results::Stage;
+
+/// The stages' names, in order.
+pub const STAGES: [&str; 10] = {
+    let mut names = [""; 10];
+    let mut i = 0;
+    while i < 10 {
+        names[i] = Stage::ALL[i].name();
+        i += 1;
+    }
+    names
+};
 
 /// Every size of a schedule, in one place: a TOML file (`--schedule FILE`) or a shipped preset
 /// (`presets/NAME.toml`, embedded in the binary: `--preset NAME`). Optional keys left out mean
@@ -73,7 +85,31 @@ pub struct Schedule {
     /// Width ratios (of the base width) the latency table covers; it must include every
     /// width the search can pick (its candidates and expansions: 0.5 to 2.0 in steps of 0.25).
     pub measure_grid: Vec<f64>,
+    /// An FP32 checkpoint to start from instead of training one: `shipped:NAME` (embedded in
+    /// the binary, see [`SHIPPED_CHECKPOINTS`]) or a path, relative to the schedule file.
+    /// `--init` overrides it.
+    #[serde(default)]
+    pub fp32_init: Option<String>,
+    /// Weight-only search epochs before the architecture steps start.
+    #[serde(default)]
+    pub search_warmup_epochs: usize,
+    /// Adam learning rate of the architecture logits (default: the search's own).
+    #[serde(default)]
+    pub search_arch_lr: Option<f64>,
+    /// Knowledge distillation from the FP32 model in both W2A2 trainings: the weight of the
+    /// soft loss (0 = none) and its temperature.
+    #[serde(default)]
+    pub kd_alpha: f64,
+    #[serde(default = "default_kd_temperature")]
+    pub kd_temperature: f64,
 }
+
+fn default_kd_temperature() -> f64 {
+    4.0
+}
+
+/// FP32 checkpoints embedded in the binary, for `fp32_init = "shipped:NAME"`.
+pub const SHIPPED_CHECKPOINTS: [(&str, &[u8]); 1] = [("resnet20-fp32-fashion", include_bytes!("../../examples/resnet20-fp32-fashion.ot"))];
 
 /// The presets shipped in `presets/` (embedded, so `--preset` works from any folder).
 pub const PRESETS: [(&str, &str); 2] =
@@ -99,10 +135,14 @@ impl Schedule {
         })
     }
 
-    /// Reads a schedule file.
+    /// Reads a schedule file; a relative `fp32_init` path is taken relative to the file.
     pub fn load(path: &Path) -> Result<Schedule, ScheduleError> {
         let text = std::fs::read_to_string(path).map_err(|source| ScheduleError::Io { file: path.into(), source })?;
-        Schedule::parse(&text, &path.display().to_string())
+        let mut s = Schedule::parse(&text, &path.display().to_string())?;
+        if let Some(init) = s.fp32_init.as_mut().filter(|i| !i.starts_with("shipped:") && Path::new(i.as_str()).is_relative()) {
+            *init = path.parent().unwrap_or(Path::new("")).join(&*init).display().to_string();
+        }
+        Ok(s)
     }
 
     /// A shipped preset by name.
@@ -141,11 +181,11 @@ pub struct PipelineConfig {
     pub progress: bool,
     /// Test hook: this stage fails right after it starts (the CLI reads
     /// `NCE_PIPELINE_FAIL_STAGE`).
-    pub fail_stage: Option<String>,
+    pub fail_stage: Option<Stage>,
     /// Test hook: this training stage (`fp32`, `train-nce`, `train-uniform`) stops with a
     /// checkpoint after so many optimiser steps and fails, as if the process had been killed
     /// there; the next run resumes it.
-    pub interrupt: Option<(String, usize)>,
+    pub interrupt: Option<(Stage, usize)>,
 }
 
 impl PipelineConfig {
@@ -167,15 +207,15 @@ impl PipelineConfig {
         }
     }
 
-    fn interrupt_for(&self, stage: &str) -> Option<usize> {
-        self.interrupt.as_ref().filter(|(s, _)| s == stage).map(|(_, n)| *n)
+    fn interrupt_for(&self, stage: Stage) -> Option<usize> {
+        self.interrupt.filter(|(s, _)| *s == stage).map(|(_, n)| n)
     }
 }
 
 #[derive(Debug, thiserror::Error)]
 pub enum PipelineError {
     #[error("stage `{stage}` failed: {message}")]
-    Stage { stage: String, message: String },
+    Stage { stage: Stage, message: String },
     #[error("{0}")]
     Setup(String),
 }
@@ -184,6 +224,8 @@ pub enum PipelineError {
 #[derive(Clone, Debug, Serialize)]
 pub struct PipelineRun {
     pub stages: Vec<StageOutcome>,
+    /// The report's key numbers and its verdict.
+    pub summary: ReportResult,
     pub report_md: PathBuf,
     pub report_html: PathBuf,
     pub seconds: f64,
@@ -191,7 +233,7 @@ pub struct PipelineRun {
 
 impl PipelineRun {
     pub fn status(&self, stage: &str) -> Option<stage::StageStatus> {
-        self.stages.iter().find(|s| s.stage == stage).map(|s| s.status)
+        self.stages.iter().find(|s| s.stage.name() == stage).map(|s| s.status)
     }
 }
 
@@ -210,255 +252,338 @@ fn file_label(p: &Path) -> String {
 }
 
 /// The test-set accuracy the trainer reports, or an error when a hook stopped it early.
-fn finished(s: &train::TrainSummary, stage: &str) -> Result<f64, String> {
+fn finished(s: &train::TrainSummary, stage: Stage) -> Result<f64, String> {
     if s.final_test_acc.is_nan() {
         return Err(format!("interrupted by the test hook after a partial run of `{stage}` (rerun to resume)"));
     }
     Ok(s.final_test_acc)
 }
 
+/// Every stage's result, for the report.
+pub struct StageResults {
+    pub fp32: TrainResult,
+    pub sensitivity: SensitivityResult,
+    pub uniform: TrainResult,
+    pub search: SearchResult,
+    pub nce: TrainResult,
+    pub export: PerModel<ExportedFile>,
+    pub validate_cpu: PerModel<CpuValidation>,
+    pub validate_wgpu: BackendCheck,
+    pub measure: MeasureResult,
+}
+
 /// Runs (or resumes, or skips) every stage and writes the report.
 pub fn run(cfg: &PipelineConfig) -> Result<PipelineRun, PipelineError> {
     let started = std::time::Instant::now();
-    let s = &cfg.schedule;
     let profile = crate::cost::load_profile(&cfg.profile).map_err(|e| PipelineError::Setup(e.to_string()))?;
     std::fs::create_dir_all(&cfg.out).map_err(|e| PipelineError::Setup(format!("{}: {e}", cfg.out.display())))?;
-    let out = &cfg.out;
-    let mut r = Runner::new(out.clone(), STAGES.len(), cfg.fail_stage.clone(), cfg.progress);
-    let threads = cfg.threads;
-    let profile_input = ("profile".to_string(), cfg.profile.clone());
-
-    // ---------------------------------------------------------------- fp32
-    let fp32_ckpt = out.join("fp32/checkpoint.ot");
-    let fp32 = match &cfg.init {
-        Some(init) => r.stage(
-            "fp32",
-            json!({"v": 1, "import": true, "data": cfg.data, "test_subset": s.test_subset}),
-            &[("init".into(), init.clone())],
-            &[],
-            |ctx| import_fp32(cfg, init, &ctx.dir),
-        )?,
-        None => {
-            let mut c = TrainConfig::new(cfg.model, &cfg.data, 32, s.fp32_epochs, out.join("fp32"));
-            c.data_root = cfg.data_root.clone();
-            c.train_subset = s.train_subset;
-            c.test_subset = s.test_subset;
-            c.batch_size = s.batch_size;
-            c.lr = s.fp32_lr;
-            c.warmup_epochs = s.fp32_warmup_epochs;
-            c.seed = cfg.seed;
-            c.threads = threads;
-            c.max_steps = cfg.interrupt_for("fp32");
-            r.stage("fp32", train_identity(&c, 1), &[], &[], |ctx| {
-                let t = train::train(&c, ctx.resume, cfg.progress).map_err(|e| e.to_string())?;
-                let acc = finished(&t, "fp32")?;
-                Ok(json!({"test_acc": acc, "test_images": s.test_subset, "epochs": t.epochs}))
-            })?
-        }
+    let runner = Runner::new(cfg.out.clone(), Stage::ALL.len(), cfg.fail_stage, cfg.progress);
+    let mut p = Pipeline { cfg, profile, r: runner };
+    let results = StageResults {
+        fp32: p.fp32()?,
+        sensitivity: p.sensitivity()?,
+        uniform: p.train_uniform()?,
+        search: p.search()?,
+        nce: p.train_nce()?,
+        export: p.export()?,
+        validate_cpu: p.validate_cpu()?,
+        validate_wgpu: p.validate_wgpu()?,
+        measure: p.measure()?,
     };
+    let (summary, report_md, report_html) = p.report(&results)?;
+    Ok(PipelineRun { stages: p.r.outcomes, summary, report_md, report_html, seconds: started.elapsed().as_secs_f64() })
+}
 
-    // ---------------------------------------------------------------- sensitivity
-    let sens = r.stage(
-        "sensitivity",
-        json!({"v": 1, "data": cfg.data, "test_subset": s.sensitivity_test_subset, "calib_batch": s.calib_batch}),
-        &[("fp32/checkpoint.ot".into(), fp32_ckpt.clone())],
-        &[],
-        |ctx| {
-            let mut c = SensitivityConfig::new(fp32_ckpt.clone(), ctx.dir.clone());
-            c.data = Some(cfg.data.clone());
-            c.data_root = cfg.data_root.clone();
-            c.test_subset = s.sensitivity_test_subset;
-            c.calib_batch = s.calib_batch;
-            c.threads = threads;
-            let rep = sensitivity::run(&c, cfg.progress).map_err(|e| e.to_string())?;
-            Ok(json!({
-                "fp32_acc": rep.fp32_acc,
-                "w2a2_acc": rep.w2a2_acc,
-                "test_images": rep.test_images,
-                "layers": rep.layers.iter().map(|l| json!({
-                    "layer": l.layer, "one_on_acc": l.one_on_acc, "one_off_acc": l.one_off_acc,
-                    "one_on_drop": l.one_on_drop, "one_off_gain": l.one_off_gain,
-                })).collect::<Vec<_>>(),
-            }))
-        },
-    )?;
+/// One run in progress: its configuration, its profile and the stage runner.
+struct Pipeline<'a> {
+    cfg: &'a PipelineConfig,
+    profile: crate::hw::Profile,
+    r: Runner,
+}
 
-    // ---------------------------------------------------------------- search
-    let mut sc = SearchConfig::new(cfg.model, cfg.profile.clone(), &cfg.data, s.search_epochs, out.join("search"));
-    sc.data_root = cfg.data_root.clone();
-    sc.train_subset = s.search_train_subset;
-    sc.test_subset = Some(s.search_test_subset);
-    sc.batch_size = s.batch_size;
-    sc.space.threshold = s.search_threshold;
-    sc.lr = s.search_lr;
-    sc.init = Some(fp32_ckpt.clone());
-    sc.seed = cfg.seed;
-    sc.threads = threads;
-    let arch_path = out.join("search/arch.toml");
-    let search_inputs = [profile_input.clone(), ("fp32/checkpoint.ot".to_string(), fp32_ckpt.clone())];
-    let search = r.stage("search", search_identity(&sc, 1), &search_inputs, &[], |ctx| {
-        let res = search::search(&sc, ctx.resume, cfg.progress).map_err(|e| e.to_string())?;
-        let last = res.log.last();
-        Ok(json!({
-            "widths": res.arch.widths,
-            "base_widths": res.arch.base_widths,
-            "repaired": res.arch.repaired,
-            "expansions": res.arch.expansions.len(),
-            "epochs": res.log.len(),
-            "argmax_test_acc": last.map(|l| l.argmax_test_acc),
-        }))
-    })?;
+/// The two W2A2 networks, by name.
+const MODELS: [&str; 2] = ["uniform", "nce"];
 
-    // ---------------------------------------------------------------- final W2A2 training
-    let w2a2 = |name: &str, widths: Option<Vec<usize>>| {
-        let mut c = TrainConfig::new(cfg.model, &cfg.data, 2, s.w2a2_epochs, out.join(name));
+impl Pipeline<'_> {
+    fn at(&self, rel: &str) -> PathBuf {
+        self.cfg.out.join(rel)
+    }
+
+    /// An upstream file as a stage input: its label is its path in the run folder.
+    fn input(&self, rel: &str) -> (String, PathBuf) {
+        (rel.to_string(), self.at(rel))
+    }
+
+    fn profile_input(&self) -> (String, PathBuf) {
+        ("profile".to_string(), self.cfg.profile.clone())
+    }
+
+    fn nce_file(&self, m: &str) -> PathBuf {
+        self.at(&format!("export/{m}.nce"))
+    }
+
+    fn exported(&self) -> Vec<(String, PathBuf)> {
+        MODELS.iter().map(|m| self.input(&format!("export/{m}.nce"))).collect()
+    }
+
+    fn checkpoints(&self) -> Vec<(String, PathBuf)> {
+        MODELS.iter().map(|m| self.input(&format!("train-{m}/checkpoint.ot"))).collect()
+    }
+
+    /// The FP32 checkpoint to import: `--init`, else the schedule's `fp32_init`.
+    fn fp32_source(&self) -> Result<Option<Fp32Source>, PipelineError> {
+        if let Some(p) = &self.cfg.init {
+            return Ok(Some(Fp32Source::File(p.clone())));
+        }
+        let Some(init) = &self.cfg.schedule.fp32_init else { return Ok(None) };
+        match init.strip_prefix("shipped:") {
+            Some(name) => match SHIPPED_CHECKPOINTS.iter().find(|(n, _)| *n == name) {
+                Some((n, bytes)) => Ok(Some(Fp32Source::Shipped(n, bytes))),
+                None => Err(PipelineError::Setup(format!(
+                    "fp32_init = \"{init}\": no shipped checkpoint `{name}` (shipped: {})",
+                    SHIPPED_CHECKPOINTS.map(|c| c.0).join(", ")
+                ))),
+            },
+            None => Ok(Some(Fp32Source::File(PathBuf::from(init)))),
+        }
+    }
+
+    fn fp32(&mut self) -> Result<TrainResult, PipelineError> {
+        let (cfg, s) = (self.cfg, &self.cfg.schedule);
+        match self.fp32_source()? {
+            Some(Fp32Source::File(init)) => self.r.stage(
+                Stage::Fp32,
+                json!({"v": 2, "import": true, "data": cfg.data, "test_subset": s.test_subset}),
+                &[("init".into(), init.clone())],
+                &[],
+                |ctx| import_fp32(cfg, &init, &file_label(&init), &ctx.dir),
+            ),
+            Some(Fp32Source::Shipped(name, bytes)) => self.r.stage(
+                Stage::Fp32,
+                json!({"v": 2, "import": true, "shipped": name, "data": cfg.data, "test_subset": s.test_subset}),
+                &[],
+                &[],
+                |ctx| {
+                    let copy = ctx.dir.join("shipped.ot");
+                    manifest::write_atomic(&copy, bytes).map_err(|e| format!("{}: {e}", copy.display()))?;
+                    let r = import_fp32(cfg, &copy, &format!("shipped:{name}"), &ctx.dir);
+                    let _ = std::fs::remove_file(&copy);
+                    r
+                },
+            ),
+            None => {
+                let mut c = self.train_config(32, s.fp32_epochs, Stage::Fp32);
+                c.lr = s.fp32_lr;
+                c.warmup_epochs = s.fp32_warmup_epochs;
+                self.r.stage(Stage::Fp32, train_identity(&c, 1), &[], &[], |ctx| train_stage(cfg, &c, Stage::Fp32, ctx))
+            }
+        }
+    }
+
+    /// A training of the pipeline's model on its data with the schedule's sizes.
+    fn train_config(&self, bits: u8, epochs: usize, stage: Stage) -> TrainConfig {
+        let (cfg, s) = (self.cfg, &self.cfg.schedule);
+        let mut c = TrainConfig::new(cfg.model, &cfg.data, bits, epochs, self.at(stage.name()));
         c.data_root = cfg.data_root.clone();
         c.train_subset = s.train_subset;
         c.test_subset = s.test_subset;
         c.batch_size = s.batch_size;
+        c.seed = cfg.seed;
+        c.threads = cfg.threads;
+        c.max_steps = cfg.interrupt_for(stage);
+        c
+    }
+
+    fn sensitivity(&mut self) -> Result<SensitivityResult, PipelineError> {
+        let (cfg, s) = (self.cfg, &self.cfg.schedule);
+        let fp32_ckpt = self.at("fp32/checkpoint.ot");
+        let config = json!({"v": 1, "data": cfg.data, "test_subset": s.sensitivity_test_subset, "calib_batch": s.calib_batch});
+        self.r.stage(Stage::Sensitivity, config, &[self.input("fp32/checkpoint.ot")], &[], |ctx| {
+            let mut c = SensitivityConfig::new(fp32_ckpt, ctx.dir.clone());
+            c.data = Some(cfg.data.clone());
+            c.data_root = cfg.data_root.clone();
+            c.test_subset = s.sensitivity_test_subset;
+            c.calib_batch = s.calib_batch;
+            c.threads = cfg.threads;
+            let rep = sensitivity::run(&c, cfg.progress).map_err(|e| e.to_string())?;
+            let layers = rep
+                .layers
+                .iter()
+                .map(|l| SensitivityLayer {
+                    layer: l.layer.clone(),
+                    one_on_acc: l.one_on_acc,
+                    one_off_acc: l.one_off_acc,
+                    one_on_drop: l.one_on_drop,
+                    one_off_gain: l.one_off_gain,
+                })
+                .collect();
+            Ok(SensitivityResult { fp32_acc: rep.fp32_acc, w2a2_acc: rep.w2a2_acc, test_images: rep.test_images, layers })
+        })
+    }
+
+    /// A final W2A2 training: from the FP32 model, distilled from it when the schedule says so.
+    fn w2a2_config(&self, stage: Stage, widths: Option<Vec<usize>>) -> TrainConfig {
+        let s = &self.cfg.schedule;
+        let mut c = self.train_config(2, s.w2a2_epochs, stage);
         c.lr = s.w2a2_lr;
         c.warmup_epochs = 0;
-        c.seed = cfg.seed;
-        c.threads = threads;
         c.widths = widths;
-        c.init = Some(fp32_ckpt.clone());
-        c.max_steps = cfg.interrupt_for(name);
+        c.init = Some(self.at("fp32/checkpoint.ot"));
+        if s.kd_alpha > 0.0 {
+            c.teacher = Some(self.at("fp32/checkpoint.ot"));
+            c.kd_alpha = s.kd_alpha;
+            c.kd_temperature = s.kd_temperature;
+        }
         c
-    };
-    let train_body = |c: &TrainConfig, name: &str, ctx: &StageCtx| -> Result<serde_json::Value, String> {
-        let t = train::train(c, ctx.resume, cfg.progress).map_err(|e| e.to_string())?;
-        let acc = finished(&t, name)?;
-        Ok(json!({"test_acc": acc, "test_images": s.test_subset, "widths": c.widths, "epochs": t.epochs}))
-    };
-    let nce_cfg = {
-        let widths = read_arch_widths(&arch_path).map_err(|m| PipelineError::Stage { stage: "train-nce".into(), message: m })?;
-        w2a2("train-nce", Some(widths))
-    };
-    let nce = r.stage(
-        "train-nce",
-        train_identity(&nce_cfg, 1),
-        &[("search/arch.toml".into(), arch_path.clone()), ("fp32/checkpoint.ot".into(), fp32_ckpt.clone())],
-        &[],
-        |ctx| train_body(&nce_cfg, "train-nce", ctx),
-    )?;
-    let uni_cfg = w2a2("train-uniform", None);
-    let uniform =
-        r.stage("train-uniform", train_identity(&uni_cfg, 1), &[("fp32/checkpoint.ot".into(), fp32_ckpt.clone())], &[], |ctx| {
-            train_body(&uni_cfg, "train-uniform", ctx)
-        })?;
+    }
 
-    // ---------------------------------------------------------------- export
-    let models = [("nce", out.join("train-nce/checkpoint.ot")), ("uniform", out.join("train-uniform/checkpoint.ot"))];
-    let nce_file = |m: &str| out.join(format!("export/{m}.nce"));
-    let export = r.stage(
-        "export",
-        json!({"v": 1, "profile": profile.name}),
-        &models.iter().map(|(m, p)| (format!("train-{m}/checkpoint.ot"), p.clone())).collect::<Vec<_>>(),
-        &[],
-        |ctx| {
-            let mut res = serde_json::Map::new();
-            for (m, ckpt) in &models {
+    fn train_uniform(&mut self) -> Result<TrainResult, PipelineError> {
+        let c = self.w2a2_config(Stage::TrainUniform, None);
+        let cfg = self.cfg;
+        self.r.stage(Stage::TrainUniform, train_identity(&c, 2), &[self.input("fp32/checkpoint.ot")], &[], |ctx| {
+            train_stage(cfg, &c, Stage::TrainUniform, ctx)
+        })
+    }
+
+    /// The search starts from the uniform W2A2 model: trained clips and 2-bit-adapted weights
+    /// (from the FP32 weights the supernet sits near chance; docs/search.md).
+    fn search(&mut self) -> Result<SearchResult, PipelineError> {
+        let (cfg, s) = (self.cfg, &self.cfg.schedule);
+        let mut sc = SearchConfig::new(cfg.model, cfg.profile.clone(), &cfg.data, s.search_epochs, self.at("search"));
+        sc.data_root = cfg.data_root.clone();
+        sc.train_subset = s.search_train_subset;
+        sc.test_subset = Some(s.search_test_subset);
+        sc.batch_size = s.batch_size;
+        sc.space.threshold = s.search_threshold;
+        sc.lr = s.search_lr;
+        sc.warmup_epochs = s.search_warmup_epochs;
+        if let Some(lr) = s.search_arch_lr {
+            sc.arch_lr = lr;
+        }
+        sc.init = Some(self.at("train-uniform/checkpoint.ot"));
+        sc.seed = cfg.seed;
+        sc.threads = cfg.threads;
+        let inputs = [self.profile_input(), self.input("train-uniform/checkpoint.ot")];
+        self.r.stage(Stage::Search, search_identity(&sc, 2), &inputs, &[], |ctx| {
+            let res = search::search(&sc, ctx.resume, cfg.progress).map_err(|e| e.to_string())?;
+            Ok(SearchResult {
+                widths: res.arch.widths.clone(),
+                base_widths: res.arch.base_widths.clone(),
+                repaired: res.arch.repaired.clone(),
+                expansions: res.arch.expansions.len(),
+                epochs: res.log.len(),
+                argmax_test_acc: res.log.last().map(|l| l.argmax_test_acc),
+            })
+        })
+    }
+
+    fn train_nce(&mut self) -> Result<TrainResult, PipelineError> {
+        let arch = self.at("search/arch.toml");
+        let widths = read_arch_widths(&arch).map_err(|message| PipelineError::Stage { stage: Stage::TrainNce, message })?;
+        let c = self.w2a2_config(Stage::TrainNce, Some(widths));
+        let cfg = self.cfg;
+        let inputs = [self.input("search/arch.toml"), self.input("fp32/checkpoint.ot")];
+        self.r.stage(Stage::TrainNce, train_identity(&c, 2), &inputs, &[], |ctx| train_stage(cfg, &c, Stage::TrainNce, ctx))
+    }
+
+    fn export(&mut self) -> Result<PerModel<ExportedFile>, PipelineError> {
+        let profile = self.profile.name.clone();
+        let out = self.cfg.out.clone();
+        self.r.stage(Stage::Export, json!({"v": 1, "profile": profile}), &self.checkpoints(), &[], |ctx| {
+            let models = PerModel { uniform: (), nce: () };
+            models.try_map(|m, _| {
                 let label = format!("train-{m}/checkpoint.ot");
                 let file = ctx.dir.join(format!("{m}.nce"));
-                let bytes = export_one(ckpt, &label, &profile.name, &file)?;
-                res.insert(m.to_string(), json!({"file": format!("export/{m}.nce"), "bytes": bytes}));
-            }
-            Ok(serde_json::Value::Object(res))
-        },
-    )?;
+                let bytes = export_one(&out.join(&label), &label, &profile, &file)?;
+                Ok(ExportedFile { file: format!("export/{m}.nce"), bytes })
+            })
+        })
+    }
 
-    // ---------------------------------------------------------------- validate-cpu
-    let exported: Vec<(String, PathBuf)> = models.iter().map(|(m, _)| (format!("export/{m}.nce"), nce_file(m))).collect();
-    let mut val_inputs = exported.clone();
-    val_inputs.extend(models.iter().map(|(m, p)| (format!("train-{m}/checkpoint.ot"), p.clone())));
-    let validate_cpu =
-        r.stage("validate-cpu", json!({"v": 1, "data": cfg.data, "test_subset": s.validate_subset}), &val_inputs, &[], |_| {
-            let mut res = serde_json::Map::new();
-            for (m, ckpt) in &models {
-                res.insert(m.to_string(), validate_cpu_one(cfg, &nce_file(m), ckpt, threads.max(1))?);
-            }
-            Ok(serde_json::Value::Object(res))
-        })?;
+    fn validate_cpu(&mut self) -> Result<PerModel<CpuValidation>, PipelineError> {
+        let cfg = self.cfg;
+        let mut inputs = self.exported();
+        inputs.extend(self.checkpoints());
+        let config = json!({"v": 2, "data": cfg.data, "test_subset": cfg.schedule.validate_subset});
+        let files = PerModel {
+            uniform: (self.nce_file("uniform"), self.at("train-uniform/checkpoint.ot")),
+            nce: (self.nce_file("nce"), self.at("train-nce/checkpoint.ot")),
+        };
+        self.r.stage(Stage::ValidateCpu, config, &inputs, &[], |_| {
+            files.try_map(|_, (file, ckpt)| validate_cpu_one(cfg, file, ckpt, cfg.threads.max(1)))
+        })
+    }
 
-    // ---------------------------------------------------------------- validate-wgpu
-    let validate_wgpu = r.stage(
-        "validate-wgpu",
-        json!({
-            "v": 1,
+    fn validate_wgpu(&mut self) -> Result<BackendCheck, PipelineError> {
+        let cfg = self.cfg;
+        let config = json!({
+            "v": 2,
             "available": wgpu_unavailable().is_none(),
             "data": cfg.data,
-            "test_subset": s.wgpu_subset,
+            "test_subset": cfg.schedule.wgpu_subset,
             "adapter": std::env::var("NCE_WGPU_ADAPTER").unwrap_or_default(),
             "dot": std::env::var("NCE_WGPU_DOT").unwrap_or_default(),
-        }),
-        &exported,
-        &[],
-        |_| match wgpu_unavailable() {
-            Some(why) => Ok(json!({"available": false, "reason": why})),
-            None => validate_against_cpu(
-                cfg,
-                BackendKind::Wgpu,
-                &models.iter().map(|(m, _)| (m.to_string(), nce_file(m))).collect::<Vec<_>>(),
-                threads.max(1),
-            ),
-        },
-    )?;
-
-    // ---------------------------------------------------------------- measure
-    let measure = r.stage(
-        "measure",
-        json!({"v": 1, "available": measure_unavailable().is_none(), "repeats": s.measure_repeats, "grid": s.measure_grid}),
-        &{
-            let mut v = exported.clone();
-            v.push(profile_input.clone());
-            v
-        },
-        &[],
-        |ctx| match measure_unavailable() {
-            Some(why) => Ok(json!({"available": false, "reason": why})),
-            None => measure(&models.iter().map(|(m, _)| (m.to_string(), nce_file(m))).collect::<Vec<_>>(), s, &ctx.dir),
-        },
-    )?;
-
-    // ---------------------------------------------------------------- report
-    let report_md = out.join("report.md");
-    let report_html = out.join("report.html");
-    let mut rep_inputs: Vec<(String, PathBuf)> =
-        STAGES[..STAGES.len() - 1].iter().map(|st| (format!("{st}/result.json"), out.join(st).join(stage::RESULT))).collect();
-    rep_inputs.push(profile_input.clone());
-    rep_inputs.push(("search/arch.toml".into(), arch_path.clone()));
-    rep_inputs.extend(exported.iter().cloned());
-    for extra in ["sensitivity/sensitivity.png", "search/widths.png", "search/probs.png", "search/costs.png"] {
-        let p = out.join(extra);
-        if p.is_file() {
-            rep_inputs.push((extra.into(), p));
-        }
+        });
+        let files = PerModel { uniform: self.nce_file("uniform"), nce: self.nce_file("nce") };
+        self.r.stage(Stage::ValidateWgpu, config, &self.exported(), &[], |_| match wgpu_unavailable() {
+            Some(why) => Ok(BackendCheck { available: false, reason: Some(why.into()), adapter: None, models: None }),
+            None => validate_against_cpu(cfg, BackendKind::Wgpu, &files, cfg.threads.max(1)),
+        })
     }
-    let schedule_json = serde_json::to_value(s).expect("schedule serialises");
-    r.stage(
-        "report",
-        json!({"v": 1, "preset": cfg.preset, "schedule": schedule_json, "model": cfg.model.name(), "data": cfg.data}),
-        &rep_inputs,
-        &[report_md.clone(), report_html.clone()],
-        |ctx| {
-            let inputs = report::Inputs {
-                cfg,
-                profile: &profile,
-                run_dir: out,
-                fp32: &fp32,
-                sensitivity: &sens,
-                search: &search,
-                nce: &nce,
-                uniform: &uniform,
-                export: &export,
-                validate_cpu: &validate_cpu,
-                validate_wgpu: &validate_wgpu,
-                measure: &measure,
-            };
-            report::write(&inputs, &ctx.dir, &report_md, &report_html)
-        },
-    )?;
-    Ok(PipelineRun { stages: r.outcomes, report_md, report_html, seconds: started.elapsed().as_secs_f64() })
+
+    fn measure(&mut self) -> Result<MeasureResult, PipelineError> {
+        let s = &self.cfg.schedule;
+        let config = json!({"v": 2, "available": measure_unavailable().is_none(), "repeats": s.measure_repeats, "grid": s.measure_grid});
+        let mut inputs = self.exported();
+        inputs.push(self.profile_input());
+        let files = PerModel { uniform: self.nce_file("uniform"), nce: self.nce_file("nce") };
+        self.r.stage(Stage::Measure, config, &inputs, &[], |ctx| match measure_unavailable() {
+            Some(why) => Ok(MeasureResult::unavailable(why)),
+            None => measure(&files, s, &ctx.dir),
+        })
+    }
+
+    fn report(&mut self, results: &StageResults) -> Result<(ReportResult, PathBuf, PathBuf), PipelineError> {
+        let cfg = self.cfg;
+        let (md, html) = (self.at("report.md"), self.at("report.html"));
+        let mut inputs: Vec<(String, PathBuf)> =
+            STAGES[..STAGES.len() - 1].iter().map(|st| self.input(&format!("{st}/{}", stage::RESULT))).collect();
+        inputs.push(self.profile_input());
+        inputs.push(self.input("search/arch.toml"));
+        inputs.extend(self.exported());
+        for extra in ["sensitivity/sensitivity.png", "search/widths.png", "search/probs.png", "search/costs.png"] {
+            if self.at(extra).is_file() {
+                inputs.push(self.input(extra));
+            }
+        }
+        let schedule = serde_json::to_value(&cfg.schedule).expect("schedule serialises");
+        let config = json!({"v": 2, "preset": cfg.preset, "schedule": schedule, "model": cfg.model.name(), "data": cfg.data});
+        let profile = &self.profile;
+        let summary = self.r.stage(Stage::Report, config, &inputs, &[md.clone(), html.clone()], |ctx| {
+            let inp = report::Inputs { cfg, profile, run_dir: &cfg.out, results };
+            report::write(&inp, &ctx.dir, &md, &html)
+        })?;
+        Ok((summary, md, html))
+    }
+}
+
+/// Where the FP32 model comes from when it is not trained.
+enum Fp32Source {
+    File(PathBuf),
+    Shipped(&'static str, &'static [u8]),
+}
+
+fn train_stage(cfg: &PipelineConfig, c: &TrainConfig, stage: Stage, ctx: &StageCtx) -> Result<TrainResult, String> {
+    let t = train::train(c, ctx.resume, cfg.progress).map_err(|e| e.to_string())?;
+    let test_acc = finished(&t, stage)?;
+    let test_images = test_images(cfg, cfg.schedule.test_subset)?;
+    Ok(TrainResult { test_acc, test_images, epochs: t.epochs.len(), widths: c.widths.clone(), imported_from: None })
+}
+
+/// How many test images a subset of `n` is (all of them when `None` or larger).
+fn test_images(cfg: &PipelineConfig, n: Option<usize>) -> Result<usize, String> {
+    let all = crate::data::load(&cfg.data, &cfg.data_root, crate::data::Split::Test).map_err(|e| e.to_string())?.len();
+    Ok(n.map_or(all, |n| n.min(all)))
 }
 
 /// The parts of a training configuration that define its result (paths left out, so a run
@@ -467,6 +592,7 @@ fn train_identity(c: &TrainConfig, version: u32) -> serde_json::Value {
     let mut c = c.clone();
     c.out = PathBuf::new();
     c.init = c.init.as_ref().map(|_| PathBuf::from("fp32/checkpoint.ot"));
+    c.teacher = c.teacher.as_ref().map(|_| PathBuf::from("fp32/checkpoint.ot"));
     c.data_root = PathBuf::new();
     c.max_steps = None;
     json!({"v": version, "train": c})
@@ -477,7 +603,7 @@ fn search_identity(c: &SearchConfig, version: u32) -> serde_json::Value {
     c.out = PathBuf::new();
     c.profile = PathBuf::new();
     c.data_root = PathBuf::new();
-    c.init = c.init.as_ref().map(|_| PathBuf::from("fp32/checkpoint.ot"));
+    c.init = c.init.as_ref().map(|_| PathBuf::from("train-uniform/checkpoint.ot"));
     json!({"v": version, "search": c})
 }
 
@@ -487,22 +613,22 @@ fn read_arch_widths(path: &Path) -> Result<Vec<usize>, String> {
     Ok(arch.widths)
 }
 
-fn import_fp32(cfg: &PipelineConfig, init: &Path, dir: &Path) -> Result<serde_json::Value, String> {
+fn import_fp32(cfg: &PipelineConfig, init: &Path, label: &str, dir: &Path) -> Result<TrainResult, String> {
     let m = train::load_model(init).map_err(|e| e.to_string())?;
     if let Some(l) = m.meta.net.layers.iter().find(|l| l.has_weights() && l.wbits != 32) {
-        return Err(format!("{}: `{}` has {}-bit weights; --init takes a full-precision checkpoint", init.display(), l.name, l.wbits));
+        return Err(format!("{label}: `{}` has {}-bit weights; --init takes a full-precision checkpoint", l.name, l.wbits));
     }
     if m.meta.net.model != cfg.model.name() {
-        return Err(format!("{} is a {}, the pipeline runs {}", init.display(), m.meta.net.model, cfg.model.name()));
+        return Err(format!("{label} is a {}, the pipeline runs {}", m.meta.net.model, cfg.model.name()));
     }
-    std::fs::copy(init, dir.join("checkpoint.ot")).map_err(|e| format!("copying {}: {e}", init.display()))?;
-    let mut test = crate::data::load(&cfg.data, &cfg.data_root, crate::data::Split::Test).map_err(|e| e.to_string())?;
-    if let Some(n) = cfg.schedule.test_subset.filter(|&n| n < test.len()) {
-        test = test.subset(n);
+    let test = test_set(cfg, cfg.schedule.test_subset)?;
+    if test.shape != m.meta.net.input {
+        return Err(format!("{label} takes {} inputs, {} has {}", m.meta.net.input, cfg.data, test.shape));
     }
+    std::fs::copy(init, dir.join("checkpoint.ot")).map_err(|e| format!("copying {label}: {e}"))?;
     let loader = crate::data::Loader::eval(&test, 500, tch::Device::Cpu).map_err(|e| e.to_string())?;
     let (_, acc) = train::evaluate(&m.model, &loader);
-    Ok(json!({"test_acc": acc, "test_images": test.len(), "imported_from": file_label(init)}))
+    Ok(TrainResult { test_acc: acc, test_images: test.len(), epochs: 0, widths: None, imported_from: Some(label.into()) })
 }
 
 fn export_one(ckpt: &Path, label: &str, profile: &str, file: &Path) -> Result<usize, String> {
@@ -524,8 +650,10 @@ fn test_set(cfg: &PipelineConfig, n: Option<usize>) -> Result<crate::data::Datas
     Ok(ds)
 }
 
-fn validate_cpu_one(cfg: &PipelineConfig, file: &Path, ckpt: &Path, threads: usize) -> Result<serde_json::Value, String> {
+fn validate_cpu_one(cfg: &PipelineConfig, file: &Path, ckpt: &Path, threads: usize) -> Result<CpuValidation, String> {
+    use crate::engine::compare::argmax;
     use crate::engine::cpu::{Backend, Cpu};
+    use crate::engine::plan::LayerOut;
     use crate::export::validate;
     let model = QModel::load(file).map_err(|e| e.to_string())?;
     let ds = test_set(cfg, cfg.schedule.validate_subset)?;
@@ -551,20 +679,29 @@ fn validate_cpu_one(cfg: &PipelineConfig, file: &Path, ckpt: &Path, threads: usi
             rep.images
         ));
     }
+    let correct = outs
+        .iter()
+        .zip(&ds.labels)
+        .map(|(o, &y)| match o.last() {
+            Some(Some(LayerOut::Logits(l))) if argmax(l) == y as usize => '1',
+            _ => '0',
+        })
+        .collect();
     let n = rep.images.max(1) as f64;
-    Ok(json!({
-        "backend": backend.to_string(),
-        "images": rep.images,
-        "engine_acc": rep.engine_correct as f64 / n,
-        "simulation_acc": rep.simulation_correct as f64 / n,
-        "float_acc": rep.float_correct as f64 / n,
-        "agree": rep.agree,
-        "compared_values": rep.compared_values,
-        "mismatched_values": rep.mismatched_values,
-        "max_deviation": rep.max_deviation,
-        "engine_seconds": engine_seconds,
-        "threads": threads,
-    }))
+    Ok(CpuValidation {
+        backend: backend.to_string(),
+        images: rep.images,
+        engine_acc: rep.engine_correct as f64 / n,
+        simulation_acc: rep.simulation_correct as f64 / n,
+        float_acc: rep.float_correct as f64 / n,
+        agree: rep.agree,
+        compared_values: rep.compared_values,
+        mismatched_values: rep.mismatched_values,
+        max_deviation: rep.max_deviation,
+        engine_seconds,
+        threads,
+        correct,
+    })
 }
 
 /// Runs each model on `kind` and on the CPU engine over the same test images and compares
@@ -572,17 +709,14 @@ fn validate_cpu_one(cfg: &PipelineConfig, file: &Path, ckpt: &Path, threads: usi
 fn validate_against_cpu(
     cfg: &PipelineConfig,
     kind: BackendKind,
-    models: &[(String, PathBuf)],
+    files: &PerModel<PathBuf>,
     threads: usize,
-) -> Result<serde_json::Value, String> {
+) -> Result<BackendCheck, String> {
     let opts = BackendOptions { image_threads: threads, ..Default::default() };
     let backend = crate::engine::open(kind, &opts).map_err(|e| e.to_string())?;
     let cpu = crate::engine::open(BackendKind::Cpu, &opts).map_err(|e| e.to_string())?;
     let ds = test_set(cfg, cfg.schedule.wgpu_subset)?;
-    let mut res = serde_json::Map::new();
-    res.insert("available".into(), json!(true));
-    res.insert("adapter".into(), json!(backend.device()));
-    for (m, file) in models {
+    let models = files.try_map(|_, file| {
         let model = QModel::load(file).map_err(|e| e.to_string())?;
         let on_cpu = cpu.prepare(&model).map_err(|e| e.to_string())?;
         let on_backend = backend.prepare(&model).map_err(|e| format!("{}: {e}", file.display()))?;
@@ -591,70 +725,61 @@ fn validate_against_cpu(
         let n = c.images;
         if c.differing_images != 0 {
             return Err(format!(
-                "{}: {} and CPU logits differ on {} of {n} images (largest deviation {}, argmax agreement {}/{n}) on {}",
+                "{}: {kind} and CPU logits differ on {} of {n} images (largest deviation {}, argmax agreement {}/{n}) on {}",
                 file.display(),
-                kind,
                 c.differing_images,
                 c.max_deviation,
                 c.argmax_agree,
                 backend.device()
             ));
         }
-        let mut v = json!({
-            "images": n,
-            "identical_logits": n - c.differing_images,
-            "argmax_agree": c.argmax_agree,
-            "max_deviation": c.max_deviation,
-            "cpu_acc": c.a_correct as f64 / n.max(1) as f64,
-            "wgpu_acc": c.b_correct as f64 / n.max(1) as f64,
-            "cpu_backend": cpu.name().trim_start_matches("cpu-"),
-            "cpu_seconds": c.a_seconds,
-            "wgpu_seconds": c.b_seconds,
-        });
-        for (k, d) in on_backend.details() {
-            v[k] = json!(d);
-        }
-        res.insert(m.clone(), v);
-    }
-    Ok(serde_json::Value::Object(res))
+        Ok(BackendValidation {
+            images: n,
+            identical_logits: n - c.differing_images,
+            argmax_agree: c.argmax_agree,
+            max_deviation: c.max_deviation,
+            cpu_backend: cpu.name().trim_start_matches("cpu-").to_string(),
+            cpu_seconds: c.a_seconds,
+            backend_seconds: c.b_seconds,
+            details: on_backend.details().into_iter().collect(),
+        })
+    })?;
+    Ok(BackendCheck { available: true, reason: None, adapter: Some(backend.device()), models: Some(models) })
 }
 
 /// Per-layer latency table of the CPU engine (one thread, the fastest kernels) over the base
 /// network's width grid ([`crate::engine::measure::measure`]), then, for each model, the whole-model
 /// latency the table predicts (sum over its layers) against the measured one.
-fn measure(models: &[(String, PathBuf)], s: &Schedule, dir: &Path) -> Result<serde_json::Value, String> {
+fn measure(files: &PerModel<PathBuf>, s: &Schedule, dir: &Path) -> Result<MeasureResult, String> {
     use crate::engine::measure::{measure as measure_table, measure_model, predict_us, MeasureConfig};
-    let loaded: Vec<(String, QModel)> =
-        models.iter().map(|(m, f)| QModel::load(f).map(|q| (m.clone(), q)).map_err(|e| e.to_string())).collect::<Result<_, _>>()?;
-    let base = &loaded.iter().find(|(m, _)| m == "uniform").ok_or("no uniform model to measure the table on")?.1;
+    let loaded = files.try_map(|_, f| QModel::load(f).map_err(|e| e.to_string()))?;
     let opts = BackendOptions { max_batch: Some(1), ..Default::default() };
     let backend = crate::engine::open(BackendKind::Cpu, &opts).map_err(|e| e.to_string())?;
     let layers = backend.layers().ok_or("the CPU engine times single layers")?;
     let repeats = s.measure_repeats;
     let mc = MeasureConfig { repeats, grid: s.measure_grid.clone(), ..MeasureConfig::default() };
-    let table = measure_table(base.net(), layers, &mc, |_, _| {}).map_err(|e| e.to_string())?;
+    let table = measure_table(loaded.uniform.net(), layers, &mc, |_, _| {}).map_err(|e| e.to_string())?;
     let csv = dir.join("latency-table.csv");
     manifest::write_atomic(&csv, table.to_csv().as_bytes()).map_err(|e| format!("{}: {e}", csv.display()))?;
-    let mut res = serde_json::Map::new();
-    res.insert("available".into(), json!(true));
-    res.insert("backend".into(), json!(backend.name()));
-    res.insert("threads".into(), json!(1));
-    res.insert("table".into(), json!("measure/latency-table.csv"));
-    res.insert("table_entries".into(), json!(table.entries.len()));
-    res.insert("machine".into(), json!(table.meta));
-    for (m, q) in &loaded {
+    let models = loaded.try_map(|_, q| {
         let predicted = predict_us(&table, q.net()).map_err(|e| e.to_string())?;
         let measured = measure_model(&*backend, q, mc.warmup, repeats).map_err(|e| e.to_string())?;
-        res.insert(
-            m.clone(),
-            json!({
-                "predicted_us": predicted,
-                "measured_us": measured.mean_us,
-                "measured_sd_us": measured.var_us2.max(0.0).sqrt(),
-                "runs": measured.count,
-                "error": (predicted - measured.mean_us) / measured.mean_us,
-            }),
-        );
-    }
-    Ok(serde_json::Value::Object(res))
+        Ok::<_, String>(ModelLatency {
+            predicted_us: predicted,
+            measured_us: measured.mean_us,
+            measured_sd_us: measured.var_us2.max(0.0).sqrt(),
+            runs: measured.count,
+            error: (predicted - measured.mean_us) / measured.mean_us,
+        })
+    })?;
+    Ok(MeasureResult {
+        available: true,
+        reason: None,
+        backend: backend.name(),
+        threads: 1,
+        table: "measure/latency-table.csv".into(),
+        table_entries: table.entries.len(),
+        machine: table.meta.clone(),
+        models: Some(models),
+    })
 }

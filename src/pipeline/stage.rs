@@ -3,7 +3,9 @@
 //! must start afresh (its folder is cleared), then record what it consumed and produced.
 
 use super::manifest::{self, HashCache, Inputs, Manifest, Pending, MANIFEST, PENDING};
+use super::results::Stage;
 use super::PipelineError;
+use serde::de::DeserializeOwned;
 use serde::Serialize;
 use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
@@ -38,7 +40,7 @@ impl std::fmt::Display for StageStatus {
 /// One stage's outcome in one run.
 #[derive(Clone, Debug, Serialize)]
 pub struct StageOutcome {
-    pub stage: String,
+    pub stage: Stage,
     pub status: StageStatus,
     /// Wall time in this run (near zero when skipped).
     pub seconds: f64,
@@ -57,7 +59,7 @@ pub struct StageCtx {
 /// Runs stages in order, with one hash cache for the whole run.
 pub struct Runner {
     pub run_dir: PathBuf,
-    pub fail_stage: Option<String>,
+    pub fail_stage: Option<Stage>,
     pub progress: bool,
     pub total: usize,
     pub outcomes: Vec<StageOutcome>,
@@ -65,7 +67,7 @@ pub struct Runner {
 }
 
 impl Runner {
-    pub fn new(run_dir: PathBuf, total: usize, fail_stage: Option<String>, progress: bool) -> Runner {
+    pub fn new(run_dir: PathBuf, total: usize, fail_stage: Option<Stage>, progress: bool) -> Runner {
         Runner { run_dir, fail_stage, progress, total, outcomes: Vec::new(), cache: HashCache::default() }
     }
 
@@ -87,19 +89,21 @@ impl Runner {
         None
     }
 
-    /// Runs stage `name` unless its manifest matches. `inputs` are upstream files by label;
+    /// Runs `stage` unless its manifest matches. `inputs` are upstream files by label;
     /// `extra_outputs` are files the stage writes outside its folder. Returns the stage's
-    /// `result.json` (the body's return value, or the stored one when skipped).
-    pub fn stage(
+    /// result (the body's return value, or the stored `result.json` when skipped; a stored
+    /// result that no longer parses as `R` reruns the stage).
+    pub fn stage<R: Serialize + DeserializeOwned>(
         &mut self,
-        name: &str,
+        stage: Stage,
         config: serde_json::Value,
         inputs: &[(String, PathBuf)],
         extra_outputs: &[PathBuf],
-        body: impl FnOnce(&StageCtx) -> Result<serde_json::Value, String>,
-    ) -> Result<serde_json::Value, PipelineError> {
+        body: impl FnOnce(&StageCtx) -> Result<R, String>,
+    ) -> Result<R, PipelineError> {
         let index = self.outcomes.len() + 1;
-        let fail = |message: String| PipelineError::Stage { stage: name.to_string(), message };
+        let name = stage.name();
+        let fail = |message: String| PipelineError::Stage { stage, message };
         let dir = self.run_dir.join(name);
         let mut files = BTreeMap::new();
         for (label, path) in inputs {
@@ -128,7 +132,7 @@ impl Runner {
                     Ok(result) => {
                         self.report(index, name, "skipped (manifest matches)");
                         self.outcomes.push(StageOutcome {
-                            stage: name.into(),
+                            stage,
                             status: StageStatus::Skipped,
                             seconds: started.elapsed().as_secs_f64(),
                             reason: "manifest matches".into(),
@@ -160,7 +164,7 @@ impl Runner {
         let status = if resume { StageStatus::Resumed } else { StageStatus::Ran };
         self.report(index, name, &format!("{} ({reason})", if resume { "resuming" } else { "running" }));
 
-        if self.fail_stage.as_deref() == Some(name) {
+        if self.fail_stage == Some(stage) {
             return Err(fail("forced failure (NCE_PIPELINE_FAIL_STAGE)".into()));
         }
         let result = body(&StageCtx { dir: dir.clone(), resume }).map_err(fail)?;
@@ -179,7 +183,7 @@ impl Runner {
         manifest::write_json(&dir.join(MANIFEST), &m).map_err(|e| fail(format!("{}: {e}", dir.join(MANIFEST).display())))?;
         let _ = std::fs::remove_file(dir.join(PENDING));
         self.report(index, name, &format!("{status} in {seconds:.1} s"));
-        self.outcomes.push(StageOutcome { stage: name.into(), status, seconds, reason });
+        self.outcomes.push(StageOutcome { stage, status, seconds, reason });
         Ok(result)
     }
 
@@ -191,7 +195,7 @@ impl Runner {
 }
 
 /// A stage's stored `result.json`.
-pub fn read_result(dir: &Path) -> Result<serde_json::Value, String> {
+pub fn read_result<R: DeserializeOwned>(dir: &Path) -> Result<R, String> {
     let p = dir.join(RESULT);
     let text = std::fs::read_to_string(&p).map_err(|e| format!("{}: {e}", p.display()))?;
     serde_json::from_str(&text).map_err(|e| format!("{}: {e}", p.display()))

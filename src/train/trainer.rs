@@ -267,163 +267,217 @@ fn is_quantizer_param(name: &str) -> bool {
 
 /// Trains according to `cfg`; with `resume`, continues from `cfg.out/checkpoint.ot`.
 pub fn train(cfg: &TrainConfig, resume: bool, progress: bool) -> Result<TrainSummary, TrainError> {
-    if cfg.threads > 0 {
-        tch::set_num_threads(cfg.threads as i32);
+    let (mut t, train_loader) = Trainer::new(cfg, resume, progress)?;
+    let mut history = metrics::read(&t.metrics_path).map_err(|source| TrainError::Io { file: t.metrics_path.clone(), source })?;
+    let stopped = |history| Ok(TrainSummary { epochs: history, final_test_acc: f64::NAN, checkpoint: cfg.checkpoint_path() });
+    while t.meta.epoch < cfg.epochs {
+        let Some(m) = t.epoch(&train_loader)? else { return stopped(history) };
+        history.push(m);
+        if cfg.max_steps.is_some_and(|m| t.meta.step >= m) && t.meta.epoch < cfg.epochs {
+            return stopped(history);
+        }
     }
-    std::fs::create_dir_all(&cfg.out).map_err(|source| TrainError::Io { file: cfg.out.clone(), source })?;
-    let train_ds = load_dataset(cfg, Split::Train)?;
-    let test_ds = load_dataset(cfg, Split::Test)?;
-    let net = graph::build(cfg.model, train_ds.shape, train_ds.classes, cfg.widths.as_deref(), &cfg.bit_config())?;
-
-    tch::manual_seed(cfg.seed as i64);
-    let vs = nn::VarStore::new(Device::Cpu);
-    let model = Model::new(&vs.root(), &net, &cfg.model_options).map_err(|e| TrainError::Model(e.to_string()))?;
-    let mut sgd = Sgd::new(cfg.momentum, cfg.nesterov);
-    let ckpt_path = cfg.checkpoint_path();
-    let metrics_path = cfg.metrics_path();
-
-    let mut meta = Meta {
-        format: FORMAT,
-        config: cfg.clone(),
-        net: net.clone(),
-        epoch: 0,
-        batch: 0,
-        step: 0,
-        partial: Partial::default(),
-        last: None,
+    let final_test_acc = match &t.meta.last {
+        Some(m) => m.test_acc,
+        None => evaluate(&t.model, &t.test_loader).1,
     };
-    if resume && ckpt_path.is_file() {
-        let ck = checkpoint::load::<Meta>(&ckpt_path)?;
+    Ok(TrainSummary { epochs: history, final_test_acc, checkpoint: cfg.checkpoint_path() })
+}
+
+/// Weight decay of one parameter: the clips' own decay, none for other quantizer parameters.
+fn decay(cfg: &TrainConfig, name: &str) -> f64 {
+    match (is_quantizer_param(name), name.ends_with(".alpha")) {
+        (true, true) => cfg.clip_decay,
+        (true, false) => 0.0,
+        (false, _) => cfg.weight_decay,
+    }
+}
+
+/// One training run in progress: the model, its optimiser state and where it is.
+struct Trainer<'a> {
+    cfg: &'a TrainConfig,
+    vs: nn::VarStore,
+    model: Model,
+    sgd: Sgd,
+    meta: Meta,
+    /// Trainable variables, sorted by name (the optimiser's order).
+    params: Vec<(String, Tensor)>,
+    teacher: Option<LoadedModel>,
+    test_loader: Loader,
+    sched: CosineSchedule,
+    ckpt_path: PathBuf,
+    metrics_path: PathBuf,
+    progress: bool,
+}
+
+impl<'a> Trainer<'a> {
+    /// Builds the model, then resumes it from its checkpoint, or initialises it (`--init`) and
+    /// calibrates its clips. Returns the trainer and its training batches.
+    fn new(cfg: &'a TrainConfig, resume: bool, progress: bool) -> Result<(Trainer<'a>, Loader), TrainError> {
+        if cfg.threads > 0 {
+            tch::set_num_threads(cfg.threads as i32);
+        }
+        std::fs::create_dir_all(&cfg.out).map_err(|source| TrainError::Io { file: cfg.out.clone(), source })?;
+        let train_ds = load_dataset(cfg, Split::Train)?;
+        let test_ds = load_dataset(cfg, Split::Test)?;
+        let net = graph::build(cfg.model, train_ds.shape, train_ds.classes, cfg.widths.as_deref(), &cfg.bit_config())?;
+
+        tch::manual_seed(cfg.seed as i64);
+        let vs = nn::VarStore::new(Device::Cpu);
+        let model = Model::new(&vs.root(), &net, &cfg.model_options).map_err(|e| TrainError::Model(e.to_string()))?;
+        let meta = Meta { format: FORMAT, config: cfg.clone(), net, epoch: 0, batch: 0, step: 0, partial: Partial::default(), last: None };
+        let train_loader = Loader::train(&train_ds, cfg.batch_size, cfg.seed, Device::Cpu)?;
+        let test_loader = Loader::eval(&test_ds, 500, Device::Cpu)?;
+        let per_epoch = train_loader.num_batches();
+        let sched = CosineSchedule { base_lr: cfg.lr, warmup_steps: cfg.warmup_epochs * per_epoch, total_steps: cfg.epochs * per_epoch };
+        let mut t = Trainer {
+            cfg,
+            vs,
+            model,
+            sgd: Sgd::new(cfg.momentum, cfg.nesterov),
+            meta,
+            params: Vec::new(),
+            teacher: None,
+            test_loader,
+            sched,
+            ckpt_path: cfg.checkpoint_path(),
+            metrics_path: cfg.metrics_path(),
+            progress,
+        };
+        if resume && t.ckpt_path.is_file() {
+            t.restore()?;
+        } else {
+            t.initialise()?;
+        }
+        if !resume_loaded(&t.meta) && cfg.bits < 32 {
+            let calib = Loader::train(&train_ds, 256, cfg.seed ^ 0xC0FFEE, Device::Cpu)?;
+            if let Some((x, _)) = calib.batch(0, 0) {
+                let n = calibrate_clips(&t.vs, &t.meta.net, &x)?;
+                tracing::info!("calibrated {n} PACT clips on one batch");
+            }
+        }
+        t.teacher = cfg.teacher.as_deref().map(load_model).transpose()?;
+        let mut params: Vec<(String, Tensor)> = t.vs.variables().into_iter().filter(|(_, v)| v.requires_grad()).collect();
+        params.sort_by(|a, b| a.0.cmp(&b.0));
+        t.params = params;
+        Ok((t, train_loader))
+    }
+
+    /// Continues from `checkpoint.ot`, which must have been written with this configuration
+    /// (up to the epoch count and the step limit).
+    fn restore(&mut self) -> Result<(), TrainError> {
+        let (cfg, path) = (self.cfg, &self.ckpt_path);
+        let ck = checkpoint::load::<Meta>(path)?;
         let mut want = cfg.clone();
         want.epochs = ck.meta.config.epochs;
         want.max_steps = ck.meta.config.max_steps;
         if ck.meta.config != want {
             return Err(TrainError::Resume(format!(
                 "{} was written with a different configuration; use another --out or drop --resume",
-                ckpt_path.display()
+                path.display()
             )));
         }
-        copy_vars(&vs, &ck.vars, false).map_err(|m| TrainError::Resume(format!("{}: {m}", ckpt_path.display())))?;
+        copy_vars(&self.vs, &ck.vars, false).map_err(|m| TrainError::Resume(format!("{}: {m}", path.display())))?;
         for (name, t) in ck.opt {
-            sgd.buffers.insert(name, t);
+            self.sgd.buffers.insert(name, t);
         }
-        meta = Meta { config: cfg.clone(), ..ck.meta };
-        tracing::info!(epoch = meta.epoch, batch = meta.batch, "resumed from {}", ckpt_path.display());
+        self.meta = Meta { config: cfg.clone(), ..ck.meta };
+        tracing::info!(epoch = self.meta.epoch, batch = self.meta.batch, "resumed from {}", path.display());
         // Drop metrics of epochs after the checkpoint (written by a run killed later).
-        let kept: Vec<EpochMetrics> = metrics::read(&metrics_path)
-            .map_err(|source| TrainError::Io { file: metrics_path.clone(), source })?
+        let kept: Vec<EpochMetrics> = metrics::read(&self.metrics_path)
+            .map_err(|source| TrainError::Io { file: self.metrics_path.clone(), source })?
             .into_iter()
-            .filter(|m| m.epoch < meta.epoch)
+            .filter(|m| m.epoch < self.meta.epoch)
             .collect();
-        rewrite_metrics(&metrics_path, &kept)?;
-    } else {
-        if let Some(init) = &cfg.init {
+        rewrite_metrics(&self.metrics_path, &kept)
+    }
+
+    /// A fresh start: `--init` weights (leading slices where widths differ), empty metrics.
+    fn initialise(&mut self) -> Result<(), TrainError> {
+        if let Some(init) = &self.cfg.init {
             let ck = checkpoint::load::<Meta>(init)?;
-            let n = copy_vars(&vs, &ck.vars, true).map_err(TrainError::Resume)?;
+            let n = copy_vars(&self.vs, &ck.vars, true).map_err(TrainError::Resume)?;
             tracing::info!("initialised {n} variables from {}", init.display());
         }
-        rewrite_metrics(&metrics_path, &[])?;
+        rewrite_metrics(&self.metrics_path, &[])
     }
 
-    if !resume_loaded(&meta) && cfg.bits < 32 {
-        let calib = Loader::train(&train_ds, 256, cfg.seed ^ 0xC0FFEE, Device::Cpu)?;
-        if let Some((x, _)) = calib.batch(0, 0) {
-            let n = calibrate_clips(&vs, &net, &x)?;
-            tracing::info!("calibrated {n} PACT clips on one batch");
-        }
-    }
-
-    let teacher = match &cfg.teacher {
-        Some(p) => Some(load_model(p)?),
-        None => None,
-    };
-
-    let train_loader = Loader::train(&train_ds, cfg.batch_size, cfg.seed, Device::Cpu)?;
-    let test_loader = Loader::eval(&test_ds, 500, Device::Cpu)?;
-    let per_epoch = train_loader.num_batches();
-    let sched = CosineSchedule { base_lr: cfg.lr, warmup_steps: cfg.warmup_epochs * per_epoch, total_steps: cfg.epochs * per_epoch };
-    let params: Vec<(String, Tensor)> = {
-        let mut v: Vec<(String, Tensor)> = vs.variables().into_iter().filter(|(_, t)| t.requires_grad()).collect();
-        v.sort_by(|a, b| a.0.cmp(&b.0));
-        v
-    };
-    let decay = |name: &str| {
-        if is_quantizer_param(name) {
-            if name.ends_with(".alpha") {
-                cfg.clip_decay
-            } else {
-                0.0
-            }
-        } else {
-            cfg.weight_decay
-        }
-    };
-    let save = |meta: &Meta, sgd: &Sgd| -> Result<(), TrainError> {
-        // Never replace a good checkpoint with diverged weights: the loss that reveals a NaN
-        // is computed one step after the update that caused it.
-        let finite = no_grad(|| vs.variables().values().all(|p| p.isfinite().all().int64_value(&[]) != 0));
+    /// Writes `checkpoint.ot`, refusing diverged weights: the loss that reveals a NaN is
+    /// computed one step after the update that caused it, so a good checkpoint is never replaced.
+    fn save(&self) -> Result<(), TrainError> {
+        let finite = no_grad(|| self.vs.variables().values().all(|p| p.isfinite().all().int64_value(&[]) != 0));
         if !finite {
             return Err(TrainError::NonFinite {
                 value: f64::NAN,
-                epoch: meta.epoch,
-                batch: meta.batch,
-                checkpoint: ckpt_path.is_file().then(|| ckpt_path.clone()),
+                epoch: self.meta.epoch,
+                batch: self.meta.batch,
+                checkpoint: self.ckpt_path.is_file().then(|| self.ckpt_path.clone()),
             });
         }
-        let mut vars: Vec<(String, Tensor)> = vs.variables().into_iter().collect();
+        let mut vars: Vec<(String, Tensor)> = self.vs.variables().into_iter().collect();
         vars.sort_by(|a, b| a.0.cmp(&b.0));
-        let opt: Vec<(String, Tensor)> = sgd.buffers.iter().map(|(k, v)| (k.clone(), v.shallow_clone())).collect();
-        checkpoint::save(&ckpt_path, meta, &vars, &opt)?;
+        let opt: Vec<(String, Tensor)> = self.sgd.buffers.iter().map(|(k, v)| (k.clone(), v.shallow_clone())).collect();
+        checkpoint::save(&self.ckpt_path, &self.meta, &vars, &opt)?;
         Ok(())
-    };
+    }
 
-    let mut history = metrics::read(&metrics_path).map_err(|source| TrainError::Io { file: metrics_path.clone(), source })?;
-    while meta.epoch < cfg.epochs {
-        let epoch = meta.epoch;
-        let bar = if progress { ProgressBar::new(per_epoch as u64) } else { ProgressBar::hidden() };
+    /// Cross-entropy, and the loss to minimise (with distillation from the teacher, if any).
+    fn loss(&self, x: &Tensor, y: &Tensor, logits: &Tensor) -> (Tensor, Tensor) {
+        let ce = logits.cross_entropy_for_logits(y);
+        let Some(t) = &self.teacher else { return (ce.shallow_clone(), ce) };
+        let tl = no_grad(|| nn::ModuleT::forward_t(&t.model, x, false));
+        let temp = self.cfg.kd_temperature;
+        let kd = (logits.shallow_clone() / temp).log_softmax(-1, Kind::Float).kl_div(
+            &(tl / temp).log_softmax(-1, Kind::Float),
+            tch::Reduction::Mean,
+            true,
+        ) * (temp * temp * logits.size()[1] as f64);
+        let loss = &ce * (1.0 - self.cfg.kd_alpha) + kd * self.cfg.kd_alpha;
+        (ce, loss)
+    }
+
+    fn progress_bar(&self, batches: usize) -> ProgressBar {
+        let bar = if self.progress { ProgressBar::new(batches as u64) } else { ProgressBar::hidden() };
         bar.set_style(
             ProgressStyle::with_template("epoch {prefix} [{bar:30}] {pos}/{len} {msg} ({elapsed}<{eta})")
                 .expect("static template")
                 .progress_chars("=> "),
         );
-        bar.set_prefix(format!("{}/{}", epoch + 1, cfg.epochs));
-        bar.set_position(meta.batch as u64);
+        bar.set_prefix(format!("{}/{}", self.meta.epoch + 1, self.cfg.epochs));
+        bar.set_position(self.meta.batch as u64);
+        bar
+    }
+
+    /// Runs the rest of the current epoch (from `meta.batch`), evaluates, checkpoints and logs
+    /// it. `None` when the step limit (`max_steps`) stopped it mid-epoch, with a checkpoint.
+    fn epoch(&mut self, loader: &Loader) -> Result<Option<EpochMetrics>, TrainError> {
+        let (cfg, epoch, per_epoch) = (self.cfg, self.meta.epoch, loader.num_batches());
+        let bar = self.progress_bar(per_epoch);
         let started = Instant::now();
-        let mut p = meta.partial.clone();
-        let mut lr = sched.lr(meta.step);
-        for (i, (x, y)) in train_loader.epoch_batches(epoch as u64).enumerate().skip(meta.batch) {
-            lr = sched.lr(meta.step);
+        let mut p = self.meta.partial.clone();
+        let mut lr = self.sched.lr(self.meta.step);
+        for (i, (x, y)) in loader.epoch_batches(epoch as u64).enumerate().skip(self.meta.batch) {
+            lr = self.sched.lr(self.meta.step);
             // Seed per step: anything random in the forward pass is reproducible after resume.
-            tch::manual_seed(cfg.seed.wrapping_mul(1_000_003).wrapping_add(meta.step as u64) as i64);
-            let logits = nn::ModuleT::forward_t(&model, &x, true);
-            let ce = logits.cross_entropy_for_logits(&y);
-            let loss = match &teacher {
-                Some(t) => {
-                    let tl = no_grad(|| nn::ModuleT::forward_t(&t.model, &x, false));
-                    let temp = cfg.kd_temperature;
-                    let kd = (logits.shallow_clone() / temp).log_softmax(-1, Kind::Float).kl_div(
-                        &(tl / temp).log_softmax(-1, Kind::Float),
-                        tch::Reduction::Mean,
-                        true,
-                    ) * (temp * temp * logits.size()[1] as f64);
-                    &ce * (1.0 - cfg.kd_alpha) + kd * cfg.kd_alpha
-                }
-                None => ce.shallow_clone(),
-            };
+            tch::manual_seed(cfg.seed.wrapping_mul(1_000_003).wrapping_add(self.meta.step as u64) as i64);
+            let logits = nn::ModuleT::forward_t(&self.model, &x, true);
+            let (ce, loss) = self.loss(&x, &y, &logits);
             let value = loss.double_value(&[]);
             if !value.is_finite() {
                 bar.abandon();
-                return Err(TrainError::NonFinite { value, epoch, batch: i, checkpoint: ckpt_path.is_file().then(|| ckpt_path.clone()) });
+                let checkpoint = self.ckpt_path.is_file().then(|| self.ckpt_path.clone());
+                return Err(TrainError::NonFinite { value, epoch, batch: i, checkpoint });
             }
-            Sgd::zero_grad(&params);
+            Sgd::zero_grad(&self.params);
             loss.backward();
-            sgd.step(&params, lr, decay);
+            let cfg = self.cfg;
+            self.sgd.step(&self.params, lr, |name| decay(cfg, name));
             let n = y.size()[0] as u64;
             p.loss_sum += ce.double_value(&[]) * n as f64;
             p.correct += logits.argmax(-1, false).eq_tensor(&y).sum(Kind::Int64).int64_value(&[]) as u64;
             p.seen += n;
-            meta.step += 1;
-            meta.batch = i + 1;
+            self.meta.step += 1;
+            self.meta.batch = i + 1;
             let secs = p.seconds + started.elapsed().as_secs_f64();
             bar.set_message(format!(
                 "loss {:.3} acc {:.2}% {:.0} img/s",
@@ -432,20 +486,21 @@ pub fn train(cfg: &TrainConfig, resume: bool, progress: bool) -> Result<TrainSum
                 p.seen as f64 / secs.max(1e-9)
             ));
             bar.inc(1);
-            let stop = cfg.max_steps.is_some_and(|m| meta.step >= m) && meta.batch < per_epoch;
-            if stop || (cfg.checkpoint_every > 0 && meta.step.is_multiple_of(cfg.checkpoint_every) && meta.batch < per_epoch) {
-                meta.partial = Partial { seconds: secs, ..p.clone() };
-                save(&meta, &sgd)?;
+            let mid = self.meta.batch < per_epoch;
+            let stop = cfg.max_steps.is_some_and(|m| self.meta.step >= m) && mid;
+            if stop || (cfg.checkpoint_every > 0 && self.meta.step.is_multiple_of(cfg.checkpoint_every) && mid) {
+                self.meta.partial = Partial { seconds: secs, ..p.clone() };
+                self.save()?;
             }
             if stop {
                 bar.abandon();
-                tracing::info!(step = meta.step, "stopped at --max-steps; continue with --resume");
-                return Ok(TrainSummary { epochs: history, final_test_acc: f64::NAN, checkpoint: ckpt_path });
+                tracing::info!(step = self.meta.step, "stopped at --max-steps; continue with --resume");
+                return Ok(None);
             }
         }
         let seconds = p.seconds + started.elapsed().as_secs_f64();
         bar.finish_and_clear();
-        let (test_loss, test_acc) = evaluate(&model, &test_loader);
+        let (test_loss, test_acc) = evaluate(&self.model, &self.test_loader);
         let m = EpochMetrics {
             epoch,
             lr,
@@ -456,11 +511,18 @@ pub fn train(cfg: &TrainConfig, resume: bool, progress: bool) -> Result<TrainSum
             images_per_s: p.seen as f64 / seconds.max(1e-9),
             seconds,
         };
-        if progress {
+        self.end_epoch(&m)?;
+        Ok(Some(m))
+    }
+
+    /// Prints the epoch, then checkpoints first and appends the metrics line second: a crash in
+    /// between re-runs nothing, and the resumed run rewrites metrics up to the checkpoint.
+    fn end_epoch(&mut self, m: &EpochMetrics) -> Result<(), TrainError> {
+        if self.progress {
             eprintln!(
                 "epoch {}/{}: train loss {:.4} acc {:.2}% | test loss {:.4} acc {:.2}% | {:.0} img/s, {:.0} s",
-                epoch + 1,
-                cfg.epochs,
+                m.epoch + 1,
+                self.cfg.epochs,
                 m.train_loss,
                 100.0 * m.train_acc,
                 m.test_loss,
@@ -469,24 +531,13 @@ pub fn train(cfg: &TrainConfig, resume: bool, progress: bool) -> Result<TrainSum
                 m.seconds
             );
         }
-        meta.epoch += 1;
-        meta.batch = 0;
-        meta.partial = Partial::default();
-        meta.last = Some(m.clone());
-        // Checkpoint first, then the metrics line: a crash in between re-runs nothing and the
-        // resumed run rewrites metrics up to the checkpoint.
-        save(&meta, &sgd)?;
-        metrics::append(&metrics_path, &m).map_err(|source| TrainError::Io { file: metrics_path.clone(), source })?;
-        history.push(m);
-        if cfg.max_steps.is_some_and(|m| meta.step >= m) && meta.epoch < cfg.epochs {
-            return Ok(TrainSummary { epochs: history, final_test_acc: f64::NAN, checkpoint: ckpt_path });
-        }
+        self.meta.epoch += 1;
+        self.meta.batch = 0;
+        self.meta.partial = Partial::default();
+        self.meta.last = Some(m.clone());
+        self.save()?;
+        metrics::append(&self.metrics_path, m).map_err(|source| TrainError::Io { file: self.metrics_path.clone(), source })
     }
-    let final_test_acc = match &meta.last {
-        Some(m) => m.test_acc,
-        None => evaluate(&model, &test_loader).1,
-    };
-    Ok(TrainSummary { epochs: history, final_test_acc, checkpoint: ckpt_path })
 }
 
 fn resume_loaded(meta: &Meta) -> bool {
