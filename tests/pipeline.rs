@@ -323,7 +323,7 @@ fn the_report_has_every_section_and_number() {
     // The verdict comes first, on the validation images, with its interval.
     let first_note = md.lines().find(|l| l.starts_with("> ")).unwrap();
     assert!(first_note.contains("Verdict:") && first_note.contains("95 % paired bootstrap interval"), "{first_note}");
-    assert!(first_note.contains("on the same 16 test images"), "{first_note}");
+    assert!(first_note.contains("on the same 100 test images"), "{first_note}");
     // Every budget of the profile and every plugin metric appears.
     let profile = nce::hw::Profile::load(NPU).unwrap();
     for b in &profile.budgets {

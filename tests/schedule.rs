@@ -13,7 +13,7 @@ fn shipped_presets_parse_and_match_their_files() {
         assert_eq!(embedded, on_disk, "{name}");
     }
     let q = Schedule::quick();
-    assert_eq!((q.train_subset, q.test_subset, q.validate_subset, q.search_threshold), (Some(10000), Some(2000), Some(2000), 0.5));
+    assert_eq!((q.train_subset, q.test_subset, q.validate_subset, q.search_threshold), (Some(6000), Some(2000), Some(300), 0.5));
     assert_eq!(q.fp32_init.as_deref(), Some("shipped:resnet20-fp32-fashion"), "quick starts from the shipped FP32 model");
     let f = Schedule::full();
     assert_eq!((f.train_subset, f.test_subset, f.w2a2_epochs), (None, None, 30), "left-out subsets mean all images");

@@ -54,21 +54,26 @@ pub fn run(a: PipelineArgs) -> Result<ExitCode> {
         }
     }
     let s = &c.schedule;
+    let fp32 = match (&c.init, &s.fp32_init) {
+        (Some(f), _) => format!("from {}", f.display()),
+        (None, Some(i)) => format!("from {i}"),
+        (None, None) => format!("{} epoch(s)", s.fp32_epochs),
+    };
     if a.schedule.is_none() && a.preset == "quick" {
         println!(
             "REDUCED SCHEDULE (--preset quick): FP32 {}, {}-epoch search on {} images, {} W2A2 epoch(s) per network on {} images, \
              {} test images. The report's verdict line says whether its difference is beyond noise; --preset full for results.",
-            s.fp32_init.as_deref().map_or(format!("{} epoch(s)", s.fp32_epochs), |i| format!("from {i}")),
+            fp32,
             s.search_epochs,
             s.search_train_subset.map_or("all".into(), |n| n.to_string()),
             s.w2a2_epochs,
             s.train_subset.map_or("all".into(), |n| n.to_string()),
-            s.validate_subset.map_or("all".into(), |n| n.to_string())
+            s.test_subset.map_or("all".into(), |n| n.to_string())
         );
     } else {
         println!(
-            "schedule {}: {} FP32 epochs, {}-epoch search, {} W2A2 epochs per network (resumable: rerun the same command)",
-            name, s.fp32_epochs, s.search_epochs, s.w2a2_epochs
+            "schedule {}: FP32 {}, {}-epoch search, {} W2A2 epochs per network (resumable: rerun the same command)",
+            name, fp32, s.search_epochs, s.w2a2_epochs
         );
     }
     let r = pipeline::run(&c)?;

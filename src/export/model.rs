@@ -151,6 +151,219 @@ fn check_graph(net: &Network) -> Result<(), String> {
     Ok(())
 }
 
+/// Layer count within [`MAX_LAYERS`], and every layer reading earlier layers only, with the
+/// arity of its op (checked before anything indexes with the references).
+fn check_references(net: &Network) -> Result<(), String> {
+    let n = net.layers.len();
+    if n == 0 || n > MAX_LAYERS {
+        return Err(format!("network has {n} layers (1..={MAX_LAYERS})"));
+    }
+    for (i, l) in net.layers.iter().enumerate() {
+        let arity = if matches!(l.op, Op::Add { .. }) { 2 } else { 1 };
+        if l.inputs.len() != arity || l.inputs.iter().any(|s| matches!(s, Src::Layer(j) if *j >= i)) {
+            return Err(format!("layer {} has invalid inputs", l.name));
+        }
+    }
+    Ok(())
+}
+
+/// Lays out a checked graph as [`Step`]s, one layer at a time, fusing every residual add into
+/// the conv (without ReLU) that feeds it.
+struct PlanBuilder<'a> {
+    net: &'a Network,
+    arrays: Arrays<'a>,
+    /// The layers that read each layer's output, in order.
+    consumers: Vec<Vec<usize>>,
+    /// Which layers' code tensors exist once the steps so far have run.
+    ready: Vec<bool>,
+    fused_adds: Vec<bool>,
+    steps: Vec<Step>,
+}
+
+impl<'a> PlanBuilder<'a> {
+    fn new(net: &'a Network, c: &'a Container) -> Self {
+        let n = net.layers.len();
+        let mut consumers: Vec<Vec<usize>> = vec![Vec::new(); n];
+        for (j, l) in net.layers.iter().enumerate() {
+            for s in &l.inputs {
+                if let Src::Layer(i) = *s {
+                    if consumers[i].last() != Some(&j) {
+                        consumers[i].push(j);
+                    }
+                }
+            }
+        }
+        PlanBuilder {
+            net,
+            arrays: Arrays { c, used: Default::default() },
+            consumers,
+            ready: vec![false; n],
+            fused_adds: vec![false; n],
+            steps: Vec::new(),
+        }
+    }
+
+    fn readable(&self, s: Src, who: &str) -> Result<(), String> {
+        match s {
+            Src::Input => Ok(()),
+            Src::Layer(j) if self.ready[j] => Ok(()),
+            Src::Layer(j) => Err(format!("{who}: reads {}, which is not an activation tensor computed before it", self.net.layers[j].name)),
+        }
+    }
+
+    fn layer(&mut self, i: usize) -> Result<(), String> {
+        let net = self.net;
+        let l = &net.layers[i];
+        match l.op {
+            Op::Conv { k, stride, pad, groups, relu } => {
+                if groups != 1 {
+                    return Err(format!("{}: grouped convs are not supported by the engines", l.name));
+                }
+                self.conv(i, k, stride, pad, relu)
+            }
+            Op::Add { .. } if !self.fused_adds[i] => Err(format!("{}: residual adds must follow a conv without ReLU", l.name)),
+            Op::Add { .. } => Ok(()),
+            Op::Subsample { .. } => {
+                if self.consumers[i].iter().any(|&j| !matches!(self.net.layers[j].op, Op::Add { .. })) {
+                    return Err(format!("{}: a subsampling shortcut may only feed adds", l.name));
+                }
+                Ok(())
+            }
+            Op::MaxPool { k, stride, pad } => {
+                self.readable(l.inputs[0], &l.name)?;
+                self.steps.push(Step::MaxPool { layer: i, input: l.inputs[0], pool: MaxPool2d { k, stride, pad } });
+                self.ready[i] = true;
+                Ok(())
+            }
+            Op::GlobalAvgPool => {
+                self.readable(l.inputs[0], &l.name)?;
+                self.steps.push(Step::Pool { layer: i, input: l.inputs[0] });
+                Ok(())
+            }
+            Op::Linear => self.linear(i),
+        }
+    }
+
+    fn conv(&mut self, i: usize, k: usize, stride: usize, pad: usize, relu: bool) -> Result<(), String> {
+        let net = self.net;
+        let l = &net.layers[i];
+        let (cin, cout) = (l.in_shape.c, l.out_shape.c);
+        let k_len = cin
+            .checked_mul(k)
+            .and_then(|v| v.checked_mul(k))
+            .ok_or_else(|| format!("{}: reduction length {cin}·{k}·{k} overflows", l.name))?;
+        let weights = self.conv_weights(i, k_len)?;
+        let shift = self.arrays.scalar_i32(&format!("{}.shift", l.name))?;
+        if !(0..=30).contains(&shift) {
+            return Err(format!("{}: shift {shift} outside 0..=30", l.name));
+        }
+        self.readable(l.inputs[0], &l.name)?;
+        let (out, residual, qbits) = if relu { (i, None, l.out_bits) } else { self.fused_add(i)? };
+        if !(1..=8).contains(&qbits) {
+            return Err(format!("{}: output bits {qbits} not supported", l.name));
+        }
+        let requant = Requant {
+            m: self.arrays.i32s(&format!("{}.m", l.name), cout)?,
+            b: self.arrays.i32s(&format!("{}.b", l.name), cout)?,
+            shift: shift as u32,
+            qmax: ((1u16 << qbits) - 1) as u8,
+        };
+        let conv = Conv2d::new(cin, k, stride, pad, weights, requant).map_err(|e| format!("{}: {e}", l.name))?;
+        self.steps.push(Step::Conv { layer: i, input: l.inputs[0], out, conv, residual });
+        self.ready[out] = true;
+        Ok(())
+    }
+
+    /// The packed 2-bit or int8 weights of conv `i`, `[cout, k_len]`.
+    fn conv_weights(&mut self, i: usize, k_len: usize) -> Result<ConvWeights, String> {
+        let net = self.net;
+        let l = &net.layers[i];
+        let cout = l.out_shape.c;
+        let wname = format!("{}.w", l.name);
+        let w = self.arrays.get(&wname)?;
+        match (l.wbits, &w.data) {
+            (2, Array::U32(words)) => {
+                Arrays::shape(&wname, w, &[cout, crate::engine::words_for(k_len)])?;
+                Ok(ConvWeights::W2(PackedW2::from_words(cout, k_len, words.clone()).map_err(|e| format!("{}: {e}", l.name))?))
+            }
+            (8, Array::I8(v)) => {
+                Arrays::shape(&wname, w, &[cout, k_len])?;
+                Ok(ConvWeights::W8(Weights8::new(cout, k_len, v.clone()).map_err(|e| format!("{}: {e}", l.name))?))
+            }
+            (2, a) => Err(format!("`{wname}` must be uint32 (packed 2-bit codes) for a 2-bit layer, found {}", dtype_name(a))),
+            (8, a) => Err(format!("`{wname}` must be int8 for an 8-bit layer, found {}", dtype_name(a))),
+            (b, _) => Err(format!("{}: {b}-bit weights are not supported by the engines (2 or 8)", l.name)),
+        }
+    }
+
+    /// A conv without ReLU must feed exactly one add with ReLU, which it is fused with: returns
+    /// the add (the step's output), the residual (source, subsampling stride, rescale) and the
+    /// add's output bits.
+    #[allow(clippy::type_complexity)]
+    fn fused_add(&mut self, i: usize) -> Result<(usize, Option<(Src, usize, i32)>, u8), String> {
+        let net = self.net;
+        let l = &net.layers[i];
+        let [a] = self.consumers[i].as_slice() else {
+            return Err(format!("{}: a conv without ReLU must feed exactly one residual add", l.name));
+        };
+        let (a, add) = (*a, &net.layers[*a]);
+        if !matches!(add.op, Op::Add { relu: true }) || add.inputs[0] != Src::Layer(i) {
+            return Err(format!("{}: unsupported consumer {}", l.name, add.name));
+        }
+        let (src, stride) = match add.inputs[1] {
+            Src::Layer(j) => match net.layers[j].op {
+                Op::Subsample { stride } => (net.layers[j].inputs[0], stride),
+                Op::Conv { relu: false, .. } => {
+                    return Err(format!("{}: projection shortcuts are not supported by the engines yet", add.name))
+                }
+                _ => (Src::Layer(j), 1),
+            },
+            Src::Input => (Src::Input, 1),
+        };
+        self.readable(src, &add.name)?;
+        self.fused_adds[a] = true;
+        let r = self.arrays.scalar_i32(&format!("{}.r", l.name))?;
+        Ok((a, Some((src, stride, r)), add.out_bits))
+    }
+
+    /// The final 8-bit classifier, reading the global average pooling just before it.
+    fn linear(&mut self, i: usize) -> Result<(), String> {
+        let net = self.net;
+        let l = &net.layers[i];
+        if l.wbits != 8 || i != net.layers.len() - 1 {
+            return Err(format!("{}: only a final 8-bit classifier is supported", l.name));
+        }
+        let pooled = i.checked_sub(1).filter(|&p| l.inputs[0] == Src::Layer(p) && matches!(net.layers[p].op, Op::GlobalAvgPool));
+        if pooled.is_none() {
+            return Err(format!("{}: the classifier must read the global average pooling just before it", l.name));
+        }
+        let (cin, cout) = (l.in_shape.numel(), l.out_shape.c);
+        let wname = format!("{}.w", l.name);
+        let w = self.arrays.get(&wname)?;
+        let w = match &w.data {
+            Array::I8(v) => {
+                Arrays::shape(&wname, w, &[cout, cin])?;
+                Weights8::new(cout, cin, v.clone()).map_err(|e| format!("{}: {e}", l.name))?
+            }
+            a => return Err(format!("`{wname}` must be int8 (classifier weights), found {}", dtype_name(a))),
+        };
+        let linear = Linear::new(w, self.arrays.i32s(&format!("{}.b", l.name), cout)?).map_err(|e| format!("{}: {e}", l.name))?;
+        self.steps.push(Step::Linear { layer: i, linear });
+        Ok(())
+    }
+
+    /// The steps, once the network ended with its classifier and every array was used.
+    fn finish(self) -> Result<Vec<Step>, String> {
+        if !matches!(self.steps.last(), Some(Step::Linear { .. })) {
+            return Err("the network must end with a classifier".into());
+        }
+        if let Some(name) = self.arrays.c.arrays.keys().find(|k| !self.arrays.used.contains(k.as_str())) {
+            return Err(format!("unexpected array `{name}`: no layer of the network uses it"));
+        }
+        Ok(self.steps)
+    }
+}
+
 impl QModel {
     /// Builds the execution plan for `net` from the integer arrays in `c`.
     ///
@@ -164,163 +377,13 @@ impl QModel {
         if header.kind != "nce-model" {
             return Err(format!("header kind `{}` is not `nce-model`", header.kind));
         }
-        let net = &header.net;
-        let n = net.layers.len();
-        if n == 0 || n > MAX_LAYERS {
-            return Err(format!("network has {n} layers (1..={MAX_LAYERS})"));
+        check_references(&header.net)?;
+        check_graph(&header.net)?;
+        let mut b = PlanBuilder::new(&header.net, c);
+        for i in 0..header.net.layers.len() {
+            b.layer(i)?;
         }
-        // Validate the graph's references before indexing with them.
-        for (i, l) in net.layers.iter().enumerate() {
-            let arity = if matches!(l.op, Op::Add { .. }) { 2 } else { 1 };
-            if l.inputs.len() != arity || l.inputs.iter().any(|s| matches!(s, Src::Layer(j) if *j >= i)) {
-                return Err(format!("layer {} has invalid inputs", l.name));
-            }
-        }
-        check_graph(net)?;
-        let mut consumers: Vec<Vec<usize>> = vec![Vec::new(); n];
-        for (j, l) in net.layers.iter().enumerate() {
-            for s in &l.inputs {
-                if let Src::Layer(i) = *s {
-                    if consumers[i].last() != Some(&j) {
-                        consumers[i].push(j);
-                    }
-                }
-            }
-        }
-        let mut arrays = Arrays { c, used: Default::default() };
-        // Which layers' code tensors exist once the steps so far have run.
-        let mut ready = vec![false; n];
-        let readable = |ready: &[bool], s: Src, who: &str| match s {
-            Src::Input => Ok(()),
-            Src::Layer(j) if ready[j] => Ok(()),
-            Src::Layer(j) => Err(format!("{who}: reads {}, which is not an activation tensor computed before it", net.layers[j].name)),
-        };
-        let mut fused_adds = vec![false; n];
-        let mut steps = Vec::new();
-        for (i, l) in net.layers.iter().enumerate() {
-            match l.op {
-                Op::Conv { k, stride, pad, groups, relu } => {
-                    if groups != 1 {
-                        return Err(format!("{}: grouped convs are not supported by the engines", l.name));
-                    }
-                    let cin = l.in_shape.c;
-                    let cout = l.out_shape.c;
-                    let k_len = cin
-                        .checked_mul(k)
-                        .and_then(|v| v.checked_mul(k))
-                        .ok_or_else(|| format!("{}: reduction length {cin}·{k}·{k} overflows", l.name))?;
-                    let wname = format!("{}.w", l.name);
-                    let w = arrays.get(&wname)?;
-                    let weights = match (l.wbits, &w.data) {
-                        (2, Array::U32(words)) => {
-                            Arrays::shape(&wname, w, &[cout, crate::engine::words_for(k_len)])?;
-                            ConvWeights::W2(PackedW2::from_words(cout, k_len, words.clone()).map_err(|e| format!("{}: {e}", l.name))?)
-                        }
-                        (8, Array::I8(v)) => {
-                            Arrays::shape(&wname, w, &[cout, k_len])?;
-                            ConvWeights::W8(Weights8::new(cout, k_len, v.clone()).map_err(|e| format!("{}: {e}", l.name))?)
-                        }
-                        (2, a) => {
-                            return Err(format!("`{wname}` must be uint32 (packed 2-bit codes) for a 2-bit layer, found {}", dtype_name(a)))
-                        }
-                        (8, a) => return Err(format!("`{wname}` must be int8 for an 8-bit layer, found {}", dtype_name(a))),
-                        (b, _) => return Err(format!("{}: {b}-bit weights are not supported by the engines (2 or 8)", l.name)),
-                    };
-                    let shift = arrays.scalar_i32(&format!("{}.shift", l.name))?;
-                    if !(0..=30).contains(&shift) {
-                        return Err(format!("{}: shift {shift} outside 0..=30", l.name));
-                    }
-                    readable(&ready, l.inputs[0], &l.name)?;
-                    let (out, residual, qbits) = if relu {
-                        (i, None, l.out_bits)
-                    } else {
-                        // A conv without ReLU must feed exactly one add, which it is fused with.
-                        let [a] = consumers[i].as_slice() else {
-                            return Err(format!("{}: a conv without ReLU must feed exactly one residual add", l.name));
-                        };
-                        let add = &net.layers[*a];
-                        if !matches!(add.op, Op::Add { relu: true }) || add.inputs[0] != Src::Layer(i) {
-                            return Err(format!("{}: unsupported consumer {}", l.name, add.name));
-                        }
-                        let (src, stride) = match add.inputs[1] {
-                            Src::Layer(j) => match net.layers[j].op {
-                                Op::Subsample { stride } => (net.layers[j].inputs[0], stride),
-                                Op::Conv { relu: false, .. } => {
-                                    return Err(format!("{}: projection shortcuts are not supported by the engines yet", add.name))
-                                }
-                                _ => (Src::Layer(j), 1),
-                            },
-                            Src::Input => (Src::Input, 1),
-                        };
-                        readable(&ready, src, &add.name)?;
-                        fused_adds[*a] = true;
-                        let r = arrays.scalar_i32(&format!("{}.r", l.name))?;
-                        (*a, Some((src, stride, r)), add.out_bits)
-                    };
-                    if !(1..=8).contains(&qbits) {
-                        return Err(format!("{}: output bits {qbits} not supported", l.name));
-                    }
-                    let requant = Requant {
-                        m: arrays.i32s(&format!("{}.m", l.name), cout)?,
-                        b: arrays.i32s(&format!("{}.b", l.name), cout)?,
-                        shift: shift as u32,
-                        qmax: ((1u16 << qbits) - 1) as u8,
-                    };
-                    let conv = Conv2d::new(cin, k, stride, pad, weights, requant).map_err(|e| format!("{}: {e}", l.name))?;
-                    steps.push(Step::Conv { layer: i, input: l.inputs[0], out, conv, residual });
-                    ready[out] = true;
-                }
-                Op::Add { .. } => {
-                    if !fused_adds[i] {
-                        return Err(format!("{}: residual adds must follow a conv without ReLU", l.name));
-                    }
-                }
-                Op::Subsample { .. } => {
-                    if consumers[i].iter().any(|&j| !matches!(net.layers[j].op, Op::Add { .. })) {
-                        return Err(format!("{}: a subsampling shortcut may only feed adds", l.name));
-                    }
-                }
-                Op::MaxPool { k, stride, pad } => {
-                    readable(&ready, l.inputs[0], &l.name)?;
-                    steps.push(Step::MaxPool { layer: i, input: l.inputs[0], pool: MaxPool2d { k, stride, pad } });
-                    ready[i] = true;
-                }
-                Op::GlobalAvgPool => {
-                    readable(&ready, l.inputs[0], &l.name)?;
-                    steps.push(Step::Pool { layer: i, input: l.inputs[0] });
-                }
-                Op::Linear => {
-                    if l.wbits != 8 || i != n - 1 {
-                        return Err(format!("{}: only a final 8-bit classifier is supported", l.name));
-                    }
-                    // The classifier reads the pooled sums of the layer just before it.
-                    let pooled =
-                        i.checked_sub(1).filter(|&p| l.inputs[0] == Src::Layer(p) && matches!(net.layers[p].op, Op::GlobalAvgPool));
-                    if pooled.is_none() {
-                        return Err(format!("{}: the classifier must read the global average pooling just before it", l.name));
-                    }
-                    let cin = l.in_shape.numel();
-                    let wname = format!("{}.w", l.name);
-                    let w = arrays.get(&wname)?;
-                    let w = match &w.data {
-                        Array::I8(v) => {
-                            Arrays::shape(&wname, w, &[l.out_shape.c, cin])?;
-                            Weights8::new(l.out_shape.c, cin, v.clone()).map_err(|e| format!("{}: {e}", l.name))?
-                        }
-                        a => return Err(format!("`{wname}` must be int8 (classifier weights), found {}", dtype_name(a))),
-                    };
-                    let linear =
-                        Linear::new(w, arrays.i32s(&format!("{}.b", l.name), l.out_shape.c)?).map_err(|e| format!("{}: {e}", l.name))?;
-                    steps.push(Step::Linear { layer: i, linear });
-                }
-            }
-        }
-        if !matches!(steps.last(), Some(Step::Linear { .. })) {
-            return Err("the network must end with a classifier".into());
-        }
-        if let Some(name) = c.arrays.keys().find(|k| !arrays.used.contains(k.as_str())) {
-            return Err(format!("unexpected array `{name}`: no layer of the network uses it"));
-        }
+        let steps = b.finish()?;
         Ok(QModel { header, steps })
     }
 

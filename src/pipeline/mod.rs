@@ -277,8 +277,9 @@ pub fn run(cfg: &PipelineConfig) -> Result<PipelineRun, PipelineError> {
     let started = std::time::Instant::now();
     let profile = crate::cost::load_profile(&cfg.profile).map_err(|e| PipelineError::Setup(e.to_string()))?;
     std::fs::create_dir_all(&cfg.out).map_err(|e| PipelineError::Setup(format!("{}: {e}", cfg.out.display())))?;
+    let profile_file = profile_file(cfg)?;
     let runner = Runner::new(cfg.out.clone(), Stage::ALL.len(), cfg.fail_stage, cfg.progress);
-    let mut p = Pipeline { cfg, profile, r: runner };
+    let mut p = Pipeline { cfg, profile, profile_file, r: runner };
     let results = StageResults {
         fp32: p.fp32()?,
         sensitivity: p.sensitivity()?,
@@ -294,10 +295,30 @@ pub fn run(cfg: &PipelineConfig) -> Result<PipelineRun, PipelineError> {
     Ok(PipelineRun { stages: p.r.outcomes, summary, report_md, report_html, seconds: started.elapsed().as_secs_f64() })
 }
 
+/// The profile as a file the stages read and the manifests hash: the user's file, or for a
+/// shipped profile given by name its text written to `OUT/profile.toml` (the run records what
+/// it used).
+fn profile_file(cfg: &PipelineConfig) -> Result<PathBuf, PipelineError> {
+    if cfg.profile.is_file() {
+        return Ok(cfg.profile.clone());
+    }
+    let name = cfg.profile.to_string_lossy();
+    let shipped =
+        crate::hw::shipped::find(&name).ok_or_else(|| PipelineError::Setup(format!("{name}: no such profile file or shipped profile")))?;
+    let file = cfg.out.join("profile.toml");
+    if std::fs::read_to_string(&file).ok().as_deref() != Some(shipped.text) {
+        crate::fsutil::write_atomic(&file, shipped.text.as_bytes(), &Default::default())
+            .map_err(|e| PipelineError::Setup(e.to_string()))?;
+    }
+    Ok(file)
+}
+
 /// One run in progress: its configuration, its profile and the stage runner.
 struct Pipeline<'a> {
     cfg: &'a PipelineConfig,
     profile: crate::hw::Profile,
+    /// Where the profile's text is (see [`profile_file`]).
+    profile_file: PathBuf,
     r: Runner,
 }
 
@@ -315,7 +336,7 @@ impl Pipeline<'_> {
     }
 
     fn profile_input(&self) -> (String, PathBuf) {
-        ("profile".to_string(), self.cfg.profile.clone())
+        ("profile".to_string(), self.profile_file.clone())
     }
 
     fn nce_file(&self, m: &str) -> PathBuf {
@@ -449,7 +470,7 @@ impl Pipeline<'_> {
     /// (from the FP32 weights the supernet sits near chance; docs/search.md).
     fn search(&mut self) -> Result<SearchResult, PipelineError> {
         let (cfg, s) = (self.cfg, &self.cfg.schedule);
-        let mut sc = SearchConfig::new(cfg.model, cfg.profile.clone(), &cfg.data, s.search_epochs, self.at("search"));
+        let mut sc = SearchConfig::new(cfg.model, self.profile_file.clone(), &cfg.data, s.search_epochs, self.at("search"));
         sc.data_root = cfg.data_root.clone();
         sc.train_subset = s.search_train_subset;
         sc.test_subset = Some(s.search_test_subset);
@@ -504,7 +525,8 @@ impl Pipeline<'_> {
         let cfg = self.cfg;
         let mut inputs = self.exported();
         inputs.extend(self.checkpoints());
-        let config = json!({"v": 2, "data": cfg.data, "test_subset": cfg.schedule.validate_subset});
+        let s = &cfg.schedule;
+        let config = json!({"v": 3, "data": cfg.data, "validate_subset": s.validate_subset, "test_subset": s.test_subset});
         let files = PerModel {
             uniform: (self.nce_file("uniform"), self.at("train-uniform/checkpoint.ot")),
             nce: (self.nce_file("nce"), self.at("train-nce/checkpoint.ot")),
@@ -582,8 +604,7 @@ fn train_stage(cfg: &PipelineConfig, c: &TrainConfig, stage: Stage, ctx: &StageC
 
 /// How many test images a subset of `n` is (all of them when `None` or larger).
 fn test_images(cfg: &PipelineConfig, n: Option<usize>) -> Result<usize, String> {
-    let all = crate::data::load(&cfg.data, &cfg.data_root, crate::data::Split::Test).map_err(|e| e.to_string())?.len();
-    Ok(n.map_or(all, |n| n.min(all)))
+    Ok(test_set(cfg, n)?.len())
 }
 
 /// The parts of a training configuration that define its result (paths left out, so a run
@@ -643,17 +664,12 @@ fn export_one(ckpt: &Path, label: &str, profile: &str, file: &Path) -> Result<us
 }
 
 fn test_set(cfg: &PipelineConfig, n: Option<usize>) -> Result<crate::data::Dataset, String> {
-    let mut ds = crate::data::load(&cfg.data, &cfg.data_root, crate::data::Split::Test).map_err(|e| e.to_string())?;
-    if let Some(n) = n.filter(|&n| n < ds.len()) {
-        ds = ds.subset(n);
-    }
-    Ok(ds)
+    crate::data::load_for(&cfg.data, &cfg.data_root, crate::data::Split::Test, n, None).map_err(|e| e.to_string())
 }
 
 fn validate_cpu_one(cfg: &PipelineConfig, file: &Path, ckpt: &Path, threads: usize) -> Result<CpuValidation, String> {
     use crate::engine::compare::argmax;
     use crate::engine::cpu::{Backend, Cpu};
-    use crate::engine::plan::LayerOut;
     use crate::export::validate;
     let model = QModel::load(file).map_err(|e| e.to_string())?;
     let ds = test_set(cfg, cfg.schedule.validate_subset)?;
@@ -679,14 +695,12 @@ fn validate_cpu_one(cfg: &PipelineConfig, file: &Path, ckpt: &Path, threads: usi
             rep.images
         ));
     }
-    let correct = outs
-        .iter()
-        .zip(&ds.labels)
-        .map(|(o, &y)| match o.last() {
-            Some(Some(LayerOut::Logits(l))) if argmax(l) == y as usize => '1',
-            _ => '0',
-        })
-        .collect();
+    // The verdict's images: the test images every accuracy of the run is measured on.
+    let test = test_set(cfg, cfg.schedule.test_subset)?;
+    let prepared = model.prepare(&cpu).map_err(|e| e.to_string())?;
+    let logits = model.run_batch(&cpu, &prepared, &test.images, threads).map_err(|e| e.to_string())?;
+    let correct: String = logits.iter().zip(&test.labels).map(|(l, &y)| if argmax(l) == y as usize { '1' } else { '0' }).collect();
+    let test_correct = correct.bytes().filter(|&b| b == b'1').count();
     let n = rep.images.max(1) as f64;
     Ok(CpuValidation {
         backend: backend.to_string(),
@@ -700,6 +714,8 @@ fn validate_cpu_one(cfg: &PipelineConfig, file: &Path, ckpt: &Path, threads: usi
         max_deviation: rep.max_deviation,
         engine_seconds,
         threads,
+        test_images: test.len(),
+        test_acc: test_correct as f64 / test.len().max(1) as f64,
         correct,
     })
 }

@@ -148,7 +148,7 @@ pub fn write(inp: &Inputs, dir: &Path, md_path: &Path, html_path: &Path) -> Resu
         uniform_acc: r.uniform.test_acc,
         nce_acc: r.nce.test_acc,
         nce_passes_budgets: c.nce_cost.passes(),
-        verdict_line: verdict.as_ref().map(|v| verdict_line(v, c.nce_cost.passes(), c.r.search.expansions)),
+        verdict_line: verdict.as_ref().map(|v| verdict_line(v, c.nce_cost.passes(), &c.r.search)),
         verdict,
     })
 }
@@ -158,7 +158,7 @@ fn title(c: &Ctx, verdict: Option<&Verdict>, b: &mut Vec<Block>) {
     let (cfg, s) = (c.inp.cfg, &c.inp.cfg.schedule);
     b.push(Block::Heading(1, format!("NCE pipeline: {} on {}, profile {}", cfg.model.name(), cfg.data, c.inp.profile.name)));
     if let Some(v) = verdict {
-        b.push(Block::Note(verdict_line(v, c.nce_cost.passes(), c.r.search.expansions)));
+        b.push(Block::Note(verdict_line(v, c.nce_cost.passes(), &c.r.search)));
     }
     b.push(Block::Para(format!(
         "Schedule `{}`: FP32 {}, search {} epochs on {} images ({} warm-up), W2A2 {} epoch(s) per network on {} training images{}.",
@@ -197,7 +197,7 @@ fn title(c: &Ctx, verdict: Option<&Verdict>, b: &mut Vec<Block>) {
 }
 
 /// One sentence: who is better, by how much, with the interval, and whether that is noise.
-pub fn verdict_line(v: &Verdict, nce_in_budget: bool, expansions: usize) -> String {
+pub fn verdict_line(v: &Verdict, nce_in_budget: bool, search: &super::SearchResult) -> String {
     let pp = |x: f64| format!("{:+.2}", 100.0 * x);
     let judged = match v.better() {
         "nce" => "NCE is more accurate than uniform W2A2",
@@ -206,7 +206,7 @@ pub fn verdict_line(v: &Verdict, nce_in_budget: bool, expansions: usize) -> Stri
     };
     format!(
         "Verdict: {judged}: NCE {} vs uniform {} on the same {} test images, difference {} points \
-         (95 % paired bootstrap interval {} to {}, {} resamples){}. NCE {} its budgets; the search made {} expansion(s).",
+         (95 % paired bootstrap interval {} to {}, {} resamples){}. NCE {} its budgets; the search made {} expansion(s){}.",
         pct(v.nce_acc),
         pct(v.uniform_acc),
         v.images,
@@ -216,7 +216,8 @@ pub fn verdict_line(v: &Verdict, nce_in_budget: bool, expansions: usize) -> Stri
         v.resamples,
         if v.better() == "neither" { ": within noise" } else { "" },
         if nce_in_budget { "is within" } else { "EXCEEDS" },
-        expansions
+        search.expansions,
+        if search.widths == search.base_widths { " but kept the base widths, so both networks are the same" } else { "" }
     )
 }
 
@@ -269,16 +270,16 @@ fn profile(c: &Ctx, b: &mut Vec<Block>) {
     b.push(Block::Table(headers(&["budget", "plugin", "limit", "absolute limit", "uniform (base) value"]), rows));
 }
 
-/// Accuracies of the three networks. The W2A2 ones are the CPU engine's on the validation
+/// Accuracies of the three networks. The W2A2 ones are the CPU engine's on the run's test
 /// images (the deployed integer model, the images the verdict uses); tch's are beside them.
 fn accuracy(c: &Ctx, b: &mut Vec<Block>) -> Result<(), String> {
     let r = c.r;
     let v = &r.validate_cpu;
     b.push(Block::Heading(2, "Accuracy".into()));
-    let same = r.fp32.test_images == v.uniform.images && r.uniform.test_images == v.uniform.images;
+    let n = v.uniform.test_images;
+    let same = [r.fp32.test_images, r.uniform.test_images, r.nce.test_images, v.nce.test_images].iter().all(|&t| t == n);
     b.push(Block::Para(format!(
-        "{} test images{}. Engine = the exported integer model on the CPU engine; tch = the training-time simulation.",
-        v.uniform.images,
+        "{n} test images{}. Engine = the exported integer model on the CPU engine; tch = the training-time simulation.",
         if same { ", the same for every number in this table" } else { " for the engine; tch accuracies on the images shown" }
     )));
     let row = |name: &str, tch: &super::TrainResult, engine: Option<f64>| {
@@ -288,17 +289,17 @@ fn accuracy(c: &Ctx, b: &mut Vec<Block>) -> Result<(), String> {
         headers(&["model", "test accuracy (engine)", "test accuracy (tch)", "tch test images"]),
         vec![
             row("FP32", &r.fp32, None),
-            row("uniform W2A2", &r.uniform, Some(v.uniform.engine_acc)),
-            row("NCE W2A2", &r.nce, Some(v.nce.engine_acc)),
+            row("uniform W2A2", &r.uniform, Some(v.uniform.test_acc)),
+            row("NCE W2A2", &r.nce, Some(v.nce.test_acc)),
         ],
     ));
     let chart = c.dir.join("accuracy");
     crate::plot::bar_chart(
         &chart,
-        &format!("Test accuracy ({} test images)", v.uniform.images),
+        &format!("Test accuracy ({n} test images)"),
         "accuracy (%)",
         &["FP32 (tch)".into(), "uniform W2A2".into(), "NCE W2A2".into()],
-        &[("test accuracy".into(), vec![100.0 * r.fp32.test_acc, 100.0 * v.uniform.engine_acc, 100.0 * v.nce.engine_acc])],
+        &[("test accuracy".into(), vec![100.0 * r.fp32.test_acc, 100.0 * v.uniform.test_acc, 100.0 * v.nce.test_acc])],
     )
     .map_err(chart_err)?;
     b.push(Block::Image("Test accuracy of FP32, uniform W2A2 and NCE W2A2".into(), chart.with_extension("png")));

@@ -150,6 +150,10 @@ pub struct CpuValidation {
     pub max_deviation: i64,
     pub engine_seconds: f64,
     pub threads: usize,
+    /// The run's test images (the schedule's `test_subset`, the images of every accuracy)
+    /// and the engine's accuracy on them; `images` above are the layer-compared ones.
+    pub test_images: usize,
+    pub test_acc: f64,
     /// One character per test image, `1` where the engine's prediction is right: the paired
     /// bootstrap of the report compares the two networks image by image.
     pub correct: String,

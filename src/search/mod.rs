@@ -234,15 +234,9 @@ fn bind_budgets(eval: &Evaluator, base: &Network) -> Result<Budgets, SearchError
 }
 
 fn load_split(cfg: &SearchConfig) -> Result<(Dataset, Dataset, Dataset), SearchError> {
-    let mut train = data::load(&cfg.data, &cfg.data_root, Split::Train)?;
-    if let Some(n) = cfg.train_subset.filter(|&n| n < train.len()) {
-        train = train.subset(n);
-    }
+    let train = data::load_for(&cfg.data, &cfg.data_root, Split::Train, cfg.train_subset, None)?;
     let (w, a) = train.split(0.5, cfg.seed);
-    let mut test = data::load(&cfg.data, &cfg.data_root, Split::Test)?;
-    if let Some(n) = cfg.test_subset.filter(|&n| n < test.len()) {
-        test = test.subset(n);
-    }
+    let test = data::load_for(&cfg.data, &cfg.data_root, Split::Test, cfg.test_subset, None)?;
     Ok((w, a, test))
 }
 

@@ -235,15 +235,11 @@ fn copy_vars(vs: &nn::VarStore, src: &[(String, Tensor)], partial: bool) -> Resu
 }
 
 fn load_dataset(cfg: &TrainConfig, split: Split) -> Result<Dataset, TrainError> {
-    let ds = data::load(&cfg.data, &cfg.data_root, split)?;
-    let n = match split {
+    let subset = match split {
         Split::Train => cfg.train_subset,
         Split::Test => cfg.test_subset,
     };
-    Ok(match n {
-        Some(n) if n < ds.len() => ds.subset(n),
-        _ => ds,
-    })
+    Ok(data::load_for(&cfg.data, &cfg.data_root, split, subset, None)?)
 }
 
 /// Test loss and accuracy of `model` over `loader`.

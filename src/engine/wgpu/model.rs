@@ -88,6 +88,203 @@ enum Binding {
     Dummy,
 }
 
+/// The buffers a model's launches bind, sized for `max_batch` images.
+struct Buffers {
+    slots: Vec<wgpu::Buffer>,
+    sums: wgpu::Buffer,
+    logits: wgpu::Buffer,
+    staging: wgpu::Buffer,
+    dummy: wgpu::Buffer,
+    params: wgpu::Buffer,
+}
+
+/// Turns a plan's steps into launches: uploads weights, tracks every tensor's shape and hands
+/// out activation buffers by liveness.
+struct Planner<'d> {
+    dev: &'d wgpu::Device,
+    /// The step after which each tensor is read no more.
+    last_use: HashMap<Key, usize>,
+    shapes: HashMap<Key, Tensor>,
+    slots: Slots,
+    own: Vec<wgpu::Buffer>,
+    plan: Vec<(Launch, Vec<Binding>)>,
+    pooled: usize,
+    classes: usize,
+    max_words: usize,
+    max_conv_pixels: usize,
+}
+
+impl<'d> Planner<'d> {
+    fn new(dev: &'d wgpu::Device, model: &QModel) -> Self {
+        let net = model.net();
+        let mut last_use = HashMap::new();
+        for (si, s) in model.steps.iter().enumerate() {
+            for r in reads(s) {
+                last_use.insert(key(r), si);
+            }
+        }
+        let image = Tensor { h: net.input.h, w: net.input.w, c: net.input.c, max_code: 255 };
+        let mut slots = Slots::default();
+        slots.alloc(Src::Input);
+        Planner {
+            dev,
+            last_use,
+            shapes: HashMap::from([(None, image)]),
+            slots,
+            own: Vec::new(),
+            plan: Vec::new(),
+            pooled: 0,
+            classes: 0,
+            max_words: image.words(),
+            max_conv_pixels: 1,
+        }
+    }
+
+    fn shape(&self, s: Src) -> Result<Tensor> {
+        self.shapes.get(&key(s)).copied().ok_or_else(|| slots_err(s))
+    }
+
+    /// Records tensor `o` of shape `y` and gives it a buffer.
+    fn output(&mut self, o: Src, y: Tensor) -> usize {
+        self.max_words = self.max_words.max(y.words());
+        self.shapes.insert(key(o), y);
+        self.slots.alloc(o)
+    }
+
+    /// Uploads a constant array the model's launches bind; returns its binding.
+    fn upload<T: bytemuck::Pod>(&mut self, label: &str, data: &[T]) -> Binding {
+        self.own.push(kernels::storage_init(self.dev, label, data));
+        Binding::Own(self.own.len() - 1)
+    }
+
+    fn step(&mut self, step: &Step) -> Result<()> {
+        match step {
+            Step::Conv { input, out, conv, residual, .. } => self.conv(*input, *out, conv, *residual),
+            Step::MaxPool { layer, input, pool } => {
+                let x = self.shape(*input)?;
+                let (ho, wo) = pool.out_hw(&x.probe())?;
+                let x_slot = self.slots.get(*input)?;
+                let y_slot = self.output(Src::Layer(*layer), Tensor { h: ho, w: wo, c: x.c, max_code: x.max_code });
+                let launch = Launch::MaxPool { h: x.h, w: x.w, c: x.c, ho, wo, k: pool.k, stride: pool.stride, pad: pool.pad };
+                self.plan.push((launch, vec![Binding::Slot(x_slot), Binding::Slot(y_slot)]));
+                Ok(())
+            }
+            Step::Pool { input, .. } => {
+                let x = self.shape(*input)?;
+                check_pool(x.h, x.w)?;
+                self.pooled = x.c;
+                let x_slot = self.slots.get(*input)?;
+                self.plan.push((Launch::GlobalPool { hw: x.h * x.w, c: x.c }, vec![Binding::Slot(x_slot), Binding::Sums]));
+                Ok(())
+            }
+            Step::Linear { linear, .. } => self.linear(linear),
+        }
+    }
+
+    fn conv(&mut self, input: Src, out: usize, conv: &crate::engine::Conv2d, residual: Option<(Src, usize, i32)>) -> Result<()> {
+        let x = self.shape(input)?;
+        let sc = residual.map(|(s, _, _)| self.shape(s)).transpose()?;
+        let sc_probe = sc.map(|t| t.probe());
+        let res = residual.zip(sc_probe.as_ref()).map(|((_, stride, r), t)| Residual { input: t, stride, r });
+        let d = conv.dims(&x.probe(), res.as_ref())?;
+        let gw = layout::relayout(conv);
+        let shortcut = residual.zip(sc).map(|((_, st, r), t)| (t.h, t.w, t.c, st, r));
+        let geom = ConvGeom::new(conv, x.h, x.w, d, gw.wpt, shortcut, x.max_code);
+        let weights = self.upload("conv weights", &gw.words);
+        let requant = self.upload("requant", &layout::requant_words(conv));
+        let res_binding = match residual {
+            Some((s, _, _)) => Binding::Slot(self.slots.get(s)?),
+            None => Binding::Dummy,
+        };
+        let x_slot = self.slots.get(input)?;
+        self.max_conv_pixels = self.max_conv_pixels.max(d.ho * d.wo);
+        let y_slot = self.output(Src::Layer(out), Tensor { h: d.ho, w: d.wo, c: d.c_out, max_code: conv.requant.qmax });
+        self.plan.push((Launch::Conv(geom), vec![Binding::Slot(x_slot), weights, requant, res_binding, Binding::Slot(y_slot)]));
+        Ok(())
+    }
+
+    fn linear(&mut self, linear: &crate::engine::Linear) -> Result<()> {
+        if linear.c_in() != self.pooled {
+            return Err(EngineError::Mismatch { what: "linear input length", expected: linear.c_in(), got: self.pooled }.into());
+        }
+        self.classes = linear.c_out();
+        let wl: Vec<i32> = linear.weights.data.iter().map(|&v| v as i32).collect();
+        let w = self.upload("linear weights", &wl);
+        let b = self.upload("linear bias", &linear.bias);
+        let launch = Launch::Linear { c_in: linear.c_in(), c_out: linear.c_out() };
+        self.plan.push((launch, vec![Binding::Sums, w, b, Binding::Logits]));
+        Ok(())
+    }
+
+    /// Buffers whose last reader was step `si` go back to the pool (after the step's own output
+    /// was allocated, so no step writes into a buffer it reads).
+    fn release_after(&mut self, si: usize, step: &Step) {
+        for r in reads(step) {
+            if self.last_use.get(&key(r)) == Some(&si) {
+                if let Some(i) = self.slots.of.remove(&key(r)) {
+                    self.slots.free.push(i);
+                }
+            }
+        }
+    }
+
+    /// `wanted` images per submission, or fewer where the adapter's buffer size or dispatch
+    /// grid limits demand it.
+    fn batch_limit(&self, wanted: usize) -> Result<usize> {
+        let limits = self.dev.limits();
+        let per_image = (self.max_words * 4) as u64;
+        let by_memory = (limits.max_storage_buffer_binding_size.min(limits.max_buffer_size) / per_image) as usize;
+        let by_grid = 65_535 * 64 / self.max_conv_pixels;
+        let max_batch = wanted.min(by_memory).min(by_grid);
+        if max_batch == 0 {
+            return Err(WgpuError::Limit(format!("one image needs {per_image} bytes per activation buffer, more than the adapter allows")));
+        }
+        Ok(max_batch)
+    }
+
+    fn buffers(&self, max_batch: usize) -> Buffers {
+        let dev = self.dev;
+        let storage = wgpu::BufferUsages::STORAGE | wgpu::BufferUsages::COPY_DST;
+        let per_image = (self.max_words * 4) as u64;
+        let logit_bytes = (max_batch * self.classes * 8) as u64;
+        Buffers {
+            slots: (0..self.slots.count).map(|_| kernels::buffer(dev, "activations", per_image * max_batch as u64, storage)).collect(),
+            sums: kernels::buffer(dev, "pooled sums", (max_batch * self.pooled * 4) as u64, storage),
+            logits: kernels::buffer(dev, "logits", logit_bytes, wgpu::BufferUsages::STORAGE | wgpu::BufferUsages::COPY_SRC),
+            staging: kernels::buffer(dev, "staging", logit_bytes, wgpu::BufferUsages::MAP_READ | wgpu::BufferUsages::COPY_DST),
+            dummy: kernels::storage_init(dev, "no residual", &[0u32]),
+            params: kernels::buffer(
+                dev,
+                "params",
+                PARAM_SLOT * self.plan.len() as u64,
+                wgpu::BufferUsages::UNIFORM | wgpu::BufferUsages::COPY_DST,
+            ),
+        }
+    }
+
+    /// One bind group per launch, its parameters at the launch's slot of `b.params`.
+    fn bind(&mut self, engine: &WgpuEngine, dot: DotKernel, b: &Buffers) -> Vec<(Launch, wgpu::BindGroup)> {
+        let plan = std::mem::take(&mut self.plan);
+        plan.into_iter()
+            .enumerate()
+            .map(|(i, (launch, binds))| {
+                let bufs: Vec<&wgpu::Buffer> = binds
+                    .iter()
+                    .map(|bd| match bd {
+                        Binding::Slot(s) => &b.slots[*s],
+                        Binding::Own(o) => &self.own[*o],
+                        Binding::Sums => &b.sums,
+                        Binding::Logits => &b.logits,
+                        Binding::Dummy => &b.dummy,
+                    })
+                    .collect();
+                let bg = kernels::bind_group(self.dev, launch.pipeline(&engine.kernels, dot), &b.params, i as u64, &bufs);
+                (launch, bg)
+            })
+            .collect()
+    }
+}
+
 /// A model uploaded to one [`WgpuEngine`].
 pub struct WgpuModel<'e> {
     engine: &'e WgpuEngine,
@@ -115,161 +312,32 @@ impl<'e> WgpuModel<'e> {
     /// Uploads `model`, sizing buffers for up to `max_batch` images per submission (fewer when
     /// the adapter's buffer or dispatch limits demand it).
     pub fn with_options(engine: &'e WgpuEngine, model: &QModel, dot: DotKernel, max_batch: usize) -> Result<Self> {
-        let dev = &engine.device;
         let dot = engine.resolve_dot(dot);
         let net = model.net();
-        let (c, h, w) = (net.input.c, net.input.h, net.input.w);
-        let mut last_use: HashMap<Key, usize> = HashMap::new();
-        for (si, s) in model.steps.iter().enumerate() {
-            for r in reads(s) {
-                last_use.insert(key(r), si);
-            }
-        }
-        let mut shapes: HashMap<Key, Tensor> = HashMap::new();
-        shapes.insert(None, Tensor { h, w, c, max_code: 255 });
-        let mut slots = Slots::default();
-        slots.alloc(Src::Input);
-        let shape = |shapes: &HashMap<Key, Tensor>, s: Src| -> Result<Tensor> { shapes.get(&key(s)).copied().ok_or_else(|| slots_err(s)) };
-        let mut own: Vec<wgpu::Buffer> = Vec::new();
-        let mut plan: Vec<(Launch, Vec<Binding>)> = Vec::new();
-        let (mut pooled, mut classes) = (0usize, 0usize);
-        let mut max_words = shapes[&None].words();
-        let mut max_conv_pixels = 1;
+        let input = (net.input.c, net.input.h, net.input.w);
+        let mut p = Planner::new(&engine.device, model);
         for (si, step) in model.steps.iter().enumerate() {
-            match step {
-                Step::Conv { input, out, conv, residual, .. } => {
-                    let x = shape(&shapes, *input)?;
-                    let sc = residual.map(|(s, _, _)| shape(&shapes, s)).transpose()?;
-                    let sc_probe = sc.map(|t| t.probe());
-                    let res = residual.zip(sc_probe.as_ref()).map(|((_, stride, r), t)| Residual { input: t, stride, r });
-                    let d = conv.dims(&x.probe(), res.as_ref())?;
-                    let gw = layout::relayout(conv);
-                    let geom = ConvGeom::new(
-                        conv,
-                        x.h,
-                        x.w,
-                        d,
-                        gw.wpt,
-                        residual.zip(sc).map(|((_, st, r), t)| (t.h, t.w, t.c, st, r)),
-                        x.max_code,
-                    );
-                    own.push(kernels::storage_init(dev, "conv weights", &gw.words));
-                    own.push(kernels::storage_init(dev, "requant", &layout::requant_words(conv)));
-                    let res_binding = match residual {
-                        Some((s, _, _)) => Binding::Slot(slots.get(*s)?),
-                        None => Binding::Dummy,
-                    };
-                    let x_slot = slots.get(*input)?;
-                    let o = Src::Layer(*out);
-                    let y = Tensor { h: d.ho, w: d.wo, c: d.c_out, max_code: conv.requant.qmax };
-                    max_words = max_words.max(y.words());
-                    max_conv_pixels = max_conv_pixels.max(d.ho * d.wo);
-                    shapes.insert(key(o), y);
-                    let y_slot = slots.alloc(o);
-                    plan.push((
-                        Launch::Conv(geom),
-                        vec![
-                            Binding::Slot(x_slot),
-                            Binding::Own(own.len() - 2),
-                            Binding::Own(own.len() - 1),
-                            res_binding,
-                            Binding::Slot(y_slot),
-                        ],
-                    ));
-                }
-                Step::MaxPool { layer, input, pool } => {
-                    let x = shape(&shapes, *input)?;
-                    let (ho, wo) = pool.out_hw(&x.probe())?;
-                    let x_slot = slots.get(*input)?;
-                    let o = Src::Layer(*layer);
-                    let y = Tensor { h: ho, w: wo, c: x.c, max_code: x.max_code };
-                    max_words = max_words.max(y.words());
-                    shapes.insert(key(o), y);
-                    let y_slot = slots.alloc(o);
-                    let launch = Launch::MaxPool { h: x.h, w: x.w, c: x.c, ho, wo, k: pool.k, stride: pool.stride, pad: pool.pad };
-                    plan.push((launch, vec![Binding::Slot(x_slot), Binding::Slot(y_slot)]));
-                }
-                Step::Pool { input, .. } => {
-                    let x = shape(&shapes, *input)?;
-                    check_pool(x.h, x.w)?;
-                    pooled = x.c;
-                    plan.push((Launch::GlobalPool { hw: x.h * x.w, c: x.c }, vec![Binding::Slot(slots.get(*input)?), Binding::Sums]));
-                }
-                Step::Linear { linear, .. } => {
-                    if linear.c_in() != pooled {
-                        return Err(EngineError::Mismatch { what: "linear input length", expected: linear.c_in(), got: pooled }.into());
-                    }
-                    classes = linear.c_out();
-                    let wl: Vec<i32> = linear.weights.data.iter().map(|&v| v as i32).collect();
-                    own.push(kernels::storage_init(dev, "linear weights", &wl));
-                    own.push(kernels::storage_init(dev, "linear bias", &linear.bias));
-                    let launch = Launch::Linear { c_in: linear.c_in(), c_out: linear.c_out() };
-                    plan.push((launch, vec![Binding::Sums, Binding::Own(own.len() - 2), Binding::Own(own.len() - 1), Binding::Logits]));
-                }
-            }
-            // Buffers whose last reader was this step go back to the pool (after the step's
-            // own output was allocated, so no step writes into a buffer it reads).
-            for r in reads(step) {
-                if last_use.get(&key(r)) == Some(&si) {
-                    if let Some(i) = slots.of.remove(&key(r)) {
-                        slots.free.push(i);
-                    }
-                }
-            }
+            p.step(step)?;
+            p.release_after(si, step);
         }
-        if classes == 0 {
+        if p.classes == 0 {
             return Err(EngineError::Invalid { what: "plan", detail: "the model has no classifier".into() }.into());
         }
-        let limits = dev.limits();
-        let per_image = (max_words * 4) as u64;
-        let by_memory = (limits.max_storage_buffer_binding_size.min(limits.max_buffer_size) / per_image) as usize;
-        let by_grid = 65_535 * 64 / max_conv_pixels;
-        let max_batch = max_batch.min(by_memory).min(by_grid);
-        if max_batch == 0 {
-            return Err(WgpuError::Limit(format!("one image needs {per_image} bytes per activation buffer, more than the adapter allows")));
-        }
-        let storage = wgpu::BufferUsages::STORAGE | wgpu::BufferUsages::COPY_DST;
-        let slot_bufs: Vec<wgpu::Buffer> =
-            (0..slots.count).map(|_| kernels::buffer(dev, "activations", per_image * max_batch as u64, storage)).collect();
-        let sums = kernels::buffer(dev, "pooled sums", (max_batch * pooled * 4) as u64, storage);
-        let logit_bytes = (max_batch * classes * 8) as u64;
-        let logits = kernels::buffer(dev, "logits", logit_bytes, wgpu::BufferUsages::STORAGE | wgpu::BufferUsages::COPY_SRC);
-        let staging = kernels::buffer(dev, "staging", logit_bytes, wgpu::BufferUsages::MAP_READ | wgpu::BufferUsages::COPY_DST);
-        let dummy = kernels::storage_init(dev, "no residual", &[0u32]);
-        let params =
-            kernels::buffer(dev, "params", PARAM_SLOT * plan.len() as u64, wgpu::BufferUsages::UNIFORM | wgpu::BufferUsages::COPY_DST);
-        let launches = engine.scoped(|| {
-            Ok(plan
-                .into_iter()
-                .enumerate()
-                .map(|(i, (launch, binds))| {
-                    let bufs: Vec<&wgpu::Buffer> = binds
-                        .iter()
-                        .map(|b| match b {
-                            Binding::Slot(s) => &slot_bufs[*s],
-                            Binding::Own(o) => &own[*o],
-                            Binding::Sums => &sums,
-                            Binding::Logits => &logits,
-                            Binding::Dummy => &dummy,
-                        })
-                        .collect();
-                    let bg = kernels::bind_group(dev, launch.pipeline(&engine.kernels, dot), &params, i as u64, &bufs);
-                    (launch, bg)
-                })
-                .collect())
-        })?;
+        let max_batch = p.batch_limit(max_batch)?;
+        let b = p.buffers(max_batch);
+        let launches = engine.scoped(|| Ok(p.bind(engine, dot, &b)))?;
         Ok(WgpuModel {
             engine,
             dot,
-            input: (c, h, w),
-            classes,
+            input,
+            classes: p.classes,
             max_batch,
             input_slot: 0,
-            slots: slot_bufs,
-            params,
+            slots: b.slots,
+            params: b.params,
             launches,
-            logits,
-            staging,
+            logits: b.logits,
+            staging: b.staging,
             lock: Mutex::new(()),
         })
     }
