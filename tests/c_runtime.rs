@@ -9,9 +9,8 @@ use common::Rng;
 use nce::engine::c_runtime::{generate, CBuild, CTarget, Kernels, TraceRecord};
 use nce::engine::cpu::{self, Cpu};
 use nce::engine::plan::{Header, LayerOut, QModel, Step};
-use nce::engine::words_for;
-use nce::export::format::{Array, Container, Entry};
-use nce::graph::{build, BitConfig, ModelKind, Network, Op, Shape};
+use nce::export::format::Container;
+use nce::graph::{build, BitConfig, ModelKind, Network, Shape};
 use std::collections::BTreeMap;
 use std::path::Path;
 
@@ -34,40 +33,8 @@ fn odd_model(seed: u64) -> QModel {
 }
 
 fn random_container(net: &Network, seed: u64) -> Container {
-    let mut rng = Rng::new(seed);
-    let mut arrays = BTreeMap::new();
-    let i32s = |v: Vec<i32>| Entry { dims: vec![v.len()], data: Array::I32(v) };
-    for l in &net.layers {
-        match l.op {
-            Op::Conv { k, relu, .. } => {
-                let (cout, k_len) = (l.out_shape.c, l.in_shape.c * k * k);
-                let w = if l.wbits == 2 {
-                    // Any bits: padding past k_len must never be read.
-                    let wpc = words_for(k_len);
-                    Entry { dims: vec![cout, wpc], data: Array::U32((0..cout * wpc).map(|_| rng.next() as u32).collect()) }
-                } else {
-                    Entry { dims: vec![cout, k_len], data: Array::I8((0..cout * k_len).map(|_| rng.range(-127, 127) as i8).collect()) }
-                };
-                let m_max = if l.wbits == 2 { 1 << 17 } else { 1 << 12 };
-                arrays.insert(format!("{}.w", l.name), w);
-                arrays.insert(format!("{}.m", l.name), i32s((0..cout).map(|_| rng.range(-m_max / 8, m_max) as i32).collect()));
-                arrays.insert(format!("{}.b", l.name), i32s((0..cout).map(|_| rng.range(-(1 << 22), 1 << 22) as i32).collect()));
-                arrays.insert(format!("{}.shift", l.name), i32s(vec![22]));
-                if !relu {
-                    arrays.insert(format!("{}.r", l.name), i32s(vec![rng.range(1 << 20, 1 << 22) as i32]));
-                }
-            }
-            Op::Linear => {
-                let (cout, cin) = (l.out_shape.c, l.in_shape.numel());
-                let w = Entry { dims: vec![cout, cin], data: Array::I8((0..cout * cin).map(|_| rng.range(-127, 127) as i8).collect()) };
-                arrays.insert(format!("{}.w", l.name), w);
-                arrays.insert(format!("{}.b", l.name), i32s((0..cout).map(|_| rng.range(-1000, 1000) as i32).collect()));
-            }
-            _ => {}
-        }
-    }
     let h = Header { kind: "nce-model".into(), net: net.clone(), profile: None, source: None, scales: BTreeMap::new() };
-    Container { header: serde_json::to_string(&h).unwrap(), arrays }
+    Container { header: serde_json::to_string(&h).unwrap(), arrays: common::random_arrays(net, seed) }
 }
 
 /// The Rust engine's output of every hook step for every image: (image, step, values).

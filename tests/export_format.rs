@@ -4,7 +4,6 @@
 
 mod common;
 
-use common::Rng;
 use nce::engine::cpu::Cpu;
 use nce::engine::plan::{Header, LayerScales, QModel};
 use nce::engine::{pack_codes, words_for};
@@ -55,39 +54,7 @@ fn header_json(net: &Network) -> String {
 /// A container that `QModel::from_container` accepts: the arrays `nce export` writes, filled
 /// with random but valid values (2-bit words take any bits, padding included).
 fn synthetic(net: &Network) -> Container {
-    let mut rng = Rng::new(7);
-    let mut arrays = BTreeMap::new();
-    let i32s = |v: Vec<i32>| Entry { dims: vec![v.len()], data: Array::I32(v) };
-    for l in &net.layers {
-        match l.op {
-            Op::Conv { k, relu, .. } => {
-                let (cout, k_len) = (l.out_shape.c, l.in_shape.c * k * k);
-                let w = if l.wbits == 2 {
-                    let wpc = words_for(k_len);
-                    Entry { dims: vec![cout, wpc], data: Array::U32((0..cout * wpc).map(|_| rng.next() as u32).collect()) }
-                } else {
-                    Entry { dims: vec![cout, k_len], data: Array::I8((0..cout * k_len).map(|_| rng.range(-127, 127) as i8).collect()) }
-                };
-                arrays.insert(format!("{}.w", l.name), w);
-                arrays.insert(format!("{}.m", l.name), i32s((0..cout).map(|_| rng.range(1, 1 << 20) as i32).collect()));
-                arrays.insert(format!("{}.b", l.name), i32s((0..cout).map(|_| rng.range(-(1 << 22), 1 << 22) as i32).collect()));
-                arrays.insert(format!("{}.shift", l.name), i32s(vec![22]));
-                if !relu {
-                    arrays.insert(format!("{}.r", l.name), i32s(vec![1 << 21]));
-                }
-            }
-            Op::Linear => {
-                let (cout, cin) = (l.out_shape.c, l.in_shape.numel());
-                arrays.insert(
-                    format!("{}.w", l.name),
-                    Entry { dims: vec![cout, cin], data: Array::I8((0..cout * cin).map(|_| rng.range(-127, 127) as i8).collect()) },
-                );
-                arrays.insert(format!("{}.b", l.name), i32s((0..cout).map(|_| rng.range(-1000, 1000) as i32).collect()));
-            }
-            _ => {}
-        }
-    }
-    Container { header: header_json(net), arrays }
+    Container { header: header_json(net), arrays: common::random_arrays(net, 7) }
 }
 
 fn model_container() -> Container {

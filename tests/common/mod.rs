@@ -87,3 +87,43 @@ pub fn train_args(batch_size: usize, train_subset: usize, test_subset: usize, ch
 pub fn text(o: &std::process::Output) -> String {
     String::from_utf8_lossy(&o.stdout).into_owned() + &String::from_utf8_lossy(&o.stderr)
 }
+
+/// The arrays `nce export` writes for `net`, filled with random but valid values (2-bit words
+/// take any bits, padding included; requantisation multipliers that keep codes spread).
+pub fn random_arrays(net: &nce::graph::Network, seed: u64) -> std::collections::BTreeMap<String, nce::export::format::Entry> {
+    use nce::export::format::{Array, Entry};
+    use nce::graph::Op;
+    let mut rng = Rng::new(seed);
+    let mut arrays = std::collections::BTreeMap::new();
+    let i32s = |v: Vec<i32>| Entry { dims: vec![v.len()], data: Array::I32(v) };
+    for l in &net.layers {
+        match l.op {
+            Op::Conv { k, relu, .. } => {
+                let (cout, k_len) = (l.out_shape.c, l.in_shape.c * k * k);
+                let w = if l.wbits == 2 {
+                    // Any bits: padding past k_len must never be read.
+                    let wpc = nce::engine::words_for(k_len);
+                    Entry { dims: vec![cout, wpc], data: Array::U32((0..cout * wpc).map(|_| rng.next() as u32).collect()) }
+                } else {
+                    Entry { dims: vec![cout, k_len], data: Array::I8((0..cout * k_len).map(|_| rng.range(-127, 127) as i8).collect()) }
+                };
+                let m_max = if l.wbits == 2 { 1 << 17 } else { 1 << 12 };
+                arrays.insert(format!("{}.w", l.name), w);
+                arrays.insert(format!("{}.m", l.name), i32s((0..cout).map(|_| rng.range(-m_max / 8, m_max) as i32).collect()));
+                arrays.insert(format!("{}.b", l.name), i32s((0..cout).map(|_| rng.range(-(1 << 22), 1 << 22) as i32).collect()));
+                arrays.insert(format!("{}.shift", l.name), i32s(vec![22]));
+                if !relu {
+                    arrays.insert(format!("{}.r", l.name), i32s(vec![rng.range(1 << 20, 1 << 22) as i32]));
+                }
+            }
+            Op::Linear => {
+                let (cout, cin) = (l.out_shape.c, l.in_shape.numel());
+                let w = Entry { dims: vec![cout, cin], data: Array::I8((0..cout * cin).map(|_| rng.range(-127, 127) as i8).collect()) };
+                arrays.insert(format!("{}.w", l.name), w);
+                arrays.insert(format!("{}.b", l.name), i32s((0..cout).map(|_| rng.range(-1000, 1000) as i32).collect()));
+            }
+            _ => {}
+        }
+    }
+    arrays
+}
