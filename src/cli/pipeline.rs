@@ -22,7 +22,7 @@ pub struct PipelineArgs {
     /// A shipped schedule: quick (reduced, minutes) | full (hours to days on a CPU); the files
     /// are in presets/.
     #[arg(long, default_value = "quick")]
-    preset: String,
+    preset: pipeline::Preset,
     /// A schedule file (TOML, the keys of presets/quick.toml) instead of a preset.
     #[arg(long, conflicts_with = "preset")]
     schedule: Option<PathBuf>,
@@ -34,7 +34,7 @@ pub struct PipelineArgs {
 pub fn run(a: PipelineArgs) -> Result<ExitCode> {
     let (name, schedule) = match &a.schedule {
         Some(file) => (file.display().to_string(), Schedule::load(file)?),
-        None => (a.preset.clone(), Schedule::preset(&a.preset)?),
+        None => (a.preset.to_string(), a.preset.schedule()),
     };
     let run = &a.run.run;
     let out = run.out.clone().ok_or_else(|| super::usage("give -o/--out RUN_FOLDER (one sub-folder per stage, report.md, report.html)"))?;
@@ -59,7 +59,7 @@ pub fn run(a: PipelineArgs) -> Result<ExitCode> {
         (None, Some(i)) => format!("from {i}"),
         (None, None) => format!("{} epoch(s)", s.fp32_epochs),
     };
-    if a.schedule.is_none() && a.preset == "quick" {
+    if a.schedule.is_none() && a.preset == pipeline::Preset::Quick {
         println!(
             "REDUCED SCHEDULE (--preset quick): FP32 {}, {}-epoch search on {} images, {} W2A2 epoch(s) per network on {} images, \
              {} test images. The report's verdict line says whether its difference is beyond noise; --preset full for results.",

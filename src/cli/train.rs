@@ -66,12 +66,12 @@ pub struct TrainArgs {
     /// Stop with a checkpoint after this many steps in total (continue with --resume).
     #[arg(long, value_parser = super::args::positive)]
     max_steps: Option<usize>,
-    /// Weight quantizer for 2..4-bit layers: sawb | lsq
-    #[arg(long, default_value = "sawb")]
-    weight_quant: String,
-    /// Activation quantizer: pact | lsq
-    #[arg(long, default_value = "pact")]
-    act_quant: String,
+    /// Weight quantizer of the low-bit layers.
+    #[arg(long, value_enum, default_value = "sawb")]
+    weight_quant: crate::models::WeightQuantizer,
+    /// Activation quantizer.
+    #[arg(long, value_enum, default_value = "pact")]
+    act_quant: crate::models::ActQuantizer,
     /// Continue from OUT/checkpoint.ot.
     #[arg(long)]
     resume: bool,
@@ -86,7 +86,7 @@ impl TryFrom<&TrainArgs> for TrainConfig {
             Some(arch) => Some(crate::cli::arch_widths(arch)?),
             None => a.widths.clone(),
         };
-        let model_options = crate::models::ModelOptions::parse(&a.weight_quant, &a.act_quant).map_err(anyhow::Error::msg)?;
+        let model_options = crate::models::ModelOptions { weight: a.weight_quant, activation: a.act_quant, ..Default::default() };
         Ok(TrainConfig {
             data_root,
             first_last_bits: a.first_last_bits,

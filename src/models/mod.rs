@@ -38,6 +38,7 @@ use tch::{nn, TchError, Tensor};
 
 /// Quantizer for weights of 2..=7 bits.
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[cfg_attr(feature = "cli", derive(clap::ValueEnum))]
 #[serde(rename_all = "lowercase")]
 pub enum WeightQuantizer {
     #[default]
@@ -47,6 +48,7 @@ pub enum WeightQuantizer {
 
 /// Quantizer for ReLU outputs.
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[cfg_attr(feature = "cli", derive(clap::ValueEnum))]
 #[serde(rename_all = "lowercase")]
 pub enum ActQuantizer {
     #[default]

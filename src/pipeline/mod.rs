@@ -111,9 +111,51 @@ fn default_kd_temperature() -> f64 {
 /// FP32 checkpoints embedded in the binary, for `fp32_init = "shipped:NAME"`.
 pub const SHIPPED_CHECKPOINTS: [(&str, &[u8]); 1] = [("resnet20-fp32-fashion", include_bytes!("../../examples/resnet20-fp32-fashion.ot"))];
 
-/// The presets shipped in `presets/` (embedded, so `--preset` works from any folder).
-pub const PRESETS: [(&str, &str); 2] =
-    [("quick", include_str!("../../presets/quick.toml")), ("full", include_str!("../../presets/full.toml"))];
+/// A schedule shipped in `presets/` (embedded, so `--preset` works from any folder).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Preset {
+    /// The reduced schedule: every stage in minutes.
+    Quick,
+    /// The long schedule for results.
+    Full,
+}
+
+impl Preset {
+    pub const ALL: [Preset; 2] = [Preset::Quick, Preset::Full];
+
+    pub const fn name(self) -> &'static str {
+        match self {
+            Preset::Quick => "quick",
+            Preset::Full => "full",
+        }
+    }
+
+    const fn text(self) -> &'static str {
+        match self {
+            Preset::Quick => include_str!("../../presets/quick.toml"),
+            Preset::Full => include_str!("../../presets/full.toml"),
+        }
+    }
+
+    /// The shipped schedule.
+    pub fn schedule(self) -> Schedule {
+        Schedule::parse(self.text(), &format!("presets/{}.toml", self.name())).expect("the shipped presets parse (tests/schedule.rs)")
+    }
+}
+
+impl std::str::FromStr for Preset {
+    type Err = ScheduleError;
+
+    fn from_str(name: &str) -> Result<Preset, ScheduleError> {
+        Preset::ALL.into_iter().find(|p| p.name() == name).ok_or_else(|| ScheduleError::UnknownPreset { name: name.into() })
+    }
+}
+
+impl std::fmt::Display for Preset {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.pad(self.name())
+    }
+}
 
 #[derive(Debug, thiserror::Error)]
 pub enum ScheduleError {
@@ -121,7 +163,7 @@ pub enum ScheduleError {
     Io { file: PathBuf, source: std::io::Error },
     #[error("{file}:{at}: {message}")]
     Invalid { file: String, at: crate::hw::Location, message: String },
-    #[error("unknown preset `{name}` (shipped: {}); `fair-fashion` is the fair experiment's preset, run by scripts/experiments/fair-fashion.sh", PRESETS.map(|p| p.0).join(", "))]
+    #[error("unknown preset `{name}` (shipped: {}); `fair-fashion` is the fair experiment's preset, run by scripts/experiments/fair-fashion.sh", Preset::ALL.map(Preset::name).join(", "))]
     UnknownPreset { name: String },
 }
 
@@ -147,18 +189,17 @@ impl Schedule {
 
     /// A shipped preset by name.
     pub fn preset(name: &str) -> Result<Schedule, ScheduleError> {
-        let (_, text) = PRESETS.iter().find(|(n, _)| *n == name).ok_or_else(|| ScheduleError::UnknownPreset { name: name.into() })?;
-        Schedule::parse(text, &format!("presets/{name}.toml"))
+        Ok(name.parse::<Preset>()?.schedule())
     }
 
     /// The reduced preset (`presets/quick.toml`).
     pub fn quick() -> Schedule {
-        Schedule::preset("quick").expect("the shipped quick preset parses (tested)")
+        Preset::Quick.schedule()
     }
 
     /// The long preset (`presets/full.toml`).
     pub fn full() -> Schedule {
-        Schedule::preset("full").expect("the shipped full preset parses (tested)")
+        Preset::Full.schedule()
     }
 }
 
