@@ -88,17 +88,21 @@ trait Chart {
 
 /// Draws the same chart on an SVG and a PNG backend and writes both files.
 fn render(stem: &Path, chart: &impl Chart) -> Result<Vec<PathBuf>, PlotError> {
+    render_sized(stem, chart, SIZE)
+}
+
+fn render_sized(stem: &Path, chart: &impl Chart, size: (u32, u32)) -> Result<Vec<PathBuf>, PlotError> {
     ensure_font()?;
     let (svg, png) = outputs(stem)?;
     let mut text = String::new();
     {
-        let root = SVGBackend::with_string(&mut text, SIZE).into_drawing_area();
+        let root = SVGBackend::with_string(&mut text, size).into_drawing_area();
         chart.draw(&root).map_err(|msg| PlotError::Draw { file: svg.clone(), msg })?;
         root.present().map_err(|e| PlotError::Draw { file: svg.clone(), msg: e.to_string() })?;
     }
     std::fs::write(&svg, text).map_err(|source| PlotError::Io { file: svg.clone(), source })?;
     {
-        let root = BitMapBackend::new(&png, SIZE).into_drawing_area();
+        let root = BitMapBackend::new(&png, size).into_drawing_area();
         chart.draw(&root).map_err(|msg| PlotError::Draw { file: png.clone(), msg })?;
         root.present().map_err(|e| PlotError::Draw { file: png.clone(), msg: e.to_string() })?;
     }
@@ -273,13 +277,27 @@ impl Chart for Lines<'_> {
 }
 
 /// Grouped bars: one cluster per category, one bar per group (`groups[g].1[c]` is group `g`'s
-/// value for category `c`), with rotated category labels. Writes `<path_stem>.{svg,png}`.
+/// value for category `c`). Category labels are horizontal where they fit and rotated where
+/// they do not; bars carry their values when there are few enough to read. Writes
+/// `<path_stem>.{svg,png}`.
 pub fn bar_chart(
     path_stem: &Path,
     title: &str,
     y_label: &str,
     categories: &[String],
     groups: &[(String, Vec<f64>)],
+) -> Result<Vec<PathBuf>, PlotError> {
+    bar_chart_with_lines(path_stem, title, y_label, categories, groups, &[])
+}
+
+/// [`bar_chart`] with dashed horizontal reference lines (`hlines`, e.g. a budget at 1.0).
+pub fn bar_chart_with_lines(
+    path_stem: &Path,
+    title: &str,
+    y_label: &str,
+    categories: &[String],
+    groups: &[(String, Vec<f64>)],
+    hlines: &[(String, f64)],
 ) -> Result<Vec<PathBuf>, PlotError> {
     let bad = |msg: String| PlotError::Data { file: path_stem.to_path_buf(), msg };
     if categories.is_empty() || groups.is_empty() {
@@ -288,22 +306,47 @@ pub fn bar_chart(
     if let Some((g, v)) = groups.iter().find(|(_, v)| v.len() != categories.len()) {
         return Err(bad(format!("group `{g}` has {} values for {} categories", v.len(), categories.len())));
     }
-    let y = padded(groups.iter().flat_map(|(_, v)| v.iter().copied()), true);
-    render(path_stem, &Bars { title, y_label, categories, groups, y })
+    let y = padded(groups.iter().flat_map(|(_, v)| v.iter().copied()).chain(hlines.iter().map(|h| h.1)), true);
+    // Room above the tallest bar for its value label.
+    let y = (y.0, y.1 + 0.05 * (y.1 - y.0));
+    render(path_stem, &Bars { title, y_label, categories, groups, hlines, y })
 }
+
+/// Bars get value labels up to this many bars.
+const MAX_LABELLED_BARS: usize = 24;
 
 struct Bars<'a> {
     title: &'a str,
     y_label: &'a str,
     categories: &'a [String],
     groups: &'a [(String, Vec<f64>)],
+    hlines: &'a [(String, f64)],
     y: (f64, f64),
+}
+
+/// A bar's value as its label: three significant digits at most.
+fn value_label(v: f64) -> String {
+    let digits = if v.abs() >= 100.0 {
+        0
+    } else if v.abs() >= 10.0 {
+        1
+    } else {
+        2
+    };
+    let s = format!("{v:.digits$}");
+    if s.contains('.') {
+        s.trim_end_matches('0').trim_end_matches('.').to_string()
+    } else {
+        s
+    }
 }
 
 impl Chart for Bars<'_> {
     fn draw<DB: DrawingBackend>(&self, root: &DrawingArea<DB, Shift>) -> Result<(), String> {
         let err = |e: DrawingAreaErrorKind<DB::ErrorType>| e.to_string();
-        let entries: Vec<(String, Swatch)> = self.groups.iter().enumerate().map(|(i, (g, _))| (g.clone(), Swatch::Box(color(i)))).collect();
+        let mut entries: Vec<(String, Swatch)> =
+            self.groups.iter().enumerate().map(|(i, (g, _))| (g.clone(), Swatch::Box(color(i)))).collect();
+        entries.extend(self.hlines.iter().map(|(n, _)| (n.clone(), Swatch::Line { color: BLACK, dashed: true })));
         root.fill(&WHITE).map_err(err)?;
         let plot = with_legend(root, &entries)?;
         let font = TextStyle::from((FONT, 12).into_font());
@@ -312,11 +355,15 @@ impl Chart for Bars<'_> {
             longest = longest.max(plot.estimate_text_size(c, &font).map_err(err)?.0);
         }
         let n = self.categories.len() as f64;
+        // Horizontal labels when the longest fits in its cluster's width (plot minus the axis).
+        let slot = (plot.dim_in_pixel().0.saturating_sub(100)) as f64 / n;
+        let horizontal = (longest as f64) < slot * 0.95;
+        let label_area = if horizontal { 30 } else { longest.min(SIZE.1 / 3) + 15 };
         let (y0, y1) = self.y;
         let mut chart = ChartBuilder::on(&plot)
             .caption(self.title, (FONT, 22))
             .margin(15)
-            .x_label_area_size(longest.min(SIZE.1 / 3) + 15)
+            .x_label_area_size(label_area)
             .y_label_area_size(70)
             .build_cartesian_2d(-0.5..n - 0.5, y0..y1)
             .map_err(err)?;
@@ -332,24 +379,104 @@ impl Chart for Bars<'_> {
             .draw()
             .map_err(err)?;
         let width = 0.8 / self.groups.len() as f64;
+        let labelled = self.groups.len() * self.categories.len() <= MAX_LABELLED_BARS;
+        let value_style = TextStyle::from((FONT, 13).into_font());
         for (g, (_, values)) in self.groups.iter().enumerate() {
             let c = color(g);
-            chart
-                .draw_series(values.iter().enumerate().filter(|(_, v)| v.is_finite()).map(|(i, &v)| {
-                    let left = i as f64 - 0.4 + g as f64 * width;
-                    Rectangle::new([(left, 0.0), (left + width, v)], c.filled())
-                }))
-                .map_err(err)?;
+            let bars =
+                || values.iter().enumerate().filter(|(_, v)| v.is_finite()).map(move |(i, &v)| (i as f64 - 0.4 + g as f64 * width, v));
+            chart.draw_series(bars().map(|(left, v)| Rectangle::new([(left, 0.0), (left + width, v)], c.filled()))).map_err(err)?;
+            if labelled {
+                let at = |v: f64| if v >= 0.0 { Pos::new(HPos::Center, VPos::Bottom) } else { Pos::new(HPos::Center, VPos::Top) };
+                chart
+                    .draw_series(bars().map(|(left, v)| Text::new(value_label(v), (left + width / 2.0, v), value_style.clone().pos(at(v)))))
+                    .map_err(err)?;
+            }
         }
         if y0 < 0.0 {
             chart.draw_series(LineSeries::new(vec![(-0.5, 0.0), (n - 0.5, 0.0)], BLACK)).map_err(err)?;
         }
+        for (_, y) in self.hlines {
+            chart.draw_series(DashedLineSeries::new(vec![(-0.5, *y), (n - 0.5, *y)], 8, 5, BLACK.stroke_width(2))).map_err(err)?;
+        }
         // Category names below the axis, in pixel coordinates on the root (the plotting area
         // clips everything outside it).
-        let style = font.transform(FontTransform::Rotate90).pos(Pos::new(HPos::Left, VPos::Center));
+        let style = if horizontal {
+            font.pos(Pos::new(HPos::Center, VPos::Top))
+        } else {
+            font.transform(FontTransform::Rotate90).pos(Pos::new(HPos::Left, VPos::Center))
+        };
         for (i, c) in self.categories.iter().enumerate() {
             let (px, py) = chart.backend_coord(&(i as f64, y0));
             root.draw(&Text::new(c.as_str(), (px, py + 8), style.clone())).map_err(err)?;
+        }
+        Ok(())
+    }
+}
+
+/// One small panel per series on shared axes (x over every series, `y` fixed, e.g. 0..1 for
+/// probabilities) with an optional dashed reference line: where one chart of many lines is a
+/// tangle, a grid of panels stays readable. Writes `<path_stem>.{svg,png}`.
+pub fn small_multiples(
+    path_stem: &Path,
+    title: &str,
+    x_label: &str,
+    series: &[Series],
+    y: (f64, f64),
+    hline: Option<f64>,
+) -> Result<Vec<PathBuf>, PlotError> {
+    let pts = || series.iter().flat_map(|s| s.points.iter().filter(|p| finite(p)));
+    if pts().next().is_none() {
+        return Err(PlotError::Data { file: path_stem.to_path_buf(), msg: format!("chart `{title}` has no finite points") });
+    }
+    let x = padded(pts().map(|p| p.0), false);
+    let cols = (series.len() as f64).sqrt().ceil().max(1.0) as usize;
+    let rows = series.len().div_ceil(cols);
+    let size = (SIZE.0, (60 + 170 * rows as u32).max(SIZE.1 / 2));
+    render_sized(path_stem, &Panels { title, x_label, series, x, y, hline, grid: (rows, cols) }, size)
+}
+
+struct Panels<'a> {
+    title: &'a str,
+    x_label: &'a str,
+    series: &'a [Series],
+    x: (f64, f64),
+    y: (f64, f64),
+    hline: Option<f64>,
+    grid: (usize, usize),
+}
+
+impl Chart for Panels<'_> {
+    fn draw<DB: DrawingBackend>(&self, root: &DrawingArea<DB, Shift>) -> Result<(), String> {
+        let err = |e: DrawingAreaErrorKind<DB::ErrorType>| e.to_string();
+        root.fill(&WHITE).map_err(err)?;
+        let root = root.titled(&format!("{} (x: {})", self.title, self.x_label), (FONT, 20)).map_err(err)?;
+        let panels = root.split_evenly(self.grid);
+        for (s, panel) in self.series.iter().zip(&panels) {
+            let mut chart = ChartBuilder::on(panel)
+                .caption(&s.name, (FONT, 13))
+                .margin(6)
+                .x_label_area_size(18)
+                .y_label_area_size(32)
+                .build_cartesian_2d(self.x.0..self.x.1, self.y.0..self.y.1)
+                .map_err(err)?;
+            chart
+                .configure_mesh()
+                .x_labels(4)
+                .y_labels(3)
+                .x_label_formatter(&tick)
+                .y_label_formatter(&tick)
+                .label_style((FONT, 10))
+                .light_line_style(WHITE.mix(0.0))
+                .draw()
+                .map_err(err)?;
+            if let Some(h) = self.hline {
+                let line = vec![(self.x.0, h), (self.x.1, h)];
+                chart.draw_series(DashedLineSeries::new(line, 5, 4, BLACK.mix(0.6).stroke_width(1))).map_err(err)?;
+            }
+            let p: Vec<(f64, f64)> = s.points.iter().filter(|p| finite(p)).copied().collect();
+            chart.draw_series(LineSeries::new(p.iter().copied(), color(0).stroke_width(2))).map_err(err)?;
+            chart.draw_series(p.iter().map(|&q| Circle::new(q, 2, color(0).filled()))).map_err(err)?;
         }
         Ok(())
     }

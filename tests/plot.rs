@@ -1,7 +1,7 @@
 //! Charts: both files written, valid PNG of the chart's size, SVG with the title, clear errors.
 #![cfg(feature = "train")]
 
-use nce::plot::{bar_chart, line_chart, PlotError, Series};
+use nce::plot::{bar_chart, bar_chart_with_lines, line_chart, small_multiples, PlotError, Series};
 use std::path::Path;
 
 fn png_size(path: &Path) -> (u32, u32) {
@@ -152,7 +152,7 @@ fn search_plots_from_a_synthetic_log() {
         budgets: vec![],
         expansions: vec![],
     };
-    let files = plots::write_all(dir.path(), &log, &arch).unwrap();
+    let files = plots::write_all(dir.path(), &log, &arch, 0.5).unwrap();
     for stem in ["widths", "probs", "costs"] {
         for ext in ["svg", "png"] {
             let f = dir.path().join(format!("{stem}.{ext}"));
@@ -172,6 +172,44 @@ fn search_plots_from_a_synthetic_log() {
 
     // An empty log (zero epochs) still gets the widths chart.
     let empty = tempfile::tempdir().unwrap();
-    let files = plots::write_all(empty.path(), &[], &arch).unwrap();
+    let files = plots::write_all(empty.path(), &[], &arch, 0.5).unwrap();
     assert_eq!(files.len(), 2);
+}
+
+/// Whether the SVG has a text element reading exactly `t`.
+fn has_text(svg: &str, t: &str) -> bool {
+    svg.contains(&format!(">{t}<")) || svg.contains(&format!(">\n{t}\n</text>"))
+}
+
+#[test]
+fn few_bars_carry_their_values_and_many_do_not() {
+    let dir = tempfile::tempdir().unwrap();
+    let stem = dir.path().join("acc");
+    let cats: Vec<String> = ["FP32", "uniform W2A2", "NCE W2A2"].map(String::from).to_vec();
+    let paths =
+        bar_chart_with_lines(&stem, "Accuracy", "%", &cats, &[("acc".into(), vec![94.8, 91.9, 88.25])], &[("goal".into(), 90.0)]).unwrap();
+    let svg = std::fs::read_to_string(&paths[0]).unwrap();
+    assert!(has_text(&svg, "94.8") && has_text(&svg, "91.9"), "value labels missing");
+    assert!(has_text(&svg, "goal"), "the reference line has no legend entry");
+    let many: Vec<String> = (0..30).map(|i| format!("layer{i}")).collect();
+    let stem = dir.path().join("many");
+    let paths = bar_chart(&stem, "Widths", "channels", &many, &[("w".into(), vec![7.77; 30])]).unwrap();
+    let svg = std::fs::read_to_string(&paths[0]).unwrap();
+    assert!(!has_text(&svg, "7.77"), "30 bars are too many for value labels");
+}
+
+#[test]
+fn small_multiples_draw_one_panel_per_series_on_a_fixed_axis() {
+    let dir = tempfile::tempdir().unwrap();
+    let stem = dir.path().join("probs");
+    let series: Vec<Series> =
+        (0..7).map(|i| Series::new(format!("slot{i}"), (0..5).map(|e| (e as f64, 0.3 + 0.05 * (e + i) as f64)).collect())).collect();
+    let paths = small_multiples(&stem, "Widest probability", "epoch", &series, (0.0, 1.0), Some(0.5)).unwrap();
+    check_pair(&paths, &stem, "Widest probability");
+    let svg = std::fs::read_to_string(&paths[0]).unwrap();
+    for i in 0..7 {
+        assert!(has_text(&svg, &format!("slot{i}")), "panel slot{i} missing");
+    }
+    let empty = vec![Series::new("x", vec![(0.0, f64::NAN)])];
+    assert!(matches!(small_multiples(&stem, "t", "e", &empty, (0.0, 1.0), None), Err(PlotError::Data { .. })));
 }

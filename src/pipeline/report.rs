@@ -135,7 +135,11 @@ pub fn write(inp: &Inputs, dir: &Path, md_path: &Path, html_path: &Path) -> Resu
     latency(&c, &mut b)?;
     b.push(Block::Heading(2, "Schedule".into()));
     b.push(generic_table(&serde_json::to_value(&inp.cfg.schedule).map_err(|e| e.to_string())?));
-    b.push(Block::Para(format!("Written by nce {}.", env!("CARGO_PKG_VERSION"))));
+    b.push(Block::Para(format!(
+        "Written by nce {} at {} UTC.",
+        env!("CARGO_PKG_VERSION"),
+        humantime::format_rfc3339_seconds(std::time::SystemTime::now())
+    )));
 
     let md = render_md(&b, run);
     let html = render_html(&b, &format!("NCE pipeline report: {} on {}", inp.cfg.model.name(), inp.cfg.data))?;
@@ -385,12 +389,13 @@ fn costs(c: &Ctx, b: &mut Vec<Block>) -> Result<(), String> {
     if !budgeted.is_empty() {
         let chart = c.dir.join("budgets");
         let rel = |r: &CostReport| r.budgets.iter().map(|v| v.value / v.max).collect();
-        crate::plot::bar_chart(
+        crate::plot::bar_chart_with_lines(
             &chart,
             "Cost relative to each budget (1.0 = at the limit)",
             "value / limit",
             &budgeted,
             &[("uniform W2A2".into(), rel(&c.uni_cost)), ("NCE W2A2".into(), rel(&c.nce_cost))],
+            &[("budget".into(), 1.0)],
         )
         .map_err(chart_err)?;
         b.push(Block::Image("Cost relative to each budget".into(), chart.with_extension("png")));

@@ -10,11 +10,11 @@ use crate::plot::{self, PlotError, Series};
 use std::path::{Path, PathBuf};
 
 /// Writes every search chart into `out` and returns the files written. Charts that need epochs
-/// are skipped for an empty log.
-pub fn write_all(out: &Path, log: &[EpochLog], arch: &ArchFile) -> Result<Vec<PathBuf>, PlotError> {
+/// are skipped for an empty log; `threshold` is the expansion rule's, drawn on the probabilities.
+pub fn write_all(out: &Path, log: &[EpochLog], arch: &ArchFile, threshold: f64) -> Result<Vec<PathBuf>, PlotError> {
     let mut files = widths(out, arch)?;
     if !log.is_empty() {
-        files.extend(probs(out, log, arch)?);
+        files.extend(probs(out, log, arch, threshold)?);
         files.extend(costs(out, log)?);
     }
     Ok(files)
@@ -37,8 +37,9 @@ pub fn widths(out: &Path, arch: &ArchFile) -> Result<Vec<PathBuf>, PlotError> {
     )
 }
 
-/// Per slot, the probability of its widest candidate at the end of each epoch.
-pub fn probs(out: &Path, log: &[EpochLog], arch: &ArchFile) -> Result<Vec<PathBuf>, PlotError> {
+/// Per slot (one panel each, probability axis 0 to 1), the probability of its widest candidate
+/// at the end of each epoch, with the expansion threshold dashed.
+pub fn probs(out: &Path, log: &[EpochLog], arch: &ArchFile, threshold: f64) -> Result<Vec<PathBuf>, PlotError> {
     let slots = log.iter().map(|l| l.probs.len()).max().unwrap_or(0);
     let series: Vec<Series> = (0..slots)
         .map(|s| {
@@ -46,7 +47,8 @@ pub fn probs(out: &Path, log: &[EpochLog], arch: &ArchFile) -> Result<Vec<PathBu
             Series::new(slot_name(arch, s), points)
         })
         .collect();
-    plot::line_chart(&out.join("probs"), "Probability of each slot's widest candidate", "epoch", "probability", &series, &[])
+    let title = format!("Probability of each slot's widest candidate (dashed: expansion threshold {threshold})");
+    plot::small_multiples(&out.join("probs"), &title, "epoch", &series, (0.0, 1.0), Some(threshold))
 }
 
 /// Per budget, argmax and expected cost divided by the target; non-separable budgets have no

@@ -363,7 +363,7 @@ impl<'a> Run<'a> {
         arch.save(&arch_path).map_err(|e| SearchError::Invalid(e.to_string()))?;
         // Charts are a convenience: the architecture file is the result, so a missing font or
         // an unwritable chart is a warning, not a failed search.
-        if let Err(e) = plots::write_all(&cfg.out, &self.log, &arch) {
+        if let Err(e) = plots::write_all(&cfg.out, &self.log, &arch, cfg.space.threshold) {
             tracing::warn!("search plots not written: {e}");
             eprintln!("warning: search plots not written: {e}");
         }
