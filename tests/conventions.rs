@@ -53,6 +53,30 @@ fn works_from_a_folder_outside_the_repository() {
     assert!(stdout(&o).contains("accuracy"), "{}", stdout(&o));
 }
 
+/// What `cargo install --path .` makes: a copy of the binary in another folder, run with no
+/// environment but PATH and HOME, finds libtorch (build.rs's rpath) and the shipped profiles.
+#[test]
+fn an_installed_copy_runs_without_environment_variables() {
+    let bin_dir = tempfile::tempdir().unwrap();
+    let copy = bin_dir.path().join("nce");
+    std::fs::copy(env!("CARGO_BIN_EXE_nce"), &copy).unwrap();
+    let away = tempfile::tempdir().unwrap();
+    let run = |args: &[&str]| {
+        Command::new(&copy)
+            .current_dir(away.path())
+            .env_clear()
+            .env("PATH", "/usr/bin:/bin")
+            .env("HOME", away.path())
+            .args(args)
+            .output()
+            .expect("run the copy")
+    };
+    let o = run(&["profiles", "list"]);
+    assert!(o.status.success() && stdout(&o).contains("mcu-cortex-m7"), "{}{}", stdout(&o), stderr(&o));
+    let o = run(&["cost", "--profile", "nce-flops-params", "--model", "resnet20", "--input", "1x28x28", "--classes", "10"]);
+    assert!(o.status.success(), "{}", stderr(&o));
+}
+
 #[cfg(feature = "train")]
 #[test]
 fn a_model_and_its_checkpoint_move_together() {
