@@ -4,12 +4,17 @@
 //! - [`cost`]: the cost-plugin registry (built-ins and user crates via `linkme`);
 //! - [`graph`]: the network description every other part is built from;
 //! - [`data`]: real dataset readers;
-//! - [`engine`]: execution: the integer engine, its runnable plan and the backends (CPU, wgpu)
-//!   behind one `Backend` trait, backend comparison and latency measurement, without libtorch;
+//! - [`engine`]: execution: the integer engine, its runnable plan and the backends (CPU, wgpu,
+//!   the C runtime under QEMU, ONNX Runtime) behind one `Backend` trait, backend comparison and
+//!   latency measurement, without libtorch;
 //! - [`export`]: the `.nce` file format, reading a file into the engine's plan, and (feature
 //!   `train`) checkpoint conversion and the integer simulation;
 //! - [`fsutil`]: the atomic, clobber-refusing writer every output file goes through;
-//! - `quant`, `models`, `train` (feature `train`, links libtorch through tch).
+//! - [`plot`]: SVG/PNG charts (feature `plot`);
+//! - `quant`, `models`, `train`, `search`, `sensitivity`, `pipeline` (feature `train`, links
+//!   libtorch through tch): quantizers, models, QAT, the NCE search, per-layer sensitivity and
+//!   the end-to-end pipeline with its report;
+//! - `cli` (feature `cli`): the `nce` command line.
 //!
 //! Which module may import which, and where to add a backend, quantizer, model, cost plugin or
 //! pipeline stage: `docs/architecture.md`.
