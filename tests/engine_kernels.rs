@@ -160,6 +160,33 @@ fn conv_resnet20_shapes() {
     run_case(&mut rng, &Case { c_in: 3, c_out: 16, k: 3, stride: 1, h: 32, w: 32, w8: true, amax: 255, residual: None });
 }
 
+/// Each SIMD backend either runs in every case above (it is in [`cpus`]) or this test says on
+/// stderr, past the harness's capture, that this CPU lacks it, so a skip is never silent.
+#[test]
+fn every_simd_backend_is_covered_or_reported() {
+    use std::io::Write;
+    for b in [Backend::Avx2, Backend::Avx512] {
+        if b.is_available() {
+            assert!(cpus().iter().any(|c| c.backend() == b), "{b} available but not tested");
+        } else {
+            let _ = writeln!(std::io::stderr(), "NOTE: {b} kernels not tested: this CPU lacks them");
+        }
+    }
+}
+
+#[test]
+fn conv_wide_channel_groups() {
+    // 48, 96 and 128 conv channels: AVX-512 groups of 1, 2 and 4 vectors, several groups each;
+    // the shortcut narrower, equal and wider.
+    let mut rng = Rng::new(6);
+    for (c_in, c_out, stride, res) in
+        [(16, 48, 1, Some((24, 1))), (32, 96, 2, Some((96, 2))), (64, 128, 1, Some((136, 1))), (8, 128, 1, None)]
+    {
+        run_case(&mut rng, &Case { c_in, c_out, k: 3, stride, h: 9, w: 7, w8: false, amax: 3, residual: res });
+    }
+    run_case(&mut rng, &Case { c_in: 3, c_out: 128, k: 3, stride: 1, h: 8, w: 9, w8: true, amax: 255, residual: None });
+}
+
 #[test]
 fn int16_accumulator_is_flushed_before_overflow() {
     // All codes 3 and all weights +3 (or −3): every int16 step adds 18 per lane; a 3×3×1000

@@ -5,8 +5,9 @@
 //! times. Threads split the output pixels into contiguous ranges with `std::thread::scope`; the
 //! calling thread computes the first range itself, so `threads == 1` spawns nothing.
 //!
-//! Backends: `Scalar` (the reference, always present) and `Avx2` on x86-64 when the CPU has it
-//! (detected at run time, so one binary serves every x86-64 machine). There is no NEON backend
+//! Backends: `Scalar` (the reference, always present), and on x86-64 `Avx2` and `Avx512`
+//! (AVX-512 VNNI) when the CPU has them (detected at run time, so one binary serves every x86-64
+//! machine; [`Backend::best`] takes the last available). There is no NEON backend
 //! yet: it would sit beside `avx2.rs` as `neon.rs` behind `target_arch = "aarch64"` and plug into
 //! the same `Kernel` enum and pixel-range driver.
 
@@ -16,6 +17,8 @@ pub mod reference;
 
 #[cfg(target_arch = "x86_64")]
 mod avx2;
+#[cfg(target_arch = "x86_64")]
+mod avx512;
 
 use super::{Conv2d, EngineError, Linear, MaxPool2d, QTensor, Residual, Result};
 use std::fmt;
@@ -28,6 +31,8 @@ pub enum Backend {
     Scalar,
     /// x86-64 AVX2 kernels (`vpmaddubsw` with int16 accumulation).
     Avx2,
+    /// x86-64 AVX-512 VNNI kernels (`vpdpbusd`, int32 accumulation).
+    Avx512,
 }
 
 impl fmt::Display for Backend {
@@ -35,6 +40,7 @@ impl fmt::Display for Backend {
         f.write_str(match self {
             Backend::Scalar => "scalar",
             Backend::Avx2 => "avx2",
+            Backend::Avx512 => "avx512",
         })
     }
 }
@@ -45,12 +51,13 @@ impl Backend {
         match self {
             Backend::Scalar => true,
             Backend::Avx2 => avx2_available(),
+            Backend::Avx512 => avx512_available(),
         }
     }
 
     /// Every backend this machine can run, slowest first.
     pub fn available() -> Vec<Backend> {
-        [Backend::Scalar, Backend::Avx2].into_iter().filter(|b| b.is_available()).collect()
+        [Backend::Scalar, Backend::Avx2, Backend::Avx512].into_iter().filter(|b| b.is_available()).collect()
     }
 
     /// The fastest available backend.
@@ -65,6 +72,14 @@ fn avx2_available() -> bool {
 }
 #[cfg(not(target_arch = "x86_64"))]
 fn avx2_available() -> bool {
+    false
+}
+#[cfg(target_arch = "x86_64")]
+fn avx512_available() -> bool {
+    avx512::available()
+}
+#[cfg(not(target_arch = "x86_64"))]
+fn avx512_available() -> bool {
     false
 }
 
@@ -96,6 +111,8 @@ enum Kernel {
     Scalar(Vec<i32>),
     #[cfg(target_arch = "x86_64")]
     Avx2(avx2::ConvKernel),
+    #[cfg(target_arch = "x86_64")]
+    Avx512(avx512::ConvKernel),
 }
 
 impl PreparedConv {
@@ -144,6 +161,8 @@ impl Cpu {
             Backend::Scalar => Kernel::Scalar(conv.weights.codes_i32()),
             #[cfg(target_arch = "x86_64")]
             Backend::Avx2 => Kernel::Avx2(avx2::ConvKernel::new(conv).ok_or(EngineError::Unavailable(Backend::Avx2))?),
+            #[cfg(target_arch = "x86_64")]
+            Backend::Avx512 => Kernel::Avx512(avx512::ConvKernel::new(conv).ok_or(EngineError::Unavailable(Backend::Avx512))?),
             #[allow(unreachable_patterns)]
             b => return Err(EngineError::Unavailable(b)),
         };
@@ -167,6 +186,11 @@ impl Cpu {
             Kernel::Avx2(k) => {
                 let job = k.job(&d, x, residual);
                 par_pixels(threads, d.ho * d.wo, d.c_out, avx2::PIXEL_TILE, &mut out.data, |px, o| job.run(px, o));
+            }
+            #[cfg(target_arch = "x86_64")]
+            Kernel::Avx512(k) => {
+                let job = k.job(&d, x, residual);
+                par_pixels(threads, d.ho * d.wo, d.c_out, k.pixel_tile(), &mut out.data, |px, o| job.run(px, o));
             }
         }
         Ok(out)

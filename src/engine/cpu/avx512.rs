@@ -1,0 +1,356 @@
+//! x86-64 AVX-512 VNNI conv kernels (implicit GEMM, no im2col buffer).
+//!
+//! The same walk as [`super::avx2`] (zero-bordered NHWC input copy, so each kernel row of an
+//! output pixel's window is one contiguous run of `k·c_in` codes, taken 4 codes at a time), with
+//! `vpdpbusd` (u8 activation × i8 weight, 4 products summed straight into an int32 lane, no
+//! saturation) doing 16 output channels × 4 codes = 64 MACs per instruction:
+//! - Weights are expanded once to signed i8 codes (`2u − 3` for 2-bit layers, the code itself for
+//!   8-bit layers) and laid out `[group][ky][step][V vectors][16 channels][4 codes]`, so one
+//!   64-byte load per vector per step. Channels past `c_conv` and codes past `k·c_in` are 0.
+//! - A micro-kernel computes `P` output pixels × `V` vectors of 16 channels with `P·V` zmm
+//!   accumulators: per step it loads `V` weight vectors, broadcasts each pixel's 4 activation
+//!   bytes once and issues `V` `vpdpbusd`. `(V, P)` = (1, 12), (2, 8), (4, 6) keeps ≥ 12
+//!   independent accumulators in flight (latency 4–5 × 2 ports) and everything in the 32 zmm
+//!   registers. Output channels are grouped by the largest `V` dividing the vector count.
+//! - int32 accumulation is exact for any input (u8 × i8, no int16 stage), so 8-bit layers use the
+//!   same micro-kernel as 2-bit ones and nothing needs flushing.
+//! - Epilogue: the accumulators go through a small tile in L1; each 16-channel vector is
+//!   requantised in f64 with `vfmadd` (exact under the same 2^53 bound as the AVX2 path, checked
+//!   per call: every product and sum is an integer scaled by `2^−shift`) and stored with a byte
+//!   mask, so partial blocks (8 or 12 channels, shortcuts narrower than the output) need no
+//!   separate path. Outside the bound, the scalar [`reference::requantize`] runs per code.
+//!
+//! SAFETY (every `unsafe` here): (1) a [`ConvKernel`] is only constructed after [`available`]
+//! has seen `avx512f`, `avx512bw`, `avx512vl` and `avx512vnni`, so the `#[target_feature]`
+//! functions only run on CPUs with them; (2) input reads stay inside the padded buffer built in
+//! [`ConvKernel::job`] (`SLACK` spare zeros cover the ≤ 3-code over-read at the end of a row
+//! run); weight reads stay inside the layout built in [`ConvKernel::new`]; the tile has room
+//! for `PIXEL_TILE × 64` accumulators; (3) epilogue stores and shortcut loads are masked to the
+//! channels that exist, from pointers into slices that hold them, and each worker writes only
+//! its own output slice.
+
+#![allow(clippy::needless_range_loop)] // explicit lane/pixel indices read clearer in micro-kernels
+
+use super::super::{Conv2d, ConvDims, QTensor, Residual};
+use super::reference;
+use std::arch::x86_64::*;
+use std::ops::Range;
+
+/// Most output pixels per micro-kernel call (with one 16-channel vector).
+pub(crate) const PIXEL_TILE: usize = 12;
+/// int32 lanes per zmm: output channels per vector.
+const LANES: usize = 16;
+/// Spare zero bytes after the padded input (a step may read 3 codes past a row run).
+const SLACK: usize = 64;
+
+pub(crate) fn available() -> bool {
+    is_x86_feature_detected!("avx512f")
+        && is_x86_feature_detected!("avx512bw")
+        && is_x86_feature_detected!("avx512vl")
+        && is_x86_feature_detected!("avx512vnni")
+}
+
+/// Pixels per micro-kernel call for `v` vectors (see the module docs).
+fn tile_pixels(v: usize) -> usize {
+    match v {
+        1 => 12,
+        2 => 8,
+        _ => 6,
+    }
+}
+
+/// A conv layer laid out for the VNNI micro-kernels.
+#[derive(Clone, Debug)]
+pub(crate) struct ConvKernel {
+    conv: Conv2d,
+    /// 4-code steps per kernel row: `⌈k·c_in / 4⌉`.
+    steps: usize,
+    /// 16-channel vectors per micro-kernel call (1, 2 or 4).
+    v: usize,
+    /// Groups of `v` vectors covering `c_conv`.
+    groups: usize,
+    /// `[group][ky][step][v][16][4]` signed codes.
+    weights: Vec<i8>,
+    /// Largest |weight code| (sizes the epilogue's exactness bound).
+    wmax: u32,
+}
+
+impl ConvKernel {
+    /// `None` when the CPU lacks AVX-512 VNNI. `conv` must be validated.
+    pub(crate) fn new(conv: &Conv2d) -> Option<Self> {
+        if !available() {
+            return None;
+        }
+        let (k, c_in, c_conv) = (conv.k, conv.c_in, conv.c_conv());
+        let seg = k * c_in;
+        let steps = seg.div_ceil(4);
+        let nv = c_conv.div_ceil(LANES);
+        let v = [4, 2, 1].into_iter().find(|v| nv.is_multiple_of(*v)).unwrap_or(1);
+        let codes = conv.weights.codes_i32();
+        // Code of channel `o` at (ky, position `e` inside the row run), 0 outside the layer.
+        let code = |o: usize, ky: usize, e: usize| -> i8 {
+            if o < c_conv && e < seg {
+                codes[o * conv.k_len() + ky * seg + e] as i8
+            } else {
+                0
+            }
+        };
+        let mut weights = Vec::with_capacity(nv * k * steps * LANES * 4);
+        for g in 0..nv / v {
+            for ky in 0..k {
+                for s in 0..steps {
+                    for j in 0..v * LANES {
+                        for t in 0..4 {
+                            weights.push(code(g * v * LANES + j, ky, s * 4 + t));
+                        }
+                    }
+                }
+            }
+        }
+        let wmax = codes.iter().map(|w| w.unsigned_abs()).max().unwrap_or(0);
+        Some(ConvKernel { conv: conv.clone(), steps, v, groups: nv / v, weights, wmax })
+    }
+
+    /// Pixels per micro-kernel call (the alignment of thread ranges).
+    pub(crate) fn pixel_tile(&self) -> usize {
+        tile_pixels(self.v)
+    }
+
+    /// Builds the per-call state: the zero-bordered input copy and the epilogue tables.
+    pub(crate) fn job<'a>(&'a self, d: &ConvDims, x: &QTensor, residual: Option<&'a Residual<'a>>) -> Job<'a> {
+        let c = &self.conv;
+        let (hp, wp) = (x.h + 2 * c.pad, x.w + 2 * c.pad);
+        let row_stride = wp * c.c_in;
+        let mut input = vec![0u8; hp * row_stride + SLACK];
+        for y in 0..x.h {
+            let dst = ((y + c.pad) * wp + c.pad) * c.c_in;
+            input[dst..dst + x.w * x.c].copy_from_slice(&x.data[y * x.w * x.c..(y + 1) * x.w * x.c]);
+        }
+        let epi = Epilogue::new(self, x.max_code(), residual);
+        Job { ker: self, input, row_stride, d: *d, epi, residual }
+    }
+}
+
+/// f64 requantisation tables for the `groups·v·16` channels the micro-kernels produce (`m = b
+/// = 0` past `c_conv`, as the contract says for channels the conv lacks), or `None` when an
+/// intermediate could reach 2^53 and the int64 reference must run instead.
+struct Epilogue {
+    f64: Option<(Vec<f64>, Vec<f64>, f64, f64)>,
+}
+
+impl Epilogue {
+    fn new(ker: &ConvKernel, amax: u8, residual: Option<&Residual>) -> Self {
+        let c = &ker.conv;
+        let rq = &c.requant;
+        let width = ker.groups * ker.v * LANES;
+        // Largest |intermediate| of the int64 sum, as u128 so the bound itself cannot overflow.
+        let acc_max = c.k_len() as u128 * amax as u128 * ker.wmax as u128;
+        let m_max = rq.m.iter().map(|v| v.unsigned_abs()).max().unwrap_or(0) as u128;
+        let b_max = rq.b.iter().map(|v| v.unsigned_abs()).max().unwrap_or(0) as u128 + rq.rounding() as u128;
+        let r_term = residual.map_or(0, |r| 255 * r.r.unsigned_abs() as u128);
+        if acc_max * m_max + b_max + r_term >= 1u128 << 53 {
+            return Epilogue { f64: None };
+        }
+        let scale = f64::from_bits((1023 - rq.shift as u64) << 52); // 2^−shift, exact
+        let m = (0..width).map(|ch| rq.m.get(ch).copied().unwrap_or(0) as f64 * scale).collect();
+        let b = |ch: usize| rq.b.get(ch).copied().unwrap_or(0) as i64 + rq.rounding();
+        let cst = (0..width).map(|ch| b(ch) as f64 * scale).collect();
+        Epilogue { f64: Some((m, cst, residual.map_or(0.0, |r| r.r as f64 * scale), rq.qmax as f64)) }
+    }
+}
+
+/// One conv call, shared read-only by the worker threads.
+pub(crate) struct Job<'a> {
+    ker: &'a ConvKernel,
+    input: Vec<u8>,
+    /// Bytes per padded input row.
+    row_stride: usize,
+    d: ConvDims,
+    epi: Epilogue,
+    residual: Option<&'a Residual<'a>>,
+}
+
+impl Job<'_> {
+    /// Computes output pixels `px` into `out` (`px.len() · c_out` codes).
+    pub(crate) fn run(&self, px: Range<usize>, out: &mut [u8]) {
+        assert_eq!(out.len(), px.len() * self.d.c_out, "output slice does not match the pixel range");
+        // SAFETY: `self.ker` exists only on AVX-512 VNNI machines (ConvKernel::new), and `out`
+        // has been checked to hold the range's codes; the remaining bounds are in the module docs.
+        unsafe { run_avx512(self, px, out) }
+    }
+}
+
+/// Arguments of one micro-kernel call.
+struct Micro {
+    inp: *const u8,
+    /// Each pixel's window origin in the padded input.
+    offs: [usize; PIXEL_TILE],
+    row_stride: usize,
+    k: usize,
+    steps: usize,
+    /// The group's first weight.
+    w: *const i8,
+    /// `[P][V·16]` int32 results.
+    tile: *mut i32,
+}
+
+#[target_feature(enable = "avx512f,avx512bw,avx512vl,avx512vnni")]
+unsafe fn run_avx512(job: &Job, px: Range<usize>, out: &mut [u8]) {
+    let (ker, d) = (job.ker, &job.d);
+    let c = &ker.conv;
+    let p_max = ker.pixel_tile();
+    let group_len = c.k * ker.steps * ker.v * LANES * 4;
+    let mut tile = [0i32; PIXEL_TILE * 4 * LANES];
+    let mut a = Micro {
+        inp: job.input.as_ptr(),
+        offs: [0; PIXEL_TILE],
+        row_stride: job.row_stride,
+        k: c.k,
+        steps: ker.steps,
+        w: ker.weights.as_ptr(),
+        tile: tile.as_mut_ptr(),
+    };
+    let mut res_offs = [0usize; PIXEL_TILE];
+    let (mut n, (mut y, mut x)) = (px.start, (px.start / d.wo, px.start % d.wo));
+    while n < px.end {
+        let np = (px.end - n).min(p_max);
+        for i in 0..np {
+            a.offs[i] = y * c.stride * job.row_stride + x * c.stride * c.c_in;
+            if let Some(r) = job.residual {
+                res_offs[i] = (y * r.stride * r.input.w + x * r.stride) * r.input.c;
+            }
+            x += 1;
+            if x == d.wo {
+                (y, x) = (y + 1, 0);
+            }
+        }
+        let base = &mut out[(n - px.start) * d.c_out..(n - px.start + np) * d.c_out];
+        for g in 0..ker.groups {
+            a.w = ker.weights.as_ptr().add(g * group_len);
+            match ker.v {
+                1 => micro_n::<1>(np, &a),
+                2 => micro_n::<2>(np, &a),
+                _ => micro_n::<4>(np, &a),
+            }
+            for i in 0..np {
+                for j in 0..ker.v {
+                    let c0 = (g * ker.v + j) * LANES;
+                    let acc = tile.as_ptr().add((i * ker.v + j) * LANES);
+                    epilogue16(job, acc, c0, res_offs[i], &mut base[i * d.c_out..(i + 1) * d.c_out]);
+                }
+            }
+        }
+        shortcut_only(job, &res_offs[..np], base);
+        n += np;
+    }
+}
+
+/// Channels only the (wider) shortcut has: `acc = m = b = 0`.
+fn shortcut_only(job: &Job, res_offs: &[usize], out: &mut [u8]) {
+    let (d, first) = (&job.d, job.ker.groups * job.ker.v * LANES);
+    let Some(r) = job.residual.filter(|_| d.c_out > first) else { return };
+    for (i, &ro) in res_offs.iter().enumerate() {
+        for ch in first..d.c_out {
+            out[i * d.c_out + ch] = reference::requantize(0, 0, 0, r.input.data[ro + ch], r.r, &job.ker.conv.requant);
+        }
+    }
+}
+
+/// Requantises channels `c0..c0 + 16` (those inside `out`, one pixel's codes) from `acc`.
+#[inline]
+#[target_feature(enable = "avx512f,avx512bw,avx512vl,avx512vnni")]
+unsafe fn epilogue16(job: &Job, acc: *const i32, c0: usize, res_off: usize, out: &mut [u8]) {
+    let n = (out.len() - c0).min(LANES);
+    let res = job.residual.filter(|_| job.d.c_res > c0);
+    let Some((m, cst, r, qmax)) = &job.epi.f64 else {
+        let rq = &job.ker.conv.requant;
+        for ch in c0..c0 + n {
+            let a = *acc.add(ch - c0);
+            let (q, rr) = res.filter(|_| ch < job.d.c_res).map_or((0, 0), |s| (s.input.data[res_off + ch], s.r));
+            out[ch] = reference::requantize(a, rq.m.get(ch).copied().unwrap_or(0), rq.b.get(ch).copied().unwrap_or(0), q, rr, rq);
+        }
+        return;
+    };
+    let a = _mm512_loadu_si512(acc.cast());
+    let mut lo = _mm512_fmadd_pd(
+        _mm512_cvtepi32_pd(_mm512_castsi512_si256(a)),
+        _mm512_loadu_pd(m[c0..].as_ptr()),
+        _mm512_loadu_pd(cst[c0..].as_ptr()),
+    );
+    let mut hi = _mm512_fmadd_pd(
+        _mm512_cvtepi32_pd(_mm512_extracti64x4_epi64::<1>(a)),
+        _mm512_loadu_pd(m[c0 + 8..].as_ptr()),
+        _mm512_loadu_pd(cst[c0 + 8..].as_ptr()),
+    );
+    if let Some(s) = res {
+        let nr = (job.d.c_res - c0).min(LANES);
+        let src = s.input.data[res_off + c0..res_off + c0 + nr].as_ptr();
+        let q = _mm512_cvtepu8_epi32(_mm_maskz_loadu_epi8(mask16(nr), src.cast()));
+        let rv = _mm512_set1_pd(*r);
+        lo = _mm512_fmadd_pd(_mm512_cvtepi32_pd(_mm512_castsi512_si256(q)), rv, lo);
+        hi = _mm512_fmadd_pd(_mm512_cvtepi32_pd(_mm512_extracti64x4_epi64::<1>(q)), rv, hi);
+    }
+    // Clamp, then truncate (== floor for values ≥ 0).
+    let (zero, top) = (_mm512_setzero_pd(), _mm512_set1_pd(*qmax));
+    let lo = _mm512_cvttpd_epi32(_mm512_min_pd(_mm512_max_pd(lo, zero), top));
+    let hi = _mm512_cvttpd_epi32(_mm512_min_pd(_mm512_max_pd(hi, zero), top));
+    let codes = _mm512_cvtepi32_epi8(_mm512_inserti64x4::<1>(_mm512_castsi256_si512(lo), hi));
+    _mm_mask_storeu_epi8(out[c0..c0 + n].as_mut_ptr().cast(), mask16(n), codes);
+}
+
+/// The low `n` (≤ 16) bits set.
+#[inline]
+fn mask16(n: usize) -> u16 {
+    ((1u32 << n) - 1) as u16
+}
+
+/// Dispatches a micro-kernel for `np` (1..=tile) pixels.
+#[target_feature(enable = "avx512f,avx512bw,avx512vl,avx512vnni")]
+unsafe fn micro_n<const V: usize>(np: usize, a: &Micro) {
+    match np {
+        1 => micro::<V, 1>(a),
+        2 => micro::<V, 2>(a),
+        3 => micro::<V, 3>(a),
+        4 => micro::<V, 4>(a),
+        5 => micro::<V, 5>(a),
+        6 => micro::<V, 6>(a),
+        7 if V < 4 => micro::<V, 7>(a),
+        8 if V < 4 => micro::<V, 8>(a),
+        9 if V < 2 => micro::<V, 9>(a),
+        10 if V < 2 => micro::<V, 10>(a),
+        11 if V < 2 => micro::<V, 11>(a),
+        12 if V < 2 => micro::<V, 12>(a),
+        _ => unreachable!("pixel tile {np} exceeds the limit for {V} vectors"),
+    }
+}
+
+/// `P` pixels × `V` vectors of 16 channels into `a.tile`.
+#[inline(never)] // own register allocation: all P·V accumulators stay in zmm registers
+#[target_feature(enable = "avx512f,avx512bw,avx512vl,avx512vnni")]
+unsafe fn micro<const V: usize, const P: usize>(a: &Micro) {
+    let mut acc = [[_mm512_setzero_si512(); V]; P];
+    let mut w = a.w;
+    for ky in 0..a.k {
+        let row = a.inp.add(ky * a.row_stride);
+        let mut e = 0;
+        for _ in 0..a.steps {
+            let mut wv = [_mm512_setzero_si512(); V];
+            for j in 0..V {
+                wv[j] = _mm512_loadu_si512(w.add(64 * j).cast());
+            }
+            w = w.add(64 * V);
+            for i in 0..P {
+                let x = _mm512_set1_epi32(row.add(a.offs[i] + e).cast::<i32>().read_unaligned());
+                for j in 0..V {
+                    acc[i][j] = _mm512_dpbusd_epi32(acc[i][j], x, wv[j]);
+                }
+            }
+            e += 4;
+        }
+    }
+    for i in 0..P {
+        for j in 0..V {
+            _mm512_storeu_si512(a.tile.add((i * V + j) * LANES).cast(), acc[i][j]);
+        }
+    }
+}
