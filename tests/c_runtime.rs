@@ -195,3 +195,30 @@ fn cortex_m7_instruction_table_covers_every_layer_family() {
     }
     assert_eq!(table.meta["clock_mhz"], "216");
 }
+
+/// The int8 peer (`nce measure --check MODEL --int8-peer`): the same network as plain int8 C
+/// compiles strictly for the host, its reference and DSP paths give the same logits on the
+/// host and on the Cortex-M7 (odd channel counts: the element-wise patch; the example model's
+/// multiples of 4: the word-wise one), the logits vary with the image (not all clamped), and
+/// the counts add up per step.
+#[test]
+fn int8_peer_runs_the_same_shapes_on_host_and_cortex_m7() {
+    use nce::engine::c_runtime::{generate_int8_peer, int8_peer_report};
+    let odd = odd_model(4);
+    let (example, _) = example();
+    for (model, images) in [(&odd, random_images(&odd, 3, 4)), (&example, random_images(&example, 2, 5))] {
+        let peer = generate_int8_peer(model).unwrap();
+        let host = CBuild::compile(&peer.pkg, CTarget::Host, Kernels::Scalar, false).unwrap().run(&images, 1, false).unwrap().logits;
+        assert!(host.iter().any(|l| l != &host[0]) && host[0].iter().any(|&v| v != host[0][0]), "{host:?}");
+        for kernels in [Kernels::Scalar, Kernels::Simd] {
+            let m7 = CBuild::compile(&peer.pkg, CTarget::CortexM7, kernels, false).unwrap().run(&images, 1, false).unwrap();
+            assert_eq!(m7.logits, host, "{kernels:?} on {}", model.net().model);
+        }
+    }
+    let (images, peer) = (random_images(&odd, 1, 6), generate_int8_peer(&odd).unwrap());
+    let r = int8_peer_report(&odd, Kernels::Simd, &images).unwrap();
+    let sum: f64 = r.steps.iter().map(|s| s.instructions).sum();
+    assert!((sum - r.instructions).abs() < 0.01 * r.instructions, "steps {sum} vs whole {}", r.instructions);
+    assert_eq!(r.steps.len(), peer.step_names.len());
+    assert!(r.flash_bytes > odd.net().layers.iter().map(|l| l.weight_count() as u64).sum::<u64>());
+}

@@ -1,7 +1,7 @@
 //! `nce measure`: per-layer latency tables for the `latency-lut` plugin, and `--check` of a
 //! table's prediction against a whole model's measured latency.
 
-use crate::engine::c_runtime::{ResourceReport, ASSUMED_CPI, M7_CLOCK_MHZ};
+use crate::engine::c_runtime::{Kernels, ResourceReport, ASSUMED_CPI, M7_CLOCK_MHZ};
 use crate::engine::measure::{self, MeasureConfig, Runner};
 use crate::engine::plan::QModel;
 use crate::engine::{Backend, BackendKind, BackendOptions};
@@ -67,6 +67,12 @@ pub struct MeasureArgs {
     /// memory (flash, SRAM) the model's build must fit; exit 1 when it does not.
     #[arg(long)]
     profile: Option<PathBuf>,
+    /// With `--check` on qemu-cortex-m7: also count a plain int8 C reference of the same
+    /// network (TFLite-Micro-style kernels, pseudo-random weights) through the same harness and
+    /// print its flash, RAM and instructions beside the 2-bit runtime's (kernels as
+    /// `NCE_C_KERNELS`).
+    #[arg(long)]
+    int8_peer: bool,
     /// Print the result as JSON.
     #[arg(long)]
     json: bool,
@@ -135,8 +141,18 @@ fn check(a: &MeasureArgs, backend: &dyn Backend, model_path: &std::path::Path) -
     let table = LatencyTable::load(table_path)?;
     let model = QModel::load(model_path)?;
     let predicted = measure::predict_us(&table, model.net())?;
-    if let Some(counted) = backend.count_model(&model, &random_images(&model, 4)) {
-        return print_counted(a, backend, (model_path, &table, table_path), predicted, &counted?);
+    let images = random_images(&model, 4);
+    if let Some(counted) = backend.count_model(&model, &images) {
+        let counted = counted?;
+        let status = print_counted(a, backend, (model_path, &table, table_path), predicted, &counted)?;
+        if a.int8_peer {
+            let peer = crate::engine::c_runtime::int8_peer_report(&model, Kernels::from_env()?, &images)?;
+            print_peer(&counted, &peer);
+        }
+        return Ok(status);
+    }
+    if a.int8_peer {
+        return Err(super::usage("--int8-peer needs --backend qemu-cortex-m7"));
     }
     let (min_warmup, min_repeats) = backend.min_model_runs();
     let measured = measure::measure_model(backend, &model, a.warmup.max(min_warmup), a.repeats.max(min_repeats))?;
@@ -278,7 +294,7 @@ fn print_counted(
     println!("model        {}", model_path.display());
     println!("table        {} ({})", table_path.display(), table.meta.get("backend").map(String::as_str).unwrap_or("?"));
     println!("engine       {} on {}", r.backend, backend.device());
-    println!("flash        {} bytes (.text + .rodata + .data of nce_model.o and nce_runtime.o)", r.flash_bytes);
+    println!("flash        {} bytes (.text + .rodata + .data of the package's objects: nce_model.o, nce_runtime.o)", r.flash_bytes);
     println!(
         "RAM          {} bytes = static {} (arena {}, SIMD scratch {}) + stack high-water {}",
         r.ram_bytes(),
@@ -317,4 +333,28 @@ fn print_counted(
         ok &= flash_ok && ram_ok;
     }
     Ok(if ok { ExitCode::SUCCESS } else { ExitCode::from(1) })
+}
+
+/// `--int8-peer`: the plain int8 reference of the same network beside the 2-bit build.
+fn print_peer(two_bit: &ResourceReport, peer: &ResourceReport) {
+    println!();
+    println!("int8 peer    {}: the same network as plain int8 C (TFLite-Micro-style reference", peer.backend);
+    println!("             kernels, per-channel requantisation, separate residual adds; pseudo-random weights)");
+    println!("{:<36} {:>14} {:>14} {:>10}", "", "2-bit runtime", "int8 peer", "int8 / 2-bit");
+    let rows = [
+        ("flash bytes", two_bit.flash_bytes as f64, peer.flash_bytes as f64),
+        ("RAM bytes (static + stack)", two_bit.ram_bytes() as f64, peer.ram_bytes() as f64),
+        ("instructions per inference", two_bit.instructions, peer.instructions),
+    ];
+    for (what, a, b) in rows {
+        println!("{what:<36} {a:>14.0} {b:>14.0} {:>10.2}", b / a.max(1.0));
+    }
+    let parts = |r: &ResourceReport| format!("{}/{}/{}", r.arena_bytes, r.scratch_bytes, r.stack_bytes);
+    println!("{:<36} {:>14} {:>14}", "  arena/scratch/stack bytes", parts(two_bit), parts(peer));
+    let ms = |r: &ResourceReport| ResourceReport::us(r.instructions) / 1e3;
+    println!("{:<36} {:>14.1} {:>14.1}", "ms at 216 MHz, 1 cycle/instruction", ms(two_bit), ms(peer));
+    println!("{:<36} {:>14}", "int8 peer step", "instructions");
+    for s in &peer.steps {
+        println!("{:<36} {:>14.0}", s.name, s.instructions);
+    }
 }

@@ -222,8 +222,8 @@ pub struct RunOutput {
     pub report: Option<M7Report>,
 }
 
-/// Section sizes of the package's own objects (`nce_model.o` + `nce_runtime.o`, without the
-/// harness or libc), as `size` reports them: `text` includes `.rodata`.
+/// Section sizes of the package's own objects (`nce_model.o` + `nce_runtime.o`, or the int8
+/// peer's `nce_int8.o`; without the harness or libc), as `size` reports them: `text` includes `.rodata`.
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
 pub struct ObjectSizes {
     pub text: u64,
@@ -237,6 +237,8 @@ pub struct CBuild {
     target: CTarget,
     kernels: Kernels,
     exe: PathBuf,
+    /// The package's own objects (the harness left out).
+    objects: Vec<String>,
     input_bytes: usize,
     classes: usize,
 }
@@ -259,7 +261,7 @@ impl CBuild {
         }
         let (cc, _) = target.compiler();
         let mut objects = Vec::new();
-        for src in ["nce_model.c", "nce_runtime.c", target.harness()] {
+        for src in pkg.sources().into_iter().chain([target.harness()]) {
             let obj = src.replace(".c", ".o");
             let mut cmd = Command::new(cc);
             cmd.args(WARNINGS).args(target.compile_flags()).current_dir(dir.path());
@@ -274,7 +276,8 @@ impl CBuild {
         }
         let exe = dir.path().join(format!("nce_{}.elf", target.name()));
         compile_step(Command::new(cc).current_dir(dir.path()).args(&objects).args(target.link_flags()).arg("-o").arg(&exe))?;
-        Ok(CBuild { dir, target, kernels, exe, input_bytes: pkg.input_bytes, classes: pkg.classes })
+        objects.pop(); // the harness, compiled last
+        Ok(CBuild { dir, target, kernels, exe, objects, input_bytes: pkg.input_bytes, classes: pkg.classes })
     }
 
     pub fn target(&self) -> CTarget {
@@ -290,7 +293,7 @@ impl CBuild {
     /// `size` of the package's objects.
     pub fn object_sizes(&self) -> Result<ObjectSizes, CRuntimeError> {
         let mut cmd = Command::new(self.target.size_tool());
-        cmd.current_dir(self.dir.path()).args(["nce_model.o", "nce_runtime.o"]);
+        cmd.current_dir(self.dir.path()).args(&self.objects);
         let out = run_with_timeout(&mut cmd, Duration::from_secs(60))?;
         let text = String::from_utf8_lossy(&out.stdout);
         let mut s = ObjectSizes::default();

@@ -13,11 +13,13 @@
 mod bench;
 pub mod build;
 mod generate;
+mod int8_peer;
 mod qemu;
 
 pub use build::{CBuild, CTarget, Kernels, M7Report, RunOutput, TraceRecord};
 pub use generate::generate;
-pub use qemu::{measure_insn_table, resource_report, QemuBackend, ResourceReport, StepCount, ASSUMED_CPI, M7_CLOCK_MHZ};
+pub use int8_peer::{generate_int8_peer, Int8Peer};
+pub use qemu::{int8_peer_report, measure_insn_table, resource_report, QemuBackend, ResourceReport, StepCount, ASSUMED_CPI, M7_CLOCK_MHZ};
 
 use std::path::PathBuf;
 
@@ -44,6 +46,16 @@ pub struct CPackage {
     /// Bytes of one input image and logits per image.
     pub input_bytes: usize,
     pub classes: usize,
+}
+
+/// The test harnesses: every package carries them, a build compiles the target's one.
+const HARNESSES: [&str; 2] = ["nce_main.c", "nce_m7_main.c"];
+
+impl CPackage {
+    /// The package's own C sources (the model and its kernels, not the harnesses).
+    pub fn sources(&self) -> Vec<&str> {
+        self.files.iter().map(|(n, _)| n.as_str()).filter(|n| n.ends_with(".c") && !HARNESSES.contains(n)).collect()
+    }
 }
 
 /// Why a C package could not be generated, built or run.

@@ -3,7 +3,7 @@
 
 use super::bench::{generate_bench, Cost};
 use super::build::{CBuild, CTarget, Kernels};
-use super::{generate, CRuntimeError};
+use super::{generate, generate_int8_peer, CPackage, CRuntimeError};
 use crate::engine::backend::{Backend, BackendError, BackendKind, BackendOptions, PreparedModel};
 use crate::engine::measure::MeasureConfig;
 use crate::engine::plan::{QModel, Step};
@@ -105,8 +105,9 @@ pub struct StepCount {
 #[derive(Clone, Debug, PartialEq, Serialize)]
 pub struct ResourceReport {
     pub backend: String,
-    /// `.text` + `.rodata` + `.data` of `nce_model.o` and `nce_runtime.o`: the flash the
-    /// package adds to an application (harness, startup code and libc excluded).
+    /// `.text` + `.rodata` + `.data` of the package's objects (`nce_model.o` and
+    /// `nce_runtime.o`; the int8 peer's `nce_int8.o`): the flash the package adds to an
+    /// application (harness, startup code and libc excluded).
     pub flash_bytes: u64,
     /// `.data` + `.bss` of the same objects: the arena and the SIMD scratch buffer.
     pub static_ram_bytes: u64,
@@ -151,8 +152,27 @@ fn step_names(model: &QModel, s: usize) -> (String, Vec<String>) {
 /// Builds `model` for the Cortex-M7 with per-step hooks, runs `images` under
 /// `qemu-system-arm -icount shift=0` and reads flash, RAM and instruction counts.
 pub fn resource_report(model: &QModel, kernels: Kernels, images: &[u8]) -> Result<ResourceReport, CRuntimeError> {
-    let pkg = generate(model)?;
-    let build = CBuild::compile(&pkg, CTarget::CortexM7, kernels, true)?;
+    count_package(&generate(model)?, kernels, images, "qemu-cortex-m7", |s| step_names(model, s))
+}
+
+/// The same count for the plain int8 peer of `model`'s network ([`generate_int8_peer`]): the
+/// cost of an int8 deployment of the same shapes through the same harness.
+pub fn int8_peer_report(model: &QModel, kernels: Kernels, images: &[u8]) -> Result<ResourceReport, CRuntimeError> {
+    let peer = generate_int8_peer(model)?;
+    let names = |s: usize| (peer.step_names.get(s).cloned().unwrap_or_default(), Vec::new());
+    count_package(&peer.pkg, kernels, images, "int8-peer-cortex-m7", names)
+}
+
+/// Compiles `pkg` for the Cortex-M7 with hooks, runs `images` under `-icount` and reads the
+/// report; `names` gives hook step `s`'s name and table signatures.
+fn count_package(
+    pkg: &CPackage,
+    kernels: Kernels,
+    images: &[u8],
+    backend: &str,
+    names: impl Fn(usize) -> (String, Vec<String>),
+) -> Result<ResourceReport, CRuntimeError> {
+    let build = CBuild::compile(pkg, CTarget::CortexM7, kernels, true)?;
     let sizes = build.object_sizes()?;
     let out = build.run(images, 1, true)?;
     let r = out.report.ok_or_else(|| CRuntimeError::Run { command: "qemu-system-arm".into(), msg: "no nce_report.txt".into() })?;
@@ -161,12 +181,12 @@ pub fn resource_report(model: &QModel, kernels: Kernels, images: &[u8]) -> Resul
         .steps
         .iter()
         .map(|&(s, _, ticks)| {
-            let (name, signatures) = step_names(model, s);
+            let (name, signatures) = names(s);
             StepCount { name, signatures, instructions: ticks as f64 * per_tick / n }
         })
         .collect();
     Ok(ResourceReport {
-        backend: format!("qemu-cortex-m7-{}", if kernels == Kernels::Simd { "dsp" } else { "scalar" }),
+        backend: format!("{backend}-{}", if kernels == Kernels::Simd { "dsp" } else { "scalar" }),
         flash_bytes: sizes.text + sizes.data,
         static_ram_bytes: sizes.data + sizes.bss,
         arena_bytes: pkg.arena_bytes as u64,
