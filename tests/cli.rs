@@ -80,7 +80,8 @@ fn bad_input_gives_clear_errors() {
     let line = good.lines().position(|l| l.starts_with("lanes = 1")).unwrap() + 1;
     assert!(text(&o).contains(&format!("typo.toml:{line}:1")) && text(&o).contains("lanez"), "{}", text(&o));
 
-    std::fs::write(&bad, good.replace("latency_ms = 500.0", "latency_ms = -1")).unwrap();
+    assert!(good.contains("latency_ms = { max = 500.0,"));
+    std::fs::write(&bad, good.replace("latency_ms = { max = 500.0,", "latency_ms = { max = -1,")).unwrap();
     let o = nce(&["cost", "--profile", bad.to_str().unwrap(), "--model", "resnet20"]);
     assert_eq!(o.status.code(), Some(1), "a bad input file is a failure, not a usage error");
     assert!(text(&o).contains("budgets.latency_ms") && text(&o).contains("positive"), "{}", text(&o));

@@ -20,6 +20,22 @@ fn layer(report: &CostReport, net: &Network, metric: &str, name: &str) -> f64 {
     report.metrics.iter().find(|m| m.metric == metric).unwrap().per_layer[i]
 }
 
+/// `metric` of layer `name` as `plugin` computes it (several plugins may compute one metric).
+fn layer_by(report: &CostReport, net: &Network, (metric, plugin): (&str, &str), name: &str) -> f64 {
+    let i = net.layers.iter().position(|l| l.name == name).unwrap();
+    report.metrics.iter().find(|m| m.metric == metric && m.plugin == plugin).unwrap().per_layer[i]
+}
+
+/// The shipped MCU profile with its latency table replaced by `table` (a file beside it) and
+/// `[plugins.latency-lut]`'s options by `lut_options`.
+fn mcu_with_table(table: &str, lut_options: &str) -> String {
+    let text = std::fs::read_to_string("hw-profiles/mcu-cortex-m7.toml").unwrap();
+    let lut = "[plugins.latency-lut]\ncycles_per_instruction = 1.0   # an assumption, see sources\n";
+    assert!(text.contains(lut) && text.contains("file = \"tables/cortex-m7-insn.csv\""));
+    text.replace(lut, &format!("[plugins.latency-lut]\n{lut_options}\n"))
+        .replace("file = \"tables/cortex-m7-insn.csv\"", &format!("file = \"{table}\""))
+}
+
 #[test]
 fn macs_params_bops_on_resnet20() {
     let p = Profile::load("hw-profiles/npu-int2-array.toml").unwrap();
@@ -64,10 +80,11 @@ fn roofline_on_the_mcu_profile() {
     let compute_s = 2_359_296.0 / 432e6;
     // memory: 576 B weights + 4 KiB in + 4 KiB out at 0.864 GB/s is far below compute
     let expected_ms = compute_s * 1e3 / 0.8 + 0.020;
-    assert_relative_eq!(layer(&r, &net, "latency_ms", "layer1.0.conv_a"), expected_ms, max_relative = 1e-12);
+    let roofline = ("latency_ms", "roofline");
+    assert_relative_eq!(layer_by(&r, &net, roofline, "layer1.0.conv_a"), expected_ms, max_relative = 1e-12);
     // A memory-bound layer: the add reads two 8/2-bit tensors and writes one.
     let add_bytes = 16.0 * 1024.0 + 4.0 * 1024.0; // 8-bit conv_b output in, 2-bit out
-    assert_relative_eq!(layer(&r, &net, "latency_ms", "layer1.0.add"), add_bytes / 0.864e9 * 1e3 / 0.8 + 0.020, max_relative = 1e-12);
+    assert_relative_eq!(layer_by(&r, &net, roofline, "layer1.0.add"), add_bytes / 0.864e9 * 1e3 / 0.8 + 0.020, max_relative = 1e-12);
 }
 
 #[test]
@@ -89,9 +106,7 @@ fn latency_lut_reads_and_interpolates() {
         conv3x3_s1_g1_i16_o16_h32_w32_w2a2,10,100,1\n\
         conv3x3_s1_g1_i16_o32_h32_w32_w2a2,10,180,1\n";
     std::fs::write(dir.path().join("t.csv"), table).unwrap();
-    let text = std::fs::read_to_string("hw-profiles/mcu-cortex-m7.toml").unwrap()
-        + "\n[plugins.latency-lut]\nallow_missing = true\n\n[latency_table]\nfile = \"t.csv\"\n";
-    let text = text.replace("latency_ms = 500.0", "latency_ms = { max = 500.0, plugin = \"latency-lut\" }");
+    let text = mcu_with_table("t.csv", "allow_missing = true");
     let path = dir.path().join("p.toml");
     std::fs::write(&path, text).unwrap();
     let p = Profile::load(&path).unwrap();
@@ -110,11 +125,7 @@ fn latency_lut_reads_and_interpolates() {
 fn latency_lut_without_allow_missing_names_the_signature() {
     let dir = tempfile::tempdir().unwrap();
     std::fs::write(dir.path().join("t.csv"), "signature,count,mean_us,var_us2\nlinear_i64_o10_w8a8,1,1,0\n").unwrap();
-    let text = std::fs::read_to_string("hw-profiles/mcu-cortex-m7.toml")
-        .unwrap()
-        .replace("[plugins.roofline]", "[plugins.latency-lut]\n\n[plugins.roofline]")
-        + "\n[latency_table]\nfile = \"t.csv\"\n";
-    let text = text.replace("latency_ms = 500.0", "latency_ms = { max = 500.0, plugin = \"latency-lut\" }");
+    let text = mcu_with_table("t.csv", "");
     let path = dir.path().join("p.toml");
     std::fs::write(&path, text).unwrap();
     let p = Profile::load(&path).unwrap();
@@ -129,4 +140,41 @@ fn relative_budgets_fail_wider_networks() {
     let r = report(&p, &resnet20(Some(&wide)));
     let macs = r.budgets.iter().find(|b| b.metric == "macs").unwrap();
     assert!(!macs.pass && macs.max == 40_551_040.0 && macs.value > macs.max);
+}
+
+/// The shipped MCU profile's latency budget is the instruction table's sum (DSP path, counted
+/// under QEMU), converted at the profile's clock and stated cycles per instruction: exactly the
+/// table at 216 MHz and 1 cycle per instruction, halved at twice the clock, ×1.5 at CPI 1.5.
+#[test]
+fn mcu_latency_comes_from_the_instruction_table() {
+    let p = Profile::load("hw-profiles/mcu-cortex-m7.toml").unwrap();
+    let table = p.latency_table.as_ref().expect("the MCU profile names a table");
+    assert!(table.meta["unit"].starts_with("instructions") && table.meta["backend"] == "qemu-cortex-m7-dsp");
+    let budget = p.budgets.iter().find(|b| b.metric == "latency_ms").unwrap();
+    assert_eq!(budget.plugin.as_deref(), Some("latency-lut"));
+    let net = build(ModelKind::Resnet20, Shape::new(1, 28, 28), 10, None, &BitConfig::uniform(2)).unwrap();
+    let lut_ms = |p: &Profile| {
+        let r = Evaluator::new(p).unwrap().evaluate(&net, &net).unwrap();
+        let m = r.metrics.iter().find(|m| m.metric == "latency_ms" && m.plugin == "latency-lut").unwrap();
+        let b = r.budgets.iter().find(|b| b.metric == "latency_ms").unwrap();
+        assert_relative_eq!(b.value, m.per_layer.iter().sum::<f64>(), max_relative = 1e-12);
+        m.per_layer.clone()
+    };
+    let ms = lut_ms(&p);
+    for (l, v) in net.layers.iter().zip(&ms) {
+        assert_relative_eq!(*v, table.lookup_us(&l.signature()).unwrap() * 1e-3, max_relative = 1e-12);
+    }
+    let total: f64 = ms.iter().sum();
+    let base_us: f64 = table.meta["base_model_us"].split(',').next().unwrap().parse().unwrap();
+    assert_relative_eq!(total, base_us * 1e-3, max_relative = 1e-6);
+    let dir = tempfile::tempdir().unwrap();
+    let variant = |from: &str, to: &str| {
+        let csv = std::fs::read_to_string("hw-profiles/tables/cortex-m7-insn.csv").unwrap();
+        std::fs::write(dir.path().join("t.csv"), csv).unwrap();
+        let text = mcu_with_table("t.csv", "cycles_per_instruction = 1.0").replace(from, to);
+        std::fs::write(dir.path().join("p.toml"), text).unwrap();
+        lut_ms(&Profile::load(dir.path().join("p.toml")).unwrap()).iter().sum::<f64>()
+    };
+    assert_relative_eq!(variant("clock_mhz = 216", "clock_mhz = 432"), total / 2.0, max_relative = 1e-12);
+    assert_relative_eq!(variant("cycles_per_instruction = 1.0", "cycles_per_instruction = 1.5"), total * 1.5, max_relative = 1e-12);
 }

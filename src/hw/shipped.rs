@@ -20,7 +20,10 @@ macro_rules! shipped {
 pub const PROFILES: &[Shipped] = shipped!["local-cpu", "mcu-cortex-m7", "mobile-cpu-a76", "nce-flops-params", "npu-int2-array"];
 
 /// The latency tables the shipped profiles name, by their path relative to `hw-profiles/`.
-const TABLES: &[(&str, &str)] = &[("tables/local-cpu.csv", include_str!("../../hw-profiles/tables/local-cpu.csv"))];
+const TABLES: &[(&str, &str)] = &[
+    ("tables/cortex-m7-insn.csv", include_str!("../../hw-profiles/tables/cortex-m7-insn.csv")),
+    ("tables/local-cpu.csv", include_str!("../../hw-profiles/tables/local-cpu.csv")),
+];
 
 /// The folder shown as a shipped profile's location (`<built-in>/npu-int2-array.toml`).
 const FOLDER: &str = "<built-in>";
