@@ -222,3 +222,38 @@ fn int8_peer_runs_the_same_shapes_on_host_and_cortex_m7() {
     assert_eq!(r.steps.len(), peer.step_names.len());
     assert!(r.flash_bytes > odd.net().layers.iter().map(|l| l.weight_count() as u64).sum::<u64>());
 }
+
+/// `nce export CKPT -o m.nce --c-runtime DIR` end to end, as a user runs it: the package on
+/// disk compiles for this machine with `cc -std=c99 -Wall -Wextra -Werror`, and its hosted
+/// harness gives the engine's logits for the exported model on a few test images.
+#[cfg(all(feature = "cli", feature = "train"))]
+#[test]
+fn cli_export_writes_a_c_package_that_compiles_and_matches_the_engine() {
+    use std::process::Command;
+    let dir = tempfile::tempdir().unwrap();
+    let (model_path, pkg) = (dir.path().join("m.nce"), dir.path().join("c"));
+    let o = Command::new(env!("CARGO_BIN_EXE_nce"))
+        .args(["export", "examples/resnet20-w2a2-fashion.ot", "-o"])
+        .arg(&model_path)
+        .arg("--c-runtime")
+        .arg(&pkg)
+        .output()
+        .unwrap();
+    assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
+    let cc = Command::new("cc")
+        .current_dir(&pkg)
+        .args(["-std=c99", "-O2", "-Wall", "-Wextra", "-Werror", "nce_model.c", "nce_runtime.c", "nce_main.c", "-o", "nce_main"])
+        .output()
+        .unwrap();
+    assert!(cc.status.success(), "{}", String::from_utf8_lossy(&cc.stderr));
+    let model = QModel::load(&model_path).unwrap();
+    let images = nce::data::load("fashion-mnist", Path::new("data"), nce::data::Split::Test).unwrap().subset(4).images;
+    std::fs::write(pkg.join("in.bin"), &images).unwrap();
+    let run = Command::new(pkg.join("nce_main")).current_dir(&pkg).args(["in.bin", "out.bin"]).output().unwrap();
+    assert!(run.status.success(), "{}", String::from_utf8_lossy(&run.stderr));
+    let bytes = std::fs::read(pkg.join("out.bin")).unwrap();
+    let logits: Vec<Vec<i32>> =
+        bytes.chunks_exact(40).map(|c| c.chunks_exact(4).map(|b| i32::from_ne_bytes([b[0], b[1], b[2], b[3]])).collect()).collect();
+    assert_eq!(logits.len(), 4);
+    assert_eq!(logits, engine_logits(&model, &images));
+}
