@@ -66,7 +66,7 @@ fn random_conv(rng: &mut Rng, c: &Case) -> Conv2d {
     let k_len = c.k * c.k * c.c_in;
     let weights = random_weights(rng, c.c_out, k_len, c.w8, -127);
     let shift = rng.range(8, 24) as u32;
-    let qmax = [3u8, 3, 15, 255][rng.below(4) as usize];
+    let qmax = [1u8, 3, 3, 7, 15, 255][rng.below(6) as usize];
     let requant = spread_requant(rng, c.c_out, k_len, c.amax, c.w8, shift, qmax);
     Conv2d::new(c.c_in, c.k, c.stride, c.k / 2, weights, requant).unwrap()
 }

@@ -14,11 +14,16 @@
 //!   registers. Output channels are grouped by the largest `V` dividing the vector count.
 //! - int32 accumulation is exact for any input (u8 × i8, no int16 stage), so 8-bit layers use the
 //!   same micro-kernel as 2-bit ones and nothing needs flushing.
-//! - Epilogue: the accumulators go through a small tile in L1; each 16-channel vector is
-//!   requantised in f64 with `vfmadd` (exact under the same 2^53 bound as the AVX2 path, checked
-//!   per call: every product and sum is an integer scaled by `2^−shift`) and stored with a byte
-//!   mask, so partial blocks (8 or 12 channels, shortcuts narrower than the output) need no
-//!   separate path. Outside the bound, the scalar [`reference::requantize`] runs per code.
+//! - Epilogue: the accumulators go through a small tile in L1, then each 16-channel vector is
+//!   requantised for all pixels of the tile with the vector's constants in registers, and stored
+//!   with a byte mask, so partial blocks (8 or 12 channels, shortcuts narrower than the output)
+//!   need no separate path. Three exact forms, chosen per call ([`Mode`]):
+//!   - no shortcut and `qmax ≤ 7` (every 2-bit layer without a residual): the code is the number
+//!     of per-channel thresholds `±acc` reaches (`vpcmpd` + masked add per level), the
+//!     thresholds solved exactly in i128 at prepare time ([`threshold`]);
+//!   - otherwise f64 with `vfmadd`, exact while every intermediate is an integer below 2^53
+//!     times `2^−shift` (the AVX2 path's bound, checked per call);
+//!   - outside that bound, the scalar [`reference::requantize`] per code.
 //!
 //! SAFETY (every `unsafe` here): (1) a [`ConvKernel`] is only constructed after [`available`]
 //! has seen `avx512f`, `avx512bw`, `avx512vl` and `avx512vnni`, so the `#[target_feature]`
@@ -73,6 +78,7 @@ pub(crate) struct ConvKernel {
     weights: Vec<i8>,
     /// Largest |weight code| (sizes the epilogue's exactness bound).
     wmax: u32,
+    tables: Tables,
 }
 
 impl ConvKernel {
@@ -108,7 +114,8 @@ impl ConvKernel {
             }
         }
         let wmax = codes.iter().map(|w| w.unsigned_abs()).max().unwrap_or(0);
-        Some(ConvKernel { conv: conv.clone(), steps, v, groups: nv / v, weights, wmax })
+        let tables = Tables::new(conv, nv * LANES);
+        Some(ConvKernel { conv: conv.clone(), steps, v, groups: nv / v, weights, wmax, tables })
     }
 
     /// Pixels per micro-kernel call (the alignment of thread ranges).
@@ -126,37 +133,93 @@ impl ConvKernel {
             let dst = ((y + c.pad) * wp + c.pad) * c.c_in;
             input[dst..dst + x.w * x.c].copy_from_slice(&x.data[y * x.w * x.c..(y + 1) * x.w * x.c]);
         }
-        let epi = Epilogue::new(self, x.max_code(), residual);
-        Job { ker: self, input, row_stride, d: *d, epi, residual }
+        Job { ker: self, input, row_stride, d: *d, mode: self.mode(x.max_code(), residual), residual }
     }
-}
 
-/// f64 requantisation tables for the `groups·v·16` channels the micro-kernels produce (`m = b
-/// = 0` past `c_conv`, as the contract says for channels the conv lacks), or `None` when an
-/// intermediate could reach 2^53 and the int64 reference must run instead.
-struct Epilogue {
-    f64: Option<(Vec<f64>, Vec<f64>, f64, f64)>,
-}
-
-impl Epilogue {
-    fn new(ker: &ConvKernel, amax: u8, residual: Option<&Residual>) -> Self {
-        let c = &ker.conv;
-        let rq = &c.requant;
-        let width = ker.groups * ker.v * LANES;
+    fn mode(&self, amax: u8, residual: Option<&Residual>) -> Mode {
+        let rq = &self.conv.requant;
+        if residual.is_none() && !self.tables.thresholds.is_empty() {
+            return Mode::Steps;
+        }
         // Largest |intermediate| of the int64 sum, as u128 so the bound itself cannot overflow.
-        let acc_max = c.k_len() as u128 * amax as u128 * ker.wmax as u128;
+        let acc_max = self.conv.k_len() as u128 * amax as u128 * self.wmax as u128;
         let m_max = rq.m.iter().map(|v| v.unsigned_abs()).max().unwrap_or(0) as u128;
         let b_max = rq.b.iter().map(|v| v.unsigned_abs()).max().unwrap_or(0) as u128 + rq.rounding() as u128;
         let r_term = residual.map_or(0, |r| 255 * r.r.unsigned_abs() as u128);
         if acc_max * m_max + b_max + r_term >= 1u128 << 53 {
-            return Epilogue { f64: None };
+            return Mode::Reference;
         }
-        let scale = f64::from_bits((1023 - rq.shift as u64) << 52); // 2^−shift, exact
-        let m = (0..width).map(|ch| rq.m.get(ch).copied().unwrap_or(0) as f64 * scale).collect();
-        let b = |ch: usize| rq.b.get(ch).copied().unwrap_or(0) as i64 + rq.rounding();
-        let cst = (0..width).map(|ch| b(ch) as f64 * scale).collect();
-        Epilogue { f64: Some((m, cst, residual.map_or(0.0, |r| r.r as f64 * scale), rq.qmax as f64)) }
+        Mode::F64(residual.map_or(0.0, |r| r.r as f64 * f64::from_bits((1023 - rq.shift as u64) << 52)))
     }
+}
+
+/// How a call requantises (chosen per call: the shortcut and the input's largest code matter).
+enum Mode {
+    /// No shortcut and `qmax ≤ MAX_LEVELS`: the code is the number of thresholds reached.
+    Steps,
+    /// f64 with `vfmadd`: every intermediate is an integer below 2^53 times `2^−shift`; the
+    /// shortcut scale `r·2^−shift`.
+    F64(f64),
+    /// Outside that bound: the int64 reference per code.
+    Reference,
+}
+
+/// Most output levels the threshold epilogue handles (2-bit and 3-bit outputs).
+const MAX_LEVELS: usize = 7;
+
+/// Per-channel requantisation tables for the `groups·v·16` channels the micro-kernels produce
+/// (`m = b = 0` past `c_conv`, as the contract says for channels the conv lacks).
+#[derive(Clone, Debug)]
+struct Tables {
+    /// `m·2^−shift` and `(b + 2^(shift−1))·2^−shift`.
+    m: Vec<f64>,
+    c: Vec<f64>,
+    /// `[vector][level − 1][16]`: with `a = ±acc` (− where `m < 0`, bit set in `neg`), the code
+    /// is `#{t : a ≥ thresholds[t]}`; empty when `qmax > MAX_LEVELS`.
+    thresholds: Vec<i32>,
+    neg: Vec<u16>,
+}
+
+impl Tables {
+    fn new(conv: &Conv2d, width: usize) -> Self {
+        let rq = &conv.requant;
+        let m = |ch: usize| rq.m.get(ch).copied().unwrap_or(0);
+        let b = |ch: usize| rq.b.get(ch).copied().unwrap_or(0) as i64 + rq.rounding();
+        let scale = f64::from_bits((1023 - rq.shift as u64) << 52); // 2^−shift, exact
+        let (mut thresholds, mut neg) = (Vec::new(), vec![0u16; width / LANES]);
+        if (rq.qmax as usize) <= MAX_LEVELS {
+            for v in 0..width / LANES {
+                for t in 1..=rq.qmax as i128 {
+                    thresholds.extend((v * LANES..(v + 1) * LANES).map(|ch| threshold(m(ch), b(ch), t, rq.shift)));
+                }
+                neg[v] = (0..LANES).filter(|&l| m(v * LANES + l) < 0).fold(0, |k, l| k | 1 << l);
+            }
+        }
+        Tables {
+            m: (0..width).map(|ch| m(ch) as f64 * scale).collect(),
+            c: (0..width).map(|ch| b(ch) as f64 * scale).collect(),
+            thresholds,
+            neg,
+        }
+    }
+}
+
+/// The least `a` (`a = acc` for `m ≥ 0`, `−acc` for `m < 0`) with `(acc·m + bias) >> shift ≥ t`,
+/// i.e. `a·|m| ≥ t·2^shift − bias`, clamped to the int32 range (`|acc| < 2^31 − 1`, so
+/// `i32::MAX` is never reached and `i32::MIN` always is).
+fn threshold(m: i32, bias: i64, t: i128, shift: u32) -> i32 {
+    let need = (t << shift) - bias as i128;
+    let am = m.unsigned_abs() as i128;
+    let least = if am == 0 {
+        if need <= 0 {
+            i128::MIN
+        } else {
+            i128::MAX
+        }
+    } else {
+        need.div_euclid(am) + i128::from(need.rem_euclid(am) != 0)
+    };
+    least.clamp(i32::MIN as i128, i32::MAX as i128) as i32
 }
 
 /// One conv call, shared read-only by the worker threads.
@@ -166,7 +229,7 @@ pub(crate) struct Job<'a> {
     /// Bytes per padded input row.
     row_stride: usize,
     d: ConvDims,
-    epi: Epilogue,
+    mode: Mode,
     residual: Option<&'a Residual<'a>>,
 }
 
@@ -232,11 +295,13 @@ unsafe fn run_avx512(job: &Job, px: Range<usize>, out: &mut [u8]) {
                 2 => micro_n::<2>(np, &a),
                 _ => micro_n::<4>(np, &a),
             }
-            for i in 0..np {
-                for j in 0..ker.v {
-                    let c0 = (g * ker.v + j) * LANES;
-                    let acc = tile.as_ptr().add((i * ker.v + j) * LANES);
-                    epilogue16(job, acc, c0, res_offs[i], &mut base[i * d.c_out..(i + 1) * d.c_out]);
+            for j in 0..ker.v {
+                let c0 = (g * ker.v + j) * LANES;
+                let blk = Block { tile: tile.as_ptr().add(j * LANES), stride: ker.v * LANES, np, c0, n: (d.c_out - c0).min(LANES) };
+                match job.mode {
+                    Mode::Steps => block_steps(job, &blk, base),
+                    Mode::F64(r) => block_f64(job, &blk, r, &res_offs, base),
+                    Mode::Reference => block_reference(job, &blk, &res_offs, base),
                 }
             }
         }
@@ -256,46 +321,92 @@ fn shortcut_only(job: &Job, res_offs: &[usize], out: &mut [u8]) {
     }
 }
 
-/// Requantises channels `c0..c0 + 16` (those inside `out`, one pixel's codes) from `acc`.
+/// One 16-channel vector of a micro-kernel's results, for the `np` pixels of a tile.
+struct Block {
+    /// Pixel 0's 16 accumulators; pixel `i`'s are `stride` further on per pixel.
+    tile: *const i32,
+    stride: usize,
+    np: usize,
+    /// First channel, and how many of the 16 are output channels.
+    c0: usize,
+    n: usize,
+}
+
+/// [`Mode::Steps`]: counts the thresholds each accumulator reaches.
+#[target_feature(enable = "avx512f,avx512bw,avx512vl,avx512vnni")]
+unsafe fn block_steps(job: &Job, b: &Block, out: &mut [u8]) {
+    match job.ker.conv.requant.qmax {
+        1 => steps::<1>(job, b, out),
+        3 => steps::<3>(job, b, out),
+        7 => steps::<7>(job, b, out),
+        q => steps_n(job, b, q as usize, out),
+    }
+}
+
 #[inline]
 #[target_feature(enable = "avx512f,avx512bw,avx512vl,avx512vnni")]
-unsafe fn epilogue16(job: &Job, acc: *const i32, c0: usize, res_off: usize, out: &mut [u8]) {
-    let n = (out.len() - c0).min(LANES);
-    let res = job.residual.filter(|_| job.d.c_res > c0);
-    let Some((m, cst, r, qmax)) = &job.epi.f64 else {
-        let rq = &job.ker.conv.requant;
-        for ch in c0..c0 + n {
-            let a = *acc.add(ch - c0);
-            let (q, rr) = res.filter(|_| ch < job.d.c_res).map_or((0, 0), |s| (s.input.data[res_off + ch], s.r));
-            out[ch] = reference::requantize(a, rq.m.get(ch).copied().unwrap_or(0), rq.b.get(ch).copied().unwrap_or(0), q, rr, rq);
+unsafe fn steps<const L: usize>(job: &Job, b: &Block, out: &mut [u8]) {
+    steps_n(job, b, L, out)
+}
+
+#[inline]
+#[target_feature(enable = "avx512f,avx512bw,avx512vl,avx512vnni")]
+unsafe fn steps_n(job: &Job, b: &Block, levels: usize, out: &mut [u8]) {
+    let (t, v) = (&job.ker.tables, b.c0 / LANES);
+    let thr = &t.thresholds[v * levels * LANES..(v + 1) * levels * LANES];
+    let (one, zero, mask) = (_mm512_set1_epi32(1), _mm512_setzero_si512(), mask16(b.n));
+    for i in 0..b.np {
+        let acc = _mm512_loadu_si512(b.tile.add(i * b.stride).cast());
+        let a = _mm512_mask_sub_epi32(acc, t.neg[v], zero, acc);
+        let mut q = zero;
+        for l in 0..levels {
+            let k = _mm512_cmpge_epi32_mask(a, _mm512_loadu_si512(thr[l * LANES..][..LANES].as_ptr().cast()));
+            q = _mm512_mask_add_epi32(q, k, q, one);
         }
-        return;
-    };
-    let a = _mm512_loadu_si512(acc.cast());
-    let mut lo = _mm512_fmadd_pd(
-        _mm512_cvtepi32_pd(_mm512_castsi512_si256(a)),
-        _mm512_loadu_pd(m[c0..].as_ptr()),
-        _mm512_loadu_pd(cst[c0..].as_ptr()),
-    );
-    let mut hi = _mm512_fmadd_pd(
-        _mm512_cvtepi32_pd(_mm512_extracti64x4_epi64::<1>(a)),
-        _mm512_loadu_pd(m[c0 + 8..].as_ptr()),
-        _mm512_loadu_pd(cst[c0 + 8..].as_ptr()),
-    );
-    if let Some(s) = res {
-        let nr = (job.d.c_res - c0).min(LANES);
-        let src = s.input.data[res_off + c0..res_off + c0 + nr].as_ptr();
-        let q = _mm512_cvtepu8_epi32(_mm_maskz_loadu_epi8(mask16(nr), src.cast()));
-        let rv = _mm512_set1_pd(*r);
-        lo = _mm512_fmadd_pd(_mm512_cvtepi32_pd(_mm512_castsi512_si256(q)), rv, lo);
-        hi = _mm512_fmadd_pd(_mm512_cvtepi32_pd(_mm512_extracti64x4_epi64::<1>(q)), rv, hi);
+        let dst = out[i * job.d.c_out + b.c0..][..b.n].as_mut_ptr();
+        _mm_mask_storeu_epi8(dst.cast(), mask, _mm512_cvtepi32_epi8(q));
     }
-    // Clamp, then truncate (== floor for values ≥ 0).
-    let (zero, top) = (_mm512_setzero_pd(), _mm512_set1_pd(*qmax));
-    let lo = _mm512_cvttpd_epi32(_mm512_min_pd(_mm512_max_pd(lo, zero), top));
-    let hi = _mm512_cvttpd_epi32(_mm512_min_pd(_mm512_max_pd(hi, zero), top));
-    let codes = _mm512_cvtepi32_epi8(_mm512_inserti64x4::<1>(_mm512_castsi256_si512(lo), hi));
-    _mm_mask_storeu_epi8(out[c0..c0 + n].as_mut_ptr().cast(), mask16(n), codes);
+}
+
+/// [`Mode::F64`]: `clamp(acc·m' + c' + q_sc·r', 0, qmax)` truncated, 8 channels per zmm.
+#[target_feature(enable = "avx512f,avx512bw,avx512vl,avx512vnni")]
+unsafe fn block_f64(job: &Job, b: &Block, r: f64, res_offs: &[usize; PIXEL_TILE], out: &mut [u8]) {
+    let t = &job.ker.tables;
+    let (m, c) = (&t.m[b.c0..b.c0 + LANES], &t.c[b.c0..b.c0 + LANES]);
+    let (m_lo, m_hi) = (_mm512_loadu_pd(m.as_ptr()), _mm512_loadu_pd(m[8..].as_ptr()));
+    let (c_lo, c_hi) = (_mm512_loadu_pd(c.as_ptr()), _mm512_loadu_pd(c[8..].as_ptr()));
+    let (zero, top, rv) = (_mm512_setzero_pd(), _mm512_set1_pd(job.ker.conv.requant.qmax as f64), _mm512_set1_pd(r));
+    let res = job.residual.filter(|_| job.d.c_res > b.c0).map(|s| (s, (job.d.c_res - b.c0).min(LANES)));
+    for i in 0..b.np {
+        let a = _mm512_loadu_si512(b.tile.add(i * b.stride).cast());
+        let mut lo = _mm512_fmadd_pd(_mm512_cvtepi32_pd(_mm512_castsi512_si256(a)), m_lo, c_lo);
+        let mut hi = _mm512_fmadd_pd(_mm512_cvtepi32_pd(_mm512_extracti64x4_epi64::<1>(a)), m_hi, c_hi);
+        if let Some((s, nr)) = res {
+            let src = s.input.data[res_offs[i] + b.c0..][..nr].as_ptr();
+            let q = _mm512_cvtepu8_epi32(_mm_maskz_loadu_epi8(mask16(nr), src.cast()));
+            lo = _mm512_fmadd_pd(_mm512_cvtepi32_pd(_mm512_castsi512_si256(q)), rv, lo);
+            hi = _mm512_fmadd_pd(_mm512_cvtepi32_pd(_mm512_extracti64x4_epi64::<1>(q)), rv, hi);
+        }
+        // Clamp, then truncate (== floor for values ≥ 0).
+        let lo = _mm512_cvttpd_epi32(_mm512_min_pd(_mm512_max_pd(lo, zero), top));
+        let hi = _mm512_cvttpd_epi32(_mm512_min_pd(_mm512_max_pd(hi, zero), top));
+        let codes = _mm512_cvtepi32_epi8(_mm512_inserti64x4::<1>(_mm512_castsi256_si512(lo), hi));
+        let dst = out[i * job.d.c_out + b.c0..][..b.n].as_mut_ptr();
+        _mm_mask_storeu_epi8(dst.cast(), mask16(b.n), codes);
+    }
+}
+
+/// [`Mode::Reference`]: the scalar int64 requantisation per code.
+unsafe fn block_reference(job: &Job, b: &Block, res_offs: &[usize; PIXEL_TILE], out: &mut [u8]) {
+    let (rq, d) = (&job.ker.conv.requant, &job.d);
+    for i in 0..b.np {
+        for ch in b.c0..b.c0 + b.n {
+            let acc = *b.tile.add(i * b.stride + ch - b.c0);
+            let (q, r) = job.residual.filter(|_| ch < d.c_res).map_or((0, 0), |s| (s.input.data[res_offs[i] + ch], s.r));
+            let (m, bias) = (rq.m.get(ch).copied().unwrap_or(0), rq.b.get(ch).copied().unwrap_or(0));
+            out[i * d.c_out + ch] = reference::requantize(acc, m, bias, q, r, rq);
+        }
+    }
 }
 
 /// The low `n` (≤ 16) bits set.
