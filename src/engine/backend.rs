@@ -194,7 +194,8 @@ pub fn open(kind: BackendKind, opts: &BackendOptions) -> Result<Box<dyn Backend>
     match kind {
         BackendKind::Cpu | BackendKind::CpuScalar => {
             let isa = kind.cpu_isa().expect("CPU kinds have an instruction set");
-            Ok(Box::new(cpu::backend::CpuBackend::new(kind, Cpu::new(isa, opts.layer_threads.max(1))?, opts.image_threads)))
+            let cpu = Cpu::new(isa, opts.layer_threads.max(1))?.with_min_macs_per_thread(cpu::SPLIT_MIN_MACS_PER_THREAD);
+            Ok(Box::new(cpu::backend::CpuBackend::new(kind, cpu, opts.image_threads)))
         }
         #[cfg(feature = "wgpu")]
         BackendKind::Wgpu => Ok(Box::new(super::wgpu::backend::WgpuBackend::open(opts)?)),

@@ -133,20 +133,21 @@ impl ConvKernel {
             let dst = ((y + c.pad) * wp + c.pad) * c.c_in;
             input[dst..dst + x.w * x.c].copy_from_slice(&x.data[y * x.w * x.c..(y + 1) * x.w * x.c]);
         }
-        Job { ker: self, input, row_stride, d: *d, mode: self.mode(x.max_code(), residual), residual }
+        Job { ker: self, input, row_stride, d: *d, mode: self.mode(x, residual), residual }
     }
 
-    fn mode(&self, amax: u8, residual: Option<&Residual>) -> Mode {
+    fn mode(&self, x: &QTensor, residual: Option<&Residual>) -> Mode {
         let rq = &self.conv.requant;
         if residual.is_none() && !self.tables.thresholds.is_empty() {
             return Mode::Steps;
         }
-        // Largest |intermediate| of the int64 sum, as u128 so the bound itself cannot overflow.
-        let acc_max = self.conv.k_len() as u128 * amax as u128 * self.wmax as u128;
+        // Largest |intermediate| of the int64 sum, as u128 so the bound itself cannot overflow;
+        // first with any input code (no scan), then with the input's largest one.
         let m_max = rq.m.iter().map(|v| v.unsigned_abs()).max().unwrap_or(0) as u128;
         let b_max = rq.b.iter().map(|v| v.unsigned_abs()).max().unwrap_or(0) as u128 + rq.rounding() as u128;
         let r_term = residual.map_or(0, |r| 255 * r.r.unsigned_abs() as u128);
-        if acc_max * m_max + b_max + r_term >= 1u128 << 53 {
+        let fits = |amax: u8| (self.conv.k_len() as u128 * amax as u128 * self.wmax as u128) * m_max + b_max + r_term < 1u128 << 53;
+        if !fits(u8::MAX) && !fits(x.max_code()) {
             return Mode::Reference;
         }
         Mode::F64(residual.map_or(0.0, |r| r.r as f64 * f64::from_bits((1023 - rq.shift as u64) << 52)))

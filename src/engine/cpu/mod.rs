@@ -83,6 +83,12 @@ fn avx512_available() -> bool {
     false
 }
 
+/// The work a layer must give each extra thread before [`super::open`]'s CPU engine splits it:
+/// threads are spawned per call (~25 µs each on an idle machine, more under load), and
+/// 8 MMAC take ~55 µs on one AVX-512 VNNI core, so smaller layers (every ResNet-20 layer on
+/// one image) run on the calling thread alone. [`Cpu::new`] itself keeps 0 (always split).
+pub const SPLIT_MIN_MACS_PER_THREAD: u64 = 8_000_000;
+
 /// A backend plus a thread count; cheap to copy.
 ///
 /// Threads are spawned per call (`std::thread::scope`), which costs about 25 µs per extra

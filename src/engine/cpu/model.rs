@@ -25,36 +25,27 @@ impl QModel {
         }
         let input = QTensor::new(h, w, c, hwc)?;
         let mut outs: Vec<Option<LayerOut>> = vec![None; net.layers.len()];
-        let tensor = |outs: &Vec<Option<LayerOut>>, s: Src| -> Result<QTensor, EngineError> {
-            match s {
-                Src::Input => Ok(input.clone()),
-                Src::Layer(j) => match &outs[j] {
-                    Some(LayerOut::Codes(t)) => Ok(t.clone()),
-                    _ => Err(EngineError::Invalid { what: "plan", detail: format!("layer {j} has no activation output") }),
-                },
-            }
-        };
         for (si, step) in self.steps.iter().enumerate() {
             match step {
-                Step::Conv { input, out, residual, .. } => {
-                    let x = tensor(&outs, *input)?;
-                    let p = &prepared.convs[si];
+                Step::Conv { input: src, out, residual, .. } => {
+                    let x = tensor(&input, &outs, *src)?;
+                    let p = prepared.convs[si].as_ref().expect("prepared conv");
                     let y = match residual {
-                        Some((src, stride, r)) => {
-                            let sc = tensor(&outs, *src)?;
-                            cpu.conv2d(p.as_ref().expect("prepared conv"), &x, Some(&Residual { input: &sc, stride: *stride, r: *r }))?
+                        Some((sc, stride, r)) => {
+                            let sc = tensor(&input, &outs, *sc)?;
+                            cpu.conv2d(p, x, Some(&Residual { input: sc, stride: *stride, r: *r }))?
                         }
-                        None => cpu.conv2d(p.as_ref().expect("prepared conv"), &x, None)?,
+                        None => cpu.conv2d(p, x, None)?,
                     };
                     outs[*out] = Some(LayerOut::Codes(y));
                 }
-                Step::MaxPool { layer, input, pool } => {
-                    let x = tensor(&outs, *input)?;
-                    outs[*layer] = Some(LayerOut::Codes(cpu.max_pool(pool, &x)?));
+                Step::MaxPool { layer, input: src, pool } => {
+                    let y = cpu.max_pool(pool, tensor(&input, &outs, *src)?)?;
+                    outs[*layer] = Some(LayerOut::Codes(y));
                 }
-                Step::Pool { layer, input } => {
-                    let x = tensor(&outs, *input)?;
-                    outs[*layer] = Some(LayerOut::Sums(cpu.global_avg_pool(&x)?));
+                Step::Pool { layer, input: src } => {
+                    let y = cpu.global_avg_pool(tensor(&input, &outs, *src)?)?;
+                    outs[*layer] = Some(LayerOut::Sums(y));
                 }
                 Step::Linear { layer, linear } => {
                     let x = match outs[*layer - 1].as_ref() {
@@ -147,6 +138,18 @@ impl QModel {
             })
             .collect::<Result<_, _>>()?;
         Ok(Prepared { convs })
+    }
+}
+
+/// The activation tensor `s` names: the network input or an earlier layer's codes (borrowed,
+/// not copied).
+fn tensor<'a>(input: &'a QTensor, outs: &'a [Option<LayerOut>], s: Src) -> Result<&'a QTensor, EngineError> {
+    match s {
+        Src::Input => Ok(input),
+        Src::Layer(j) => match outs.get(j) {
+            Some(Some(LayerOut::Codes(t))) => Ok(t),
+            _ => Err(EngineError::Invalid { what: "plan", detail: format!("layer {j} has no activation output") }),
+        },
     }
 }
 
