@@ -249,3 +249,16 @@ fn tables_fit_100_columns() {
         assert!(wide.is_empty(), "{args:?}: {wide:#?}");
     }
 }
+
+/// An error names each cause once (library errors quote their source in their own message).
+#[test]
+fn errors_name_each_cause_once() {
+    let dir = tempfile::tempdir().unwrap();
+    let profile = dir.path().join("p.toml");
+    std::fs::copy(repo().join("hw-profiles/mcu-cortex-m7.toml"), &profile).unwrap();
+    let o = nce_in(dir.path(), &["cost", "--profile", s(&profile), "--model", "resnet20", "--input", "1x28x28", "--classes", "10"]);
+    let err = stderr(&o);
+    assert_eq!(o.status.code(), Some(1), "{err}");
+    assert!(err.contains("tables/cortex-m7-insn.csv"), "{err}");
+    assert_eq!(err.matches("No such file or directory").count(), 1, "{err}");
+}

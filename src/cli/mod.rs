@@ -130,10 +130,25 @@ pub fn main() -> ExitCode {
     match result {
         Ok(code) => code,
         Err(e) => {
-            eprintln!("error: {e:#}");
+            eprintln!("error: {}", message(&e));
             ExitCode::from(exit_code(&e))
         }
     }
+}
+
+/// The error and its causes in one line, each cause once: library errors already quote their
+/// source in their own message (`"FILE: cannot read: {source}"`), so a cause whose text the
+/// line holds already is not repeated.
+fn message(e: &anyhow::Error) -> String {
+    let mut line = e.to_string();
+    for cause in e.chain().skip(1) {
+        let c = cause.to_string();
+        if !line.contains(&c) {
+            line.push_str(": ");
+            line.push_str(&c);
+        }
+    }
+    line
 }
 
 /// The exit status of a failed command: 2 for a usage error (clap's own, or a [`UsageError`]
