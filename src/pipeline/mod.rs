@@ -253,10 +253,13 @@ impl PipelineConfig {
     }
 }
 
+/// Why a stage failed: the library error with its causes, or a message.
+pub type StageFailure = Box<dyn std::error::Error + Send + Sync>;
+
 #[derive(Debug, thiserror::Error)]
 pub enum PipelineError {
-    #[error("stage `{stage}` failed: {message}")]
-    Stage { stage: Stage, message: String },
+    #[error("stage `{stage}` failed: {source}")]
+    Stage { stage: Stage, source: StageFailure },
     #[error("{0}")]
     Setup(String),
 }
@@ -293,9 +296,9 @@ fn file_label(p: &Path) -> String {
 }
 
 /// The test-set accuracy the trainer reports, or an error when a hook stopped it early.
-fn finished(s: &train::TrainSummary, stage: Stage) -> Result<f64, String> {
+fn finished(s: &train::TrainSummary, stage: Stage) -> Result<f64, StageFailure> {
     if s.final_test_acc.is_nan() {
-        return Err(format!("interrupted by the test hook after a partial run of `{stage}` (rerun to resume)"));
+        return Err(format!("interrupted by the test hook after a partial run of `{stage}` (rerun to resume)").into());
     }
     Ok(s.final_test_acc)
 }
@@ -467,7 +470,7 @@ impl Pipeline<'_> {
             c.test_subset = s.sensitivity_test_subset;
             c.calib_batch = s.calib_batch;
             c.threads = cfg.threads;
-            let rep = sensitivity::run(&c, cfg.progress).map_err(|e| e.to_string())?;
+            let rep = sensitivity::run(&c, cfg.progress)?;
             let layers = rep
                 .layers
                 .iter()
@@ -527,7 +530,7 @@ impl Pipeline<'_> {
         sc.threads = cfg.threads;
         let inputs = [self.profile_input(), self.input("train-uniform/checkpoint.ot")];
         self.r.stage(Stage::Search, search_identity(&sc, 2), &inputs, &[], |ctx| {
-            let res = search::search(&sc, ctx.resume, cfg.progress).map_err(|e| e.to_string())?;
+            let res = search::search(&sc, ctx.resume, cfg.progress)?;
             Ok(SearchResult {
                 widths: res.arch.widths.clone(),
                 base_widths: res.arch.base_widths.clone(),
@@ -541,7 +544,7 @@ impl Pipeline<'_> {
 
     fn train_nce(&mut self) -> Result<TrainResult, PipelineError> {
         let arch = self.at("search/arch.toml");
-        let widths = read_arch_widths(&arch).map_err(|message| PipelineError::Stage { stage: Stage::TrainNce, message })?;
+        let widths = read_arch_widths(&arch).map_err(|m| PipelineError::Stage { stage: Stage::TrainNce, source: m })?;
         let c = self.w2a2_config(Stage::TrainNce, Some(widths));
         let cfg = self.cfg;
         let inputs = [self.input("search/arch.toml"), self.input("fp32/checkpoint.ot")];
@@ -636,15 +639,15 @@ enum Fp32Source {
     Shipped(&'static str, &'static [u8]),
 }
 
-fn train_stage(cfg: &PipelineConfig, c: &TrainConfig, stage: Stage, ctx: &StageCtx) -> Result<TrainResult, String> {
-    let t = train::train(c, ctx.resume, cfg.progress).map_err(|e| e.to_string())?;
+fn train_stage(cfg: &PipelineConfig, c: &TrainConfig, stage: Stage, ctx: &StageCtx) -> Result<TrainResult, StageFailure> {
+    let t = train::train(c, ctx.resume, cfg.progress)?;
     let test_acc = finished(&t, stage)?;
     let test_images = test_images(cfg, cfg.schedule.test_subset)?;
     Ok(TrainResult { test_acc, test_images, epochs: t.epochs.len(), widths: c.widths.clone(), imported_from: None })
 }
 
 /// How many test images a subset of `n` is (all of them when `None` or larger).
-fn test_images(cfg: &PipelineConfig, n: Option<usize>) -> Result<usize, String> {
+fn test_images(cfg: &PipelineConfig, n: Option<usize>) -> Result<usize, StageFailure> {
     Ok(test_set(cfg, n)?.len())
 }
 
@@ -669,60 +672,60 @@ fn search_identity(c: &SearchConfig, version: u32) -> serde_json::Value {
     json!({"v": version, "search": c})
 }
 
-fn read_arch_widths(path: &Path) -> Result<Vec<usize>, String> {
+fn read_arch_widths(path: &Path) -> Result<Vec<usize>, StageFailure> {
     let text = std::fs::read_to_string(path).map_err(|e| format!("{}: {e}", path.display()))?;
     let arch: search::derive::ArchFile = toml::from_str(&text).map_err(|e| format!("{}: {}", path.display(), e.message()))?;
     Ok(arch.widths)
 }
 
-fn import_fp32(cfg: &PipelineConfig, init: &Path, label: &str, dir: &Path) -> Result<TrainResult, String> {
-    let m = train::load_model(init).map_err(|e| e.to_string())?;
+fn import_fp32(cfg: &PipelineConfig, init: &Path, label: &str, dir: &Path) -> Result<TrainResult, StageFailure> {
+    let m = train::load_model(init)?;
     if let Some(l) = m.meta.net.layers.iter().find(|l| l.has_weights() && l.wbits != 32) {
-        return Err(format!("{label}: `{}` has {}-bit weights; --init takes a full-precision checkpoint", l.name, l.wbits));
+        return Err(format!("{label}: `{}` has {}-bit weights; --init takes a full-precision checkpoint", l.name, l.wbits).into());
     }
     if m.meta.net.model != cfg.model.name() {
-        return Err(format!("{label} is a {}, the pipeline runs {}", m.meta.net.model, cfg.model.name()));
+        return Err(format!("{label} is a {}, the pipeline runs {}", m.meta.net.model, cfg.model.name()).into());
     }
     let test = test_set(cfg, cfg.schedule.test_subset)?;
     if test.shape != m.meta.net.input {
-        return Err(format!("{label} takes {} inputs, {} has {}", m.meta.net.input, cfg.data, test.shape));
+        return Err(format!("{label} takes {} inputs, {} has {}", m.meta.net.input, cfg.data, test.shape).into());
     }
     std::fs::copy(init, dir.join("checkpoint.ot")).map_err(|e| format!("copying {label}: {e}"))?;
-    let loader = crate::data::Loader::eval(&test, 500, tch::Device::Cpu).map_err(|e| e.to_string())?;
+    let loader = crate::data::Loader::eval(&test, 500, tch::Device::Cpu)?;
     let (_, acc) = train::evaluate(&m.model, &loader);
     Ok(TrainResult { test_acc: acc, test_images: test.len(), epochs: 0, widths: None, imported_from: Some(label.into()) })
 }
 
-fn export_one(ckpt: &Path, label: &str, profile: &str, file: &Path) -> Result<usize, String> {
+fn export_one(ckpt: &Path, label: &str, profile: &str, file: &Path) -> Result<usize, StageFailure> {
     use crate::export::{convert, format};
-    let m = train::load_model(ckpt).map_err(|e| e.to_string())?;
+    let m = train::load_model(ckpt)?;
     let layers = convert::int_layers(&m).map_err(|e| format!("exporting {}: {e}", ckpt.display()))?;
     let container = convert::to_container(&m, &layers, label, Some(profile.to_string()))?;
-    let bytes = format::encode(&container).map_err(|e| e.to_string())?;
+    let bytes = format::encode(&container)?;
     manifest::write_atomic(file, &bytes).map_err(|e| format!("{}: {e}", file.display()))?;
-    QModel::load(file).map_err(|e| e.to_string())?;
+    QModel::load(file)?;
     Ok(bytes.len())
 }
 
-fn test_set(cfg: &PipelineConfig, n: Option<usize>) -> Result<crate::data::Dataset, String> {
-    crate::data::load_for(&cfg.data, &cfg.data_root, crate::data::Split::Test, n, None).map_err(|e| e.to_string())
+fn test_set(cfg: &PipelineConfig, n: Option<usize>) -> Result<crate::data::Dataset, StageFailure> {
+    Ok(crate::data::load_for(&cfg.data, &cfg.data_root, crate::data::Split::Test, n, None)?)
 }
 
-fn validate_cpu_one(cfg: &PipelineConfig, file: &Path, ckpt: &Path, threads: usize) -> Result<CpuValidation, String> {
+fn validate_cpu_one(cfg: &PipelineConfig, file: &Path, ckpt: &Path, threads: usize) -> Result<CpuValidation, StageFailure> {
     use crate::engine::compare::argmax;
     use crate::engine::cpu::{Backend, Cpu};
     use crate::export::validate;
-    let model = QModel::load(file).map_err(|e| e.to_string())?;
+    let model = QModel::load(file)?;
     let ds = test_set(cfg, cfg.schedule.validate_subset)?;
     if ds.shape != model.net().input {
-        return Err(format!("{} expects {} inputs, {} has {}", file.display(), model.net().input, cfg.data, ds.shape));
+        return Err(format!("{} expects {} inputs, {} has {}", file.display(), model.net().input, cfg.data, ds.shape).into());
     }
     let backend = Backend::best();
-    let cpu = Cpu::new(backend, 1).map_err(|e| e.to_string())?;
+    let cpu = Cpu::new(backend, 1)?;
     let t = std::time::Instant::now();
-    let outs = model.run_layers_batch(&cpu, &ds.images, threads).map_err(|e| e.to_string())?;
+    let outs = model.run_layers_batch(&cpu, &ds.images, threads)?;
     let engine_seconds = t.elapsed().as_secs_f64();
-    let m = train::load_model(ckpt).map_err(|e| e.to_string())?;
+    let m = train::load_model(ckpt)?;
     let rep = validate::compare(&model, &m, &ds, &outs)?;
     if !rep.exact() {
         return Err(format!(
@@ -734,12 +737,13 @@ fn validate_cpu_one(cfg: &PipelineConfig, file: &Path, ckpt: &Path, threads: usi
             rep.worst,
             rep.agree,
             rep.images
-        ));
+        )
+        .into());
     }
     // The verdict's images: the test images every accuracy of the run is measured on.
     let test = test_set(cfg, cfg.schedule.test_subset)?;
-    let prepared = model.prepare(&cpu).map_err(|e| e.to_string())?;
-    let logits = model.run_batch(&cpu, &prepared, &test.images, threads).map_err(|e| e.to_string())?;
+    let prepared = model.prepare(&cpu)?;
+    let logits = model.run_batch(&cpu, &prepared, &test.images, threads)?;
     let correct: String = logits.iter().zip(&test.labels).map(|(l, &y)| if argmax(l) == y as usize { '1' } else { '0' }).collect();
     let test_correct = correct.bytes().filter(|&b| b == b'1').count();
     let n = rep.images.max(1) as f64;
@@ -768,27 +772,27 @@ fn validate_against_cpu(
     kind: BackendKind,
     files: &PerModel<PathBuf>,
     threads: usize,
-) -> Result<BackendCheck, String> {
+) -> Result<BackendCheck, StageFailure> {
     let opts = BackendOptions { image_threads: threads, ..Default::default() };
-    let backend = crate::engine::open(kind, &opts).map_err(|e| e.to_string())?;
-    let cpu = crate::engine::open(BackendKind::Cpu, &opts).map_err(|e| e.to_string())?;
+    let backend = crate::engine::open(kind, &opts)?;
+    let cpu = crate::engine::open(BackendKind::Cpu, &opts)?;
     let ds = test_set(cfg, cfg.schedule.wgpu_subset)?;
     let models = files.try_map(|_, file| {
-        let model = QModel::load(file).map_err(|e| e.to_string())?;
-        let on_cpu = cpu.prepare(&model).map_err(|e| e.to_string())?;
+        let model = QModel::load(file)?;
+        let on_cpu = cpu.prepare(&model)?;
         let on_backend = backend.prepare(&model).map_err(|e| format!("{}: {e}", file.display()))?;
         let c = crate::engine::compare(&*on_cpu, &*on_backend, &ds, (&cpu.name(), &backend.name()))
             .map_err(|e| format!("{}: {e}", file.display()))?;
         let n = c.images;
         if c.differing_images != 0 {
-            return Err(format!(
+            return Err(StageFailure::from(format!(
                 "{}: {kind} and CPU logits differ on {} of {n} images (largest deviation {}, argmax agreement {}/{n}) on {}",
                 file.display(),
                 c.differing_images,
                 c.max_deviation,
                 c.argmax_agree,
                 backend.device()
-            ));
+            )));
         }
         Ok(BackendValidation {
             images: n,
@@ -807,21 +811,21 @@ fn validate_against_cpu(
 /// Per-layer latency table of the CPU engine (one thread, the fastest kernels) over the base
 /// network's width grid ([`crate::engine::measure::measure`]), then, for each model, the whole-model
 /// latency the table predicts (sum over its layers) against the measured one.
-fn measure(files: &PerModel<PathBuf>, s: &Schedule, dir: &Path) -> Result<MeasureResult, String> {
+fn measure(files: &PerModel<PathBuf>, s: &Schedule, dir: &Path) -> Result<MeasureResult, StageFailure> {
     use crate::engine::measure::{measure as measure_table, measure_model, predict_us, MeasureConfig};
-    let loaded = files.try_map(|_, f| QModel::load(f).map_err(|e| e.to_string()))?;
+    let loaded = files.try_map(|_, f| QModel::load(f))?;
     let opts = BackendOptions { max_batch: Some(1), ..Default::default() };
-    let backend = crate::engine::open(BackendKind::Cpu, &opts).map_err(|e| e.to_string())?;
+    let backend = crate::engine::open(BackendKind::Cpu, &opts)?;
     let layers = backend.layers().ok_or("the CPU engine times single layers")?;
     let repeats = s.measure_repeats;
     let mc = MeasureConfig { repeats, grid: s.measure_grid.clone(), ..MeasureConfig::default() };
-    let table = measure_table(loaded.uniform.net(), layers, &mc, |_, _| {}).map_err(|e| e.to_string())?;
+    let table = measure_table(loaded.uniform.net(), layers, &mc, |_, _| {})?;
     let csv = dir.join("latency-table.csv");
     manifest::write_atomic(&csv, table.to_csv().as_bytes()).map_err(|e| format!("{}: {e}", csv.display()))?;
     let models = loaded.try_map(|_, q| {
-        let predicted = predict_us(&table, q.net()).map_err(|e| e.to_string())?;
-        let measured = measure_model(&*backend, q, mc.warmup, repeats).map_err(|e| e.to_string())?;
-        Ok::<_, String>(ModelLatency {
+        let predicted = predict_us(&table, q.net())?;
+        let measured = measure_model(&*backend, q, mc.warmup, repeats)?;
+        Ok::<_, StageFailure>(ModelLatency {
             predicted_us: predicted,
             measured_us: measured.mean_us,
             measured_sd_us: measured.var_us2.max(0.0).sqrt(),

@@ -7,6 +7,7 @@
 
 use super::manifest::{base64, Manifest, MANIFEST};
 use super::results::{ReportResult, Stage, Verdict};
+use super::StageFailure;
 use super::{PipelineConfig, StageResults};
 use crate::cost::{CostReport, Evaluator};
 use crate::engine::plan::QModel;
@@ -109,16 +110,16 @@ pub fn verdict(uniform: &[bool], nce: &[bool], seed: u64) -> Option<Verdict> {
 }
 
 /// Builds the blocks, draws the report's own charts into `dir`, and writes both files.
-pub fn write(inp: &Inputs, dir: &Path, md_path: &Path, html_path: &Path) -> Result<ReportResult, String> {
+pub fn write(inp: &Inputs, dir: &Path, md_path: &Path, html_path: &Path) -> Result<ReportResult, StageFailure> {
     let run = inp.run_dir;
     let arch_path = run.join("search/arch.toml");
     let arch: ArchFile = toml::from_str(&std::fs::read_to_string(&arch_path).map_err(|e| format!("{}: {e}", arch_path.display()))?)
         .map_err(|e| format!("{}: {}", arch_path.display(), e.message()))?;
     let load = |m: &str| QModel::load(&run.join(format!("export/{m}.nce"))).map_err(|e| e.to_string());
     let (nce_model, uni_model) = (load("nce")?, load("uniform")?);
-    let eval = Evaluator::new(inp.profile).map_err(|e| e.to_string())?;
-    let uni_cost = eval.evaluate(uni_model.net(), uni_model.net()).map_err(|e| e.to_string())?;
-    let nce_cost = eval.evaluate(nce_model.net(), uni_model.net()).map_err(|e| e.to_string())?;
+    let eval = Evaluator::new(inp.profile)?;
+    let uni_cost = eval.evaluate(uni_model.net(), uni_model.net())?;
+    let nce_cost = eval.evaluate(nce_model.net(), uni_model.net())?;
     let r = inp.results;
     let v = &r.validate_cpu;
     let verdict = verdict(&v.uniform.correct_flags(), &v.nce.correct_flags(), inp.cfg.seed);
@@ -134,7 +135,7 @@ pub fn write(inp: &Inputs, dir: &Path, md_path: &Path, html_path: &Path) -> Resu
     validation(&c, &mut b);
     latency(&c, &mut b)?;
     b.push(Block::Heading(2, "Schedule".into()));
-    b.push(generic_table(&serde_json::to_value(&inp.cfg.schedule).map_err(|e| e.to_string())?));
+    b.push(generic_table(&serde_json::to_value(&inp.cfg.schedule)?));
     b.push(Block::Para(format!(
         "Written by nce {} at {} UTC.",
         env!("CARGO_PKG_VERSION"),
@@ -276,7 +277,7 @@ fn profile(c: &Ctx, b: &mut Vec<Block>) {
 
 /// Accuracies of the three networks. The W2A2 ones are the CPU engine's on the run's test
 /// images (the deployed integer model, the images the verdict uses); tch's are beside them.
-fn accuracy(c: &Ctx, b: &mut Vec<Block>) -> Result<(), String> {
+fn accuracy(c: &Ctx, b: &mut Vec<Block>) -> Result<(), StageFailure> {
     let r = c.r;
     let v = &r.validate_cpu;
     b.push(Block::Heading(2, "Accuracy".into()));
@@ -310,7 +311,7 @@ fn accuracy(c: &Ctx, b: &mut Vec<Block>) -> Result<(), String> {
     Ok(())
 }
 
-fn widths(c: &Ctx, b: &mut Vec<Block>) -> Result<(), String> {
+fn widths(c: &Ctx, b: &mut Vec<Block>) -> Result<(), StageFailure> {
     let (r, s, arch) = (c.r, &c.inp.cfg.schedule, &c.arch);
     b.push(Block::Heading(2, "Per-layer widths and sensitivity".into()));
     b.push(Block::Para(format!(
@@ -378,7 +379,7 @@ fn widths(c: &Ctx, b: &mut Vec<Block>) -> Result<(), String> {
     Ok(())
 }
 
-fn costs(c: &Ctx, b: &mut Vec<Block>) -> Result<(), String> {
+fn costs(c: &Ctx, b: &mut Vec<Block>) -> Result<(), StageFailure> {
     b.push(Block::Heading(2, "Costs against budgets".into()));
     b.push(Block::Para(format!(
         "Every metric of every plugin of `{}` for the two trained W2A2 networks (as exported); relative budgets are resolved against the uniform network.",
@@ -464,7 +465,7 @@ fn validation(c: &Ctx, b: &mut Vec<Block>) {
     ));
 }
 
-fn latency(c: &Ctx, b: &mut Vec<Block>) -> Result<(), String> {
+fn latency(c: &Ctx, b: &mut Vec<Block>) -> Result<(), StageFailure> {
     b.push(Block::Heading(2, "Latency: measured vs predicted".into()));
     let ms = &c.r.measure;
     match ms.models.as_ref().filter(|_| ms.available) {
@@ -626,7 +627,7 @@ fn inline(s: &str) -> String {
     o
 }
 
-fn render_html(blocks: &[Block], title: &str) -> Result<String, String> {
+fn render_html(blocks: &[Block], title: &str) -> Result<String, StageFailure> {
     let mut o = String::new();
     let _ = write!(
         o,

@@ -99,11 +99,11 @@ impl Runner {
         config: serde_json::Value,
         inputs: &[(String, PathBuf)],
         extra_outputs: &[PathBuf],
-        body: impl FnOnce(&StageCtx) -> Result<R, String>,
+        body: impl FnOnce(&StageCtx) -> Result<R, super::StageFailure>,
     ) -> Result<R, PipelineError> {
         let index = self.outcomes.len() + 1;
         let name = stage.name();
-        let fail = |message: String| PipelineError::Stage { stage, message };
+        let fail = |message: String| PipelineError::Stage { stage, source: message.into() };
         let dir = self.run_dir.join(name);
         let mut files = BTreeMap::new();
         for (label, path) in inputs {
@@ -167,7 +167,7 @@ impl Runner {
         if self.fail_stage == Some(stage) {
             return Err(fail("forced failure (NCE_PIPELINE_FAIL_STAGE)".into()));
         }
-        let result = body(&StageCtx { dir: dir.clone(), resume }).map_err(fail)?;
+        let result = body(&StageCtx { dir: dir.clone(), resume }).map_err(|source| PipelineError::Stage { stage, source })?;
         manifest::write_json(&dir.join(RESULT), &result).map_err(|e| fail(format!("{}: {e}", dir.join(RESULT).display())))?;
 
         let mut outputs = BTreeMap::new();
