@@ -317,6 +317,25 @@ fn requant_saturates_at_zero_and_qmax() {
 }
 
 #[test]
+fn requant_extreme_multipliers_without_shortcut() {
+    // Small qmax and no shortcut: the AVX-512 path counts thresholds solved in i128; these
+    // multipliers, biases and shifts push them past the int32 range both ways.
+    let mut rng = Rng::new(8);
+    let ms = [i32::MAX, i32::MIN, 0, 1, -1, i32::MIN + 1, 3, -3];
+    for &(b, shift) in &[(i32::MIN, 0u32), (i32::MAX, 0), (0, 62), (-12345, 31), (1 << 30, 20), (0, 1)] {
+        for (qmax, w8) in [(1u8, false), (3, false), (7, true), (3, true)] {
+            let c = Case { c_in: 16, c_out: 24, k: 3, stride: 1, h: 5, w: 5, w8, amax: 255, residual: None };
+            let mut conv = random_conv(&mut rng, &c);
+            conv.requant.m.iter_mut().enumerate().for_each(|(i, v)| *v = ms[i % ms.len()]);
+            conv.requant.b.iter_mut().enumerate().for_each(|(i, v)| *v = if i % 3 == 0 { b } else { b / 7 });
+            (conv.requant.shift, conv.requant.qmax) = (shift, qmax);
+            let x = QTensor::new(5, 5, 16, rng.codes_u8(25 * 16, 255)).unwrap();
+            check_conv(&format!("b {b} shift {shift} qmax {qmax}"), &conv, &x, None);
+        }
+    }
+}
+
+#[test]
 fn requant_extreme_multipliers() {
     // |m| near 2^31 with large accumulators: the products need the full int64 range.
     let mut rng = Rng::new(7);
