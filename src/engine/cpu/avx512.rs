@@ -466,3 +466,27 @@ unsafe fn micro<const V: usize, const P: usize>(a: &Micro) {
         }
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::threshold;
+
+    /// `threshold` is the least `a` with `a·|m| + bias ≥ t·2^shift`: checked on both sides of it.
+    #[test]
+    fn threshold_is_the_least_passing_value() {
+        let holds = |a: i128, m: i32, bias: i64, t: i128, shift: u32| a * m.unsigned_abs() as i128 + bias as i128 >= t << shift;
+        for m in [1, -1, 3, -7, 1000, i32::MAX, i32::MIN, 0] {
+            for bias in [0i64, 1, -1, 12345, -(1 << 40), 1 << 40, i32::MIN as i64, i32::MAX as i64 + (1 << 61)] {
+                for (t, shift) in [(1i128, 0u32), (3, 8), (7, 30), (2, 62), (1, 1)] {
+                    let a = threshold(m, bias, t, shift) as i128;
+                    if a > i32::MIN as i128 {
+                        assert!(!holds(a - 1, m, bias, t, shift), "m {m} bias {bias} t {t} shift {shift}: {} passes", a - 1);
+                    }
+                    if a < i32::MAX as i128 {
+                        assert!(holds(a, m, bias, t, shift), "m {m} bias {bias} t {t} shift {shift}: {a} fails");
+                    }
+                }
+            }
+        }
+    }
+}
