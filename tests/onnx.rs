@@ -4,10 +4,12 @@
 
 mod common;
 
+#[cfg(feature = "onnxruntime")]
+use nce::engine::compare;
 use nce::engine::onnx::proto::{DataType, ModelProto, TensorProto};
 use nce::engine::onnx::{keys, logit_scale, to_bytes, to_model, OnnxForm, OPSET};
 use nce::engine::plan::{QModel, Step};
-use nce::engine::{compare, open, BackendKind, BackendOptions, ConvWeights};
+use nce::engine::{open, BackendKind, BackendOptions, ConvWeights};
 use prost::Message;
 use std::path::Path;
 

@@ -7,7 +7,9 @@ use crate::engine::cpu::Cpu;
 use crate::engine::onnx::OnnxForm;
 use crate::engine::plan::{LayerOut, QModel};
 use crate::engine::{BackendKind, BackendOptions};
-use anyhow::{bail, Context, Result};
+#[cfg(feature = "train")]
+use anyhow::bail;
+use anyhow::{Context, Result};
 use std::path::PathBuf;
 use std::process::ExitCode;
 use std::time::Instant;

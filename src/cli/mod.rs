@@ -8,6 +8,7 @@ mod args;
 mod cost;
 mod export;
 mod measure;
+#[cfg(feature = "train")]
 mod paths;
 #[cfg(feature = "train")]
 mod pipeline;
@@ -81,10 +82,12 @@ pub fn arch_widths(path: &std::path::Path) -> anyhow::Result<Vec<usize>> {
     Ok(crate::graph::ArchFile::load(path)?.widths)
 }
 
+#[cfg(feature = "train")]
 pub(crate) use paths::recorded_path;
 
 /// How a model file records its checkpoint: relative to the model file (`holder`) when there
 /// is one, else as given.
+#[cfg(feature = "train")]
 pub(crate) fn recorded_source(checkpoint: &std::path::Path, holder: Option<&std::path::Path>) -> String {
     holder.map_or_else(|| checkpoint.to_path_buf(), |h| paths::relative_to_holder(checkpoint, h)).display().to_string()
 }
