@@ -67,11 +67,12 @@ TEACHER=$OUT/fp32-uniform/checkpoint.ot
 SEARCH_INIT=$OUT/search-init/checkpoint.ot
 
 done_epochs() { # run dir -> epochs finished
-  [ -f "$1/metrics.jsonl" ] && grep -c . "$1/metrics.jsonl" || echo 0
+  if [ -f "$1/metrics.jsonl" ]; then grep -c . "$1/metrics.jsonl" || true; else echo 0; fi
 }
 # A unit's checkpoint is kept when a later stage starts from it (or when it is unfinished and
-# `persist` is asked for); otherwise only its metrics and logs are.
-needed_later() { case $(basename "$1") in search-init|fp32-*|w2a2-uniform-s0) return 0 ;; *) return 1 ;; esac; }
+# `persist` is asked for); otherwise only its metrics and logs are. A unit with a SOURCE note was
+# copied from a committed file (the teacher), so its checkpoint is not kept twice.
+needed_later() { [ -f "$1/SOURCE" ] && return 1; case $(basename "$1") in search-init|fp32-*|w2a2-uniform-s0) return 0 ;; *) return 1 ;; esac; }
 keep_unit() { # run dir [all]: copy the record of one unit to $KEEP
   local dir=$1 dest=$KEEP/$(basename "$1") f
   mkdir -p "$dest"
