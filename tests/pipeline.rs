@@ -182,7 +182,10 @@ fn first_run_runs_every_stage_and_writes_manifests() {
     assert!(m.inputs.files.contains_key("fp32/checkpoint.ot"));
     // The search starts its supernet from the uniform W2A2 model.
     let m = Manifest::read(&dir.join("search/manifest.json")).unwrap();
-    assert!(m.inputs.files.contains_key("train-uniform/checkpoint.ot") && m.inputs.files.contains_key("profile"), "{:?}", m.inputs.files);
+    assert!(m.inputs.files.contains_key("train-uniform/checkpoint.ot"), "{:?}", m.inputs.files);
+    // ... and depends on the profile (its text and latency table, by hash, however it was given).
+    let id = m.inputs.config["profile_sha256"].as_str().unwrap_or_default();
+    assert!(id.len() == 64 && id.bytes().all(|b| b.is_ascii_hexdigit()), "{:?}", m.inputs.config);
     assert!(dir.join("export/nce.nce").is_file() && dir.join("export/uniform.nce").is_file());
 }
 
@@ -228,6 +231,23 @@ fn a_changed_configuration_reruns_its_stage_and_everything_downstream() {
     assert_eq!(json(&dir.join("validate-cpu/result.json"))["nce"]["images"], 8);
     let reason = &r.stages.iter().find(|s| s.stage == Stage::ValidateCpu).unwrap().reason;
     assert!(reason.contains("configuration"), "{reason}");
+}
+
+#[test]
+fn a_changed_profile_reruns_the_stages_that_read_it() {
+    let dir = copy_of_base("profile-changed");
+    let profile = dir.join("my-profile.toml");
+    let text = std::fs::read_to_string(NPU).unwrap();
+    std::fs::write(&profile, format!("{text}\n# edited\n")).unwrap();
+    let mut c = config(&dir);
+    c.profile = profile;
+    let r = pipeline::run(&c).unwrap();
+    for st in ["fp32", "sensitivity", "train-uniform"] {
+        assert_eq!(r.status(st), Some(StageStatus::Skipped), "{st}: {:#?}", r.stages);
+    }
+    for st in ["search", "measure", "report"] {
+        assert_eq!(r.status(st), Some(StageStatus::Ran), "{st}: {:#?}", r.stages);
+    }
 }
 
 #[test]

@@ -321,9 +321,9 @@ pub fn run(cfg: &PipelineConfig) -> Result<PipelineRun, PipelineError> {
     let started = std::time::Instant::now();
     let profile = crate::cost::load_profile(&cfg.profile).map_err(|e| PipelineError::Setup(e.to_string()))?;
     std::fs::create_dir_all(&cfg.out).map_err(|e| PipelineError::Setup(format!("{}: {e}", cfg.out.display())))?;
-    let profile_file = profile_file(cfg)?;
+    let profile_sha256 = profile_identity(&profile);
     let runner = Runner::new(cfg.out.clone(), Stage::ALL.len(), cfg.fail_stage, cfg.progress);
-    let mut p = Pipeline { cfg, profile, profile_file, r: runner };
+    let mut p = Pipeline { cfg, profile, profile_sha256, r: runner };
     let results = StageResults {
         fp32: p.fp32()?,
         sensitivity: p.sensitivity()?,
@@ -339,30 +339,25 @@ pub fn run(cfg: &PipelineConfig) -> Result<PipelineRun, PipelineError> {
     Ok(PipelineRun { stages: p.r.outcomes, summary, report_md, report_html, seconds: started.elapsed().as_secs_f64() })
 }
 
-/// The profile as a file the stages read and the manifests hash: the user's file, or for a
-/// shipped profile given by name its text written to `OUT/profile.toml` (the run records what
-/// it used).
-fn profile_file(cfg: &PipelineConfig) -> Result<PathBuf, PipelineError> {
-    if cfg.profile.is_file() {
-        return Ok(cfg.profile.clone());
+/// What a stage that reads the profile depends on: the SHA-256 of the profile's text and of its
+/// latency table, however it was given (a file, or a shipped profile by name with its embedded
+/// table), so that editing either reruns the stages that use it.
+fn profile_identity(p: &crate::hw::Profile) -> String {
+    let mut text = p.source.clone();
+    if let Some(t) = &p.latency_table {
+        text.push('\n');
+        text.push_str(&t.to_csv());
     }
-    let name = cfg.profile.to_string_lossy();
-    let shipped =
-        crate::hw::shipped::find(&name).ok_or_else(|| PipelineError::Setup(format!("{name}: no such profile file or shipped profile")))?;
-    let file = cfg.out.join("profile.toml");
-    if std::fs::read_to_string(&file).ok().as_deref() != Some(shipped.text) {
-        crate::fsutil::write_atomic(&file, shipped.text.as_bytes(), &Default::default())
-            .map_err(|e| PipelineError::Setup(e.to_string()))?;
-    }
-    Ok(file)
+    manifest::hex(&manifest::sha256(text.as_bytes()))
 }
 
 /// One run in progress: its configuration, its profile and the stage runner.
 struct Pipeline<'a> {
     cfg: &'a PipelineConfig,
     profile: crate::hw::Profile,
-    /// Where the profile's text is (see [`profile_file`]).
-    profile_file: PathBuf,
+    /// The profile's identity in the configuration of the stages that read it
+    /// ([`profile_identity`]).
+    profile_sha256: String,
     r: Runner,
 }
 
@@ -379,8 +374,10 @@ impl Pipeline<'_> {
         (rel.to_string(), self.at(rel))
     }
 
-    fn profile_input(&self) -> (String, PathBuf) {
-        ("profile".to_string(), self.profile_file.clone())
+    /// `config` with the profile's identity added: the stage reruns when the profile changes.
+    fn with_profile(&self, mut config: serde_json::Value) -> serde_json::Value {
+        config["profile_sha256"] = json!(self.profile_sha256);
+        config
     }
 
     fn nce_file(&self, m: &str) -> PathBuf {
@@ -514,7 +511,7 @@ impl Pipeline<'_> {
     /// (from the FP32 weights the supernet sits near chance; docs/search.md).
     fn search(&mut self) -> Result<SearchResult, PipelineError> {
         let (cfg, s) = (self.cfg, &self.cfg.schedule);
-        let mut sc = SearchConfig::new(cfg.model, self.profile_file.clone(), &cfg.data, s.search_epochs, self.at("search"));
+        let mut sc = SearchConfig::new(cfg.model, cfg.profile.clone(), &cfg.data, s.search_epochs, self.at("search"));
         sc.data_root = cfg.data_root.clone();
         sc.train_subset = s.search_train_subset;
         sc.test_subset = Some(s.search_test_subset);
@@ -528,8 +525,8 @@ impl Pipeline<'_> {
         sc.init = Some(self.at("train-uniform/checkpoint.ot"));
         sc.seed = cfg.seed;
         sc.threads = cfg.threads;
-        let inputs = [self.profile_input(), self.input("train-uniform/checkpoint.ot")];
-        self.r.stage(Stage::Search, search_identity(&sc, 2), &inputs, &[], |ctx| {
+        let inputs = [self.input("train-uniform/checkpoint.ot")];
+        self.r.stage(Stage::Search, self.with_profile(search_identity(&sc, 3)), &inputs, &[], |ctx| {
             let res = search::search(&sc, ctx.resume, cfg.progress)?;
             Ok(SearchResult {
                 widths: res.arch.widths.clone(),
@@ -599,9 +596,9 @@ impl Pipeline<'_> {
 
     fn measure(&mut self) -> Result<MeasureResult, PipelineError> {
         let s = &self.cfg.schedule;
-        let config = json!({"v": 2, "available": measure_unavailable().is_none(), "repeats": s.measure_repeats, "grid": s.measure_grid});
-        let mut inputs = self.exported();
-        inputs.push(self.profile_input());
+        let config = json!({"v": 3, "available": measure_unavailable().is_none(), "repeats": s.measure_repeats, "grid": s.measure_grid});
+        let config = self.with_profile(config);
+        let inputs = self.exported();
         let files = PerModel { uniform: self.nce_file("uniform"), nce: self.nce_file("nce") };
         self.r.stage(Stage::Measure, config, &inputs, &[], |ctx| match measure_unavailable() {
             Some(why) => Ok(MeasureResult::unavailable(why)),
@@ -614,7 +611,6 @@ impl Pipeline<'_> {
         let (md, html) = (self.at("report.md"), self.at("report.html"));
         let mut inputs: Vec<(String, PathBuf)> =
             STAGES[..STAGES.len() - 1].iter().map(|st| self.input(&format!("{st}/{}", stage::RESULT))).collect();
-        inputs.push(self.profile_input());
         inputs.push(self.input("search/arch.toml"));
         inputs.extend(self.exported());
         for extra in ["sensitivity/sensitivity.png", "search/widths.png", "search/probs.png", "search/costs.png"] {
@@ -623,7 +619,8 @@ impl Pipeline<'_> {
             }
         }
         let schedule = serde_json::to_value(&cfg.schedule).expect("schedule serialises");
-        let config = json!({"v": 2, "preset": cfg.preset, "schedule": schedule, "model": cfg.model.name(), "data": cfg.data});
+        let config = json!({"v": 3, "preset": cfg.preset, "schedule": schedule, "model": cfg.model.name(), "data": cfg.data});
+        let config = self.with_profile(config);
         let profile = &self.profile;
         let summary = self.r.stage(Stage::Report, config, &inputs, &[md.clone(), html.clone()], |ctx| {
             let inp = report::Inputs { cfg, profile, run_dir: &cfg.out, results };
