@@ -77,7 +77,7 @@ impl SensitivityConfig {
 }
 
 /// One quantizable layer's result (accuracies in percent, differences in percentage points).
-#[derive(Clone, Debug, PartialEq)]
+#[derive(Clone, Debug, PartialEq, serde::Serialize, serde::Deserialize)]
 pub struct LayerSensitivity {
     pub layer: String,
     /// Accuracy with only this layer at 2 bits.

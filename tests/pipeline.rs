@@ -141,24 +141,25 @@ fn sha256_and_base64_match_their_test_vectors() {
 #[test]
 fn the_verdict_interval_is_a_paired_bootstrap() {
     use nce::pipeline::report::verdict;
+    use nce::pipeline::results::Better;
     // Identical predictions: no difference, and no interval around it.
     let same: Vec<bool> = (0..400).map(|i| i % 3 != 0).collect();
     let v = verdict(&same, &same, 1).unwrap();
-    assert_eq!((v.difference, v.low, v.high, v.better()), (0.0, 0.0, 0.0, "neither"));
+    assert_eq!((v.difference, v.low, v.high, v.better()), (0.0, 0.0, 0.0, Better::Neither));
     // NCE right on 40 more images out of 400 (+10 points), wrong nowhere uniform is right:
     // the paired interval excludes 0 (the unpaired spread of two 80 % accuracies would not be this narrow).
     let uniform: Vec<bool> = (0..400).map(|i| i % 5 != 0).collect();
     let nce: Vec<bool> = (0..400).map(|i| i % 5 != 0 || i % 10 == 0).collect();
     let v = verdict(&uniform, &nce, 1).unwrap();
     assert!((v.difference - 0.1).abs() < 1e-12, "{v:?}");
-    assert!(v.low > 0.06 && v.high < 0.14 && v.better() == "nce", "{v:?}");
+    assert!(v.low > 0.06 && v.high < 0.14 && v.better() == Better::Nce, "{v:?}");
     let v = verdict(&nce, &uniform, 1).unwrap();
-    assert_eq!(v.better(), "uniform");
+    assert_eq!(v.better(), Better::Uniform);
     // One flipped image in each direction on 400: within noise.
     let mut a = same.clone();
     a[0] = !a[0];
     a[1] = !a[1];
-    assert_eq!(verdict(&same, &a, 1).unwrap().better(), "neither");
+    assert_eq!(verdict(&same, &a, 1).unwrap().better(), Better::Neither);
     assert!(verdict(&same, &same[..10], 1).is_none(), "unpaired lengths are refused");
 }
 

@@ -468,18 +468,7 @@ impl Pipeline<'_> {
             c.calib_batch = s.calib_batch;
             c.threads = cfg.threads;
             let rep = sensitivity::run(&c, cfg.progress)?;
-            let layers = rep
-                .layers
-                .iter()
-                .map(|l| SensitivityLayer {
-                    layer: l.layer.clone(),
-                    one_on_acc: l.one_on_acc,
-                    one_off_acc: l.one_off_acc,
-                    one_on_drop: l.one_on_drop,
-                    one_off_gain: l.one_off_gain,
-                })
-                .collect();
-            Ok(SensitivityResult { fp32_acc: rep.fp32_acc, w2a2_acc: rep.w2a2_acc, test_images: rep.test_images, layers })
+            Ok(SensitivityResult { fp32_acc: rep.fp32_acc, w2a2_acc: rep.w2a2_acc, test_images: rep.test_images, layers: rep.layers })
         })
     }
 
@@ -573,7 +562,8 @@ impl Pipeline<'_> {
             nce: (self.nce_file("nce"), self.at("train-nce/checkpoint.ot")),
         };
         self.r.stage(Stage::ValidateCpu, config, &inputs, &[], |_| {
-            files.try_map(|_, (file, ckpt)| validate_cpu_one(cfg, file, ckpt, cfg.threads.max(1)))
+            let all = test_set(cfg, None)?;
+            files.try_map(|_, (file, ckpt)| validate_cpu_one(cfg, &all, file, ckpt, cfg.threads.max(1)))
         })
     }
 
@@ -639,13 +629,7 @@ enum Fp32Source {
 fn train_stage(cfg: &PipelineConfig, c: &TrainConfig, stage: Stage, ctx: &StageCtx) -> Result<TrainResult, StageFailure> {
     let t = train::train(c, ctx.resume, cfg.progress)?;
     let test_acc = finished(&t, stage)?;
-    let test_images = test_images(cfg, cfg.schedule.test_subset)?;
-    Ok(TrainResult { test_acc, test_images, epochs: t.epochs.len(), widths: c.widths.clone(), imported_from: None })
-}
-
-/// How many test images a subset of `n` is (all of them when `None` or larger).
-fn test_images(cfg: &PipelineConfig, n: Option<usize>) -> Result<usize, StageFailure> {
-    Ok(test_set(cfg, n)?.len())
+    Ok(TrainResult { test_acc, test_images: t.test_images, epochs: t.epochs.len(), widths: c.widths.clone(), imported_from: None })
 }
 
 /// The parts of a training configuration that define its result (paths left out, so a run
@@ -670,9 +654,7 @@ fn search_identity(c: &SearchConfig, version: u32) -> serde_json::Value {
 }
 
 fn read_arch_widths(path: &Path) -> Result<Vec<usize>, StageFailure> {
-    let text = std::fs::read_to_string(path).map_err(|e| format!("{}: {e}", path.display()))?;
-    let arch: search::derive::ArchFile = toml::from_str(&text).map_err(|e| format!("{}: {}", path.display(), e.message()))?;
-    Ok(arch.widths)
+    Ok(crate::graph::ArchFile::load(path)?.widths)
 }
 
 fn import_fp32(cfg: &PipelineConfig, init: &Path, label: &str, dir: &Path) -> Result<TrainResult, StageFailure> {
@@ -708,12 +690,25 @@ fn test_set(cfg: &PipelineConfig, n: Option<usize>) -> Result<crate::data::Datas
     Ok(crate::data::load_for(&cfg.data, &cfg.data_root, crate::data::Split::Test, n, None)?)
 }
 
-fn validate_cpu_one(cfg: &PipelineConfig, file: &Path, ckpt: &Path, threads: usize) -> Result<CpuValidation, StageFailure> {
+/// The first `n` images of `all` (every one when `None`), as [`test_set`] would load them.
+fn prefix(all: &crate::data::Dataset, n: Option<usize>) -> crate::data::Dataset {
+    all.subset(n.unwrap_or(all.len()))
+}
+
+/// One model on the CPU engine: every layer of the `validate_subset` images against the
+/// simulation, then the logits of the `test_subset` images (the verdict's), both from `all`.
+fn validate_cpu_one(
+    cfg: &PipelineConfig,
+    all: &crate::data::Dataset,
+    file: &Path,
+    ckpt: &Path,
+    threads: usize,
+) -> Result<CpuValidation, StageFailure> {
     use crate::engine::compare::argmax;
     use crate::engine::cpu::{Backend, Cpu};
     use crate::export::validate;
     let model = QModel::load(file)?;
-    let ds = test_set(cfg, cfg.schedule.validate_subset)?;
+    let ds = prefix(all, cfg.schedule.validate_subset);
     if ds.shape != model.net().input {
         return Err(format!("{} expects {} inputs, {} has {}", file.display(), model.net().input, cfg.data, ds.shape).into());
     }
@@ -738,7 +733,7 @@ fn validate_cpu_one(cfg: &PipelineConfig, file: &Path, ckpt: &Path, threads: usi
         .into());
     }
     // The verdict's images: the test images every accuracy of the run is measured on.
-    let test = test_set(cfg, cfg.schedule.test_subset)?;
+    let test = prefix(all, cfg.schedule.test_subset);
     let prepared = model.prepare(&cpu)?;
     let logits = model.run_batch(&cpu, &prepared, &test.images, threads)?;
     let correct: String = logits.iter().zip(&test.labels).map(|(l, &y)| if argmax(l) == y as usize { '1' } else { '0' }).collect();

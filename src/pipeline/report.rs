@@ -6,7 +6,7 @@
 //! One function per section.
 
 use super::manifest::{base64, Manifest, MANIFEST};
-use super::results::{ReportResult, Stage, Verdict};
+use super::results::{Better, ReportResult, Stage, Verdict};
 use super::StageFailure;
 use super::{PipelineConfig, StageResults};
 use crate::cost::{CostReport, Evaluator};
@@ -67,10 +67,6 @@ fn headers(h: &[&str]) -> Vec<String> {
     h.iter().map(|s| s.to_string()).collect()
 }
 
-fn chart_err(e: impl std::fmt::Display) -> String {
-    e.to_string()
-}
-
 /// What every section shares: the loaded files and the cost reports.
 struct Ctx<'a> {
     inp: &'a Inputs<'a>,
@@ -124,9 +120,10 @@ pub fn write(inp: &Inputs, dir: &Path, md_path: &Path, html_path: &Path) -> Resu
     let v = &r.validate_cpu;
     let verdict = verdict(&v.uniform.correct_flags(), &v.nce.correct_flags(), inp.cfg.seed);
     let c = Ctx { inp, r, arch, uni_cost, nce_cost, dir };
+    let line = verdict.as_ref().map(|v| verdict_line(v, c.nce_cost.passes(), &r.search));
 
     let mut b: Vec<Block> = Vec::new();
-    title(&c, verdict.as_ref(), &mut b);
+    title(&c, line.as_deref(), &mut b);
     stages(&c, &mut b);
     profile(&c, &mut b);
     accuracy(&c, &mut b)?;
@@ -153,17 +150,17 @@ pub fn write(inp: &Inputs, dir: &Path, md_path: &Path, html_path: &Path) -> Resu
         uniform_acc: r.uniform.test_acc,
         nce_acc: r.nce.test_acc,
         nce_passes_budgets: c.nce_cost.passes(),
-        verdict_line: verdict.as_ref().map(|v| verdict_line(v, c.nce_cost.passes(), &c.r.search)),
+        verdict_line: line,
         verdict,
     })
 }
 
 /// The verdict line with its noise, what schedule this was, and the command.
-fn title(c: &Ctx, verdict: Option<&Verdict>, b: &mut Vec<Block>) {
+fn title(c: &Ctx, verdict_line: Option<&str>, b: &mut Vec<Block>) {
     let (cfg, s) = (c.inp.cfg, &c.inp.cfg.schedule);
     b.push(Block::Heading(1, format!("NCE pipeline: {} on {}, profile {}", cfg.model.name(), cfg.data, c.inp.profile.name)));
-    if let Some(v) = verdict {
-        b.push(Block::Note(verdict_line(v, c.nce_cost.passes(), &c.r.search)));
+    if let Some(line) = verdict_line {
+        b.push(Block::Note(line.to_string()));
     }
     b.push(Block::Para(format!(
         "Schedule `{}`: FP32 {}, search {} epochs on {} images ({} warm-up), W2A2 {} epoch(s) per network on {} training images{}.",
@@ -205,9 +202,9 @@ fn title(c: &Ctx, verdict: Option<&Verdict>, b: &mut Vec<Block>) {
 pub fn verdict_line(v: &Verdict, nce_in_budget: bool, search: &super::SearchResult) -> String {
     let pp = |x: f64| format!("{:+.2}", 100.0 * x);
     let judged = match v.better() {
-        "nce" => "NCE is more accurate than uniform W2A2",
-        "uniform" => "uniform W2A2 is more accurate than NCE",
-        _ => "no difference beyond noise between NCE and uniform W2A2",
+        Better::Nce => "NCE is more accurate than uniform W2A2",
+        Better::Uniform => "uniform W2A2 is more accurate than NCE",
+        Better::Neither => "no difference beyond noise between NCE and uniform W2A2",
     };
     format!(
         "Verdict: {judged}: NCE {} vs uniform {} on the same {} test images, difference {} points \
@@ -219,7 +216,7 @@ pub fn verdict_line(v: &Verdict, nce_in_budget: bool, search: &super::SearchResu
         pp(v.low),
         pp(v.high),
         v.resamples,
-        if v.better() == "neither" { ": within noise" } else { "" },
+        if v.better() == Better::Neither { ": within noise" } else { "" },
         if nce_in_budget { "is within" } else { "EXCEEDS" },
         search.expansions,
         if search.widths == search.base_widths { " but kept the base widths, so both networks are the same" } else { "" }
@@ -305,8 +302,7 @@ fn accuracy(c: &Ctx, b: &mut Vec<Block>) -> Result<(), StageFailure> {
         "accuracy (%)",
         &["FP32 (tch)".into(), "uniform W2A2".into(), "NCE W2A2".into()],
         &[("test accuracy".into(), vec![100.0 * r.fp32.test_acc, 100.0 * v.uniform.test_acc, 100.0 * v.nce.test_acc])],
-    )
-    .map_err(chart_err)?;
+    )?;
     b.push(Block::Image("Test accuracy of FP32, uniform W2A2 and NCE W2A2".into(), chart.with_extension("png")));
     Ok(())
 }
@@ -363,8 +359,7 @@ fn widths(c: &Ctx, b: &mut Vec<Block>) -> Result<(), StageFailure> {
         "% (width) / percentage points (sensitivity)",
         &cats,
         &[("width change vs base (%)".into(), change), ("one-on drop (pp)".into(), drop), ("one-off gain (pp)".into(), gain)],
-    )
-    .map_err(chart_err)?;
+    )?;
     b.push(Block::Image("Width change and sensitivity per layer".into(), chart.with_extension("png")));
     for (rel, alt) in [
         ("search/widths.png", "Base vs searched widths"),
@@ -397,8 +392,7 @@ fn costs(c: &Ctx, b: &mut Vec<Block>) -> Result<(), StageFailure> {
             &budgeted,
             &[("uniform W2A2".into(), rel(&c.uni_cost)), ("NCE W2A2".into(), rel(&c.nce_cost))],
             &[("budget".into(), 1.0)],
-        )
-        .map_err(chart_err)?;
+        )?;
         b.push(Block::Image("Cost relative to each budget".into(), chart.with_extension("png")));
     }
     let costs = c.inp.run_dir.join("search/costs.png");
@@ -501,8 +495,7 @@ fn latency(c: &Ctx, b: &mut Vec<Block>) -> Result<(), StageFailure> {
                     ("predicted (table)".into(), vec![models.uniform.predicted_us, models.nce.predicted_us]),
                     ("measured".into(), vec![models.uniform.measured_us, models.nce.measured_us]),
                 ],
-            )
-            .map_err(chart_err)?;
+            )?;
             b.push(Block::Image("CPU engine latency per image, predicted vs measured".into(), chart.with_extension("png")));
         }
     }

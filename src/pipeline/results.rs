@@ -7,7 +7,6 @@ use std::collections::BTreeMap;
 
 /// The stages, in the order they run.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, Serialize, Deserialize)]
-#[cfg_attr(feature = "cli", derive(clap::ValueEnum))]
 #[serde(rename_all = "kebab-case")]
 pub enum Stage {
     /// FP32 training, or the import of an FP32 checkpoint.
@@ -102,20 +101,11 @@ pub struct TrainResult {
 }
 
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
-pub struct SensitivityLayer {
-    pub layer: String,
-    pub one_on_acc: f64,
-    pub one_off_acc: f64,
-    pub one_on_drop: f64,
-    pub one_off_gain: f64,
-}
-
-#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
 pub struct SensitivityResult {
     pub fp32_acc: f64,
     pub w2a2_acc: f64,
     pub test_images: usize,
-    pub layers: Vec<SensitivityLayer>,
+    pub layers: Vec<crate::sensitivity::LayerSensitivity>,
 }
 
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
@@ -242,15 +232,23 @@ pub struct Verdict {
     pub resamples: usize,
 }
 
+/// Which network a [`Verdict`] finds more accurate.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Better {
+    Nce,
+    Uniform,
+    /// The interval contains 0: no difference beyond noise.
+    Neither,
+}
+
 impl Verdict {
-    /// `nce`, `uniform` or `neither` (the interval contains 0).
-    pub fn better(&self) -> &'static str {
+    pub fn better(&self) -> Better {
         if self.low > 0.0 {
-            "nce"
+            Better::Nce
         } else if self.high < 0.0 {
-            "uniform"
+            Better::Uniform
         } else {
-            "neither"
+            Better::Neither
         }
     }
 }

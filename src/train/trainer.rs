@@ -167,6 +167,8 @@ pub enum TrainError {
 pub struct TrainSummary {
     pub epochs: Vec<EpochMetrics>,
     pub final_test_acc: f64,
+    /// How many test images `final_test_acc` is over.
+    pub test_images: usize,
     pub checkpoint: PathBuf,
 }
 
@@ -265,7 +267,8 @@ fn is_quantizer_param(name: &str) -> bool {
 pub fn train(cfg: &TrainConfig, resume: bool, progress: bool) -> Result<TrainSummary, TrainError> {
     let (mut t, train_loader) = Trainer::new(cfg, resume, progress)?;
     let mut history = metrics::read(&t.metrics_path).map_err(|source| TrainError::Io { file: t.metrics_path.clone(), source })?;
-    let stopped = |history| Ok(TrainSummary { epochs: history, final_test_acc: f64::NAN, checkpoint: cfg.checkpoint_path() });
+    let test_images = t.test_images;
+    let stopped = |history| Ok(TrainSummary { epochs: history, final_test_acc: f64::NAN, test_images, checkpoint: cfg.checkpoint_path() });
     while t.meta.epoch < cfg.epochs {
         let Some(m) = t.epoch(&train_loader)? else { return stopped(history) };
         history.push(m);
@@ -277,7 +280,7 @@ pub fn train(cfg: &TrainConfig, resume: bool, progress: bool) -> Result<TrainSum
         Some(m) => m.test_acc,
         None => evaluate(&t.model, &t.test_loader).1,
     };
-    Ok(TrainSummary { epochs: history, final_test_acc, checkpoint: cfg.checkpoint_path() })
+    Ok(TrainSummary { epochs: history, final_test_acc, test_images, checkpoint: cfg.checkpoint_path() })
 }
 
 /// Weight decay of one parameter: the clips' own decay, none for other quantizer parameters.
@@ -300,6 +303,7 @@ struct Trainer<'a> {
     params: Vec<(String, Tensor)>,
     teacher: Option<LoadedModel>,
     test_loader: Loader,
+    test_images: usize,
     sched: CosineSchedule,
     ckpt_path: PathBuf,
     metrics_path: PathBuf,
@@ -335,6 +339,7 @@ impl<'a> Trainer<'a> {
             params: Vec::new(),
             teacher: None,
             test_loader,
+            test_images: test_ds.len(),
             sched,
             ckpt_path: cfg.checkpoint_path(),
             metrics_path: cfg.metrics_path(),
