@@ -10,7 +10,7 @@
 use nce::graph::ModelKind;
 use nce::pipeline::manifest::{base64, hex, sha256, Manifest};
 use nce::pipeline::stage::StageStatus;
-use nce::pipeline::{self, PipelineConfig, PipelineError, PipelineRun, Schedule, Stage, STAGES};
+use nce::pipeline::{self, FinalInit, PipelineConfig, PipelineError, PipelineRun, Schedule, Stage, STAGES};
 use std::path::{Path, PathBuf};
 use std::sync::OnceLock;
 
@@ -44,6 +44,7 @@ fn tiny() -> Schedule {
         // Exercises distillation from the FP32 model in both W2A2 trainings.
         kd_alpha: 0.5,
         kd_temperature: 4.0,
+        final_init: FinalInit::Fp32,
     }
 }
 
@@ -232,6 +233,33 @@ fn a_changed_configuration_reruns_its_stage_and_everything_downstream() {
     assert_eq!(json(&dir.join("validate-cpu/result.json"))["nce"]["images"], 8);
     let reason = &r.stages.iter().find(|s| s.stage == Stage::ValidateCpu).unwrap().reason;
     assert!(reason.contains("configuration"), "{reason}");
+}
+
+/// `final_init = "supernet"`: the search starts from the FP32 model and both W2A2 trainings
+/// start from the search's supernet, so the uniform training runs after the search and depends
+/// on its checkpoint; the stages before the search are unaffected.
+#[test]
+fn supernet_inheritance_trains_both_networks_after_the_search() {
+    let dir = copy_of_base("supernet-init");
+    let mut c = config(&dir);
+    c.schedule.final_init = FinalInit::Supernet;
+    let r = pipeline::run(&c).unwrap();
+    let order: Vec<&str> = r.stages.iter().map(|s| s.stage.name()).collect();
+    assert_eq!(&order[..5], ["fp32", "sensitivity", "search", "train-uniform", "train-nce"], "{order:?}");
+    for st in ["fp32", "sensitivity"] {
+        assert_eq!(r.status(st), Some(StageStatus::Skipped), "{st}: {:#?}", r.stages);
+    }
+    for st in ["search", "train-uniform", "train-nce", "validate-cpu", "report"] {
+        assert_eq!(r.status(st), Some(StageStatus::Ran), "{st}: {:#?}", r.stages);
+    }
+    let search_inputs = json(&dir.join("search/manifest.json"))["inputs"]["files"].clone();
+    assert!(search_inputs.get("fp32/checkpoint.ot").is_some(), "{search_inputs}");
+    for st in ["train-uniform", "train-nce"] {
+        let files = json(&dir.join(format!("{st}/manifest.json")))["inputs"]["files"].clone();
+        assert!(files.get("search/search-checkpoint.ot").is_some(), "{st}: {files}");
+    }
+    let report = std::fs::read_to_string(dir.join("report.md")).unwrap();
+    assert!(report.contains("weights in the search's supernet"), "{report}");
 }
 
 #[test]

@@ -1197,3 +1197,56 @@ fn fp32_init_calibrates_the_clips() {
     assert!(clips.iter().all(|c| (c - cfg.pact_init).abs() > 1e-3), "clips left at pact_init: {clips:?}");
     assert!(clips.iter().any(|c| (c - clips[0]).abs() > 1e-3), "one clip for every layer: {clips:?}");
 }
+
+/// `final_init = "supernet"`: a model built at the supernet's argmax widths and initialised from
+/// the supernet's variables the way `--init` does computes what the supernet computes for those
+/// widths (W2A2, inference), with an expanded slot, a shrunk one and base ones, each candidate
+/// width's own BatchNorm.
+#[test]
+fn a_model_inherits_its_widths_and_batchnorms_from_the_supernet() {
+    torch();
+    tch::manual_seed(11);
+    let mut sn = tiny_supernet(&SpaceConfig::default());
+    let slot = |sn: &Supernet, name: &str| sn.slots.iter().position(|s| s.name == name).unwrap();
+    let (grown, shrunk) = (slot(&sn, "layer1.0.conv_b"), slot(&sn, "layer2.0.conv_a"));
+    sn.add_candidate(grown, 20);
+    let logits: Vec<Vec<f32>> = sn
+        .slots
+        .iter()
+        .enumerate()
+        .map(|(s, sl)| {
+            let pick = if s == grown {
+                sl.candidates.len() - 1
+            } else if s == shrunk {
+                0
+            } else {
+                sl.candidates.iter().position(|&c| c == sl.base).unwrap()
+            };
+            (0..sl.candidates.len()).map(|j| if j == pick { 5.0 } else { 0.0 }).collect()
+        })
+        .collect();
+    set_logits(&sn, &logits);
+    // Distinct BatchNorm statistics per candidate, so that borrowing the wrong one shows.
+    no_grad(|| {
+        for (name, mut t) in sn.vs.variables() {
+            if name.contains(".bn") {
+                let v = if name.ends_with("running_var") { t.rand_like() + 0.5 } else { t.randn_like() * 0.5 };
+                t.copy_(&v);
+            }
+        }
+    });
+    let widths = sn.argmax_widths();
+    let base = tiny_net().widths;
+    assert!(widths[grown] > base[grown] && widths[shrunk] < base[shrunk], "{widths:?} vs {base:?}");
+
+    let net = graph::build(ModelKind::Resnet20, Shape::new(1, 8, 8), 10, Some(&widths), &BitConfig::uniform(2)).unwrap();
+    let vs = tch::nn::VarStore::new(tch::Device::Cpu);
+    let model = nce::models::Model::new(&vs.root(), &net, &nce::models::ModelOptions::default()).unwrap();
+    let src: Vec<(String, Tensor)> = sn.vs.variables().into_iter().collect();
+    assert_eq!(nce::train::inherit_vars(&vs, &src), vs.variables().len(), "every variable of the model is inherited");
+
+    let x = Tensor::randn([4, 1, 8, 8], (Kind::Float, tch::Device::Cpu));
+    let want = no_grad(|| sn.forward(&x, false, Mode::Argmax, true));
+    let got = no_grad(|| model.f_forward_t(&x, false).unwrap());
+    assert_close(&f32s(&got), &f32s(&want), "inherited model vs supernet");
+}

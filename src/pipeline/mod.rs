@@ -102,6 +102,28 @@ pub struct Schedule {
     pub kd_alpha: f64,
     #[serde(default = "default_kd_temperature")]
     pub kd_temperature: f64,
+    /// Where both W2A2 trainings start (see [`FinalInit`]).
+    #[serde(default)]
+    pub final_init: FinalInit,
+}
+
+/// Where the two final W2A2 trainings start (schedule key `final_init`). Either way both
+/// networks get the same treatment; what differs is what a short schedule can afford.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "kebab-case")]
+pub enum FinalInit {
+    /// Each from the FP32 model (the searched network takes its leading channels where its
+    /// widths differ, fresh weights where it is wider); the search starts from the uniform W2A2
+    /// model. Fair when the W2A2 trainings are long enough to undo that inheritance; in a short
+    /// one the searched network starts behind.
+    #[default]
+    Fp32,
+    /// Both inherit their weights from the search's supernet, sliced to their widths (the
+    /// uniform network at the base widths, the searched one at its own), each candidate width
+    /// with its own BatchNorm, then train the same W2A2 epochs; the search starts from the FP32
+    /// model (its warm-up epochs adapt the supernet to 2 bits). Weight inheritance as in
+    /// one-shot NAS: both start from weights trained for their widths.
+    Supernet,
 }
 
 fn default_kd_temperature() -> f64 {
@@ -324,11 +346,20 @@ pub fn run(cfg: &PipelineConfig) -> Result<PipelineRun, PipelineError> {
     let profile_sha256 = profile_identity(&profile);
     let runner = Runner::new(cfg.out.clone(), Stage::ALL.len(), cfg.fail_stage, cfg.progress);
     let mut p = Pipeline { cfg, profile, profile_sha256, r: runner };
+    let (fp32, sensitivity) = (p.fp32()?, p.sensitivity()?);
+    // Supernet inheritance trains the uniform network from the search's supernet, so it comes after.
+    let (uniform, search) = match cfg.schedule.final_init {
+        FinalInit::Fp32 => (p.train_uniform()?, p.search()?),
+        FinalInit::Supernet => {
+            let search = p.search()?;
+            (p.train_uniform()?, search)
+        }
+    };
     let results = StageResults {
-        fp32: p.fp32()?,
-        sensitivity: p.sensitivity()?,
-        uniform: p.train_uniform()?,
-        search: p.search()?,
+        fp32,
+        sensitivity,
+        uniform,
+        search,
         nce: p.train_nce()?,
         export: p.export()?,
         validate_cpu: p.validate_cpu()?,
@@ -479,7 +510,7 @@ impl Pipeline<'_> {
         c.lr = s.w2a2_lr;
         c.warmup_epochs = 0;
         c.widths = widths;
-        c.init = Some(self.at("fp32/checkpoint.ot"));
+        c.init = Some(self.at(self.w2a2_init()));
         if s.kd_alpha > 0.0 {
             c.teacher = Some(self.at("fp32/checkpoint.ot"));
             c.kd_alpha = s.kd_alpha;
@@ -488,16 +519,28 @@ impl Pipeline<'_> {
         c
     }
 
+    /// The checkpoint both W2A2 trainings start from, in the run folder.
+    fn w2a2_init(&self) -> &'static str {
+        match self.cfg.schedule.final_init {
+            FinalInit::Fp32 => "fp32/checkpoint.ot",
+            FinalInit::Supernet => "search/search-checkpoint.ot",
+        }
+    }
+
     fn train_uniform(&mut self) -> Result<TrainResult, PipelineError> {
         let c = self.w2a2_config(Stage::TrainUniform, None);
         let cfg = self.cfg;
-        self.r.stage(Stage::TrainUniform, train_identity(&c, 2), &[self.input("fp32/checkpoint.ot")], &[], |ctx| {
+        let inputs = [self.input("fp32/checkpoint.ot"), self.input(self.w2a2_init())];
+        let inputs = if inputs[0].0 == inputs[1].0 { &inputs[..1] } else { &inputs[..] };
+        self.r.stage(Stage::TrainUniform, train_identity(&c, 2), inputs, &[], |ctx| {
             train_stage(cfg, &c, Stage::TrainUniform, ctx)
         })
     }
 
     /// The search starts from the uniform W2A2 model: trained clips and 2-bit-adapted weights
-    /// (from the FP32 weights the supernet sits near chance; docs/search.md).
+    /// (from the FP32 weights the supernet sits near chance; docs/search.md), or, when both
+    /// final networks inherit from the supernet, from the FP32 model (the uniform one is trained
+    /// after the search then).
     fn search(&mut self) -> Result<SearchResult, PipelineError> {
         let (cfg, s) = (self.cfg, &self.cfg.schedule);
         let mut sc = SearchConfig::new(cfg.model, cfg.profile.clone(), &cfg.data, s.search_epochs, self.at("search"));
@@ -511,10 +554,14 @@ impl Pipeline<'_> {
         if let Some(lr) = s.search_arch_lr {
             sc.arch_lr = lr;
         }
-        sc.init = Some(self.at("train-uniform/checkpoint.ot"));
+        let start = match s.final_init {
+            FinalInit::Fp32 => "train-uniform/checkpoint.ot",
+            FinalInit::Supernet => "fp32/checkpoint.ot",
+        };
+        sc.init = Some(self.at(start));
         sc.seed = cfg.seed;
         sc.threads = cfg.threads;
-        let inputs = [self.input("train-uniform/checkpoint.ot")];
+        let inputs = [self.input(start)];
         self.r.stage(Stage::Search, self.with_profile(search_identity(&sc, 3)), &inputs, &[], |ctx| {
             let res = search::search(&sc, ctx.resume, cfg.progress)?;
             Ok(SearchResult {
@@ -533,7 +580,10 @@ impl Pipeline<'_> {
         let widths = read_arch_widths(&arch).map_err(|m| PipelineError::Stage { stage: Stage::TrainNce, source: m })?;
         let c = self.w2a2_config(Stage::TrainNce, Some(widths));
         let cfg = self.cfg;
-        let inputs = [self.input("search/arch.toml"), self.input("fp32/checkpoint.ot")];
+        let mut inputs = vec![self.input("search/arch.toml"), self.input("fp32/checkpoint.ot")];
+        if self.cfg.schedule.final_init == FinalInit::Supernet {
+            inputs.push(self.input("search/search-checkpoint.ot"));
+        }
         self.r.stage(Stage::TrainNce, train_identity(&c, 2), &inputs, &[], |ctx| train_stage(cfg, &c, Stage::TrainNce, ctx))
     }
 
@@ -634,11 +684,18 @@ fn train_stage(cfg: &PipelineConfig, c: &TrainConfig, stage: Stage, ctx: &StageC
 
 /// The parts of a training configuration that define its result (paths left out, so a run
 /// folder can be moved or copied without invalidating its manifests).
+/// `path` relative to the run folder that holds the stage folder `stage_dir` (upstream files
+/// enter a stage's identity by their place in the run, not by where the run is).
+fn in_run(stage_dir: &Path, path: &Path) -> PathBuf {
+    let run = stage_dir.parent().unwrap_or(Path::new(""));
+    path.strip_prefix(run).unwrap_or(path).to_path_buf()
+}
+
 fn train_identity(c: &TrainConfig, version: u32) -> serde_json::Value {
     let mut c = c.clone();
+    c.init = c.init.as_deref().map(|p| in_run(&c.out, p));
+    c.teacher = c.teacher.as_deref().map(|p| in_run(&c.out, p));
     c.out = PathBuf::new();
-    c.init = c.init.as_ref().map(|_| PathBuf::from("fp32/checkpoint.ot"));
-    c.teacher = c.teacher.as_ref().map(|_| PathBuf::from("fp32/checkpoint.ot"));
     c.data_root = PathBuf::new();
     c.max_steps = None;
     json!({"v": version, "train": c})
@@ -646,10 +703,10 @@ fn train_identity(c: &TrainConfig, version: u32) -> serde_json::Value {
 
 fn search_identity(c: &SearchConfig, version: u32) -> serde_json::Value {
     let mut c = c.clone();
+    c.init = c.init.as_deref().map(|p| in_run(&c.out, p));
     c.out = PathBuf::new();
     c.profile = PathBuf::new();
     c.data_root = PathBuf::new();
-    c.init = c.init.as_ref().map(|_| PathBuf::from("train-uniform/checkpoint.ot"));
     json!({"v": version, "search": c})
 }
 

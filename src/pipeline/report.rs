@@ -8,7 +8,7 @@
 use super::manifest::{base64, Manifest, MANIFEST};
 use super::results::{Better, ReportResult, Stage, Verdict};
 use super::StageFailure;
-use super::{PipelineConfig, StageResults};
+use super::{FinalInit, PipelineConfig, StageResults};
 use crate::cost::{CostReport, Evaluator};
 use crate::engine::plan::QModel;
 use crate::hw::Profile;
@@ -163,7 +163,7 @@ fn title(c: &Ctx, verdict_line: Option<&str>, b: &mut Vec<Block>) {
         b.push(Block::Note(line.to_string()));
     }
     b.push(Block::Para(format!(
-        "Schedule `{}`: FP32 {}, search {} epochs on {} images ({} warm-up), W2A2 {} epoch(s) per network on {} training images{}.",
+        "Schedule `{}`: FP32 {}, search {} epochs on {} images ({} warm-up), W2A2 {} epoch(s) per network on {} training images{}, {}.",
         cfg.preset,
         match &c.r.fp32.imported_from {
             Some(from) => format!("imported from `{from}`"),
@@ -178,6 +178,10 @@ fn title(c: &Ctx, verdict_line: Option<&str>, b: &mut Vec<Block>) {
             format!(", distilled from the FP32 model (α {}, T {})", s.kd_alpha, s.kd_temperature)
         } else {
             String::new()
+        },
+        match s.final_init {
+            FinalInit::Fp32 => "each starting from the FP32 model",
+            FinalInit::Supernet => "each starting from its own widths' weights in the search's supernet (the search started from the FP32 model)",
         },
     )));
     if cfg.preset == "quick" {

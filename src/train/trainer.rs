@@ -191,9 +191,6 @@ pub fn load_model(path: &Path) -> Result<LoadedModel, TrainError> {
     Ok(LoadedModel { vs, model, meta: ck.meta })
 }
 
-/// Copies `src` into the store's variables by name. With `partial`, variables that are missing
-/// or differ in shape take the overlapping leading slice (weight inheritance between widths);
-/// otherwise every variable must be present with the same shape. Returns how many were copied.
 /// Copies the leading slice `src` and `dst` share (the first `min` entries along every dim) from
 /// `src` into `dst`: how a model inherits a trained model's channels at other widths. Both must
 /// have the same rank; call inside `no_grad`.
@@ -207,12 +204,17 @@ pub(crate) fn copy_leading(dst: &Tensor, src: &Tensor) {
     d.copy_(&v);
 }
 
+/// Copies `src` into the store's variables by name. With `partial`, variables that are missing
+/// or differ in shape take the overlapping leading slice (weight inheritance between widths),
+/// and BatchNorms may come from a supernet's candidate of the same width ([`supernet_bn`]);
+/// otherwise every variable must be present with the same shape. Returns how many were copied.
 fn copy_vars(vs: &nn::VarStore, src: &[(String, Tensor)], partial: bool) -> Result<usize, String> {
     let vars = vs.variables();
     let mut copied = 0;
     no_grad(|| -> Result<(), String> {
         for (name, dst) in &vars {
-            let Some((_, s)) = src.iter().find(|(n, _)| n == name) else {
+            let found = src.iter().find(|(n, _)| n == name).or_else(|| if partial { supernet_bn(src, name, dst) } else { None });
+            let Some((_, s)) = found else {
                 if partial {
                     continue;
                 }
@@ -234,6 +236,24 @@ fn copy_vars(vs: &nn::VarStore, src: &[(String, Tensor)], partial: bool) -> Resu
         Ok(())
     })?;
     Ok(copied)
+}
+
+/// Sets `vs`'s variables from a trained model's or a search supernet's (`src`) the way `--init`
+/// does: by name, the leading slice where widths differ, a supernet's BatchNorm of the same
+/// width. Variables with no source keep their values. Returns how many were set.
+pub fn inherit_vars(vs: &nn::VarStore, src: &[(String, Tensor)]) -> usize {
+    // Partial copies skip what they cannot take; they have no error to report.
+    copy_vars(vs, src, true).unwrap_or(0)
+}
+
+/// A search supernet's BatchNorm for this model's `X.bn.*`: the supernet keeps one per candidate
+/// width, `X.bn{c}.*`, and the one whose width `c` is this model's width of `X` (the length of
+/// `dst`) is the one the supernet used for it. How `--init` inherits a network from a supernet
+/// (`final_init = "supernet"`, docs/pipeline.md); `None` for other variables.
+fn supernet_bn<'a>(src: &'a [(String, Tensor)], name: &str, dst: &Tensor) -> Option<&'a (String, Tensor)> {
+    let (layer, field) = name.rsplit_once(".bn.")?;
+    let want = format!("{layer}.bn{}.{field}", dst.size().first()?);
+    src.iter().find(|(n, _)| *n == want)
 }
 
 fn load_dataset(cfg: &TrainConfig, split: Split) -> Result<Dataset, TrainError> {
@@ -396,8 +416,9 @@ impl<'a> Trainer<'a> {
     /// A fresh start: `--init` weights (leading slices where widths differ), empty metrics.
     fn initialise(&mut self) -> Result<(), TrainError> {
         if let Some(init) = &self.cfg.init {
-            let ck = checkpoint::load::<Meta>(init)?;
-            let n = copy_vars(&self.vs, &ck.vars, true).map_err(TrainError::Resume)?;
+            // Any nce checkpoint: a trained model or a search's supernet (their metadata differ).
+            let ck = checkpoint::load::<serde_json::Value>(init)?;
+            let n = inherit_vars(&self.vs, &ck.vars);
             tracing::info!("initialised {n} variables from {}", init.display());
         }
         rewrite_metrics(&self.metrics_path, &[])
