@@ -527,14 +527,22 @@ impl Pipeline<'_> {
         }
     }
 
+    /// What a W2A2 training reads: its architecture file, if any, the FP32 model (its teacher
+    /// and, by default, its start) and the supernet it starts from, if any.
+    fn w2a2_inputs(&self, arch: Option<&str>) -> Vec<(String, PathBuf)> {
+        let mut files: Vec<&str> = arch.into_iter().collect();
+        files.push("fp32/checkpoint.ot");
+        if self.cfg.schedule.final_init == FinalInit::Supernet {
+            files.push("search/search-checkpoint.ot");
+        }
+        files.into_iter().map(|f| self.input(f)).collect()
+    }
+
     fn train_uniform(&mut self) -> Result<TrainResult, PipelineError> {
         let c = self.w2a2_config(Stage::TrainUniform, None);
         let cfg = self.cfg;
-        let inputs = [self.input("fp32/checkpoint.ot"), self.input(self.w2a2_init())];
-        let inputs = if inputs[0].0 == inputs[1].0 { &inputs[..1] } else { &inputs[..] };
-        self.r.stage(Stage::TrainUniform, train_identity(&c, 2), inputs, &[], |ctx| {
-            train_stage(cfg, &c, Stage::TrainUniform, ctx)
-        })
+        let inputs = self.w2a2_inputs(None);
+        self.r.stage(Stage::TrainUniform, train_identity(&c, 2), &inputs, &[], |ctx| train_stage(cfg, &c, Stage::TrainUniform, ctx))
     }
 
     /// The search starts from the uniform W2A2 model: trained clips and 2-bit-adapted weights
@@ -580,10 +588,7 @@ impl Pipeline<'_> {
         let widths = read_arch_widths(&arch).map_err(|m| PipelineError::Stage { stage: Stage::TrainNce, source: m })?;
         let c = self.w2a2_config(Stage::TrainNce, Some(widths));
         let cfg = self.cfg;
-        let mut inputs = vec![self.input("search/arch.toml"), self.input("fp32/checkpoint.ot")];
-        if self.cfg.schedule.final_init == FinalInit::Supernet {
-            inputs.push(self.input("search/search-checkpoint.ot"));
-        }
+        let inputs = self.w2a2_inputs(Some("search/arch.toml"));
         self.r.stage(Stage::TrainNce, train_identity(&c, 2), &inputs, &[], |ctx| train_stage(cfg, &c, Stage::TrainNce, ctx))
     }
 
@@ -682,8 +687,6 @@ fn train_stage(cfg: &PipelineConfig, c: &TrainConfig, stage: Stage, ctx: &StageC
     Ok(TrainResult { test_acc, test_images: t.test_images, epochs: t.epochs.len(), widths: c.widths.clone(), imported_from: None })
 }
 
-/// The parts of a training configuration that define its result (paths left out, so a run
-/// folder can be moved or copied without invalidating its manifests).
 /// `path` relative to the run folder that holds the stage folder `stage_dir` (upstream files
 /// enter a stage's identity by their place in the run, not by where the run is).
 fn in_run(stage_dir: &Path, path: &Path) -> PathBuf {
@@ -691,6 +694,8 @@ fn in_run(stage_dir: &Path, path: &Path) -> PathBuf {
     path.strip_prefix(run).unwrap_or(path).to_path_buf()
 }
 
+/// The parts of a training configuration that define its result (paths relative to the run or
+/// left out, so a run folder can be moved or copied without invalidating its manifests).
 fn train_identity(c: &TrainConfig, version: u32) -> serde_json::Value {
     let mut c = c.clone();
     c.init = c.init.as_deref().map(|p| in_run(&c.out, p));

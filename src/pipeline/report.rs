@@ -8,7 +8,7 @@
 use super::manifest::{base64, Manifest, MANIFEST};
 use super::results::{Better, ReportResult, Stage, Verdict};
 use super::StageFailure;
-use super::{FinalInit, PipelineConfig, StageResults};
+use super::{FinalInit, PipelineConfig, Preset, StageResults};
 use crate::cost::{CostReport, Evaluator};
 use crate::engine::plan::QModel;
 use crate::hw::Profile;
@@ -181,7 +181,8 @@ fn title(c: &Ctx, verdict_line: Option<&str>, b: &mut Vec<Block>) {
         },
         match s.final_init {
             FinalInit::Fp32 => "each starting from the FP32 model",
-            FinalInit::Supernet => "each starting from its own widths' weights in the search's supernet (the search started from the FP32 model)",
+            FinalInit::Supernet =>
+                "each starting from its own widths' weights in the search's supernet (the search started from the FP32 model)",
         },
     )));
     if cfg.preset == "quick" {
@@ -192,10 +193,12 @@ fn title(c: &Ctx, verdict_line: Option<&str>, b: &mut Vec<Block>) {
         ));
     }
     b.push(Block::Para(format!(
-        "Command: `nce pipeline --profile {} --model {} --data {} --preset {} --out {}`{}.",
+        "Command: `nce pipeline --profile {} --model {} --data {} {} {} --out {}`{}.",
         cfg.profile.display(),
         cfg.model.name(),
         cfg.data,
+        // A shipped preset by name, else the schedule file it names.
+        if Preset::ALL.iter().any(|p| p.name() == cfg.preset) { "--preset" } else { "--schedule" },
         cfg.preset,
         cfg.out.display(),
         cfg.init.as_ref().map_or(String::new(), |p| format!(" --init {}", p.display()))

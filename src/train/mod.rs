@@ -13,4 +13,6 @@ pub use checkpoint::CheckpointError;
 pub use metrics::EpochMetrics;
 pub use schedule::CosineSchedule;
 pub(crate) use trainer::copy_leading;
-pub use trainer::{calibrate_clips, evaluate, inherit_vars, load_model, mse_clip, train, LoadedModel, Meta, TrainConfig, TrainError, TrainSummary};
+pub use trainer::{
+    calibrate_clips, evaluate, inherit_vars, load_model, mse_clip, train, LoadedModel, Meta, TrainConfig, TrainError, TrainSummary,
+};
