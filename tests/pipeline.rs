@@ -73,14 +73,23 @@ fn scratch() -> PathBuf {
     root.join(format!("pipeline-{}", std::process::id()))
 }
 
+/// `pipeline::run`, one at a time: the search and the trainings draw from libtorch's global
+/// random generator (reseeded per step), so two runs in parallel test threads perturb each
+/// other's draws and a rerun would no longer reproduce the first run bit for bit.
+fn run(c: &PipelineConfig) -> Result<PipelineRun, PipelineError> {
+    static ONE_AT_A_TIME: std::sync::Mutex<()> = std::sync::Mutex::new(());
+    let _turn = ONE_AT_A_TIME.lock().unwrap_or_else(|poisoned| poisoned.into_inner());
+    pipeline::run(c)
+}
+
 /// The shared first run (its folder and what it returned).
 fn base() -> &'static (PathBuf, PipelineRun) {
     static BASE: OnceLock<(PathBuf, PipelineRun)> = OnceLock::new();
     BASE.get_or_init(|| {
         let dir = scratch().join("base");
         let _ = std::fs::remove_dir_all(&dir);
-        let run = pipeline::run(&config(&dir)).expect("the tiny pipeline runs end to end");
-        (dir, run)
+        let first = run(&config(&dir)).expect("the tiny pipeline runs end to end");
+        (dir, first)
     })
 }
 
@@ -194,7 +203,7 @@ fn first_run_runs_every_stage_and_writes_manifests() {
 #[test]
 fn second_run_skips_every_stage() {
     let dir = copy_of_base("rerun");
-    let r = pipeline::run(&config(&dir)).unwrap();
+    let r = run(&config(&dir)).unwrap();
     let expect: Vec<(&str, StageStatus)> = STAGES.iter().map(|s| (*s, StageStatus::Skipped)).collect();
     assert_statuses(&r, &expect);
 }
@@ -204,7 +213,7 @@ fn an_altered_output_reruns_only_its_stage() {
     let dir = copy_of_base("altered");
     let before = std::fs::read(dir.join("export/uniform.nce")).unwrap();
     std::fs::remove_file(dir.join("export/uniform.nce")).unwrap();
-    let r = pipeline::run(&config(&dir)).unwrap();
+    let r = run(&config(&dir)).unwrap();
     // Export is deterministic, so the re-exported files are identical and nothing downstream
     // has to run again.
     let expect: Vec<(&str, StageStatus)> =
@@ -214,7 +223,7 @@ fn an_altered_output_reruns_only_its_stage() {
 
     // A tampered output (not just a missing one) is noticed too.
     std::fs::write(dir.join("sensitivity/sensitivity.csv"), "layer\n").unwrap();
-    let r = pipeline::run(&config(&dir)).unwrap();
+    let r = run(&config(&dir)).unwrap();
     assert_eq!(r.status("sensitivity"), Some(StageStatus::Ran));
     assert!(r.stages.iter().filter(|s| s.stage != Stage::Sensitivity).all(|s| s.status == StageStatus::Skipped), "{:#?}", r.stages);
 }
@@ -224,7 +233,7 @@ fn a_changed_configuration_reruns_its_stage_and_everything_downstream() {
     let dir = copy_of_base("changed");
     let mut c = config(&dir);
     c.schedule.validate_subset = Some(8);
-    let r = pipeline::run(&c).unwrap();
+    let r = run(&c).unwrap();
     let expect: Vec<(&str, StageStatus)> = STAGES
         .iter()
         .map(|s| (*s, if matches!(*s, "validate-cpu" | "report") { StageStatus::Ran } else { StageStatus::Skipped }))
@@ -243,7 +252,7 @@ fn supernet_inheritance_trains_both_networks_after_the_search() {
     let dir = copy_of_base("supernet-init");
     let mut c = config(&dir);
     c.schedule.final_init = FinalInit::Supernet;
-    let r = pipeline::run(&c).unwrap();
+    let r = run(&c).unwrap();
     let order: Vec<&str> = r.stages.iter().map(|s| s.stage.name()).collect();
     assert_eq!(&order[..5], ["fp32", "sensitivity", "search", "train-uniform", "train-nce"], "{order:?}");
     for st in ["fp32", "sensitivity"] {
@@ -270,7 +279,7 @@ fn a_changed_profile_reruns_the_stages_that_read_it() {
     std::fs::write(&profile, format!("{text}\n# edited\n")).unwrap();
     let mut c = config(&dir);
     c.profile = profile;
-    let r = pipeline::run(&c).unwrap();
+    let r = run(&c).unwrap();
     for st in ["fp32", "sensitivity", "train-uniform"] {
         assert_eq!(r.status(st), Some(StageStatus::Skipped), "{st}: {:#?}", r.stages);
     }
@@ -286,13 +295,13 @@ fn an_interrupted_training_stage_resumes_to_the_same_model() {
     std::fs::remove_dir_all(dir.join("train-uniform")).unwrap();
     let mut c = config(&dir);
     c.interrupt = Some((Stage::TrainUniform, 1));
-    let err = pipeline::run(&c).unwrap_err();
+    let err = run(&c).unwrap_err();
     assert!(matches!(&err, PipelineError::Stage { stage: Stage::TrainUniform, .. }), "{err}");
     assert!(dir.join("train-uniform/checkpoint.ot").is_file(), "the partial checkpoint is kept");
     assert!(dir.join("train-uniform/.pending.json").is_file());
     assert!(!dir.join("train-uniform/manifest.json").exists());
 
-    let r = pipeline::run(&config(&dir)).unwrap();
+    let r = run(&config(&dir)).unwrap();
     for st in ["fp32", "sensitivity"] {
         assert_eq!(r.status(st), Some(StageStatus::Skipped), "{st}: {:#?}", r.stages);
     }
@@ -312,7 +321,7 @@ fn a_failing_stage_names_itself_and_keeps_earlier_outputs() {
     std::fs::remove_dir_all(dir.join("search")).unwrap();
     let mut c = config(&dir);
     c.fail_stage = Some(Stage::Search);
-    let err = pipeline::run(&c).unwrap_err();
+    let err = run(&c).unwrap_err();
     let msg = err.to_string();
     assert!(msg.contains("stage `search` failed"), "{msg}");
     assert!(dir.join("fp32/manifest.json").is_file() && dir.join("fp32/checkpoint.ot").is_file());
@@ -459,7 +468,7 @@ fn an_imported_fp32_checkpoint_replaces_training_and_identical_weights_skip_the_
     std::fs::copy(base_dir.join("fp32/checkpoint.ot"), &init).unwrap();
     let mut c = config(&dir);
     c.init = Some(init);
-    let r = pipeline::run(&c).unwrap();
+    let r = run(&c).unwrap();
     // The fp32 stage's configuration changed (import instead of training), but it produced the
     // same checkpoint, so every consumer of it (sensitivity, search, both trainings) is still up
     // to date.
@@ -469,6 +478,6 @@ fn an_imported_fp32_checkpoint_replaces_training_and_identical_weights_skip_the_
     assert_eq!(json(&dir.join("fp32/result.json"))["test_acc"], json(&base_dir.join("fp32/result.json"))["test_acc"]);
     // A quantized checkpoint is refused, naming the stage.
     c.init = Some(base_dir.join("train-uniform/checkpoint.ot"));
-    let err = pipeline::run(&c).unwrap_err().to_string();
+    let err = run(&c).unwrap_err().to_string();
     assert!(err.contains("stage `fp32` failed") && err.contains("full-precision"), "{err}");
 }
