@@ -994,11 +994,8 @@ fn init_from_copies_a_trained_model_by_name() {
 // ---------------------------------------------------------------------------------------------
 // 8. The search's fixes: function-preserving expansion, decay masks, warm-up
 
-fn fp32_supernet() -> Supernet {
-    tch::manual_seed(3);
-    let net = graph::build(ModelKind::Resnet20, Shape::new(1, 8, 8), 10, None, &BitConfig::full_precision()).unwrap();
-    let sn = Supernet::new(&net, &SpaceConfig::default(), 4.0);
-    // Non-trivial BatchNorms, so a wrong copy shows.
+/// Random BatchNorm parameters and statistics (positive variances) in every candidate's BN.
+fn randomise_batchnorms(sn: &Supernet) {
     no_grad(|| {
         for (name, mut t) in sn.vs.variables() {
             if name.contains(".bn") {
@@ -1007,6 +1004,14 @@ fn fp32_supernet() -> Supernet {
             }
         }
     });
+}
+
+fn fp32_supernet() -> Supernet {
+    tch::manual_seed(3);
+    let net = graph::build(ModelKind::Resnet20, Shape::new(1, 8, 8), 10, None, &BitConfig::full_precision()).unwrap();
+    let sn = Supernet::new(&net, &SpaceConfig::default(), 4.0);
+    // Non-trivial BatchNorms, so a wrong copy shows.
+    randomise_batchnorms(&sn);
     // Every slot prefers its widest (base) candidate.
     let vals: Vec<Vec<f32>> = sn.slots.iter().map(|s| (0..s.candidates.len()).map(|i| i as f32).collect()).collect();
     set_logits(&sn, &vals);
@@ -1227,14 +1232,7 @@ fn a_model_inherits_its_widths_and_batchnorms_from_the_supernet() {
         .collect();
     set_logits(&sn, &logits);
     // Distinct BatchNorm statistics per candidate, so that borrowing the wrong one shows.
-    no_grad(|| {
-        for (name, mut t) in sn.vs.variables() {
-            if name.contains(".bn") {
-                let v = if name.ends_with("running_var") { t.rand_like() + 0.5 } else { t.randn_like() * 0.5 };
-                t.copy_(&v);
-            }
-        }
-    });
+    randomise_batchnorms(&sn);
     let widths = sn.argmax_widths();
     let base = tiny_net().widths;
     assert!(widths[grown] > base[grown] && widths[shrunk] < base[shrunk], "{widths:?} vs {base:?}");

@@ -532,8 +532,8 @@ impl Pipeline<'_> {
     fn w2a2_inputs(&self, arch: Option<&str>) -> Vec<(String, PathBuf)> {
         let mut files: Vec<&str> = arch.into_iter().collect();
         files.push("fp32/checkpoint.ot");
-        if self.cfg.schedule.final_init == FinalInit::Supernet {
-            files.push("search/search-checkpoint.ot");
+        if self.w2a2_init() != "fp32/checkpoint.ot" {
+            files.push(self.w2a2_init());
         }
         files.into_iter().map(|f| self.input(f)).collect()
     }

@@ -582,7 +582,7 @@ pub fn calibrate_clips(vs: &nn::VarStore, net: &Network, x: &Tensor) -> Result<u
     let twin_vs = nn::VarStore::new(Device::Cpu);
     let twin = Model::new(&twin_vs.root(), &fp_net, &ModelOptions::default()).map_err(|e| TrainError::Model(e.to_string()))?;
     let src: Vec<(String, Tensor)> = vs.variables().into_iter().collect();
-    copy_vars(&twin_vs, &src, true).map_err(TrainError::Resume)?;
+    inherit_vars(&twin_vs, &src);
     let outs = no_grad(|| twin.f_forward_layers(x, true)).map_err(|e| TrainError::Model(e.to_string()))?;
     let vars = vs.variables();
     let mut n = 0;
