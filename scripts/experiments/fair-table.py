@@ -82,6 +82,16 @@ def interval(d):
     return m, m - h, m + h
 
 
+def diff_text(d):
+    """A paired difference with its interval, or what is missing for one."""
+    if not d:
+        return "no paired seeds finished yet"
+    if len(d) == 1:
+        return f"{d[0]:+.2f} points (1 seed: no interval yet)"
+    m, lo, hi = interval(d)
+    return f"{m:+.2f} points, 95 % CI [{lo:+.2f}, {hi:+.2f}]"
+
+
 def report(out, preset):
     q_epochs = preset["w2a2"]["epochs"]
     rows, per_arm = [], {}
@@ -107,13 +117,12 @@ def report(out, preset):
             diffs.append(statistics.mean(vals) - u)
     m, lo, hi = interval(diffs)
     print(f"\nPaired difference NCE − uniform over {len(diffs)} final-training seeds "
-          f"(NCE averaged over {len(nce_arms)} search seeds): {m:+.2f} points, 95 % CI [{lo:+.2f}, {hi:+.2f}].")
+          f"(NCE averaged over {len(nce_arms)} search seeds): {diff_text(diffs)}.")
     for a in ("tas", "scaled"):
         if a in per_arm:
             d = [statistics.mean([per_arm[n][s] for n in nce_arms]) - per_arm[a][s]
                  for s in per_arm[a] if all(s in per_arm[n] for n in nce_arms)]
-            m2, lo2, hi2 = interval(d)
-            print(f"Paired difference NCE − {a}: {m2:+.2f} points, 95 % CI [{lo2:+.2f}, {hi2:+.2f}] over {len(d)} seeds.")
+            print(f"Paired difference NCE − {a} over {len(d)} seeds: {diff_text(d)}.")
     within = all(max(cost_ratios(out, a)) <= 1.0 + 1e-9 for a in nce_arms)
     need = len(preset["w2a2"]["seeds"])
     if len(diffs) < need or not nce_arms:
