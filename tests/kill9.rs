@@ -122,6 +122,10 @@ fn a_killed_pipeline_reruns_to_the_same_models() {
     let t0 = Instant::now();
     assert!(pipeline(&schedule, &a).status().unwrap().success());
     let full = t0.elapsed();
+    // The report names the schedule file as the option that selects it.
+    let md = std::fs::read_to_string(a.join("report.md")).unwrap();
+    let option = format!("--schedule {}", schedule.display());
+    assert!(md.contains(&option), "report.md does not give `{option}` in its command:\n{md}");
     // Kill once early (during FP32 training or the search) and once about two thirds in.
     assert!(run_and_kill(pipeline(&schedule, &b), full / 5), "the first kill came too late");
     run_and_kill(pipeline(&schedule, &b), full * 2 / 3);

@@ -10,7 +10,7 @@
 use nce::graph::ModelKind;
 use nce::pipeline::manifest::{base64, hex, sha256, Manifest};
 use nce::pipeline::stage::StageStatus;
-use nce::pipeline::{self, FinalInit, PipelineConfig, PipelineError, PipelineRun, Schedule, Stage, STAGES};
+use nce::pipeline::{self, FinalInit, PipelineConfig, PipelineError, PipelineRun, Schedule, ScheduleSource, Stage, STAGES};
 use std::path::{Path, PathBuf};
 use std::sync::OnceLock;
 
@@ -49,7 +49,14 @@ fn tiny() -> Schedule {
 }
 
 fn config(out: &Path) -> PipelineConfig {
-    let mut c = PipelineConfig::new(PathBuf::from(NPU), ModelKind::Resnet20, "fashion-mnist", out.to_path_buf(), "tiny", tiny());
+    let mut c = PipelineConfig::new(
+        PathBuf::from(NPU),
+        ModelKind::Resnet20,
+        "fashion-mnist",
+        out.to_path_buf(),
+        ScheduleSource::Named("tiny".into()),
+        tiny(),
+    );
     c.threads = 1;
     c.progress = false;
     c

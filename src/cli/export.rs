@@ -72,7 +72,7 @@ pub fn export(a: ExportArgs) -> Result<ExitCode> {
     let layers = convert::int_layers(&m).map_err(anyhow::Error::msg).with_context(|| format!("exporting {}", a.checkpoint.display()))?;
     let container = convert::to_container(&m, &layers, &super::recorded_source(&a.checkpoint, a.out.as_deref()), a.profile.clone())
         .map_err(anyhow::Error::msg)?;
-    let model = QModel::from_container(&container).map_err(anyhow::Error::msg)?;
+    let model = QModel::from_container(&container)?;
     let opts = WriteOptions::protecting([&a.checkpoint]);
     for (path, form) in outputs {
         match form {

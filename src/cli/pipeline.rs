@@ -1,7 +1,7 @@
 //! `nce pipeline`: every stage from FP32 training to the report (see [`crate::pipeline`]).
 
 use crate::graph::ModelKind;
-use crate::pipeline::{self, PipelineConfig, Schedule};
+use crate::pipeline::{self, PipelineConfig, Schedule, ScheduleSource};
 use anyhow::{bail, Result};
 use std::path::PathBuf;
 use std::process::ExitCode;
@@ -32,9 +32,9 @@ pub struct PipelineArgs {
 }
 
 pub fn run(a: PipelineArgs) -> Result<ExitCode> {
-    let (name, schedule) = match &a.schedule {
-        Some(file) => (file.display().to_string(), Schedule::load(file)?),
-        None => (a.preset.to_string(), a.preset.schedule()),
+    let (source, schedule) = match &a.schedule {
+        Some(file) => (ScheduleSource::File(file.clone()), Schedule::load(file)?),
+        None => (ScheduleSource::Preset(a.preset), a.preset.schedule()),
     };
     let run = &a.run.run;
     let out = run.out.clone().ok_or_else(|| super::usage("give -o/--out RUN_FOLDER (one sub-folder per stage, report.md, report.html)"))?;
@@ -45,7 +45,7 @@ pub fn run(a: PipelineArgs) -> Result<ExitCode> {
         seed: a.run.seed,
         threads: run.threads,
         progress: !run.quiet,
-        ..PipelineConfig::new(a.profile.clone(), a.model, &data, out, &name, schedule)
+        ..PipelineConfig::new(a.profile.clone(), a.model, &data, out, source, schedule)
     };
     if let Some(s) = std::env::var("NCE_PIPELINE_FAIL_STAGE").ok().filter(|s| !s.is_empty()) {
         match pipeline::Stage::from_name(&s) {
@@ -59,7 +59,7 @@ pub fn run(a: PipelineArgs) -> Result<ExitCode> {
         (None, Some(i)) => format!("from {i}"),
         (None, None) => format!("{} epoch(s)", s.fp32_epochs),
     };
-    if a.schedule.is_none() && a.preset == pipeline::Preset::Quick {
+    if c.source == ScheduleSource::Preset(pipeline::Preset::Quick) {
         println!(
             "REDUCED SCHEDULE (--preset quick): FP32 {}, {}-epoch search on {} images, {} W2A2 epoch(s) per network on {} images, \
              {} test images. The report's verdict line says whether its difference is beyond noise; --preset full for results.",
@@ -73,7 +73,10 @@ pub fn run(a: PipelineArgs) -> Result<ExitCode> {
     } else {
         println!(
             "schedule {}: FP32 {}, {}-epoch search, {} W2A2 epochs per network (resumable: rerun the same command)",
-            name, fp32, s.search_epochs, s.w2a2_epochs
+            c.source.name(),
+            fp32,
+            s.search_epochs,
+            s.w2a2_epochs
         );
     }
     let r = pipeline::run(&c)?;

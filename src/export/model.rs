@@ -372,7 +372,11 @@ impl QModel {
     /// [`MAX_DIM`], [`MAX_TENSOR`]), every step reading a tensor that an earlier step
     /// produced, and every array's presence, dtype and exact shape; arrays that no layer uses
     /// are rejected.
-    pub fn from_container(c: &Container) -> Result<QModel, String> {
+    pub fn from_container(c: &Container) -> Result<QModel, DecodeError> {
+        QModel::plan(c).map_err(DecodeError::Invalid)
+    }
+
+    fn plan(c: &Container) -> Result<QModel, String> {
         let header: Header = serde_json::from_str(&c.header).map_err(|e| format!("header: {e}"))?;
         if header.kind != "nce-model" {
             return Err(format!("header kind `{}` is not `nce-model`", header.kind));
@@ -399,7 +403,7 @@ impl QModel {
     /// Decodes and validates a model from bytes.
     pub fn from_bytes(bytes: &[u8]) -> Result<QModel, DecodeError> {
         let c = format::decode(bytes).map_err(DecodeError::Format)?;
-        QModel::from_container(&c).map_err(DecodeError::Invalid)
+        QModel::from_container(&c)
     }
 }
 

@@ -225,6 +225,38 @@ impl Schedule {
     }
 }
 
+/// Where a run's schedule came from: named in the report, its command line and the stages'
+/// identities.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum ScheduleSource {
+    /// `--preset NAME`: a schedule shipped in `presets/`.
+    Preset(Preset),
+    /// `--schedule FILE`.
+    File(PathBuf),
+    /// Built in code by a library user, under this name.
+    Named(String),
+}
+
+impl ScheduleSource {
+    /// The name the report and the stages' identities use (the path, for a file).
+    pub fn name(&self) -> String {
+        match self {
+            ScheduleSource::Preset(p) => p.name().into(),
+            ScheduleSource::File(f) => f.display().to_string(),
+            ScheduleSource::Named(n) => n.clone(),
+        }
+    }
+
+    /// The command-line options that select this schedule (none for one built in code).
+    pub fn cli_args(&self) -> Option<String> {
+        match self {
+            ScheduleSource::Preset(p) => Some(format!("--preset {}", p.name())),
+            ScheduleSource::File(f) => Some(format!("--schedule {}", f.display())),
+            ScheduleSource::Named(_) => None,
+        }
+    }
+}
+
 /// Everything that defines a pipeline run.
 #[derive(Clone, Debug)]
 pub struct PipelineConfig {
@@ -235,8 +267,8 @@ pub struct PipelineConfig {
     pub out: PathBuf,
     /// An FP32 checkpoint to use instead of training one.
     pub init: Option<PathBuf>,
-    /// The preset's name (shown in the report), e.g. `quick`.
-    pub preset: String,
+    /// Where `schedule` came from (shown in the report).
+    pub source: ScheduleSource,
     pub schedule: Schedule,
     pub seed: u64,
     /// libtorch and engine threads (0 = libtorch's default, 1 engine thread).
@@ -252,7 +284,7 @@ pub struct PipelineConfig {
 }
 
 impl PipelineConfig {
-    pub fn new(profile: PathBuf, model: ModelKind, data: &str, out: PathBuf, preset: &str, schedule: Schedule) -> PipelineConfig {
+    pub fn new(profile: PathBuf, model: ModelKind, data: &str, out: PathBuf, source: ScheduleSource, schedule: Schedule) -> PipelineConfig {
         PipelineConfig {
             profile,
             model,
@@ -260,7 +292,7 @@ impl PipelineConfig {
             data_root: PathBuf::from("data"),
             out,
             init: None,
-            preset: preset.into(),
+            source,
             schedule,
             seed: 0,
             threads: 0,
@@ -664,7 +696,7 @@ impl Pipeline<'_> {
             }
         }
         let schedule = serde_json::to_value(&cfg.schedule).expect("schedule serialises");
-        let config = json!({"v": 3, "preset": cfg.preset, "schedule": schedule, "model": cfg.model.name(), "data": cfg.data});
+        let config = json!({"v": 3, "preset": cfg.source.name(), "schedule": schedule, "model": cfg.model.name(), "data": cfg.data});
         let config = self.with_profile(config);
         let profile = &self.profile;
         let summary = self.r.stage(Stage::Report, config, &inputs, &[md.clone(), html.clone()], |ctx| {

@@ -8,7 +8,7 @@
 use super::manifest::{base64, Manifest, MANIFEST};
 use super::results::{Better, ReportResult, Stage, Verdict};
 use super::StageFailure;
-use super::{FinalInit, PipelineConfig, Preset, StageResults};
+use super::{FinalInit, PipelineConfig, Preset, ScheduleSource, StageResults};
 use crate::cost::{CostReport, Evaluator};
 use crate::engine::plan::QModel;
 use crate::hw::Profile;
@@ -164,7 +164,7 @@ fn title(c: &Ctx, verdict_line: Option<&str>, b: &mut Vec<Block>) {
     }
     b.push(Block::Para(format!(
         "Schedule `{}`: FP32 {}, search {} epochs on {} images ({} warm-up), W2A2 {} epoch(s) per network on {} training images{}, {}.",
-        cfg.preset,
+        cfg.source.name(),
         match &c.r.fp32.imported_from {
             Some(from) => format!("imported from `{from}`"),
             None => format!("trained {} epoch(s)", s.fp32_epochs),
@@ -185,7 +185,7 @@ fn title(c: &Ctx, verdict_line: Option<&str>, b: &mut Vec<Block>) {
                 "each starting from its own widths' weights in the search's supernet (the search started from the FP32 model)",
         },
     )));
-    if cfg.preset == "quick" {
+    if cfg.source == ScheduleSource::Preset(Preset::Quick) {
         b.push(Block::Para(
             "`quick` shows every stage working in minutes; its searches and trainings are short, so a difference within the interval \
              above says nothing about NCE vs uniform. `docs/results.md` has the fair, multi-seed experiment."
@@ -193,13 +193,11 @@ fn title(c: &Ctx, verdict_line: Option<&str>, b: &mut Vec<Block>) {
         ));
     }
     b.push(Block::Para(format!(
-        "Command: `nce pipeline --profile {} --model {} --data {} {} {} --out {}`{}.",
+        "Command: `nce pipeline --profile {} --model {} --data {}{} --out {}{}`.",
         cfg.profile.display(),
         cfg.model.name(),
         cfg.data,
-        // A shipped preset by name, else the schedule file it names.
-        if Preset::ALL.iter().any(|p| p.name() == cfg.preset) { "--preset" } else { "--schedule" },
-        cfg.preset,
+        cfg.source.cli_args().map_or(String::new(), |a| format!(" {a}")),
         cfg.out.display(),
         cfg.init.as_ref().map_or(String::new(), |p| format!(" --init {}", p.display()))
     )));
