@@ -329,6 +329,96 @@ fn act_quant(layer: &Layer, relu: bool, p: &nn::Path, opts: &ModelOptions) -> Re
     })
 }
 
+/// Layer `i` reads the right number of earlier tensors, of the shape it declares.
+fn check_wiring(net: &Network, i: usize, l: &Layer) -> Result<(), ModelError> {
+    let bad = |msg: String| ModelError::Structure { layer: l.name.clone(), msg };
+    let want_inputs = if matches!(l.op, Op::Add { .. }) { 2 } else { 1 };
+    if l.inputs.len() != want_inputs {
+        return Err(bad(format!("expected {want_inputs} input(s), got {}", l.inputs.len())));
+    }
+    for s in &l.inputs {
+        if let Src::Layer(j) = *s {
+            if j >= i {
+                return Err(bad(format!("reads layer {j}, which does not come before it")));
+            }
+        }
+    }
+    if net.src_shape(l.inputs[0]) != l.in_shape {
+        return Err(bad(format!("in_shape {} differs from its input's shape {}", l.in_shape, net.src_shape(l.inputs[0]))));
+    }
+    Ok(())
+}
+
+/// For each layer, the earlier outputs that no later layer reads (freed after it runs; the
+/// last layer's output is the result).
+fn free_after(net: &Network) -> Vec<Vec<usize>> {
+    let n = net.layers.len();
+    let mut last_use: Vec<Option<usize>> = vec![None; n];
+    for (i, l) in net.layers.iter().enumerate() {
+        for s in &l.inputs {
+            if let Src::Layer(j) = *s {
+                last_use[j] = Some(i);
+            }
+        }
+    }
+    let mut free_after = vec![Vec::new(); n];
+    for (j, u) in last_use.iter().enumerate() {
+        if let Some(i) = *u {
+            if j != n - 1 {
+                free_after[i].push(j);
+            }
+        }
+    }
+    free_after
+}
+
+impl LayerModule {
+    /// The variables of one layer under `lp`, initialised as torchvision does.
+    fn new(net: &Network, l: &Layer, lp: &nn::Path, options: &ModelOptions) -> Result<LayerModule, ModelError> {
+        let bad = |msg: String| ModelError::Structure { layer: l.name.clone(), msg };
+        let (cin, cout) = (l.in_shape.c as i64, l.out_shape.c as i64);
+        let mut m =
+            LayerModule { spec: l.clone(), weight: None, weight_quant: WeightQuant::None, bias: None, bn: None, act: ActQuant::Identity };
+        match l.op {
+            Op::Conv { k, stride, groups: g, relu, .. } => {
+                if k == 0 || stride == 0 || g == 0 || !l.in_shape.c.is_multiple_of(g) || !l.out_shape.c.is_multiple_of(g) {
+                    return Err(bad(format!("invalid conv (k={k}, stride={stride}, groups={g}, {cin}→{cout} channels)")));
+                }
+                let k = k as i64;
+                // torchvision's ResNet init (He normal, fan-out).
+                let init = nn::Init::Kaiming {
+                    dist: nn::init::NormalOrUniform::Normal,
+                    fan: nn::init::FanInOut::FanOut,
+                    non_linearity: nn::init::NonLinearity::ReLU,
+                };
+                m.weight = Some(lp.set_group(groups::WEIGHTS).f_var("weight", &[cout, cin / g as i64, k, k], init)?);
+                m.bn = Some(BatchNorm::new(&lp.sub("bn"), cout)?);
+                m.weight_quant = weight_quant(l, lp, options)?;
+                m.act = act_quant(l, relu, lp, options)?;
+            }
+            Op::Linear => {
+                let fan_in = l.in_shape.numel() as i64;
+                // PyTorch's nn.Linear init: U(±1/sqrt(fan_in)) for weight and bias.
+                let b = 1.0 / (fan_in.max(1) as f64).sqrt();
+                let init = nn::Init::Uniform { lo: -b, up: b };
+                m.weight = Some(lp.set_group(groups::WEIGHTS).f_var("weight", &[cout, fan_in], init)?);
+                m.bias = Some(lp.set_group(groups::NO_DECAY).f_var("bias", &[cout], init)?);
+                m.weight_quant = weight_quant(l, lp, options)?;
+            }
+            Op::Add { relu } => {
+                let (a, b) = (net.src_shape(l.inputs[0]), net.src_shape(l.inputs[1]));
+                if (a.h, a.w) != (b.h, b.w) {
+                    return Err(bad(format!("adds tensors of different spatial size ({a} and {b})")));
+                }
+                m.act = act_quant(l, relu, lp, options)?;
+            }
+            Op::Subsample { stride } | Op::MaxPool { stride, .. } if stride == 0 => return Err(bad("stride 0".into())),
+            Op::Subsample { .. } | Op::MaxPool { .. } | Op::GlobalAvgPool => {}
+        }
+        Ok(m)
+    }
+}
+
 impl Model {
     /// Creates the variables of every layer of `net` under `p` (usually `vs.root()`).
     pub fn new(p: &nn::Path, net: &Network, options: &ModelOptions) -> Result<Model, ModelError> {
@@ -338,92 +428,13 @@ impl Model {
         let mut names = HashSet::new();
         let mut layers = Vec::with_capacity(net.layers.len());
         for (i, l) in net.layers.iter().enumerate() {
-            let bad = |msg: String| ModelError::Structure { layer: l.name.clone(), msg };
             if !names.insert(l.name.as_str()) {
-                return Err(bad("duplicate layer name".into()));
+                return Err(ModelError::Structure { layer: l.name.clone(), msg: "duplicate layer name".into() });
             }
-            let want_inputs = if matches!(l.op, Op::Add { .. }) { 2 } else { 1 };
-            if l.inputs.len() != want_inputs {
-                return Err(bad(format!("expected {want_inputs} input(s), got {}", l.inputs.len())));
-            }
-            for s in &l.inputs {
-                if let Src::Layer(j) = *s {
-                    if j >= i {
-                        return Err(bad(format!("reads layer {j}, which does not come before it")));
-                    }
-                }
-            }
-            if net.src_shape(l.inputs[0]) != l.in_shape {
-                return Err(bad(format!("in_shape {} differs from its input's shape {}", l.in_shape, net.src_shape(l.inputs[0]))));
-            }
-            let lp = layer_path(p, &l.name)?;
-            let (cin, cout) = (l.in_shape.c as i64, l.out_shape.c as i64);
-            let mut m = LayerModule {
-                spec: l.clone(),
-                weight: None,
-                weight_quant: WeightQuant::None,
-                bias: None,
-                bn: None,
-                act: ActQuant::Identity,
-            };
-            match l.op {
-                Op::Conv { k, stride, groups: g, relu, .. } => {
-                    if k == 0 || stride == 0 || g == 0 || l.in_shape.c % g != 0 || l.out_shape.c % g != 0 {
-                        return Err(bad(format!("invalid conv (k={k}, stride={stride}, groups={g}, {cin}→{cout} channels)")));
-                    }
-                    let k = k as i64;
-                    // torchvision's ResNet init (He normal, fan-out).
-                    let init = nn::Init::Kaiming {
-                        dist: nn::init::NormalOrUniform::Normal,
-                        fan: nn::init::FanInOut::FanOut,
-                        non_linearity: nn::init::NonLinearity::ReLU,
-                    };
-                    m.weight = Some(lp.set_group(groups::WEIGHTS).f_var("weight", &[cout, cin / g as i64, k, k], init)?);
-                    m.bn = Some(BatchNorm::new(&lp.sub("bn"), cout)?);
-                    m.weight_quant = weight_quant(l, &lp, options)?;
-                    m.act = act_quant(l, relu, &lp, options)?;
-                }
-                Op::Linear => {
-                    let fan_in = l.in_shape.numel() as i64;
-                    // PyTorch's nn.Linear init: U(±1/sqrt(fan_in)) for weight and bias.
-                    let b = 1.0 / (fan_in.max(1) as f64).sqrt();
-                    let init = nn::Init::Uniform { lo: -b, up: b };
-                    m.weight = Some(lp.set_group(groups::WEIGHTS).f_var("weight", &[cout, fan_in], init)?);
-                    m.bias = Some(lp.set_group(groups::NO_DECAY).f_var("bias", &[cout], init)?);
-                    m.weight_quant = weight_quant(l, &lp, options)?;
-                }
-                Op::Add { relu } => {
-                    let (a, b) = (net.src_shape(l.inputs[0]), net.src_shape(l.inputs[1]));
-                    if (a.h, a.w) != (b.h, b.w) {
-                        return Err(bad(format!("adds tensors of different spatial size ({a} and {b})")));
-                    }
-                    m.act = act_quant(l, relu, &lp, options)?;
-                }
-                Op::Subsample { stride } | Op::MaxPool { stride, .. } if stride == 0 => {
-                    return Err(bad("stride 0".into()));
-                }
-                Op::Subsample { .. } | Op::MaxPool { .. } | Op::GlobalAvgPool => {}
-            }
-            layers.push(m);
+            check_wiring(net, i, l)?;
+            layers.push(LayerModule::new(net, l, &layer_path(p, &l.name)?, options)?);
         }
-        let n = net.layers.len();
-        let mut last_use: Vec<Option<usize>> = vec![None; n];
-        for (i, l) in net.layers.iter().enumerate() {
-            for s in &l.inputs {
-                if let Src::Layer(j) = *s {
-                    last_use[j] = Some(i);
-                }
-            }
-        }
-        let mut free_after = vec![Vec::new(); n];
-        for (j, u) in last_use.iter().enumerate() {
-            if let Some(i) = *u {
-                if j != n - 1 {
-                    free_after[i].push(j);
-                }
-            }
-        }
-        Ok(Model { net: net.clone(), options: options.clone(), layers, free_after })
+        Ok(Model { net: net.clone(), options: options.clone(), layers, free_after: free_after(net) })
     }
 
     pub fn network(&self) -> &Network {

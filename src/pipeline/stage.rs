@@ -105,62 +105,20 @@ impl Runner {
         let name = stage.name();
         let fail = |message: String| PipelineError::Stage { stage, source: message.into() };
         let dir = self.run_dir.join(name);
-        let mut files = BTreeMap::new();
-        for (label, path) in inputs {
-            let h = self.cache.file(path).map_err(|e| fail(format!("input {label} ({}): {e}", path.display())))?;
-            files.insert(label.clone(), h);
-        }
-        let inputs = Inputs { config, files };
+        let inputs = self.hash_inputs(config, inputs).map_err(fail)?;
         let key = inputs.key();
         let manifest = Manifest::read(&dir.join(MANIFEST));
         let started = Instant::now();
-
-        let reason = match &manifest {
-            None => "no manifest".to_string(),
-            Some(m) if m.key != key => {
-                let changed: Vec<String> = inputs
-                    .files
-                    .iter()
-                    .filter(|(l, h)| m.inputs.files.get(*l) != Some(*h))
-                    .map(|(l, _)| l.clone())
-                    .chain((m.inputs.config != inputs.config).then(|| "configuration".to_string()))
-                    .collect();
-                format!("inputs changed: {}", if changed.is_empty() { "stage inputs".into() } else { changed.join(", ") })
+        let reason = match self.why_run(&dir, &inputs, &key, manifest.as_ref()) {
+            Ok(result) => {
+                self.report(index, name, "skipped (manifest matches)");
+                let seconds = started.elapsed().as_secs_f64();
+                self.outcomes.push(StageOutcome { stage, status: StageStatus::Skipped, seconds, reason: "manifest matches".into() });
+                return Ok(result);
             }
-            Some(m) => match self.changed_output(m) {
-                None => match read_result(&dir) {
-                    Ok(result) => {
-                        self.report(index, name, "skipped (manifest matches)");
-                        self.outcomes.push(StageOutcome {
-                            stage,
-                            status: StageStatus::Skipped,
-                            seconds: started.elapsed().as_secs_f64(),
-                            reason: "manifest matches".into(),
-                        });
-                        return Ok(result);
-                    }
-                    Err(e) => e,
-                },
-                Some(why) => why,
-            },
+            Err(reason) => reason,
         };
-
-        // Resume only a run that was interrupted with exactly these inputs; anything else
-        // (changed inputs, tampered outputs) starts from an empty folder.
-        let pending: Option<Pending> = std::fs::read_to_string(dir.join(PENDING)).ok().and_then(|t| serde_json::from_str(&t).ok());
-        let resume = manifest.is_none() && pending.as_ref().is_some_and(|p| p.key == key);
-        if !resume {
-            if dir.exists() {
-                std::fs::remove_dir_all(&dir).map_err(|e| fail(format!("cannot clear {}: {e}", dir.display())))?;
-            }
-            for p in extra_outputs {
-                let _ = std::fs::remove_file(p);
-            }
-        }
-        std::fs::create_dir_all(&dir).map_err(|e| fail(format!("{}: {e}", dir.display())))?;
-        let _ = std::fs::remove_file(dir.join(MANIFEST));
-        manifest::write_json(&dir.join(PENDING), &Pending { stage: name.into(), key: key.clone() })
-            .map_err(|e| fail(format!("{}: {e}", dir.join(PENDING).display())))?;
+        let resume = prepare_dir(&dir, name, &key, manifest.is_none(), extra_outputs).map_err(fail)?;
         let status = if resume { StageStatus::Resumed } else { StageStatus::Ran };
         self.report(index, name, &format!("{} ({reason})", if resume { "resuming" } else { "running" }));
 
@@ -169,22 +127,57 @@ impl Runner {
         }
         let result = body(&StageCtx { dir: dir.clone(), resume }).map_err(|source| PipelineError::Stage { stage, source })?;
         manifest::write_json(&dir.join(RESULT), &result).map_err(|e| fail(format!("{}: {e}", dir.join(RESULT).display())))?;
-
-        let mut outputs = BTreeMap::new();
-        let mut produced = manifest::stage_files(&dir).map_err(|e| fail(format!("{}: {e}", dir.display())))?;
-        produced.extend(extra_outputs.iter().cloned());
-        for p in produced {
-            let h = self.cache.file(&p).map_err(|e| fail(format!("output {}: {e}", p.display())))?;
-            outputs.insert(self.rel(&p), h);
-        }
         let seconds = started.elapsed().as_secs_f64();
         let finished_at = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map_or(0, |d| d.as_secs());
-        let m = Manifest { stage: name.into(), key, inputs, outputs, seconds, resumed: resume, finished_at };
-        manifest::write_json(&dir.join(MANIFEST), &m).map_err(|e| fail(format!("{}: {e}", dir.join(MANIFEST).display())))?;
-        let _ = std::fs::remove_file(dir.join(PENDING));
+        let m = Manifest { stage: name.into(), key, inputs, outputs: BTreeMap::new(), seconds, resumed: resume, finished_at };
+        self.seal(&dir, extra_outputs, m).map_err(fail)?;
         self.report(index, name, &format!("{status} in {seconds:.1} s"));
         self.outcomes.push(StageOutcome { stage, status, seconds, reason });
         Ok(result)
+    }
+
+    /// The stage's configuration and the hashes of its upstream files.
+    fn hash_inputs(&mut self, config: serde_json::Value, inputs: &[(String, PathBuf)]) -> Result<Inputs, String> {
+        let mut files = BTreeMap::new();
+        for (label, path) in inputs {
+            let h = self.cache.file(path).map_err(|e| format!("input {label} ({}): {e}", path.display()))?;
+            files.insert(label.clone(), h);
+        }
+        Ok(Inputs { config, files })
+    }
+
+    /// The stored result when the stage can be skipped, else why it runs.
+    fn why_run<R: DeserializeOwned>(&mut self, dir: &Path, inputs: &Inputs, key: &str, manifest: Option<&Manifest>) -> Result<R, String> {
+        match manifest {
+            None => Err("no manifest".to_string()),
+            Some(m) if m.key != key => {
+                let changed: Vec<String> = inputs
+                    .files
+                    .iter()
+                    .filter(|(l, h)| m.inputs.files.get(*l) != Some(*h))
+                    .map(|(l, _)| l.clone())
+                    .chain((m.inputs.config != inputs.config).then(|| "configuration".to_string()))
+                    .collect();
+                Err(format!("inputs changed: {}", if changed.is_empty() { "stage inputs".into() } else { changed.join(", ") }))
+            }
+            Some(m) => match self.changed_output(m) {
+                None => read_result(dir),
+                Some(why) => Err(why),
+            },
+        }
+    }
+
+    /// Hashes what the stage wrote into `m` and writes it, which marks the stage finished.
+    fn seal(&mut self, dir: &Path, extra_outputs: &[PathBuf], mut m: Manifest) -> Result<(), String> {
+        let mut produced = manifest::stage_files(dir).map_err(|e| format!("{}: {e}", dir.display()))?;
+        produced.extend(extra_outputs.iter().cloned());
+        for p in produced {
+            let h = self.cache.file(&p).map_err(|e| format!("output {}: {e}", p.display()))?;
+            m.outputs.insert(self.rel(&p), h);
+        }
+        manifest::write_json(&dir.join(MANIFEST), &m).map_err(|e| format!("{}: {e}", dir.join(MANIFEST).display()))?;
+        let _ = std::fs::remove_file(dir.join(PENDING));
+        Ok(())
     }
 
     fn report(&self, index: usize, name: &str, what: &str) {
@@ -192,6 +185,27 @@ impl Runner {
             eprintln!("[pipeline {index}/{}] {name}: {what}", self.total);
         }
     }
+}
+
+/// Readies a stage's folder and returns whether the stage resumes: only a run interrupted with
+/// exactly these inputs resumes; anything else (changed inputs, tampered outputs) starts from an
+/// empty folder. Marks the stage pending until its manifest is written.
+fn prepare_dir(dir: &Path, name: &str, key: &str, no_manifest: bool, extra_outputs: &[PathBuf]) -> Result<bool, String> {
+    let pending: Option<Pending> = std::fs::read_to_string(dir.join(PENDING)).ok().and_then(|t| serde_json::from_str(&t).ok());
+    let resume = no_manifest && pending.as_ref().is_some_and(|p| p.key == key);
+    if !resume {
+        if dir.exists() {
+            std::fs::remove_dir_all(dir).map_err(|e| format!("cannot clear {}: {e}", dir.display()))?;
+        }
+        for p in extra_outputs {
+            let _ = std::fs::remove_file(p);
+        }
+    }
+    std::fs::create_dir_all(dir).map_err(|e| format!("{}: {e}", dir.display()))?;
+    let _ = std::fs::remove_file(dir.join(MANIFEST));
+    manifest::write_json(&dir.join(PENDING), &Pending { stage: name.into(), key: key.into() })
+        .map_err(|e| format!("{}: {e}", dir.join(PENDING).display()))?;
+    Ok(resume)
 }
 
 /// A stage's stored `result.json`.

@@ -24,6 +24,13 @@ struct Conv {
     weight: Tensor,
 }
 
+#[derive(Clone, Copy)]
+struct ConvGeometry {
+    stride: i64,
+    pad: i64,
+    groups: i64,
+}
+
 /// The supernet over a base network.
 pub struct Supernet {
     pub vs: nn::VarStore,
@@ -337,39 +344,8 @@ impl Supernet {
             let input = get(&outs, l.inputs[0]);
             let y = match l.op {
                 Op::Conv { stride, pad, groups, relu, .. } => {
-                    let conv = &self.convs[&i];
-                    let slot = &self.slots[conv.slot];
-                    let (picked, mix) = match mode {
-                        Mode::Sample { tau } => {
-                            let logits = if detach_arch { self.logits[conv.slot].detach() } else { self.logits[conv.slot].shallow_clone() };
-                            sample_two(&logits, tau)
-                        }
-                        Mode::Argmax => {
-                            let j = i64::try_from(self.logits[conv.slot].argmax(0, false)).unwrap_or(0) as usize;
-                            (vec![j], Tensor::ones([1], (Kind::Float, x.device())))
-                        }
-                    };
-                    let widths: Vec<usize> = picked.iter().map(|&j| slot.candidates[j]).collect();
-                    let cmax = *widths.iter().max().expect("one candidate at least");
-                    let cin = input.size()[1];
-                    let w = conv.weight.narrow(0, 0, cmax as i64).narrow(1, 0, cin / groups as i64);
-                    let wq = match l.wbits {
-                        b if b >= 32 => w,
-                        8 => maxabs_quantize(&w, 8),
-                        b => sawb_quantize(&w, b),
-                    };
-                    let out = input.conv2d(&wq, None::<Tensor>, [stride as i64], [pad as i64], [1], groups as i64);
-                    let mut y: Option<Tensor> = None;
-                    for (n, &c) in widths.iter().enumerate() {
-                        let bn = &self.bns[&(conv.slot, c)];
-                        let o = nn::ModuleT::forward_t(bn, &out.narrow(1, 0, c as i64), train);
-                        let o = cwi(&o, cmax) * mix.get(n as i64);
-                        y = Some(match y {
-                            None => o,
-                            Some(acc) => acc + o,
-                        });
-                    }
-                    let y = y.expect("mixed output");
+                    let geometry = ConvGeometry { stride: stride as i64, pad: pad as i64, groups: groups as i64 };
+                    let y = self.mixed_conv(i, l.wbits, &input, geometry, train, self.pick(self.convs[&i].slot, mode, detach_arch));
                     if relu {
                         self.activate(i, &y, l.out_bits)
                     } else {
@@ -400,6 +376,40 @@ impl Supernet {
             outs.push(y);
         }
         outs.pop().expect("a network has layers")
+    }
+
+    /// The candidates a slot runs this step and their mixing weights: two sampled ones, or
+    /// the argmax with weight 1.
+    fn pick(&self, slot: usize, mode: Mode, detach_arch: bool) -> (Vec<usize>, Tensor) {
+        let logits = &self.logits[slot];
+        match mode {
+            Mode::Sample { tau } => sample_two(&if detach_arch { logits.detach() } else { logits.shallow_clone() }, tau),
+            Mode::Argmax => {
+                let j = i64::try_from(logits.argmax(0, false)).unwrap_or(0) as usize;
+                (vec![j], Tensor::ones([1], (Kind::Float, logits.device())))
+            }
+        }
+    }
+
+    /// Conv layer `i` at the widest picked candidate, each candidate's BatchNorm on its slice,
+    /// resampled to that width (channel-wise interpolation) and mixed by `mix`.
+    fn mixed_conv(&self, i: usize, wbits: u8, input: &Tensor, g: ConvGeometry, train: bool, (picked, mix): (Vec<usize>, Tensor)) -> Tensor {
+        let conv = &self.convs[&i];
+        let slot = &self.slots[conv.slot];
+        let widths: Vec<usize> = picked.iter().map(|&j| slot.candidates[j]).collect();
+        let cmax = *widths.iter().max().expect("one candidate at least");
+        let w = conv.weight.narrow(0, 0, cmax as i64).narrow(1, 0, input.size()[1] / g.groups);
+        let wq = match wbits {
+            b if b >= 32 => w,
+            8 => maxabs_quantize(&w, 8),
+            b => sawb_quantize(&w, b),
+        };
+        let out = input.conv2d(&wq, None::<Tensor>, [g.stride], [g.pad], [1], g.groups);
+        let mixed = widths.iter().enumerate().map(|(n, &c)| {
+            let o = nn::ModuleT::forward_t(&self.bns[&(conv.slot, c)], &out.narrow(1, 0, c as i64), train);
+            cwi(&o, cmax) * mix.get(n as i64)
+        });
+        mixed.reduce(|acc, o| acc + o).expect("one candidate at least")
     }
 
     fn activate(&self, layer: usize, y: &Tensor, bits: u8) -> Tensor {
