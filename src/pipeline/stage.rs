@@ -127,10 +127,13 @@ impl Runner {
         }
         let result = body(&StageCtx { dir: dir.clone(), resume }).map_err(|source| PipelineError::Stage { stage, source })?;
         manifest::write_json(&dir.join(RESULT), &result).map_err(|e| fail(format!("{}: {e}", dir.join(RESULT).display())))?;
+        let outputs = self.hash_outputs(&dir, extra_outputs).map_err(fail)?;
         let seconds = started.elapsed().as_secs_f64();
         let finished_at = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map_or(0, |d| d.as_secs());
-        let m = Manifest { stage: name.into(), key, inputs, outputs: BTreeMap::new(), seconds, resumed: resume, finished_at };
-        self.seal(&dir, extra_outputs, m).map_err(fail)?;
+        let m = Manifest { stage: name.into(), key, inputs, outputs, seconds, resumed: resume, finished_at };
+        // The manifest marks the stage finished.
+        manifest::write_json(&dir.join(MANIFEST), &m).map_err(|e| fail(format!("{}: {e}", dir.join(MANIFEST).display())))?;
+        let _ = std::fs::remove_file(dir.join(PENDING));
         self.report(index, name, &format!("{status} in {seconds:.1} s"));
         self.outcomes.push(StageOutcome { stage, status, seconds, reason });
         Ok(result)
@@ -167,17 +170,16 @@ impl Runner {
         }
     }
 
-    /// Hashes what the stage wrote into `m` and writes it, which marks the stage finished.
-    fn seal(&mut self, dir: &Path, extra_outputs: &[PathBuf], mut m: Manifest) -> Result<(), String> {
+    /// The hashes of what the stage wrote, by path relative to the run folder.
+    fn hash_outputs(&mut self, dir: &Path, extra_outputs: &[PathBuf]) -> Result<BTreeMap<String, String>, String> {
         let mut produced = manifest::stage_files(dir).map_err(|e| format!("{}: {e}", dir.display()))?;
         produced.extend(extra_outputs.iter().cloned());
+        let mut outputs = BTreeMap::new();
         for p in produced {
             let h = self.cache.file(&p).map_err(|e| format!("output {}: {e}", p.display()))?;
-            m.outputs.insert(self.rel(&p), h);
+            outputs.insert(self.rel(&p), h);
         }
-        manifest::write_json(&dir.join(MANIFEST), &m).map_err(|e| format!("{}: {e}", dir.join(MANIFEST).display()))?;
-        let _ = std::fs::remove_file(dir.join(PENDING));
-        Ok(())
+        Ok(outputs)
     }
 
     fn report(&self, index: usize, name: &str, what: &str) {
