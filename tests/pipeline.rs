@@ -389,6 +389,8 @@ fn the_report_has_every_section_and_number() {
     let first_note = md.lines().find(|l| l.starts_with("> ")).unwrap();
     assert!(first_note.contains("Verdict:") && first_note.contains("95 % paired bootstrap interval"), "{first_note}");
     assert!(first_note.contains("on the same 100 test images"), "{first_note}");
+    // A single run's interval covers the test images, not training seeds, and says so.
+    assert!(first_note.contains("over test images only"), "{first_note}");
     // Every budget of the profile and every plugin metric appears.
     let profile = nce::hw::Profile::load(NPU).unwrap();
     for b in &profile.budgets {

@@ -696,7 +696,8 @@ impl Pipeline<'_> {
             }
         }
         let schedule = serde_json::to_value(&cfg.schedule).expect("schedule serialises");
-        let config = json!({"v": 3, "preset": cfg.source.name(), "schedule": schedule, "model": cfg.model.name(), "data": cfg.data});
+        // `v` changes with the report's wording, so a newer nce rewrites an older report.
+        let config = json!({"v": 4, "nce": env!("CARGO_PKG_VERSION"), "preset": cfg.source.name(), "schedule": schedule, "model": cfg.model.name(), "data": cfg.data});
         let config = self.with_profile(config);
         let profile = &self.profile;
         let summary = self.r.stage(Stage::Report, config, &inputs, &[md.clone(), html.clone()], |ctx| {

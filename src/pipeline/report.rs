@@ -187,8 +187,10 @@ fn title(c: &Ctx, verdict_line: Option<&str>, b: &mut Vec<Block>) {
     )));
     if cfg.source == ScheduleSource::Preset(Preset::Quick) {
         b.push(Block::Para(
-            "`quick` shows every stage working in minutes; its searches and trainings are short, so a difference within the interval \
-             above says nothing about NCE vs uniform. `docs/results.md` has the fair, multi-seed experiment."
+            "`quick` shows every stage working in minutes; its search and trainings are short and run once, so its difference, \
+             inside the interval above or not, says nothing about NCE vs uniform: the same command on another CPU kind, whose \
+             floating-point sums round differently, gives a different search and can flip the sign. `docs/results.md` has the \
+             fair, multi-seed experiment."
                 .into(),
         ));
     }
@@ -207,13 +209,15 @@ fn title(c: &Ctx, verdict_line: Option<&str>, b: &mut Vec<Block>) {
 pub fn verdict_line(v: &Verdict, nce_in_budget: bool, search: &super::SearchResult) -> String {
     let pp = |x: f64| format!("{:+.2}", 100.0 * x);
     let judged = match v.better() {
-        Better::Nce => "NCE is more accurate than uniform W2A2",
-        Better::Uniform => "uniform W2A2 is more accurate than NCE",
-        Better::Neither => "no difference beyond noise between NCE and uniform W2A2",
+        Better::Nce => "NCE scored higher than uniform W2A2 in this run",
+        Better::Uniform => "uniform W2A2 scored higher than NCE in this run",
+        Better::Neither => "no difference beyond test-image noise between NCE and uniform W2A2",
     };
     format!(
         "Verdict: {judged}: NCE {} vs uniform {} on the same {} test images, difference {} points \
-         (95 % paired bootstrap interval {} to {}, {} resamples){}. NCE {} its budgets; the search made {} expansion(s){}.",
+         (95 % paired bootstrap interval {} to {}, {} resamples, over test images only: \
+         one training run per network does not measure the spread between training seeds){}. \
+         NCE {} its budgets; the search made {} expansion(s){}.",
         pct(v.nce_acc),
         pct(v.uniform_acc),
         v.images,
