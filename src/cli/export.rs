@@ -69,9 +69,8 @@ pub fn export(a: ExportArgs) -> Result<ExitCode> {
         fsutil::check_target(&f, &WriteOptions::protecting([&a.checkpoint]))?;
     }
     let m = crate::train::load_model(&a.checkpoint)?;
-    let layers = convert::int_layers(&m).map_err(anyhow::Error::msg).with_context(|| format!("exporting {}", a.checkpoint.display()))?;
-    let container = convert::to_container(&m, &layers, &super::recorded_source(&a.checkpoint, a.out.as_deref()), a.profile.clone())
-        .map_err(anyhow::Error::msg)?;
+    let layers = convert::int_layers(&m).with_context(|| format!("exporting {}", a.checkpoint.display()))?;
+    let container = convert::to_container(&m, &layers, &super::recorded_source(&a.checkpoint, a.out.as_deref()), a.profile.clone())?;
     let model = QModel::from_container(&container)?;
     let opts = WriteOptions::protecting([&a.checkpoint]);
     for (path, form) in outputs {
@@ -243,7 +242,7 @@ fn compare_with_simulation(
         (None, None) => bail!("{} records no checkpoint; pass --checkpoint", a.model.display()),
     };
     let m = crate::train::load_model(&ckpt).with_context(|| format!("loading the checkpoint to simulate ({})", ckpt.display()))?;
-    let r = crate::export::validate::compare(model, &m, ds, outs).map_err(anyhow::Error::msg)?;
+    let r = crate::export::validate::compare(model, &m, ds, outs)?;
     if a.json {
         let simulation = Some(super::validate_json::SimulationJson::new(ckpt.clone(), &r));
         super::emit_json(&ValidateJson { exact: r.exact(), simulation, ..base })?;

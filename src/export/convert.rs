@@ -2,6 +2,7 @@
 //! the activation/weight scales into per-channel fixed-point multipliers and offsets.
 
 use super::format::{Array, Container, Entry};
+use super::ExportError;
 use crate::engine::plan::{Header, LayerScales};
 use crate::engine::PackedW2;
 use crate::graph::{Network, Op, Src};
@@ -35,14 +36,12 @@ fn round(x: f64) -> i64 {
     x.round() as i64
 }
 
-/// The largest shift in `0..=30` that keeps every `|v|·2^shift` inside int32.
-pub fn pick_shift(values: &[f64]) -> Result<u32, String> {
-    let max = values.iter().fold(0f64, |m, v| m.max(v.abs()));
-    if !max.is_finite() {
-        return Err("non-finite requantisation value".into());
-    }
+/// The largest shift in `0..=30` that keeps every `|v|·2^shift` inside int32; `Err` carries the
+/// largest magnitude (possibly not finite) when no shift does.
+pub fn pick_shift(values: &[f64]) -> Result<u32, f64> {
+    let max = values.iter().fold(0f64, |m, v| if m.is_nan() || v.is_nan() { f64::NAN } else { m.max(v.abs()) });
     let limit = (i32::MAX - 1) as f64;
-    (0..=30u32).rev().find(|&s| max * f64::from(1u32 << s) <= limit).ok_or_else(|| format!("requantisation value {max} does not fit int32"))
+    (0..=30u32).rev().find(|&s| max * f64::from(1u32 << s) <= limit).ok_or(max)
 }
 
 /// Scale of every layer's output tensor (`None` where it is not a code tensor).
@@ -72,7 +71,7 @@ fn scale_of(scales: &[Option<f64>], s: Src) -> Option<f64> {
 }
 
 /// Integer parameters of every conv and the classifier of a quantized checkpoint.
-pub fn int_layers(model: &LoadedModel) -> Result<Vec<IntLayer>, String> {
+pub fn int_layers(model: &LoadedModel) -> Result<Vec<IntLayer>, ExportError> {
     let net = &model.meta.net;
     let ex = model.model.export();
     let scales = tensor_scales(net, &ex);
@@ -81,21 +80,18 @@ pub fn int_layers(model: &LoadedModel) -> Result<Vec<IntLayer>, String> {
         let e = &ex[i];
         match l.op {
             Op::Conv { relu, .. } => {
-                let wi = e
-                    .weight_int
-                    .as_ref()
-                    .ok_or_else(|| format!("{}: full-precision weights cannot be exported (train with --bits 2)", l.name))?;
-                let bn = e.bn.as_ref().ok_or_else(|| format!("{}: no BatchNorm", l.name))?;
-                let s_x = scale_of(&scales, l.inputs[0]).ok_or_else(|| format!("{}: its input is not quantized", l.name))?;
+                let wi = e.weight_int.as_ref().ok_or_else(|| ExportError::FullPrecision { layer: l.name.clone() })?;
+                let bn = e.bn.as_ref().ok_or_else(|| ExportError::NoBatchNorm { layer: l.name.clone() })?;
+                let s_x = scale_of(&scales, l.inputs[0]).ok_or_else(|| not_quantized(&l.name, "input"))?;
                 let (s_out, s_sc) = if relu {
-                    (e.act.ok_or_else(|| format!("{}: output is not quantized", l.name))?.scale, None)
+                    (e.act.ok_or_else(|| not_quantized(&l.name, "output"))?.scale, None)
                 } else {
                     let add = (i + 1..net.layers.len())
                         .find(|&j| net.layers[j].inputs.first() == Some(&Src::Layer(i)) && matches!(net.layers[j].op, Op::Add { .. }))
-                        .ok_or_else(|| format!("{}: a conv without ReLU must feed a residual add", l.name))?;
-                    let s_out = ex[add].act.ok_or_else(|| format!("{}: output is not quantized", net.layers[add].name))?.scale;
-                    let s_sc = scale_of(&scales, net.layers[add].inputs[1])
-                        .ok_or_else(|| format!("{}: shortcut is not quantized", net.layers[add].name))?;
+                        .ok_or_else(|| ExportError::NoResidualAdd { layer: l.name.clone() })?;
+                    let add_name = &net.layers[add].name;
+                    let s_out = ex[add].act.ok_or_else(|| not_quantized(add_name, "output"))?.scale;
+                    let s_sc = scale_of(&scales, net.layers[add].inputs[1]).ok_or_else(|| not_quantized(add_name, "shortcut"))?;
                     (s_out, Some(s_sc))
                 };
                 let (gamma, beta, mean, var) = (to_f64(&bn.gamma), to_f64(&bn.beta), to_f64(&bn.running_mean), to_f64(&bn.running_var));
@@ -110,7 +106,7 @@ pub fn int_layers(model: &LoadedModel) -> Result<Vec<IntLayer>, String> {
                 let mut all = mm.clone();
                 all.extend(&bb);
                 all.extend(r_real);
-                let shift = pick_shift(&all).map_err(|m| format!("{}: {m}", l.name))?;
+                let shift = pick_shift(&all).map_err(|value| ExportError::Requantisation { layer: l.name.clone(), value })?;
                 let f = f64::from(1u32 << shift);
                 out.push(IntLayer {
                     index: i,
@@ -124,8 +120,8 @@ pub fn int_layers(model: &LoadedModel) -> Result<Vec<IntLayer>, String> {
                 });
             }
             Op::Linear => {
-                let wi = e.weight_int.as_ref().ok_or_else(|| format!("{}: full-precision weights cannot be exported", l.name))?;
-                let s_x = scale_of(&scales, l.inputs[0]).ok_or_else(|| format!("{}: its input is not quantized", l.name))?;
+                let wi = e.weight_int.as_ref().ok_or_else(|| ExportError::FullPrecision { layer: l.name.clone() })?;
+                let s_x = scale_of(&scales, l.inputs[0]).ok_or_else(|| not_quantized(&l.name, "input"))?;
                 let bias = e.bias.as_ref().map(to_f64).unwrap_or_else(|| vec![0.0; l.out_shape.c]);
                 let unit = wi.scale * s_x;
                 let b: Vec<i32> = bias.iter().map(|v| round(v / unit).clamp(i32::MIN as i64, i32::MAX as i64) as i32).collect();
@@ -146,6 +142,10 @@ pub fn int_layers(model: &LoadedModel) -> Result<Vec<IntLayer>, String> {
     Ok(out)
 }
 
+fn not_quantized(layer: &str, what: &'static str) -> ExportError {
+    ExportError::NotQuantized { layer: layer.to_string(), what }
+}
+
 /// Weight codes in the engines' order: per output channel, `(ky, kx, c_in)`.
 fn engine_order(codes: &Tensor) -> Vec<i64> {
     let c = if codes.dim() == 4 { codes.permute([0, 2, 3, 1]).contiguous() } else { codes.contiguous() };
@@ -153,7 +153,7 @@ fn engine_order(codes: &Tensor) -> Vec<i64> {
 }
 
 /// The `.nce` container of a quantized checkpoint.
-pub fn to_container(model: &LoadedModel, layers: &[IntLayer], source: &str, profile: Option<String>) -> Result<Container, String> {
+pub fn to_container(model: &LoadedModel, layers: &[IntLayer], source: &str, profile: Option<String>) -> Result<Container, ExportError> {
     let net = &model.meta.net;
     let mut arrays = BTreeMap::new();
     let mut scales = BTreeMap::new();
@@ -165,11 +165,11 @@ pub fn to_container(model: &LoadedModel, layers: &[IntLayer], source: &str, prof
         let w = match il.wbits {
             2 => {
                 let c8: Vec<i8> = codes.iter().map(|&v| v as i8).collect();
-                let p = PackedW2::pack(cout, k_len, &c8).map_err(|e| format!("{}: {e}", l.name))?;
+                let p = PackedW2::pack(cout, k_len, &c8).map_err(|source| ExportError::Pack { layer: l.name.clone(), source })?;
                 Entry { dims: vec![cout, p.words_per_channel()], data: Array::U32(p.words) }
             }
             8 => Entry { dims: vec![cout, k_len], data: Array::I8(codes.iter().map(|&v| v as i8).collect()) },
-            b => return Err(format!("{}: {b}-bit weights cannot be exported (the engines run 2- and 8-bit layers)", l.name)),
+            bits => return Err(ExportError::Bits { layer: l.name.clone(), bits }),
         };
         arrays.insert(format!("{}.w", l.name), w);
         if matches!(l.op, Op::Conv { .. }) {
@@ -183,6 +183,24 @@ pub fn to_container(model: &LoadedModel, layers: &[IntLayer], source: &str, prof
         scales.insert(l.name.clone(), il.scales.clone());
     }
     let header = Header { kind: "nce-model".into(), net: net.clone(), profile, source: Some(source.into()), scales };
-    let header = serde_json::to_string(&header).map_err(|e| e.to_string())?;
+    let header = serde_json::to_string(&header)?;
     Ok(Container { header, arrays })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn pick_shift_keeps_values_in_int32_or_reports_the_largest() {
+        // 1.0 · 2^30 fits; 3.0 · 2^30 does not, 3.0 · 2^29 does.
+        assert_eq!(pick_shift(&[0.5, -1.0]), Ok(30));
+        assert_eq!(pick_shift(&[3.0, 0.1]), Ok(29));
+        assert_eq!(pick_shift(&[4e9]), Err(4e9));
+        assert!(pick_shift(&[1.0, f64::NAN]).is_err_and(|v| v.is_nan()));
+        assert!(pick_shift(&[f64::NAN, 1.0]).is_err_and(|v| v.is_nan()));
+        assert!(pick_shift(&[f64::INFINITY]).is_err());
+        let e = ExportError::Requantisation { layer: "layer2.0.conv_a".into(), value: 4e9 };
+        assert_eq!(e.to_string(), "layer2.0.conv_a: requantisation value 4000000000 does not fit int32");
+    }
 }

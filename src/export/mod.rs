@@ -7,10 +7,14 @@
 pub mod c_header;
 #[cfg(feature = "train")]
 pub mod convert;
+#[cfg(feature = "train")]
+mod error;
 pub mod format;
 pub mod model;
 #[cfg(feature = "train")]
 pub mod simulate;
 pub mod validate;
 
+#[cfg(feature = "train")]
+pub use error::ExportError;
 pub use model::{DecodeError, ModelFileError};

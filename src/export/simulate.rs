@@ -4,6 +4,7 @@
 //! engines must reproduce it bit for bit; it shares no code with their kernels or packing.
 
 use super::convert::IntLayer;
+use super::ExportError;
 use crate::graph::{Network, Op, Src};
 use tch::{Kind, Tensor};
 
@@ -11,21 +12,25 @@ use tch::{Kind, Tensor};
 /// code tensors `[N, C, H, W]` (int64) for convs and fused adds, per-channel sums `[N, C]` for
 /// global pooling, logits `[N, classes]` for the classifier. Layers folded into others (the
 /// conv feeding an add, shortcuts) are `None`.
-pub fn simulate(net: &Network, layers: &[IntLayer], images: &Tensor) -> Result<Vec<Option<Tensor>>, String> {
+pub fn simulate(net: &Network, layers: &[IntLayer], images: &Tensor) -> Result<Vec<Option<Tensor>>, ExportError> {
     let n = net.layers.len();
     let mut outs: Vec<Option<Tensor>> = (0..n).map(|_| None).collect();
     let x0 = images.to_kind(Kind::Int64);
     let by_index = |i: usize| layers.iter().find(|l| l.index == i);
-    let get = |outs: &Vec<Option<Tensor>>, s: Src| -> Result<Tensor, String> {
+    let get = |outs: &Vec<Option<Tensor>>, s: Src| -> Result<Tensor, ExportError> {
         match s {
             Src::Input => Ok(x0.shallow_clone()),
-            Src::Layer(j) => outs[j].as_ref().map(|t| t.shallow_clone()).ok_or_else(|| format!("layer {j} has no output")),
+            Src::Layer(j) => outs[j]
+                .as_ref()
+                .map(|t| t.shallow_clone())
+                .ok_or_else(|| ExportError::ReadBeforeComputed { layer: net.layers[j].name.clone() }),
         }
     };
+    let no_params = |name: &str| ExportError::NoIntegerParameters { layer: name.to_string() };
     for (i, l) in net.layers.iter().enumerate() {
         match l.op {
             Op::Conv { stride, pad, relu, .. } => {
-                let il = by_index(i).ok_or_else(|| format!("{}: no integer parameters", l.name))?;
+                let il = by_index(i).ok_or_else(|| no_params(&l.name))?;
                 let x = get(&outs, l.inputs[0])?;
                 let acc = x
                     .to_kind(Kind::Double)
@@ -38,7 +43,9 @@ pub fn simulate(net: &Network, layers: &[IntLayer], images: &Tensor) -> Result<V
                 let (target, qbits) = if relu {
                     (i, l.out_bits)
                 } else {
-                    let a = (i + 1..n).find(|&j| net.layers[j].inputs.first() == Some(&Src::Layer(i))).ok_or("conv without add")?;
+                    let a = (i + 1..n)
+                        .find(|&j| net.layers[j].inputs.first() == Some(&Src::Layer(i)))
+                        .ok_or_else(|| ExportError::NoResidualAdd { layer: l.name.clone() })?;
                     let add = &net.layers[a];
                     let (src, s) = match add.inputs[1] {
                         Src::Layer(j) => match net.layers[j].op {
@@ -57,7 +64,7 @@ pub fn simulate(net: &Network, layers: &[IntLayer], images: &Tensor) -> Result<V
                             t
                         }
                     };
-                    let r = il.r.ok_or_else(|| format!("{}: no residual multiplier", l.name))?;
+                    let r = il.r.ok_or_else(|| ExportError::NoResidualMultiplier { layer: l.name.clone() })?;
                     y = pad_c(y) + pad_c(sc) * i64::from(r);
                     (a, add.out_bits)
                 };
@@ -77,7 +84,7 @@ pub fn simulate(net: &Network, layers: &[IntLayer], images: &Tensor) -> Result<V
                 outs[i] = Some(x.sum_dim_intlist([2i64, 3].as_slice(), false, Kind::Int64));
             }
             Op::Linear => {
-                let il = by_index(i).ok_or_else(|| format!("{}: no integer parameters", l.name))?;
+                let il = by_index(i).ok_or_else(|| no_params(&l.name))?;
                 let x = get(&outs, l.inputs[0])?.flatten(1, -1).to_kind(Kind::Double);
                 let acc = x.matmul(&il.codes.to_kind(Kind::Double).transpose(0, 1)).round().to_kind(Kind::Int64);
                 let b = Tensor::from_slice(&il.b).to_kind(Kind::Int64).view([1, -1]);

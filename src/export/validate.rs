@@ -7,6 +7,7 @@ use crate::{
     data::Dataset,
     engine::compare::argmax,
     engine::plan::{LayerOut, QModel},
+    export::ExportError,
 };
 use serde::Serialize;
 
@@ -37,24 +38,28 @@ impl Report {
 /// Compares engine outputs `outs` (from [`crate::engine::plan::QModel::run_layers_batch`] on `ds`) with the integer simulation
 /// of `ckpt`, batch by batch.
 #[cfg(feature = "train")]
-pub fn compare(model: &QModel, ckpt: &crate::train::LoadedModel, ds: &Dataset, outs: &[Vec<Option<LayerOut>>]) -> Result<Report, String> {
+pub fn compare(
+    model: &QModel,
+    ckpt: &crate::train::LoadedModel,
+    ds: &Dataset,
+    outs: &[Vec<Option<LayerOut>>],
+) -> Result<Report, ExportError> {
     use super::{convert, simulate};
     use tch::{Kind, Tensor};
     if ckpt.meta.net != *model.net() {
-        return Err("the checkpoint and the model file describe different networks".into());
+        return Err(ExportError::DifferentNetworks);
     }
     let layers = convert::int_layers(ckpt)?;
     let net = model.net();
     let s = net.input;
     let mut r = Report { images: ds.len(), ..Default::default() };
-    let terr = |e: tch::TchError| e.to_string();
     for start in (0..ds.len()).step_by(500) {
         let end = (start + 500).min(ds.len());
         let px = &ds.images[start * s.numel()..end * s.numel()];
         let x = Tensor::from_slice(px).view([(end - start) as i64, s.c as i64, s.h as i64, s.w as i64]);
         let sim = simulate::simulate(net, &layers, &x)?;
-        let float_logits = tch::no_grad(|| ckpt.model.f_forward_t(&(x.to_kind(Kind::Float) / 255.0), false)).map_err(|e| e.to_string())?;
-        let float_pred = Vec::<i64>::try_from(&float_logits.argmax(-1, false)).map_err(terr)?;
+        let float_logits = tch::no_grad(|| ckpt.model.f_forward_t(&(x.to_kind(Kind::Float) / 255.0), false))?;
+        let float_pred = Vec::<i64>::try_from(&float_logits.argmax(-1, false))?;
         for (li, l) in net.layers.iter().enumerate() {
             let Some(st) = &sim[li] else { continue };
             for (bi, o) in outs[start..end].iter().enumerate() {
@@ -70,11 +75,11 @@ pub fn compare(model: &QModel, ckpt: &crate::train::LoadedModel, ds: &Dataset, o
                         v
                     }
                     Some(LayerOut::Sums(v)) | Some(LayerOut::Logits(v)) => v.iter().map(|&x| x as i64).collect(),
-                    None => return Err(format!("the engine produced no output for layer {}", l.name)),
+                    None => return Err(ExportError::NoEngineOutput { layer: l.name.clone() }),
                 };
-                let ours = Vec::<i64>::try_from(&st.get(bi as i64).flatten(0, -1)).map_err(terr)?;
+                let ours = Vec::<i64>::try_from(&st.get(bi as i64).flatten(0, -1))?;
                 if ours.len() != theirs.len() {
-                    return Err(format!("layer {}: engine output has {} values, simulation {}", l.name, theirs.len(), ours.len()));
+                    return Err(ExportError::OutputLength { layer: l.name.clone(), engine: theirs.len(), simulation: ours.len() });
                 }
                 r.compared_values += ours.len() as u64;
                 for (x, y) in ours.iter().zip(&theirs) {
@@ -89,8 +94,9 @@ pub fn compare(model: &QModel, ckpt: &crate::train::LoadedModel, ds: &Dataset, o
                 }
             }
         }
-        let sim_logits = sim.last().and_then(|t| t.as_ref()).ok_or("no simulated logits")?;
-        let sim_pred = Vec::<i64>::try_from(&sim_logits.argmax(-1, false)).map_err(terr)?;
+        let last = net.layers.last().map_or(String::new(), |l| l.name.clone());
+        let sim_logits = sim.last().and_then(|t| t.as_ref()).ok_or(ExportError::NoIntegerParameters { layer: last })?;
+        let sim_pred = Vec::<i64>::try_from(&sim_logits.argmax(-1, false))?;
         for (bi, o) in outs[start..end].iter().enumerate() {
             let engine_pred = match o.last() {
                 Some(Some(LayerOut::Logits(l))) => argmax(l) as i64,
