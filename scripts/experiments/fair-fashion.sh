@@ -169,7 +169,7 @@ for stage in $STAGES; do
       if [ ! -f "$OUT/sensitivity/sensitivity.csv" ] && [ "$(done_epochs "$OUT/w2a2-uniform-s0")" -ge "$Q_EPOCHS" ]; then
         nce sensitivity "$OUT/w2a2-uniform-s0/checkpoint.ot" --threads "$THREADS" --out "$OUT/sensitivity" > /dev/null
       fi
-      python3 scripts/experiments/fair-table.py "$OUT" ;;
+      python3 scripts/experiments/fair-table.py "$OUT" --svg "$OUT/accuracy.svg" ;;
     *) echo "unknown stage $stage" >&2; exit 2 ;;
   esac
 done

@@ -4,6 +4,7 @@
     fair-table.py RUN_DIR                        # markdown table + verdict on stdout
     fair-table.py RUN_DIR --scaled-arch PROFILE  # also write RUN_DIR/scaled/arch.toml if NCE
                                                  # landed below 0.97x MACs (the "scaled" arm)
+    fair-table.py RUN_DIR --svg FILE             # also draw every arm's seeds and mean (SVG)
 
 Per arm: final test accuracy of every W2A2 seed (last epoch, all 10,000 test images), mean and
 sample std, MACs and params relative to the base ResNet-20, CPU-hours. Then the paired
@@ -11,7 +12,7 @@ difference NCE - uniform by final-training seed (NCE = mean over search seeds) w
 t-interval, and the pre-registered rule: NCE >= uniform + 0.5 points at <= 1.0x MACs and
 params, with the interval of the difference above 0. Standard library only (Python >= 3.11).
 """
-import json, math, statistics, subprocess, sys, tomllib
+import csv, json, math, statistics, subprocess, sys, tomllib
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).parent))
@@ -92,6 +93,22 @@ def diff_text(d):
     return f"{m:+.2f} points, 95 % CI [{lo:+.2f}, {hi:+.2f}]"
 
 
+def teacher_acc(out):
+    """The shared FP32 teacher's test accuracy: its last epoch, or (a teacher copied from a
+    committed file has no metrics) `nce eval` once, cached in fp32-uniform/eval.json."""
+    d = out / "fp32-uniform"
+    m = metrics(d)
+    if m:
+        return 100 * m[-1]["test_acc"]
+    cache, ckpt = d / "eval.json", d / "checkpoint.ot"
+    if not cache.is_file():
+        if not ckpt.is_file():
+            return None
+        r = subprocess.run([str(out / "bin" / "nce"), "eval", str(ckpt), "--json"], check=True, capture_output=True, text=True)
+        cache.write_text(r.stdout)
+    return 100 * json.loads(cache.read_text())["accuracy"]
+
+
 def report(out, preset):
     q_epochs = preset["w2a2"]["epochs"]
     rows, per_arm = [], {}
@@ -105,9 +122,9 @@ def report(out, preset):
     print("| arm | W2A2 test acc. (%) mean ± std | per seed | MACs | params | wall h (2 cores) |")
     print("|---|---|---|---|---|---|")
     print("\n".join(rows))
-    teacher = metrics(out / "fp32-uniform")
-    if teacher:
-        print(f"\nShared FP32 teacher (uniform ResNet-20): {100 * teacher[-1]['test_acc']:.2f} % after {len(teacher)} epochs.")
+    teacher = teacher_acc(out)
+    if teacher is not None:
+        print(f"\nShared FP32 teacher (uniform ResNet-20): {teacher:.2f} % on all test images.")
     nce_arms = [a for a in per_arm if a.startswith("nce-")]
     uni = per_arm.get("uniform", {})
     diffs = []
@@ -132,6 +149,45 @@ def report(out, preset):
     else:
         print(f"\nVerdict: NOT MET — difference {m:+.2f} points (needs ≥ +0.50 with the 95 % interval above 0), "
               f"NCE within budget: {within}.")
+    return per_arm, teacher
+
+
+def svg(per_arm, teacher, path):
+    """A dot plot: each final-training seed of each arm, its mean as a bar, the teacher as a line."""
+    vals = [v for a in per_arm.values() for v in a.values()] + ([teacher] if teacher else [])
+    if not vals:
+        return
+    lo, hi = math.floor(min(vals) * 5 - 1) / 5, math.ceil(max(vals) * 5 + 1) / 5
+    w, h, left, top, bottom = max(560, 120 + 130 * len(per_arm)), 320, 70, 40, 50
+    y = lambda v: top + (hi - v) / (hi - lo) * (h - top - bottom)  # noqa: E731
+    o = [f'<svg xmlns="http://www.w3.org/2000/svg" width="{w}" height="{h}" font-family="sans-serif" font-size="12">',
+         f'<rect width="{w}" height="{h}" fill="white"/>',
+         f'<text x="{w / 2}" y="20" text-anchor="middle" font-size="14">W2A2 test accuracy by final-training '
+         f'seed (all 10,000 test images)</text>']
+    steps = round((hi - lo) / 0.2)
+    for i in range(steps + 1):
+        v = lo + i * 0.2
+        o.append(f'<line x1="{left}" x2="{w - 20}" y1="{y(v):.1f}" y2="{y(v):.1f}" stroke="#ddd"/>')
+        o.append(f'<text x="{left - 6}" y="{y(v) + 4:.1f}" text-anchor="end">{v:.1f} %</text>')
+    if teacher:
+        o.append(f'<line x1="{left}" x2="{w - 20}" y1="{y(teacher):.1f}" y2="{y(teacher):.1f}" '
+                 f'stroke="#888" stroke-dasharray="6 4"/>')
+        o.append(f'<text x="{w - 22}" y="{y(teacher) - 5:.1f}" text-anchor="end" fill="#555">'
+                 f'FP32 teacher {teacher:.2f} %</text>')
+    for i, (arm, a) in enumerate(per_arm.items()):
+        cx = left + 65 + 130 * i
+        o.append(f'<text x="{cx}" y="{h - bottom + 20}" text-anchor="middle">{arm}</text>')
+        for seed, v in sorted(a.items()):
+            o.append(f'<circle cx="{cx - 20 + 20 * (seed % 3)}" cy="{y(v):.1f}" r="4" fill="#1f77b4">'
+                     f'<title>seed {seed}: {v:.2f} %</title></circle>')
+        if a:
+            m = statistics.mean(a.values())
+            o.append(f'<line x1="{cx - 32}" x2="{cx + 32}" y1="{y(m):.1f}" y2="{y(m):.1f}" stroke="#d62728" stroke-width="2"/>')
+            o.append(f'<text x="{cx + 36}" y="{y(m) + 4:.1f}" fill="#d62728">{m:.2f}</text>')
+    o.append(f'<text x="{left}" y="{h - 8}" fill="#555">dots: seeds 0, 1, 2 left to right; red: mean '
+             f'(scripts/experiments/fair-table.py)</text>')
+    o.append("</svg>")
+    Path(path).write_text("\n".join(o) + "\n")
 
 
 def scaled_arch(out, profile):
@@ -180,14 +236,12 @@ def spearman_ci(a, b):
 
 
 def sensitivity(out):
-    csv = out / "sensitivity" / "sensitivity.csv"
-    if not csv.is_file():
+    csv_path = out / "sensitivity" / "sensitivity.csv"
+    if not csv_path.is_file():
         print("\nWidth vs sensitivity: not yet measured (needs the uniform W2A2 seed-0 model).")
         return
-    gain = {}
-    for line in csv.read_text().splitlines()[1:]:
-        f = line.split(",")
-        gain[f[0]] = float(f[2])
+    with open(csv_path, newline="") as f:
+        gain = {r["layer"]: float(r["one_off_gain"]) for r in csv.DictReader(f)}
     print("\nWidth vs calibrated sensitivity (one-off gain of the trained uniform W2A2 model, "
           "`nce sensitivity` on all test images): Spearman rho with a 95 % Fisher-z interval")
     for p in sorted(out.glob("*/arch.toml")):
@@ -205,8 +259,10 @@ def main():
     if "--scaled-arch" in sys.argv:
         scaled_arch(out, sys.argv[sys.argv.index("--scaled-arch") + 1])
         return
-    report(out, preset)
+    per_arm, teacher = report(out, preset)
     sensitivity(out)
+    if "--svg" in sys.argv:
+        svg(per_arm, teacher, sys.argv[sys.argv.index("--svg") + 1])
 
 
 if __name__ == "__main__":
