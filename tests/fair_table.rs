@@ -1,0 +1,75 @@
+//! The fair experiment's verdict script (`scripts/experiments/fair-table.py`) on synthetic runs
+//! whose statistics are known: the paired difference, its 95 % t-interval and the
+//! pre-registered rule (≥ +0.5 points with the interval above 0, within budget).
+#![cfg(feature = "cli")]
+
+use std::fs;
+use std::path::{Path, PathBuf};
+use std::process::Command;
+
+fn repo() -> PathBuf {
+    PathBuf::from(env!("CARGO_MANIFEST_DIR"))
+}
+
+/// A run folder with the shared teacher's metrics, NCE search seed 0's committed architecture
+/// and the given last-epoch accuracies (per final-training seed) of the uniform and NCE arms.
+fn run_dir(uniform: &[f64], nce: &[f64]) -> tempfile::TempDir {
+    let dir = tempfile::tempdir().unwrap();
+    let out = dir.path();
+    fs::create_dir_all(out.join("bin")).unwrap();
+    fs::copy(env!("CARGO_BIN_EXE_nce"), out.join("bin/nce")).unwrap();
+    fs::create_dir_all(out.join("nce-s0")).unwrap();
+    fs::copy(repo().join("examples/nce-fashion-arch-s0.toml"), out.join("nce-s0/arch.toml")).unwrap();
+    write_metrics(&out.join("fp32-uniform"), 15, 0.9378);
+    for (arm, accs) in [("uniform", uniform), ("nce-s0", nce)] {
+        for (seed, acc) in accs.iter().enumerate() {
+            write_metrics(&out.join(format!("w2a2-{arm}-s{seed}")), 10, acc / 100.0);
+        }
+    }
+    dir
+}
+
+fn write_metrics(dir: &Path, epochs: usize, last_acc: f64) {
+    fs::create_dir_all(dir).unwrap();
+    let lines: Vec<String> = (0..epochs)
+        .map(|e| format!(r#"{{"epoch":{e},"test_acc":{},"seconds":100.0}}"#, if e + 1 == epochs { last_acc } else { 0.5 }))
+        .collect();
+    fs::write(dir.join("metrics.jsonl"), lines.join("\n") + "\n").unwrap();
+}
+
+fn table(out: &Path, extra: &[&str]) -> String {
+    let o = Command::new("python3")
+        .current_dir(repo())
+        .arg("scripts/experiments/fair-table.py")
+        .arg(out)
+        .args(extra)
+        .output()
+        .expect("python3 runs");
+    assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
+    String::from_utf8_lossy(&o.stdout).into_owned()
+}
+
+#[test]
+fn a_clear_gain_meets_the_rule_with_the_t_interval() {
+    // Paired differences 0.7, 0.8, 0.9: mean 0.8, sd 0.1, t(2) = 4.303, half-width 0.248.
+    let dir = run_dir(&[92.0, 92.2, 92.1], &[92.7, 93.0, 93.0]);
+    let t = table(dir.path(), &["--svg", dir.path().join("acc.svg").to_str().unwrap()]);
+    assert!(t.contains("+0.80 points, 95 % CI [+0.55, +1.05]"), "{t}");
+    assert!(t.contains("Verdict: MET"), "{t}");
+    assert!(t.contains("| uniform | 92.10 ± 0.10 | 92.00, 92.20, 92.10 | 1.000x | 1.000x |"), "{t}");
+    assert!(t.contains("Shared FP32 teacher (uniform ResNet-20): 93.78 %"), "{t}");
+    let svg = fs::read_to_string(dir.path().join("acc.svg")).unwrap();
+    assert!(svg.starts_with("<svg") && svg.contains("FP32 teacher 93.78 %") && svg.matches("<circle").count() == 6, "{svg}");
+}
+
+#[test]
+fn a_small_or_noisy_gain_does_not_and_missing_seeds_decide_nothing() {
+    // +0.6 on average but the interval spans 0 (differences 1.5, -0.3, 0.6).
+    let dir = run_dir(&[92.0, 92.0, 92.0], &[93.5, 91.7, 92.6]);
+    let t = table(dir.path(), &[]);
+    assert!(t.contains("Verdict: NOT MET — difference +0.60 points"), "{t}");
+    // Two of three paired seeds: no verdict either way.
+    let dir = run_dir(&[92.0, 92.0], &[93.0, 93.0]);
+    let t = table(dir.path(), &[]);
+    assert!(t.contains("Verdict: not yet decided (2 of 3 paired seeds finished)"), "{t}");
+}
