@@ -91,6 +91,26 @@ fn cli_measures_and_checks_a_model() {
     let t = text(&o);
     assert!(t.contains("predicted") && t.contains("measured") && t.contains("within"), "{t}");
 
+    // A miss says why: a table from this CPU and engine means the machine's speed changed; one
+    // from elsewhere needs re-measuring here. (Every entry ×100 guarantees the miss.)
+    let good = std::fs::read_to_string(&csv).unwrap();
+    let slow: Vec<String> = good
+        .lines()
+        .map(|l| match l.split(',').collect::<Vec<_>>()[..] {
+            [sig, n, us, var] if us.parse::<f64>().is_ok() => format!("{sig},{n},{},{var}", us.parse::<f64>().unwrap() * 100.0),
+            _ => l.to_string(),
+        })
+        .collect();
+    std::fs::write(&csv, slow.join("\n") + "\n").unwrap();
+    let o = nce(&["measure", "--check", "examples/resnet20-w2a2-fashion.nce", "--table", csv_s, "--repeats", "5"]);
+    assert_eq!(o.status.code(), Some(1), "{}", text(&o));
+    assert!(text(&o).contains("OUTSIDE") && text(&o).contains("measured with this engine on this CPU model"), "{}", text(&o));
+    let foreign = slow.join("\n").replacen(" cpu=", " cpu=Another_CPU_", 1);
+    std::fs::write(&csv, foreign + "\n").unwrap();
+    let o = nce(&["measure", "--check", "examples/resnet20-w2a2-fashion.nce", "--table", csv_s, "--repeats", "5"]);
+    assert_eq!(o.status.code(), Some(1), "{}", text(&o));
+    assert!(text(&o).contains("another machine or setup: re-measure it here with `nce measure"), "{}", text(&o));
+
     // Bad input: a table with a broken row names the file and line.
     std::fs::write(&csv, "signature,count,mean_us,var_us2\nconv,1,abc,0\n").unwrap();
     let o = nce(&["measure", "--check", "examples/resnet20-w2a2-fashion.nce", "--table", csv_s]);

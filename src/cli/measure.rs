@@ -104,6 +104,9 @@ struct CheckJson<'a> {
     error: f64,
     tolerance: f64,
     within: bool,
+    /// The table was measured with this engine on this CPU model: a miss means the machine's
+    /// speed changed between the two measurements, not that the table is foreign.
+    same_setup: bool,
     per_layer: Vec<LayerJson>,
 }
 
@@ -164,6 +167,9 @@ fn check(a: &MeasureArgs, backend: &dyn Backend, model_path: &std::path::Path) -
             .collect(),
     };
     let err = predicted / measured.mean_us - 1.0;
+    let here_cpu = measure::cpu_model().replace(' ', "_");
+    let same_setup =
+        table.meta.get("backend").is_some_and(|b| *b == backend.name()) && table.meta.get("cpu").is_some_and(|c| *c == here_cpu);
     let r = CheckJson {
         model: model_path,
         table: table_path,
@@ -176,6 +182,7 @@ fn check(a: &MeasureArgs, backend: &dyn Backend, model_path: &std::path::Path) -
         error: err,
         tolerance: a.tolerance,
         within: err.abs() <= a.tolerance,
+        same_setup,
         per_layer,
     };
     if a.json {
@@ -202,13 +209,16 @@ fn check_text(r: &CheckJson) -> String {
     }
     let verdict = if r.within { "within" } else { "OUTSIDE" };
     let _ = writeln!(out, "error      {:+.1} % ({verdict} ±{:.0} %)", 100.0 * r.error, 100.0 * r.tolerance);
-    if !r.within {
+    let remeasure = format!("`nce measure --backend cpu --model resnet20 --threads 1 -o {}`", r.table.display());
+    if !r.within && r.same_setup {
         let _ = writeln!(
             out,
-            "the table was measured on another machine or setup: re-measure it here with \
-             `nce measure --backend cpu --model resnet20 --threads 1 -o {}`",
-            r.table.display()
+            "the table was measured with this engine on this CPU model, so the machine ran at another speed then \
+             (a shared VM can change ~2x within minutes; docs/results.md): check again, or re-measure it under the \
+             load you will run in with {remeasure}"
         );
+    } else if !r.within {
+        let _ = writeln!(out, "the table was measured on another machine or setup: re-measure it here with {remeasure}");
     }
     out
 }
