@@ -21,8 +21,10 @@
 # `STAGES=persist` also records the checkpoints of unfinished units, so that the next clone
 # resumes them exactly (commit experiments/ afterwards).
 #
-# Order: the units that decide the verdict first (the uniform arm and the NCE seed-0 arm, by
-# seed), then the remaining searches and their arms. The protocol is the same in any order.
+# Order: the units that decide the verdict first. `final` finishes one arm (its FP32 training,
+# then its W2A2 seeds) before it starts the next, in the order uniform, NCE by search seed, TAS,
+# scaled; the searches come between the two `final` stages. The protocol is the same in any
+# order. (`fp32` and `w2a2` run one of the two steps for every arm.)
 #
 #   scripts/experiments/fair-fashion.sh            # everything, in order
 #   STAGES=teacher scripts/experiments/fair-fashion.sh
@@ -33,7 +35,7 @@ cd "$(dirname "${BASH_SOURCE[0]}")/../.."
 OUT=${OUT:-runs/fair-fashion}
 PRESET=${PRESET:-presets/fair-fashion.toml}
 KEEP=${KEEP:-experiments/fair-fashion}
-STAGES=${STAGES:-restore teacher fp32 w2a2 search fp32 w2a2 persist report}
+STAGES=${STAGES:-restore teacher final search final persist report}
 THREADS=${THREADS:-2}
 export OMP_WAIT_POLICY=PASSIVE
 
@@ -119,6 +121,17 @@ arms() { # every arm with an architecture, as "name arch-file-or-empty"
   true
 }
 arch_args() { [ "$1" = - ] || echo "--arch $1"; }
+fp32() { # arm arch: the arm's own FP32 training (the uniform arm's is the teacher)
+  [ "$1" = uniform ] && return 0
+  # shellcheck disable=SC2046
+  train "$OUT/fp32-$1" "$FP_EPOCHS" --bits 32 --lr "$FP_LR" --seed 0 $(arch_args "$2")
+}
+w2a2() { # arm arch seed: W2A2 from the arm's FP32 model, KD from the shared teacher
+  local init=$OUT/fp32-$1/checkpoint.ot
+  # shellcheck disable=SC2046
+  train "$OUT/w2a2-$1-s$3" "$Q_EPOCHS" --bits 2 --lr "$Q_LR" --warmup-epochs 0 --seed "$3" \
+    --init "$init" --teacher "$TEACHER" --kd-alpha "$KD_ALPHA" --kd-temperature "$KD_T" $(arch_args "$2")
+}
 
 for stage in $STAGES; do
   case $stage in
@@ -144,21 +157,9 @@ for stage in $STAGES; do
       for s in $S_SEEDS; do search "nce-s$s" "$s" "$T" 0.5,0.75,1.0; done
       search tas 0 inf "$TAS_RATIOS"
       python3 scripts/experiments/fair-table.py "$OUT" --scaled-arch "$PROFILE" ;;
-    fp32)
-      arms | while read -r name arch; do
-        [ "$name" = uniform ] && continue
-        # shellcheck disable=SC2046
-        train "$OUT/fp32-$name" "$FP_EPOCHS" --bits 32 --lr "$FP_LR" --seed 0 $(arch_args "$arch")
-      done ;;
-    w2a2)
-      for seed in $SEEDS; do
-        arms | while read -r name arch; do
-          # shellcheck disable=SC2046
-          train "$OUT/w2a2-$name-s$seed" "$Q_EPOCHS" --bits 2 --lr "$Q_LR" --warmup-epochs 0 --seed "$seed" \
-            --init "$OUT/fp32-$name/checkpoint.ot" --teacher "$TEACHER" --kd-alpha "$KD_ALPHA" \
-            --kd-temperature "$KD_T" $(arch_args "$arch")
-        done
-      done ;;
+    final) arms | while read -r name arch; do fp32 "$name" "$arch"; for seed in $SEEDS; do w2a2 "$name" "$arch" "$seed"; done; done ;;
+    fp32) arms | while read -r name arch; do fp32 "$name" "$arch"; done ;;
+    w2a2) for seed in $SEEDS; do arms | while read -r name arch; do w2a2 "$name" "$arch" "$seed"; done; done ;;
     persist) # unfinished units too, with their checkpoints, so a fresh clone resumes them exactly
       for d in "$OUT"/*/; do
         case $(basename "$d") in bin|sensitivity) continue ;; esac
