@@ -73,3 +73,25 @@ fn a_small_or_noisy_gain_does_not_and_missing_seeds_decide_nothing() {
     let t = table(dir.path(), &[]);
     assert!(t.contains("Verdict: not yet decided (2 of 3 paired seeds finished)"), "{t}");
 }
+
+#[test]
+fn two_search_seeds_are_averaged_per_final_training_seed_and_shown_apart() {
+    // Uniform 92.0 each; NCE seed 0 +1.0 each, NCE seed 1 +0.2, +0.4, +0.6 on the seeds it has.
+    let dir = run_dir(&[92.0, 92.0, 92.0], &[93.0, 93.0, 93.0]);
+    let out = dir.path();
+    fs::create_dir_all(out.join("nce-s1")).unwrap();
+    fs::copy(repo().join("examples/nce-fashion-arch-s1.toml"), out.join("nce-s1/arch.toml")).unwrap();
+    for (seed, acc) in [92.2, 92.4].iter().enumerate() {
+        write_metrics(&out.join(format!("w2a2-nce-s1-s{seed}")), 10, acc / 100.0);
+    }
+    let t = table(out, &[]);
+    // Only seeds both search seeds finished count: averages 92.6, 92.7 -> +0.6, +0.7.
+    assert!(t.contains("NCE averaged over 2 search seeds): +0.65 points, 95 % CI"), "{t}");
+    assert!(t.contains("- nce-s0 − uniform over 3 seeds: +1.00 points"), "{t}");
+    assert!(t.contains("- nce-s1 − uniform over 2 seeds: +0.30 points"), "{t}");
+    assert!(t.contains("Verdict: not yet decided (2 of 3 paired seeds finished)"), "{t}");
+    // The third seed completes the statistic: differences 0.6, 0.7, 0.8 -> +0.70 [+0.45, +0.95].
+    write_metrics(&out.join("w2a2-nce-s1-s2"), 10, 0.926);
+    let t = table(out, &[]);
+    assert!(t.contains("+0.70 points, 95 % CI [+0.45, +0.95]") && t.contains("Verdict: MET"), "{t}");
+}

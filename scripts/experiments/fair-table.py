@@ -135,6 +135,10 @@ def report(out, preset):
     m, lo, hi = interval(diffs)
     print(f"\nPaired difference NCE − uniform over {len(diffs)} final-training seeds "
           f"(NCE averaged over {len(nce_arms)} search seeds): {diff_text(diffs)}.")
+    if len(nce_arms) > 1:  # each search seed on its own, so an interim result stays readable
+        for a in nce_arms:
+            d = [per_arm[a][s] - u for s, u in sorted(uni.items()) if s in per_arm[a]]
+            print(f"- {a} − uniform over {len(d)} seeds: {diff_text(d)}.")
     for a in ("tas", "scaled"):
         if a in per_arm:
             d = [statistics.mean([per_arm[n][s] for n in nce_arms]) - per_arm[a][s]
