@@ -164,6 +164,9 @@ fn missing_file_names_it() {
 fn malformed_toml_is_located() {
     let e = err(&GOOD.replace("lanes = 4", "lanes = = 4"));
     assert!(e.starts_with("hw-profiles/t.toml:9:"), "{e}");
+    // An error that points at no key (an unclosed table header) prints no empty key.
+    let e = err(&GOOD.replace("[unit]", "[unit"));
+    assert!(e.contains("unclosed table") && !e.contains("``"), "{e}");
 }
 
 /// Malformed budgets are named by key and described in the user's terms; serde's internal

@@ -104,7 +104,7 @@ impl std::fmt::Display for BudgetLimit {
 pub enum ProfileError {
     #[error("{}: cannot read profile: {source}", file.display())]
     Io { file: PathBuf, source: std::io::Error },
-    #[error("{}:{at}: `{key}`: {msg}", file.display())]
+    #[error("{}:{at}: {}{msg}", file.display(), key_prefix(key))]
     Invalid { file: PathBuf, at: Location, key: String, msg: String },
     /// Neither a file nor the name of a shipped profile.
     #[error("no profile `{name}`: not a file, and not a shipped profile ({known})")]
@@ -195,51 +195,14 @@ impl Profile {
 
     /// Parses profile text; `path` is used for error messages and to resolve relative files.
     pub fn parse(text: &str, path: &Path) -> Result<Profile, ProfileError> {
-        let raw: Raw = toml::from_str(text).map_err(|e| {
-            let span = e.span().unwrap_or(0..0);
-            let key = text.get(span.clone()).unwrap_or("").lines().next().unwrap_or("").trim().to_string();
-            let msg = e.message().trim().to_string();
-            ProfileError::Invalid { file: path.into(), at: Location::of_offset(text, span.start), key, msg }
-        })?;
+        let raw: Raw = toml::from_str(text).map_err(|e| syntax_error(text, path, &e))?;
         let invalid = |table: &str, key: &str, msg: String| ProfileError::Invalid {
             file: path.into(),
             at: Location::of_key(text, table, key),
             key: if table.is_empty() { key.to_string() } else { format!("{table}.{key}") },
             msg,
         };
-
-        if raw.name.trim().is_empty() {
-            return Err(invalid("", "name", "must not be empty".into()));
-        }
-        let u = &raw.unit;
-        for (key, bits) in [("weight_bits", u.weight_bits), ("activation_bits", u.activation_bits)] {
-            if !(1..=8).contains(&bits) {
-                return Err(invalid("unit", key, format!("must be between 1 and 8, got {bits}")));
-            }
-        }
-        let positive = [
-            ("unit", "word_bits", u.word_bits as f64),
-            ("unit", "lanes", u.lanes as f64),
-            ("unit", "clock_mhz", u.clock_mhz),
-            ("unit", "cycles_per_packed_op", u.cycles_per_packed_op),
-            ("unit", "channel_granularity", u.channel_granularity as f64),
-            ("memory", "weight_buffer_bytes", raw.memory.weight_buffer_bytes as f64),
-            ("memory", "activation_buffer_bytes", raw.memory.activation_buffer_bytes as f64),
-            ("memory", "bandwidth_gbps", raw.memory.bandwidth_gbps),
-        ];
-        for (table, key, v) in positive {
-            if !(v.is_finite() && v > 0.0) {
-                return Err(invalid(table, key, format!("must be a positive number, got {v}")));
-            }
-        }
-        if !u.word_bits.is_multiple_of(u.weight_bits as u32) || u.word_bits > 1024 {
-            return Err(invalid(
-                "unit",
-                "word_bits",
-                format!("must be a multiple of weight_bits ({}) and at most 1024, got {}", u.weight_bits, u.word_bits),
-            ));
-        }
-
+        check_values(&raw).map_err(|(table, key, msg)| invalid(table, key, msg))?;
         let mut budgets = Vec::new();
         for (metric, rb) in &raw.budgets {
             let (raw_limit, plugin) = raw_budget(rb).map_err(|msg| invalid("budgets", metric, msg))?;
@@ -249,22 +212,8 @@ impl Profile {
         if raw.plugins.is_empty() {
             return Err(invalid("", "plugins", "a profile needs at least one cost plugin ([plugins.NAME])".into()));
         }
-
-        let latency_table = match &raw.latency_table {
-            None => None,
-            Some(t) => {
-                let file = path.parent().unwrap_or(Path::new(".")).join(&t.file);
-                let at = Location::of_key(text, "latency_table", "file");
-                let table = match super::shipped::file(&file) {
-                    Some(text) => LatencyTable::parse(text, &file),
-                    None => LatencyTable::load(&file),
-                };
-                let table = table.map_err(|source| ProfileError::Table { file: path.into(), at, source })?;
-                Some(table)
-            }
-        };
-
-        let profile = Profile {
+        let latency_table = raw.latency_table.as_ref().map(|t| load_latency_table(t, text, path)).transpose()?;
+        Ok(Profile {
             name: raw.name,
             description: raw.description,
             sources: raw.sources,
@@ -276,8 +225,7 @@ impl Profile {
             measurement: raw.measurement,
             path: path.into(),
             source: text.into(),
-        };
-        Ok(profile)
+        })
     }
 
     /// An error located at `[table] key` of this profile's file.
@@ -300,6 +248,66 @@ impl Profile {
         let per_word = (self.unit.word_bits / bits.max(1) as u32).max(1) as f64;
         self.unit.lanes as f64 * per_word / self.unit.cycles_per_packed_op * self.unit.clock_mhz * 1e6
     }
+}
+
+/// "`key`: " before a message, or nothing where the error points at no key (a syntax error).
+fn key_prefix(key: &str) -> String {
+    if key.is_empty() {
+        String::new()
+    } else {
+        format!("`{key}`: ")
+    }
+}
+
+/// A TOML syntax or type error, located at its offset, naming the text it points at.
+fn syntax_error(text: &str, path: &Path, e: &toml::de::Error) -> ProfileError {
+    let span = e.span().unwrap_or(0..0);
+    let key = text.get(span.clone()).unwrap_or("").lines().next().unwrap_or("").trim().to_string();
+    let msg = e.message().trim().to_string();
+    ProfileError::Invalid { file: path.into(), at: Location::of_offset(text, span.start), key, msg }
+}
+
+/// The value checks the types cannot express, as `(table, key, problem)` of the first failure.
+fn check_values(raw: &Raw) -> Result<(), (&'static str, &'static str, String)> {
+    if raw.name.trim().is_empty() {
+        return Err(("", "name", "must not be empty".into()));
+    }
+    let u = &raw.unit;
+    for (key, bits) in [("weight_bits", u.weight_bits), ("activation_bits", u.activation_bits)] {
+        if !(1..=8).contains(&bits) {
+            return Err(("unit", key, format!("must be between 1 and 8, got {bits}")));
+        }
+    }
+    let positive = [
+        ("unit", "word_bits", u.word_bits as f64),
+        ("unit", "lanes", u.lanes as f64),
+        ("unit", "clock_mhz", u.clock_mhz),
+        ("unit", "cycles_per_packed_op", u.cycles_per_packed_op),
+        ("unit", "channel_granularity", u.channel_granularity as f64),
+        ("memory", "weight_buffer_bytes", raw.memory.weight_buffer_bytes as f64),
+        ("memory", "activation_buffer_bytes", raw.memory.activation_buffer_bytes as f64),
+        ("memory", "bandwidth_gbps", raw.memory.bandwidth_gbps),
+    ];
+    for (table, key, v) in positive {
+        if !(v.is_finite() && v > 0.0) {
+            return Err((table, key, format!("must be a positive number, got {v}")));
+        }
+    }
+    if !u.word_bits.is_multiple_of(u.weight_bits as u32) || u.word_bits > 1024 {
+        let msg = format!("must be a multiple of weight_bits ({}) and at most 1024, got {}", u.weight_bits, u.word_bits);
+        return Err(("unit", "word_bits", msg));
+    }
+    Ok(())
+}
+
+/// The profile's latency table: a shipped one by name, else the file beside the profile.
+fn load_latency_table(t: &RawTable, text: &str, path: &Path) -> Result<LatencyTable, ProfileError> {
+    let file = path.parent().unwrap_or(Path::new(".")).join(&t.file);
+    let table = match super::shipped::file(&file) {
+        Some(text) => LatencyTable::parse(text, &file),
+        None => LatencyTable::load(&file),
+    };
+    table.map_err(|source| ProfileError::Table { file: path.into(), at: Location::of_key(text, "latency_table", "file"), source })
 }
 
 fn parse_limit(raw: &RawLimit) -> Result<BudgetLimit, String> {
