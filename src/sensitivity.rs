@@ -252,37 +252,10 @@ pub fn run_with(cfg: &SensitivityConfig, on_progress: &mut dyn FnMut(Progress)) 
     }
     let loaded = train::load_model(&cfg.checkpoint)?;
     let net = &loaded.meta.net;
-    let w2a2_bits: Vec<u8> = rebuild(net, &BitConfig::uniform(2))?.layers.iter().map(|l| l.wbits).collect();
-    let trained_w2a2 = net.layers.iter().map(|l| l.wbits).collect::<Vec<_>>() == w2a2_bits;
-    if let Some(l) = net.layers.iter().find(|l| l.has_weights() && l.wbits != 32).filter(|_| !trained_w2a2) {
-        return Err(SensitivityError::Checkpoint {
-            checkpoint: cfg.checkpoint.clone(),
-            msg: format!(
-                "`{}` has {}-bit weights; sensitivity starts from a full-precision checkpoint (nce train --bits 32) or a default W2A2 one (nce train --bits 2)",
-                l.name, l.wbits
-            ),
-        });
-    }
+    let trained_w2a2 = starting_point(cfg, net)?;
     let name = cfg.data.clone().unwrap_or_else(|| loaded.meta.config.data.clone());
-    let mut test = data::load(&name, &cfg.data_root, Split::Test)?;
-    if test.shape != net.input {
-        return Err(SensitivityError::Checkpoint {
-            checkpoint: cfg.checkpoint.clone(),
-            msg: format!("expects {} inputs, {name} has {}", net.input, test.shape),
-        });
-    }
-    if let Some(n) = cfg.test_subset.filter(|&n| n < test.len()) {
-        test = test.subset(n);
-    }
-    if test.is_empty() {
-        return Err(SensitivityError::Invalid("the test subset is empty".into()));
-    }
-    let train_set = data::load(&name, &cfg.data_root, Split::Train)?;
-    let calib_set = train_set.subset(cfg.calib_batch.min(train_set.len()));
-    let calib = Loader::eval(&calib_set, calib_set.len(), Device::Cpu)?
-        .batch(0, 0)
-        .ok_or_else(|| SensitivityError::Invalid(format!("{name} has no training images to calibrate on")))?
-        .0;
+    let test = test_images(cfg, net, &name)?;
+    let calib = calibration_batch(cfg, &name)?;
     std::fs::create_dir_all(&cfg.out).map_err(|source| SensitivityError::Io { file: cfg.out.clone(), source })?;
 
     // SAWB weights and PACT activations whatever the checkpoint trained with: both need no
@@ -311,13 +284,66 @@ pub fn run_with(cfg: &SensitivityConfig, on_progress: &mut dyn FnMut(Progress)) 
         on_progress(Progress::Layer(&s));
         layers.push(s);
     }
+    let (csv, plots) = write_outputs(cfg, &net.model, &layers, fp32_acc, w2a2_acc)?;
+    Ok(SensitivityReport { model: net.model.clone(), data: name, test_images: test.len(), fp32_acc, w2a2_acc, layers, csv, plots })
+}
 
+/// Whether the checkpoint is a trained default W2A2 one (else it must be full precision).
+fn starting_point(cfg: &SensitivityConfig, net: &Network) -> Result<bool, SensitivityError> {
+    let w2a2_bits: Vec<u8> = rebuild(net, &BitConfig::uniform(2))?.layers.iter().map(|l| l.wbits).collect();
+    let trained_w2a2 = net.layers.iter().map(|l| l.wbits).collect::<Vec<_>>() == w2a2_bits;
+    if let Some(l) = net.layers.iter().find(|l| l.has_weights() && l.wbits != 32).filter(|_| !trained_w2a2) {
+        return Err(SensitivityError::Checkpoint {
+            checkpoint: cfg.checkpoint.clone(),
+            msg: format!(
+                "`{}` has {}-bit weights; sensitivity starts from a full-precision checkpoint (nce train --bits 32) or a default W2A2 one (nce train --bits 2)",
+                l.name, l.wbits
+            ),
+        });
+    }
+    Ok(trained_w2a2)
+}
+
+/// The test images the accuracies are measured on: the first `test_subset` of `name`'s test set.
+fn test_images(cfg: &SensitivityConfig, net: &Network, name: &str) -> Result<data::Dataset, SensitivityError> {
+    let mut test = data::load(name, &cfg.data_root, Split::Test)?;
+    if test.shape != net.input {
+        return Err(SensitivityError::Checkpoint {
+            checkpoint: cfg.checkpoint.clone(),
+            msg: format!("expects {} inputs, {name} has {}", net.input, test.shape),
+        });
+    }
+    if let Some(n) = cfg.test_subset.filter(|&n| n < test.len()) {
+        test = test.subset(n);
+    }
+    if test.is_empty() {
+        return Err(SensitivityError::Invalid("the test subset is empty".into()));
+    }
+    Ok(test)
+}
+
+/// One batch of the first `calib_batch` training images, for the activation clips.
+fn calibration_batch(cfg: &SensitivityConfig, name: &str) -> Result<tch::Tensor, SensitivityError> {
+    let train_set = data::load(name, &cfg.data_root, Split::Train)?;
+    let calib_set = train_set.subset(cfg.calib_batch.min(train_set.len()));
+    let batch = Loader::eval(&calib_set, calib_set.len(), Device::Cpu)?.batch(0, 0);
+    Ok(batch.ok_or_else(|| SensitivityError::Invalid(format!("{name} has no training images to calibrate on")))?.0)
+}
+
+/// `sensitivity.csv` and the bar charts, in `cfg.out`.
+fn write_outputs(
+    cfg: &SensitivityConfig,
+    model: &str,
+    layers: &[LayerSensitivity],
+    fp32_acc: f64,
+    w2a2_acc: f64,
+) -> Result<(PathBuf, Vec<PathBuf>), SensitivityError> {
     let csv = cfg.out.join("sensitivity.csv");
-    write_csv(&csv, &layers, fp32_acc, w2a2_acc)?;
+    write_csv(&csv, layers, fp32_acc, w2a2_acc)?;
     let names: Vec<String> = layers.iter().map(|l| l.layer.clone()).collect();
     let plots = plot::bar_chart(
         &cfg.out.join("sensitivity"),
-        &format!("{} 2-bit sensitivity (FP32 {fp32_acc:.1}%, W2A2 {w2a2_acc:.1}%)", net.model),
+        &format!("{model} 2-bit sensitivity (FP32 {fp32_acc:.1}%, W2A2 {w2a2_acc:.1}%)"),
         "accuracy (percentage points)",
         &names,
         &[
@@ -325,7 +351,7 @@ pub fn run_with(cfg: &SensitivityConfig, on_progress: &mut dyn FnMut(Progress)) 
             ("one-off gain (only this layer FP32)".into(), layers.iter().map(|l| l.one_off_gain).collect()),
         ],
     )?;
-    Ok(SensitivityReport { model: net.model.clone(), data: name, test_images: test.len(), fp32_acc, w2a2_acc, layers, csv, plots })
+    Ok((csv, plots))
 }
 
 /// `layer,one_on_drop,one_off_gain,fp32_acc,w2a2_acc`, one row per layer (the last two repeat
