@@ -93,7 +93,7 @@ pub enum FormatError {
     BadMagic,
     #[error("format version {0} is not supported (this build reads version {VERSION})")]
     Version(u16),
-    #[error("checksum mismatch: the file is corrupt (stored {stored:08x}, computed {computed:08x})")]
+    #[error("checksum mismatch: the file is corrupt, truncated or was modified (stored {stored:08x}, computed {computed:08x})")]
     Checksum { stored: u32, computed: u32 },
     #[error("truncated: {what} needs {need} bytes at offset {at}, only {have} remain")]
     Truncated { what: String, at: usize, need: usize, have: usize },
@@ -213,39 +213,8 @@ pub fn decode(bytes: &[u8]) -> Result<Container, FormatError> {
     }
     let mut arrays = BTreeMap::new();
     for i in 0..count {
-        let nlen = c.u16("array name length")? as usize;
-        if nlen == 0 || nlen > MAX_NAME {
-            return Err(FormatError::Invalid { what: format!("array {i} name length"), msg: nlen.to_string() });
-        }
-        let name = std::str::from_utf8(c.take(nlen, "array name")?)
-            .map_err(|e| FormatError::Invalid { what: format!("array {i} name"), msg: e.to_string() })?
-            .to_string();
-        let dtype = c.u8("dtype")?;
-        if dtype > 3 {
-            return Err(FormatError::Invalid { what: format!("`{name}` dtype"), msg: dtype.to_string() });
-        }
-        let rank = c.u8("rank")? as usize;
-        if !(1..=4).contains(&rank) {
-            return Err(FormatError::Invalid { what: format!("`{name}` rank"), msg: rank.to_string() });
-        }
-        let mut dims = Vec::with_capacity(rank);
-        let mut n: usize = 1;
-        for _ in 0..rank {
-            let d = c.u32("dims")? as usize;
-            n = n.checked_mul(d).ok_or_else(|| FormatError::Invalid { what: format!("`{name}` dims"), msg: "overflow".into() })?;
-            dims.push(d);
-        }
-        let bytes_needed = n
-            .checked_mul(elem_size(dtype))
-            .ok_or_else(|| FormatError::Invalid { what: format!("`{name}` size"), msg: "overflow".into() })?;
-        let raw = c.take(bytes_needed, &format!("data of `{name}`"))?;
-        let data = match dtype {
-            0 => Array::U8(raw.to_vec()),
-            1 => Array::I8(raw.iter().map(|&b| b as i8).collect()),
-            2 => Array::I32(raw.chunks_exact(4).map(|s| i32::from_le_bytes([s[0], s[1], s[2], s[3]])).collect()),
-            _ => Array::U32(raw.chunks_exact(4).map(|s| u32::from_le_bytes([s[0], s[1], s[2], s[3]])).collect()),
-        };
-        if arrays.insert(name.clone(), Entry { dims, data }).is_some() {
+        let (name, entry) = read_array(&mut c, i)?;
+        if arrays.insert(name.clone(), entry).is_some() {
             return Err(FormatError::Invalid { what: format!("array `{name}`"), msg: "appears twice".into() });
         }
     }
@@ -253,6 +222,42 @@ pub fn decode(bytes: &[u8]) -> Result<Container, FormatError> {
         return Err(FormatError::Trailing(body.len() - c.at));
     }
     Ok(Container { header, arrays })
+}
+
+/// Array `i`: its name, then dtype, rank, dims and little-endian data.
+fn read_array(c: &mut Cursor, i: usize) -> Result<(String, Entry), FormatError> {
+    let nlen = c.u16("array name length")? as usize;
+    if nlen == 0 || nlen > MAX_NAME {
+        return Err(FormatError::Invalid { what: format!("array {i} name length"), msg: nlen.to_string() });
+    }
+    let name = std::str::from_utf8(c.take(nlen, "array name")?)
+        .map_err(|e| FormatError::Invalid { what: format!("array {i} name"), msg: e.to_string() })?
+        .to_string();
+    let dtype = c.u8("dtype")?;
+    if dtype > 3 {
+        return Err(FormatError::Invalid { what: format!("`{name}` dtype"), msg: dtype.to_string() });
+    }
+    let rank = c.u8("rank")? as usize;
+    if !(1..=4).contains(&rank) {
+        return Err(FormatError::Invalid { what: format!("`{name}` rank"), msg: rank.to_string() });
+    }
+    let overflow = |what: &str| FormatError::Invalid { what: format!("`{name}` {what}"), msg: "overflow".into() };
+    let mut dims = Vec::with_capacity(rank);
+    let mut n: usize = 1;
+    for _ in 0..rank {
+        let d = c.u32("dims")? as usize;
+        n = n.checked_mul(d).ok_or_else(|| overflow("dims"))?;
+        dims.push(d);
+    }
+    let bytes_needed = n.checked_mul(elem_size(dtype)).ok_or_else(|| overflow("size"))?;
+    let raw = c.take(bytes_needed, &format!("data of `{name}`"))?;
+    let data = match dtype {
+        0 => Array::U8(raw.to_vec()),
+        1 => Array::I8(raw.iter().map(|&b| b as i8).collect()),
+        2 => Array::I32(raw.chunks_exact(4).map(|s| i32::from_le_bytes([s[0], s[1], s[2], s[3]])).collect()),
+        _ => Array::U32(raw.chunks_exact(4).map(|s| u32::from_le_bytes([s[0], s[1], s[2], s[3]])).collect()),
+    };
+    Ok((name, Entry { dims, data }))
 }
 
 /// CRC-32 (IEEE 802.3, reflected, as zlib/PNG): `crc32fast`.
