@@ -10,13 +10,13 @@ use super::supernet::{Mode, Supernet};
 use super::{accuracy, bind_budgets, bit_config, cost, load_split, plots, read_log, restore, save, write_log};
 use super::{Budgets, Derivation, EpochLog, ExpansionInit, Meta, SearchConfig, SearchError, SearchResult};
 use crate::cost::Evaluator;
-use crate::data::{Loader, LoaderConfig};
+use crate::data::{Dataset, Loader, LoaderConfig};
 use crate::graph::{self, BitConfig, Network};
 use crate::train::checkpoint;
 use crate::train::sgd::Sgd;
 use crate::train::CosineSchedule;
 use indicatif::{ProgressBar, ProgressStyle};
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 use tch::{Kind, Tensor};
 
 /// The loaders of one run: weight half, architecture half, test images (reported only) and
@@ -62,6 +62,31 @@ pub(super) struct Run<'a> {
     log_path: PathBuf,
 }
 
+/// Seeds a new supernet from an `--init` checkpoint (every variable whose name and shape
+/// match); an FP32 one without PACT clips gets clips calibrated on the weight split.
+fn init_supernet(sn: &mut Supernet, init: &Path, base: &Network, cfg: &SearchConfig, wset: &Dataset) -> Result<(), SearchError> {
+    let ck = checkpoint::load::<serde_json::Value>(init)?;
+    let n = sn.init_from(&ck.vars);
+    if n == 0 {
+        return Err(SearchError::Invalid(format!("{}: no variable matches the supernet of {}", init.display(), cfg.model)));
+    }
+    tracing::info!("initialised {n} supernet variables from {}", init.display());
+    if ck.vars.iter().any(|(name, _)| name.ends_with(".act.alpha")) {
+        return Ok(());
+    }
+    let clips = calibrated_clips(base, &ck.vars, wset, cfg.seed)?;
+    let vars = sn.vs.variables();
+    tch::no_grad(|| {
+        for (name, value) in &clips {
+            if let Some(t) = vars.get(name) {
+                let _ = t.shallow_clone().fill_(*value);
+            }
+        }
+    });
+    tracing::info!("calibrated {} PACT clips of the FP32 --init model", clips.len());
+    Ok(())
+}
+
 impl<'a> Run<'a> {
     /// Builds the supernet and its optimisers, from `cfg.init`, or from the run's own
     /// checkpoint when `resume` finds one.
@@ -88,24 +113,7 @@ impl<'a> Run<'a> {
         let resuming = resume && ckpt_path.is_file();
         // A resumed run restores every variable from its own checkpoint; --init only seeds a new one.
         if let Some(init) = cfg.init.as_ref().filter(|_| !resuming) {
-            let ck = checkpoint::load::<serde_json::Value>(init)?;
-            let n = sn.init_from(&ck.vars);
-            if n == 0 {
-                return Err(SearchError::Invalid(format!("{}: no variable matches the supernet of {}", init.display(), cfg.model)));
-            }
-            tracing::info!("initialised {n} supernet variables from {}", init.display());
-            if !ck.vars.iter().any(|(name, _)| name.ends_with(".act.alpha")) {
-                let clips = calibrated_clips(&base, &ck.vars, &wset, cfg.seed)?;
-                let vars = sn.vs.variables();
-                tch::no_grad(|| {
-                    for (name, value) in &clips {
-                        if let Some(t) = vars.get(name) {
-                            let _ = t.shallow_clone().fill_(*value);
-                        }
-                    }
-                });
-                tracing::info!("calibrated {} PACT clips of the FP32 --init model", clips.len());
-            }
+            init_supernet(&mut sn, init, &base, cfg, &wset)?;
         }
         let adam = Adam::new(&sn.logits, cfg.arch_lr, cfg.arch_betas, cfg.arch_weight_decay);
         let mut sgd = Sgd::new(cfg.momentum, true);
