@@ -53,10 +53,13 @@ fn table(out: &Path, extra: &[&str]) -> String {
 fn a_clear_gain_meets_the_rule_with_the_t_interval() {
     // Paired differences 0.7, 0.8, 0.9: mean 0.8, sd 0.1, t(2) = 4.303, half-width 0.248.
     let dir = run_dir(&[92.0, 92.2, 92.1], &[92.7, 93.0, 93.0]);
+    write_metrics(&dir.path().join("fp32-nce-s0"), 15, 0.94);
     let t = table(dir.path(), &["--svg", dir.path().join("acc.svg").to_str().unwrap()]);
     assert!(t.contains("+0.80 points, 95 % CI [+0.55, +1.05]"), "{t}");
     assert!(t.contains("Verdict: MET"), "{t}");
-    assert!(t.contains("| uniform | 92.10 ± 0.10 | 92.00, 92.20, 92.10 | 1.000x | 1.000x |"), "{t}");
+    // Each arm's own FP32 accuracy: the teacher's for uniform, its own training's for NCE.
+    assert!(t.contains("| uniform | 92.10 ± 0.10 | 92.00, 92.20, 92.10 | 93.78 | 1.000x | 1.000x |"), "{t}");
+    assert!(t.contains("| nce-s0 | 92.90 ± 0.17 | 92.70, 93.00, 93.00 | 94.00 | 0.999x | 0.997x |"), "{t}");
     assert!(t.contains("Shared FP32 teacher (uniform ResNet-20): 93.78 %"), "{t}");
     let svg = fs::read_to_string(dir.path().join("acc.svg")).unwrap();
     assert!(svg.starts_with("<svg") && svg.contains("FP32 teacher 93.78 %") && svg.matches("<circle").count() == 6, "{svg}");

@@ -93,6 +93,12 @@ def diff_text(d):
     return f"{m:+.2f} points, 95 % CI [{lo:+.2f}, {hi:+.2f}]"
 
 
+def fp32_acc(out, arm, want_epochs):
+    """The last-epoch test accuracy of an arm's own FP32 training, once it finished."""
+    m = metrics(out / f"fp32-{arm}")
+    return 100 * m[-1]["test_acc"] if len(m) >= want_epochs else None
+
+
 def teacher_acc(out):
     """The shared FP32 teacher's test accuracy: its last epoch, or (a teacher copied from a
     committed file has no metrics) `nce eval` once, cached in fp32-uniform/eval.json."""
@@ -112,17 +118,19 @@ def teacher_acc(out):
 def report(out, preset):
     q_epochs = preset["w2a2"]["epochs"]
     rows, per_arm = [], {}
+    teacher = teacher_acc(out)
     for arm in arms(out):
         a = accs(out, arm, q_epochs)
         per_arm[arm] = a
         macs, params = cost_ratios(out, arm)
         hours = sum(seconds(d) for d in out.glob(f"*{arm}*") if d.is_dir()) / 3600
         seeds = ", ".join(f"{v:.2f}" for _, v in sorted(a.items()))
-        rows.append(f"| {arm} | {mean_std(list(a.values()))} | {seeds or '–'} | {macs:.3f}x | {params:.3f}x | {hours:.2f} |")
-    print("| arm | W2A2 test acc. (%) mean ± std | per seed | MACs | params | wall h (2 cores) |")
-    print("|---|---|---|---|---|---|")
+        fp32 = teacher if arm == "uniform" else fp32_acc(out, arm, preset["fp32"]["epochs"])
+        fp32 = "–" if fp32 is None else f"{fp32:.2f}"
+        rows.append(f"| {arm} | {mean_std(list(a.values()))} | {seeds or '–'} | {fp32} | {macs:.3f}x | {params:.3f}x | {hours:.2f} |")
+    print("| arm | W2A2 test acc. (%) mean ± std | per seed | own FP32 (%) | MACs | params | wall h (2 cores) |")
+    print("|---|---|---|---|---|---|---|")
     print("\n".join(rows))
-    teacher = teacher_acc(out)
     if teacher is not None:
         print(f"\nShared FP32 teacher (uniform ResNet-20): {teacher:.2f} % on all test images.")
     nce_arms = [a for a in per_arm if a.startswith("nce-")]
