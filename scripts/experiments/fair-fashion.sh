@@ -30,6 +30,7 @@
 #   STAGES=teacher scripts/experiments/fair-fashion.sh
 #   STAGES=report  scripts/experiments/fair-fashion.sh
 #   STAGES=persist scripts/experiments/fair-fashion.sh
+#   STAGES="restore status" scripts/experiments/fair-fashion.sh   # how far every unit got
 set -euo pipefail
 cd "$(dirname "${BASH_SOURCE[0]}")/../.."
 OUT=${OUT:-runs/fair-fashion}
@@ -69,7 +70,10 @@ TEACHER=$OUT/fp32-uniform/checkpoint.ot
 SEARCH_INIT=$OUT/search-init/checkpoint.ot
 
 done_epochs() { # run dir -> epochs finished
-  if [ -f "$1/metrics.jsonl" ]; then grep -c . "$1/metrics.jsonl" || true; else echo 0; fi
+  done_epochs_of "$1/metrics.jsonl"
+}
+done_epochs_of() { # jsonl log -> lines (epochs) in it
+  if [ -f "$1" ]; then grep -c . "$1" || true; else echo 0; fi
 }
 # A unit's checkpoint is kept when a later stage starts from it (or when it is unfinished and
 # `persist` is asked for); otherwise only its metrics and logs are. A unit with a SOURCE note was
@@ -160,6 +164,19 @@ for stage in $STAGES; do
     final) arms | while read -r name arch; do fp32 "$name" "$arch"; for seed in $SEEDS; do w2a2 "$name" "$arch" "$seed"; done; done ;;
     fp32) arms | while read -r name arch; do fp32 "$name" "$arch"; done ;;
     w2a2) for seed in $SEEDS; do arms | while read -r name arch; do w2a2 "$name" "$arch" "$seed"; done; done ;;
+    status) # every unit of the protocol and how far it got (after `restore` in a fresh clone)
+      unit_status() { printf '%-22s %s\n' "$1" "$2"; }
+      search_status() { # name
+        if [ -f "$OUT/$1/arch.toml" ]; then unit_status "$1" "search finished"
+        else unit_status "$1" "search $(done_epochs_of "$OUT/$1/search.jsonl")/$S_EPOCHS epochs"; fi
+      }
+      unit_status search-init "$(done_epochs "$OUT/search-init")/$S_INIT_EPOCHS epochs"
+      for s in $S_SEEDS; do search_status "nce-s$s"; done
+      search_status tas
+      arms | while read -r name _; do
+        [ "$name" = uniform ] || unit_status "fp32-$name" "$(done_epochs "$OUT/fp32-$name")/$FP_EPOCHS epochs"
+        for seed in $SEEDS; do unit_status "w2a2-$name-s$seed" "$(done_epochs "$OUT/w2a2-$name-s$seed")/$Q_EPOCHS epochs"; done
+      done ;;
     persist) # unfinished units too, with their checkpoints, so a fresh clone resumes them exactly
       for d in "$OUT"/*/; do
         case $(basename "$d") in bin|sensitivity) continue ;; esac
