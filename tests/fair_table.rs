@@ -87,7 +87,10 @@ fn two_search_seeds_are_averaged_per_final_training_seed_and_shown_apart() {
     for (seed, acc) in [92.2, 92.4].iter().enumerate() {
         write_metrics(&out.join(format!("w2a2-nce-s1-s{seed}")), 10, acc / 100.0);
     }
-    let t = table(out, &[]);
+    let t = table(out, &["--widths-svg", out.join("widths.svg").to_str().unwrap()]);
+    // One line per searched arm, each point its layer's width against the base width.
+    let svg = fs::read_to_string(out.join("widths.svg")).unwrap();
+    assert!(svg.matches("<polyline").count() == 2 && svg.contains("nce-s1 layer3.2.conv_b: 128 of 64"), "{svg}");
     // Only seeds both search seeds finished count: averages 92.6, 92.7 -> +0.6, +0.7.
     assert!(t.contains("NCE averaged over 2 search seeds): +0.65 points, 95 % CI"), "{t}");
     assert!(t.contains("- nce-s0 − uniform over 3 seeds: +1.00 points"), "{t}");

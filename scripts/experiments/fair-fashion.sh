@@ -187,7 +187,7 @@ for stage in $STAGES; do
       if [ ! -f "$OUT/sensitivity/sensitivity.csv" ] && [ "$(done_epochs "$OUT/w2a2-uniform-s0")" -ge "$Q_EPOCHS" ]; then
         nce sensitivity "$OUT/w2a2-uniform-s0/checkpoint.ot" --threads "$THREADS" --out "$OUT/sensitivity" > /dev/null
       fi
-      python3 scripts/experiments/fair-table.py "$OUT" --svg "$OUT/accuracy.svg" ;;
+      python3 scripts/experiments/fair-table.py "$OUT" --svg "$OUT/accuracy.svg" --widths-svg "$OUT/widths-by-arm.svg" ;;
     *) echo "unknown stage $stage" >&2; exit 2 ;;
   esac
 done

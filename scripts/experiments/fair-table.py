@@ -202,6 +202,41 @@ def svg(per_arm, teacher, path):
     Path(path).write_text("\n".join(o) + "\n")
 
 
+def widths_svg(out, path):
+    """Each searched arm's width per layer as a ratio to the base width: one line per arm."""
+    archs = {p.parent.name: tomllib.loads(p.read_text()) for p in sorted(out.glob("*/arch.toml"))}
+    if not archs:
+        return
+    names = [layer["name"] for layer in next(iter(archs.values()))["layers"]]
+    ratios = {arm: [w / b for w, b in zip(a["widths"], a["base_widths"])] for arm, a in archs.items()}
+    hi = max(2.0, max(max(r) for r in ratios.values()))
+    w, h, left, top, bottom, right = 80 + 38 * len(names), 380, 60, 40, 110, 120
+    x = lambda i: left + 19 + 38 * i  # noqa: E731
+    y = lambda v: top + (hi - v) / hi * (h - top - bottom)  # noqa: E731
+    o = [f'<svg xmlns="http://www.w3.org/2000/svg" width="{w + right}" height="{h}" font-family="sans-serif" font-size="12">',
+         f'<rect width="{w + right}" height="{h}" fill="white"/>',
+         f'<text x="{(w + right) / 2}" y="20" text-anchor="middle" font-size="14">Searched width / base width, '
+         f'per layer (1.0 = uniform ResNet-20)</text>']
+    for i in range(int(hi / 0.25) + 1):
+        v = 0.25 * i
+        o.append(f'<line x1="{left}" x2="{w}" y1="{y(v):.1f}" y2="{y(v):.1f}" stroke="{"#888" if v == 1 else "#e5e5e5"}"/>')
+        o.append(f'<text x="{left - 6}" y="{y(v) + 4:.1f}" text-anchor="end">{v:.2f}</text>')
+    for i, n in enumerate(names):
+        o.append(f'<text transform="translate({x(i) + 4},{h - bottom + 8}) rotate(60)" font-size="11">{n}</text>')
+    colors = ["#1f77b4", "#ff7f0e", "#2ca02c", "#d62728", "#9467bd"]
+    for k, (arm, r) in enumerate(ratios.items()):
+        c = colors[k % len(colors)]
+        pts = " ".join(f"{x(i):.1f},{y(v):.1f}" for i, v in enumerate(r))
+        o.append(f'<polyline points="{pts}" fill="none" stroke="{c}" stroke-width="2"/>')
+        for i, v in enumerate(r):
+            o.append(f'<circle cx="{x(i):.1f}" cy="{y(v):.1f}" r="3.5" fill="{c}"><title>{arm} {names[i]}: '
+                     f'{archs[arm]["widths"][i]} of {archs[arm]["base_widths"][i]}</title></circle>')
+        o.append(f'<line x1="{w + 10}" x2="{w + 30}" y1="{top + 20 * k}" y2="{top + 20 * k}" stroke="{c}" stroke-width="2"/>')
+        o.append(f'<text x="{w + 36}" y="{top + 20 * k + 4}">{arm}</text>')
+    o.append("</svg>")
+    Path(path).write_text("\n".join(o) + "\n")
+
+
 def scaled_arch(out, profile):
     """Writes scaled/arch.toml: base widths times one factor, at the mean MACs of the NCE arms."""
     nce = [cost_ratios(out, p.parent.name)[0] for p in out.glob("nce-s*/arch.toml")]
@@ -275,6 +310,8 @@ def main():
     sensitivity(out)
     if "--svg" in sys.argv:
         svg(per_arm, teacher, sys.argv[sys.argv.index("--svg") + 1])
+    if "--widths-svg" in sys.argv:
+        widths_svg(out, sys.argv[sys.argv.index("--widths-svg") + 1])
 
 
 if __name__ == "__main__":
