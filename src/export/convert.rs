@@ -77,69 +77,77 @@ pub fn int_layers(model: &LoadedModel) -> Result<Vec<IntLayer>, ExportError> {
     let scales = tensor_scales(net, &ex);
     let mut out = Vec::new();
     for (i, l) in net.layers.iter().enumerate() {
-        let e = &ex[i];
         match l.op {
-            Op::Conv { relu, .. } => {
-                let wi = e.weight_int.as_ref().ok_or_else(|| ExportError::FullPrecision { layer: l.name.clone() })?;
-                let bn = e.bn.as_ref().ok_or_else(|| ExportError::NoBatchNorm { layer: l.name.clone() })?;
-                let s_x = scale_of(&scales, l.inputs[0]).ok_or_else(|| not_quantized(&l.name, "input"))?;
-                let (s_out, s_sc) = if relu {
-                    (e.act.ok_or_else(|| not_quantized(&l.name, "output"))?.scale, None)
-                } else {
-                    let add = (i + 1..net.layers.len())
-                        .find(|&j| net.layers[j].inputs.first() == Some(&Src::Layer(i)) && matches!(net.layers[j].op, Op::Add { .. }))
-                        .ok_or_else(|| ExportError::NoResidualAdd { layer: l.name.clone() })?;
-                    let add_name = &net.layers[add].name;
-                    let s_out = ex[add].act.ok_or_else(|| not_quantized(add_name, "output"))?.scale;
-                    let s_sc = scale_of(&scales, net.layers[add].inputs[1]).ok_or_else(|| not_quantized(add_name, "shortcut"))?;
-                    (s_out, Some(s_sc))
-                };
-                let (gamma, beta, mean, var) = (to_f64(&bn.gamma), to_f64(&bn.beta), to_f64(&bn.running_mean), to_f64(&bn.running_var));
-                let mut mm = Vec::with_capacity(gamma.len());
-                let mut bb = Vec::with_capacity(gamma.len());
-                for c in 0..gamma.len() {
-                    let inv = gamma[c] / (var[c] + bn.eps).sqrt();
-                    mm.push(wi.scale * s_x * inv / s_out);
-                    bb.push((beta[c] - inv * mean[c]) / s_out);
-                }
-                let r_real = s_sc.map(|s| s / s_out);
-                let mut all = mm.clone();
-                all.extend(&bb);
-                all.extend(r_real);
-                let shift = pick_shift(&all).map_err(|value| ExportError::Requantisation { layer: l.name.clone(), value })?;
-                let f = f64::from(1u32 << shift);
-                out.push(IntLayer {
-                    index: i,
-                    codes: wi.codes.to_kind(Kind::Int64),
-                    wbits: l.wbits,
-                    m: mm.iter().map(|v| round(v * f) as i32).collect(),
-                    b: bb.iter().map(|v| round(v * f) as i32).collect(),
-                    shift,
-                    r: r_real.map(|v| round(v * f) as i32),
-                    scales: LayerScales { weight: Some(wi.scale), input: Some(s_x), output: Some(s_out), weight_bits: l.wbits },
-                });
-            }
-            Op::Linear => {
-                let wi = e.weight_int.as_ref().ok_or_else(|| ExportError::FullPrecision { layer: l.name.clone() })?;
-                let s_x = scale_of(&scales, l.inputs[0]).ok_or_else(|| not_quantized(&l.name, "input"))?;
-                let bias = e.bias.as_ref().map(to_f64).unwrap_or_else(|| vec![0.0; l.out_shape.c]);
-                let unit = wi.scale * s_x;
-                let b: Vec<i32> = bias.iter().map(|v| round(v / unit).clamp(i32::MIN as i64, i32::MAX as i64) as i32).collect();
-                out.push(IntLayer {
-                    index: i,
-                    codes: wi.codes.to_kind(Kind::Int64),
-                    wbits: l.wbits,
-                    m: vec![],
-                    b,
-                    shift: 0,
-                    r: None,
-                    scales: LayerScales { weight: Some(wi.scale), input: Some(s_x), output: Some(unit), weight_bits: l.wbits },
-                });
-            }
+            Op::Conv { relu, .. } => out.push(conv_layer(net, &ex, &scales, i, relu)?),
+            Op::Linear => out.push(linear_layer(net, &ex[i], &scales, i)?),
             _ => {}
         }
     }
     Ok(out)
+}
+
+/// A conv with its BatchNorm folded into per-channel multipliers and biases at one shift; a conv
+/// without ReLU requantises at its residual add, whose shortcut gets the multiplier `r`.
+fn conv_layer(net: &Network, ex: &[LayerExport], scales: &[Option<f64>], i: usize, relu: bool) -> Result<IntLayer, ExportError> {
+    let (l, e) = (&net.layers[i], &ex[i]);
+    let wi = e.weight_int.as_ref().ok_or_else(|| ExportError::FullPrecision { layer: l.name.clone() })?;
+    let bn = e.bn.as_ref().ok_or_else(|| ExportError::NoBatchNorm { layer: l.name.clone() })?;
+    let s_x = scale_of(scales, l.inputs[0]).ok_or_else(|| not_quantized(&l.name, "input"))?;
+    let (s_out, s_sc) = if relu {
+        (e.act.ok_or_else(|| not_quantized(&l.name, "output"))?.scale, None)
+    } else {
+        let add = (i + 1..net.layers.len())
+            .find(|&j| net.layers[j].inputs.first() == Some(&Src::Layer(i)) && matches!(net.layers[j].op, Op::Add { .. }))
+            .ok_or_else(|| ExportError::NoResidualAdd { layer: l.name.clone() })?;
+        let add_name = &net.layers[add].name;
+        let s_out = ex[add].act.ok_or_else(|| not_quantized(add_name, "output"))?.scale;
+        let s_sc = scale_of(scales, net.layers[add].inputs[1]).ok_or_else(|| not_quantized(add_name, "shortcut"))?;
+        (s_out, Some(s_sc))
+    };
+    let (gamma, beta, mean, var) = (to_f64(&bn.gamma), to_f64(&bn.beta), to_f64(&bn.running_mean), to_f64(&bn.running_var));
+    let mut mm = Vec::with_capacity(gamma.len());
+    let mut bb = Vec::with_capacity(gamma.len());
+    for c in 0..gamma.len() {
+        let inv = gamma[c] / (var[c] + bn.eps).sqrt();
+        mm.push(wi.scale * s_x * inv / s_out);
+        bb.push((beta[c] - inv * mean[c]) / s_out);
+    }
+    let r_real = s_sc.map(|s| s / s_out);
+    let mut all = mm.clone();
+    all.extend(&bb);
+    all.extend(r_real);
+    let shift = pick_shift(&all).map_err(|value| ExportError::Requantisation { layer: l.name.clone(), value })?;
+    let f = f64::from(1u32 << shift);
+    Ok(IntLayer {
+        index: i,
+        codes: wi.codes.to_kind(Kind::Int64),
+        wbits: l.wbits,
+        m: mm.iter().map(|v| round(v * f) as i32).collect(),
+        b: bb.iter().map(|v| round(v * f) as i32).collect(),
+        shift,
+        r: r_real.map(|v| round(v * f) as i32),
+        scales: LayerScales { weight: Some(wi.scale), input: Some(s_x), output: Some(s_out), weight_bits: l.wbits },
+    })
+}
+
+/// The classifier: integer logits in units of `weight scale × input scale`, the bias rounded to them.
+fn linear_layer(net: &Network, e: &LayerExport, scales: &[Option<f64>], i: usize) -> Result<IntLayer, ExportError> {
+    let l = &net.layers[i];
+    let wi = e.weight_int.as_ref().ok_or_else(|| ExportError::FullPrecision { layer: l.name.clone() })?;
+    let s_x = scale_of(scales, l.inputs[0]).ok_or_else(|| not_quantized(&l.name, "input"))?;
+    let bias = e.bias.as_ref().map(to_f64).unwrap_or_else(|| vec![0.0; l.out_shape.c]);
+    let unit = wi.scale * s_x;
+    let b: Vec<i32> = bias.iter().map(|v| round(v / unit).clamp(i32::MIN as i64, i32::MAX as i64) as i32).collect();
+    Ok(IntLayer {
+        index: i,
+        codes: wi.codes.to_kind(Kind::Int64),
+        wbits: l.wbits,
+        m: vec![],
+        b,
+        shift: 0,
+        r: None,
+        scales: LayerScales { weight: Some(wi.scale), input: Some(s_x), output: Some(unit), weight_bits: l.wbits },
+    })
 }
 
 fn not_quantized(layer: &str, what: &'static str) -> ExportError {
