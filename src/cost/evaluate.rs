@@ -92,63 +92,8 @@ impl Evaluator {
                 format!("cost plugin name `{name}` is registered more than once (by {}); rename one of them", origins.join(" and ")),
             ));
         }
-        let mut plugins = Vec::new();
-        for (name, options) in &profile.plugins {
-            let plugin = find_plugin(name).ok_or_else(|| {
-                profile.error_at(
-                    &format!("plugins.{name}"),
-                    "",
-                    format!("unknown cost plugin `{name}` (registered: {})", plugin_names().join(", ")),
-                )
-            })?;
-            let ctx = PluginContext { profile, options };
-            let model = (plugin.create)(&ctx).map_err(|e| {
-                let key = first_key_named_in(&e.to_string(), options).unwrap_or_default();
-                profile.error_at(&format!("plugins.{name}"), &key, format!("plugin `{name}`: {e}"))
-            })?;
-            let metrics = model.metrics();
-            plugins.push(Instance { name: name.clone(), model, metrics });
-        }
-        let mut budgets = Vec::new();
-        for b in &profile.budgets {
-            let providers: Vec<(usize, usize)> = plugins
-                .iter()
-                .enumerate()
-                .filter(|(_, p)| b.plugin.as_deref().is_none_or(|want| want == p.name))
-                .filter_map(|(i, p)| p.metrics.iter().position(|m| m.name == b.metric).map(|j| (i, j)))
-                .collect();
-            let available: Vec<String> =
-                plugins.iter().flat_map(|p| p.metrics.iter().map(move |m| format!("{} ({})", m.name, p.name))).collect();
-            match providers.as_slice() {
-                [(plugin, metric)] => budgets.push(BoundBudget { budget: b.clone(), plugin: *plugin, metric: *metric }),
-                [] => {
-                    return Err(profile.error_at(
-                        "budgets",
-                        &b.metric,
-                        format!(
-                            "no plugin of this profile{} computes `{}`; available metrics: {}",
-                            b.plugin.as_ref().map(|p| format!(" named `{p}`")).unwrap_or_default(),
-                            b.metric,
-                            available.join(", ")
-                        ),
-                    ))
-                }
-                many => {
-                    let names: Vec<&str> = many.iter().map(|(i, _)| plugins[*i].name.as_str()).collect();
-                    return Err(profile.error_at(
-                        "budgets",
-                        &b.metric,
-                        format!(
-                            "`{}` is computed by several plugins ({}); write `{} = {{ max = …, plugin = \"{}\" }}`",
-                            b.metric,
-                            names.join(", "),
-                            b.metric,
-                            names[0]
-                        ),
-                    ));
-                }
-            }
-        }
+        let plugins = profile.plugins.iter().map(|(name, options)| instantiate(profile, name, options)).collect::<Result<Vec<_>, _>>()?;
+        let budgets = profile.budgets.iter().map(|b| bind(profile, &plugins, b)).collect::<Result<Vec<_>, _>>()?;
         Ok(Evaluator { plugins, budgets })
     }
 
@@ -216,4 +161,54 @@ fn first_key_named_in(msg: &str, options: &toml::Table) -> Option<String> {
         return rest.split('`').next().map(str::to_string);
     }
     options.keys().find(|k| msg.contains(k.as_str())).cloned()
+}
+
+/// The plugin `[plugins.NAME]` names, created with its options.
+fn instantiate(profile: &Profile, name: &str, options: &toml::Table) -> Result<Instance, ProfileError> {
+    let plugin = find_plugin(name).ok_or_else(|| {
+        profile.error_at(
+            &format!("plugins.{name}"),
+            "",
+            format!("unknown cost plugin `{name}` (registered: {})", plugin_names().join(", ")),
+        )
+    })?;
+    let ctx = PluginContext { profile, options };
+    let model = (plugin.create)(&ctx).map_err(|e| {
+        let key = first_key_named_in(&e.to_string(), options).unwrap_or_default();
+        profile.error_at(&format!("plugins.{name}"), &key, format!("plugin `{name}`: {e}"))
+    })?;
+    let metrics = model.metrics();
+    Ok(Instance { name: name.to_string(), model, metrics })
+}
+
+/// The one plugin metric a budget limits: the budget's `plugin` if it names one, else the only
+/// plugin that computes the metric.
+fn bind(profile: &Profile, plugins: &[Instance], b: &Budget) -> Result<BoundBudget, ProfileError> {
+    let providers: Vec<(usize, usize)> = plugins
+        .iter()
+        .enumerate()
+        .filter(|(_, p)| b.plugin.as_deref().is_none_or(|want| want == p.name))
+        .filter_map(|(i, p)| p.metrics.iter().position(|m| m.name == b.metric).map(|j| (i, j)))
+        .collect();
+    match providers.as_slice() {
+        [(plugin, metric)] => Ok(BoundBudget { budget: b.clone(), plugin: *plugin, metric: *metric }),
+        [] => {
+            let available: Vec<String> =
+                plugins.iter().flat_map(|p| p.metrics.iter().map(move |m| format!("{} ({})", m.name, p.name))).collect();
+            let named = b.plugin.as_ref().map(|p| format!(" named `{p}`")).unwrap_or_default();
+            let msg = format!("no plugin of this profile{named} computes `{}`; available metrics: {}", b.metric, available.join(", "));
+            Err(profile.error_at("budgets", &b.metric, msg))
+        }
+        many => {
+            let names: Vec<&str> = many.iter().map(|(i, _)| plugins[*i].name.as_str()).collect();
+            let msg = format!(
+                "`{}` is computed by several plugins ({}); write `{} = {{ max = …, plugin = \"{}\" }}`",
+                b.metric,
+                names.join(", "),
+                b.metric,
+                names[0]
+            );
+            Err(profile.error_at("budgets", &b.metric, msg))
+        }
+    }
 }
