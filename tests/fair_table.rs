@@ -101,3 +101,31 @@ fn two_search_seeds_are_averaged_per_final_training_seed_and_shown_apart() {
     let t = table(out, &[]);
     assert!(t.contains("+0.70 points, 95 % CI [+0.45, +0.95]") && t.contains("Verdict: MET"), "{t}");
 }
+
+/// A run at a smaller budget (`presets/fair-fashion-0.75x.toml`): the reference arm is the base
+/// ResNet-20 scaled by one factor to fit, the rule compares NCE with it, and an NCE network over
+/// that budget cannot meet the rule however accurate it is.
+#[test]
+fn a_scaled_baseline_fits_the_smaller_budget_and_is_what_nce_is_compared_with() {
+    const PRESET: &str = "presets/fair-fashion-0.75x.toml";
+    let dir = run_dir(&[], &[92.7, 93.0, 93.0]);
+    let out = dir.path();
+    let t = table(out, &["--preset", PRESET, "--baseline-arch"]);
+    assert!(t.is_empty(), "{t}");
+    let arch = fs::read_to_string(out.join("scaled/arch.toml")).unwrap();
+    assert!(arch.contains("widths = [14, 14, 14, 14, 14, 14, 14, 27, 27, 27, 27, 27, 27, 55, 55, 55, 55, 55, 55]"), "{arch}");
+    for (seed, acc) in [92.0, 92.2, 92.1].iter().enumerate() {
+        write_metrics(&out.join(format!("w2a2-scaled-s{seed}")), 10, acc / 100.0);
+    }
+    // The scaled network lands at 0.74x MACs and params, within 0.97-1.00 of the 0.75x budget.
+    let t = table(out, &["--preset", PRESET]);
+    assert!(t.contains("| scaled | 92.10 ± 0.10 | 92.00, 92.20, 92.10 | – | 0.740x | 0.735x |"), "{t}");
+    assert!(!t.contains("| uniform |"), "{t}");
+    assert!(t.contains("Paired difference NCE − scaled over 3 final-training seeds"), "{t}");
+    // +0.80 [+0.55, +1.05], but NCE search seed 0's network is the 1.0x one: over budget.
+    assert!(t.contains("Verdict: NOT MET — difference +0.80 points") && t.contains("NCE within budget: False"), "{t}");
+    // A network within the budget (here the scaled one's widths) with the same gain meets it.
+    fs::copy(out.join("scaled/arch.toml"), out.join("nce-s0/arch.toml")).unwrap();
+    let t = table(out, &["--preset", PRESET]);
+    assert!(t.contains("Verdict: MET — NCE ≥ scaled + 0.5 points within the budgets of nce-flops-params-0.75x"), "{t}");
+}

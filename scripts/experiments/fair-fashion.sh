@@ -12,6 +12,12 @@
 #   tas       TAS with a static wide space (candidates 0.5x..1.5x, no expansion)
 #   scaled    every width scaled by one factor to NCE's MACs (only if NCE landed below 0.97x)
 #
+# Another budget is another preset: PRESET=presets/fair-fashion-0.75x.toml runs the same arms
+# under hw-profiles/nce-flops-params-0.75x.toml, in its own folders (the preset's `out` and
+# `keep`), with the preset's `baseline = "scaled"`: the reference arm is then every base width
+# times the largest single factor within the budgets (stage `baseline`), since the uniform
+# network itself does not fit. The teacher is the same uniform FP32 model.
+#
 # Resumable: rerun the same command after an interruption (even kill -9); finished stages are
 # skipped and the interrupted one resumes from its checkpoint. One heavy job at a time.
 #
@@ -31,24 +37,31 @@
 #   STAGES=report  scripts/experiments/fair-fashion.sh
 #   STAGES=persist scripts/experiments/fair-fashion.sh
 #   STAGES="restore status" scripts/experiments/fair-fashion.sh   # how far every unit got
+#   PRESET=presets/fair-fashion-0.75x.toml scripts/experiments/fair-fashion.sh   # at 0.75x
 set -euo pipefail
 cd "$(dirname "${BASH_SOURCE[0]}")/../.."
-OUT=${OUT:-runs/fair-fashion}
 PRESET=${PRESET:-presets/fair-fashion.toml}
-KEEP=${KEEP:-experiments/fair-fashion}
-STAGES=${STAGES:-restore teacher final search final persist report}
+STAGES=${STAGES:-restore teacher baseline final search final persist report}
 THREADS=${THREADS:-2}
 export OMP_WAIT_POLICY=PASSIVE
 
-# Settings come from the preset file (one place, also read by the report).
-val() { python3 - "$PRESET" "$1" <<'PY'
+# Settings come from the preset file (one place, also read by the report). `val KEY [DEFAULT]`.
+val() { python3 - "$PRESET" "$@" <<'PY'
 import sys, tomllib
 d = tomllib.load(open(sys.argv[1], "rb"))
 for k in sys.argv[2].split("."):
+    if k not in d and len(sys.argv) > 3:
+        d = sys.argv[3]
+        break
     d = d[k]
 print(",".join(map(str, d)) if isinstance(d, list) else d)
 PY
 }
+OUT=${OUT:-$(val out runs/fair-fashion)}
+KEEP=${KEEP:-$(val keep experiments/fair-fashion)}
+BASELINE=$(val baseline uniform)
+case $BASELINE in uniform|scaled) ;; *) echo "$PRESET: baseline must be \"uniform\" or \"scaled\", not \"$BASELINE\"" >&2; exit 2 ;; esac
+TABLE=(python3 scripts/experiments/fair-table.py "$OUT" --preset "$PRESET")
 PROFILE=$(val profile)
 FP_EPOCHS=$(val fp32.epochs); FP_LR=$(val fp32.lr)
 Q_EPOCHS=$(val w2a2.epochs); Q_LR=$(val w2a2.lr); SEEDS=$(val w2a2.seeds | tr , ' ')
@@ -117,11 +130,12 @@ search() { # name seed threshold ratios
     --init "$SEARCH_INIT" --threads "$THREADS" --seed "$2" --out "$OUT/$1" --resume --quiet
   keep_unit "$OUT/$1"
 }
-arms() { # every arm with an architecture, as "name arch-file-or-empty"
-  echo "uniform -"
+arms() { # every arm with an architecture, as "name arch-file-or-empty"; the baseline first
+  if [ "$BASELINE" = uniform ]; then echo "uniform -"
+  elif [ -f "$OUT/scaled/arch.toml" ]; then echo "scaled $OUT/scaled/arch.toml"; fi
   for s in $S_SEEDS; do [ -f "$OUT/nce-s$s/arch.toml" ] && echo "nce-s$s $OUT/nce-s$s/arch.toml"; done
   [ -f "$OUT/tas/arch.toml" ] && echo "tas $OUT/tas/arch.toml"
-  [ -f "$OUT/scaled/arch.toml" ] && echo "scaled $OUT/scaled/arch.toml"
+  [ "$BASELINE" = uniform ] && [ -f "$OUT/scaled/arch.toml" ] && echo "scaled $OUT/scaled/arch.toml"
   true
 }
 arch_args() { [ "$1" = - ] || echo "--arch $1"; }
@@ -155,12 +169,15 @@ for stage in $STAGES; do
           > "$OUT/fp32-uniform/SOURCE"
       fi
       [ -f "$OUT/fp32-uniform/SOURCE" ] || train "$OUT/fp32-uniform" "$FP_EPOCHS" --bits 32 --lr "$FP_LR" --seed 0 ;;
+    baseline) # a `scaled` baseline's architecture (nothing to do for `uniform`)
+      "${TABLE[@]}" --baseline-arch
+      [ ! -f "$OUT/scaled/arch.toml" ] || keep_unit "$OUT/scaled" ;;
     search)
       train "$OUT/search-init" "$S_INIT_EPOCHS" --bits 2 --lr "$S_LR" --warmup-epochs 0 --train-subset "$S_SUBSET" \
         --init "$TEACHER" --seed 0
       for s in $S_SEEDS; do search "nce-s$s" "$s" "$T" 0.5,0.75,1.0; done
       search tas 0 inf "$TAS_RATIOS"
-      python3 scripts/experiments/fair-table.py "$OUT" --scaled-arch "$PROFILE" ;;
+      "${TABLE[@]}" --scaled-arch "$PROFILE" ;;
     final) arms | while read -r name arch; do fp32 "$name" "$arch"; for seed in $SEEDS; do w2a2 "$name" "$arch" "$seed"; done; done ;;
     fp32) arms | while read -r name arch; do fp32 "$name" "$arch"; done ;;
     w2a2) for seed in $SEEDS; do arms | while read -r name arch; do w2a2 "$name" "$arch" "$seed"; done; done ;;
@@ -187,7 +204,7 @@ for stage in $STAGES; do
       if [ ! -f "$OUT/sensitivity/sensitivity.csv" ] && [ "$(done_epochs "$OUT/w2a2-uniform-s0")" -ge "$Q_EPOCHS" ]; then
         nce sensitivity "$OUT/w2a2-uniform-s0/checkpoint.ot" --threads "$THREADS" --out "$OUT/sensitivity" > /dev/null
       fi
-      python3 scripts/experiments/fair-table.py "$OUT" --svg "$OUT/accuracy.svg" --widths-svg "$OUT/widths-by-arm.svg" ;;
+      "${TABLE[@]}" --svg "$OUT/accuracy.svg" --widths-svg "$OUT/widths-by-arm.svg" ;;
     *) echo "unknown stage $stage" >&2; exit 2 ;;
   esac
 done

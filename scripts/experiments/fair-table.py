@@ -4,13 +4,19 @@
     fair-table.py RUN_DIR                        # markdown table + verdict on stdout
     fair-table.py RUN_DIR --scaled-arch PROFILE  # also write RUN_DIR/scaled/arch.toml if NCE
                                                  # landed below 0.97x MACs (the "scaled" arm)
+    fair-table.py RUN_DIR --baseline-arch        # write RUN_DIR/scaled/arch.toml: the base
+                                                 # widths times the largest factor in budget
     fair-table.py RUN_DIR --svg FILE             # also draw every arm's seeds and mean (SVG)
+    fair-table.py RUN_DIR --preset FILE ...      # another budget's preset (default
+                                                 # presets/fair-fashion.toml)
 
 Per arm: final test accuracy of every W2A2 seed (last epoch, all 10,000 test images), mean and
 sample std, MACs and params relative to the base ResNet-20, CPU-hours. Then the paired
-difference NCE - uniform by final-training seed (NCE = mean over search seeds) with a 95 %
-t-interval, and the pre-registered rule: NCE >= uniform + 0.5 points at <= 1.0x MACs and
-params, with the interval of the difference above 0. Standard library only (Python >= 3.11).
+difference NCE - baseline by final-training seed (NCE = mean over search seeds) with a 95 %
+t-interval, and the pre-registered rule: NCE >= baseline + 0.5 points within the profile's MACs
+and params budgets, with the interval of the difference above 0. The baseline is the preset's
+`baseline`: `uniform` (the base ResNet-20, at the 1.0x budget) or `scaled` (every base width
+times one factor, at a smaller budget). Standard library only (Python >= 3.11).
 """
 import csv, json, math, statistics, subprocess, sys, tomllib
 from pathlib import Path
@@ -42,22 +48,40 @@ def seconds(d):
     return s
 
 
-def arms(out):
-    found = ["uniform"]
+# ResNet-20's width slots: the stem, then six convs per stage (16, 32, 64 channels).
+RESNET20_WIDTHS = [16] * 7 + [32] * 6 + [64] * 6
+
+
+def baseline(preset):
+    """The arm NCE is compared with: `uniform` (base widths) or `scaled` (one factor, in budget)."""
+    return preset.get("baseline", "uniform")
+
+
+def arms(out, preset):
+    base = baseline(preset)
+    found = [base]
     found += sorted(p.parent.name for p in out.glob("nce-s*/arch.toml"))
-    found += [n for n in ("tas", "scaled") if (out / n / "arch.toml").is_file()]
+    found += [n for n in ("tas", "scaled") if n != base and (out / n / "arch.toml").is_file()]
     return found
 
 
-def cost_ratios(out, arm):
-    """MACs and params of the arm's network relative to the base, from `nce cost --arch`."""
+def nce_cost(out, preset, args):
+    """`nce cost --json` under the preset's profile."""
+    r = subprocess.run([str(out / "bin" / "nce"), "cost", "--profile", preset["profile"], "--json", *args],
+                       check=True, capture_output=True, text=True)
+    return json.loads(r.stdout)
+
+
+def cost_ratios(out, preset, arm):
+    """MACs and params of the arm's network relative to the base, and whether it is within
+    every budget of the preset's profile, from `nce cost --arch`."""
     if arm == "uniform":
-        return 1.0, 1.0
-    profile = tomllib.loads(Path("presets/fair-fashion.toml").read_text())["profile"]
-    r = subprocess.run([str(out / "bin" / "nce"), "cost", "--arch", str(out / arm / "arch.toml"),
-                        "--profile", profile, "--json"], check=True, capture_output=True, text=True)
-    b = {x["metric"]: x["value"] / x["base"] for x in json.loads(r.stdout)["budgets"]}
-    return b.get("macs", float("nan")), b.get("params", float("nan"))
+        args = ["--model", "resnet20", "--input", "1x28x28", "--classes", "10"]
+    else:
+        args = ["--arch", str(out / arm / "arch.toml")]
+    c = nce_cost(out, preset, args)
+    b = {x["metric"]: x["value"] / x["base"] for x in c["budgets"]}
+    return b.get("macs", float("nan")), b.get("params", float("nan")), c["pass"]
 
 
 def accs(out, arm, want_epochs):
@@ -119,10 +143,10 @@ def report(out, preset):
     q_epochs = preset["w2a2"]["epochs"]
     rows, per_arm = [], {}
     teacher = teacher_acc(out)
-    for arm in arms(out):
+    for arm in arms(out, preset):
         a = accs(out, arm, q_epochs)
         per_arm[arm] = a
-        macs, params = cost_ratios(out, arm)
+        macs, params, _ = cost_ratios(out, preset, arm)
         hours = sum(seconds(d) for d in out.glob(f"*{arm}*") if d.is_dir()) / 3600
         seeds = ", ".join(f"{v:.2f}" for _, v in sorted(a.items()))
         fp32 = teacher if arm == "uniform" else fp32_acc(out, arm, preset["fp32"]["epochs"])
@@ -134,30 +158,32 @@ def report(out, preset):
     if teacher is not None:
         print(f"\nShared FP32 teacher (uniform ResNet-20): {teacher:.2f} % on all test images.")
     nce_arms = [a for a in per_arm if a.startswith("nce-")]
-    uni = per_arm.get("uniform", {})
+    base = baseline(preset)
+    uni = per_arm.get(base, {})
     diffs = []
     for seed, u in sorted(uni.items()):
         vals = [per_arm[a][seed] for a in nce_arms if seed in per_arm[a]]
         if len(vals) == len(nce_arms) and vals:
             diffs.append(statistics.mean(vals) - u)
     m, lo, hi = interval(diffs)
-    print(f"\nPaired difference NCE − uniform over {len(diffs)} final-training seeds "
+    print(f"\nPaired difference NCE − {base} over {len(diffs)} final-training seeds "
           f"(NCE averaged over {len(nce_arms)} search seeds): {diff_text(diffs)}.")
     if len(nce_arms) > 1:  # each search seed on its own, so an interim result stays readable
         for a in nce_arms:
             d = [per_arm[a][s] - u for s, u in sorted(uni.items()) if s in per_arm[a]]
-            print(f"- {a} − uniform over {len(d)} seeds: {diff_text(d)}.")
+            print(f"- {a} − {base} over {len(d)} seeds: {diff_text(d)}.")
     for a in ("tas", "scaled"):
-        if a in per_arm:
+        if a in per_arm and a != base:
             d = [statistics.mean([per_arm[n][s] for n in nce_arms]) - per_arm[a][s]
                  for s in per_arm[a] if all(s in per_arm[n] for n in nce_arms)]
             print(f"Paired difference NCE − {a} over {len(d)} seeds: {diff_text(d)}.")
-    within = all(max(cost_ratios(out, a)) <= 1.0 + 1e-9 for a in nce_arms)
+    within = all(cost_ratios(out, preset, a)[2] for a in nce_arms)
     need = len(preset["w2a2"]["seeds"])
+    budget = Path(preset["profile"]).stem
     if len(diffs) < need or not nce_arms:
         print(f"\nVerdict: not yet decided ({len(diffs)} of {need} paired seeds finished).")
     elif m >= 0.5 and lo > 0 and within:
-        print("\nVerdict: MET — NCE ≥ uniform + 0.5 points at ≤ 1.0x MACs and params, interval above 0.")
+        print(f"\nVerdict: MET — NCE ≥ {base} + 0.5 points within the budgets of {budget}, interval above 0.")
     else:
         print(f"\nVerdict: NOT MET — difference {m:+.2f} points (needs ≥ +0.50 with the 95 % interval above 0), "
               f"NCE within budget: {within}.")
@@ -237,9 +263,45 @@ def widths_svg(out, path):
     Path(path).write_text("\n".join(o) + "\n")
 
 
+def baseline_arch(out, preset):
+    """Writes scaled/arch.toml for a `scaled` baseline: the base widths times the largest single
+    factor (to 1e-4, widths rounded, at least 1) whose network is within every budget."""
+    if (out / "scaled" / "arch.toml").is_file():
+        return
+
+    def fits(f):
+        w = [max(1, round(b * f)) for b in RESNET20_WIDTHS]
+        c = nce_cost(out, preset, ["--model", "resnet20", "--input", "1x28x28", "--classes", "10",
+                                   "--widths", ",".join(map(str, w))])
+        return w, c
+
+    lo, hi = 0.05, 1.0
+    if fits(hi)[1]["pass"]:
+        lo = hi
+    while hi - lo > 1e-4:
+        mid = (lo + hi) / 2
+        lo, hi = (mid, hi) if fits(mid)[1]["pass"] else (lo, mid)
+    w, c = fits(lo)
+    ratios = {x["metric"]: x["value"] / x["base"] for x in c["budgets"]}
+    write_arch(out / "scaled", preset["profile"], w,
+               f"uniform scale {lo:.4f}, the largest within the budgets "
+               f"({', '.join(f'{k} {v:.4f}x' for k, v in ratios.items())})")
+    print(f"scaled baseline: factor {lo:.4f}, {ratios}", file=sys.stderr)
+
+
+def write_arch(d, profile, widths, derivation, base=RESNET20_WIDTHS):
+    d.mkdir(parents=True, exist_ok=True)
+    lines = ['model = "resnet20"', 'input = "1x28x28"', "classes = 10", f'profile = "{profile}"',
+             f"widths = {widths}", f"base_widths = {base}", f'derivation = "{derivation}"',
+             "repaired = []", "layers = []", "costs = []", "budgets = []", "expansions = []"]
+    (d / "arch.toml.new").write_text("\n".join(lines) + "\n")
+    (d / "arch.toml.new").replace(d / "arch.toml")
+
+
 def scaled_arch(out, profile):
     """Writes scaled/arch.toml: base widths times one factor, at the mean MACs of the NCE arms."""
-    nce = [cost_ratios(out, p.parent.name)[0] for p in out.glob("nce-s*/arch.toml")]
+    preset = {"profile": profile}
+    nce = [cost_ratios(out, preset, p.parent.name)[0] for p in out.glob("nce-s*/arch.toml")]
     if not nce or min(nce) >= 0.97 or (out / "scaled" / "arch.toml").is_file():
         return
     target = statistics.mean(nce)
@@ -263,12 +325,7 @@ def scaled_arch(out, profile):
         else:
             hi = mid
     w, m = macs(lo)
-    (out / "scaled").mkdir(exist_ok=True)
-    lines = [f'model = "{arch["model"]}"', f'input = "{arch["input"]}"', f'classes = {arch["classes"]}',
-             f'profile = "{profile}"', f"widths = {w}", f"base_widths = {base}",
-             f'derivation = "uniform scale {lo:.4f} to NCE\'s mean MACs ({target:.4f}x)"',
-             "repaired = []", "layers = []", "costs = []", "budgets = []", "expansions = []"]
-    (out / "scaled" / "arch.toml").write_text("\n".join(lines) + "\n")
+    write_arch(out / "scaled", profile, w, f"uniform scale {lo:.4f} to NCE's mean MACs ({target:.4f}x)", base)
     print(f"scaled arm: factor {lo:.4f}, MACs {m / base_macs:.4f}x (NCE mean {target:.4f}x)", file=sys.stderr)
 
 
@@ -302,9 +359,14 @@ def sensitivity(out):
 
 def main():
     out = Path(sys.argv[1] if len(sys.argv) > 1 else "runs/fair-fashion")
-    preset = tomllib.loads(Path("presets/fair-fashion.toml").read_text())
+    preset_file = sys.argv[sys.argv.index("--preset") + 1] if "--preset" in sys.argv else "presets/fair-fashion.toml"
+    preset = tomllib.loads(Path(preset_file).read_text())
     if "--scaled-arch" in sys.argv:
         scaled_arch(out, sys.argv[sys.argv.index("--scaled-arch") + 1])
+        return
+    if "--baseline-arch" in sys.argv:
+        if baseline(preset) == "scaled":
+            baseline_arch(out, preset)
         return
     per_arm, teacher = report(out, preset)
     sensitivity(out)
