@@ -17,7 +17,8 @@ macro_rules! shipped {
 }
 
 /// Every shipped profile, sorted by name.
-pub const PROFILES: &[Shipped] = shipped!["local-cpu", "mcu-cortex-m7", "mobile-cpu-a76", "nce-flops-params", "nce-flops-params-0.75x", "npu-int2-array"];
+pub const PROFILES: &[Shipped] =
+    shipped!["local-cpu", "mcu-cortex-m7", "mobile-cpu-a76", "nce-flops-params", "nce-flops-params-0.75x", "npu-int2-array"];
 
 /// The latency tables the shipped profiles name, by their path relative to `hw-profiles/`.
 const TABLES: &[(&str, &str)] = &[
