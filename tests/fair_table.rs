@@ -129,3 +129,36 @@ fn a_scaled_baseline_fits_the_smaller_budget_and_is_what_nce_is_compared_with() 
     let t = table(out, &["--preset", PRESET]);
     assert!(t.contains("Verdict: MET — NCE ≥ scaled + 0.5 points within the budgets of nce-flops-params-0.75x"), "{t}");
 }
+
+/// The driver (`scripts/experiments/fair-fashion.sh`) on the 0.75x preset, up to the point where
+/// training would start: the teacher is the committed FP32 model, the `baseline` stage derives
+/// the scaled network, `persist` records it, and `status` lists the protocol's units with the
+/// scaled arm as the baseline. A fresh folder restored from that record finds the arm again.
+#[test]
+fn the_driver_prepares_a_scaled_baseline_run_and_lists_its_units() {
+    let tmp = tempfile::tempdir().unwrap();
+    let (out, keep) = (tmp.path().join("run"), tmp.path().join("keep"));
+    let driver = |out: &Path, stages: &str| {
+        let o = Command::new("bash")
+            .current_dir(repo())
+            .arg("scripts/experiments/fair-fashion.sh")
+            .env("PRESET", "presets/fair-fashion-0.75x.toml")
+            .env("OUT", out)
+            .env("KEEP", &keep)
+            .env("NCE_BIN", env!("CARGO_BIN_EXE_nce"))
+            .env("STAGES", stages)
+            .output()
+            .expect("bash runs");
+        assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
+        String::from_utf8_lossy(&o.stdout).into_owned()
+    };
+    let s = driver(&out, "restore teacher baseline persist status");
+    assert!(out.join("fp32-uniform/checkpoint.ot").is_file());
+    assert!(fs::read_to_string(keep.join("scaled/arch.toml")).unwrap().contains("widths = [14, 14,"));
+    for unit in ["fp32-scaled            0/15 epochs", "w2a2-scaled-s2         0/10 epochs", "nce-s1                 search 0/24"] {
+        assert!(s.contains(unit), "{unit} missing:\n{s}");
+    }
+    assert!(!s.contains("w2a2-uniform"), "{s}");
+    let s = driver(&tmp.path().join("clone"), "restore status");
+    assert!(s.contains("w2a2-scaled-s0         0/10 epochs"), "{s}");
+}

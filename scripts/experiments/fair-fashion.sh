@@ -73,9 +73,11 @@ S_INIT_EPOCHS=$(val search.init_epochs)
 BATCH=$(val batch_size); WD=$(val weight_decay)
 
 mkdir -p "$OUT/bin"
-[ -x target/release/nce ] || cargo build --release --quiet
+# NCE_BIN: another build of the binary (the tests use their debug one).
+BIN=${NCE_BIN:-target/release/nce}
+[ -n "${NCE_BIN:-}" ] || [ -x "$BIN" ] || cargo build --release --quiet
 # Run a copy so rebuilding the tree never touches a running experiment.
-cp target/release/nce "$OUT/bin/nce.new" && mv "$OUT/bin/nce.new" "$OUT/bin/nce"
+cp "$BIN" "$OUT/bin/nce.new" && mv "$OUT/bin/nce.new" "$OUT/bin/nce"
 nce() { nice -n 19 "$OUT/bin/nce" "$@"; }
 TEACHER=$OUT/fp32-uniform/checkpoint.ot
 # Every search starts from the same short W2A2 QAT of the uniform FP32 model (trained clips and
