@@ -185,7 +185,7 @@ pub enum ScheduleError {
     Io { file: PathBuf, source: std::io::Error },
     #[error("{file}:{at}: {message}")]
     Invalid { file: String, at: crate::hw::Location, message: String },
-    #[error("unknown preset `{name}` (shipped: {}); `fair-fashion` is the fair experiment's preset, run by scripts/experiments/fair-fashion.sh", Preset::ALL.map(Preset::name).join(", "))]
+    #[error("unknown preset `{name}` (shipped: {}); `fair-fashion` and `fair-fashion-0.75x` are the fair experiment's presets, run by scripts/experiments/fair-fashion.sh", Preset::ALL.map(Preset::name).join(", "))]
     UnknownPreset { name: String },
 }
 
