@@ -10,7 +10,7 @@ use nce::engine::c_runtime::{generate, CBuild, CTarget, Kernels, TraceRecord};
 use nce::engine::cpu::{self, Cpu};
 use nce::engine::plan::{Header, LayerOut, QModel, Step};
 use nce::export::format::Container;
-use nce::graph::{build, BitConfig, ModelKind, Network, Shape};
+use nce::graph::{build, BitConfig, ModelKind, Network, Shape, Src};
 use std::collections::BTreeMap;
 use std::path::Path;
 
@@ -25,10 +25,38 @@ fn example() -> (QModel, Vec<u8>) {
 /// ResNet-20 at odd widths on a 3×9×9 input with random parameters: reductions that are not
 /// multiples of 16 codes, option-A shortcuts that subsample and zero-pad channels, odd sizes.
 fn odd_model(seed: u64) -> QModel {
+    odd_model_with(seed, &BitConfig::uniform(2))
+}
+
+/// The odd model with one 2-bit conv that reads 8-bit codes (a W2A8 override): the ARMv7E-M
+/// path multiplies four 2-bit codes per instruction and must hand that layer to the reference.
+fn odd_w2a8_model(seed: u64) -> QModel {
+    let mut bits = BitConfig::uniform(2);
+    bits.overrides.insert("layer1.0.conv_a".into(), (2, 8));
+    odd_model_with(seed, &bits)
+}
+
+/// The largest code the engine feeds layer `name` on these images.
+fn max_input_code(model: &QModel, name: &str, images: &[u8]) -> u8 {
+    let cpu = Cpu::new(cpu::Backend::Scalar, 1).unwrap();
+    let prepared = model.prepare(&cpu).unwrap();
+    let net = model.net();
+    let layer = net.layers.iter().find(|l| l.name == name).unwrap();
+    let Src::Layer(producer) = layer.inputs[0] else { panic!("{name} reads the image") };
+    let mut max = 0;
+    for image in images.chunks_exact(net.input.numel()) {
+        let layers = model.run_layers(&cpu, &prepared, image).unwrap();
+        let Some(LayerOut::Codes(t)) = layers[producer].as_ref() else { panic!("{name}'s input is not codes") };
+        max = max.max(t.data.iter().copied().max().unwrap_or(0));
+    }
+    max
+}
+
+fn odd_model_with(seed: u64, bits: &BitConfig) -> QModel {
     let mut widths = vec![5usize; 19];
     widths[7..13].fill(7);
     widths[13..].fill(11);
-    let net = build(ModelKind::Resnet20, Shape::new(3, 9, 9), 7, Some(&widths), &BitConfig::uniform(2)).unwrap();
+    let net = build(ModelKind::Resnet20, Shape::new(3, 9, 9), 7, Some(&widths), bits).unwrap();
     QModel::from_container(&random_container(&net, seed)).unwrap()
 }
 
@@ -97,17 +125,21 @@ fn host_c_matches_every_layer_of_the_example_model() {
     assert_eq!(out.logits, engine_logits(&model, &images));
 }
 
+/// Both kernel sets on odd shapes (byte-wise receptive fields, reductions that are not whole
+/// words) and on a 2-bit conv reading 8-bit codes (which the SWAR path hands to the reference).
 #[test]
 fn host_c_matches_every_layer_on_odd_shapes() {
-    for seed in [1, 2] {
-        let model = odd_model(seed);
+    let w2a8 = odd_w2a8_model(4);
+    for (model, seed) in [(odd_model(1), 1), (odd_model(2), 2), (w2a8, 3)] {
         let images = random_images(&model, 4, seed);
-        let build = CBuild::compile(&generate(&model).unwrap(), CTarget::Host, Kernels::Scalar, true).unwrap();
-        let out = build.run(&images, 1, false).unwrap();
-        assert_same_layers(&model, &images, &out.trace);
-        let logits = engine_logits(&model, &images);
-        assert_eq!(out.logits, logits);
-        assert!(logits.iter().any(|l| l.iter().any(|&v| v != l[0])), "random parameters should give varied logits");
+        for kernels in [Kernels::Scalar, Kernels::Simd] {
+            let build = CBuild::compile(&generate(&model).unwrap(), CTarget::Host, kernels, true).unwrap();
+            let out = build.run(&images, 1, false).unwrap();
+            assert_same_layers(&model, &images, &out.trace);
+            let logits = engine_logits(&model, &images);
+            assert_eq!(out.logits, logits);
+            assert!(logits.iter().any(|l| l.iter().any(|&v| v != l[0])), "random parameters should give varied logits");
+        }
     }
 }
 
@@ -135,11 +167,13 @@ fn the_arena_reuses_memory_and_the_package_is_self_contained() {
 fn qemu_targets_match_the_engine() {
     let odd = odd_model(3);
     let odd_images = random_images(&odd, 3, 3);
+    let w2a8 = odd_w2a8_model(4);
+    assert!(max_input_code(&w2a8, "layer1.0.conv_a", &odd_images) > 3, "a 2-bit conv reads 8-bit codes");
     let (model, images) = example();
     for target in [CTarget::CortexM7, CTarget::AArch64] {
         target.check_tools().unwrap_or_else(|e| panic!("{e}"));
         for kernels in [Kernels::Scalar, Kernels::Simd] {
-            for (m, imgs) in [(&odd, &odd_images), (&model, &images)] {
+            for (m, imgs) in [(&odd, &odd_images), (&w2a8, &odd_images), (&model, &images)] {
                 let build = CBuild::compile(&generate(m).unwrap(), target, kernels, false).unwrap();
                 let out = build.run(imgs, 2, false).unwrap_or_else(|e| panic!("{target:?} {kernels:?}: {e}"));
                 assert_eq!(out.logits, engine_logits(m, imgs), "{target:?} {kernels:?} on {}", m.net().model);

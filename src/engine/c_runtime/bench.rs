@@ -2,7 +2,7 @@
 //! ([`layer_jobs`]) become the steps of one generated `nce_run`, so that the Cortex-M7 harness's
 //! per-step timer (counting instructions under `-icount`) measures each of them once.
 
-use super::generate::{array, emit_conv_desc, SCRATCH_PER_WORD};
+use super::generate::{array, emit_conv_desc, scratch_bytes};
 use super::{CPackage, CRuntimeError, RUNTIME_FILES};
 use crate::data::Rng;
 use crate::engine::measure::{layer_jobs, synthetic_conv, LayerJob, MeasureConfig};
@@ -66,7 +66,6 @@ fn conv_step(
     let wsym = match &conv.weights {
         ConvWeights::W2(w) => {
             sizes.w2 = sizes.w2.max(w.words.len());
-            sizes.scratch = sizes.scratch.max(w.words_per_channel() * SCRATCH_PER_WORD);
             "nce_w2"
         }
         ConvWeights::W8(w) => {
@@ -74,6 +73,7 @@ fn conv_step(
             "(const void *)nce_w8"
         }
     };
+    sizes.scratch = sizes.scratch.max(scratch_bytes(&conv));
     let res = residual.then_some((y, 1, 1 << 15));
     emit_conv_desc(decls, &name, &conv, [x, y], res, &[wsym.to_string(), format!("{name}_m"), format!("{name}_b")]);
     sizes.x = sizes.x.max(x.numel());
@@ -164,7 +164,7 @@ pub(super) fn generate_bench(net: &Network, cfg: &MeasureConfig) -> Result<Bench
         let _ = writeln!(c, "static uint32_t {name}_words[{}];\n#define {name} ((uint8_t *)(void *){name}_words)", n.div_ceil(4).max(1));
     }
     let _ = writeln!(c, "#define nce_sums ((int32_t *)(void *)nce_y_words)");
-    let _ = writeln!(c, "#if (defined(NCE_SIMD_DSP) || defined(NCE_SIMD_NEON)) && NCE_SCRATCH_BYTES > 0");
+    let _ = writeln!(c, "#if (defined(NCE_SIMD_SWAR) || defined(NCE_SIMD_NEON)) && NCE_SCRATCH_BYTES > 0");
     let _ = writeln!(
         c,
         "static uint32_t nce_scratch[NCE_SCRATCH_BYTES / 4];\n#define NCE_SCRATCH nce_scratch\n#else\n#define NCE_SCRATCH NULL\n#endif\n"

@@ -23,7 +23,8 @@ pub enum CTarget {
 pub enum Kernels {
     /// The scalar reference only (`-DNCE_NO_SIMD`).
     Scalar,
-    /// The target's SIMD path where the runtime has one (DSP on Cortex-M7, NEON on AArch64).
+    /// The target's fast paths: NEON on AArch64; elsewhere (Cortex-M7, this machine) 2-bit
+    /// convs as four MACs per 32-bit multiply (SWAR), and on Cortex-M7 the int8 peer's DSP path.
     #[default]
     Simd,
 }

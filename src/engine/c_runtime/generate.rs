@@ -11,9 +11,15 @@ use std::fmt::Write;
 /// Arena offsets are multiples of this (int32 sums live in the arena too).
 const ALIGN: usize = 8;
 
-/// Bytes of the scratch buffer a SIMD path needs per word of packed weights: the receptive
-/// field as 16 bytes, and (DSP) as 8 halfword pairs.
-pub(super) const SCRATCH_PER_WORD: usize = 48;
+/// Bytes of the scratch buffer the SIMD builds' paths need for one conv: its receptive field
+/// (one byte per code; for 2-bit weights padded to whole words of 16 codes, which the
+/// ARMv7E-M path transposes in place).
+pub(super) fn scratch_bytes(conv: &Conv2d) -> usize {
+    match conv.weights {
+        ConvWeights::W2(_) => words_for(conv.k_len()) * 16,
+        ConvWeights::W8(_) => conv.k_len().next_multiple_of(4),
+    }
+}
 
 /// One tensor of the plan: the input (index 0) or graph layer `j`'s output (index `j + 1`).
 #[derive(Clone, Copy, Debug)]
@@ -308,7 +314,7 @@ pub fn generate(model: &QModel) -> Result<CPackage, CRuntimeError> {
         .steps
         .iter()
         .filter_map(|s| match s {
-            Step::Conv { conv, .. } if matches!(conv.weights, ConvWeights::W2(_)) => Some(words_for(conv.k_len()) * SCRATCH_PER_WORD),
+            Step::Conv { conv, .. } => Some(scratch_bytes(conv)),
             _ => None,
         })
         .max()
@@ -320,7 +326,7 @@ pub fn generate(model: &QModel) -> Result<CPackage, CRuntimeError> {
         emit_step(&mut c, net, s, step);
     }
     let _ = writeln!(c, "static uint32_t nce_arena[NCE_ARENA_BYTES / 4];");
-    let _ = writeln!(c, "#if (defined(NCE_SIMD_DSP) || defined(NCE_SIMD_NEON)) && NCE_SCRATCH_BYTES > 0");
+    let _ = writeln!(c, "#if (defined(NCE_SIMD_SWAR) || defined(NCE_SIMD_NEON)) && NCE_SCRATCH_BYTES > 0");
     let _ = writeln!(c, "static uint32_t nce_scratch[NCE_SCRATCH_BYTES / 4];\n#define NCE_SCRATCH nce_scratch\n#else");
     let _ = writeln!(c, "#define NCE_SCRATCH NULL\n#endif\n");
     emit_run(&mut c, model, &tensors);

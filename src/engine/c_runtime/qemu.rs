@@ -31,7 +31,8 @@ impl QemuBackend {
 
     fn kernel_name(&self) -> &'static str {
         match (self.kernels, self.target) {
-            (Kernels::Scalar, _) | (Kernels::Simd, CTarget::Host) => "scalar",
+            (Kernels::Scalar, _) => "scalar",
+            (Kernels::Simd, CTarget::Host) => "swar",
             (Kernels::Simd, CTarget::CortexM7) => "dsp",
             (Kernels::Simd, CTarget::AArch64) => "neon",
         }

@@ -2,9 +2,7 @@
  * functions are line-for-line the definitions in src/engine/cpu/reference.rs. */
 #include "nce_runtime.h"
 
-#if defined(NCE_SIMD_DSP)
-#include <arm_acle.h>
-#elif defined(NCE_SIMD_NEON)
+#if defined(NCE_SIMD_NEON)
 #include <arm_neon.h>
 #endif
 
@@ -105,7 +103,7 @@ void nce_conv_ref(const nce_conv_t *l, const uint8_t *x, const uint8_t *res, uin
     }
 }
 
-#if defined(NCE_SIMD_DSP) || defined(NCE_SIMD_NEON)
+#if defined(NCE_SIMD_SWAR) || defined(NCE_SIMD_NEON)
 /* The receptive field of output pixel (oy, ox) as codes in reduction order, zero-padded to
  * words * 16 bytes; returns their sum. Both SIMD paths use
  * sum_i c_i x_i = 2 sum_i u_i x_i - 3 sum_i x_i with u = (c + 3) / 2 in {0, 1, 2, 3}. */
@@ -141,77 +139,145 @@ static int32_t nce_from_u(uint32_t sum_ux, uint32_t sum_x) {
 }
 #endif
 
-#if defined(NCE_SIMD_DSP)
-/* Halfword pairs of 16 patch codes x0..x15 in the order SMLAD meets the weights:
- * (x_j, x_j+8) and (x_j+4, x_j+12) for j = 0..3, matching UXTB16 of t = (w >> 2j) & 0x03030303
- * (codes j, j+8) and of t >> 8 (codes j+4, j+12). */
-static void nce_dsp_pairs(const uint32_t *b, uint32_t *pr) {
-    uint32_t u0 = __uxtb16(b[0]), v0 = __uxtb16(b[0] >> 8), u1 = __uxtb16(b[1]), v1 = __uxtb16(b[1] >> 8);
-    uint32_t u2 = __uxtb16(b[2]), v2 = __uxtb16(b[2] >> 8), u3 = __uxtb16(b[3]), v3 = __uxtb16(b[3] >> 8);
-    pr[0] = (u0 & 0xffffu) | (u2 << 16); /* x0, x8 */
-    pr[1] = (u1 & 0xffffu) | (u3 << 16); /* x4, x12 */
-    pr[2] = (v0 & 0xffffu) | (v2 << 16); /* x1, x9 */
-    pr[3] = (v1 & 0xffffu) | (v3 << 16); /* x5, x13 */
-    pr[4] = (u0 >> 16) | (u2 & 0xffff0000u); /* x2, x10 */
-    pr[5] = (u1 >> 16) | (u3 & 0xffff0000u); /* x6, x14 */
-    pr[6] = (v0 >> 16) | (v2 & 0xffff0000u); /* x3, x11 */
-    pr[7] = (v1 >> 16) | (v3 & 0xffff0000u); /* x7, x15 */
+#if defined(NCE_SIMD_SWAR)
+/* 2-bit x 2-bit dot products by SWAR multiplication: with four codes in the bytes of a word X
+ * and four weights u in the bytes of a word T, byte 3 of X * T (mod 2^32) is
+ * X0 T3 + X1 T2 + X2 T1 + X3 T0. Products are at most 3 * 3 = 9, so after one MUL and three
+ * MLAs byte 3 holds at most 16 * 9 = 144 and the bytes below it at most 108: no carry reaches
+ * byte 3 and none leaves it, and one MUL or MLA does four MACs. Needs every input code <= 3.
+ *
+ * T_j = (w >> 2j) & 0x03030303 holds weights j, j+4, j+8, j+12 of a packed word w in bytes
+ * 0..3, so its partner X_j holds codes j+12, j+8, j+4, j in bytes 0..3: byte j of the patch's
+ * words b3, b2, b1, b0. nce_swar_transpose turns each 16-code group b0..b3 into X0..X3 in place
+ * and returns the sum of its codes (each byte of b0 + b1 + b2 + b3 is at most 12). */
+static uint32_t nce_swar_transpose(uint32_t *g) {
+    uint32_t b0 = g[0], b1 = g[1], b2 = g[2], b3 = g[3];
+    uint32_t t0 = (b3 & 0x00ff00ffu) | ((b2 & 0x00ff00ffu) << 8); /* b3.0 b2.0 b3.2 b2.2 */
+    uint32_t t1 = ((b3 >> 8) & 0x00ff00ffu) | (b2 & 0xff00ff00u); /* b3.1 b2.1 b3.3 b2.3 */
+    uint32_t t2 = (b1 & 0x00ff00ffu) | ((b0 & 0x00ff00ffu) << 8); /* b1.0 b0.0 b1.2 b0.2 */
+    uint32_t t3 = ((b1 >> 8) & 0x00ff00ffu) | (b0 & 0xff00ff00u); /* b1.1 b0.1 b1.3 b0.3 */
+    g[0] = (t0 & 0xffffu) | (t2 << 16);
+    g[1] = (t1 & 0xffffu) | (t3 << 16);
+    g[2] = (t0 >> 16) | (t2 & 0xffff0000u);
+    g[3] = (t1 >> 16) | (t3 & 0xffff0000u);
+    return ((b0 + b1 + b2 + b3) * 0x01010101u) >> 24;
 }
 
-/* Codes j, j+8 and j+4, j+12 of packed word w against pair registers p0, p1. */
-#define NCE_DSP_MAC(w, j, p0, p1, s)                                 \
-    do {                                                             \
-        uint32_t t_ = ((w) >> (2 * (j))) & 0x03030303u;              \
-        (s) = __smlad(__uxtb16(t_), (p0), (s));                      \
-        (s) = __smlad(__uxtb16(t_ >> 8), (p1), (s));                 \
-    } while (0)
+/* The receptive field as whole words, for a word-aligned input (arena tensors) whose channels
+ * come in multiples of 4: nce_patch without the byte loop and without the sum. */
+static void nce_patch_words(const nce_conv_t *l, const uint32_t *x, uint32_t oy, uint32_t ox, uint32_t *p) {
+    uint32_t ky, kx, c, n = l->c_in / 4, i = 0;
+    for (ky = 0; ky < l->k; ky++) {
+        int32_t iy = nce_tap(oy, ky, l->stride, l->pad, l->h);
+        for (kx = 0; kx < l->k; kx++) {
+            int32_t ix = nce_tap(ox, kx, l->stride, l->pad, l->w);
+            if (iy < 0 || ix < 0) {
+                for (c = 0; c < n; c++) {
+                    p[i++] = 0;
+                }
+            } else {
+                const uint32_t *px = x + ((uint32_t)iy * l->w + (uint32_t)ix) * n;
+                for (c = 0; c < n; c++) {
+                    p[i++] = px[c];
+                }
+            }
+        }
+    }
+    for (; i < l->words * 4; i++) {
+        p[i] = 0;
+    }
+}
 
 /* sum_i u_i x_i of two output channels (rows wa, wb; wb may equal wa) over all words. */
-static void nce_dsp_dot2(const uint32_t *wa, const uint32_t *wb, const uint32_t *pr, uint32_t words, int32_t *sa, int32_t *sb) {
-    int32_t a = 0, b = 0;
-    uint32_t wd;
-    for (wd = 0; wd < words; wd++, pr += 8) {
-        uint32_t x = wa[wd], y = wb[wd];
-        uint32_t p0 = pr[0], p1 = pr[1], p2 = pr[2], p3 = pr[3];
-        NCE_DSP_MAC(x, 0, p0, p1, a);
-        NCE_DSP_MAC(y, 0, p0, p1, b);
-        NCE_DSP_MAC(x, 1, p2, p3, a);
-        NCE_DSP_MAC(y, 1, p2, p3, b);
-        p0 = pr[4];
-        p1 = pr[5];
-        p2 = pr[6];
-        p3 = pr[7];
-        NCE_DSP_MAC(x, 2, p0, p1, a);
-        NCE_DSP_MAC(y, 2, p0, p1, b);
-        NCE_DSP_MAC(x, 3, p2, p3, a);
-        NCE_DSP_MAC(y, 3, p2, p3, b);
+static void nce_swar_dot2(const uint32_t *wa, const uint32_t *wb, const uint32_t *xs, uint32_t words, int32_t *sa, int32_t *sb) {
+    const uint32_t m = 0x03030303u;
+    uint32_t a = 0, b = 0, wd;
+    for (wd = 0; wd < words; wd++, xs += 4) {
+        uint32_t u = wa[wd], v = wb[wd];
+        uint32_t x0 = xs[0], x1 = xs[1], x2 = xs[2], x3 = xs[3];
+        uint32_t fa = x0 * (u & m), fb = x0 * (v & m);
+        fa += x1 * ((u >> 2) & m);
+        fb += x1 * ((v >> 2) & m);
+        fa += x2 * ((u >> 4) & m);
+        fb += x2 * ((v >> 4) & m);
+        fa += x3 * ((u >> 6) & m);
+        fb += x3 * ((v >> 6) & m);
+        a += fa >> 24;
+        b += fb >> 24;
     }
-    *sa = a;
-    *sb = b;
+    *sa = (int32_t)a;
+    *sb = (int32_t)b;
 }
 
-/* Scratch: the u8 patch (words * 16 bytes), then its pairs (words * 32 bytes). */
-static void nce_conv_w2_dsp(const nce_conv_t *l, const uint8_t *x, const uint8_t *res, uint8_t *y, void *scratch) {
-    uint8_t *patch = (uint8_t *)scratch;
-    uint32_t *pairs = (uint32_t *)scratch + l->words * 4;
+/* Scratch: the patch (words * 16 bytes), transposed in place. */
+static void nce_conv_w2_swar(const nce_conv_t *l, const uint8_t *x, const uint8_t *res, uint8_t *y, void *scratch) {
+    uint32_t *xs = (uint32_t *)scratch;
     const uint32_t *wts = (const uint32_t *)l->weights;
+    int words = l->c_in % 4 == 0 && ((uintptr_t)x & 3u) == 0;
     uint32_t oy, ox, o, wd;
     for (oy = 0; oy < l->ho; oy++) {
         for (ox = 0; ox < l->wo; ox++) {
             uint8_t *out = y + (oy * l->wo + ox) * l->c_out;
-            uint32_t sum_x = nce_patch(l, x, oy, ox, patch);
+            uint32_t sum_x = 0;
+            if (words) {
+                nce_patch_words(l, (const uint32_t *)(const void *)x, oy, ox, xs);
+            } else {
+                nce_patch(l, x, oy, ox, (uint8_t *)scratch);
+            }
             for (wd = 0; wd < l->words; wd++) {
-                nce_dsp_pairs((const uint32_t *)scratch + wd * 4, pairs + wd * 8);
+                sum_x += nce_swar_transpose(xs + wd * 4);
             }
             for (o = 0; o < l->c_conv; o += 2) {
                 uint32_t o2 = o + 1 < l->c_conv ? o + 1 : o;
                 int32_t sa, sb;
-                nce_dsp_dot2(wts + o * l->words, wts + o2 * l->words, pairs, l->words, &sa, &sb);
+                nce_swar_dot2(wts + o * l->words, wts + o2 * l->words, xs, l->words, &sa, &sb);
                 out[o] = nce_epilogue(l, res, oy, ox, o, nce_from_u((uint32_t)sa, sum_x));
                 out[o2] = nce_epilogue(l, res, oy, ox, o2, nce_from_u((uint32_t)sb, sum_x));
             }
             for (o = l->c_conv; o < l->c_out; o++) {
                 out[o] = nce_epilogue(l, res, oy, ox, o, 0);
+            }
+        }
+    }
+}
+
+/* Every code of the conv's input is <= 3 (2-bit activations), as the SWAR path needs; an
+ * 8-bit input (a 2-bit first conv on the image) takes the scalar reference. */
+static int nce_codes_fit_2bit(const uint8_t *x, uint32_t n) {
+    uint32_t i = 0, any = 0;
+    if (((uintptr_t)x & 3u) == 0) { /* arena tensors: whole words */
+        const uint32_t *w = (const uint32_t *)(const void *)x;
+        for (; i + 4 <= n; i += 4) {
+            any |= w[i / 4];
+        }
+    }
+    for (; i < n; i++) {
+        any |= x[i];
+    }
+    return (any & 0xfcfcfcfcu) == 0;
+}
+#endif
+
+#if defined(NCE_SIMD_SWAR) || defined(NCE_SIMD_NEON)
+/* An 8-bit-weight conv (the first layer): its receptive field once per output pixel, then one
+ * int8 row per output channel in the same (ky, kx, c_in) order. */
+static void nce_conv_w8_patch(const nce_conv_t *l, const uint8_t *x, const uint8_t *res, uint8_t *y, void *scratch) {
+    const uint8_t *patch = (const uint8_t *)scratch;
+    const int8_t *wts = (const int8_t *)l->weights;
+    uint32_t n = l->k * l->k * l->c_in, oy, ox, o, i;
+    for (oy = 0; oy < l->ho; oy++) {
+        for (ox = 0; ox < l->wo; ox++) {
+            uint8_t *out = y + (oy * l->wo + ox) * l->c_out;
+            (void)nce_patch(l, x, oy, ox, (uint8_t *)scratch);
+            for (o = 0; o < l->c_out; o++) {
+                int32_t acc = 0;
+                if (o < l->c_conv) {
+                    const int8_t *wr = wts + o * n;
+                    for (i = 0; i < n; i++) {
+                        acc += (int32_t)patch[i] * wr[i];
+                    }
+                }
+                out[o] = nce_epilogue(l, res, oy, ox, o, acc);
             }
         }
     }
@@ -254,14 +320,20 @@ static void nce_conv_w2_neon(const nce_conv_t *l, const uint8_t *x, const uint8_
 #endif
 
 void nce_conv(const nce_conv_t *l, const uint8_t *x, const uint8_t *res, uint8_t *y, void *scratch) {
-#if defined(NCE_SIMD_DSP)
-    if (!l->w8) {
-        nce_conv_w2_dsp(l, x, res, y, scratch);
+#if defined(NCE_SIMD_SWAR)
+    if (!l->w8 && nce_codes_fit_2bit(x, l->h * l->w * l->c_in)) {
+        nce_conv_w2_swar(l, x, res, y, scratch);
         return;
     }
 #elif defined(NCE_SIMD_NEON)
     if (!l->w8) {
         nce_conv_w2_neon(l, x, res, y, scratch);
+        return;
+    }
+#endif
+#if defined(NCE_SIMD_SWAR) || defined(NCE_SIMD_NEON)
+    if (l->w8) {
+        nce_conv_w8_patch(l, x, res, y, scratch);
         return;
     }
 #endif
