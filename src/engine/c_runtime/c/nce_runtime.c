@@ -190,8 +190,11 @@ static void nce_patch_words(const nce_conv_t *l, const uint32_t *x, uint32_t oy,
 
 /* sum_i u_i x_i of two output channels (rows wa, wb; wb may equal wa) over all words. */
 static void nce_swar_dot2(const uint32_t *wa, const uint32_t *wb, const uint32_t *xs, uint32_t words, int32_t *sa, int32_t *sb) {
-    const uint32_t m = 0x03030303u;
-    uint32_t a = 0, b = 0, wd;
+    uint32_t m = 0x03030303u, a = 0, b = 0, wd;
+#if defined(__GNUC__) && defined(__thumb2__)
+    /* Keep the mask in a register: Thumb-2 then masks a shifted word in one AND (Rm, LSR #n). */
+    __asm__("" : "+r"(m));
+#endif
     for (wd = 0; wd < words; wd++, xs += 4) {
         uint32_t u = wa[wd], v = wb[wd];
         uint32_t x0 = xs[0], x1 = xs[1], x2 = xs[2], x3 = xs[3];
