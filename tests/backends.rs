@@ -32,6 +32,7 @@ fn check(kind: BackendKind, n: usize) {
 fn cpu_kinds_agree_through_the_seam() {
     // The scalar reference is slow in debug builds: a few images.
     check(BackendKind::CpuScalar, 6);
+    check(BackendKind::CpuSwar, 20);
     check(BackendKind::Cpu, 20);
 }
 

@@ -16,7 +16,7 @@ pub struct ValidateJson {
     /// Whether the comparison passed (bit-exact, or the agreement threshold of a backend that
     /// is not bit-exact by design).
     pub exact: bool,
-    /// `--backend cpu|cpu-scalar`: every layer against the tch integer simulation.
+    /// `--backend cpu|cpu-scalar|cpu-swar`: every layer against the tch integer simulation.
     pub simulation: Option<SimulationJson>,
     /// Other backends: every logit against the CPU engine.
     pub versus_cpu: Option<VersusCpuJson>,

@@ -19,10 +19,13 @@ use std::fmt;
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
 #[cfg_attr(feature = "cli", derive(clap::ValueEnum))]
 pub enum BackendKind {
-    /// The CPU engine with the fastest kernels of this machine (AVX2 where available).
+    /// The CPU engine with the fastest kernels of this machine (AVX-512 VNNI or AVX2 where
+    /// available, else the portable SWAR kernels).
     Cpu,
     /// The CPU engine's scalar reference kernels (the definition every fast path matches).
     CpuScalar,
+    /// The CPU engine's portable SWAR kernels (what `cpu` runs on a CPU without AVX2).
+    CpuSwar,
     /// The wgpu compute backend (Vulkan/Metal/DX12/GL; `NCE_WGPU_DOT=shift|dot4` picks the
     /// 2-bit kernel, `NCE_WGPU_ADAPTER` the adapter).
     Wgpu,
@@ -37,9 +40,10 @@ pub enum BackendKind {
 }
 
 impl BackendKind {
-    pub const ALL: [BackendKind; 6] = [
+    pub const ALL: [BackendKind; 7] = [
         BackendKind::Cpu,
         BackendKind::CpuScalar,
+        BackendKind::CpuSwar,
         BackendKind::Wgpu,
         BackendKind::Onnxruntime,
         BackendKind::QemuCortexM7,
@@ -51,6 +55,7 @@ impl BackendKind {
         match self {
             BackendKind::Cpu => "cpu",
             BackendKind::CpuScalar => "cpu-scalar",
+            BackendKind::CpuSwar => "cpu-swar",
             BackendKind::Wgpu => "wgpu",
             BackendKind::Onnxruntime => "onnxruntime",
             BackendKind::QemuCortexM7 => "qemu-cortex-m7",
@@ -64,6 +69,7 @@ impl BackendKind {
         match self {
             BackendKind::Cpu => Some(cpu::Backend::best()),
             BackendKind::CpuScalar => Some(cpu::Backend::Scalar),
+            BackendKind::CpuSwar => Some(cpu::Backend::Swar),
             BackendKind::Wgpu | BackendKind::Onnxruntime | BackendKind::QemuCortexM7 | BackendKind::QemuAarch64 => None,
         }
     }
@@ -192,7 +198,7 @@ pub trait PreparedModel {
 /// The one registration point: the backend of `kind`, opened with `opts`.
 pub fn open(kind: BackendKind, opts: &BackendOptions) -> Result<Box<dyn Backend>, BackendError> {
     match kind {
-        BackendKind::Cpu | BackendKind::CpuScalar => {
+        BackendKind::Cpu | BackendKind::CpuScalar | BackendKind::CpuSwar => {
             let isa = kind.cpu_isa().expect("CPU kinds have an instruction set");
             let cpu = Cpu::new(isa, opts.layer_threads.max(1))?.with_min_macs_per_thread(cpu::SPLIT_MIN_MACS_PER_THREAD);
             Ok(Box::new(cpu::backend::CpuBackend::new(kind, cpu, opts.image_threads)))

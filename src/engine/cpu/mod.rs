@@ -5,15 +5,17 @@
 //! times. Threads split the output pixels into contiguous ranges with `std::thread::scope`; the
 //! calling thread computes the first range itself, so `threads == 1` spawns nothing.
 //!
-//! Backends: `Scalar` (the reference, always present), and on x86-64 `Avx2` and `Avx512`
-//! (AVX-512 VNNI) when the CPU has them (detected at run time, so one binary serves every x86-64
-//! machine; [`Backend::best`] takes the last available). There is no NEON backend
-//! yet: it would sit beside `avx2.rs` as `neon.rs` behind `target_arch = "aarch64"` and plug into
-//! the same `Kernel` enum and pixel-range driver.
+//! Backends: `Scalar` (the reference, always present), `Swar` (portable integer Rust, eight
+//! 2-bit MACs per 64-bit multiply, on every CPU: the fast path of ARM and RISC-V builds), and on
+//! x86-64 `Avx2` and `Avx512` (AVX-512 VNNI) when the CPU has them (detected at run time, so one
+//! binary serves every x86-64 machine; [`Backend::best`] takes the last available). There is no
+//! NEON backend yet: it would sit beside `avx2.rs` as `neon.rs` behind `target_arch = "aarch64"`
+//! and plug into the same `Kernel` enum and pixel-range driver.
 
 pub mod backend;
 pub mod model;
 pub mod reference;
+mod swar;
 
 #[cfg(target_arch = "x86_64")]
 mod avx2;
@@ -29,6 +31,8 @@ use std::ops::Range;
 pub enum Backend {
     /// Portable scalar code ([`reference`]).
     Scalar,
+    /// Portable SWAR code: 2-bit convs as eight MACs per 64-bit multiply (`swar.rs`).
+    Swar,
     /// x86-64 AVX2 kernels (`vpmaddubsw` with int16 accumulation).
     Avx2,
     /// x86-64 AVX-512 VNNI kernels (`vpdpbusd`, int32 accumulation).
@@ -39,6 +43,7 @@ impl fmt::Display for Backend {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         f.write_str(match self {
             Backend::Scalar => "scalar",
+            Backend::Swar => "swar",
             Backend::Avx2 => "avx2",
             Backend::Avx512 => "avx512",
         })
@@ -49,7 +54,7 @@ impl Backend {
     /// Whether this machine can run the backend.
     pub fn is_available(self) -> bool {
         match self {
-            Backend::Scalar => true,
+            Backend::Scalar | Backend::Swar => true,
             Backend::Avx2 => avx2_available(),
             Backend::Avx512 => avx512_available(),
         }
@@ -57,7 +62,7 @@ impl Backend {
 
     /// Every backend this machine can run, slowest first.
     pub fn available() -> Vec<Backend> {
-        [Backend::Scalar, Backend::Avx2, Backend::Avx512].into_iter().filter(|b| b.is_available()).collect()
+        [Backend::Scalar, Backend::Swar, Backend::Avx2, Backend::Avx512].into_iter().filter(|b| b.is_available()).collect()
     }
 
     /// The fastest available backend.
@@ -115,6 +120,7 @@ pub struct PreparedConv {
 enum Kernel {
     /// Weights decoded to i32 `[c_conv][k_len]`.
     Scalar(Vec<i32>),
+    Swar(swar::ConvKernel),
     #[cfg(target_arch = "x86_64")]
     Avx2(avx2::ConvKernel),
     #[cfg(target_arch = "x86_64")]
@@ -165,6 +171,7 @@ impl Cpu {
         conv.validate()?;
         let kernel = match self.backend {
             Backend::Scalar => Kernel::Scalar(conv.weights.codes_i32()),
+            Backend::Swar => Kernel::Swar(swar::ConvKernel::new(conv)),
             #[cfg(target_arch = "x86_64")]
             Backend::Avx2 => Kernel::Avx2(avx2::ConvKernel::new(conv).ok_or(EngineError::Unavailable(Backend::Avx2))?),
             #[cfg(target_arch = "x86_64")]
@@ -186,6 +193,10 @@ impl Cpu {
         match &p.kernel {
             Kernel::Scalar(codes) => {
                 let f = |px: Range<usize>, o: &mut [u8]| reference::conv2d_pixels(&p.conv, codes, &d, x, residual, px, o);
+                par_pixels(threads, d.ho * d.wo, d.c_out, 1, &mut out.data, f);
+            }
+            Kernel::Swar(k) => {
+                let f = |px: Range<usize>, o: &mut [u8]| k.run(&p.conv, &d, x, residual, px, o);
                 par_pixels(threads, d.ho * d.wo, d.c_out, 1, &mut out.data, f);
             }
             #[cfg(target_arch = "x86_64")]
