@@ -188,7 +188,11 @@ static void nce_patch_words(const nce_conv_t *l, const uint32_t *x, uint32_t oy,
     }
 }
 
-/* sum_i u_i x_i of two output channels (rows wa, wb; wb may equal wa) over all words. */
+/* sum_i u_i x_i of two output channels (rows wa, wb; wb may equal wa) over all words. Kept
+ * out of line: inlined into the pixel loop, its registers spill on a Cortex-M. */
+#if defined(__GNUC__)
+__attribute__((noinline))
+#endif
 static void nce_swar_dot2(const uint32_t *wa, const uint32_t *wb, const uint32_t *xs, uint32_t words, int32_t *sa, int32_t *sb) {
     uint32_t m = 0x03030303u, a = 0, b = 0, wd;
 #if defined(__GNUC__) && defined(__thumb2__)
