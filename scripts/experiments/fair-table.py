@@ -50,6 +50,8 @@ def seconds(d):
 
 # ResNet-20's width slots: the stem, then six convs per stage (16, 32, 64 channels).
 RESNET20_WIDTHS = [16] * 7 + [32] * 6 + [64] * 6
+# `nce cost` arguments of the base network every arm is measured against.
+BASE_NET = ["--model", "resnet20", "--input", "1x28x28", "--classes", "10"]
 
 
 def baseline(preset):
@@ -76,7 +78,7 @@ def cost_ratios(out, preset, arm):
     """MACs and params of the arm's network relative to the base, and whether it is within
     every budget of the preset's profile, from `nce cost --arch`."""
     if arm == "uniform":
-        args = ["--model", "resnet20", "--input", "1x28x28", "--classes", "10"]
+        args = BASE_NET
     else:
         args = ["--arch", str(out / arm / "arch.toml")]
     c = nce_cost(out, preset, args)
@@ -271,8 +273,7 @@ def baseline_arch(out, preset):
 
     def fits(f):
         w = [max(1, round(b * f)) for b in RESNET20_WIDTHS]
-        c = nce_cost(out, preset, ["--model", "resnet20", "--input", "1x28x28", "--classes", "10",
-                                   "--widths", ",".join(map(str, w))])
+        c = nce_cost(out, preset, [*BASE_NET, "--widths", ",".join(map(str, w))])
         return w, c
 
     lo, hi = 0.05, 1.0
