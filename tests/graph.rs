@@ -92,3 +92,22 @@ fn bits_first_last_and_overrides() {
     cfg.overrides.insert("nope".into(), (2, 2));
     assert!(build(ModelKind::Resnet20, Shape::new(3, 32, 32), 10, None, &cfg).is_err());
 }
+
+#[test]
+fn arch_file_input_is_a_typed_shape() {
+    let dir = tempfile::tempdir().unwrap();
+    let shipped = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("examples/nce-fashion-arch-s0.toml");
+    let arch = nce::graph::ArchFile::load(&shipped).unwrap();
+    assert_eq!(arch.input, Shape::new(1, 28, 28));
+    // Written back as the same `CxHxW` text, and read again unchanged.
+    let copy = dir.path().join("arch.toml");
+    arch.save(&copy).unwrap();
+    let text = std::fs::read_to_string(&copy).unwrap();
+    assert!(text.contains("input = \"1x28x28\""), "{text}");
+    assert_eq!(nce::graph::ArchFile::load(&copy).unwrap().input, arch.input);
+    // A malformed shape is an error at load, naming the file, the line and the value.
+    let bad = dir.path().join("bad.toml");
+    std::fs::write(&bad, text.replace("input = \"1x28x28\"", "input = \"1x28\"")).unwrap();
+    let e = nce::graph::ArchFile::load(&bad).unwrap_err().to_string();
+    assert!(e.contains("bad.toml") && e.contains(": 2:9: ") && e.contains("`1x28`"), "{e}");
+}

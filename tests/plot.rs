@@ -130,7 +130,7 @@ fn search_plots_from_a_synthetic_log() {
         .collect();
     let arch = ArchFile {
         model: ModelKind::Resnet20,
-        input: "1x28x28".into(),
+        input: nce::graph::Shape::new(1, 28, 28),
         classes: 10,
         profile: "hw-profiles/mcu-cortex-m7.toml".into(),
         widths: widths.clone(),

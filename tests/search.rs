@@ -917,7 +917,7 @@ fn tiny_search_expands_meets_budgets_and_resumes() {
     let text = std::fs::read_to_string(&r.arch_path).unwrap();
     let arch: ArchFile = toml::from_str(&text).unwrap();
     assert_eq!(arch.model, ModelKind::Resnet20);
-    assert_eq!(arch.input, "1x28x28");
+    assert_eq!(arch.input, nce::graph::Shape::new(1, 28, 28));
     assert_eq!(arch.widths.len(), 19);
     assert_eq!(arch.widths, r.arch.widths);
     assert_eq!(arch.base_widths, ModelKind::Resnet20.base_widths());

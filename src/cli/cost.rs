@@ -81,8 +81,7 @@ struct NetworkSpec {
 fn network_args(a: &Args) -> Result<NetworkSpec> {
     if let Some(path) = &a.arch {
         let arch = crate::graph::ArchFile::load(path)?;
-        let input = arch.input_shape().map_err(|e| anyhow::anyhow!("{}: `input`: {e}", path.display()))?;
-        return Ok(NetworkSpec { model: arch.model, input: Some(input), classes: Some(arch.classes), widths: Some(arch.widths) });
+        return Ok(NetworkSpec { model: arch.model, input: Some(arch.input), classes: Some(arch.classes), widths: Some(arch.widths) });
     }
     let model = a.model.ok_or_else(|| super::usage("give --model or --arch"))?;
     let (input, classes) = match &a.data {

@@ -9,7 +9,9 @@ use std::path::{Path, PathBuf};
 #[derive(Clone, Debug, Serialize, Deserialize)]
 pub struct ArchFile {
     pub model: ModelKind,
-    pub input: String,
+    /// The input shape, written `CxHxW` (e.g. `1x28x28`).
+    #[serde(with = "super::shape_text")]
+    pub input: super::Shape,
     pub classes: usize,
     pub profile: String,
     pub widths: Vec<usize>,
@@ -88,10 +90,5 @@ impl ArchFile {
         let text = toml::to_string(self).map_err(|e| ArchError::Write { file: path.into(), message: e.to_string() })?;
         crate::fsutil::write_atomic(path, text.as_bytes(), &Default::default())?;
         Ok(())
-    }
-
-    /// The input shape recorded in the file.
-    pub fn input_shape(&self) -> Result<super::Shape, String> {
-        self.input.parse()
     }
 }

@@ -49,16 +49,36 @@ impl fmt::Display for Shape {
     }
 }
 
+/// A shape that is not `CxHxW` with positive integers.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[error("expected CxHxW with positive integers (e.g. 3x32x32), got `{0}`")]
+pub struct ShapeParseError(pub String);
+
 impl std::str::FromStr for Shape {
-    type Err = String;
+    type Err = ShapeParseError;
     /// Parses `CxHxW`, e.g. `3x32x32`.
-    fn from_str(s: &str) -> Result<Self, String> {
+    fn from_str(s: &str) -> Result<Self, ShapeParseError> {
         let parts: Vec<&str> = s.split(['x', 'X', '×']).collect();
         let nums: Result<Vec<usize>, _> = parts.iter().map(|p| p.trim().parse::<usize>()).collect();
         match nums.as_deref() {
             Ok([c, h, w]) if *c > 0 && *h > 0 && *w > 0 => Ok(Shape::new(*c, *h, *w)),
-            _ => Err(format!("expected CxHxW with positive integers (e.g. 3x32x32), got `{s}`")),
+            _ => Err(ShapeParseError(s.to_string())),
         }
+    }
+}
+
+/// `Shape` as its `CxHxW` text, for files people read and write (`#[serde(with = ...)]`).
+pub mod shape_text {
+    use super::Shape;
+    use serde::{Deserialize, Deserializer, Serializer};
+
+    pub fn serialize<S: Serializer>(shape: &Shape, s: S) -> Result<S::Ok, S::Error> {
+        s.collect_str(shape)
+    }
+
+    pub fn deserialize<'de, D: Deserializer<'de>>(d: D) -> Result<Shape, D::Error> {
+        let text = String::deserialize(d)?;
+        text.parse().map_err(serde::de::Error::custom)
     }
 }
 

@@ -346,7 +346,7 @@ impl<'a> Run<'a> {
             .collect();
         let arch = ArchFile {
             model: cfg.model,
-            input: self.base.input.to_string(),
+            input: self.base.input,
             classes: self.base.classes,
             profile: cfg.profile.display().to_string(),
             widths,
