@@ -211,7 +211,7 @@ fn prepare_dir(dir: &Path, name: &str, key: &str, no_manifest: bool, extra_outpu
 }
 
 /// A stage's stored `result.json`.
-pub fn read_result<R: DeserializeOwned>(dir: &Path) -> Result<R, String> {
+fn read_result<R: DeserializeOwned>(dir: &Path) -> Result<R, String> {
     let p = dir.join(RESULT);
     let text = std::fs::read_to_string(&p).map_err(|e| format!("{}: {e}", p.display()))?;
     serde_json::from_str(&text).map_err(|e| format!("{}: {e}", p.display()))
