@@ -827,6 +827,31 @@ fn derive_lands_a_greedy_architecture_inside_the_budget_band() {
     }
 }
 
+/// The committed searched architectures (`examples/nce-fashion-arch-s*.toml`) re-derive exactly
+/// from the candidates and probabilities they record, under their profile.
+#[test]
+fn committed_architectures_rederive_from_their_probabilities() {
+    let root = Path::new(env!("CARGO_MANIFEST_DIR"));
+    for file in ["examples/nce-fashion-arch-s0.toml", "examples/nce-fashion-arch-s1.toml"] {
+        let arch = nce::graph::ArchFile::load(&root.join(file)).unwrap();
+        assert_eq!(arch.derivation, "cost-aware", "{file}");
+        let profile = nce::cost::load_profile(root.join(&arch.profile)).unwrap();
+        let eval = Evaluator::new(&profile).unwrap();
+        let base = graph::build(arch.model, arch.input, arch.classes, None, &BitConfig::uniform(2)).unwrap();
+        let slots: Vec<space::Slot> = arch
+            .layers
+            .iter()
+            .map(|l| space::Slot { name: l.name.clone(), base: l.base, cap: 2 * l.base, candidates: l.candidates.clone() })
+            .collect();
+        let probs: Vec<Vec<f64>> = arch.layers.iter().map(|l| l.probs.clone()).collect();
+        let (widths, changed, report) =
+            derive::derive(arch.model, arch.input, arch.classes, &slots, &probs, 1, &BitConfig::uniform(2), &eval, &base).unwrap();
+        assert_eq!(widths, arch.widths, "{file}");
+        assert_eq!(changed, arch.repaired, "{file}");
+        assert!(report.passes(), "{file}");
+    }
+}
+
 /// An argmax far below the budget grows back into it (the old rule left 0.83x unused).
 #[test]
 fn derive_grows_back_into_unused_budget() {
