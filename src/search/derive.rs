@@ -79,83 +79,15 @@ pub fn cost_aware<E>(
     slots: &[Slot],
     probs: &[Vec<f64>],
     granularity: usize,
-    mut costs: impl FnMut(&[usize]) -> Result<Vec<Budget>, E>,
+    costs: impl FnMut(&[usize]) -> Result<Vec<Budget>, E>,
 ) -> Result<Derived, E> {
-    let lp = |s: usize, i: usize| probs[s][i].max(1e-12).ln();
-    let mut choice: Vec<usize> = probs.iter().map(|p| super::space::argmax(p)).collect();
-    let widths_of = |c: &[usize]| -> Vec<usize> { slots.iter().zip(c).map(|(s, &i)| s.candidates[i]).collect() };
-    let start = widths_of(&choice);
-    // Repair: cost saved on the failing budgets per log-probability lost.
-    loop {
-        let cur = costs(&widths_of(&choice))?;
-        if cur.iter().all(Budget::pass) {
-            break;
-        }
-        let mut best: Option<(f64, usize)> = None;
-        for s in (0..slots.len()).filter(|&s| choice[s] > 0) {
-            let mut c = choice.clone();
-            c[s] -= 1;
-            let next = costs(&widths_of(&c))?;
-            let saved: f64 = cur.iter().zip(&next).filter(|(b, _)| !b.pass()).map(|(b, n)| (b.value - n.value) / b.max).sum();
-            if saved <= 0.0 {
-                continue;
-            }
-            let score = saved / (lp(s, choice[s]) - lp(s, c[s])).max(1e-9);
-            if best.is_none_or(|(b, _)| score > b) {
-                best = Some((score, s));
-            }
-        }
-        match best {
-            Some((_, s)) => choice[s] -= 1,
-            None => {
-                let failing: Vec<String> =
-                    cur.iter().filter(|b| !b.pass()).map(|b| format!("{} {:.4} > {:.4}", b.metric, b.value, b.max)).collect();
-                return Ok(Err(failing.join(", ")));
-            }
-        }
+    let mut d = CostAware { slots, probs, costs, choice: probs.iter().map(|p| super::space::argmax(p)).collect() };
+    let start = d.widths_of(&d.choice);
+    if let Err(failing) = d.repair()? {
+        return Ok(Err(failing));
     }
-    // Grow back whole candidates, most preferred (log-probability gained) first.
-    loop {
-        let mut best: Option<(f64, usize)> = None;
-        for s in (0..slots.len()).filter(|&s| choice[s] + 1 < slots[s].candidates.len()) {
-            let mut c = choice.clone();
-            c[s] += 1;
-            if costs(&widths_of(&c))?.iter().all(Budget::pass) {
-                let gain = lp(s, c[s]) - lp(s, choice[s]);
-                if best.is_none_or(|(b, _)| gain > b) {
-                    best = Some((gain, s));
-                }
-            }
-        }
-        match best {
-            Some((_, s)) => choice[s] += 1,
-            None => break,
-        }
-    }
-    // Fill: single granularity steps toward the next candidate, same preference order.
-    let mut widths = widths_of(&choice);
-    let g = granularity.max(1);
-    loop {
-        let mut best: Option<(f64, usize)> = None;
-        for s in (0..slots.len()).filter(|&s| choice[s] + 1 < slots[s].candidates.len()) {
-            let next = slots[s].candidates[choice[s] + 1];
-            if widths[s] + g >= next {
-                continue;
-            }
-            let mut w = widths.clone();
-            w[s] += g;
-            if costs(&w)?.iter().all(Budget::pass) {
-                let gain = lp(s, choice[s] + 1) - lp(s, choice[s]);
-                if best.is_none_or(|(b, _)| gain > b) {
-                    best = Some((gain, s));
-                }
-            }
-        }
-        match best {
-            Some((_, s)) => widths[s] += g,
-            None => break,
-        }
-    }
+    d.grow_back()?;
+    let widths = d.fill(granularity.max(1))?;
     let changed = slots
         .iter()
         .zip(start.iter().zip(&widths))
@@ -163,6 +95,113 @@ pub fn cost_aware<E>(
         .map(|(s, (a, b))| format!("{}: {a} -> {b}", s.name))
         .collect();
     Ok(Ok((widths, changed)))
+}
+
+/// The state of [`cost_aware`]: one candidate index per slot, moved by its three phases.
+struct CostAware<'a, F> {
+    slots: &'a [Slot],
+    probs: &'a [Vec<f64>],
+    costs: F,
+    choice: Vec<usize>,
+}
+
+impl<E, F: FnMut(&[usize]) -> Result<Vec<Budget>, E>> CostAware<'_, F> {
+    fn widths_of(&self, choice: &[usize]) -> Vec<usize> {
+        self.slots.iter().zip(choice).map(|(s, &i)| s.candidates[i]).collect()
+    }
+
+    fn log_prob(&self, slot: usize, candidate: usize) -> f64 {
+        self.probs[slot][candidate].max(1e-12).ln()
+    }
+
+    fn passes(&mut self, widths: &[usize]) -> Result<bool, E> {
+        Ok((self.costs)(widths)?.iter().all(Budget::pass))
+    }
+
+    /// Slots that have a wider candidate than the current choice.
+    fn growable(&self) -> Vec<usize> {
+        (0..self.slots.len()).filter(|&s| self.choice[s] + 1 < self.slots[s].candidates.len()).collect()
+    }
+
+    /// Repair: while a budget fails, step down the slot with the most cost saved on the failing
+    /// budgets per log-probability lost. `Err` lists the budgets no step can fix.
+    fn repair(&mut self) -> Result<Result<(), String>, E> {
+        loop {
+            let now = self.widths_of(&self.choice);
+            let cur = (self.costs)(&now)?;
+            if cur.iter().all(Budget::pass) {
+                return Ok(Ok(()));
+            }
+            let lowerable: Vec<usize> = (0..self.slots.len()).filter(|&s| self.choice[s] > 0).collect();
+            let best = best_of(lowerable, |s| {
+                let mut c = self.choice.clone();
+                c[s] -= 1;
+                let w = self.widths_of(&c);
+                let next = (self.costs)(&w)?;
+                let saved: f64 = cur.iter().zip(&next).filter(|(b, _)| !b.pass()).map(|(b, n)| (b.value - n.value) / b.max).sum();
+                let lost = (self.log_prob(s, self.choice[s]) - self.log_prob(s, c[s])).max(1e-9);
+                Ok((saved > 0.0).then_some(saved / lost))
+            })?;
+            match best {
+                Some(s) => self.choice[s] -= 1,
+                None => {
+                    let failing: Vec<String> =
+                        cur.iter().filter(|b| !b.pass()).map(|b| format!("{} {:.4} > {:.4}", b.metric, b.value, b.max)).collect();
+                    return Ok(Err(failing.join(", ")));
+                }
+            }
+        }
+    }
+
+    /// Grow back whole candidates, most preferred (log-probability gained) first, while every
+    /// budget still passes.
+    fn grow_back(&mut self) -> Result<(), E> {
+        loop {
+            let best = best_of(self.growable(), |s| {
+                let mut c = self.choice.clone();
+                c[s] += 1;
+                let gain = self.log_prob(s, c[s]) - self.log_prob(s, self.choice[s]);
+                Ok(self.passes(&self.widths_of(&c))?.then_some(gain))
+            })?;
+            match best {
+                Some(s) => self.choice[s] += 1,
+                None => return Ok(()),
+            }
+        }
+    }
+
+    /// Fill: single granularity steps toward each slot's next candidate, same preference order.
+    fn fill(&mut self, g: usize) -> Result<Vec<usize>, E> {
+        let mut widths = self.widths_of(&self.choice);
+        loop {
+            let best = best_of(self.growable(), |s| {
+                if widths[s] + g >= self.slots[s].candidates[self.choice[s] + 1] {
+                    return Ok(None);
+                }
+                let mut w = widths.clone();
+                w[s] += g;
+                let gain = self.log_prob(s, self.choice[s] + 1) - self.log_prob(s, self.choice[s]);
+                Ok(self.passes(&w)?.then_some(gain))
+            })?;
+            match best {
+                Some(s) => widths[s] += g,
+                None => return Ok(widths),
+            }
+        }
+    }
+}
+
+/// The slot with the highest score (`None` scores are not allowed steps); ties keep the first.
+fn best_of<E>(slots: Vec<usize>, mut score: impl FnMut(usize) -> Result<Option<f64>, E>) -> Result<Option<usize>, E> {
+    let mut best: Option<(f64, usize)> = None;
+    for s in slots {
+        if let Some(v) = score(s)? {
+            if best.is_none_or(|(b, _)| v > b) {
+                best = Some((v, s));
+            }
+        }
+    }
+    Ok(best.map(|(_, s)| s))
 }
 
 /// The cost-aware derivation under a profile's budgets; returns the widths, the changes after
