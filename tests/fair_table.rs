@@ -130,6 +130,26 @@ fn a_scaled_baseline_fits_the_smaller_budget_and_is_what_nce_is_compared_with() 
     assert!(t.contains("Verdict: MET — NCE ≥ scaled + 0.5 points within the budgets of nce-flops-params-0.75x"), "{t}");
 }
 
+/// The protocol's conditional arm: when NCE lands below 0.97x of the MACs budget, `--scaled-arch`
+/// writes the base network scaled by one factor to NCE's MACs; at or above 0.97x it writes none.
+#[test]
+fn a_scaled_arm_matches_nce_macs_only_when_nce_lands_below_the_band() {
+    const PROFILE: &str = "hw-profiles/nce-flops-params.toml";
+    let dir = run_dir(&[], &[]);
+    let out = dir.path();
+    table(out, &["--scaled-arch", PROFILE]);
+    assert!(!out.join("scaled").exists(), "NCE seed 0 lands at 0.999x: no scaled arm");
+    // An NCE network at 0.8x of every base width (0.653x MACs).
+    let nce = fs::read_to_string(repo().join("examples/nce-fashion-arch-s0.toml")).unwrap();
+    let small = "widths = [13, 13, 13, 13, 13, 13, 13, 26, 26, 26, 26, 26, 26, 51, 51, 51, 51, 51, 51]";
+    let nce: String = nce.lines().map(|l| if l.starts_with("widths = ") { small } else { l }).collect::<Vec<_>>().join("\n");
+    fs::write(out.join("nce-s0/arch.toml"), nce).unwrap();
+    table(out, &["--scaled-arch", PROFILE]);
+    let arch = fs::read_to_string(out.join("scaled/arch.toml")).unwrap();
+    assert!(arch.contains(small), "{arch}");
+    assert!(arch.contains("uniform scale 0.80") && arch.contains("NCE's mean MACs (0.6530x)"), "{arch}");
+}
+
 /// The driver (`scripts/experiments/fair-fashion.sh`) on the 0.75x preset, up to the point where
 /// training would start: the teacher is the committed FP32 model, the `baseline` stage derives
 /// the scaled network, `persist` records it, and `status` lists the protocol's units with the

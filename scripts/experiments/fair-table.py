@@ -265,29 +265,36 @@ def widths_svg(out, path):
     Path(path).write_text("\n".join(o) + "\n")
 
 
+def scale(f, base=RESNET20_WIDTHS):
+    """Every width times f, rounded, at least 1."""
+    return [max(1, round(b * f)) for b in base]
+
+
+def largest_factor(ok, lo, hi=1.0):
+    """The largest factor in [lo, hi] (to 1e-4) for which ok(factor) holds; ok(lo) is assumed."""
+    if ok(hi):
+        return hi
+    while hi - lo > 1e-4:
+        mid = (lo + hi) / 2
+        lo, hi = (mid, hi) if ok(mid) else (lo, mid)
+    return lo
+
+
 def baseline_arch(out, preset):
     """Writes scaled/arch.toml for a `scaled` baseline: the base widths times the largest single
     factor (to 1e-4, widths rounded, at least 1) whose network is within every budget."""
     if (out / "scaled" / "arch.toml").is_file():
         return
 
-    def fits(f):
-        w = [max(1, round(b * f)) for b in RESNET20_WIDTHS]
-        c = nce_cost(out, preset, [*BASE_NET, "--widths", ",".join(map(str, w))])
-        return w, c
+    def cost(f):
+        return nce_cost(out, preset, [*BASE_NET, "--widths", ",".join(map(str, scale(f)))])
 
-    lo, hi = 0.05, 1.0
-    if fits(hi)[1]["pass"]:
-        lo = hi
-    while hi - lo > 1e-4:
-        mid = (lo + hi) / 2
-        lo, hi = (mid, hi) if fits(mid)[1]["pass"] else (lo, mid)
-    w, c = fits(lo)
-    ratios = {x["metric"]: x["value"] / x["base"] for x in c["budgets"]}
-    write_arch(out / "scaled", preset["profile"], w,
-               f"uniform scale {lo:.4f}, the largest within the budgets "
+    f = largest_factor(lambda f: cost(f)["pass"], lo=0.05)
+    ratios = {x["metric"]: x["value"] / x["base"] for x in cost(f)["budgets"]}
+    write_arch(out / "scaled", preset["profile"], scale(f),
+               f"uniform scale {f:.4f}, the largest within the budgets "
                f"({', '.join(f'{k} {v:.4f}x' for k, v in ratios.items())})")
-    print(f"scaled baseline: factor {lo:.4f}, {ratios}", file=sys.stderr)
+    print(f"scaled baseline: factor {f:.4f}, {ratios}", file=sys.stderr)
 
 
 def write_arch(d, profile, widths, derivation, base=RESNET20_WIDTHS):
@@ -306,28 +313,16 @@ def scaled_arch(out, profile):
     if not nce or min(nce) >= 0.97 or (out / "scaled" / "arch.toml").is_file():
         return
     target = statistics.mean(nce)
-    arch = tomllib.loads(next(out.glob("nce-s*/arch.toml")).read_text())
-    base = arch["base_widths"]
 
     def macs(f):
-        w = [max(1, round(b * f)) for b in base]
-        r = subprocess.run([str(out / "bin" / "nce"), "cost", "--profile", profile, "--model", arch["model"],
-                            "--input", arch["input"], "--classes", str(arch["classes"]), "--widths",
-                            ",".join(map(str, w)), "--json"], check=True, capture_output=True, text=True)
-        m = {x["metric"]: x["total"] for x in json.loads(r.stdout)["metrics"]}
-        return w, m["macs"]
+        c = nce_cost(out, preset, [*BASE_NET, "--widths", ",".join(map(str, scale(f)))])
+        return next(x["total"] for x in c["metrics"] if x["metric"] == "macs") / base_macs
 
-    _, base_macs = macs(1.0)
-    lo, hi = 0.3, 1.0
-    for _ in range(30):
-        mid = (lo + hi) / 2
-        if macs(mid)[1] / base_macs <= target:
-            lo = mid
-        else:
-            hi = mid
-    w, m = macs(lo)
-    write_arch(out / "scaled", profile, w, f"uniform scale {lo:.4f} to NCE's mean MACs ({target:.4f}x)", base)
-    print(f"scaled arm: factor {lo:.4f}, MACs {m / base_macs:.4f}x (NCE mean {target:.4f}x)", file=sys.stderr)
+    base_macs = 1.0
+    base_macs = macs(1.0)
+    f = largest_factor(lambda f: macs(f) <= target, lo=0.3)
+    write_arch(out / "scaled", profile, scale(f), f"uniform scale {f:.4f} to NCE's mean MACs ({target:.4f}x)")
+    print(f"scaled arm: factor {f:.4f}, MACs {macs(f):.4f}x (NCE mean {target:.4f}x)", file=sys.stderr)
 
 
 def spearman_ci(a, b):
