@@ -291,3 +291,22 @@ fn cli_export_writes_a_c_package_that_compiles_and_matches_the_engine() {
     assert_eq!(logits.len(), 4);
     assert_eq!(logits, engine_logits(&model, &images));
 }
+
+/// The SIMD paths' requantisation (`nce_requant_fast`, on 32-bit halves) against the reference
+/// `nce_requant` (int64, floor shift): every shift in 0..=30 with the extremes of every operand,
+/// then two million random operands (`tests/c/requant_fast.c`).
+#[test]
+fn fast_requantisation_matches_the_reference_on_every_shift_and_extreme() {
+    use std::process::Command;
+    let dir = tempfile::tempdir().unwrap();
+    let exe = dir.path().join("requant_fast");
+    let cc = Command::new("cc")
+        .args(["-std=c99", "-O2", "-Wall", "-Wextra", "-Werror", "-Isrc/engine/c_runtime/c", "tests/c/requant_fast.c", "-o"])
+        .arg(&exe)
+        .output()
+        .unwrap();
+    assert!(cc.status.success(), "{}", String::from_utf8_lossy(&cc.stderr));
+    let run = Command::new(&exe).output().unwrap();
+    let out = String::from_utf8_lossy(&run.stdout);
+    assert!(run.status.success() && out.starts_with("0 of "), "{out}");
+}

@@ -104,6 +104,48 @@ void nce_conv_ref(const nce_conv_t *l, const uint8_t *x, const uint8_t *res, uin
 }
 
 #if defined(NCE_SIMD_SWAR) || defined(NCE_SIMD_NEON)
+/* nce_requant for the SIMD paths, on the sum's two 32-bit halves. The model reader refuses
+ * shifts outside [0, 30], so the rounding term is (2^shift) / 2 in 32 bits, and q_sc (a code,
+ * <= 255) times r is a signed 32x32 product; then a negative sum is 0, a high half that survives the
+ * shift is above qmax (<= 255), else the shifted low bits decide. */
+static inline uint8_t nce_requant_fast(int32_t acc, int32_t m, int32_t b, uint32_t q_sc, int32_t r, uint32_t shift, uint32_t qmax) {
+    int32_t half = (int32_t)((1u << shift) >> 1);
+    int64_t v = (int64_t)acc * m + (int64_t)(int32_t)q_sc * r + ((int64_t)b + half);
+    uint64_t u = (uint64_t)v;
+    uint32_t hi = (uint32_t)(u >> 32), lo = (uint32_t)u, q;
+    if (hi & 0x80000000u) {
+        return 0;
+    }
+    if ((hi >> shift) != 0) {
+        return (uint8_t)qmax;
+    }
+    q = (lo >> shift) | ((hi << 1) << (31 - shift));
+    return (uint8_t)(q > qmax ? qmax : q);
+}
+
+/* The shortcut codes of output pixel (y, x), or NULL for a conv without a shortcut. */
+static const uint8_t *nce_shortcut_px(const nce_conv_t *l, const uint8_t *res, uint32_t y, uint32_t x) {
+    if (res == NULL) {
+        return NULL;
+    }
+    return res + ((y * l->res_stride) * l->res_w + x * l->res_stride) * l->res_c;
+}
+
+/* nce_epilogue for the SIMD paths: output channel o of a pixel whose shortcut codes are sc
+ * (NULL: none; channels past res_c read 0, channels past c_conv have no conv term). */
+static inline uint8_t nce_epilogue_px(const nce_conv_t *l, const uint8_t *sc, uint32_t o, int32_t acc) {
+    int32_t m = 0, b = 0;
+    uint32_t q_sc = 0;
+    if (o < l->c_conv) {
+        m = l->m[o];
+        b = l->b[o];
+    }
+    if (sc != NULL && o < l->res_c) {
+        q_sc = sc[o];
+    }
+    return nce_requant_fast(acc, m, b, q_sc, l->r, l->shift, l->qmax);
+}
+
 /* The receptive field of output pixel (oy, ox) as codes in reduction order, zero-padded to
  * words * 16 bytes; returns their sum. Both SIMD paths use
  * sum_i c_i x_i = 2 sum_i u_i x_i - 3 sum_i x_i with u = (c + 3) / 2 in {0, 1, 2, 3}. */
@@ -225,6 +267,7 @@ static void nce_conv_w2_swar(const nce_conv_t *l, const uint8_t *x, const uint8_
     for (oy = 0; oy < l->ho; oy++) {
         for (ox = 0; ox < l->wo; ox++) {
             uint8_t *out = y + (oy * l->wo + ox) * l->c_out;
+            const uint8_t *sc = nce_shortcut_px(l, res, oy, ox);
             uint32_t sum_x = 0;
             if (words) {
                 nce_patch_words(l, (const uint32_t *)(const void *)x, oy, ox, xs);
@@ -238,11 +281,11 @@ static void nce_conv_w2_swar(const nce_conv_t *l, const uint8_t *x, const uint8_
                 uint32_t o2 = o + 1 < l->c_conv ? o + 1 : o;
                 int32_t sa, sb;
                 nce_swar_dot2(wts + o * l->words, wts + o2 * l->words, xs, l->words, &sa, &sb);
-                out[o] = nce_epilogue(l, res, oy, ox, o, nce_from_u((uint32_t)sa, sum_x));
-                out[o2] = nce_epilogue(l, res, oy, ox, o2, nce_from_u((uint32_t)sb, sum_x));
+                out[o] = nce_epilogue_px(l, sc, o, nce_from_u((uint32_t)sa, sum_x));
+                out[o2] = nce_epilogue_px(l, sc, o2, nce_from_u((uint32_t)sb, sum_x));
             }
             for (o = l->c_conv; o < l->c_out; o++) {
-                out[o] = nce_epilogue(l, res, oy, ox, o, 0);
+                out[o] = nce_epilogue_px(l, sc, o, 0);
             }
         }
     }
@@ -275,6 +318,7 @@ static void nce_conv_w8_patch(const nce_conv_t *l, const uint8_t *x, const uint8
     for (oy = 0; oy < l->ho; oy++) {
         for (ox = 0; ox < l->wo; ox++) {
             uint8_t *out = y + (oy * l->wo + ox) * l->c_out;
+            const uint8_t *sc = nce_shortcut_px(l, res, oy, ox);
             (void)nce_patch(l, x, oy, ox, (uint8_t *)scratch);
             for (o = 0; o < l->c_out; o++) {
                 int32_t acc = 0;
@@ -284,7 +328,7 @@ static void nce_conv_w8_patch(const nce_conv_t *l, const uint8_t *x, const uint8
                         acc += (int32_t)patch[i] * wr[i];
                     }
                 }
-                out[o] = nce_epilogue(l, res, oy, ox, o, acc);
+                out[o] = nce_epilogue_px(l, sc, o, acc);
             }
         }
     }
@@ -304,6 +348,7 @@ static void nce_conv_w2_neon(const nce_conv_t *l, const uint8_t *x, const uint8_
     for (oy = 0; oy < l->ho; oy++) {
         for (ox = 0; ox < l->wo; ox++) {
             uint8_t *out = y + (oy * l->wo + ox) * l->c_out;
+            const uint8_t *sc = nce_shortcut_px(l, res, oy, ox);
             uint32_t sum_x = nce_patch(l, x, oy, ox, patch);
             for (o = 0; o < l->c_out; o++) {
                 int32_t acc = 0;
@@ -319,7 +364,7 @@ static void nce_conv_w2_neon(const nce_conv_t *l, const uint8_t *x, const uint8_
                     }
                     acc = nce_from_u(vaddvq_u32(s), sum_x);
                 }
-                out[o] = nce_epilogue(l, res, oy, ox, o, acc);
+                out[o] = nce_epilogue_px(l, sc, o, acc);
             }
         }
     }
