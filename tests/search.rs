@@ -827,12 +827,12 @@ fn derive_lands_a_greedy_architecture_inside_the_budget_band() {
     }
 }
 
-/// The committed searched architectures (`examples/nce-fashion-arch-s*.toml`) re-derive exactly
+/// The committed searched architectures (`examples/{nce-fashion-arch-s*,tas-wide-fashion-arch}.toml`) re-derive exactly
 /// from the candidates and probabilities they record, under their profile.
 #[test]
 fn committed_architectures_rederive_from_their_probabilities() {
     let root = Path::new(env!("CARGO_MANIFEST_DIR"));
-    for file in ["examples/nce-fashion-arch-s0.toml", "examples/nce-fashion-arch-s1.toml"] {
+    for file in ["examples/nce-fashion-arch-s0.toml", "examples/nce-fashion-arch-s1.toml", "examples/tas-wide-fashion-arch.toml"] {
         let arch = nce::graph::ArchFile::load(&root.join(file)).unwrap();
         assert_eq!(arch.derivation, "cost-aware", "{file}");
         let profile = nce::cost::load_profile(root.join(&arch.profile)).unwrap();
