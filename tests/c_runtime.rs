@@ -292,11 +292,12 @@ fn cli_export_writes_a_c_package_that_compiles_and_matches_the_engine() {
     assert_eq!(logits, engine_logits(&model, &images));
 }
 
-/// The SIMD paths' requantisation (`nce_requant_fast`, on 32-bit halves) against the reference
-/// `nce_requant` (int64, floor shift): every shift in 0..=30 with the extremes of every operand,
-/// then two million random operands (`tests/c/requant_fast.c`).
+/// The SIMD paths' epilogue (`nce_epilogue_px`: requantisation on 32-bit halves) against the
+/// reference `nce_epilogue` (int64, floor shift): every shift in 0..=30 with the extremes of every
+/// operand, with and without a shortcut, on conv-only and shortcut-only channels, then random
+/// operands (`tests/c/requant_fast.c`).
 #[test]
-fn fast_requantisation_matches_the_reference_on_every_shift_and_extreme() {
+fn simd_epilogue_matches_the_reference_on_every_shift_and_extreme() {
     use std::process::Command;
     let dir = tempfile::tempdir().unwrap();
     let exe = dir.path().join("requant_fast");

@@ -104,13 +104,9 @@ void nce_conv_ref(const nce_conv_t *l, const uint8_t *x, const uint8_t *res, uin
 }
 
 #if defined(NCE_SIMD_SWAR) || defined(NCE_SIMD_NEON)
-/* nce_requant for the SIMD paths, on the sum's two 32-bit halves. The model reader refuses
- * shifts outside [0, 30], so the rounding term is (2^shift) / 2 in 32 bits, and q_sc (a code,
- * <= 255) times r is a signed 32x32 product; then a negative sum is 0, a high half that survives the
- * shift is above qmax (<= 255), else the shifted low bits decide. */
-static inline uint8_t nce_requant_fast(int32_t acc, int32_t m, int32_t b, uint32_t q_sc, int32_t r, uint32_t shift, uint32_t qmax) {
-    int32_t half = (int32_t)((1u << shift) >> 1);
-    int64_t v = (int64_t)acc * m + (int64_t)(int32_t)q_sc * r + ((int64_t)b + half);
+/* clamp(v >> shift, 0, qmax) on v's two 32-bit halves (shift <= 30, qmax <= 255): a negative
+ * v is 0, a high half that survives the shift is above qmax, else the shifted low bits decide. */
+static inline uint8_t nce_shift_clamp(int64_t v, uint32_t shift, uint32_t qmax) {
     uint64_t u = (uint64_t)v;
     uint32_t hi = (uint32_t)(u >> 32), lo = (uint32_t)u, q;
     if (hi & 0x80000000u) {
@@ -132,18 +128,17 @@ static const uint8_t *nce_shortcut_px(const nce_conv_t *l, const uint8_t *res, u
 }
 
 /* nce_epilogue for the SIMD paths: output channel o of a pixel whose shortcut codes are sc
- * (NULL: none; channels past res_c read 0, channels past c_conv have no conv term). */
+ * (NULL: none; channels past res_c read 0, channels past c_conv have no conv term). The model
+ * reader refuses shifts outside [0, 30], so the rounding term is (2^shift) / 2 in 32 bits. */
 static inline uint8_t nce_epilogue_px(const nce_conv_t *l, const uint8_t *sc, uint32_t o, int32_t acc) {
-    int32_t m = 0, b = 0;
-    uint32_t q_sc = 0;
+    int64_t v = (int64_t)((1u << l->shift) >> 1);
     if (o < l->c_conv) {
-        m = l->m[o];
-        b = l->b[o];
+        v += (int64_t)acc * l->m[o] + l->b[o];
     }
     if (sc != NULL && o < l->res_c) {
-        q_sc = sc[o];
+        v += (int64_t)sc[o] * l->r;
     }
-    return nce_requant_fast(acc, m, b, q_sc, l->r, l->shift, l->qmax);
+    return nce_shift_clamp(v, l->shift, l->qmax);
 }
 
 /* The receptive field of output pixel (oy, ox) as codes in reduction order, zero-padded to
