@@ -130,6 +130,25 @@ fn a_scaled_baseline_fits_the_smaller_budget_and_is_what_nce_is_compared_with() 
     assert!(t.contains("Verdict: MET — NCE ≥ scaled + 0.5 points within the budgets of nce-flops-params-0.75x"), "{t}");
 }
 
+/// The TAS-wide ablation (expansion vs a bigger static space): NCE − tas and tas − uniform, each
+/// paired by final-training seed, beside the verdict, which only NCE − uniform decides.
+#[test]
+fn the_tas_arm_is_compared_with_nce_and_with_uniform() {
+    let dir = run_dir(&[92.0, 92.2, 92.1], &[92.7, 93.0, 93.0]);
+    let out = dir.path();
+    fs::create_dir_all(out.join("tas")).unwrap();
+    fs::copy(repo().join("examples/tas-wide-fashion-arch.toml"), out.join("tas/arch.toml")).unwrap();
+    for (seed, acc) in [92.3, 92.4, 92.5].iter().enumerate() {
+        write_metrics(&out.join(format!("w2a2-tas-s{seed}")), 10, acc / 100.0);
+    }
+    let t = table(out, &[]);
+    assert!(t.contains("| tas | 92.40 ± 0.10 | 92.30, 92.40, 92.50 | – | 1.000x | 0.906x |"), "{t}");
+    // 0.4, 0.6, 0.5 and 0.3, 0.2, 0.4: sd 0.1 each, half-width 0.248.
+    assert!(t.contains("Paired difference NCE − tas over 3 seeds: +0.50 points, 95 % CI [+0.25, +0.75]"), "{t}");
+    assert!(t.contains("Paired difference tas − uniform over 3 seeds: +0.30 points, 95 % CI [+0.05, +0.55]"), "{t}");
+    assert!(t.contains("Verdict: MET"), "{t}");
+}
+
 /// The protocol's conditional arm: when NCE lands below 0.97x of the MACs budget, `--scaled-arch`
 /// writes the base network scaled by one factor to NCE's MACs; at or above 0.97x it writes none.
 #[test]

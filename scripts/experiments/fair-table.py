@@ -179,6 +179,8 @@ def report(out, preset):
             d = [statistics.mean([per_arm[n][s] for n in nce_arms]) - per_arm[a][s]
                  for s in per_arm[a] if all(s in per_arm[n] for n in nce_arms)]
             print(f"Paired difference NCE − {a} over {len(d)} seeds: {diff_text(d)}.")
+            d = [per_arm[a][s] - u for s, u in sorted(uni.items()) if s in per_arm[a]]
+            print(f"Paired difference {a} − {base} over {len(d)} seeds: {diff_text(d)}.")
     within = all(cost_ratios(out, preset, a)[2] for a in nce_arms)
     need = len(preset["w2a2"]["seeds"])
     budget = Path(preset["profile"]).stem
