@@ -1,6 +1,6 @@
 //! Mini-batches as tch tensors, with deterministic shuffling and vectorised augmentation.
 //!
-//! The whole dataset lives in one `u8` tensor [N,C,H,W] (on the training device), so a batch is
+//! The whole dataset lives in one `u8` tensor `[N, C, H, W]` (on the training device), so a batch is
 //! an `index_select` plus a few tensor ops, never a per-pixel Rust loop. Every random choice is a
 //! pure function of `(seed, epoch, batch index)`: a run resumed at any batch sees exactly the
 //! batches (order and augmentation) of an uninterrupted run.
@@ -37,8 +37,8 @@ impl LoaderConfig {
     }
 }
 
-/// A dataset resident as tensors, cut into batches `(x, y)`: `x` f32 [B,C,H,W] in [0,1]
-/// (pixel / 255, no mean/std normalisation: see docs/quantization.md), `y` i64 [B].
+/// A dataset resident as tensors, cut into batches `(x, y)`: `x` f32 `[B, C, H, W]` in `[0, 1]`
+/// (pixel / 255, no mean/std normalisation: see docs/quantization.md), `y` i64 `[B]`.
 pub struct Loader {
     images: Tensor,
     labels: Tensor,
@@ -161,14 +161,14 @@ impl Loader {
     }
 }
 
-/// Padded random crop and optional horizontal flip of a `u8` batch [B,C,H,W], drawing one
+/// Padded random crop and optional horizontal flip of a `u8` batch `[B, C, H, W]`, drawing one
 /// (dy, dx, flip) per image from `rng`. Vectorised as two `gather`s on the zero-padded batch:
 /// output row i of image b reads padded row `dy_b + i`, output column j reads padded column
 /// `dx_b + j` (or `dx_b + W−1−j` when flipped, i.e. flip after crop). Zero padding is pixel 0,
 /// the same value the first conv's zero padding uses.
 ///
 /// # Panics
-/// If `x` is not 4-dimensional (a caller bug: [`Loader`] always passes [B,C,H,W]).
+/// If `x` is not 4-dimensional (a caller bug: [`Loader`] always passes `[B, C, H, W]`).
 pub fn augment(x: &Tensor, aug: Augment, rng: &mut Rng) -> Tensor {
     let (b, c, h, w) = x.size4().expect("augment: batch must be [B,C,H,W]");
     let dev = x.device();

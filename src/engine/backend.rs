@@ -3,7 +3,7 @@
 //!
 //! Adding a backend (a C runtime under QEMU, ONNX Runtime, ...) means: its own folder under
 //! `src/engine/`, a variant of [`BackendKind`], and one arm in [`open`]. Validation
-//! ([`super::compare`]), latency measurement ([`super::measure`]), the CLI and the pipeline
+//! ([`mod@super::compare`]), latency measurement ([`super::measure`]), the CLI and the pipeline
 //! only see the trait.
 
 use super::c_runtime::{CTarget, QemuBackend, ResourceReport};

@@ -3,7 +3,7 @@
 //! `engine` owns execution. This module holds the public data types (activation tensors,
 //! packed weights, layer descriptions) and their validation; [`plan`] is the runnable model
 //! that the file reader builds; [`Backend`] is the seam every engine implements ([`cpu`],
-//! `wgpu`), opened by [`open`] from a [`BackendKind`]; [`compare`] checks two backends
+//! `wgpu`), opened by [`open`] from a [`BackendKind`]; [`mod@compare`] checks two backends
 //! against each other and [`measure`] times them. Nothing here reads files or checkpoints. Every op follows
 //! `docs/quantization.md` bit for bit: the scalar code in [`cpu::reference`] is the
 //! definition and every fast path is tested against it.

@@ -1,4 +1,4 @@
-//! Export of trained 2-bit models: the `.nce` container ([`format`], documented in
+//! Export of trained 2-bit models: the `.nce` container ([`mod@format`], documented in
 //! `docs/format.md`), the reader that turns a container into the engine's runnable plan
 //! ([`model`], building [`crate::engine::plan::QModel`]), and — with the `train` feature —
 //! conversion from checkpoints ([`convert`]), the tch integer simulation the engines are

@@ -1,6 +1,6 @@
 //! Validation of an exported model against its checkpoint: every layer's integer output of
 //! the engine (from [`crate::engine::plan::QModel::run_layers_batch`]) compared with the tch integer simulation.
-//! (Backends are compared with each other by [`crate::engine::compare`].)
+//! (Backends are compared with each other by [`mod@crate::engine::compare`].)
 
 #[cfg(feature = "train")]
 use crate::{

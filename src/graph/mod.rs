@@ -129,7 +129,7 @@ pub struct Layer {
 }
 
 impl Layer {
-    /// MACs and weights in `u128` (cannot overflow for any `usize` shape); [`graph::build`]
+    /// MACs and weights in `u128` (cannot overflow for any `usize` shape); [`build`]
     /// rejects layers where either exceeds [`MAX_LAYER_COUNT`], so the `u64` counts below are exact.
     pub fn macs_and_weights_u128(&self) -> (u128, u128) {
         let (i, o) = (self.in_shape.c as u128, self.out_shape.c as u128);

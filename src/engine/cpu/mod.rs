@@ -29,7 +29,7 @@ use std::ops::Range;
 /// An instruction-set backend.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
 pub enum Backend {
-    /// Portable scalar code ([`reference`]).
+    /// Portable scalar code ([`mod@reference`]).
     Scalar,
     /// Portable SWAR code: 2-bit convs as eight MACs per 64-bit multiply (`swar.rs`).
     Swar,
