@@ -119,6 +119,11 @@ def diff_text(d):
     return f"{m:+.2f} points, 95 % CI [{lo:+.2f}, {hi:+.2f}]"
 
 
+def paired(a, b):
+    """a − b for every final-training seed both have (dicts seed -> accuracy), in seed order."""
+    return [a[s] - v for s, v in sorted(b.items()) if s in a]
+
+
 def fp32_acc(out, arm, want_epochs):
     """The last-epoch test accuracy of an arm's own FP32 training, once it finished."""
     m = metrics(out / f"fp32-{arm}")
@@ -162,24 +167,22 @@ def report(out, preset):
     nce_arms = [a for a in per_arm if a.startswith("nce-")]
     base = baseline(preset)
     uni = per_arm.get(base, {})
-    diffs = []
-    for seed, u in sorted(uni.items()):
-        vals = [per_arm[a][seed] for a in nce_arms if seed in per_arm[a]]
-        if len(vals) == len(nce_arms) and vals:
-            diffs.append(statistics.mean(vals) - u)
+    # NCE per final-training seed: the mean over its search seeds, where every one has that seed.
+    seeds = set.intersection(*(set(per_arm[a]) for a in nce_arms)) if nce_arms else set()
+    nce_mean = {s: statistics.mean(per_arm[a][s] for a in nce_arms) for s in seeds}
+    diffs = paired(nce_mean, uni)
     m, lo, hi = interval(diffs)
     print(f"\nPaired difference NCE − {base} over {len(diffs)} final-training seeds "
           f"(NCE averaged over {len(nce_arms)} search seeds): {diff_text(diffs)}.")
     if len(nce_arms) > 1:  # each search seed on its own, so an interim result stays readable
         for a in nce_arms:
-            d = [per_arm[a][s] - u for s, u in sorted(uni.items()) if s in per_arm[a]]
+            d = paired(per_arm[a], uni)
             print(f"- {a} − {base} over {len(d)} seeds: {diff_text(d)}.")
     for a in ("tas", "scaled"):
         if a in per_arm and a != base:
-            d = [statistics.mean([per_arm[n][s] for n in nce_arms]) - per_arm[a][s]
-                 for s in per_arm[a] if all(s in per_arm[n] for n in nce_arms)]
+            d = paired(nce_mean, per_arm[a])
             print(f"Paired difference NCE − {a} over {len(d)} seeds: {diff_text(d)}.")
-            d = [per_arm[a][s] - u for s, u in sorted(uni.items()) if s in per_arm[a]]
+            d = paired(per_arm[a], uni)
             print(f"Paired difference {a} − {base} over {len(d)} seeds: {diff_text(d)}.")
     within = all(cost_ratios(out, preset, a)[2] for a in nce_arms)
     need = len(preset["w2a2"]["seeds"])
@@ -282,17 +285,19 @@ def largest_factor(ok, lo, hi=1.0):
     return lo
 
 
+def scaled_cost(out, preset, f):
+    """`nce cost --json` of the base network with every width times f."""
+    return nce_cost(out, preset, [*BASE_NET, "--widths", ",".join(map(str, scale(f)))])
+
+
 def baseline_arch(out, preset):
     """Writes scaled/arch.toml for a `scaled` baseline: the base widths times the largest single
     factor (to 1e-4, widths rounded, at least 1) whose network is within every budget."""
     if (out / "scaled" / "arch.toml").is_file():
         return
 
-    def cost(f):
-        return nce_cost(out, preset, [*BASE_NET, "--widths", ",".join(map(str, scale(f)))])
-
-    f = largest_factor(lambda f: cost(f)["pass"], lo=0.05)
-    ratios = {x["metric"]: x["value"] / x["base"] for x in cost(f)["budgets"]}
+    f = largest_factor(lambda f: scaled_cost(out, preset, f)["pass"], lo=0.05)
+    ratios = {x["metric"]: x["value"] / x["base"] for x in scaled_cost(out, preset, f)["budgets"]}
     write_arch(out / "scaled", preset["profile"], scale(f),
                f"uniform scale {f:.4f}, the largest within the budgets "
                f"({', '.join(f'{k} {v:.4f}x' for k, v in ratios.items())})")
@@ -317,14 +322,12 @@ def scaled_arch(out, profile):
     target = statistics.mean(nce)
 
     def macs(f):
-        c = nce_cost(out, preset, [*BASE_NET, "--widths", ",".join(map(str, scale(f)))])
-        return next(x["total"] for x in c["metrics"] if x["metric"] == "macs") / base_macs
+        return next(x["total"] for x in scaled_cost(out, preset, f)["metrics"] if x["metric"] == "macs")
 
-    base_macs = 1.0
     base_macs = macs(1.0)
-    f = largest_factor(lambda f: macs(f) <= target, lo=0.3)
+    f = largest_factor(lambda f: macs(f) / base_macs <= target, lo=0.3)
     write_arch(out / "scaled", profile, scale(f), f"uniform scale {f:.4f} to NCE's mean MACs ({target:.4f}x)")
-    print(f"scaled arm: factor {f:.4f}, MACs {macs(f):.4f}x (NCE mean {target:.4f}x)", file=sys.stderr)
+    print(f"scaled arm: factor {f:.4f}, MACs {macs(f) / base_macs:.4f}x (NCE mean {target:.4f}x)", file=sys.stderr)
 
 
 def spearman_ci(a, b):
