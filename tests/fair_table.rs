@@ -18,15 +18,24 @@ fn run_dir(uniform: &[f64], nce: &[f64]) -> tempfile::TempDir {
     let out = dir.path();
     fs::create_dir_all(out.join("bin")).unwrap();
     fs::copy(env!("CARGO_BIN_EXE_nce"), out.join("bin/nce")).unwrap();
-    fs::create_dir_all(out.join("nce-s0")).unwrap();
-    fs::copy(repo().join("examples/nce-fashion-arch-s0.toml"), out.join("nce-s0/arch.toml")).unwrap();
+    add_arch(out, "nce-s0", "examples/nce-fashion-arch-s0.toml");
     write_metrics(&out.join("fp32-uniform"), 15, 0.9378);
-    for (arm, accs) in [("uniform", uniform), ("nce-s0", nce)] {
-        for (seed, acc) in accs.iter().enumerate() {
-            write_metrics(&out.join(format!("w2a2-{arm}-s{seed}")), 10, acc / 100.0);
-        }
-    }
+    write_seeds(out, "uniform", uniform);
+    write_seeds(out, "nce-s0", nce);
     dir
+}
+
+/// An arm's architecture: a committed file as `<arm>/arch.toml`.
+fn add_arch(out: &Path, arm: &str, example: &str) {
+    fs::create_dir_all(out.join(arm)).unwrap();
+    fs::copy(repo().join(example), out.join(arm).join("arch.toml")).unwrap();
+}
+
+/// An arm's W2A2 units, one per final-training seed from 0, with these last-epoch accuracies (%).
+fn write_seeds(out: &Path, arm: &str, accs: &[f64]) {
+    for (seed, acc) in accs.iter().enumerate() {
+        write_metrics(&out.join(format!("w2a2-{arm}-s{seed}")), 10, acc / 100.0);
+    }
 }
 
 fn write_metrics(dir: &Path, epochs: usize, last_acc: f64) {
@@ -82,11 +91,8 @@ fn two_search_seeds_are_averaged_per_final_training_seed_and_shown_apart() {
     // Uniform 92.0 each; NCE seed 0 +1.0 each, NCE seed 1 +0.2, +0.4, +0.6 on the seeds it has.
     let dir = run_dir(&[92.0, 92.0, 92.0], &[93.0, 93.0, 93.0]);
     let out = dir.path();
-    fs::create_dir_all(out.join("nce-s1")).unwrap();
-    fs::copy(repo().join("examples/nce-fashion-arch-s1.toml"), out.join("nce-s1/arch.toml")).unwrap();
-    for (seed, acc) in [92.2, 92.4].iter().enumerate() {
-        write_metrics(&out.join(format!("w2a2-nce-s1-s{seed}")), 10, acc / 100.0);
-    }
+    add_arch(out, "nce-s1", "examples/nce-fashion-arch-s1.toml");
+    write_seeds(out, "nce-s1", &[92.2, 92.4]);
     let t = table(out, &["--widths-svg", out.join("widths.svg").to_str().unwrap()]);
     // One line per searched arm, each point its layer's width against the base width.
     let svg = fs::read_to_string(out.join("widths.svg")).unwrap();
@@ -114,9 +120,7 @@ fn a_scaled_baseline_fits_the_smaller_budget_and_is_what_nce_is_compared_with() 
     assert!(t.is_empty(), "{t}");
     let arch = fs::read_to_string(out.join("scaled/arch.toml")).unwrap();
     assert!(arch.contains("widths = [14, 14, 14, 14, 14, 14, 14, 27, 27, 27, 27, 27, 27, 55, 55, 55, 55, 55, 55]"), "{arch}");
-    for (seed, acc) in [92.0, 92.2, 92.1].iter().enumerate() {
-        write_metrics(&out.join(format!("w2a2-scaled-s{seed}")), 10, acc / 100.0);
-    }
+    write_seeds(out, "scaled", &[92.0, 92.2, 92.1]);
     // The scaled network lands at 0.74x MACs and params, within 0.97-1.00 of the 0.75x budget.
     let t = table(out, &["--preset", PRESET]);
     assert!(t.contains("| scaled | 92.10 ± 0.10 | 92.00, 92.20, 92.10 | – | 0.740x | 0.735x |"), "{t}");
@@ -136,11 +140,8 @@ fn a_scaled_baseline_fits_the_smaller_budget_and_is_what_nce_is_compared_with() 
 fn the_tas_arm_is_compared_with_nce_and_with_uniform() {
     let dir = run_dir(&[92.0, 92.2, 92.1], &[92.7, 93.0, 93.0]);
     let out = dir.path();
-    fs::create_dir_all(out.join("tas")).unwrap();
-    fs::copy(repo().join("examples/tas-wide-fashion-arch.toml"), out.join("tas/arch.toml")).unwrap();
-    for (seed, acc) in [92.3, 92.4, 92.5].iter().enumerate() {
-        write_metrics(&out.join(format!("w2a2-tas-s{seed}")), 10, acc / 100.0);
-    }
+    add_arch(out, "tas", "examples/tas-wide-fashion-arch.toml");
+    write_seeds(out, "tas", &[92.3, 92.4, 92.5]);
     let t = table(out, &[]);
     assert!(t.contains("| tas | 92.40 ± 0.10 | 92.30, 92.40, 92.50 | – | 1.000x | 0.906x |"), "{t}");
     // 0.4, 0.6, 0.5 and 0.3, 0.2, 0.4: sd 0.1 each, half-width 0.248.
