@@ -295,14 +295,14 @@ fn cli_export_writes_a_c_package_that_compiles_and_matches_the_engine() {
 /// The SIMD paths' epilogue (`nce_epilogue_px`: requantisation on 32-bit halves) against the
 /// reference `nce_epilogue` (int64, floor shift): every shift in 0..=30 with the extremes of every
 /// operand, with and without a shortcut, on conv-only and shortcut-only channels, then random
-/// operands (`tests/c/requant_fast.c`).
+/// operands (`tests/c/simd_epilogue.c`).
 #[test]
 fn simd_epilogue_matches_the_reference_on_every_shift_and_extreme() {
     use std::process::Command;
     let dir = tempfile::tempdir().unwrap();
-    let exe = dir.path().join("requant_fast");
+    let exe = dir.path().join("simd_epilogue");
     let cc = Command::new("cc")
-        .args(["-std=c99", "-O2", "-Wall", "-Wextra", "-Werror", "-Isrc/engine/c_runtime/c", "tests/c/requant_fast.c", "-o"])
+        .args(["-std=c99", "-O2", "-Wall", "-Wextra", "-Werror", "-Isrc/engine/c_runtime/c", "tests/c/simd_epilogue.c", "-o"])
         .arg(&exe)
         .output()
         .unwrap();
