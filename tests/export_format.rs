@@ -162,7 +162,7 @@ fn container_round_trip_with_every_dtype_and_rank() {
 
     // The byte layout of docs/format.md.
     assert_eq!(&bytes[..4], b"NCE\x02");
-    assert_eq!(u16::from_le_bytes([bytes[4], bytes[5]]), 1);
+    assert_eq!(u16::from_le_bytes([bytes[4], bytes[5]]), 2);
     assert_eq!(u16::from_le_bytes([bytes[6], bytes[7]]), 0);
     let hlen = u32::from_le_bytes(bytes[8..12].try_into().unwrap()) as usize;
     assert_eq!(&bytes[12..12 + hlen], c.header.as_bytes());
@@ -310,10 +310,15 @@ fn wrong_magic_version_reserved_and_trailing_bytes() {
     assert_err_has(b"NCE\x02", "truncated");
 
     let mut b = bytes.clone();
-    b[4..6].copy_from_slice(&2u16.to_le_bytes());
+    b[4..6].copy_from_slice(&3u16.to_le_bytes());
     fix_crc(&mut b);
-    assert!(matches!(QModel::from_bytes(&b), Err(DecodeError::Format(FormatError::Version(2)))));
-    assert_err_has(&b, "version 2 is not supported");
+    assert!(matches!(QModel::from_bytes(&b), Err(DecodeError::Format(FormatError::Version(3)))));
+    assert_err_has(&b, "version 3 is not supported");
+    // Version 1 (before grouped convs) is the same layout and still loads.
+    let mut b = bytes.clone();
+    b[4..6].copy_from_slice(&1u16.to_le_bytes());
+    fix_crc(&mut b);
+    assert!(QModel::from_bytes(&b).is_ok());
 
     let mut b = bytes.clone();
     b[6] = 1;
@@ -548,7 +553,14 @@ fn inconsistent_graphs_are_rejected() {
             let l = &mut n.layers[0];
             l.op = Op::Conv { k: 3, stride: 1, pad: 1, groups: 2, relu: true };
         },
-        "grouped",
+        "2 groups do not divide 1 input",
+    );
+    net_err_has(
+        |n| {
+            let l = &mut n.layers[1];
+            l.op = Op::Conv { k: 3, stride: 1, pad: 1, groups: 0, relu: true };
+        },
+        "0 groups",
     );
     net_err_has(|n| n.layers[0].out_bits = 9, "output bits");
     net_err_has(|n| n.layers[0].wbits = 4, "not supported");

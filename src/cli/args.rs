@@ -155,3 +155,11 @@ pub struct SeededRunArgs {
     #[arg(long, default_value_t = 0)]
     pub seed: u64,
 }
+
+/// `--model` with `--width-mult` applied (an error for models without a multiplier).
+pub fn model_kind(model: crate::graph::ModelKind, width_mult: Option<f64>) -> Result<crate::graph::ModelKind, crate::graph::GraphError> {
+    match width_mult {
+        Some(m) => model.with_width_mult(m),
+        None => Ok(model),
+    }
+}

@@ -13,9 +13,12 @@ pub struct Args {
     /// Hardware profile: a file, or the name of a shipped profile (`nce profiles list`).
     #[arg(long)]
     profile: PathBuf,
-    /// resnet20 | resnet32 | resnet56 | resnet18 | resnet50 (or take it from --arch)
+    /// resnet20 | resnet32 | resnet56 | resnet18 | resnet50 | mobilenetv2 (or take it from --arch)
     #[arg(long, required_unless_present = "arch")]
     model: Option<ModelKind>,
+    /// Width multiplier of a MobileNet (0.1 to 4, two decimals; default 1)
+    #[arg(long, value_parser = crate::cli::args::positive_f64)]
+    width_mult: Option<f64>,
     /// An architecture file (`nce search`): its model, input, classes and widths.
     #[arg(long, conflicts_with_all = ["widths", "model", "input", "classes", "data"])]
     arch: Option<PathBuf>,
@@ -83,7 +86,7 @@ fn network_args(a: &Args) -> Result<NetworkSpec> {
         let arch = crate::graph::ArchFile::load(path)?;
         return Ok(NetworkSpec { model: arch.model, input: Some(arch.input), classes: Some(arch.classes), widths: Some(arch.widths) });
     }
-    let model = a.model.ok_or_else(|| super::usage("give --model or --arch"))?;
+    let model = super::args::model_kind(a.model.ok_or_else(|| super::usage("give --model or --arch"))?, a.width_mult)?;
     let (input, classes) = match &a.data {
         Some(d) => {
             let (shape, classes) = d.shape_and_classes().ok_or_else(|| super::usage("--data takes a built-in dataset here"))?;

@@ -19,6 +19,9 @@ pub struct MeasureArgs {
     /// Model whose layer families are measured.
     #[arg(long, default_value = "resnet20")]
     model: ModelKind,
+    /// Width multiplier of a MobileNet (0.1 to 4, two decimals; default 1)
+    #[arg(long, value_parser = crate::cli::args::positive_f64)]
+    width_mult: Option<f64>,
     /// Input as CxHxW (default: 1x28x28, the Fashion-MNIST/MNIST shape the examples use).
     #[arg(long, default_value = "1x28x28")]
     input: Shape,
@@ -226,7 +229,8 @@ fn check_text(r: &CheckJson) -> String {
 /// Measures a latency table and writes it to `-o`.
 fn measure_table(a: &MeasureArgs, backend: &dyn Backend) -> Result<ExitCode> {
     let output = a.out.clone().ok_or_else(|| super::usage("give -o FILE.csv for the table (or --check MODEL.nce --table FILE.csv)"))?;
-    let net = graph::build(a.model, a.input, a.classes, None, &BitConfig::uniform(2))?;
+    let model = super::args::model_kind(a.model, a.width_mult)?;
+    let net = graph::build(model, a.input, a.classes, None, &BitConfig::uniform(2))?;
     let cfg = MeasureConfig { grid: a.widths_grid.clone(), warmup: a.warmup, repeats: a.repeats, granularity: a.granularity };
     let bar = super::progress::bar(0, "measure", "layers");
     let progress = |done: usize, total: usize| {
@@ -249,7 +253,7 @@ fn measure_table(a: &MeasureArgs, backend: &dyn Backend) -> Result<ExitCode> {
         table: &output,
         signatures: table.entries.len(),
         backend: table.meta.get("backend").map(String::as_str).unwrap_or("?"),
-        model: a.model.to_string(),
+        model: model.to_string(),
         predicted_base_us: base,
     };
     if a.json {

@@ -1,5 +1,6 @@
 //! `nce pipeline`: every stage from FP32 training to the report (see [`crate::pipeline`]).
 
+use super::args;
 use crate::graph::ModelKind;
 use crate::pipeline::{self, PipelineConfig, Schedule, ScheduleSource};
 use anyhow::{bail, Result};
@@ -11,9 +12,12 @@ pub struct PipelineArgs {
     /// Hardware profile whose budgets and cost plugins drive the search and the report.
     #[arg(long)]
     profile: PathBuf,
-    /// resnet20 | resnet32 | resnet56 | resnet18 | resnet50
+    /// resnet20 | resnet32 | resnet56 | resnet18 | resnet50 | mobilenetv2 (mobilenetv2x0.5: --width-mult 0.5)
     #[arg(long, default_value = "resnet20")]
     model: ModelKind,
+    /// Width multiplier of a MobileNet (0.1 to 4, two decimals; default 1)
+    #[arg(long, value_parser = crate::cli::args::positive_f64)]
+    width_mult: Option<f64>,
     #[command(flatten)]
     data: super::args::DataSource,
     // `--out` is required here; `--threads` are also the engine's validation threads.
@@ -45,7 +49,7 @@ pub fn run(a: PipelineArgs) -> Result<ExitCode> {
         seed: a.run.seed,
         threads: run.threads,
         progress: !run.quiet,
-        ..PipelineConfig::new(a.profile.clone(), a.model, &data, out, source, schedule)
+        ..PipelineConfig::new(a.profile.clone(), args::model_kind(a.model, a.width_mult)?, &data, out, source, schedule)
     };
     if let Some(s) = std::env::var("NCE_PIPELINE_FAIL_STAGE").ok().filter(|s| !s.is_empty()) {
         match pipeline::Stage::from_name(&s) {

@@ -1,5 +1,6 @@
 //! `nce search`.
 
+use super::args;
 use crate::graph::ModelKind;
 use crate::search::{self, space::SpaceConfig, SearchConfig};
 use anyhow::{Context, Result};
@@ -12,9 +13,12 @@ pub struct SearchArgs {
     /// of a shipped profile (`nce profiles list`).
     #[arg(long)]
     profile: PathBuf,
-    /// resnet20 | resnet32 | resnet56 | resnet18 | resnet50
+    /// resnet20 | resnet32 | resnet56 | resnet18 | resnet50 | mobilenetv2 (mobilenetv2x0.5: --width-mult 0.5)
     #[arg(long, default_value = "resnet20")]
     model: ModelKind,
+    /// Width multiplier of a MobileNet (0.1 to 4, two decimals; default 1)
+    #[arg(long, value_parser = crate::cli::args::positive_f64)]
+    width_mult: Option<f64>,
     // `--test-subset` defaults to 2,000 images here.
     #[command(flatten)]
     data: super::args::TrainDataArgs,
@@ -100,7 +104,7 @@ impl TryFrom<&SearchArgs> for SearchConfig {
             expansion_init: a.expansion_init,
             expansion_noise: a.expansion_noise,
             val_subset: a.val_subset,
-            ..SearchConfig::new(a.model, a.profile.clone(), &data, a.epochs, a.run.run.out_or("search"))
+            ..SearchConfig::new(args::model_kind(a.model, a.width_mult)?, a.profile.clone(), &data, a.epochs, a.run.run.out_or("search"))
         })
     }
 }

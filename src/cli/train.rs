@@ -1,5 +1,6 @@
 //! `nce train` and `nce eval`.
 
+use super::args;
 use crate::graph::ModelKind;
 use crate::train::{self, TrainConfig};
 use anyhow::{Context, Result};
@@ -8,9 +9,12 @@ use std::process::ExitCode;
 
 #[derive(clap::Args)]
 pub struct TrainArgs {
-    /// resnet20 | resnet32 | resnet56 | resnet18 | resnet50
+    /// resnet20 | resnet32 | resnet56 | resnet18 | resnet50 | mobilenetv2 (mobilenetv2x0.5: --width-mult 0.5)
     #[arg(long, default_value = "resnet20")]
     model: ModelKind,
+    /// Width multiplier of a MobileNet (0.1 to 4, two decimals; default 1)
+    #[arg(long, value_parser = crate::cli::args::positive_f64)]
+    width_mult: Option<f64>,
     #[command(flatten)]
     data: super::args::TrainDataArgs,
     #[command(flatten)]
@@ -108,7 +112,7 @@ impl TryFrom<&TrainArgs> for TrainConfig {
             max_steps: a.max_steps,
             threads: a.run.run.threads,
             model_options,
-            ..TrainConfig::new(a.model, &data, a.bits, a.epochs, a.run.run.out_or("train"))
+            ..TrainConfig::new(args::model_kind(a.model, a.width_mult)?, &data, a.bits, a.epochs, a.run.run.out_or("train"))
         })
     }
 }

@@ -343,10 +343,17 @@ impl Requant {
 /// Largest accepted shift: keeps `2^(shift−1)` and the shifted int64 sum meaningful.
 pub const MAX_SHIFT: u32 = 62;
 
-/// A k×k convolution (zero padding, no groups) with its fused requantisation epilogue.
+/// A k×k convolution (zero padding) with its fused requantisation epilogue.
+///
+/// With `groups > 1` the input and output channels are split into `groups` equal groups and
+/// output channel `o` reads only the input channels of its group, `g·c_in/groups ..`; its
+/// weights are `(ky, kx, c)` over those `c_in/groups` channels. A depthwise conv has
+/// `groups == c_in == c_out` ([`Conv2d::is_depthwise`]).
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct Conv2d {
     pub c_in: usize,
+    /// `1` for a dense conv.
+    pub groups: usize,
     pub k: usize,
     pub stride: usize,
     pub pad: usize,
@@ -387,8 +394,22 @@ fn out_len(what: &'static str, n: usize, k: usize, stride: usize, pad: usize) ->
 }
 
 impl Conv2d {
+    /// A dense conv (`groups == 1`).
     pub fn new(c_in: usize, k: usize, stride: usize, pad: usize, weights: ConvWeights, requant: Requant) -> Result<Self> {
-        let conv = Conv2d { c_in, k, stride, pad, weights, requant };
+        Conv2d::grouped(c_in, 1, k, stride, pad, weights, requant)
+    }
+
+    /// A grouped conv; `groups == c_in ==` output channels is a depthwise conv.
+    pub fn grouped(
+        c_in: usize,
+        groups: usize,
+        k: usize,
+        stride: usize,
+        pad: usize,
+        weights: ConvWeights,
+        requant: Requant,
+    ) -> Result<Self> {
+        let conv = Conv2d { c_in, groups, k, stride, pad, weights, requant };
         conv.validate()?;
         Ok(conv)
     }
@@ -398,21 +419,37 @@ impl Conv2d {
         self.weights.c_out()
     }
 
-    /// Length of one output channel's reduction, `k·k·c_in`.
+    /// Input channels each output channel reads, `c_in / groups`.
+    pub fn c_in_per_group(&self) -> usize {
+        self.c_in / self.groups.max(1)
+    }
+
+    /// One filter per channel: `groups == c_in == c_out`.
+    pub fn is_depthwise(&self) -> bool {
+        self.groups > 1 && self.groups == self.c_in && self.c_conv() == self.c_in
+    }
+
+    /// Length of one output channel's reduction, `k·k·c_in/groups`.
     pub fn k_len(&self) -> usize {
-        self.k * self.k * self.c_in
+        self.k * self.k * self.c_in_per_group()
     }
 
     /// Checks the layer on its own (not against an input).
     pub fn validate(&self) -> Result<()> {
-        if self.c_in == 0 || self.k == 0 || self.stride == 0 {
+        if self.c_in == 0 || self.k == 0 || self.stride == 0 || self.groups == 0 {
             return Err(invalid(
                 "conv geometry",
-                format!("c_in = {}, k = {}, stride = {} must be positive", self.c_in, self.k, self.stride),
+                format!("c_in = {}, groups = {}, k = {}, stride = {} must be positive", self.c_in, self.groups, self.k, self.stride),
+            ));
+        }
+        if !self.c_in.is_multiple_of(self.groups) || !self.c_conv().is_multiple_of(self.groups) {
+            return Err(invalid(
+                "conv groups",
+                format!("{} groups do not divide {} input and {} output channels", self.groups, self.c_in, self.c_conv()),
             ));
         }
         self.weights.validate()?;
-        expect_eq("conv weights reduction length (k·k·c_in)", self.k_len(), self.weights.k_len())?;
+        expect_eq("conv weights reduction length (k·k·c_in/groups)", self.k_len(), self.weights.k_len())?;
         let c = self.c_conv();
         expect_eq("requant multipliers m (one per output channel)", c, self.requant.m.len())?;
         expect_eq("requant offsets b (one per output channel)", c, self.requant.b.len())?;

@@ -3,7 +3,7 @@
 //! ```text
 //! offset  size  field
 //! 0       4     magic "NCE\x02"
-//! 4       2     format version (u16 LE) = 1
+//! 4       2     format version (u16 LE) = 2 (1 is read too)
 //! 6       2     reserved (0)
 //! 8       4     header length H (u32 LE), at most 16 MiB
 //! 12      H     header: UTF-8 JSON (model metadata, see crate::export::Header)
@@ -25,7 +25,11 @@
 use std::collections::BTreeMap;
 
 pub const MAGIC: [u8; 4] = *b"NCE\x02";
-pub const VERSION: u16 = 1;
+/// The version this build writes. Version 2 added grouped (depthwise) convs to the graph; a
+/// version-1 file is the same layout without them, and is read as it is.
+pub const VERSION: u16 = 2;
+/// Versions this build reads.
+pub const READS: std::ops::RangeInclusive<u16> = 1..=VERSION;
 const MAX_HEADER: usize = 16 << 20;
 const MAX_ARRAYS: usize = 65536;
 const MAX_NAME: usize = 256;
@@ -91,7 +95,7 @@ pub struct Container {
 pub enum FormatError {
     #[error("not an nce model file (bad magic)")]
     BadMagic,
-    #[error("format version {0} is not supported (this build reads version {VERSION})")]
+    #[error("format version {0} is not supported (this build reads versions 1 to {VERSION})")]
     Version(u16),
     #[error("checksum mismatch: the file is corrupt, truncated or was modified (stored {stored:08x}, computed {computed:08x})")]
     Checksum { stored: u32, computed: u32 },
@@ -190,7 +194,7 @@ pub fn decode(bytes: &[u8]) -> Result<Container, FormatError> {
     let computed = crc32(body);
     let mut c = Cursor { b: body, at: 4 };
     let version = c.u16("version")?;
-    if version != VERSION {
+    if !READS.contains(&version) {
         return Err(FormatError::Version(version));
     }
     if stored != computed {
@@ -198,7 +202,7 @@ pub fn decode(bytes: &[u8]) -> Result<Container, FormatError> {
     }
     let reserved = c.u16("reserved")?;
     if reserved != 0 {
-        return Err(FormatError::Invalid { what: "reserved field".into(), msg: format!("{reserved} (must be 0 in version {VERSION})") });
+        return Err(FormatError::Invalid { what: "reserved field".into(), msg: format!("{reserved} (must be 0 in version {version})") });
     }
     let hlen = c.u32("header length")? as usize;
     if hlen > MAX_HEADER {

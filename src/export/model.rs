@@ -167,6 +167,15 @@ fn check_references(net: &Network) -> Result<(), String> {
     Ok(())
 }
 
+/// A conv's window and groups, as the graph states them.
+#[derive(Clone, Copy)]
+struct Geometry {
+    k: usize,
+    stride: usize,
+    pad: usize,
+    groups: usize,
+}
+
 /// Lays out a checked graph as [`Step`]s, one layer at a time, fusing every residual add into
 /// the conv (without ReLU) that feeds it.
 struct PlanBuilder<'a> {
@@ -215,12 +224,7 @@ impl<'a> PlanBuilder<'a> {
         let net = self.net;
         let l = &net.layers[i];
         match l.op {
-            Op::Conv { k, stride, pad, groups, relu } => {
-                if groups != 1 {
-                    return Err(format!("{}: grouped convs are not supported by the engines", l.name));
-                }
-                self.conv(i, k, stride, pad, relu)
-            }
+            Op::Conv { k, stride, pad, groups, relu } => self.conv(i, Geometry { k, stride, pad, groups }, relu),
             Op::Add { .. } if !self.fused_adds[i] => Err(format!("{}: residual adds must follow a conv without ReLU", l.name)),
             Op::Add { .. } => Ok(()),
             Op::Subsample { .. } => {
@@ -244,14 +248,18 @@ impl<'a> PlanBuilder<'a> {
         }
     }
 
-    fn conv(&mut self, i: usize, k: usize, stride: usize, pad: usize, relu: bool) -> Result<(), String> {
+    fn conv(&mut self, i: usize, g: Geometry, relu: bool) -> Result<(), String> {
         let net = self.net;
         let l = &net.layers[i];
         let (cin, cout) = (l.in_shape.c, l.out_shape.c);
-        let k_len = cin
+        let Geometry { k, stride, pad, groups } = g;
+        if groups == 0 || !cin.is_multiple_of(groups) || !cout.is_multiple_of(groups) {
+            return Err(format!("{}: {groups} groups do not divide {cin} input and {cout} output channels", l.name));
+        }
+        let k_len = (cin / groups)
             .checked_mul(k)
             .and_then(|v| v.checked_mul(k))
-            .ok_or_else(|| format!("{}: reduction length {cin}·{k}·{k} overflows", l.name))?;
+            .ok_or_else(|| format!("{}: reduction length {cin}/{groups}·{k}·{k} overflows", l.name))?;
         let weights = self.conv_weights(i, k_len)?;
         let shift = self.arrays.scalar_i32(&format!("{}.shift", l.name))?;
         if !(0..=30).contains(&shift) {
@@ -268,7 +276,7 @@ impl<'a> PlanBuilder<'a> {
             shift: shift as u32,
             qmax: ((1u16 << qbits) - 1) as u8,
         };
-        let conv = Conv2d::new(cin, k, stride, pad, weights, requant).map_err(|e| format!("{}: {e}", l.name))?;
+        let conv = Conv2d::grouped(cin, groups, k, stride, pad, weights, requant).map_err(|e| format!("{}: {e}", l.name))?;
         self.steps.push(Step::Conv { layer: i, input: l.inputs[0], out, conv, residual });
         self.ready[out] = true;
         Ok(())

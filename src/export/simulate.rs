@@ -16,7 +16,7 @@ pub fn simulate(net: &Network, layers: &[IntLayer], images: &Tensor) -> Result<V
     let mut sim = Sim { net, layers, x0: images.to_kind(Kind::Int64), outs: (0..net.layers.len()).map(|_| None).collect() };
     for (i, l) in net.layers.iter().enumerate() {
         match l.op {
-            Op::Conv { stride, pad, relu, .. } => sim.conv(i, stride as i64, pad as i64, relu)?,
+            Op::Conv { stride, pad, groups, relu, .. } => sim.conv(i, [stride, pad, groups].map(|v| v as i64), relu)?,
             Op::MaxPool { k, stride, pad } => {
                 let x = sim.get(l.inputs[0])?.to_kind(Kind::Double);
                 sim.outs[i] = Some(x.max_pool2d([k as i64], [stride as i64], [pad as i64], [1], false).to_kind(Kind::Int64));
@@ -63,12 +63,14 @@ impl Sim<'_> {
 
     /// A conv's exact accumulator times its multiplier plus bias; with a ReLU it is requantised
     /// as its own output, without one it is the residual branch of the add that follows it.
-    fn conv(&mut self, i: usize, stride: i64, pad: i64, relu: bool) -> Result<(), ExportError> {
+    /// `geometry` is `[stride, pad, groups]`.
+    fn conv(&mut self, i: usize, geometry: [i64; 3], relu: bool) -> Result<(), ExportError> {
+        let [stride, pad, groups] = geometry;
         let (l, il) = (&self.net.layers[i], self.params(i)?);
         let acc = self
             .get(l.inputs[0])?
             .to_kind(Kind::Double)
-            .conv2d(&il.codes.to_kind(Kind::Double), None::<Tensor>, [stride], [pad], [1], 1)
+            .conv2d(&il.codes.to_kind(Kind::Double), None::<Tensor>, [stride], [pad], [1], groups)
             .round()
             .to_kind(Kind::Int64);
         let m = Tensor::from_slice(&il.m).to_kind(Kind::Int64).view([1, -1, 1, 1]);

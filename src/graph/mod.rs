@@ -14,11 +14,16 @@
 
 pub mod arch;
 mod bits;
+mod builder;
+mod kind;
+pub mod mobilenet;
 mod resnet;
 
 pub use arch::ArchFile;
 pub use bits::BitConfig;
-pub use resnet::{build, ModelKind};
+pub use builder::build;
+pub use kind::{ModelKind, WidthMult};
+pub use resnet::SMALL_INPUT;
 
 use serde::{Deserialize, Serialize};
 use std::fmt;
@@ -249,8 +254,12 @@ impl Network {
 /// Invalid arguments to a network builder.
 #[derive(Debug, thiserror::Error, PartialEq)]
 pub enum GraphError {
-    #[error("unknown model `{0}` (known: resnet20, resnet32, resnet56, resnet18, resnet50)")]
-    UnknownModel(String),
+    #[error("unknown model `{0}` (known: {1})")]
+    UnknownModel(String, &'static str),
+    #[error("width multiplier {0} is not supported (use 0.1 to 4, at most two decimals)")]
+    WidthMult(String),
+    #[error("{0} has no width multiplier (only MobileNets do)")]
+    NoWidthMult(String),
     #[error("{model} has {expected} width slots, got {got} widths")]
     WidthCount { model: String, expected: usize, got: usize },
     #[error("width {value} for slot {slot} ({layer}) must be at least 1")]

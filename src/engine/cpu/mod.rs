@@ -171,6 +171,8 @@ impl Cpu {
         conv.validate()?;
         let kernel = match self.backend {
             Backend::Scalar => Kernel::Scalar(conv.weights.codes_i32()),
+            // Grouped convs have no fast path yet: the reference runs them on every backend.
+            _ if conv.groups != 1 => Kernel::Scalar(conv.weights.codes_i32()),
             Backend::Swar => Kernel::Swar(swar::ConvKernel::new(conv)),
             #[cfg(target_arch = "x86_64")]
             Backend::Avx2 => Kernel::Avx2(avx2::ConvKernel::new(conv).ok_or(EngineError::Unavailable(Backend::Avx2))?),

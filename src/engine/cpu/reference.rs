@@ -34,7 +34,8 @@ pub(crate) fn conv2d_pixels(
     pixels: Range<usize>,
     out: &mut [u8],
 ) {
-    let k_len = conv.k_len();
+    let (k_len, cg) = (conv.k_len(), conv.c_in_per_group());
+    let group_out = d.c_conv / conv.groups;
     let rq = &conv.requant;
     for (n, out_px) in pixels.zip(out.chunks_exact_mut(d.c_out)) {
         let (y, x_) = (n / d.wo, n % d.wo);
@@ -42,6 +43,8 @@ pub(crate) fn conv2d_pixels(
             let (mut acc, mut m, mut b) = (0i32, 0, 0);
             if o < d.c_conv {
                 let w = &codes[o * k_len..(o + 1) * k_len];
+                // The input channels of output channel o's group.
+                let c0 = o / group_out * cg;
                 for ky in 0..conv.k {
                     // Zero padding: taps outside the input contribute code 0.
                     let Some(iy) = (y * conv.stride + ky).checked_sub(conv.pad).filter(|&iy| iy < x.h) else {
@@ -51,8 +54,8 @@ pub(crate) fn conv2d_pixels(
                         let Some(ix) = (x_ * conv.stride + kx).checked_sub(conv.pad).filter(|&ix| ix < x.w) else {
                             continue;
                         };
-                        for ci in 0..conv.c_in {
-                            acc += x.at(iy, ix, ci) as i32 * w[(ky * conv.k + kx) * conv.c_in + ci];
+                        for ci in 0..cg {
+                            acc += x.at(iy, ix, c0 + ci) as i32 * w[(ky * conv.k + kx) * cg + ci];
                         }
                     }
                 }
