@@ -11,8 +11,8 @@ use std::path::{Path, PathBuf};
 use std::process::{Command, Output};
 
 const NCE: &str = env!("CARGO_BIN_EXE_nce");
-/// A W2A2 ResNet-20 checkpoint committed before checksums existed (weights only).
-const LEGACY: &str = "examples/resnet20-w2a2-fashion.ot";
+/// A checkpoint written before checksums existed (the first shipped W2A2 example, kept as a fixture).
+const LEGACY: &str = "tests/fixtures/legacy-no-checksum-resnet20-w2a2.ot";
 
 fn stderr(o: &Output) -> String {
     String::from_utf8_lossy(&o.stderr).into_owned()
