@@ -1316,12 +1316,23 @@ fn mobilenet_expected_costs_follow_tied_slots_and_depthwise_widths() {
     assert_eq!(y.size(), vec![2, 10]);
 
     let at_base: Vec<usize> = sn.slots.iter().map(|s| s.candidates.iter().position(|&c| c == s.base).unwrap()).collect();
-    let one_hot = |s: usize, j: &[usize]| -> Vec<f32> { (0..sn.slots[s].candidates.len()).map(|i| if j.contains(&i) { 60.0 } else { 0.0 }).collect() };
+    let one_hot = |s: usize, j: &[usize]| -> Vec<f32> {
+        (0..sn.slots[s].candidates.len()).map(|i| if j.contains(&i) { 60.0 } else { 0.0 }).collect()
+    };
     let (ce, cp) = (sn.slots[e].candidates.clone(), sn.slots[p].candidates.clone());
     // Both at 50/50 between their narrowest and widest candidates.
     let (pe, pp) = ([0, ce.len() - 1], [0, cp.len() - 1]);
-    let vals: Vec<Vec<f32>> =
-        (0..sn.slots.len()).map(|s| if s == e { one_hot(s, &pe) } else if s == p { one_hot(s, &pp) } else { one_hot(s, &[at_base[s]]) }).collect();
+    let vals: Vec<Vec<f32>> = (0..sn.slots.len())
+        .map(|s| {
+            if s == e {
+                one_hot(s, &pe)
+            } else if s == p {
+                one_hot(s, &pp)
+            } else {
+                one_hot(s, &[at_base[s]])
+            }
+        })
+        .collect();
     set_logits(&sn, &vals);
     let mut reports = Vec::new();
     for we in [ce[pe[0]], ce[pe[1]]] {
@@ -1440,4 +1451,3 @@ fn mobilenet_search_expands_and_derives_within_budget() {
     let y = no_grad(|| model.f_forward_t(&Tensor::zeros([2, 1, 28, 28], (Kind::Float, tch::Device::Cpu)), false).unwrap());
     assert_eq!(y.size(), vec![2, 10]);
 }
-

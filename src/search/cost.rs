@@ -125,8 +125,11 @@ pub fn expected_cost(sn: &Supernet, dists: &[Dist], model: &dyn CostModel, metri
             Src::Layer(j) => Dist { support: dists[j].support.clone(), probs: dists[j].probs.shallow_clone() },
         };
         if is_depthwise(l) {
-            let table =
-                din.support.iter().map(|&c| Ok(model.layer_cost(&with_channels(l, c, c))?[metric] as f32)).collect::<Result<Vec<f32>, CostError>>()?;
+            let table = din
+                .support
+                .iter()
+                .map(|&c| Ok(model.layer_cost(&with_channels(l, c, c))?[metric] as f32))
+                .collect::<Result<Vec<f32>, CostError>>()?;
             if table.iter().any(|&v| v != 0.0) {
                 total = total + din.probs.dot(&Tensor::from_slice(&table));
             }

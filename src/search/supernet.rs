@@ -490,7 +490,15 @@ impl Supernet {
 
     /// Conv layer `i` at the widest picked candidate of its slot, each candidate's BatchNorm on
     /// its slice, resampled to that width (channel-wise interpolation) and mixed by `mix`.
-    fn mixed_conv(&self, i: usize, wbits: u8, input: &Tensor, g: ConvGeometry, train: bool, (picked, mix): &(Vec<usize>, Tensor)) -> Tensor {
+    fn mixed_conv(
+        &self,
+        i: usize,
+        wbits: u8,
+        input: &Tensor,
+        g: ConvGeometry,
+        train: bool,
+        (picked, mix): &(Vec<usize>, Tensor),
+    ) -> Tensor {
         let conv = &self.convs[&i];
         let slot = &self.slots[conv.slot.expect("a mixed conv has a slot")];
         let widths: Vec<usize> = picked.iter().map(|&j| slot.candidates[j]).collect();
