@@ -1451,3 +1451,40 @@ fn mobilenet_search_expands_and_derives_within_budget() {
     let y = no_grad(|| model.f_forward_t(&Tensor::zeros([2, 1, 28, 28], (Kind::Float, tch::Device::Cpu)), false).unwrap());
     assert_eq!(y.size(), vec![2, 10]);
 }
+
+/// The final network inherits a MobileNetV2 supernet's argmax widths: every variable (the
+/// depthwise convs' weights and the BatchNorm of their input's width included) is found, and
+/// the model computes what the supernet's argmax network computes.
+#[test]
+fn a_mobilenet_inherits_its_widths_and_batchnorms_from_the_supernet() {
+    torch();
+    tch::manual_seed(11);
+    let bits = BitConfig::uniform(2);
+    let base = mnv2_net(None, &bits);
+    let mut sn = Supernet::new(&base, &SpaceConfig::default(), 4.0);
+    let grown = slot_named(&base, "stage3.1.expand");
+    let next = sn.slots[grown].next_width(&SpaceConfig::default()).unwrap();
+    sn.add_candidate(grown, next);
+    // Alternate narrow and wide picks, the grown slot at its new widest.
+    let logits: Vec<Vec<f32>> = sn
+        .slots
+        .iter()
+        .enumerate()
+        .map(|(s, sl)| {
+            let pick = if s == grown { sl.candidates.len() - 1 } else { (s % 2) * (sl.candidates.len() - 1) };
+            (0..sl.candidates.len()).map(|j| if j == pick { 5.0 } else { 0.0 }).collect()
+        })
+        .collect();
+    set_logits(&sn, &logits);
+    randomise_batchnorms(&sn);
+    let widths = sn.argmax_widths();
+    let net = mnv2_net(Some(&widths), &bits);
+    let vs = tch::nn::VarStore::new(tch::Device::Cpu);
+    let model = nce::models::Model::new(&vs.root(), &net, &nce::models::ModelOptions::default()).unwrap();
+    let src: Vec<(String, Tensor)> = sn.vs.variables().into_iter().collect();
+    assert_eq!(nce::train::inherit_vars(&vs, &src), vs.variables().len(), "every variable of the model is inherited");
+    let x = Tensor::randn([4, 1, 8, 8], (Kind::Float, tch::Device::Cpu));
+    let want = no_grad(|| sn.forward(&x, false, Mode::Argmax, true));
+    let got = no_grad(|| model.f_forward_t(&x, false).unwrap());
+    assert_close(&f32s(&got), &f32s(&want), "inherited MobileNetV2 vs supernet");
+}
