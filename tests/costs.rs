@@ -178,3 +178,63 @@ fn mcu_latency_comes_from_the_instruction_table() {
     assert_relative_eq!(variant("clock_mhz = 216", "clock_mhz = 432"), total / 2.0, max_relative = 1e-12);
     assert_relative_eq!(variant("cycles_per_instruction = 1.0", "cycles_per_instruction = 1.5"), total * 1.5, max_relative = 1e-12);
 }
+
+fn mobilenetv2(widths: Option<&[usize]>) -> Network {
+    build(ModelKind::Mobilenetv2(nce::graph::WidthMult::ONE), Shape::new(1, 28, 28), 10, widths, &BitConfig::uniform(2)).unwrap()
+}
+
+/// Every built-in plugin on one MobileNetV2 depthwise layer and its pointwise neighbour:
+/// `stage2.0.dw` is a 3×3 depthwise conv over 96 channels at 28×28 (stride 1), `stage2.0.project`
+/// a 1×1 conv 96 → 24.
+#[test]
+fn depthwise_and_pointwise_layers_by_hand() {
+    let p = Profile::load("hw-profiles/npu-int2-array.toml").unwrap(); // 8-bit words, 8 B/channel, granularity 32
+    let net = mobilenetv2(None);
+    let r = Evaluator::new(&p).unwrap().evaluate(&net, &mobilenetv2(None)).unwrap();
+    let (dw, pw) = ("stage2.0.dw", "stage2.0.project");
+    // MACs: one 3×3 filter per channel; params: 9 weights + BN γ, β per channel.
+    assert_eq!(layer(&r, &net, "macs", dw), 96.0 * 9.0 * 784.0);
+    assert_eq!(layer(&r, &net, "params", dw), 96.0 * 9.0 + 2.0 * 96.0);
+    assert_eq!(layer(&r, &net, "macs", pw), 96.0 * 24.0 * 784.0);
+    assert_eq!(layer(&r, &net, "params", pw), 96.0 * 24.0 + 2.0 * 24.0);
+    assert_eq!(layer(&r, &net, "bops", dw), 96.0 * 9.0 * 784.0 * 2.0 * 2.0);
+    // Packed weights: 9 two-bit codes = 18 bits = 3 bytes per channel, + 8 requant bytes.
+    assert_eq!(layer(&r, &net, "packed_weight_bytes", dw), 96.0 * 3.0 + 96.0 * 8.0);
+    // pointwise: 96 codes = 24 bytes per output channel
+    assert_eq!(layer(&r, &net, "packed_weight_bytes", pw), 24.0 * 24.0 + 24.0 * 8.0);
+    // Roofline: the depthwise layer is memory-bound. 288 B weights + 2-bit 96-channel input and
+    // output (24 B per pixel each, 784 pixels) at 25.6 GB/s, against 677,376 MACs at
+    // 1024 lanes × 4 two-bit values × 1 GHz.
+    let memory_s = (288.0 + 2.0 * 24.0 * 784.0) / 25.6e9;
+    let compute_s = 96.0 * 9.0 * 784.0 / (1024.0 * 4.0 * 1e9);
+    assert!(memory_s > compute_s);
+    assert_relative_eq!(layer_by(&r, &net, ("latency_ms", "roofline"), dw), memory_s * 1e3 / 0.7 + 0.001, max_relative = 1e-12);
+}
+
+/// The latency table's depthwise entries: `g` = `i` = `o`, one family over every channel count,
+/// interpolated linearly in the channels (a depthwise conv's work), not in `in × out`.
+#[test]
+fn latency_lut_prices_depthwise_widths_between_measured_ones() {
+    let dir = tempfile::tempdir().unwrap();
+    let table = "# backend=test threads=1\nsignature,count,mean_us,var_us2\n\
+        conv3x3_s1_g48_i48_o48_h28_w28_w2a2,10,100,1\n\
+        conv3x3_s1_g96_i96_o96_h28_w28_w2a2,10,200,1\n";
+    std::fs::write(dir.path().join("t.csv"), table).unwrap();
+    let path = dir.path().join("p.toml");
+    std::fs::write(&path, mcu_with_table("t.csv", "allow_missing = true")).unwrap();
+    let p = Profile::load(&path).unwrap();
+    // stage2.0.expand is slot 3 (conv1, stage1.0.project, stage2.0.expand): 72 channels.
+    let kind = ModelKind::Mobilenetv2(nce::graph::WidthMult::ONE);
+    let mut w = kind.base_widths();
+    let net0 = mobilenetv2(None);
+    let slot = net0.layers.iter().find(|l| l.name == "stage2.0.expand").unwrap().width_slot.unwrap();
+    w[slot] = 72;
+    let net = mobilenetv2(Some(&w));
+    let r = Evaluator::new(&p).unwrap().evaluate(&net, &net0).unwrap();
+    let lut = r.metrics.iter().find(|m| m.metric == "latency_ms" && m.plugin == "latency-lut").unwrap();
+    let at = |name: &str| lut.per_layer[net.layers.iter().position(|l| l.name == name).unwrap()];
+    assert_eq!(net.layers.iter().find(|l| l.name == "stage2.0.dw").unwrap().signature(), "conv3x3_s1_g72_i72_o72_h28_w28_w2a2");
+    assert_relative_eq!(at("stage2.0.dw"), 0.150, max_relative = 1e-12);
+    // stage2.1.dw has 24·6 = 144 channels: extrapolated along the 48 → 96 segment.
+    assert_relative_eq!(at("stage2.1.dw"), 0.300, max_relative = 1e-12);
+}

@@ -60,6 +60,47 @@ fn table_covers_every_layer_at_grid_widths_and_round_trips() {
     }
 }
 
+/// MobileNetV2: depthwise entries have `in == out == groups` at every grid width of their input,
+/// pointwise ones every (in, out) pair, so every conv and the classifier of a network whose
+/// slots sit at grid widths (uniform or mixed, as a search may derive) is an exact hit.
+#[test]
+fn mobilenet_table_covers_depthwise_and_pointwise_layers_at_grid_widths() {
+    let bits = BitConfig::uniform(2);
+    let kind: ModelKind = "mobilenetv2x0.35".parse().unwrap();
+    let base = graph::build(kind, input(), 10, None, &bits).unwrap();
+    let table = measure::measure_cpu(&base, &Cpu::best(1), &quick(), |_, _| {}).unwrap();
+    let depthwise: Vec<&String> = table.entries.keys().filter(|s| s.starts_with("conv3x3") && !s.contains("_g1_")).collect();
+    assert!(!depthwise.is_empty());
+    for sig in depthwise {
+        let f: Vec<&str> = sig.split('_').collect();
+        let (g, i, o) = (&f[2][1..], &f[3][1..], &f[4][1..]);
+        assert!(g == i && i == o, "{sig}: a depthwise entry must have groups = in = out");
+    }
+    for widths in [
+        base.widths.iter().map(|w| w / 2).collect::<Vec<_>>(),
+        base.widths.iter().enumerate().map(|(i, w)| if i % 2 == 0 { w * 3 / 2 } else { w / 2 }).collect(),
+        base.widths.iter().enumerate().map(|(i, w)| if i % 3 == 0 { *w } else { w * 3 / 2 }).collect(),
+    ] {
+        let net = graph::build(kind, input(), 10, Some(&widths), &bits).unwrap();
+        let mut dw = 0;
+        for l in net.layers.iter().filter(|l| matches!(l.op, graph::Op::Conv { .. } | graph::Op::Linear)) {
+            assert!(table.entries.contains_key(&l.signature()), "{} ({}) not measured", l.signature(), l.name);
+            dw += usize::from(l.width_slot.is_none() && matches!(l.op, graph::Op::Conv { .. }));
+        }
+        assert!(dw >= 17, "every block has a depthwise conv: {dw}");
+        assert!(measure::predict_us(&table, &net).unwrap() > 0.0);
+    }
+    for (sig, e) in &table.entries {
+        if sig.starts_with("conv") {
+            assert!(e.mean_us > 0.0 && e.mean_us.is_finite(), "{sig}: {e:?}");
+        }
+    }
+    // Widths between grid points: depthwise convs interpolate within their family.
+    let odd: Vec<usize> = base.widths.iter().map(|w| w * 3 / 4).collect();
+    let net = graph::build(kind, input(), 10, Some(&odd), &bits).unwrap();
+    assert!(measure::predict_us(&table, &net).unwrap() > 0.0);
+}
+
 #[test]
 fn bad_grids_are_rejected() {
     let base = graph::build(ModelKind::Resnet20, input(), 10, None, &BitConfig::uniform(2)).unwrap();

@@ -42,6 +42,24 @@ fn profile_uses_the_plugin() {
     assert!(!budget.pass, "a wider layer breaks the 1.0x cycle budget");
 }
 
+/// A depthwise layer is a block-diagonal weight matrix: `stage2.0.dw` of MobileNetV2 (96
+/// channels, 3×3, 28×28 output) at 2 bits on a 32×32 array (128 reduction rows per tile): each
+/// of the 3 column tiles spans 32 channels × 9 rows = 288 rows, i.e. rows 0..288, 288..576 and
+/// 576..864, which touch 3, 3 and 3 row tiles (of 128).
+#[test]
+fn depthwise_layers_are_block_diagonal() {
+    let p = Profile::load(PROFILE).unwrap();
+    let kind = ModelKind::Mobilenetv2(nce::graph::WidthMult::ONE);
+    let net = build(kind, Shape::new(1, 28, 28), 10, None, &BitConfig::uniform(2)).unwrap();
+    let r = Evaluator::new(&p).unwrap().evaluate(&net, &net).unwrap();
+    let cycles = r.metrics.iter().find(|m| m.metric == "systolic_cycles").unwrap();
+    let at = |name: &str| cycles.per_layer[net.layers.iter().position(|l| l.name == name).unwrap()];
+    let per_tile = 784.0 + 64.0;
+    assert_eq!(at("stage2.0.dw"), 9.0 * per_tile);
+    // The pointwise projection 96 → 24 is dense: ceil(96 / 128) × ceil(24 / 32) tiles.
+    assert_eq!(at("stage2.0.project"), per_tile);
+}
+
 #[test]
 fn plugin_options_are_validated() {
     let text = std::fs::read_to_string(PROFILE).unwrap().replace("rows = 32", "rowz = 32");

@@ -1273,3 +1273,218 @@ fn a_model_inherits_its_widths_and_batchnorms_from_the_supernet() {
     let got = no_grad(|| model.f_forward_t(&x, false).unwrap());
     assert_close(&f32s(&got), &f32s(&want), "inherited model vs supernet");
 }
+
+// ---------------------------------------------------------------------------------------------
+// 9. MobileNetV2: tied width slots and depthwise convs without slots
+
+fn mnv2_kind() -> ModelKind {
+    "mobilenetv2x0.35".parse().unwrap()
+}
+
+fn mnv2_net(widths: Option<&[usize]>, bits: &BitConfig) -> Network {
+    graph::build(mnv2_kind(), Shape::new(1, 8, 8), 10, widths, bits).unwrap()
+}
+
+fn slot_named(net: &Network, layer: &str) -> usize {
+    net.layers.iter().find(|l| l.name == layer).unwrap_or_else(|| panic!("no layer {layer}")).width_slot.unwrap()
+}
+
+/// One slot per width slot of the network (the projections of a stage share one), and the
+/// expected cost treats a depthwise conv as a diagonal table (its width is its input's) and a
+/// residual add of tied projections as one variable: with two slots at 50/50 and the others
+/// one-hot, every separable metric is the mean of the four concrete networks', and one-hot
+/// logits give the concrete network's costs.
+#[test]
+fn mobilenet_expected_costs_follow_tied_slots_and_depthwise_widths() {
+    torch();
+    let eval = npu_eval();
+    let bits = BitConfig::uniform(2);
+    let base = mnv2_net(None, &bits);
+    let cfg = SpaceConfig::default();
+    let mut sn = Supernet::new(&base, &cfg, 4.0);
+    assert_eq!(sn.slots.len(), base.widths.len());
+    let p = slot_named(&base, "stage3.0.project");
+    assert_eq!((slot_named(&base, "stage3.1.project"), slot_named(&base, "stage3.2.project")), (p, p));
+    assert_eq!(sn.slots[p].name, "stage3.0.project");
+    let e = slot_named(&base, "stage3.1.expand");
+    for s in [p, e] {
+        let next = sn.slots[s].next_width(&cfg).unwrap();
+        sn.add_candidate(s, next);
+    }
+    // A forward pass at sampled widths runs (shared slots draw once, so the adds match).
+    let y = no_grad(|| sn.forward(&Tensor::randn([2, 1, 8, 8], (Kind::Float, tch::Device::Cpu)), true, Mode::Sample { tau: 1.0 }, true));
+    assert_eq!(y.size(), vec![2, 10]);
+
+    let at_base: Vec<usize> = sn.slots.iter().map(|s| s.candidates.iter().position(|&c| c == s.base).unwrap()).collect();
+    let one_hot = |s: usize, j: &[usize]| -> Vec<f32> {
+        (0..sn.slots[s].candidates.len()).map(|i| if j.contains(&i) { 60.0 } else { 0.0 }).collect()
+    };
+    let (ce, cp) = (sn.slots[e].candidates.clone(), sn.slots[p].candidates.clone());
+    // Both at 50/50 between their narrowest and widest candidates.
+    let (pe, pp) = ([0, ce.len() - 1], [0, cp.len() - 1]);
+    let vals: Vec<Vec<f32>> = (0..sn.slots.len())
+        .map(|s| {
+            if s == e {
+                one_hot(s, &pe)
+            } else if s == p {
+                one_hot(s, &pp)
+            } else {
+                one_hot(s, &[at_base[s]])
+            }
+        })
+        .collect();
+    set_logits(&sn, &vals);
+    let mut reports = Vec::new();
+    for we in [ce[pe[0]], ce[pe[1]]] {
+        for wp in [cp[pp[0]], cp[pp[1]]] {
+            let mut w = base.widths.clone();
+            w[e] = we;
+            w[p] = wp;
+            reports.push(eval.evaluate(&mnv2_net(Some(&w), &bits), &base).unwrap());
+        }
+    }
+    let mut checked = 0;
+    for (name, m, metrics) in eval.models() {
+        for (k, metric) in metrics.iter().enumerate() {
+            if !m.separable(k) {
+                continue;
+            }
+            let mean =
+                reports.iter().map(|r| r.metrics.iter().find(|x| x.plugin == name && x.metric == metric.name).unwrap().total).sum::<f64>()
+                    / 4.0;
+            assert_relative_eq!(expected_value(&sn, m, k), mean, max_relative = 1e-5);
+            checked += 1;
+        }
+    }
+    assert!(checked >= 4, "{checked}");
+
+    // One-hot logits: the concrete network, expanded candidates included.
+    for pattern in 0..3usize {
+        let choice: Vec<usize> = sn.slots.iter().enumerate().map(|(s, sl)| (s * 5 + pattern * 2 + 1) % sl.candidates.len()).collect();
+        let vals: Vec<Vec<f32>> = choice.iter().enumerate().map(|(s, &c)| one_hot(s, &[c])).collect();
+        set_logits(&sn, &vals);
+        let net = mnv2_net(Some(&sn.argmax_widths()), &bits);
+        let report = eval.evaluate(&net, &base).unwrap();
+        assert_relative_eq!(expected_value(&sn, model(&eval, "macs"), 0), net.macs() as f64, max_relative = 1e-6);
+        let params = report.metrics.iter().find(|r| r.metric == "params").unwrap().total;
+        assert_relative_eq!(expected_value(&sn, model(&eval, "params"), 0), params, max_relative = 1e-6);
+    }
+}
+
+/// Expanding every MobileNetV2 slot (the tied projections together, the depthwise convs after
+/// each expansion conv with it) leaves the argmax network's FP32 outputs unchanged; random new
+/// channels (the control) change them.
+#[test]
+fn mobilenet_expansion_preserves_the_function_in_fp32() {
+    torch();
+    let x = {
+        tch::manual_seed(11);
+        Tensor::randn([4, 1, 8, 8], (Kind::Float, tch::Device::Cpu))
+    };
+    let mut outs = Vec::new();
+    for preserve in [true, false] {
+        tch::manual_seed(3);
+        let mut sn = Supernet::new(&mnv2_net(None, &BitConfig::full_precision()), &SpaceConfig::default(), 4.0);
+        randomise_batchnorms(&sn);
+        // Every slot prefers its widest (base) candidate.
+        let vals: Vec<Vec<f32>> = sn.slots.iter().map(|s| (0..s.candidates.len()).map(|i| i as f32).collect()).collect();
+        set_logits(&sn, &vals);
+        let before = no_grad(|| sn.forward(&x, false, Mode::Argmax, true));
+        let mut buffers = std::collections::BTreeMap::new();
+        for s in 0..sn.slots.len() {
+            let old = sn.slots[s].widest();
+            let new = sn.slots[s].next_width(&SpaceConfig::default()).unwrap();
+            sn.add_candidate(s, new);
+            if preserve {
+                sn.init_expanded(s, old, new, 0.01, 5, &mut buffers);
+            }
+            let k = sn.slots[s].candidates.len();
+            let mut l = sn.logits[s].shallow_clone();
+            no_grad(|| l.copy_(&Tensor::from_slice(&(0..k).map(|i| i as f32).collect::<Vec<_>>())));
+        }
+        assert!(sn.argmax_widths().iter().zip(&sn.slots).all(|(w, s)| *w == s.widest() && *w > s.base));
+        let after = no_grad(|| sn.forward(&x, false, Mode::Argmax, true));
+        outs.push((&after - &before).abs().max().double_value(&[]) / before.abs().max().double_value(&[]));
+    }
+    assert!(outs[0] < 1e-5, "function-preserving expansion changed the outputs by {:.2e} (relative)", outs[0]);
+    assert!(outs[1] > 1e-3, "the control should change the outputs, changed {:.2e}", outs[1]);
+}
+
+/// A short search on MobileNetV2 ×0.35 under `nce-flops-params`: it expands, derives widths
+/// inside both budgets, and the architecture file builds a network whose depthwise convs
+/// follow their inputs and whose tied projections share one width.
+#[test]
+fn mobilenet_search_expands_and_derives_within_budget() {
+    torch();
+    let dir = tempfile::tempdir().unwrap();
+    let mut cfg = small_search(dir.path(), 2, 100, 64);
+    cfg.model = mnv2_kind();
+    cfg.train_subset = Some(128);
+    cfg.batch_size = 32;
+    cfg.space.threshold = 0.2;
+    let r = search(&cfg, false, false).unwrap();
+    let arch = ArchFile::load(&r.arch_path).unwrap();
+    assert_eq!(arch.model, mnv2_kind());
+    assert_eq!(arch.widths.len(), mnv2_kind().base_widths().len());
+    assert!(!arch.expansions.is_empty(), "threshold 0.2 < 1/3 must expand");
+    assert!(arch.layers.iter().any(|l| l.candidates.len() > 3));
+    let logged: usize = r.log.iter().map(|l| l.expansions.len()).sum();
+    assert_eq!(logged, arch.expansions.len());
+    for m in ["macs", "params"] {
+        let b = arch.budgets.iter().find(|b| b.metric == m).unwrap_or_else(|| panic!("budget {m}"));
+        assert!(b.pass && b.value <= b.max, "{b:?}");
+    }
+    let net = graph::build(arch.model, arch.input, arch.classes, Some(&arch.widths), &BitConfig::uniform(2)).unwrap();
+    assert_eq!(net.widths, arch.widths);
+    for l in &net.layers {
+        if let graph::Op::Conv { groups, .. } = l.op {
+            if l.width_slot.is_none() {
+                assert_eq!((groups, l.out_shape.c), (l.in_shape.c, l.in_shape.c), "{}", l.name);
+            }
+        }
+    }
+    let p = slot_named(&net, "stage3.0.project");
+    assert_eq!(net.layers.iter().find(|l| l.name == "stage3.2.add").unwrap().out_shape.c, arch.widths[p]);
+    // The derived network trains: a model over it runs forward.
+    let vs = tch::nn::VarStore::new(tch::Device::Cpu);
+    let model = nce::models::Model::new(&vs.root(), &net, &nce::models::ModelOptions::default()).unwrap();
+    let y = no_grad(|| model.f_forward_t(&Tensor::zeros([2, 1, 28, 28], (Kind::Float, tch::Device::Cpu)), false).unwrap());
+    assert_eq!(y.size(), vec![2, 10]);
+}
+
+/// The final network inherits a MobileNetV2 supernet's argmax widths: every variable (the
+/// depthwise convs' weights and the BatchNorm of their input's width included) is found, and
+/// the model computes what the supernet's argmax network computes.
+#[test]
+fn a_mobilenet_inherits_its_widths_and_batchnorms_from_the_supernet() {
+    torch();
+    tch::manual_seed(11);
+    let bits = BitConfig::uniform(2);
+    let base = mnv2_net(None, &bits);
+    let mut sn = Supernet::new(&base, &SpaceConfig::default(), 4.0);
+    let grown = slot_named(&base, "stage3.1.expand");
+    let next = sn.slots[grown].next_width(&SpaceConfig::default()).unwrap();
+    sn.add_candidate(grown, next);
+    // Alternate narrow and wide picks, the grown slot at its new widest.
+    let logits: Vec<Vec<f32>> = sn
+        .slots
+        .iter()
+        .enumerate()
+        .map(|(s, sl)| {
+            let pick = if s == grown { sl.candidates.len() - 1 } else { (s % 2) * (sl.candidates.len() - 1) };
+            (0..sl.candidates.len()).map(|j| if j == pick { 5.0 } else { 0.0 }).collect()
+        })
+        .collect();
+    set_logits(&sn, &logits);
+    randomise_batchnorms(&sn);
+    let widths = sn.argmax_widths();
+    let net = mnv2_net(Some(&widths), &bits);
+    let vs = tch::nn::VarStore::new(tch::Device::Cpu);
+    let model = nce::models::Model::new(&vs.root(), &net, &nce::models::ModelOptions::default()).unwrap();
+    let src: Vec<(String, Tensor)> = sn.vs.variables().into_iter().collect();
+    assert_eq!(nce::train::inherit_vars(&vs, &src), vs.variables().len(), "every variable of the model is inherited");
+    let x = Tensor::randn([4, 1, 8, 8], (Kind::Float, tch::Device::Cpu));
+    let want = no_grad(|| sn.forward(&x, false, Mode::Argmax, true));
+    let got = no_grad(|| model.f_forward_t(&x, false).unwrap());
+    assert_close(&f32s(&got), &f32s(&want), "inherited MobileNetV2 vs supernet");
+}

@@ -116,7 +116,8 @@ fn round_to(c: f64, g: usize) -> usize {
 }
 
 /// A conv with random codes and a requantisation that keeps outputs spread over `0..=qmax`
-/// (so the timed epilogue does the same work as a trained layer's).
+/// (so the timed epilogue does the same work as a trained layer's). `groups` > 1 makes a
+/// grouped conv (depthwise: `groups == c_in == c_out`).
 #[allow(clippy::too_many_arguments)] // a conv's shape, its weight width and qmax: a struct for one caller reads worse
 pub fn synthetic_conv(
     rng: &mut Rng,
@@ -125,10 +126,11 @@ pub fn synthetic_conv(
     k: usize,
     stride: usize,
     pad: usize,
+    groups: usize,
     w8: bool,
     qmax: u8,
 ) -> Result<Conv2d, EngineError> {
-    let k_len = k * k * c_in;
+    let k_len = k * k * c_in / groups.max(1);
     let weights = if w8 {
         ConvWeights::W8(Weights8::new(c_out, k_len, (0..c_out * k_len).map(|_| range(rng, -127, 127) as i8).collect())?)
     } else {
@@ -143,7 +145,7 @@ pub fn synthetic_conv(
         shift,
         qmax,
     };
-    Conv2d::new(c_in, k, stride, pad, weights, requant)
+    Conv2d::grouped(c_in, groups.max(1), k, stride, pad, weights, requant)
 }
 
 fn codes(rng: &mut Rng, h: usize, w: usize, c: usize, max: u8) -> Result<QTensor, EngineError> {
@@ -165,8 +167,20 @@ fn grid_channels(base: usize, cfg: &MeasureConfig) -> Vec<usize> {
     v
 }
 
+/// Whether `l` is a depthwise conv (`groups` = its channels; the builders give it no slot).
+fn is_depthwise(l: &Layer) -> bool {
+    matches!(l.op, Op::Conv { groups, .. } if l.width_slot.is_none() || (groups > 1 && groups == l.in_shape.c))
+}
+
+/// `l` at `c_in → c_out` channels; a depthwise conv stays depthwise (`groups = c_in`; callers
+/// pass `c_out == c_in`).
 fn with_channels(l: &Layer, c_in: usize, c_out: usize) -> Layer {
     let mut l = l.clone();
+    if is_depthwise(&l) {
+        if let Op::Conv { groups, .. } = &mut l.op {
+            *groups = c_in;
+        }
+    }
     l.in_shape.c = c_in;
     l.out_shape.c = c_out;
     l
@@ -221,6 +235,13 @@ pub fn layer_jobs(net: &Network, cfg: &MeasureConfig) -> Result<BTreeMap<String,
     let mut jobs: BTreeMap<String, LayerJob> = BTreeMap::new();
     for l in &net.layers {
         match l.op {
+            // A depthwise conv's width is its input's: one entry per input width, in = out = groups.
+            Op::Conv { .. } if is_depthwise(l) => {
+                for &c in &input_channels(l, cfg) {
+                    let v = with_channels(l, c, c);
+                    jobs.entry(v.signature()).or_insert(Job::Conv { c_in: c, c_out: c, l: v, residual: false });
+                }
+            }
             Op::Conv { .. } => {
                 for &ci in &input_channels(l, cfg) {
                     for &co in &grid_channels(l.out_shape.c, cfg) {
@@ -285,10 +306,10 @@ pub fn measure(
     for (done, (sig, job)) in jobs.into_iter().enumerate() {
         let entry = match job {
             Job::Conv { c_in, c_out, l, residual } => {
-                let Op::Conv { k, stride, pad, .. } = l.op else { unreachable!("conv job") };
+                let Op::Conv { k, stride, pad, groups, .. } = l.op else { unreachable!("conv job") };
                 let first = l.wbits > 2;
                 let qmax = ((1u32 << l.out_bits.min(8)) - 1) as u8;
-                let conv = synthetic_conv(&mut rng, c_in, c_out, k, stride, pad, first, qmax)?;
+                let conv = synthetic_conv(&mut rng, c_in, c_out, k, stride, pad, groups, first, qmax)?;
                 let run = runner.conv(&conv)?;
                 let amax = if l.abits >= 8 { 255 } else { ((1u32 << l.abits) - 1) as u8 };
                 let x = codes(&mut rng, l.in_shape.h, l.in_shape.w, c_in, amax)?;

@@ -154,10 +154,12 @@ impl LatencyTable {
 }
 
 /// Splits `conv3x3_s1_g1_i16_o32_h8_w8_w2a2` into its family (`conv3x3_s1_g1_h8_w8_w2a2`)
-/// and `in × out`; `linear_i…` by its inputs and `add_c…`/`gap_c…` by their channels.
-/// Signatures without channel fields have no family.
+/// and `in × out / groups` (what MACs and weight bytes are proportional to); `linear_i…` by its
+/// inputs and `add_c…`/`gap_c…` by their channels. A depthwise conv (`g` = `i` = `o`, e.g.
+/// `conv3x3_s1_g96_i96_o96_…`) belongs to the family `conv3x3_s1_gdw_…` of every channel count
+/// and scales with its channels. Signatures without channel fields have no family.
 fn split_signature(sig: &str) -> Option<(String, f64)> {
-    let (mut i, mut o, mut c) = (None, None, None);
+    let (mut i, mut o, mut c, mut g) = (None, None, None, None);
     let mut rest = Vec::new();
     for tok in sig.split('_') {
         let num = |p: char| tok.strip_prefix(p).filter(|d| !d.is_empty()).and_then(|d| d.parse::<f64>().ok());
@@ -167,12 +169,22 @@ fn split_signature(sig: &str) -> Option<(String, f64)> {
             o = Some(v);
         } else if let (None, Some(v)) = (c, num('c')) {
             c = Some(v);
+        } else if let (None, Some(v)) = (g, num('g')) {
+            g = Some((v, rest.len()));
+            rest.push(tok);
         } else {
             rest.push(tok);
         }
     }
     let x = match (i, o, c) {
-        (Some(i), Some(o), _) => i * o,
+        (Some(i), Some(o), _) => match g {
+            Some((g, at)) if g > 1.0 && g == i && g == o => {
+                rest[at] = "gdw";
+                i
+            }
+            Some((g, _)) if g > 0.0 => i * o / g,
+            _ => i * o,
+        },
         // Linear layers scale with their inputs; adds, pools and shortcuts with their channels.
         (Some(i), None, _) => i,
         (None, None, Some(c)) => c,
@@ -194,6 +206,20 @@ mod tests {
         let v = t.lookup_us("conv3x3_s1_g1_i16_o24_h8_w8_w2a2").unwrap();
         assert!((v - 150.0).abs() < 1e-9, "{v}");
         assert_eq!(t.lookup_us("conv1x1_s1_g1_i16_o16_h8_w8_w2a2"), None);
+    }
+
+    #[test]
+    fn depthwise_convs_interpolate_over_their_channels() {
+        let csv = "signature,count,mean_us,var_us2\nconv3x3_s1_g16_i16_o16_h8_w8_w2a2,5,10,1\nconv3x3_s1_g32_i32_o32_h8_w8_w2a2,5,30,1\n\
+                   conv3x3_s2_g16_i16_o16_h8_w8_w2a2,5,99,1\n";
+        let t = LatencyTable::parse(csv, Path::new("t.csv")).unwrap();
+        // 24 channels lie halfway between 16 and 32 (linear in the channels, not in i × o).
+        let v = t.lookup_us("conv3x3_s1_g24_i24_o24_h8_w8_w2a2").unwrap();
+        assert!((v - 20.0).abs() < 1e-9, "{v}");
+        // Stride is part of the family; dense convs are not depthwise ones.
+        assert_eq!(t.lookup_us("conv3x3_s2_g8_i8_o8_h8_w8_w2a2"), Some(99.0 * 8.0 / 16.0));
+        assert_eq!(t.lookup_us("conv3x3_s1_g1_i16_o16_h8_w8_w2a2"), None);
+        assert_eq!(split_signature("conv3x3_s1_g1_i16_o32_h8_w8_w2a2"), Some(("conv3x3_s1_g1_h8_w8_w2a2".into(), 512.0)));
     }
 
     #[test]

@@ -39,38 +39,83 @@ pub fn dist_max(a: &Dist, b: &Dist) -> Dist {
     Dist { support: u, probs: c - prev }
 }
 
+/// A layer's output width: the max of some slots' widths and of a fixed floor (0 if none).
+#[derive(Clone, Default)]
+struct Sources {
+    slots: Vec<usize>,
+    floor: usize,
+}
+
 /// Width distributions of every layer's output under the supernet's current logits.
+///
+/// A conv with a slot follows its slot; a depthwise conv (no slot) and pass-through layers
+/// follow their input. At a residual add the two inputs are independent when they come from
+/// disjoint slots (the max of their CDFs); when they come from the same slots (the tied
+/// projections of a MobileNetV2 stage) they are the same random variable and the add keeps it;
+/// a partial overlap is computed from the union of the slots.
 pub fn distributions(sn: &Supernet) -> Vec<Dist> {
     let mut d: Vec<Dist> = Vec::with_capacity(sn.net.layers.len());
+    let mut from: Vec<Sources> = Vec::with_capacity(sn.net.layers.len());
     let input_c = sn.net.input.c;
-    let src = |d: &Vec<Dist>, s: Src| match s {
-        Src::Input => Dist::fixed(input_c),
-        Src::Layer(i) => Dist { support: d[i].support.clone(), probs: d[i].probs.shallow_clone() },
+    let slot_dist = |s: usize| Dist { support: sn.slots[s].candidates.clone(), probs: sn.logits[s].softmax(0, Kind::Float) };
+    let src = |d: &Vec<Dist>, from: &Vec<Sources>, s: Src| match s {
+        Src::Input => (Dist::fixed(input_c), Sources { slots: vec![], floor: input_c }),
+        Src::Layer(i) => (Dist { support: d[i].support.clone(), probs: d[i].probs.shallow_clone() }, from[i].clone()),
     };
     for l in &sn.net.layers {
-        let dist = match l.op {
-            Op::Conv { .. } => {
-                let s = l.width_slot.expect("conv slot");
-                Dist { support: sn.slots[s].candidates.clone(), probs: sn.logits[s].softmax(0, Kind::Float) }
+        let (dist, sources) = match (&l.op, l.width_slot) {
+            (Op::Conv { .. }, Some(s)) => (slot_dist(s), Sources { slots: vec![s], floor: 0 }),
+            (Op::Linear, _) => (Dist::fixed(l.out_shape.c), Sources { slots: vec![], floor: l.out_shape.c }),
+            (Op::Add { .. }, _) => {
+                let ((a, sa), (b, sb)) = (src(&d, &from, l.inputs[0]), src(&d, &from, l.inputs[1]));
+                let floor = sa.floor.max(sb.floor);
+                let mut slots: Vec<usize> = sa.slots.iter().chain(&sb.slots).copied().collect();
+                slots.sort_unstable();
+                slots.dedup();
+                let dist = if sa.slots.iter().all(|s| !sb.slots.contains(s)) {
+                    dist_max(&a, &b)
+                } else if sa.slots == sb.slots && sa.floor == sb.floor {
+                    a
+                } else {
+                    let parts = slots.iter().map(|&s| slot_dist(s)).chain((floor > 0).then(|| Dist::fixed(floor)));
+                    parts.reduce(|x, y| dist_max(&x, &y)).expect("an overlap has a slot")
+                };
+                (dist, Sources { slots, floor })
             }
-            Op::Linear => Dist::fixed(l.out_shape.c),
-            Op::Add { .. } => dist_max(&src(&d, l.inputs[0]), &src(&d, l.inputs[1])),
-            _ => src(&d, l.inputs[0]),
+            _ => src(&d, &from, l.inputs[0]),
         };
         d.push(dist);
+        from.push(sources);
     }
     d
 }
 
-/// `layer` with `cin` input and `cout` output channels.
+/// Whether `layer` is a depthwise conv (one filter per channel, `groups` = its channels): the
+/// builders give every other conv a width slot.
+pub fn is_depthwise(layer: &Layer) -> bool {
+    matches!(layer.op, Op::Conv { groups, .. } if layer.width_slot.is_none() || (groups > 1 && groups == layer.in_shape.c))
+}
+
+/// `layer` with `cin` input and `cout` output channels. A depthwise conv stays depthwise: its
+/// `groups` becomes `cin` (callers pass `cout == cin`).
 pub fn with_channels(layer: &Layer, cin: usize, cout: usize) -> Layer {
     let mut l = layer.clone();
+    if is_depthwise(layer) {
+        if let Op::Conv { groups, .. } = &mut l.op {
+            *groups = cin;
+        }
+    }
     l.in_shape.c = cin;
     l.out_shape.c = cout;
     l
 }
 
 /// The expected value of metric `metric` of `model` (a differentiable scalar tensor).
+///
+/// A layer's cost is tabulated over (input width, output width) and weighted by both
+/// distributions (they come from different slots, so they are independent); a depthwise conv's
+/// output width *is* its input width, so its table is the diagonal `cost(c, c)` weighted by the
+/// input's distribution.
 #[allow(clippy::assign_op_pattern)] // `+=` on a tch Tensor is an in-place `add_`; the loss is built out of place
 pub fn expected_cost(sn: &Supernet, dists: &[Dist], model: &dyn CostModel, metric: usize) -> Result<Tensor, CostError> {
     let mut total = Tensor::zeros([], (Kind::Float, tch::Device::Cpu));
@@ -79,6 +124,17 @@ pub fn expected_cost(sn: &Supernet, dists: &[Dist], model: &dyn CostModel, metri
             Src::Input => Dist::fixed(sn.net.input.c),
             Src::Layer(j) => Dist { support: dists[j].support.clone(), probs: dists[j].probs.shallow_clone() },
         };
+        if is_depthwise(l) {
+            let table = din
+                .support
+                .iter()
+                .map(|&c| Ok(model.layer_cost(&with_channels(l, c, c))?[metric] as f32))
+                .collect::<Result<Vec<f32>, CostError>>()?;
+            if table.iter().any(|&v| v != 0.0) {
+                total = total + din.probs.dot(&Tensor::from_slice(&table));
+            }
+            continue;
+        }
         let dout = &dists[i];
         let mut table = Vec::with_capacity(din.support.len() * dout.support.len());
         for &cin in &din.support {

@@ -20,7 +20,8 @@ pub enum Mode {
 }
 
 struct Conv {
-    slot: usize,
+    /// The width slot of a dense conv; `None` for a depthwise conv, whose width is its input's.
+    slot: Option<usize>,
     weight: Tensor,
 }
 
@@ -40,7 +41,11 @@ pub struct Supernet {
     pub logits: Vec<Tensor>,
     convs: BTreeMap<usize, Conv>,
     alphas: BTreeMap<usize, Tensor>,
+    /// One BatchNorm per (conv layer, output width).
     bns: BTreeMap<(usize, usize), nn::BatchNorm>,
+    /// Per layer: the slots whose candidates its output width can take (its width is the max of
+    /// theirs); empty for fixed widths (the input, the classifier).
+    sources: Vec<Vec<usize>>,
     fc: Option<(Tensor, Tensor)>,
     /// Channels each layer's output tensor can have at most.
     caps: Vec<usize>,
@@ -88,31 +93,72 @@ fn path<'a>(root: &nn::Path<'a>, name: &str) -> nn::Path<'a> {
     name.split('.').fold(root.clone(), |p, s| p / s)
 }
 
+/// SAWB at 2–4 bits, max-abs at 8, none at 32 (the weights of the active slice).
+fn quantize_weights(w: &Tensor, bits: u8) -> Tensor {
+    match bits {
+        b if b >= 32 => w.shallow_clone(),
+        8 => maxabs_quantize(w, 8),
+        b => sawb_quantize(w, b),
+    }
+}
+
+/// For every layer, the width slots whose candidates its output width can take: a dense conv's
+/// own slot, a residual add's inputs' (its width is their max), the input's for depthwise convs
+/// and pass-through layers; none for fixed widths (the image, the classifier).
+pub fn width_sources(net: &Network) -> Vec<Vec<usize>> {
+    let mut out: Vec<Vec<usize>> = Vec::with_capacity(net.layers.len());
+    for l in &net.layers {
+        let of = |s: &Src| match *s {
+            Src::Input => Vec::new(),
+            Src::Layer(j) => out[j].clone(),
+        };
+        let v = match (&l.op, l.width_slot) {
+            (Op::Conv { .. }, Some(s)) => vec![s],
+            (Op::Linear, _) => Vec::new(),
+            (Op::Add { .. }, _) => {
+                let mut u: Vec<usize> = l.inputs.iter().flat_map(of).collect();
+                u.sort_unstable();
+                u.dedup();
+                u
+            }
+            _ => of(&l.inputs[0]),
+        };
+        out.push(v);
+    }
+    out
+}
+
 impl Supernet {
     /// Builds the supernet over `net` (the base network: structure, names and bits) with one
     /// slot per width slot of `net`. `pact_init` is the initial PACT clip.
     pub fn new(net: &Network, cfg: &SpaceConfig, pact_init: f64) -> Supernet {
         let vs = nn::VarStore::new(tch::Device::Cpu);
-        let mut slots: Vec<Slot> = Vec::new();
-        for l in &net.layers {
-            if let Some(s) = l.width_slot {
-                slots.push(Slot::new(&l.name, net.widths[s], cfg));
-            }
-        }
+        // One slot per width slot of the network, named after the first layer that uses it
+        // (several convs may share one: the projections of a MobileNetV2 stage).
+        let slots: Vec<Slot> = net
+            .widths
+            .iter()
+            .enumerate()
+            .map(|(s, &base)| {
+                let name = net.layers.iter().find(|l| l.width_slot == Some(s)).map_or_else(|| format!("slot{s}"), |l| l.name.clone());
+                Slot::new(&name, base, cfg)
+            })
+            .collect();
         let mut caps = Vec::with_capacity(net.layers.len());
         let cap_of = |caps: &Vec<usize>, s: Src| match s {
             Src::Input => net.input.c,
             Src::Layer(i) => caps[i],
         };
         for l in &net.layers {
-            let c = match l.op {
-                Op::Conv { .. } => slots[l.width_slot.expect("convs have slots")].cap,
-                Op::Linear => l.out_shape.c,
-                Op::Add { .. } => l.inputs.iter().map(|&s| cap_of(&caps, s)).max().unwrap_or(0),
+            let c = match (&l.op, l.width_slot) {
+                (Op::Conv { .. }, Some(s)) => slots[s].cap,
+                (Op::Linear, _) => l.out_shape.c,
+                (Op::Add { .. }, _) => l.inputs.iter().map(|&s| cap_of(&caps, s)).max().unwrap_or(0),
                 _ => cap_of(&caps, l.inputs[0]),
             };
             caps.push(c);
         }
+        let sources = width_sources(net);
         let root = vs.root();
         let mut convs = BTreeMap::new();
         let mut alphas = BTreeMap::new();
@@ -127,8 +173,11 @@ impl Supernet {
                         fan: nn::init::FanInOut::FanOut,
                         non_linearity: nn::init::NonLinearity::ReLU,
                     };
-                    let weight = p.var("weight", &[caps[i] as i64, cin / groups as i64, k as i64, k as i64], init);
-                    convs.insert(i, Conv { slot: l.width_slot.expect("conv slot"), weight });
+                    // A depthwise conv (no slot) has one filter per channel; a dense one reads
+                    // every input channel.
+                    let per_group = if l.width_slot.is_some() { cin / groups as i64 } else { 1 };
+                    let weight = p.var("weight", &[caps[i] as i64, per_group, k as i64, k as i64], init);
+                    convs.insert(i, Conv { slot: l.width_slot, weight });
                     if relu && l.out_bits < 32 {
                         alphas.insert(i, p.sub("act").var("alpha", &[1], nn::Init::Const(pact_init)));
                     }
@@ -149,11 +198,17 @@ impl Supernet {
             .iter()
             .map(|s| (Tensor::randn([s.candidates.len() as i64], (Kind::Float, tch::Device::Cpu)) * 0.01).set_requires_grad(true))
             .collect();
-        let mut sn = Supernet { vs, net: net.clone(), slots, logits, convs, alphas, bns: BTreeMap::new(), fc, caps };
+        let mut sn = Supernet { vs, net: net.clone(), slots, logits, convs, alphas, bns: BTreeMap::new(), sources, fc, caps };
         for s in 0..sn.slots.len() {
             for c in sn.slots[s].candidates.clone() {
                 sn.ensure_bn(s, c);
             }
+        }
+        // Convs of a fixed width (a depthwise conv reading the image) have one BatchNorm.
+        let fixed: Vec<(usize, usize)> =
+            sn.convs.keys().filter(|&&i| sn.sources[i].is_empty()).map(|&i| (i, sn.net.layers[i].out_shape.c)).collect();
+        for (i, c) in fixed {
+            sn.ensure_layer_bn(i, c);
         }
         sn
     }
@@ -190,17 +245,29 @@ impl Supernet {
         copied
     }
 
-    /// Creates the BatchNorm of candidate width `c` of slot `s` if it does not exist yet.
+    /// Creates the BatchNorms of candidate width `c` of slot `s` that do not exist yet: one for
+    /// every conv in the slot and every depthwise conv whose width can follow it.
     pub fn ensure_bn(&mut self, s: usize, c: usize) {
-        if self.bns.contains_key(&(s, c)) {
+        for i in self.bn_layers(s) {
+            self.ensure_layer_bn(i, c);
+        }
+    }
+
+    /// Conv layers whose output width can be a candidate of slot `s` (they hold a BatchNorm per
+    /// candidate).
+    fn bn_layers(&self, s: usize) -> Vec<usize> {
+        self.convs.keys().copied().filter(|&i| self.sources[i].contains(&s)).collect()
+    }
+
+    fn ensure_layer_bn(&mut self, i: usize, c: usize) {
+        if self.bns.contains_key(&(i, c)) {
             return;
         }
-        let name = self.slots[s].name.clone();
-        let p = path(&self.vs.root(), &name).sub(format!("bn{c}"));
+        let p = path(&self.vs.root(), &self.net.layers[i].name).sub(format!("bn{c}"));
         // γ = 1, β = 0 as in PyTorch's BatchNorm2d (TAS) and nce's trained models; tch's
         // default draws γ from U(0, 1).
         let bn = nn::batch_norm2d(&p, c as i64, nn::BatchNormConfig { ws_init: nn::Init::Const(1.0), ..Default::default() });
-        self.bns.insert((s, c), bn);
+        self.bns.insert((i, c), bn);
     }
 
     /// Adds candidate `width` to slot `s` (its logit starts at the widest one's value, it gets a
@@ -217,14 +284,17 @@ impl Supernet {
 
     /// Function-preserving initialisation of a slot's new widest candidate `new` (after
     /// [`Supernet::add_candidate`]), Net2Net-style but safe under weight sharing:
-    /// - the conv's new output filters are copies of randomly chosen existing filters plus
-    ///   Gaussian noise of `noise` × the weight's std (and their SGD momentum is cleared);
-    /// - the new candidate's BatchNorm copies the `old` candidate's γ, β and running statistics
-    ///   for the shared channels and the sources' for the new ones, except γ = β = 0 on the new
-    ///   channels: they output exactly zero, so the network computes what it computed with the
-    ///   `old` width (in FP32), and γ grows from its gradient;
-    /// - convs that read this conv directly get their new input columns copied from the sources
-    ///   (they never influenced the output before, and multiply zeros until γ grows).
+    /// - every conv of the slot gets new output filters that are copies of randomly chosen
+    ///   existing filters (the same sources for all of them, so tied convs stay aligned) plus
+    ///   Gaussian noise of `noise` × the weight's std (and their SGD momentum is cleared); a
+    ///   depthwise conv that follows the slot copies the same channels' filters;
+    /// - each such conv's BatchNorm of the new width copies the `old` one's γ, β and running
+    ///   statistics for the shared channels and the sources' for the new ones, except γ = β = 0
+    ///   on the new channels: they output exactly zero, so the network computes what it
+    ///   computed with the `old` width (in FP32), and γ grows from its gradient;
+    /// - dense convs that read one of these convs directly get their new input columns copied
+    ///   from the sources (they never influenced the output before, and multiply zeros until γ
+    ///   grows).
     ///
     /// Why not Net2Net's split (halving the source's outgoing weights): those weights are shared
     /// with every narrower candidate, whose function the halving would change.
@@ -237,9 +307,15 @@ impl Supernet {
         let src_t = Tensor::from_slice(&src);
         let n_new = (new - old) as i64;
         let name = self.slots[s].name.clone();
-        let conv_layers: Vec<usize> = self.convs.iter().filter(|(_, c)| c.slot == s).map(|(&i, _)| i).collect();
+        // The slot's own convs, then depthwise convs whose width is exactly this slot's.
+        let growing: Vec<usize> = self
+            .convs
+            .iter()
+            .filter(|(&i, c)| c.slot == Some(s) || (c.slot.is_none() && self.sources[i] == [s]))
+            .map(|(&i, _)| i)
+            .collect();
         tch::no_grad(|| {
-            for &i in &conv_layers {
+            for &i in &growing {
                 let w = &self.convs[&i].weight;
                 let rows = w.index_select(0, &src_t);
                 let std = w.narrow(0, 0, old as i64).std(true).double_value(&[]);
@@ -248,35 +324,46 @@ impl Supernet {
                 if let Some(buf) = sgd_buffers.get_mut(&format!("{}.weight", self.net.layers[i].name)) {
                     let _ = buf.narrow(0, old as i64, n_new).zero_();
                 }
-                // Direct conv consumers: new input columns copied from the sources.
-                for (j, l) in self.net.layers.iter().enumerate() {
-                    if l.inputs.first() == Some(&Src::Layer(i)) {
-                        if let (Op::Conv { groups: 1, .. }, Some(c)) = (&l.op, self.convs.get(&j)) {
-                            let cols = c.weight.index_select(1, &src_t);
-                            c.weight.narrow(1, old as i64, n_new).copy_(&cols);
-                        }
-                    }
-                }
-            }
-            let (from, to) = (&self.bns[&(s, old)], &self.bns[&(s, new)]);
-            let pairs = [
-                (from.ws.as_ref(), to.ws.as_ref(), true),
-                (from.bs.as_ref(), to.bs.as_ref(), true),
-                (Some(&from.running_mean), Some(&to.running_mean), false),
-                (Some(&from.running_var), Some(&to.running_var), false),
-            ];
-            for (a, b, zero_new) in pairs {
-                let (Some(a), Some(b)) = (a, b) else { continue };
-                b.narrow(0, 0, old as i64).copy_(a);
-                let mut tail = b.narrow(0, old as i64, n_new);
-                if zero_new {
-                    let _ = tail.zero_();
-                } else {
-                    tail.copy_(&a.index_select(0, &src_t));
-                }
+                self.copy_consumer_columns(i, old, n_new, &src_t);
+                self.init_expanded_bn(i, old, new, &src_t);
             }
         });
         tracing::debug!("{name}: channels {old}..{new} initialised from copies");
+    }
+
+    /// Dense convs reading layer `i` directly: new input columns `old..old+n` copied from `src`.
+    fn copy_consumer_columns(&self, i: usize, old: usize, n: i64, src: &Tensor) {
+        for (j, l) in self.net.layers.iter().enumerate() {
+            if l.inputs.first() == Some(&Src::Layer(i)) {
+                if let (Op::Conv { groups: 1, .. }, Some(c)) = (&l.op, self.convs.get(&j)) {
+                    let cols = c.weight.index_select(1, src);
+                    c.weight.narrow(1, old as i64, n).copy_(&cols);
+                }
+            }
+        }
+    }
+
+    /// Layer `i`'s BatchNorm of width `new` from its width-`old` one: shared channels copied,
+    /// new channels γ = β = 0 with their sources' statistics.
+    fn init_expanded_bn(&self, i: usize, old: usize, new: usize, src: &Tensor) {
+        let (Some(from), Some(to)) = (self.bns.get(&(i, old)), self.bns.get(&(i, new))) else { return };
+        let n_new = (new - old) as i64;
+        let pairs = [
+            (from.ws.as_ref(), to.ws.as_ref(), true),
+            (from.bs.as_ref(), to.bs.as_ref(), true),
+            (Some(&from.running_mean), Some(&to.running_mean), false),
+            (Some(&from.running_var), Some(&to.running_var), false),
+        ];
+        for (a, b, zero_new) in pairs {
+            let (Some(a), Some(b)) = (a, b) else { continue };
+            b.narrow(0, 0, old as i64).copy_(a);
+            let mut tail = b.narrow(0, old as i64, n_new);
+            if zero_new {
+                let _ = tail.zero_();
+            } else {
+                tail.copy_(&a.index_select(0, src));
+            }
+        }
     }
 
     /// Weight-decay masks: for every conv and linear weight, 1 on the slice some candidate can
@@ -292,13 +379,17 @@ impl Supernet {
         for (i, l) in self.net.layers.iter().enumerate() {
             let cin = of(&active, l.inputs[0]);
             let c = match l.op {
-                Op::Conv { groups, .. } => {
+                Op::Conv { .. } => {
                     let conv = &self.convs[&i];
-                    let out = self.slots[conv.slot].widest() as i64;
+                    // A depthwise conv (no slot) has one input column and as many rows as inputs.
+                    let (out, cols) = match conv.slot {
+                        Some(s) => (self.slots[s].widest(), cin),
+                        None => (cin, 1),
+                    };
                     let m = conv.weight.zeros_like();
-                    let _ = m.narrow(0, 0, out).narrow(1, 0, cin as i64 / groups as i64).fill_(1.0);
+                    let _ = m.narrow(0, 0, out as i64).narrow(1, 0, cols as i64).fill_(1.0);
                     masks.insert(format!("{}.weight", l.name), m);
-                    out as usize
+                    out
                 }
                 Op::Linear => {
                     if let Some((w, _)) = &self.fc {
@@ -340,12 +431,18 @@ impl Supernet {
             Src::Input => x.shallow_clone(),
             Src::Layer(i) => outs[i].shallow_clone(),
         };
+        // One draw per slot (in slot order) for the whole pass: convs that share a slot run the
+        // same candidates, so the residual adds that tie them see equal widths.
+        let picks: Vec<(Vec<usize>, Tensor)> = (0..self.slots.len()).map(|s| self.pick(s, mode, detach_arch)).collect();
         for (i, l) in self.net.layers.iter().enumerate() {
             let input = get(&outs, l.inputs[0]);
             let y = match l.op {
                 Op::Conv { stride, pad, groups, relu, .. } => {
                     let geometry = ConvGeometry { stride: stride as i64, pad: pad as i64, groups: groups as i64 };
-                    let y = self.mixed_conv(i, l.wbits, &input, geometry, train, self.pick(self.convs[&i].slot, mode, detach_arch));
+                    let y = match self.convs[&i].slot {
+                        Some(s) => self.mixed_conv(i, l.wbits, &input, geometry, train, &picks[s]),
+                        None => self.depthwise_conv(i, l.wbits, &input, geometry, train),
+                    };
                     if relu {
                         self.activate(i, &y, l.out_bits)
                     } else {
@@ -391,25 +488,38 @@ impl Supernet {
         }
     }
 
-    /// Conv layer `i` at the widest picked candidate, each candidate's BatchNorm on its slice,
-    /// resampled to that width (channel-wise interpolation) and mixed by `mix`.
-    fn mixed_conv(&self, i: usize, wbits: u8, input: &Tensor, g: ConvGeometry, train: bool, (picked, mix): (Vec<usize>, Tensor)) -> Tensor {
+    /// Conv layer `i` at the widest picked candidate of its slot, each candidate's BatchNorm on
+    /// its slice, resampled to that width (channel-wise interpolation) and mixed by `mix`.
+    fn mixed_conv(
+        &self,
+        i: usize,
+        wbits: u8,
+        input: &Tensor,
+        g: ConvGeometry,
+        train: bool,
+        (picked, mix): &(Vec<usize>, Tensor),
+    ) -> Tensor {
         let conv = &self.convs[&i];
-        let slot = &self.slots[conv.slot];
+        let slot = &self.slots[conv.slot.expect("a mixed conv has a slot")];
         let widths: Vec<usize> = picked.iter().map(|&j| slot.candidates[j]).collect();
         let cmax = *widths.iter().max().expect("one candidate at least");
         let w = conv.weight.narrow(0, 0, cmax as i64).narrow(1, 0, input.size()[1] / g.groups);
-        let wq = match wbits {
-            b if b >= 32 => w,
-            8 => maxabs_quantize(&w, 8),
-            b => sawb_quantize(&w, b),
-        };
-        let out = input.conv2d(&wq, None::<Tensor>, [g.stride], [g.pad], [1], g.groups);
+        let out = input.conv2d(&quantize_weights(&w, wbits), None::<Tensor>, [g.stride], [g.pad], [1], g.groups);
         let mixed = widths.iter().enumerate().map(|(n, &c)| {
-            let o = nn::ModuleT::forward_t(&self.bns[&(conv.slot, c)], &out.narrow(1, 0, c as i64), train);
+            let o = nn::ModuleT::forward_t(&self.bns[&(i, c)], &out.narrow(1, 0, c as i64), train);
             cwi(&o, cmax) * mix.get(n as i64)
         });
         mixed.reduce(|acc, o| acc + o).expect("one candidate at least")
+    }
+
+    /// Depthwise conv layer `i` at its input's width (one filter per channel, `groups` = that
+    /// width), with the BatchNorm of that width: no candidates of its own to mix.
+    fn depthwise_conv(&self, i: usize, wbits: u8, input: &Tensor, g: ConvGeometry, train: bool) -> Tensor {
+        let c = input.size()[1];
+        let w = self.convs[&i].weight.narrow(0, 0, c);
+        let out = input.conv2d(&quantize_weights(&w, wbits), None::<Tensor>, [g.stride], [g.pad], [1], c);
+        let bn = self.bns.get(&(i, c as usize)).unwrap_or_else(|| panic!("{}: no BatchNorm for width {c}", self.net.layers[i].name));
+        nn::ModuleT::forward_t(bn, &out, train)
     }
 
     fn activate(&self, layer: usize, y: &Tensor, bits: u8) -> Tensor {

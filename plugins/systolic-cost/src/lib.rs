@@ -14,12 +14,19 @@
 //! for the idle PEs of their last tile, which is exactly what makes such a target prefer
 //! particular widths. Layers without weights run on a vector unit and are not counted.
 //!
+//! A grouped conv (a MobileNet depthwise conv) is mapped as the block-diagonal matrix it is: the
+//! rows of group `g` hold only that group's outputs' weights, and a row of PEs shares one input
+//! stream across all its columns, so the array cannot give each column its own channel. Tiles
+//! that hold no weight are skipped; a depthwise 3×3 layer of `C` channels thus loads
+//! `C / cols` column tiles each spanning `9 · cols` reduction rows, which is why such arrays run
+//! depthwise layers at low utilisation.
+//!
 //! Register it with one static in the `nce::cost::COST_PLUGINS` distributed slice. Because
 //! rustc drops crates nothing names, the final binary must say `use nce_systolic_cost as _;`.
 
 use linkme::distributed_slice;
 use nce::cost::{CostError, CostModel, CostPlugin, Metric, PluginContext, PluginError, COST_PLUGINS};
-use nce::graph::Layer;
+use nce::graph::{Layer, Op};
 use serde::Deserialize;
 
 #[derive(Deserialize)]
@@ -57,10 +64,31 @@ impl Systolic {
         }
         let bits = layer.wbits.max(layer.abits).clamp(1, self.pe_bits);
         let pack = (self.pe_bits / bits).max(1) as usize;
-        let row_tiles = layer.reduction_len().div_ceil(self.rows * pack) as u64;
-        let col_tiles = layer.out_shape.c.div_ceil(self.cols) as u64;
         let pixels = (layer.out_shape.h * layer.out_shape.w) as u64;
-        row_tiles * col_tiles * (pixels + self.fill)
+        self.tiles(layer, self.rows * pack) * (pixels + self.fill)
+    }
+
+    /// Weight tiles of `rows_per_tile` reduction rows × `cols` output channels that hold at
+    /// least one weight of the (block-diagonal, for `groups` > 1) weight matrix.
+    fn tiles(&self, layer: &Layer, rows_per_tile: usize) -> u64 {
+        let k = layer.reduction_len(); // rows per group
+        let c_out = layer.out_shape.c;
+        let groups = match layer.op {
+            Op::Conv { groups, .. } => groups.clamp(1, c_out.max(1)),
+            _ => 1,
+        };
+        if groups == 1 {
+            return (k.div_ceil(rows_per_tile) * c_out.div_ceil(self.cols)) as u64;
+        }
+        let per_group = c_out.div_ceil(groups);
+        (0..c_out)
+            .step_by(self.cols)
+            .map(|first| {
+                let last = (first + self.cols).min(c_out) - 1;
+                let (rows_from, rows_to) = (first / per_group * k, (last / per_group + 1) * k);
+                ((rows_to - 1) / rows_per_tile - rows_from / rows_per_tile + 1) as u64
+            })
+            .sum()
     }
 
     fn create(ctx: &PluginContext) -> Result<Systolic, PluginError> {

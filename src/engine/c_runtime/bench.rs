@@ -54,11 +54,11 @@ fn conv_step(
     io: (usize, usize),
     residual: bool,
 ) -> Result<usize, CRuntimeError> {
-    let Op::Conv { k, stride, pad, .. } = l.op else { unreachable!("conv job") };
+    let Op::Conv { k, stride, pad, groups, .. } = l.op else { unreachable!("conv job") };
     let (c_in, c_out) = io;
     let w8 = l.wbits > 2;
     let qmax = ((1u32 << l.out_bits.min(8)) - 1) as u8;
-    let conv = synthetic_conv(rng, c_in, c_out, k, stride, pad, w8, qmax).map_err(|e| CRuntimeError::Unsupported(e.to_string()))?;
+    let conv = synthetic_conv(rng, c_in, c_out, k, stride, pad, groups, w8, qmax).map_err(|e| CRuntimeError::Unsupported(e.to_string()))?;
     let x = Shape::new(c_in, l.in_shape.h, l.in_shape.w);
     let y = out_shape(x, c_out, k, stride, pad);
     let step = body.matches("NCE_HOOK(").count();
