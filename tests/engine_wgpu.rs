@@ -38,14 +38,21 @@ struct Case {
     residual: Option<(usize, usize)>,
     /// Extreme requantisation parameters (int32 limits, shifts 0 and 62) instead of realistic ones.
     saturate: bool,
+    /// `1` for a dense conv, `c_in == c_out` for a depthwise one.
+    groups: usize,
 }
 
 const fn case(c_in: usize, c_out: usize, k: usize, stride: usize, pad: usize, h: usize, w: usize) -> Case {
-    Case { c_in, c_out, k, stride, pad, h, w, w8: false, amax: 3, residual: None, saturate: false }
+    Case { c_in, c_out, k, stride, pad, h, w, w8: false, amax: 3, residual: None, saturate: false, groups: 1 }
+}
+
+/// A depthwise 3×3 conv (pad 1) over `c` channels.
+const fn depthwise(c: usize, stride: usize, h: usize, w: usize) -> Case {
+    Case { groups: c, ..case(c, c, 3, stride, 1, h, w) }
 }
 
 fn random_conv(rng: &mut Rng, c: &Case) -> Conv2d {
-    let k_len = c.k * c.k * c.c_in;
+    let k_len = c.k * c.k * c.c_in / c.groups;
     let weights = random_weights(rng, c.c_out, k_len, c.w8, -128);
     let qmax = [3u8, 1, 15, 255][rng.below(4) as usize];
     let requant = if c.saturate {
@@ -57,7 +64,7 @@ fn random_conv(rng: &mut Rng, c: &Case) -> Conv2d {
         let shift = rng.range(8, 24) as u32;
         spread_requant(rng, c.c_out, k_len, c.amax, c.w8, shift, qmax)
     };
-    Conv2d::new(c.c_in, c.k, c.stride, c.pad, weights, requant).unwrap()
+    Conv2d::grouped(c.c_in, c.groups, c.k, c.stride, c.pad, weights, requant).unwrap()
 }
 
 /// Runs one case on both dot kernels and demands the reference's bytes.
@@ -157,6 +164,53 @@ fn conv_w8_first_layer() {
 }
 
 #[test]
+fn conv_depthwise_shapes() {
+    // Channel counts 1 (a dense conv), 3, 17 (partial activation words) and 144 (MobileNetV2's
+    // widest early depthwise layer), stride 1 and 2, odd and tiny spatial sizes, both weight
+    // widths, codes above 127.
+    let mut i = 0;
+    for c in [1usize, 3, 17, 144] {
+        for stride in [1, 2] {
+            for (h, w) in [(7, 9), (1, 1), (5, 3)] {
+                let w8 = i % 3 == 1;
+                let amax = [3, 255, 15][i % 3];
+                run_case(500 + i as u64, &Case { w8, amax, ..depthwise(c, stride, h, w) });
+                i += 1;
+            }
+        }
+    }
+    // A larger layer, spanning several pixel and channel tiles.
+    run_case(550, &depthwise(40, 2, 15, 13));
+}
+
+#[test]
+fn conv_depthwise_saturating_requantisation() {
+    // int32 extremes of m, b, r and shifts 0..62 on the grouped kernel's epilogue, with and
+    // without a fused residual.
+    for i in 0..16u64 {
+        let base = [depthwise(17, 1, 5, 7), depthwise(3, 2, 7, 5), depthwise(144, 2, 3, 3), depthwise(1, 1, 3, 3)][i as usize % 4];
+        let residual = (i % 4 == 0).then_some((base.c_out + 3, 1));
+        let c = Case { saturate: true, w8: i % 3 == 2, amax: [3, 255][i as usize % 2], residual, ..base };
+        run_case(600 + i, &c);
+    }
+}
+
+#[test]
+fn conv_grouped_shapes() {
+    // Groups between dense and depthwise: several input channels per group, channel
+    // multipliers above and below 1, with a residual.
+    let cases = [
+        Case { groups: 3, ..case(6, 12, 3, 1, 1, 5, 5) },
+        Case { groups: 2, ..case(32, 8, 1, 2, 0, 7, 7) },
+        Case { groups: 4, w8: true, amax: 255, ..case(20, 4, 3, 2, 1, 6, 5) },
+        Case { groups: 5, residual: Some((15, 1)), ..case(35, 10, 3, 1, 1, 4, 3) },
+    ];
+    for (i, c) in cases.iter().enumerate() {
+        run_case(700 + i as u64, c);
+    }
+}
+
+#[test]
 fn conv_errors_match_the_cpu_engine() {
     let c = case(16, 16, 3, 1, 1, 4, 4);
     let conv = random_conv(&mut Rng::new(1), &c);
@@ -230,4 +284,59 @@ fn committed_model_matches_the_cpu_engine() {
     let gpu = WgpuModel::with_options(engine(), &model, DotKernel::Shift, 4).unwrap();
     assert!(gpu.run_batch(&test.images[..785]).is_err(), "a partial image is rejected");
     assert!(gpu.run_batch(&[]).unwrap().is_empty());
+}
+
+/// Multipliers and offsets (shift 22, qmax 3) that map a typical accumulator of `k_len`
+/// products to about ±qmax around a random level in `0..qmax`: outputs follow the input
+/// instead of being pinned at 0 or qmax by the offset.
+fn live_requant(rng: &mut Rng, c_out: usize, k_len: usize, w8: bool) -> (Vec<i32>, Vec<i32>) {
+    // RMS of the weights times that of the inputs: 2-bit codes against 2-bit activations, or
+    // 8-bit weights against 8-bit pixels.
+    let rms = if w8 { 73.0 * 147.0 } else { 2.2 * 1.5 };
+    let unit = (1u64 << 22) as f64;
+    let m_mag = unit * 3.0 / ((k_len as f64).sqrt() * rms);
+    let m = (0..c_out).map(|_| (rng.uniform(0.5, 1.5) * m_mag * if rng.below(2) == 0 { 1.0 } else { -1.0 }) as i32).collect();
+    let b = (0..c_out).map(|_| (rng.uniform(0.0, 3.0) * unit) as i32).collect();
+    (m, b)
+}
+
+#[test]
+fn mobilenetv2_matches_the_cpu_engine() {
+    use nce::engine::plan::Header;
+    use nce::export::format::{Array, Container, Entry};
+    use nce::graph::{build, BitConfig, ModelKind, Op, Shape, WidthMult};
+    // A MobileNetV2 x0.35 with random integer arrays: depthwise layers at stride 1 and 2, the
+    // 8-bit stem, pointwise convs with fused residual adds.
+    let kind = ModelKind::Mobilenetv2(WidthMult::ONE).with_width_mult(0.35).unwrap();
+    let net = build(kind, Shape::new(1, 28, 28), 10, None, &BitConfig::uniform(2)).unwrap();
+    let depthwise = net.layers.iter().filter(|l| matches!(l.op, Op::Conv { groups, .. } if groups > 1)).count();
+    assert!(depthwise >= 17, "{depthwise} depthwise layers");
+    let h = Header { kind: "nce-model".into(), net: net.clone(), profile: None, source: None, scales: Default::default() };
+    let mut arrays = common::random_arrays(&net, 26);
+    // Requantisation that keeps every layer's codes spread, so that 17 blocks deep the logits
+    // still depend on the image (shift 22, as random_arrays writes).
+    let mut rng = Rng::new(28);
+    for l in &net.layers {
+        if let Op::Conv { k, groups, .. } = l.op {
+            let (m, b) = live_requant(&mut rng, l.out_shape.c, k * k * l.in_shape.c / groups, l.wbits == 8);
+            arrays.insert(format!("{}.m", l.name), Entry { dims: vec![m.len()], data: Array::I32(m) });
+            arrays.insert(format!("{}.b", l.name), Entry { dims: vec![b.len()], data: Array::I32(b) });
+        }
+    }
+    let c = Container { header: serde_json::to_string(&h).unwrap(), arrays };
+    let model = QModel::from_container(&c).unwrap();
+    let n = 6;
+    let images = Rng::new(27).codes_u8(n * 28 * 28, 255);
+    let cpu = Cpu::best(1);
+    let want = model.run_batch(&cpu, &model.prepare(&cpu).unwrap(), &images, 1).unwrap();
+    assert!(want.iter().any(|l| l != &want[0]), "random images should not all give the same logits");
+    for dot in DotKernel::ALL {
+        // Batches of 4: one full submission and one partial.
+        let gpu = WgpuModel::with_options(engine(), &model, dot, 4).unwrap();
+        let got = gpu.run_batch(&images).unwrap();
+        assert_eq!(got.len(), n);
+        for (i, (g, w)) in got.iter().zip(&want).enumerate() {
+            assert_eq!(g, w, "{dot}: image {i}: logits differ from the CPU engine");
+        }
+    }
 }

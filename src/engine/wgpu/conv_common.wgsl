@@ -1,7 +1,7 @@
 // Shared part of the conv kernels: parameters, bindings, weight staging and the fused
 // requantisation epilogue (residual add, ReLU = clamp at 0, PACT clip = clamp at qmax).
 //
-// The conv is an implicit GEMM: M = batch·ho·wo output pixels, N = output channels,
+// A dense conv (groups = 1) is an implicit GEMM: M = batch·ho·wo output pixels, N = output channels,
 // K = taps × weight words. A workgroup owns TILE_P pixels × TILE_C channels; each invocation
 // computes one pixel's TILE_C accumulators. Per step the workgroup stages CHUNK weight words
 // of its TILE_C channels in workgroup memory (shared by all its pixels), and each invocation
@@ -17,6 +17,9 @@ struct ConvParams {
     wpt: u32, kwords: u32, shift: u32, qmax: u32,
     r: i32, hi: u32, has_res: u32, res_h: u32,
     res_w: u32, res_c: u32, res_cw: u32, res_stride: u32,
+    // Grouped convs only (conv_grouped.wgsl): input channels per group, output channels per
+    // group, 2-bit (1) or 8-bit (0) weights.
+    cg: u32, group_out: u32, w2: u32,
 }
 
 @group(0) @binding(0) var<uniform> P: ConvParams;

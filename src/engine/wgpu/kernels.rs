@@ -1,7 +1,7 @@
 //! The compiled pipelines, each kernel's uniform parameters (field order = the WGSL struct's)
 //! and the dispatch grid of a layer for a batch size.
 
-use super::layout::words_per_pixel;
+use super::layout::{words_per_pixel, GpuWeights};
 use super::{DotKernel, Result, WgpuError};
 use crate::engine::{Conv2d, ConvDims, ConvWeights};
 use wgpu::util::DeviceExt;
@@ -11,6 +11,7 @@ const INDEX: &str = include_str!("index.wgsl");
 const CONV_COMMON: &str = include_str!("conv_common.wgsl");
 const CONV_W2: &str = include_str!("conv_w2.wgsl");
 const CONV_W8: &str = include_str!("conv_w8.wgsl");
+const CONV_GROUPED: &str = include_str!("conv_grouped.wgsl");
 const DOT_SHIFT: &str = include_str!("dot_shift.wgsl");
 const DOT_DOT4: &str = include_str!("dot_dot4.wgsl");
 const MAX_POOL: &str = include_str!("max_pool.wgsl");
@@ -31,6 +32,7 @@ pub(crate) struct Kernels {
     conv_w2_shift: wgpu::ComputePipeline,
     conv_w2_dot4: Option<wgpu::ComputePipeline>,
     conv_w8: wgpu::ComputePipeline,
+    conv_grouped: wgpu::ComputePipeline,
     max_pool: wgpu::ComputePipeline,
     global_pool: wgpu::ComputePipeline,
     linear: wgpu::ComputePipeline,
@@ -58,6 +60,7 @@ impl Kernels {
             conv_w2_shift: pipeline(device, "conv_w2_shift", &[INT64, CONV_COMMON, DOT_SHIFT, CONV_W2]),
             conv_w2_dot4: dot4.then(|| pipeline(device, "conv_w2_dot4", &[INT64, CONV_COMMON, DOT_DOT4, CONV_W2])),
             conv_w8: pipeline(device, "conv_w8", &[INT64, CONV_COMMON, CONV_W8]),
+            conv_grouped: pipeline(device, "conv_grouped", &[INT64, CONV_COMMON, CONV_GROUPED]),
             max_pool: pipeline(device, "max_pool", &[INDEX, MAX_POOL]),
             global_pool: pipeline(device, "global_pool", &[INDEX, GLOBAL_POOL]),
             linear: pipeline(device, "linear", &[INT64, INDEX, LINEAR]),
@@ -79,7 +82,11 @@ pub(crate) struct ConvGeom {
     pub k: usize,
     pub stride: usize,
     pub pad: usize,
+    /// `1` for a dense conv; above 1 the layer runs conv_grouped.wgsl.
+    pub groups: usize,
+    /// Weight words per tap (dense) and per output channel (see [`super::layout::GpuWeights`]).
     pub wpt: usize,
+    pub kwords: usize,
     pub w2: bool,
     pub shift: u32,
     pub qmax: u8,
@@ -95,7 +102,7 @@ impl ConvGeom {
         h: usize,
         w: usize,
         d: ConvDims,
-        wpt: usize,
+        gw: &GpuWeights,
         res: Option<(usize, usize, usize, usize, i32)>,
         in_max: u8,
     ) -> Self {
@@ -107,7 +114,9 @@ impl ConvGeom {
             k: conv.k,
             stride: conv.stride,
             pad: conv.pad,
-            wpt,
+            groups: conv.groups.max(1),
+            wpt: gw.wpt,
+            kwords: gw.kwords,
             w2: matches!(conv.weights, ConvWeights::W2(_)),
             shift: conv.requant.shift,
             qmax: conv.requant.qmax,
@@ -147,7 +156,6 @@ impl Launch {
         let v: Vec<usize> = match self {
             Launch::Conv(g) => {
                 let d = &g.d;
-                let taps = g.k * g.k;
                 let (rh, rw, rc, rs, r) = g.res.unwrap_or((0, 0, 0, 0, 0));
                 let head = [
                     batch * d.ho * d.wo,
@@ -163,11 +171,12 @@ impl Launch {
                     g.stride,
                     g.pad,
                     g.wpt,
-                    taps * g.wpt,
+                    g.kwords,
                     g.shift as usize,
                     g.qmax as usize,
                 ];
-                let tail = [g.hi as usize, g.res.is_some() as usize, rh, rw, rc, words_per_pixel(rc), rs];
+                let (cg, group_out) = (g.c_in / g.groups, d.c_conv / g.groups);
+                let tail = [g.hi as usize, g.res.is_some() as usize, rh, rw, rc, words_per_pixel(rc), rs, cg, group_out, g.w2 as usize];
                 let mut out = head.into_iter().map(u).collect::<Result<Vec<u32>>>()?;
                 out.push(r as u32); // the i32 field `r`, bit for bit
                 for x in tail {
@@ -205,6 +214,7 @@ impl Launch {
 
     pub fn pipeline<'k>(&self, k: &'k Kernels, dot: DotKernel) -> &'k wgpu::ComputePipeline {
         match self {
+            Launch::Conv(g) if g.groups > 1 => &k.conv_grouped,
             Launch::Conv(g) if !g.w2 => &k.conv_w8,
             Launch::Conv(_) => match (dot, &k.conv_w2_dot4) {
                 (DotKernel::Dot4, Some(p)) => p,

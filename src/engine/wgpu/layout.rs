@@ -38,16 +38,26 @@ pub(crate) fn unpack_hwc(words: &[u32], h: usize, w: usize, c: usize) -> QTensor
     QTensor { h, w, c, data }
 }
 
-/// Conv weights as the kernels read them, with `wpt` words per tap:
+/// Conv weights as the kernels read them, `kwords` words per output channel.
+///
+/// Dense convs (conv_w2.wgsl, conv_w8.wgsl), with `wpt` words per tap:
 /// - 2-bit: per output channel and tap, `⌈c_in/16⌉` words of 16 codes `u = (c + 3) / 2`
 ///   (channel `16j + i` in bits `2i..2i+2` of word `j`), padding codes 0;
 /// - 8-bit: per output channel and tap, `⌈c_in/4⌉` words of 4 i8 codes, padding 0.
+///
+/// Grouped convs (conv_grouped.wgsl): per output channel its `k·k·c_in/groups` codes in
+/// `(ky, kx, ci)` order, 16 per word as above (2-bit) or 4 i8 per word (8-bit), unsplit by tap
+/// (`wpt == kwords`, unused).
 pub(crate) struct GpuWeights {
     pub words: Vec<u32>,
     pub wpt: usize,
+    pub kwords: usize,
 }
 
 pub(crate) fn relayout(conv: &Conv2d) -> GpuWeights {
+    if conv.groups > 1 {
+        return relayout_grouped(conv);
+    }
     let (taps, c_in) = (conv.k * conv.k, conv.c_in);
     match &conv.weights {
         ConvWeights::W2(w) => {
@@ -61,7 +71,7 @@ pub(crate) fn relayout(conv: &Conv2d) -> GpuWeights {
                     }
                 }
             }
-            GpuWeights { words, wpt }
+            GpuWeights { words, wpt, kwords: taps * wpt }
         }
         ConvWeights::W8(w) => {
             let wpt = words_per_pixel(c_in);
@@ -74,9 +84,31 @@ pub(crate) fn relayout(conv: &Conv2d) -> GpuWeights {
                     }
                 }
             }
-            GpuWeights { words, wpt }
+            GpuWeights { words, wpt, kwords: taps * wpt }
         }
     }
+}
+
+/// A grouped conv's weights: each output channel's codes packed in order, `per_word` codes of
+/// `bits` bits per word.
+fn relayout_grouped(conv: &Conv2d) -> GpuWeights {
+    let k_len = conv.k_len();
+    let (c_out, per_word, bits) = match &conv.weights {
+        ConvWeights::W2(w) => (w.c_out, 16, 2),
+        ConvWeights::W8(w) => (w.c_out, 4, 8),
+    };
+    let bits_of = |o: usize, i: usize| match &conv.weights {
+        ConvWeights::W2(w) => ((w.code(o, i) + 3) / 2) as u32,
+        ConvWeights::W8(w) => w.code(o, i) as u8 as u32,
+    };
+    let kwords = k_len.div_ceil(per_word);
+    let mut words = vec![0u32; c_out * kwords];
+    for o in 0..c_out {
+        for i in 0..k_len {
+            words[o * kwords + i / per_word] |= bits_of(o, i) << (bits * (i % per_word));
+        }
+    }
+    GpuWeights { words, wpt: kwords, kwords }
 }
 
 /// `m` followed by `b`, as the conv kernels' `mb` binding.

@@ -3,7 +3,8 @@
 //! WGSL kernels for every op the CPU engine runs, bit-exact with [`crate::engine::cpu::reference`]:
 //! the packed 2-bit conv as a tiled implicit GEMM (`conv_w2.wgsl`, with the 16-code dot product
 //! either by shift and mask or via `dot4I8Packed`, see [`DotKernel`]), the 8-bit first conv,
-//! the fused requantisation epilogue with its int64 arithmetic emulated on u32 pairs
+//! grouped and depthwise convs with either weight width as a direct conv over each output
+//! channel's group (`conv_grouped.wgsl`), the fused requantisation epilogue with its int64 arithmetic emulated on u32 pairs
 //! (`int64.wgsl`, `conv_common.wgsl`), max pooling, global average pooling and the classifier.
 //!
 //! - [`WgpuEngine`] owns an adapter's device and the compiled pipelines;

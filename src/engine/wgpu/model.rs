@@ -189,7 +189,7 @@ impl<'d> Planner<'d> {
         let d = conv.dims(&x.probe(), res.as_ref())?;
         let gw = layout::relayout(conv);
         let shortcut = residual.zip(sc).map(|((_, st, r), t)| (t.h, t.w, t.c, st, r));
-        let geom = ConvGeom::new(conv, x.h, x.w, d, gw.wpt, shortcut, x.max_code);
+        let geom = ConvGeom::new(conv, x.h, x.w, d, &gw, shortcut, x.max_code);
         let weights = self.upload("conv weights", &gw.words);
         let requant = self.upload("requant", &layout::requant_words(conv));
         let res_binding = match residual {

@@ -34,7 +34,7 @@ impl WgpuEngine {
         let d = conv.dims(x, residual)?;
         let gw = layout::relayout(conv);
         let res = residual.map(|r| (r.input.h, r.input.w, r.input.c, r.stride, r.r));
-        let launch = Launch::Conv(ConvGeom::new(conv, x.h, x.w, d, gw.wpt, res, x.max_code()));
+        let launch = Launch::Conv(ConvGeom::new(conv, x.h, x.w, d, &gw, res, x.max_code()));
         let mut xw = Vec::new();
         layout::pack_hwc(x, &mut xw);
         let mut rw = Vec::new();
