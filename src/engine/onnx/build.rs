@@ -124,7 +124,7 @@ impl<'a> Translate<'a> {
     fn requantize(&mut self, name: &str, x: &str, scale: f64, qmax: u8) -> Act {
         let hi = f(f64::from(qmax) * scale);
         let out = match self.form {
-            // The QDQ form requantises in integers ([`Translate::conv_exact`]).
+            // (The QDQ form never gets here: it requantises in integers, `conv_exact`.)
             OnnxForm::Qdq | OnnxForm::QdqInt8 => {
                 let (sc, zp) =
                     (self.b.f32s(&format!("{name}.scale"), &[], &[f(scale)]), self.b.u8s(&format!("{name}.zero_point"), &[], &[0]));
