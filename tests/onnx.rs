@@ -24,6 +24,10 @@ fn model() -> QModel {
 
 /// A MobileNetV2 ×0.35 on `input` with random integer parameters (`common::random_arrays`).
 fn mobilenet(input: Shape, seed: u64) -> QModel {
+    QModel::from_container(&mobilenet_container(input, seed)).unwrap()
+}
+
+fn mobilenet_container(input: Shape, seed: u64) -> Container {
     let kind = ModelKind::Mobilenetv2(WidthMult::ONE).with_width_mult(0.35).unwrap();
     let net = build(kind, input, 10, None, &BitConfig::uniform(2)).unwrap();
     let mut arrays = common::random_arrays(&net, seed);
@@ -37,7 +41,7 @@ fn mobilenet(input: Shape, seed: u64) -> QModel {
         }
     }
     let h = Header { kind: "nce-model".into(), net: net.clone(), profile: None, source: None, scales: Default::default() };
-    QModel::from_container(&Container { header: serde_json::to_string(&h).unwrap(), arrays }).unwrap()
+    Container { header: serde_json::to_string(&h).unwrap(), arrays }
 }
 
 /// `n` random images for `m`'s input.
@@ -230,6 +234,22 @@ fn validate_on_onnxruntime_reports_agreement() {
     assert!(o.status.success(), "{t}");
     assert!(t.contains("argmax agreement onnxruntime-qdq vs CPU engine: 100.00% (100/100)"), "{t}");
     assert!(t.contains("logits: 0 of 1000 differ (0 images)"), "{t}");
+}
+
+/// The CLI on a MobileNetV2 `.nce` file (synthetic, 1×28×28, 10 classes, so Fashion-MNIST
+/// feeds it): `nce validate --backend onnxruntime` finds every logit equal.
+#[cfg(all(feature = "onnxruntime", feature = "cli"))]
+#[test]
+fn validate_on_onnxruntime_passes_on_a_mobilenetv2_file() {
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("mobilenetv2.nce");
+    std::fs::write(&path, nce::export::format::encode(&mobilenet_container(Shape::new(1, 28, 28), 31)).unwrap()).unwrap();
+    let file = path.to_str().unwrap();
+    let o =
+        common::nce(&["validate", file, "--data", "fashion-mnist", "--backend", "onnxruntime", "--test-subset", "12", "--threads", "1"]);
+    let t = common::text(&o);
+    assert!(o.status.success(), "{t}");
+    assert!(t.contains("logits: 0 of 120 differ (0 images)"), "{t}");
 }
 
 /// Runs `script` (in the venv scripts/setup makes) on `m` exported as `form` and on `images`;
