@@ -10,7 +10,8 @@
 //! - **ORT int8**: exported as `quantize_static` would write it (`OnnxForm::QdqInt8`: int8
 //!   per-channel weights, uint8 activations, int32 biases), which ONNX Runtime fuses into its
 //!   `QLinearConv`/`QLinearAdd` integer kernels.
-//! - **ORT QDQ (exact)**: the `nce export --onnx` file (`OnnxForm::Qdq`), float convs.
+//! - **ORT QDQ (exact)**: the `nce export --onnx` file (`OnnxForm::Qdq`), `ConvInteger` and
+//!   int64 requantisation.
 //!
 //! ONNX Runtime: CPU provider, graph optimisation level All, T intra-op threads, float input
 //! prepared once. Configurations: batch 1 and 32, T = 1 and 2. Each round runs every contender

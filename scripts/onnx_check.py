@@ -1,6 +1,9 @@
 #!/usr/bin/env python3
 """Runs an ONNX file written by `nce export --onnx` in stock ONNX Runtime (Python).
 
+Any network nce exports: tests/onnx.rs runs it on the committed ResNet-20 and on a synthetic
+MobileNetV2 (grouped `ConvInteger` nodes for its depthwise convs).
+
 usage: onnx_check.py MODEL.onnx IMAGES.u8 C H W
 IMAGES.u8 holds N images of C*H*W uint8 pixels (the dataset's layout). Checks the file with
 onnx.checker, feeds pixel/255 as the graph's `image` input and prints JSON: the metadata and

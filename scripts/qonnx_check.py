@@ -1,6 +1,9 @@
 #!/usr/bin/env python3
 """Runs a QONNX file written by `nce export --qonnx` with the qonnx package's executor.
 
+Any network nce exports: tests/onnx.rs runs it on the committed ResNet-20 and on a synthetic
+MobileNetV2 (`Conv` nodes with `group` for its depthwise convs).
+
 usage: qonnx_check.py MODEL.onnx IMAGES.u8 C H W
 IMAGES.u8 holds N images of C*H*W uint8 pixels. Each image is fed as pixel/255 through
 qonnx.core.onnx_exec.execute_onnx (which runs the Quant nodes itself); prints the integer logits

@@ -13,8 +13,7 @@ pub struct ValidateJson {
     pub backend: String,
     /// Fraction of test images the engine classified correctly (0..1).
     pub accuracy: f64,
-    /// Whether the comparison passed (bit-exact, or the agreement threshold of a backend that
-    /// is not bit-exact by design).
+    /// Whether the comparison passed: every logit equal (every backend is bit-exact).
     pub exact: bool,
     /// `--backend cpu|cpu-scalar|cpu-swar`: every layer against the tch integer simulation.
     pub simulation: Option<SimulationJson>,

@@ -29,8 +29,8 @@ pub enum BackendKind {
     /// The wgpu compute backend (Vulkan/Metal/DX12/GL; `NCE_WGPU_DOT=shift|dot4` picks the
     /// 2-bit kernel, `NCE_WGPU_ADAPTER` the adapter).
     Wgpu,
-    /// ONNX Runtime (CPU) running the model exported as QDQ ONNX; not bit-exact (float
-    /// requantisation, docs/onnx.md). Needs `scripts/setup`'s libonnxruntime.so.
+    /// ONNX Runtime (CPU) running the model exported as exact integer ONNX (`OnnxForm::Qdq`,
+    /// docs/onnx.md). Needs `scripts/setup`'s libonnxruntime.so.
     Onnxruntime,
     /// The C runtime on an emulated Cortex-M7 (`qemu-system-arm -M mps2-an500`;
     /// `NCE_C_KERNELS=scalar|simd` picks the kernels).
@@ -72,12 +72,6 @@ impl BackendKind {
             BackendKind::CpuSwar => Some(cpu::Backend::Swar),
             BackendKind::Wgpu | BackendKind::Onnxruntime | BackendKind::QemuCortexM7 | BackendKind::QemuAarch64 => None,
         }
-    }
-
-    /// Whether this backend must match the CPU engine bit for bit (ONNX Runtime requantises
-    /// in float and is held to an agreement threshold instead).
-    pub fn bit_exact(self) -> bool {
-        !matches!(self, BackendKind::Onnxruntime)
     }
 
     /// `None` when this build includes the backend, else why not.

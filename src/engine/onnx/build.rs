@@ -1,12 +1,16 @@
 //! [`QModel`] → ONNX nodes, one plan [`Step`] at a time, in the four forms of [`OnnxForm`].
 //!
 //! Every tensor gets a real scale: the input `1/255`, a conv's output the scale the exporter
-//! recorded in the header (`LayerScales::output`; 1 when a file has none). Weight scales and
-//! biases are then derived from the *integer* parameters, so that the float graph computes
-//! `(acc·m_c + q_sc·r + b_c) / 2^shift` in units of the output scale — the integer form of
-//! `docs/quantization.md` up to float32 rounding and the rounding of ties (see docs/onnx.md).
+//! recorded in the header (`LayerScales::output`; 1 when a file has none). In the QDQ form
+//! the convs, pooling and classifier then run on the codes in integers (`ConvInteger` and an
+//! int64 requantisation tail: [`Translate::conv_exact`], [`Translate::head_exact`]), which is
+//! the integer form of `docs/quantization.md` exactly. The other forms derive real weight
+//! scales and biases from the *integer* parameters, so that the float graph computes
+//! `(acc·m_c + q_sc·r + b_c) / 2^shift` in units of the output scale — exact up to float32
+//! rounding and the rounding of ties (see docs/onnx.md).
 
 use super::graph::{Attr, Builder};
+use super::proto::DataType;
 use super::{OnnxError, OnnxForm};
 use crate::engine::plan::{QModel, Step};
 use crate::engine::{Conv2d, Linear, MaxPool2d};
@@ -120,16 +124,8 @@ impl<'a> Translate<'a> {
     fn requantize(&mut self, name: &str, x: &str, scale: f64, qmax: u8) -> Act {
         let hi = f(f64::from(qmax) * scale);
         let out = match self.form {
-            OnnxForm::Qdq => {
-                // Clip in float before the quantizer: no DQ→Conv→Q pattern for ONNX Runtime to
-                // fuse into its integer kernels, whose int32 bias would be rounded.
-                let (lo, hi) = (self.b.f32s(&format!("{name}.lo"), &[], &[0.0]), self.b.f32s(&format!("{name}.hi"), &[], &[hi]));
-                let c = self.b.node("Clip", &format!("{name}.clip"), &[x, &lo, &hi], vec![]);
-                let (sc, zp) =
-                    (self.b.f32s(&format!("{name}.scale"), &[], &[f(scale)]), self.b.u8s(&format!("{name}.zero_point"), &[], &[0]));
-                self.b.node("QuantizeLinear", name, &[&c, &sc, &zp], vec![])
-            }
-            OnnxForm::QdqInt8 => {
+            // (The QDQ form never gets here: it requantises in integers, `conv_exact`.)
+            OnnxForm::Qdq | OnnxForm::QdqInt8 => {
                 let (sc, zp) =
                     (self.b.f32s(&format!("{name}.scale"), &[], &[f(scale)]), self.b.u8s(&format!("{name}.zero_point"), &[], &[0]));
                 let q = self.b.node("QuantizeLinear", &format!("{name}.q"), &[x, &sc, &zp], vec![]);
@@ -152,8 +148,8 @@ impl<'a> Translate<'a> {
 /// A conv's weights and bias in ONNX terms, derived from its integer parameters with real
 /// input scale `s_in` and output scale `s_out`.
 struct ConvParams {
-    /// Codes in ONNX's `[c_out, c_in, k, k]` order, negated in channels whose multiplier is
-    /// negative (so every weight scale is positive).
+    /// Codes in ONNX's `[c_out, c_in/groups, k, k]` order, negated in channels whose
+    /// multiplier is negative (so every weight scale is positive).
     codes: Vec<i8>,
     /// Per channel `|m_c| / 2^shift · s_out / s_in`.
     w_scale: Vec<f64>,
@@ -162,9 +158,6 @@ struct ConvParams {
     /// Per channel `round(b_c / |m_c|)`: the bias at scale `s_in · w_scale` (int32, for ONNX
     /// Runtime's integer kernels; rounded, hence only in [`OnnxForm::QdqInt8`]).
     bias_int: Vec<i32>,
-    /// The integer offsets `b_c` and the real value of one unit, `s_out / 2^shift`.
-    bias_fixed: Vec<i32>,
-    bias_unit: f64,
 }
 
 /// Smallest weight scale written: a channel whose multiplier is 0 contributes nothing either
@@ -173,24 +166,42 @@ const TINY_SCALE: f64 = 1e-30;
 
 impl ConvParams {
     fn new(conv: &Conv2d, s_in: f64, s_out: f64) -> Self {
-        let (k, c_in, k_len) = (conv.k, conv.c_in, conv.k_len());
         let rq = &conv.requant;
         let unit = s_out / 2f64.powi(rq.shift as i32);
-        let engine = conv.weights.codes_i32();
-        let mut codes = vec![0i8; engine.len()];
-        for (o, row) in engine.chunks_exact(k_len).enumerate() {
-            let sign = if rq.m[o] < 0 { -1 } else { 1 };
-            for (i, &c) in row.iter().enumerate() {
-                let (ky, kx, ci) = (i / (k * c_in), (i / c_in) % k, i % c_in);
-                codes[o * k_len + (ci * k + ky) * k + kx] = (sign * c) as i8;
-            }
-        }
+        let signs: Vec<i32> = rq.m.iter().map(|&m| if m < 0 { -1 } else { 1 }).collect();
+        let codes = onnx_codes(conv, &signs);
         let w_scale = rq.m.iter().map(|&m| (f64::from(m).abs() * unit / s_in).max(TINY_SCALE)).collect();
         let bias = rq.b.iter().map(|&b| f64::from(b) * unit).collect();
         let bias_int =
             rq.m.iter().zip(&rq.b).map(|(&m, &b)| if m == 0 { 0 } else { (f64::from(b) / f64::from(m).abs()).round() as i32 }).collect();
-        ConvParams { codes, w_scale, bias, bias_int, bias_fixed: rq.b.clone(), bias_unit: unit }
+        ConvParams { codes, w_scale, bias, bias_int }
     }
+}
+
+/// The conv's codes in ONNX's `[c_out][ci][ky][kx]` order (`ci` within the channel's group)
+/// from the engine's `[c_out][(ky, kx, ci)]`, channel `o` multiplied by `sign[o]`.
+fn onnx_codes(conv: &Conv2d, sign: &[i32]) -> Vec<i8> {
+    let (k, cg, k_len) = (conv.k, conv.c_in_per_group(), conv.k_len());
+    let engine = conv.weights.codes_i32();
+    let mut codes = vec![0i8; engine.len()];
+    for ((o, row), s) in engine.chunks_exact(k_len).enumerate().zip(sign) {
+        for (i, &c) in row.iter().enumerate() {
+            let (ky, kx, ci) = (i / (k * cg), (i / cg) % k, i % cg);
+            codes[o * k_len + (ci * k + ky) * k + kx] = (s * c) as i8;
+        }
+    }
+    codes
+}
+
+/// The ONNX attributes of `conv`: kernel, strides, symmetric pads and `group`.
+fn conv_attrs(conv: &Conv2d) -> Vec<(&'static str, Attr)> {
+    let (k, s, pad) = (conv.k as i64, conv.stride as i64, conv.pad as i64);
+    vec![
+        ("kernel_shape", Attr::Ints(vec![k, k])),
+        ("strides", Attr::Ints(vec![s, s])),
+        ("pads", Attr::Ints(vec![pad; 4])),
+        ("group", Attr::Int(conv.groups.max(1) as i64)),
+    ]
 }
 
 impl Translate<'_> {
@@ -203,13 +214,16 @@ impl Translate<'_> {
         let (name, out_name) = (self.layer_name(layer), self.layer_name(out));
         let x_act = self.act(input)?;
         let s_out = self.recorded(layer, |s| s.output);
+        if self.form == OnnxForm::Qdq {
+            let codes = self.conv_exact(name, out_name, &x_act, conv, residual)?;
+            self.acts[out] = Some(Act { name: codes, scale: s_out });
+            return Ok(());
+        }
         let p = ConvParams::new(conv, x_act.scale, s_out);
         let x = self.real(&x_act, name, None);
         let w = self.conv_weights(name, conv, &p);
         let bias = self.conv_bias(name, x_act.scale, &p);
-        let (k, s, pad) = (conv.k as i64, conv.stride as i64, conv.pad as i64);
-        let attrs = vec![("kernel_shape", Attr::Ints(vec![k, k])), ("strides", Attr::Ints(vec![s, s])), ("pads", Attr::Ints(vec![pad; 4]))];
-        let mut y = self.b.node("Conv", &format!("{name}.conv"), &[&x, &w, &bias], attrs);
+        let mut y = self.b.node("Conv", &format!("{name}.conv"), &[&x, &w, &bias], conv_attrs(conv));
         if let Some(&(src, stride, r)) = residual {
             y = self.residual_add(out_name, &y, conv, (src, stride, r), s_out)?;
         }
@@ -218,8 +232,63 @@ impl Translate<'_> {
         Ok(())
     }
 
+    /// The QDQ form's conv, exact: `ConvInteger` on the codes (uint8 × int8 → int32, `group`
+    /// included), then the engine's epilogue in int64, `clamp((acc·m_c + b_c + q_sc·r +
+    /// 2^(shift−1)) / 2^shift, 0, qmax)`, cast back to uint8 codes named `out_name`. ONNX's
+    /// integer `Div` truncates toward zero where the engine shifts (floors); the two differ
+    /// only on negative sums, which both clamp to 0.
+    fn conv_exact(
+        &mut self,
+        name: &str,
+        out_name: &str,
+        x: &Act,
+        conv: &Conv2d,
+        residual: Option<&(Src, usize, i32)>,
+    ) -> Result<String, OnnxError> {
+        let (rq, c) = (&conv.requant, conv.c_conv());
+        let dims = [c, conv.c_in_per_group(), conv.k, conv.k];
+        let w = self.b.i8s(&format!("{name}.w_codes"), &dims, &onnx_codes(conv, &vec![1; c]));
+        let xz = self.b.u8s(&format!("{name}.x_zero_point"), &[], &[0]);
+        let wz = self.b.i8s(&format!("{name}.w_zero_point"), &[], &[0]);
+        let acc = self.b.node("ConvInteger", &format!("{name}.conv"), &[&x.name, &w, &xz, &wz], conv_attrs(conv));
+        let acc = self.cast(&format!("{name}.acc"), &acc, DataType::Int64);
+        let m: Vec<i64> = rq.m.iter().map(|&v| i64::from(v)).collect();
+        let m = self.b.i64s(&format!("{name}.m"), &[1, c, 1, 1], &m);
+        let y = self.b.node("Mul", &format!("{name}.scaled"), &[&acc, &m], vec![]);
+        // The rounding term rides on the bias (and on channels the conv lacks, below).
+        let round = rq.rounding();
+        let b: Vec<i64> = rq.b.iter().map(|&v| i64::from(v) + round).collect();
+        let b = self.b.i64s(&format!("{name}.b_fixed"), &[1, c, 1, 1], &b);
+        let mut y = self.b.node("Add", &format!("{name}.biased"), &[&y, &b], vec![]);
+        if let Some(&(src, stride, r)) = residual {
+            let c_res = self.channels(src);
+            let c_out = c.max(c_res);
+            let sc = self.shortcut_codes(out_name, src, stride, c_out)?;
+            let sc = self.cast(&format!("{out_name}.sc_int"), &sc.name, DataType::Int64);
+            let r = self.b.i64s(&format!("{out_name}.r"), &[], &[i64::from(r)]);
+            let sc = self.b.node("Mul", &format!("{out_name}.sc_scaled"), &[&sc, &r], vec![]);
+            if c < c_out {
+                let pads = self.b.i64s(&format!("{out_name}.conv_pads"), &[8], &[0, 0, 0, 0, 0, (c_out - c) as i64, 0, 0]);
+                let fill = self.b.i64s(&format!("{out_name}.conv_fill"), &[], &[round]);
+                y = self.b.node("Pad", &format!("{out_name}.conv_pad"), &[&y, &pads, &fill], vec![]);
+            }
+            y = self.b.node("Add", &format!("{out_name}.add"), &[&y, &sc], vec![]);
+        }
+        let d = self.b.i64s(&format!("{out_name}.divisor"), &[], &[1i64 << rq.shift]);
+        let q = self.b.node("Div", &format!("{out_name}.shifted"), &[&y, &d], vec![]);
+        let (lo, hi) =
+            (self.b.i64s(&format!("{out_name}.lo"), &[], &[0]), self.b.i64s(&format!("{out_name}.hi"), &[], &[i64::from(rq.qmax)]));
+        let q = self.b.node("Clip", &format!("{out_name}.clip"), &[&q, &lo, &hi], vec![]);
+        Ok(self.b.node("Cast", out_name, &[&q], vec![("to", Attr::Int(DataType::Uint8 as i64))]))
+    }
+
+    /// A `Cast` of `x` to `to`, named `name`.
+    fn cast(&mut self, name: &str, x: &str, to: DataType) -> String {
+        self.b.node("Cast", name, &[x], vec![("to", Attr::Int(to as i64))])
+    }
+
     fn conv_weights(&mut self, name: &str, conv: &Conv2d, p: &ConvParams) -> String {
-        let dims = [conv.c_conv(), conv.c_in, conv.k, conv.k];
+        let dims = [conv.c_conv(), conv.c_in_per_group(), conv.k, conv.k];
         let per_channel =
             |b: &mut Builder, s: &[f64]| b.f32s(&format!("{name}.w_scale"), &[s.len()], &s.iter().map(|&v| f(v)).collect::<Vec<_>>());
         let real = |codes: &[i8], scale: &[f64]| -> Vec<f32> {
@@ -257,15 +326,6 @@ impl Translate<'_> {
             let zp = self.b.i32s(&format!("{name}.b_zero_point"), &[n], &vec![0; n]);
             return self.b.node("DequantizeLinear", &format!("{name}.b"), &[&q, &sc, &zp], vec![("axis", Attr::Int(0))]);
         }
-        if self.form == OnnxForm::Qdq {
-            // The fixed-point offsets themselves (int32, one scale `s_out / 2^shift`): a float
-            // bias would be rounded to ONNX Runtime's `s_in · s_w` grid by its BiasQuantization
-            // pass, changing results.
-            let q = self.b.i32s(&format!("{name}.b_fixed"), &[n], &p.bias_fixed);
-            let sc = self.b.f32s(&format!("{name}.b_scale"), &[], &[f(p.bias_unit)]);
-            let zp = self.b.i32s(&format!("{name}.b_zero_point"), &[], &[0]);
-            return self.b.node("DequantizeLinear", &format!("{name}.b"), &[&q, &sc, &zp], vec![]);
-        }
         self.b.f32s(&format!("{name}.b"), &[n], &p.bias.iter().map(|&v| f(v)).collect::<Vec<_>>())
     }
 
@@ -286,18 +346,10 @@ impl Translate<'_> {
         self.b.node("Pad", name, &[x, &pads], vec![])
     }
 
-    /// `conv + q_sc · r / 2^shift · s_out` with option-A subsampling and channel padding.
-    fn residual_add(
-        &mut self,
-        name: &str,
-        y: &str,
-        conv: &Conv2d,
-        (src, stride, r): (Src, usize, i32),
-        s_out: f64,
-    ) -> Result<String, OnnxError> {
+    /// The shortcut of the residual add `name`: the codes of `src` subsampled by `stride`
+    /// (option A, `Slice` with steps) and zero-padded to `c_out` channels.
+    fn shortcut_codes(&mut self, name: &str, src: Src, stride: usize, c_out: usize) -> Result<Act, OnnxError> {
         let sc = self.act(src)?;
-        let (c_conv, c_res) = (conv.c_conv(), self.channels(src));
-        let c_out = c_conv.max(c_res);
         let mut t = sc.name.clone();
         if stride > 1 {
             let st = stride as i64;
@@ -307,9 +359,24 @@ impl Translate<'_> {
             let steps = self.b.i64s(&format!("{name}.sc_steps"), &[2], &[st, st]);
             t = self.b.node("Slice", &format!("{name}.sc_sub"), &[&t, &starts, &ends, &axes, &steps], vec![]);
         }
-        t = self.pad_channels(&format!("{name}.sc_pad"), &t, c_res, c_out);
+        let t = self.pad_channels(&format!("{name}.sc_pad"), &t, self.channels(src), c_out);
+        Ok(Act { name: t, scale: sc.scale })
+    }
+
+    /// `conv + q_sc · r / 2^shift · s_out` with option-A subsampling and channel padding.
+    fn residual_add(
+        &mut self,
+        name: &str,
+        y: &str,
+        conv: &Conv2d,
+        (src, stride, r): (Src, usize, i32),
+        s_out: f64,
+    ) -> Result<String, OnnxError> {
+        let (c_conv, c_res) = (conv.c_conv(), self.channels(src));
+        let c_out = c_conv.max(c_res);
+        let sc = self.shortcut_codes(name, src, stride, c_out)?;
         let k = f64::from(r) / 2f64.powi(conv.requant.shift as i32) * s_out;
-        let shortcut = self.real(&Act { name: t, scale: sc.scale }, &format!("{name}.sc"), Some(k));
+        let shortcut = self.real(&sc, &format!("{name}.sc"), Some(k));
         let mut y = y.to_string();
         if self.form == OnnxForm::QdqInt8 {
             // What a calibrated int8 quantizer does: the conv output stored in 8 bits too.
@@ -335,6 +402,14 @@ impl Translate<'_> {
     fn pool(&mut self, layer: usize, input: Src) -> Result<(), OnnxError> {
         let x = self.act(input)?;
         let name = self.layer_name(layer);
+        if self.form == OnnxForm::Qdq {
+            // The engine's exact per-channel sums `S_c = Σ_hw q` (int64 [N, C]).
+            let codes = self.cast(&format!("{name}.codes"), &x.name, DataType::Int64);
+            let axes = self.b.i64s(&format!("{name}.axes"), &[2], &[2, 3]);
+            let sum = self.b.node("ReduceSum", name, &[&codes, &axes], vec![("keepdims", Attr::Int(0))]);
+            self.pooled = Some((sum, x.scale));
+            return Ok(());
+        }
         let real = self.real(&x, name, None);
         let avg = self.b.node("GlobalAveragePool", &format!("{name}.avg"), &[&real], vec![]);
         let flat = self.b.node("Flatten", name, &[&avg], vec![("axis", Attr::Int(1))]);
@@ -349,6 +424,10 @@ impl Translate<'_> {
         let s_w = self.recorded(layer, |s| s.weight);
         let unit = super::logit_scale(self.model);
         let dims = [l.c_out(), l.c_in()];
+        if self.form == OnnxForm::Qdq {
+            self.linear_exact(name, &x, l, unit);
+            return Ok(());
+        }
         let w = match self.form {
             OnnxForm::Qdq | OnnxForm::QdqInt8 => {
                 let q = self.b.i8s(&format!("{name}.w_codes"), &dims, &l.weights.data);
@@ -370,6 +449,23 @@ impl Translate<'_> {
         let c = self.b.f32s(&format!("{name}.b"), &[l.c_out()], &bias);
         self.b.node("Gemm", super::OUTPUT, &[&x, &w, &c], vec![("transB", Attr::Int(1))]);
         Ok(())
+    }
+}
+
+impl Translate<'_> {
+    /// The QDQ form's classifier on the int64 sums `x`: the engine's integer logits
+    /// `Σ_c w[o,c]·S_c + b_o` ([`super::INTEGER_LOGITS`], int64), then times `unit` in float.
+    fn linear_exact(&mut self, name: &str, x: &str, l: &Linear, unit: f64) {
+        let w = self.b.i8s(&format!("{name}.w_codes"), &[l.c_out(), l.c_in()], &l.weights.data);
+        let wt = self.b.node("Transpose", &format!("{name}.w_t"), &[&w], vec![("perm", Attr::Ints(vec![1, 0]))]);
+        let wt = self.cast(&format!("{name}.w_int"), &wt, DataType::Int64);
+        let acc = self.b.node("MatMul", &format!("{name}.matmul"), &[x, &wt], vec![]);
+        let b: Vec<i64> = l.bias.iter().map(|&v| i64::from(v)).collect();
+        let b = self.b.i64s(&format!("{name}.b_int"), &[l.c_out()], &b);
+        let logits = self.b.node("Add", super::INTEGER_LOGITS, &[&acc, &b], vec![]);
+        let real = self.cast(&format!("{name}.logits_f"), &logits, DataType::Float);
+        let u = self.b.f32s(&format!("{name}.unit"), &[], &[f(unit)]);
+        self.b.node("Mul", super::OUTPUT, &[&real, &u], vec![]);
     }
 }
 

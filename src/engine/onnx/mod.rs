@@ -19,6 +19,10 @@ use proto::{
 pub const INPUT: &str = "image";
 /// The graph output: `float32 [N, classes]` real logits (integer logit × [`logit_scale`]).
 pub const OUTPUT: &str = "logits";
+/// In the QDQ form, the int64 `[N, classes]` tensor of the engine's integer logits, of which
+/// [`OUTPUT`] is the float32 product with [`logit_scale`]. Not a graph output of the file;
+/// [`to_bytes_with_integer_logits`] makes it one.
+pub const INTEGER_LOGITS: &str = "logits_int";
 /// The ONNX operator set written.
 pub const OPSET: i64 = 17;
 /// The ONNX IR version that goes with [`OPSET`].
@@ -28,9 +32,11 @@ const IR_VERSION: i64 = 8;
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
 #[cfg_attr(feature = "cli", derive(clap::ValueEnum))]
 pub enum OnnxForm {
-    /// QDQ, exact up to float rounding: int8 weight codes with per-channel scales
-    /// (`DequantizeLinear`), uint8 activation codes (`Clip` + `QuantizeLinear`), float biases.
-    /// What `nce export --onnx` writes and `--backend onnxruntime` runs.
+    /// Exact: the image quantized to uint8 codes (`QuantizeLinear`), int8 weight codes in
+    /// `ConvInteger` (`group` for grouped and depthwise convs), the requantisation, pooling and
+    /// classifier in int64 (`Mul`, `Add`, `Div`, `Clip`, `ReduceSum`, `MatMul`), uint8
+    /// activation codes between layers. What `nce export --onnx` writes and `--backend
+    /// onnxruntime` runs.
     Qdq,
     /// QDQ as an int8 quantizer writes it (int32 biases, every conv output quantized) so that
     /// ONNX Runtime fuses it into its integer kernels: the speed baseline, not exact.
@@ -123,6 +129,17 @@ pub fn to_bytes(model: &QModel, form: OnnxForm) -> Result<Vec<u8>, OnnxError> {
     Ok(prost::Message::encode_to_vec(&to_model(model, form)?))
 }
 
+/// The QDQ form as bytes with [`INTEGER_LOGITS`] as a second graph output, so that a runtime
+/// can read the integer logits exactly (the float32 [`OUTPUT`] holds them only to 24 bits).
+pub fn to_bytes_with_integer_logits(model: &QModel) -> Result<Vec<u8>, OnnxError> {
+    let mut p = to_model(model, OnnxForm::Qdq)?;
+    let classes = model.net().classes;
+    if let Some(g) = p.graph.as_mut() {
+        g.output.push(typed_value_info(INTEGER_LOGITS, DataType::Int64, &[None, Some(classes)]));
+    }
+    Ok(prost::Message::encode_to_vec(&p))
+}
+
 /// Metadata keys written into every file (`metadata_props`).
 pub mod keys {
     /// The [`super::OnnxForm`] name.
@@ -155,6 +172,10 @@ fn metadata(model: &QModel, form: OnnxForm) -> Result<Vec<StringStringEntryProto
 }
 
 fn value_info(name: &str, dims: &[Option<usize>]) -> ValueInfoProto {
+    typed_value_info(name, DataType::Float, dims)
+}
+
+fn typed_value_info(name: &str, dtype: DataType, dims: &[Option<usize>]) -> ValueInfoProto {
     let dim = dims
         .iter()
         .map(|d| match d {
@@ -162,6 +183,6 @@ fn value_info(name: &str, dims: &[Option<usize>]) -> ValueInfoProto {
             None => Dimension { dim_value: None, dim_param: Some("N".into()) },
         })
         .collect();
-    let tensor = TensorTypeProto { elem_type: DataType::Float as i32, shape: Some(TensorShapeProto { dim }) };
+    let tensor = TensorTypeProto { elem_type: dtype as i32, shape: Some(TensorShapeProto { dim }) };
     ValueInfoProto { name: name.into(), r#type: Some(TypeProto { tensor_type: Some(tensor) }) }
 }

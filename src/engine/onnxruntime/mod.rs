@@ -2,10 +2,9 @@
 //! ([`super::onnx::OnnxForm::Qdq`]) and run by the `libonnxruntime.so` that `scripts/setup`
 //! unpacks from the `onnxruntime` PyPI wheel, loaded at run time (`ort`'s `load-dynamic`).
 //!
-//! ONNX Runtime computes the convs in float32 and rounds ties to even, so its integer logits
-//! may differ from the engine's where a value lands within float error of a rounding boundary
-//! (docs/onnx.md): `nce validate` reports agreement and the largest logit difference instead of
-//! demanding bit-exactness.
+//! The QDQ graph computes the convs (dense, grouped and depthwise) with `ConvInteger` and
+//! requantises, pools and classifies in int64, so the integer logits read back
+//! ([`onnx::INTEGER_LOGITS`]) are the engine's exactly (docs/onnx.md).
 
 use super::backend::{Backend, BackendError, BackendKind, BackendOptions, PreparedModel};
 use super::onnx::{self, OnnxError, OnnxForm};
@@ -75,6 +74,16 @@ pub fn run_session(session: &mut Session, pixels: Vec<f32>, n: usize, chw: [usiz
     Ok(logits.to_vec())
 }
 
+/// Runs `session` (a QDQ graph from [`onnx::to_bytes_with_integer_logits`]) on `n` images
+/// given as float `pixel / 255` and returns the integer logits, `classes` per image.
+pub fn run_session_integer(session: &mut Session, pixels: Vec<f32>, n: usize, chw: [usize; 3]) -> Result<Vec<i64>, OrtError> {
+    let shape = vec![n as i64, chw[0] as i64, chw[1] as i64, chw[2] as i64];
+    let input = Tensor::from_array((shape, pixels)).map_err(rt)?;
+    let out = session.run(ort::inputs![onnx::INPUT => input]).map_err(rt)?;
+    let (_, logits) = out[onnx::INTEGER_LOGITS].try_extract_tensor::<i64>().map_err(rt)?;
+    Ok(logits.to_vec())
+}
+
 /// The ONNX Runtime backend (CPU execution provider).
 pub struct OrtBackend {
     threads: usize,
@@ -100,16 +109,10 @@ impl Backend for OrtBackend {
         format!("ONNX Runtime CPU, {} thread(s)", self.threads)
     }
     fn prepare<'a>(&'a self, model: &'a QModel) -> Result<Box<dyn PreparedModel + 'a>, BackendError> {
-        let bytes = onnx::to_bytes(model, OnnxForm::Qdq).map_err(OrtError::from)?;
+        let bytes = onnx::to_bytes_with_integer_logits(model).map_err(OrtError::from)?;
         let session = Mutex::new(session(&bytes, self.threads)?);
         let s = model.net().input;
-        Ok(Box::new(OrtModel {
-            session,
-            unit: onnx::logit_scale(model),
-            chw: [s.c, s.h, s.w],
-            max_batch: self.max_batch,
-            threads: self.threads,
-        }))
+        Ok(Box::new(OrtModel { session, chw: [s.c, s.h, s.w], max_batch: self.max_batch, threads: self.threads }))
     }
     fn min_model_runs(&self) -> (usize, usize) {
         (10, 100)
@@ -119,8 +122,6 @@ impl Backend for OrtBackend {
 /// A model in an ONNX Runtime session.
 struct OrtModel {
     session: Mutex<Session>,
-    /// Real value of one integer logit.
-    unit: f64,
     chw: [usize; 3],
     max_batch: usize,
     threads: usize,
@@ -139,9 +140,12 @@ impl PreparedModel for OrtModel {
         for chunk in images.chunks(per * self.max_batch) {
             let n = chunk.len() / per;
             let pixels = chunk.iter().map(|&p| f32::from(p) / 255.0).collect();
-            let logits = run_session(&mut session, pixels, n, self.chw)?;
+            let logits = run_session_integer(&mut session, pixels, n, self.chw)?;
             let classes = logits.len() / n.max(1);
-            out.extend(logits.chunks(classes.max(1)).map(|l| l.iter().map(|&v| (f64::from(v) / self.unit).round() as i32).collect()));
+            for l in logits.chunks(classes.max(1)) {
+                let l: Result<Vec<i32>, _> = l.iter().map(|&v| i32::try_from(v)).collect();
+                out.push(l.map_err(|_| OrtError::Runtime("an integer logit outside int32".into()))?);
+            }
         }
         Ok(out)
     }
