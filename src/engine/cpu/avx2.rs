@@ -26,7 +26,8 @@
 //!   uses `vpmuldq` on even/odd lanes with the arithmetic shift replaced by "negative → 0, else
 //!   logical shift", which is the same function since the result is clamped at 0.
 //!
-//! All `unsafe` in the engine lives in this file and `avx512.rs`. The SAFETY argument here:
+//! All `unsafe` in the engine lives in this file, `avx512.rs` and the SIMD files of `depthwise/`
+//! (each with its own SAFETY notes; the depthwise kernels reuse this file's epilogue). Here:
 //! (1) a [`ConvKernel`] is only constructed after `is_x86_feature_detected!("avx2")`, so the
 //! `#[target_feature(enable = "avx2")]` functions are only reached on CPUs that have AVX2;
 //! (2) every raw pointer read stays inside buffers whose sizes are fixed in [`ConvKernel::job`]

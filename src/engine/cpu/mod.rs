@@ -11,6 +11,10 @@
 //! binary serves every x86-64 machine; [`Backend::best`] takes the last available). There is no
 //! NEON backend yet: it would sit beside `avx2.rs` as `neon.rs` behind `target_arch = "aarch64"`
 //! and plug into the same `Kernel` enum and pixel-range driver.
+//!
+//! Depthwise convs (`groups == c_in == c_out`) run the channel-vectorised kernels of
+//! `depthwise/` on the SWAR, AVX2 and AVX-512 backends (SWAR hands 8-bit weights and inputs
+//! above 3 to the reference); other grouped convs run the reference on every backend.
 
 pub mod backend;
 mod depthwise;

@@ -83,7 +83,11 @@ unsafe fn run_avx2(job: &Job, conv: &Conv2d, g: &Geometry, px: Range<usize>, out
     for (n, out_px) in px.zip(out.chunks_exact_mut(g.d.c_out)) {
         let (origin, sc) = g.pixel(n);
         for blk in 0..job.w.blocks {
-            let (lo, hi) = mac16(inp.add(origin + blk * BLOCK), &g.taps, w.add(blk * taps * BLOCK), job.run);
+            let (x, wb) = (inp.add(origin + blk * BLOCK), w.add(blk * taps * BLOCK));
+            let (lo, hi) = match <&[usize; 9]>::try_from(&g.taps[..]) {
+                Ok(t9) if job.run >= 9 => mac16_short(x, t9, wb),
+                _ => mac16(x, &g.taps, wb, job.run),
+            };
             finish16(&job.epi, &conv.requant, lo, hi, blk * BLOCK, sc, out_px);
         }
         shortcut_only(&conv.requant, job.w.blocks * BLOCK, sc, out_px);
@@ -109,6 +113,19 @@ unsafe fn mac16(x: *const u8, taps: &[usize], w: *const i16, run: usize) -> (__m
         }
     }
     widen_add(acc16, lo, hi)
+}
+
+/// [`mac16`] for `T ≤ run` taps (3×3 kernels): no widening inside, the tap loop unrolled.
+#[inline]
+#[target_feature(enable = "avx2")]
+unsafe fn mac16_short<const T: usize>(x: *const u8, taps: &[usize; T], w: *const i16) -> (__m256i, __m256i) {
+    let mut acc16 = _mm256_setzero_si256();
+    for (t, &off) in taps.iter().enumerate() {
+        let xv = _mm256_cvtepu8_epi16(_mm_loadu_si128(x.add(off).cast()));
+        let wv = _mm256_loadu_si256(w.add(t * BLOCK).cast());
+        acc16 = _mm256_add_epi16(acc16, _mm256_mullo_epi16(xv, wv));
+    }
+    widen_add(acc16, _mm256_setzero_si256(), _mm256_setzero_si256())
 }
 
 /// `(lo, hi) + acc16` widened: lanes 0..8 to `lo`, 8..16 to `hi`.

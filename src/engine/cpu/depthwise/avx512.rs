@@ -72,7 +72,11 @@ unsafe fn run_avx512(job: &Job, conv: &Conv2d, g: &Geometry, px: Range<usize>, o
     for (n, out_px) in px.zip(out.chunks_exact_mut(g.d.c_out)) {
         let (origin, sc) = g.pixel(n);
         for blk in 0..job.w.blocks {
-            let [a, b, c, d] = mac32(inp.add(origin + blk * BLOCK), &g.taps, w.add(blk * taps * BLOCK), job.run);
+            let (x, wb) = (inp.add(origin + blk * BLOCK), w.add(blk * taps * BLOCK));
+            let [a, b, c, d] = match <&[usize; 9]>::try_from(&g.taps[..]) {
+                Ok(t9) if job.run >= 9 => mac32_short(x, t9, wb),
+                _ => mac32(x, &g.taps, wb, job.run),
+            };
             finish16(&job.epi, &conv.requant, a, b, blk * BLOCK, sc, out_px);
             finish16(&job.epi, &conv.requant, c, d, blk * BLOCK + 16, sc, out_px);
         }
@@ -98,7 +102,26 @@ unsafe fn mac32(x: *const u8, taps: &[usize], w: *const i16, run: usize) -> [__m
             (acc16, left) = (zero, run);
         }
     }
-    let (lo, hi) = widen_add(acc16, lo, hi);
+    quarters(widen_add(acc16, lo, hi))
+}
+
+/// [`mac32`] for `T ≤ run` taps (3×3 kernels): no widening inside, the tap loop unrolled.
+#[inline]
+#[target_feature(enable = "avx512f,avx512bw,avx2")]
+unsafe fn mac32_short<const T: usize>(x: *const u8, taps: &[usize; T], w: *const i16) -> [__m256i; 4] {
+    let mut acc16 = _mm512_setzero_si512();
+    for (t, &off) in taps.iter().enumerate() {
+        let xv = _mm512_cvtepu8_epi16(_mm256_loadu_si256(x.add(off).cast()));
+        let wv = _mm512_loadu_si512(w.add(t * BLOCK).cast());
+        acc16 = _mm512_add_epi16(acc16, _mm512_mullo_epi16(xv, wv));
+    }
+    quarters(widen_add(acc16, _mm512_setzero_si512(), _mm512_setzero_si512()))
+}
+
+/// The 32 int32 accumulators `(lo, hi)` as four vectors of 8 channels, in channel order.
+#[inline]
+#[target_feature(enable = "avx512f,avx512bw,avx2")]
+fn quarters((lo, hi): (__m512i, __m512i)) -> [__m256i; 4] {
     [_mm512_castsi512_si256(lo), _mm512_extracti64x4_epi64::<1>(lo), _mm512_castsi512_si256(hi), _mm512_extracti64x4_epi64::<1>(hi)]
 }
 

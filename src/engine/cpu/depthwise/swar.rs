@@ -96,8 +96,9 @@ impl<'a> Job<'a> {
                 xu += (x & m[0]) + ((x & m[1]) << 1);
                 sx += x;
             }
-            for (l, a) in lanes.iter_mut().enumerate() {
-                *a += 2 * ((xu >> (8 * l)) & 0xff) as i32 - 3 * ((sx >> (8 * l)) & 0xff) as i32;
+            let (xu, sx) = (xu.to_le_bytes(), sx.to_le_bytes());
+            for ((a, &u), &s) in lanes.iter_mut().zip(&xu).zip(&sx) {
+                *a += 2 * u as i32 - 3 * s as i32;
             }
         }
     }
