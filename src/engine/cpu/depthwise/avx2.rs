@@ -154,15 +154,24 @@ pub(super) unsafe fn finish16(epi: &Epilogue, rq: &Requant, lo: __m256i, hi: __m
         if c1 == c0 + BLOCK && (shortcut == 0 || shortcut == BLOCK) {
             let q = |h: usize| res.filter(|_| shortcut == BLOCK).map(|(q, _)| u64::from_le_bytes(q[h..h + 8].try_into().expect("8")));
             let a = requant8_f64(lo, m[c0..c0 + 8].as_ptr(), c[c0..c0 + 8].as_ptr(), q(0), *r, *qmax);
-            let b = requant8_f64(hi, m[c0 + 8..c1].as_ptr(), c[c0 + 8..c1].as_ptr(), q(8), *r, *qmax);
+            let b = requant8_f64(hi, m[c0 + 8..c0 + 16].as_ptr(), c[c0 + 8..c0 + 16].as_ptr(), q(8), *r, *qmax);
             out[c0..c0 + 8].copy_from_slice(&a.to_le_bytes());
-            out[c0 + 8..c1].copy_from_slice(&b.to_le_bytes());
+            out[c0 + 8..c0 + 16].copy_from_slice(&b.to_le_bytes());
             return;
         }
     }
     let mut tile = [0i32; BLOCK];
     _mm256_storeu_si256(tile.as_mut_ptr().cast(), lo);
     _mm256_storeu_si256(tile.as_mut_ptr().add(8).cast(), hi);
+    finish_tile(epi, rq, &tile, c0..c1, res, out);
+}
+
+/// The general path of [`finish16`] (partial blocks and shortcuts, the int64 form), out of line
+/// so that the fused path stays small enough to inline into the kernels.
+#[inline(never)]
+#[target_feature(enable = "avx2")]
+unsafe fn finish_tile(epi: &Epilogue, rq: &Requant, tile: &[i32; BLOCK], ch: Range<usize>, res: Option<(&[u8], i32)>, out: &mut [u8]) {
+    let (c0, c1) = (ch.start, ch.end);
     match epi {
         Epilogue::F64 { m, c, r, qmax } => {
             epilogue_f64(tile.as_ptr(), m[c0..].as_ptr(), c[c0..].as_ptr(), res, *r, *qmax, &mut out[c0..c1])
