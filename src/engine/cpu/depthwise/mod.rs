@@ -163,11 +163,13 @@ fn shortcut_only(rq: &Requant, first: usize, sc: Option<(&[u8], i32)>, out: &mut
 
 /// Largest `n` with `n · amax · wmax ≤ i16::MAX`: how many taps an int16 lane may sum before
 /// it is widened (at least 1, since one product `255 · 128` fits).
+#[cfg(target_arch = "x86_64")]
 fn int16_run(amax: u8, wmax: u32) -> usize {
     (i16::MAX as usize / (amax.max(1) as usize * wmax.max(1) as usize)).max(1)
 }
 
 /// Largest |weight code| of a conv (sizes the int16 runs).
+#[cfg(target_arch = "x86_64")]
 fn max_abs_code(codes: &[i32]) -> u32 {
     codes.iter().map(|c| c.unsigned_abs()).max().unwrap_or(0)
 }
@@ -177,7 +179,7 @@ fn reference_pixels(conv: &Conv2d, codes: &[i32], g: &Geometry, px: Range<usize>
     reference::conv2d_pixels(conv, codes, &g.d, g.x, g.residual, px, out)
 }
 
-#[cfg(test)]
+#[cfg(all(test, target_arch = "x86_64"))]
 mod tests {
     use super::int16_run;
 
