@@ -9,7 +9,7 @@
 //! (never depthwise in the models here) run the reference, and so does a call whose input has
 //! a code above 3 (8-bit activations), as in `../swar.rs`.
 
-use super::{reference_pixels, requantize, Geometry};
+use super::{reference_pixels, requantize, shortcut_only, Geometry};
 use crate::engine::{Conv2d, ConvWeights, QTensor};
 use std::ops::Range;
 
@@ -74,14 +74,13 @@ impl<'a> Job<'a> {
                 let masks = &self.w.masks[chunk * g.taps.len() * 2..(chunk + 1) * g.taps.len() * 2];
                 self.chunk(&g.input, origin + chunk * LANES, &g.taps, masks, lanes);
             }
-            for (ch, q) in out_px.iter_mut().enumerate() {
-                let (a, m, b) = if ch < d.c_conv { (acc[ch], rq.m[ch], rq.b[ch]) } else { (0, 0, 0) };
-                let (q_sc, r) = match sc {
-                    Some((s, r)) if ch < s.len() => (s[ch], r),
-                    _ => (0, 0),
-                };
+            let conv_out = out_px[..d.c_conv].iter_mut().zip(&acc).zip(rq.m.iter().zip(&rq.b));
+            for (ch, ((q, &a), (&m, &b))) in conv_out.enumerate() {
+                // Channels the shortcut lacks read 0.
+                let (q_sc, r) = sc.map_or((0, 0), |(s, r)| (s.get(ch).copied().unwrap_or(0), r));
                 *q = requantize(a, m, b, q_sc, r, rq);
             }
+            shortcut_only(rq, d.c_conv, sc, out_px);
         }
     }
 
