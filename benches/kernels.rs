@@ -334,7 +334,43 @@ fn conv_shapes(c: &mut Criterion) {
     }
 }
 
-criterion_group!(benches, conv_shapes);
+/// MobileNetV2-like depthwise 3×3 layers (pad 1, 2-bit weights and activations):
+/// `(channels, input height = width, stride)`.
+const DEPTHWISE: [(usize, usize, usize); 2] = [(144, 28, 1), (144, 28, 2)];
+
+/// A random depthwise layer and its input.
+fn depthwise_layer(c: usize, hw: usize, stride: usize, seed: u64) -> (Conv2d, QTensor) {
+    let mut rng = Rng::new(seed);
+    let w: Vec<i8> = (0..c * 9).map(|_| rng.code2()).collect();
+    let requant = Requant {
+        m: (0..c).map(|_| (rng.next() % (1 << 20)) as i32 - (1 << 18)).collect(),
+        b: (0..c).map(|_| (rng.next() % (1 << 24)) as i32 - (1 << 23)).collect(),
+        shift: 22,
+        qmax: 3,
+    };
+    let conv = Conv2d::grouped(c, c, 3, stride, 1, ConvWeights::W2(PackedW2::pack(c, 9, &w).unwrap()), requant).unwrap();
+    (conv, rng.tensor(hw, hw, c, 3))
+}
+
+/// The depthwise layers on every backend with 1 and 2 threads (criterion only, not the table).
+fn depthwise_shapes(c: &mut Criterion) {
+    for (i, &(ch, hw, stride)) in DEPTHWISE.iter().enumerate() {
+        let (conv, x) = depthwise_layer(ch, hw, stride, 100 + i as u64);
+        let ho = (hw - 1) / stride + 1;
+        let mut g = c.benchmark_group(format!("dw3x3 {ch} @{hw}x{hw} s{stride} w2a2"));
+        g.throughput(Throughput::Elements((ho * ho * ch * 9) as u64));
+        for backend in Backend::available() {
+            for threads in [1, 2] {
+                let cpu = Cpu::new(backend, threads).unwrap();
+                let p = cpu.prepare(&conv).unwrap();
+                g.bench_function(format!("{backend}/{threads}t"), |b| b.iter(|| black_box(cpu.conv2d(&p, black_box(&x), None).unwrap())));
+            }
+        }
+        g.finish();
+    }
+}
+
+criterion_group!(benches, conv_shapes, depthwise_shapes);
 
 /// `criterion_main!` plus the table mode.
 fn main() {

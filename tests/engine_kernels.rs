@@ -503,3 +503,257 @@ fn kernel_larger_than_input_is_an_error() {
         assert!(matches!(cpu.conv2d_once(&conv, &x, None), Err(EngineError::Invalid { .. })));
     }
 }
+
+/// A depthwise layer (`groups == c_in == c_out == c`) and its call.
+struct DwCase {
+    c: usize,
+    k: usize,
+    stride: usize,
+    pad: usize,
+    h: usize,
+    w: usize,
+    /// 8-bit weights instead of 2-bit.
+    w8: bool,
+    /// Largest input code.
+    amax: u8,
+    /// `(channels, stride)` of a residual.
+    residual: Option<(usize, usize)>,
+}
+
+/// Random depthwise layer whose outputs spread over `0..=qmax`.
+fn random_dw(rng: &mut Rng, c: &DwCase) -> Conv2d {
+    let k_len = c.k * c.k;
+    let weights = random_weights(rng, c.c, k_len, c.w8, -128);
+    let shift = rng.range(8, 24) as u32;
+    let qmax = [1u8, 3, 3, 7, 15, 255][rng.below(6) as usize];
+    let requant = spread_requant(rng, c.c, k_len, c.amax, c.w8, shift, qmax);
+    Conv2d::grouped(c.c, c.c, c.k, c.stride, c.pad, weights, requant).unwrap()
+}
+
+/// A residual tensor for an `ho×wo` output read with stride `rs` (odd sizes when `rs > 1`).
+fn residual_tensor(rng: &mut Rng, ho: usize, wo: usize, c_res: usize, rs: usize, amax: u8) -> QTensor {
+    let (hr, wr) = if rs == 1 { (ho, wo) } else { (ho * rs - (ho % 2), wo * rs - 1) };
+    rng.tensor(hr, wr, c_res, amax)
+}
+
+fn run_dw_case(rng: &mut Rng, c: &DwCase) {
+    let conv = random_dw(rng, c);
+    assert_eq!(conv.is_depthwise(), c.c > 1); // one channel: a dense conv
+    let x = rng.tensor(c.h, c.w, c.c, c.amax);
+    let (ho, wo) = ((c.h + 2 * c.pad - c.k) / c.stride + 1, (c.w + 2 * c.pad - c.k) / c.stride + 1);
+    let r_val = rng.range(0, 1 << (conv.requant.shift + 1)) as i32;
+    let res_t = c.residual.map(|(c_res, rs)| (residual_tensor(rng, ho, wo, c_res, rs, 3), rs));
+    let residual = res_t.as_ref().map(|(t, rs)| Residual { input: t, stride: *rs, r: r_val });
+    let what = format!(
+        "depthwise c {} k {} s {} pad {} {}x{} w8 {} amax {} res {:?} shift {} qmax {}",
+        c.c, c.k, c.stride, c.pad, c.h, c.w, c.w8, c.amax, c.residual, conv.requant.shift, conv.requant.qmax
+    );
+    let out = check_conv(&what, &conv, &x, residual.as_ref());
+    assert_eq!((out.h, out.w, out.c), (ho, wo, c.c.max(c.residual.map_or(0, |r| r.0))), "{what}");
+}
+
+const DW_CHANNELS: [usize; 6] = [1, 3, 17, 33, 64, 144];
+
+#[test]
+fn depthwise_shape_sweep() {
+    let mut rng = Rng::new(20);
+    let mut n = 0;
+    for &c in &DW_CHANNELS {
+        for (h, w) in [(7, 5), (1, 1), (3, 9)] {
+            for stride in [1, 2] {
+                n += 1;
+                let residual = match n % 5 {
+                    0 => None,
+                    1 => Some((c, 1)),              // same width
+                    2 => Some(((c / 2).max(1), 1)), // narrower: zero-padded channels
+                    3 => Some((c + 17, 1)),         // wider: m = b = 0 channels
+                    _ => Some((c.max(2) - 1, 2)),   // subsampled
+                };
+                run_dw_case(&mut rng, &DwCase { c, k: 3, stride, pad: 1, h, w, w8: false, amax: 3, residual });
+            }
+        }
+    }
+}
+
+#[test]
+fn depthwise_kernel_sizes_and_padding() {
+    let mut rng = Rng::new(21);
+    for (i, &(k, pad)) in [(1, 0), (2, 0), (2, 1), (3, 0), (3, 2), (5, 2), (5, 0), (7, 3), (4, 4)].iter().enumerate() {
+        for stride in [1, 2, 3] {
+            let c = DW_CHANNELS[(i + stride) % DW_CHANNELS.len()];
+            let (h, w) = [(7, 5), (3, 9), (8, 8)][(i + stride) % 3];
+            if h + 2 * pad < k || w + 2 * pad < k {
+                continue;
+            }
+            run_dw_case(&mut rng, &DwCase { c, k, stride, pad, h, w, w8: false, amax: 3, residual: None });
+        }
+    }
+}
+
+#[test]
+fn depthwise_eight_bit_codes_and_weights() {
+    // 8-bit inputs shorten the int16 runs (42 taps for 2-bit weights, 1 for 8-bit ones).
+    let mut rng = Rng::new(22);
+    for (c, k, stride, w8, res) in [
+        (17, 3, 1, false, None),
+        (33, 7, 2, false, Some((33, 2))),
+        (64, 3, 1, true, None),
+        (3, 5, 2, true, Some((4, 1))),
+        (144, 3, 2, true, None),
+    ] {
+        run_dw_case(&mut rng, &DwCase { c, k, stride, pad: k / 2, h: 7, w: 5, w8, amax: 255, residual: res });
+    }
+}
+
+#[test]
+fn depthwise_int16_runs_are_widened_before_overflow() {
+    // Every product at its largest: 255·(±3) over 7·7 = 49 taps (int16 run 42), −128·255 over 9
+    // taps (run 1), and 3·3 over 61·61 = 3721 taps (run 3640).
+    for (c, k, pad, code, w8, hw, amax) in [
+        (17usize, 7usize, 3usize, 3i8, false, 7usize, 255u8),
+        (17, 7, 3, -3, false, 7, 255),
+        (33, 3, 1, -128, true, 5, 255),
+        (33, 3, 1, 127, true, 5, 255),
+        (17, 61, 0, 3, false, 61, 3),
+    ] {
+        let k_len = k * k;
+        let weights = if w8 {
+            ConvWeights::W8(Weights8::new(c, k_len, vec![code; c * k_len]).unwrap())
+        } else {
+            ConvWeights::W2(PackedW2::pack(c, k_len, &vec![code; c * k_len]).unwrap())
+        };
+        let rq = Requant { m: vec![1; c], b: vec![0; c], shift: 12, qmax: 255 };
+        let conv = Conv2d::grouped(c, c, k, 1, pad, weights, rq).unwrap();
+        let x = QTensor::new(hw, hw, c, vec![amax; hw * hw * c]).unwrap();
+        let out = check_conv(&format!("overflow k {k} code {code}"), &conv, &x, None);
+        // The centre pixel sees every tap: acc = k²·amax·code.
+        let centre = (hw + 2 * pad - k) / 2;
+        let acc = (k_len * amax as usize) as i64 * code as i64;
+        let want = ((acc + (1 << 11)) >> 12).clamp(0, 255) as u8;
+        assert_eq!(out.at(centre, centre, c - 1), want, "k {k} code {code}");
+        assert!(code < 0 || want > 0, "the test must produce a non-zero code");
+    }
+}
+
+/// A 1×1 depthwise conv with weight code +1: `acc` equals the input code, channel by channel.
+fn identity_dw(m: i32, b: i32, shift: u32, qmax: u8, c: usize) -> Conv2d {
+    let w = PackedW2::pack(c, 1, &vec![1; c]).unwrap();
+    Conv2d::grouped(c, c, 1, 1, 0, ConvWeights::W2(w), Requant { m: vec![m; c], b: vec![b; c], shift, qmax }).unwrap()
+}
+
+/// `n` pixels of `c` channels, pixel `i` holding code `i % (max + 1)` in every channel.
+fn ramp_c(n: usize, c: usize, max: u8) -> QTensor {
+    QTensor::new(1, n, c, (0..n * c).map(|i| ((i / c) % (max as usize + 1)) as u8).collect()).unwrap()
+}
+
+#[test]
+fn depthwise_requant_ties_shift_zero_and_saturation() {
+    for c in [1, 17, 33] {
+        let x = ramp_c(256, c, 255);
+        let out = check_conv("dw ties", &identity_dw(1 << 3, 0, 4, 255, c), &x, None);
+        for a in 0..256usize {
+            assert!(out.pixel(0, a).iter().all(|&q| q as usize == a.div_ceil(2)), "a = {a}");
+        }
+        let out = check_conv("dw shift 0", &identity_dw(2, -1, 0, 255, c), &x, None);
+        for a in 0..256usize {
+            assert!(out.pixel(0, a).iter().all(|&q| q as i64 == (2 * a as i64 - 1).clamp(0, 255)), "a = {a}");
+        }
+        let res = QTensor::new(1, 256, c + 5, (0..256 * (c + 5)).map(|i| (i % 4) as u8).collect()).unwrap();
+        let r = Residual { input: &res, stride: 1, r: 5 };
+        let out = check_conv("dw shift 0 residual", &identity_dw(2, -1, 0, 255, c), &x, Some(&r));
+        assert_eq!(out.c, c + 5);
+        for a in 0..256usize {
+            for ch in 0..c + 5 {
+                let conv_part = if ch < c { 2 * a as i64 - 1 } else { 0 };
+                let want = (conv_part + 5 * res.at(0, a, ch) as i64).clamp(0, 255);
+                assert_eq!(out.at(0, a, ch) as i64, want, "a {a} ch {ch}");
+            }
+        }
+        for qmax in [1u8, 3, 255] {
+            let hi = check_conv("dw sat hi", &identity_dw(1 << 20, 0, 8, qmax, c), &x, None);
+            assert!(hi.data[c..].iter().all(|&q| q == qmax) && hi.data[..c].iter().all(|&q| q == 0));
+            let lo = check_conv("dw sat lo", &identity_dw(-(1 << 20), 1 << 9, 8, qmax, c), &x, None);
+            assert!(lo.data[..c].iter().all(|&q| q == 2.min(qmax)) && lo.data[c..].iter().all(|&q| q == 0));
+        }
+    }
+}
+
+#[test]
+fn depthwise_requant_extreme_multipliers() {
+    // |m| near 2^31, shifts 0 to 62, biases at the int32 ends: the int64 epilogue path.
+    let mut rng = Rng::new(23);
+    for &(m, b, shift) in &[
+        (i32::MAX, i32::MIN, 30u32),
+        (i32::MIN, i32::MAX, 30),
+        (i32::MAX, 0, 62),
+        (i32::MIN + 1, 12345, 31),
+        (1 << 30, 1 << 29, 0),
+        (-3, i32::MAX, 0),
+    ] {
+        for (w8, c) in [(false, 33), (true, 17)] {
+            let case = DwCase { c, k: 3, stride: 1, pad: 1, h: 5, w: 3, w8, amax: 255, residual: None };
+            let mut conv = random_dw(&mut rng, &case);
+            conv.requant.m.iter_mut().enumerate().for_each(|(i, v)| *v = if i % 2 == 0 { m } else { m / 3 });
+            conv.requant.b.iter_mut().for_each(|v| *v = b);
+            (conv.requant.shift, conv.requant.qmax) = (shift, [255, 3][c % 2]);
+            let x = rng.tensor(5, 3, c, 255);
+            let res = rng.tensor(5, 3, c + 3, 255);
+            check_conv(&format!("dw m {m} b {b} shift {shift}"), &conv, &x, None);
+            for r in [0, i32::MAX, i32::MIN] {
+                let what = format!("dw m {m} b {b} shift {shift} r {r}");
+                check_conv(&what, &conv, &x, Some(&Residual { input: &res, stride: 1, r }));
+            }
+        }
+    }
+}
+
+#[test]
+fn depthwise_mobilenet_v2_shapes() {
+    // 144 channels at 14×14 (stride 1 and 2), 96 at 15×15 stride 2, 2-bit codes in and out.
+    let mut rng = Rng::new(24);
+    for (c, hw, stride) in [(144, 14, 1), (144, 14, 2), (96, 15, 2), (32, 16, 1)] {
+        run_dw_case(&mut rng, &DwCase { c, k: 3, stride, pad: 1, h: hw, w: hw, w8: false, amax: 3, residual: None });
+    }
+}
+
+#[test]
+fn grouped_convs_match_the_reference() {
+    // 1 < groups < c_in, and groups == c_in with a channel multiplier of 2 (not depthwise):
+    // the reference on every backend.
+    let mut rng = Rng::new(25);
+    for (c_in, groups, c_out, k, stride) in [(8, 2, 8, 3, 1), (6, 3, 12, 3, 2), (16, 4, 8, 1, 1), (5, 5, 10, 3, 1)] {
+        let k_len = k * k * c_in / groups;
+        let weights = random_weights(&mut rng, c_out, k_len, false, -127);
+        let requant = spread_requant(&mut rng, c_out, k_len, 3, false, 12, 3);
+        let conv = Conv2d::grouped(c_in, groups, k, stride, k / 2, weights, requant).unwrap();
+        assert!(!conv.is_depthwise());
+        let x = rng.tensor(7, 5, c_in, 3);
+        check_conv(&format!("grouped {c_in}/{groups}->{c_out}"), &conv, &x, None);
+    }
+}
+
+/// Which kernel `prepare` picked, read from the prepared conv's `Debug` form.
+fn kernel_of(cpu: &Cpu, conv: &Conv2d) -> String {
+    let p = format!("{:?}", cpu.prepare(conv).unwrap());
+    let at = p.find("kernel: ").expect("PreparedConv prints its kernel") + 8;
+    p[at..].split('(').next().unwrap().to_string()
+}
+
+#[test]
+fn fast_backends_route_depthwise_and_pointwise_convs_to_their_kernels() {
+    let mut rng = Rng::new(26);
+    let dw = |rng: &mut Rng, w8| random_dw(rng, &DwCase { c: 17, k: 3, stride: 1, pad: 1, h: 5, w: 5, w8, amax: 3, residual: None });
+    let (dw2, dw8) = (dw(&mut rng, false), dw(&mut rng, true));
+    let pw = random_conv(&mut rng, &Case { c_in: 16, c_out: 24, k: 1, stride: 1, h: 5, w: 5, w8: false, amax: 3, residual: None });
+    let weights = random_weights(&mut rng, 8, 9 * 4, false, -127);
+    let grouped = Conv2d::grouped(8, 2, 3, 1, 1, weights, spread_requant(&mut rng, 8, 36, 3, false, 12, 3)).unwrap();
+    for b in Backend::available() {
+        let cpu = Cpu::new(b, 1).unwrap();
+        let fast = b != Backend::Scalar;
+        assert_eq!(kernel_of(&cpu, &dw2) == "Depthwise", fast, "{b}: 2-bit depthwise {:?}", cpu.prepare(&dw2));
+        // SWAR documents 8-bit depthwise weights as running the reference.
+        assert_eq!(kernel_of(&cpu, &dw8) == "Depthwise", fast && b != Backend::Swar, "{b}: 8-bit depthwise");
+        assert_eq!(kernel_of(&cpu, &pw) == "Scalar", !fast, "{b}: 1×1 pointwise runs the dense kernel");
+        assert_eq!(kernel_of(&cpu, &grouped), "Scalar", "{b}: grouped conv runs the reference");
+    }
+}

@@ -26,7 +26,8 @@
 //!   uses `vpmuldq` on even/odd lanes with the arithmetic shift replaced by "negative → 0, else
 //!   logical shift", which is the same function since the result is clamped at 0.
 //!
-//! All `unsafe` in the engine lives in this file and `avx512.rs`. The SAFETY argument here:
+//! All `unsafe` in the engine lives in this file, `avx512.rs` and the SIMD files of `depthwise/`
+//! (each with its own SAFETY notes; the depthwise kernels reuse this file's epilogue). Here:
 //! (1) a [`ConvKernel`] is only constructed after `is_x86_feature_detected!("avx2")`, so the
 //! `#[target_feature(enable = "avx2")]` functions are only reached on CPUs that have AVX2;
 //! (2) every raw pointer read stays inside buffers whose sizes are fixed in [`ConvKernel::job`]
@@ -146,14 +147,15 @@ impl ConvKernel {
         let amax = x.max_code().max(1) as usize;
         let flush = (i16::MAX as usize / (6 * amax)).max(1);
 
-        let epi = Epilogue::new(self, x.max_code(), residual);
+        let epi = Epilogue::new(&self.conv, self.nb * BLOCK, x.max_code(), residual);
         Job { ker: self, input, row_stride, d: *d, epi, residual, flush }
     }
 }
 
 /// Requantisation tables for the `nb·16` channels the micro-kernels produce; channels past
 /// `c_conv` get `m = b = 0`, exactly as the contract says for channels the conv lacks.
-enum Epilogue {
+/// Shared with the depthwise kernels (`depthwise/avx2.rs`, `depthwise/avx512.rs`).
+pub(super) enum Epilogue {
     /// Exact in f64 when every intermediate is an integer below 2^53 (checked per call): with
     /// `m' = m·2^−shift` and `c' = (b + 2^(shift−1))·2^−shift`, `acc·m' + c' (+ q_sc·r')` is the
     /// exact int64 sum scaled by a power of two, so `trunc(clamp(·, 0, qmax))` equals
@@ -165,10 +167,9 @@ enum Epilogue {
 }
 
 impl Epilogue {
-    fn new(ker: &ConvKernel, amax: u8, residual: Option<&Residual>) -> Self {
-        let c = &ker.conv;
+    /// Tables for `width ≥ c_conv` channels of `c` on an input whose largest code is `amax`.
+    pub(super) fn new(c: &Conv2d, width: usize, amax: u8, residual: Option<&Residual>) -> Self {
         let rq = &c.requant;
-        let width = ker.nb * BLOCK;
         let m = |ch: usize| rq.m.get(ch).copied().unwrap_or(0);
         let b = |ch: usize| rq.b.get(ch).copied().unwrap_or(0) as i64 + rq.rounding();
         // Largest |intermediate| of the int64 sum, as u128 so the bound itself cannot overflow.
@@ -484,7 +485,7 @@ unsafe fn micro_w8<const P: usize>(
 /// Returns the 8 output codes as little-endian bytes.
 #[inline]
 #[target_feature(enable = "avx2")]
-unsafe fn requant8_f64(a: __m256i, m: *const f64, c: *const f64, q: Option<u64>, r: f64, qmax: f64) -> u64 {
+pub(super) unsafe fn requant8_f64(a: __m256i, m: *const f64, c: *const f64, q: Option<u64>, r: f64, qmax: f64) -> u64 {
     let mut lo = _mm256_add_pd(_mm256_mul_pd(_mm256_cvtepi32_pd(_mm256_castsi256_si128(a)), _mm256_loadu_pd(m)), _mm256_loadu_pd(c));
     let mut hi = _mm256_add_pd(
         _mm256_mul_pd(_mm256_cvtepi32_pd(_mm256_extracti128_si256(a, 1)), _mm256_loadu_pd(m.add(4))),
@@ -529,7 +530,15 @@ fn store8(out: &mut [u8], c: usize, codes: u64) {
 /// holds the block's 16 accumulators, `m`/`c` the block's tables, `res` the shortcut codes of
 /// these channels; `out` receives `out.len() ≤ 16` codes.
 #[target_feature(enable = "avx2")]
-unsafe fn epilogue_f64(acc: *const i32, m: *const f64, c: *const f64, res: Option<(&[u8], i32)>, r: f64, qmax: f64, out: &mut [u8]) {
+pub(super) unsafe fn epilogue_f64(
+    acc: *const i32,
+    m: *const f64,
+    c: *const f64,
+    res: Option<(&[u8], i32)>,
+    r: f64,
+    qmax: f64,
+    out: &mut [u8],
+) {
     for h in (0..out.len()).step_by(8) {
         let a = _mm256_loadu_si256(acc.add(h).cast());
         let q = res.map(|(q, _)| shortcut8(q, h));
@@ -539,7 +548,14 @@ unsafe fn epilogue_f64(acc: *const i32, m: *const f64, c: *const f64, res: Optio
 
 /// The int64 form of [`epilogue_f64`] (see [`Epilogue::I64`]).
 #[target_feature(enable = "avx2")]
-unsafe fn epilogue_i64(acc: *const i32, m: *const i32, bias: *const i64, res: Option<(&[u8], i32)>, rq: &Requant, out: &mut [u8]) {
+pub(super) unsafe fn epilogue_i64(
+    acc: *const i32,
+    m: *const i32,
+    bias: *const i64,
+    res: Option<(&[u8], i32)>,
+    rq: &Requant,
+    out: &mut [u8],
+) {
     let consts = (_mm256_set1_epi64x(rq.qmax as i64), _mm_cvtsi32_si128(rq.shift as i32));
     for c in (0..out.len()).step_by(8) {
         let a = _mm256_loadu_si256(acc.add(c).cast());

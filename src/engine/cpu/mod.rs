@@ -11,8 +11,13 @@
 //! binary serves every x86-64 machine; [`Backend::best`] takes the last available). There is no
 //! NEON backend yet: it would sit beside `avx2.rs` as `neon.rs` behind `target_arch = "aarch64"`
 //! and plug into the same `Kernel` enum and pixel-range driver.
+//!
+//! Depthwise convs (`groups == c_in == c_out`) run the channel-vectorised kernels of
+//! `depthwise/` on the SWAR, AVX2 and AVX-512 backends (SWAR hands 8-bit weights and inputs
+//! above 3 to the reference); other grouped convs run the reference on every backend.
 
 pub mod backend;
+mod depthwise;
 pub mod model;
 pub mod reference;
 mod swar;
@@ -125,6 +130,8 @@ enum Kernel {
     Avx2(avx2::ConvKernel),
     #[cfg(target_arch = "x86_64")]
     Avx512(avx512::ConvKernel),
+    /// A depthwise conv on a fast backend (`depthwise/`).
+    Depthwise(depthwise::DwKernel),
 }
 
 impl PreparedConv {
@@ -171,8 +178,12 @@ impl Cpu {
         conv.validate()?;
         let kernel = match self.backend {
             Backend::Scalar => Kernel::Scalar(conv.weights.codes_i32()),
-            // Grouped convs have no fast path yet: the reference runs them on every backend.
-            _ if conv.groups != 1 => Kernel::Scalar(conv.weights.codes_i32()),
+            // Depthwise convs have their own kernels; other grouped convs (and the few cases
+            // `DwKernel::new` declines) run the reference on every backend.
+            _ if conv.groups != 1 => match depthwise::DwKernel::new(conv, self.backend) {
+                Some(k) => Kernel::Depthwise(k),
+                None => Kernel::Scalar(conv.weights.codes_i32()),
+            },
             Backend::Swar => Kernel::Swar(swar::ConvKernel::new(conv)),
             #[cfg(target_arch = "x86_64")]
             Backend::Avx2 => Kernel::Avx2(avx2::ConvKernel::new(conv).ok_or(EngineError::Unavailable(Backend::Avx2))?),
@@ -210,6 +221,10 @@ impl Cpu {
             Kernel::Avx512(k) => {
                 let job = k.job(&d, x, residual);
                 par_pixels(threads, d.ho * d.wo, d.c_out, k.pixel_tile(), &mut out.data, |px, o| job.run(px, o));
+            }
+            Kernel::Depthwise(k) => {
+                let job = k.job(&d, x, residual);
+                par_pixels(threads, d.ho * d.wo, d.c_out, 1, &mut out.data, |px, o| job.run(px, o));
             }
         }
         Ok(out)
