@@ -98,8 +98,8 @@ pub fn random_arrays(net: &nce::graph::Network, seed: u64) -> std::collections::
     let i32s = |v: Vec<i32>| Entry { dims: vec![v.len()], data: Array::I32(v) };
     for l in &net.layers {
         match l.op {
-            Op::Conv { k, relu, .. } => {
-                let (cout, k_len) = (l.out_shape.c, l.in_shape.c * k * k);
+            Op::Conv { k, relu, groups, .. } => {
+                let (cout, k_len) = (l.out_shape.c, l.in_shape.c / groups.max(1) * k * k);
                 let w = if l.wbits == 2 {
                     // Any bits: padding past k_len must never be read.
                     let wpc = nce::engine::words_for(k_len);

@@ -13,9 +13,15 @@ const ALIGN: usize = 8;
 
 /// Bytes of the scratch buffer the SIMD builds' paths need for one conv: its receptive field
 /// (one byte per code; for 2-bit weights padded to whole words of 16 codes, which the
-/// ARMv7E-M path transposes in place).
+/// ARMv7E-M path transposes in place); for a 2-bit depthwise conv its weights expanded per tap
+/// (the SWAR path's two byte masks per channel, the NEON path's byte per channel rounded up to
+/// 16 channels). Other grouped convs run the reference and need none.
 pub(super) fn scratch_bytes(conv: &Conv2d) -> usize {
     match conv.weights {
+        ConvWeights::W2(_) if conv.is_depthwise() => {
+            conv.k * conv.k * (2 * conv.c_in.next_multiple_of(4)).max(conv.c_in.next_multiple_of(16))
+        }
+        _ if conv.groups > 1 => 0,
         ConvWeights::W2(_) => words_for(conv.k_len()) * 16,
         ConvWeights::W8(_) => conv.k_len().next_multiple_of(4),
     }
@@ -162,8 +168,8 @@ pub(super) fn emit_conv_desc(
     let (res_c, res_w, res_stride, r) = res.map_or((0, 0, 1, 0), |(sh, stride, r)| (sh.c, sh.w, stride, r));
     let _ = writeln!(
         out,
-        "static const nce_conv_t {name} = {{\n    .c_in = {}, .h = {}, .w = {}, .ho = {}, .wo = {}, .c_out = {}, .c_conv = {},\n    \
-         .k = {}, .stride = {}, .pad = {}, .w8 = {}, .words = {words},\n    .weights = {}, .m = {}, .b = {}, \
+        "static const nce_conv_t {name} = {{\n    .c_in = {}, .h = {}, .w = {}, .ho = {}, .wo = {}, .c_out = {}, .c_conv = {}, \
+         .groups = {},\n    .k = {}, .stride = {}, .pad = {}, .w8 = {}, .words = {words},\n    .weights = {}, .m = {}, .b = {}, \
          .shift = {}, .qmax = {},\n    .res_c = {res_c}, .res_w = {res_w}, .res_stride = {res_stride}, .r = {},\n}};\n",
         x.c,
         x.h,
@@ -172,6 +178,7 @@ pub(super) fn emit_conv_desc(
         y.w,
         y.c,
         conv.c_conv(),
+        conv.groups,
         conv.k,
         conv.stride,
         conv.pad,
