@@ -605,3 +605,84 @@ fn int8_peer_runs_depthwise_convs_on_host_and_cortex_m7() {
         assert_eq!(m7.logits, host, "{kernels:?}");
     }
 }
+
+/// Cortex-M7 instruction counts of the MobileNetV2 (`nce measure --backend qemu-cortex-m7
+/// --check MODEL --int8-peer`): the SWAR build's depthwise steps need several times fewer
+/// instructions than the scalar reference's, and the whole 2-bit build fewer than the int8
+/// peer's DSP build of the same network.
+#[test]
+fn cortex_m7_counts_depthwise_convs_of_a_mobilenetv2() {
+    use nce::engine::c_runtime::{int8_peer_report, resource_report};
+    if let Err(e) = CTarget::CortexM7.check_tools() {
+        eprintln!("skipping: {e}");
+        return;
+    }
+    let model = mobilenet_model(10);
+    let images = random_images(&model, 1, 10);
+    let dw = |r: &nce::engine::c_runtime::ResourceReport| r.steps.iter().filter(|s| s.name.ends_with(".dw")).map(|s| s.instructions).sum::<f64>();
+    let scalar = resource_report(&model, Kernels::Scalar, &images).unwrap();
+    let simd = resource_report(&model, Kernels::Simd, &images).unwrap();
+    let peer = int8_peer_report(&model, Kernels::Simd, &images).unwrap();
+    for r in [&scalar, &simd, &peer] {
+        let sum: f64 = r.steps.iter().map(|s| s.instructions).sum();
+        assert!((sum - r.instructions).abs() < 0.01 * r.instructions, "steps {sum} vs whole {}", r.instructions);
+        assert!(dw(r) > 0.0, "{}", r.backend);
+    }
+    assert!(4.0 * dw(&simd) < dw(&scalar), "depthwise: SWAR {} vs scalar {}", dw(&simd), dw(&scalar));
+    assert!(dw(&simd) < dw(&peer) && simd.instructions < peer.instructions, "2-bit {} (dw {}) vs int8 peer {} (dw {})", simd.instructions, dw(&simd), peer.instructions, dw(&peer));
+}
+
+/// `check_overwrite`: a missing file, a file of a generated package and a runtime file as an
+/// earlier version wrote it may be replaced; a user's own `nce_model.c` may not, and the error
+/// names it.
+#[test]
+fn only_files_nce_wrote_may_be_overwritten() {
+    use nce::engine::c_runtime::{check_overwrite, CRuntimeError, GENERATED_MARKER};
+    let dir = tempfile::tempdir().unwrap();
+    let (model, _) = example();
+    let pkg = generate(&model).unwrap();
+    assert!(pkg.files.iter().all(|(_, text)| text.starts_with(GENERATED_MARKER)), "every generated file carries the marker");
+    for (name, text) in &pkg.files {
+        std::fs::write(dir.path().join(name), text).unwrap();
+        check_overwrite(&dir.path().join(name)).unwrap();
+    }
+    check_overwrite(&dir.path().join("absent.c")).unwrap();
+    let legacy = dir.path().join("nce_runtime.h");
+    std::fs::write(&legacy, include_str!("../src/engine/c_runtime/c/nce_runtime.h")).unwrap();
+    check_overwrite(&legacy).unwrap();
+    let mine = dir.path().join("nce_model.c");
+    std::fs::write(&mine, "/* my own model */\nint nce_run(void) { return 0; }\n").unwrap();
+    let err = check_overwrite(&mine).unwrap_err();
+    assert!(matches!(err, CRuntimeError::NotGenerated { .. }), "{err}");
+    let msg = err.to_string();
+    assert!(msg.contains(&mine.display().to_string()) && msg.contains("not written by nce"), "{msg}");
+    // A runtime file's legacy first line does not excuse another file name.
+    std::fs::write(&mine, include_str!("../src/engine/c_runtime/c/nce_runtime.h")).unwrap();
+    assert!(check_overwrite(&mine).is_err());
+}
+
+/// `nce export CKPT --c-runtime DIR` needs no `-o`, and refuses (before writing anything) a
+/// folder holding a user's own `nce_model.c`, naming it; re-exporting over its own package works.
+#[cfg(all(feature = "cli", feature = "train"))]
+#[test]
+fn cli_export_c_runtime_alone_and_never_over_a_users_file() {
+    let dir = tempfile::tempdir().unwrap();
+    let pkg = dir.path().join("c");
+    let export = |to: &Path| common::nce(&["export", "examples/resnet20-w2a2-fashion.ot", "--c-runtime", to.to_str().unwrap()]);
+    for _ in 0..2 {
+        let o = export(&pkg);
+        assert!(o.status.success(), "{}", common::text(&o));
+    }
+    assert!(pkg.join("nce_model.c").is_file() && pkg.join("nce_runtime.c").is_file());
+    assert!(!dir.path().join("c.nce").exists() && std::fs::read_dir(dir.path()).unwrap().count() == 1, "no .nce without -o");
+    let user = dir.path().join("user");
+    std::fs::create_dir(&user).unwrap();
+    let mine = "/* my own model */\nint nce_run(void) { return 0; }\n";
+    std::fs::write(user.join("nce_model.c"), mine).unwrap();
+    let o = export(&user);
+    let text = common::text(&o);
+    assert!(!o.status.success(), "{text}");
+    assert!(text.contains("nce_model.c") && text.contains("not written by nce"), "{text}");
+    assert_eq!(std::fs::read_to_string(user.join("nce_model.c")).unwrap(), mine);
+    assert_eq!(std::fs::read_dir(&user).unwrap().count(), 1, "nothing else written");
+}

@@ -2,7 +2,7 @@
 //! (every layer's constants in execution order, a static arena planned here, and `nce_run`
 //! calling the runtime's ops step by step).
 
-use super::{CPackage, CRuntimeError, RUNTIME_FILES};
+use super::{CPackage, CRuntimeError, GENERATED_MARKER, RUNTIME_FILES};
 use crate::engine::plan::{QModel, Step};
 use crate::engine::{words_for, Conv2d, ConvWeights};
 use crate::graph::{Network, Shape, Src};
@@ -342,6 +342,7 @@ pub fn generate(model: &QModel) -> Result<CPackage, CRuntimeError> {
         ("nce_model.c".to_string(), c),
     ];
     files.extend(RUNTIME_FILES.iter().map(|(name, text)| (name.to_string(), text.to_string())));
+    let files = files.into_iter().map(|(name, text)| (name, format!("{GENERATED_MARKER}\n{text}"))).collect();
     Ok(CPackage {
         files,
         arena_bytes: arena.max(ALIGN),

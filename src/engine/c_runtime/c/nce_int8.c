@@ -97,7 +97,14 @@ static void nce_store32(void *p, uint32_t v) {
 
 /* Bytes 1 and 3 of w in the low and high halfword, sign-extended (SXTB16 of w rotated by 8). */
 static uint32_t nce_odd_bytes(uint32_t w) {
+#if defined(__GNUC__)
+    /* One instruction, as CMSIS-NN's __SXTB16_RORn (GCC does not fold the rotation). */
+    uint32_t r;
+    __asm__("sxtb16 %0, %1, ror #8" : "=r"(r) : "r"(w));
+    return r;
+#else
     return __sxtb16((w >> 8) | (w << 24));
+#endif
 }
 
 /* The receptive field of output pixel `pix` as int16 (x + in_offset, 0 in the padding); within
@@ -248,9 +255,34 @@ static inline void nce_i8_dw4(const nce_i8_conv_t *l, const int8_t *x, const int
     s[3] = s3;
 }
 
+/* Three taps of a 3x3 window's row (codes at px, weights at pw, both c bytes apart), four
+ * channels: nce_i8_dw4's inside loop written out, as CMSIS-NN's arm_depthwise_conv_3x3_s8. */
+#if defined(__GNUC__)
+__attribute__((always_inline))
+#endif
+static inline void nce_i8_dw_tap(const int8_t *px, const int8_t *pw, int32_t s[4]) {
+    uint32_t xv = nce_load32(px), wv = nce_load32(pw);
+    uint32_t x02 = __sxtb16(xv), x13 = nce_odd_bytes(xv), w02 = __sxtb16(wv), w13 = nce_odd_bytes(wv);
+    s[0] = __smlabb(x02, w02, s[0]);
+    s[2] = __smlatt(x02, w02, s[2]);
+    s[1] = __smlabb(x13, w13, s[1]);
+    s[3] = __smlatt(x13, w13, s[3]);
+}
+
+#if defined(__GNUC__)
+__attribute__((always_inline))
+#endif
+static inline void nce_i8_dw3_row(const int8_t *px, const int8_t *pw, uint32_t c, int32_t s[4]) {
+    nce_i8_dw_tap(px, pw, s);
+    nce_i8_dw_tap(px + c, pw + c, s);
+    nce_i8_dw_tap(px + 2 * c, pw + 2 * c, s);
+}
+
 /* Scratch: each channel's weight sum (for in_offset at pixels whose window is inside). Channels
  * past the last multiple of 4 take the reference's loop. */
-static void nce_i8_dwconv_dsp(const nce_i8_conv_t *l, const int8_t *x, int8_t *y, int32_t *wsum) {
+static void nce_i8_dwconv_dsp(const nce_i8_conv_t *layer, const int8_t *x, int8_t *y, int32_t *wsum) {
+    /* A local copy, so that the output stores do not force its fields to be reloaded. */
+    const nce_i8_conv_t copy = *layer, *l = &copy;
     uint32_t c = l->c_in, c4 = c & ~3u, kk = l->k * l->k, ch, t, oy, ox, ky, kx, win[4];
     int32_t org[2];
     for (ch = 0; ch < c; ch++) {
@@ -274,7 +306,16 @@ static void nce_i8_dwconv_dsp(const nce_i8_conv_t *l, const int8_t *x, int8_t *y
             inside = win[0] == 0 && win[2] == 0 && win[1] == l->k && win[3] == l->k;
             for (ch = 0; ch < c4; ch += 4) {
                 int32_t s[4];
-                if (inside) {
+                if (inside && l->k == 3) {
+                    const int8_t *px = x + ((uint32_t)iy0 * l->w + (uint32_t)ix0) * c + ch;
+                    s[0] = s[1] = s[2] = s[3] = 0;
+                    nce_i8_dw3_row(px, l->weights + ch, c, s);
+                    nce_i8_dw3_row(px + l->w * c, l->weights + 3 * c + ch, c, s);
+                    nce_i8_dw3_row(px + 2 * l->w * c, l->weights + 6 * c + ch, c, s);
+                    for (t = 0; t < 4; t++) {
+                        s[t] += l->in_offset * wsum[ch + t];
+                    }
+                } else if (inside) {
                     nce_i8_dw4(l, x + ch, l->weights + ch, org, win, 0, s);
                     for (t = 0; t < 4; t++) {
                         s[t] += l->in_offset * wsum[ch + t];

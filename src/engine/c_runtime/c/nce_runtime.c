@@ -268,32 +268,68 @@ static inline void nce_dw_swar_taps(const nce_conv_t *l, const uint8_t *x, const
     *sx = s;
 }
 
-/* Scratch: the masks, 2 k^2 bytes per channel (rounded up to 4 channels). */
-static void nce_conv_dw_swar(const nce_conv_t *l, const uint8_t *x, const uint8_t *res, uint8_t *y, void *scratch) {
+/* One tap of four channels: the codes v against the masks m[0], m[1]. */
+#define NCE_DW_SWAR_TAP(v, m, a, s) ((a) += ((v) & (m)[0]) + (((v) & (m)[1]) << 1), (s) += (v))
+
+/* Three taps of a 3x3 window's row at p (pixels c bytes apart), masks m. */
+#if defined(__GNUC__)
+__attribute__((always_inline))
+#endif
+static inline void nce_dw3_swar_row(const uint8_t *p, uint32_t c, const uint32_t *m, uint32_t *a, uint32_t *s) {
+    uint32_t v0, v1, v2;
+    memcpy(&v0, p, sizeof v0);
+    memcpy(&v1, p + c, sizeof v1);
+    memcpy(&v2, p + 2 * c, sizeof v2);
+    NCE_DW_SWAR_TAP(v0, m, *a, *s);
+    NCE_DW_SWAR_TAP(v1, m + 2, *a, *s);
+    NCE_DW_SWAR_TAP(v2, m + 4, *a, *s);
+}
+
+/* Scratch: the masks, 2 k^2 bytes per channel (rounded up to 4 channels). A 3x3 window inside
+ * the input takes straight-line code for the whole groups of four channels. */
+static void nce_conv_dw_swar(const nce_conv_t *layer, const uint8_t *x, const uint8_t *res, uint8_t *y, void *scratch) {
+    /* A local copy: the compiler then knows that the output stores do not change it, and keeps
+     * its fields in registers instead of reloading them for every channel. */
+    const nce_conv_t copy = *layer, *l = &copy;
     const uint32_t *masks = (const uint32_t *)scratch;
-    uint32_t kk = l->k * l->k, oy, ox, g, j, o, win[4];
+    uint32_t kk = l->k * l->k, row = l->w * l->c_in, oy, ox, g, j, o, win[4];
     int32_t org[2];
-    nce_dw_swar_masks(l, (uint8_t *)scratch);
+    nce_dw_swar_masks(layer, (uint8_t *)scratch);
     for (oy = 0; oy < l->ho; oy++) {
         org[0] = nce_tap_range(l, oy, l->h, &win[0], &win[1]);
         for (ox = 0; ox < l->wo; ox++) {
             uint8_t *out = y + (oy * l->wo + ox) * l->c_out;
             const uint8_t *sc = nce_shortcut_px(l, res, oy, ox);
+            int inside3;
             org[1] = nce_tap_range(l, ox, l->w, &win[2], &win[3]);
+            inside3 = l->k == 3 && win[0] == 0 && win[1] == 3 && win[2] == 0 && win[3] == 3;
             for (g = 0; g < l->c_in; g += 4) {
                 const uint8_t *xg = x + g;
                 const uint32_t *mk = masks + (g / 4) * kk * 2;
                 uint32_t n = l->c_in - g < 4 ? l->c_in - g : 4, ux, sx;
                 uint8_t lu[4], ls[4];
-                if (n == 4) {
+                if (n == 4 && inside3) {
+                    const uint8_t *p = nce_dw_px(l, xg, org[0], org[1], 0, 0);
+                    ux = 0;
+                    sx = 0;
+                    nce_dw3_swar_row(p, l->c_in, mk, &ux, &sx);
+                    nce_dw3_swar_row(p + row, l->c_in, mk + 6, &ux, &sx);
+                    nce_dw3_swar_row(p + 2 * row, l->c_in, mk + 12, &ux, &sx);
+                } else if (n == 4) {
                     nce_dw_swar_taps(l, xg, mk, org, win, 4, &ux, &sx);
                 } else {
                     nce_dw_swar_taps(l, xg, mk, org, win, n, &ux, &sx);
                 }
                 memcpy(lu, &ux, sizeof lu);
                 memcpy(ls, &sx, sizeof ls);
-                for (j = 0; j < n; j++) {
-                    out[g + j] = nce_epilogue_px(l, sc, g + j, 2 * (int32_t)lu[j] - 3 * (int32_t)ls[j]);
+                if (sc == NULL) { /* the usual case: the epilogue without its shortcut term */
+                    for (j = 0; j < n; j++) {
+                        out[g + j] = nce_epilogue_px(l, NULL, g + j, 2 * (int32_t)lu[j] - 3 * (int32_t)ls[j]);
+                    }
+                } else {
+                    for (j = 0; j < n; j++) {
+                        out[g + j] = nce_epilogue_px(l, sc, g + j, 2 * (int32_t)lu[j] - 3 * (int32_t)ls[j]);
+                    }
                 }
             }
             for (o = l->c_conv; o < l->c_out; o++) {
