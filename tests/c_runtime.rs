@@ -330,6 +330,9 @@ impl ConvCase {
     }
 }
 
+/// A depthwise case: channels, h, w, k, stride, pad, input code max, shortcut (channels, stride).
+type DwCase = (usize, usize, usize, usize, usize, usize, u8, Option<(usize, usize)>);
+
 /// Random depthwise convs (stride 1 and 2, odd sizes and channel counts that are not multiples
 /// of 4 or 16, 3×3 with and without padding, 1×1 and 5×5, shortcuts with more and fewer
 /// channels, 2-bit and 8-bit input codes, extreme requantisation), then grouped convs that are
@@ -337,8 +340,7 @@ impl ConvCase {
 fn grouped_cases() -> Vec<ConvCase> {
     use nce::engine::{Conv2d, QTensor};
     let mut rng = Rng::new(26);
-    // (channels, h, w, k, stride, pad, input code max, shortcut channels and stride)
-    let shapes: [(usize, usize, usize, usize, usize, usize, u8, Option<(usize, usize)>); 16] = [
+    let shapes: [DwCase; 16] = [
         (3, 5, 5, 3, 1, 1, 3, None),
         (3, 7, 5, 3, 2, 1, 3, None),
         (4, 8, 8, 3, 1, 1, 3, None),
@@ -390,7 +392,11 @@ fn grouped_cases() -> Vec<ConvCase> {
 
 fn c_array<T: ToString>(out: &mut String, ty: &str, name: &str, values: impl Iterator<Item = T>) {
     let values: Vec<String> = values.map(|v| v.to_string()).collect();
-    out.push_str(&format!("static const {ty} {name}[{}] = {{{}}};\n", values.len().max(1), if values.is_empty() { "0".into() } else { values.join(", ") }));
+    out.push_str(&format!(
+        "static const {ty} {name}[{}] = {{{}}};\n",
+        values.len().max(1),
+        if values.is_empty() { "0".into() } else { values.join(", ") }
+    ));
 }
 
 fn c_i32(v: i32) -> String {
@@ -545,7 +551,9 @@ fn mobilenet_model(seed: u64) -> QModel {
     use nce::graph::WidthMult;
     let kind = ModelKind::Mobilenetv2(WidthMult::ONE).with_width_mult(0.35).unwrap();
     let net = build(kind, Shape::new(1, 28, 28), 10, None, &BitConfig::uniform(2)).unwrap();
-    let dw = |stride: usize| net.layers.iter().any(|l| matches!(l.op, nce::graph::Op::Conv { groups, stride: s, .. } if groups > 1 && s == stride));
+    let dw = |stride: usize| {
+        net.layers.iter().any(|l| matches!(l.op, nce::graph::Op::Conv { groups, stride: s, .. } if groups > 1 && s == stride))
+    };
     assert!(dw(1) && dw(2), "depthwise convs at stride 1 and 2");
     QModel::from_container(&random_container(&net, seed)).unwrap()
 }
@@ -619,7 +627,9 @@ fn cortex_m7_counts_depthwise_convs_of_a_mobilenetv2() {
     }
     let model = mobilenet_model(10);
     let images = random_images(&model, 1, 10);
-    let dw = |r: &nce::engine::c_runtime::ResourceReport| r.steps.iter().filter(|s| s.name.ends_with(".dw")).map(|s| s.instructions).sum::<f64>();
+    let dw = |r: &nce::engine::c_runtime::ResourceReport| {
+        r.steps.iter().filter(|s| s.name.ends_with(".dw")).map(|s| s.instructions).sum::<f64>()
+    };
     let scalar = resource_report(&model, Kernels::Scalar, &images).unwrap();
     let simd = resource_report(&model, Kernels::Simd, &images).unwrap();
     let peer = int8_peer_report(&model, Kernels::Simd, &images).unwrap();
@@ -629,7 +639,14 @@ fn cortex_m7_counts_depthwise_convs_of_a_mobilenetv2() {
         assert!(dw(r) > 0.0, "{}", r.backend);
     }
     assert!(4.0 * dw(&simd) < dw(&scalar), "depthwise: SWAR {} vs scalar {}", dw(&simd), dw(&scalar));
-    assert!(dw(&simd) < dw(&peer) && simd.instructions < peer.instructions, "2-bit {} (dw {}) vs int8 peer {} (dw {})", simd.instructions, dw(&simd), peer.instructions, dw(&peer));
+    assert!(
+        dw(&simd) < dw(&peer) && simd.instructions < peer.instructions,
+        "2-bit {} (dw {}) vs int8 peer {} (dw {})",
+        simd.instructions,
+        dw(&simd),
+        peer.instructions,
+        dw(&peer)
+    );
 }
 
 /// `check_overwrite`: a missing file, a file of a generated package and a runtime file as an

@@ -1,8 +1,9 @@
-//! An int8 peer of a model: the same network (every conv, shortcut, pooling and classifier at
-//! the model's shapes) as a plain int8 C program in the style of TensorFlow Lite Micro's
-//! reference kernels (`c/nce_int8.c`), for comparing instruction counts, flash and RAM with the
-//! 2-bit runtime through the same Cortex-M7 harness. Its weights are pseudo-random: it computes
-//! what an int8 deployment of the network computes, not this model's logits.
+//! An int8 peer of a model: the same network (every conv, depthwise ones as TFLite's
+//! `DEPTHWISE_CONV_2D`, shortcut, pooling and classifier at the model's shapes) as a plain int8
+//! C program in the style of TensorFlow Lite Micro's reference kernels (`c/nce_int8.c`), for
+//! comparing instruction counts, flash and RAM with the 2-bit runtime through the same
+//! Cortex-M7 harness. Its weights are pseudo-random: it computes what an int8 deployment of the
+//! network computes, not this model's logits.
 
 use super::generate::{array, first_fit, i32_literal, model_header, safe, shape_of, slot, Tensor};
 use super::{CPackage, CRuntimeError, RUNTIME_FILES};

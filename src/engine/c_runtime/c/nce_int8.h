@@ -1,8 +1,9 @@
 /* nce int8 peer: a plain int8 reference of the same network, for comparing costs only
  * (`nce measure --backend qemu-cortex-m7 --check MODEL --int8-peer`). Its ops follow
  * TensorFlow Lite Micro's reference kernels (tensorflow/lite/kernels/internal/reference/
- * integer_ops: conv.h, add.h, pooling.h, fully_connected.h): int8 NHWC activations with a
- * zero point, int8 OHWI weights (symmetric), int32 accumulation, per-channel requantisation
+ * integer_ops: conv.h, depthwise_conv.h, add.h, pooling.h, fully_connected.h): int8 NHWC
+ * activations with a zero point, int8 OHWI weights (symmetric; depthwise: [k][k][c]), int32
+ * accumulation, per-channel requantisation
  * with a Q31 multiplier and a shift (gemmlowp's SaturatingRoundingDoublingHighMul and
  * RoundingDivideByPOT). Residual adds are separate ops, as in a TFLite graph. The weights
  * are pseudo-random: the values do not match the 2-bit model, the work does.
