@@ -703,3 +703,29 @@ fn cli_export_c_runtime_alone_and_never_over_a_users_file() {
     assert_eq!(std::fs::read_to_string(user.join("nce_model.c")).unwrap(), mine);
     assert_eq!(std::fs::read_dir(&user).unwrap().count(), 1, "nothing else written");
 }
+
+/// `nce measure --backend qemu-cortex-m7` on a MobileNetV2: every layer has an entry, and the
+/// depthwise entries count a depthwise conv (a few instructions per MAC), not a dense one over
+/// the same channels (which would need about as many instructions per MAC as channels).
+#[test]
+fn cortex_m7_instruction_table_counts_depthwise_layers() {
+    use nce::engine::c_runtime::{measure_insn_table, ASSUMED_CPI, M7_CLOCK_MHZ};
+    use nce::engine::measure::MeasureConfig;
+    if let Err(e) = CTarget::CortexM7.check_tools() {
+        eprintln!("skipping: {e}");
+        return;
+    }
+    let net = mobilenet_model(11).net().clone();
+    let cfg = MeasureConfig { grid: vec![1.0], ..Default::default() };
+    let table = measure_insn_table(&net, &cfg, Kernels::Simd).unwrap();
+    let mut dw = 0;
+    for l in &net.layers {
+        let us = table.lookup_us(&l.signature()).unwrap_or_else(|| panic!("{}", l.signature()));
+        if matches!(l.op, nce::graph::Op::Conv { groups, .. } if groups > 1) {
+            let per_mac = us * M7_CLOCK_MHZ / ASSUMED_CPI / l.macs() as f64;
+            assert!(per_mac > 0.5 && per_mac < 12.0, "{}: {per_mac} instructions per MAC", l.name);
+            dw += 1;
+        }
+    }
+    assert!(dw >= 10, "{dw} depthwise layers");
+}

@@ -6,7 +6,7 @@ use super::generate::{array, emit_conv_desc, scratch_bytes};
 use super::{CPackage, CRuntimeError, RUNTIME_FILES};
 use crate::data::Rng;
 use crate::engine::measure::{layer_jobs, synthetic_conv, LayerJob, MeasureConfig};
-use crate::engine::ConvWeights;
+use crate::engine::{Conv2d, ConvWeights};
 use crate::graph::{Network, Op, Shape};
 use std::collections::BTreeMap;
 use std::fmt::Write;
@@ -54,12 +54,20 @@ fn conv_step(
     io: (usize, usize),
     residual: bool,
 ) -> Result<usize, CRuntimeError> {
-    let Op::Conv { k, stride, pad, .. } = l.op else { unreachable!("conv job") };
+    let Op::Conv { k, stride, pad, groups, .. } = l.op else { unreachable!("conv job") };
     let (c_in, c_out) = io;
     let w8 = l.wbits > 2;
     let qmax = ((1u32 << l.out_bits.min(8)) - 1) as u8;
-    let conv = synthetic_conv(rng, c_in, c_out, k, stride, pad, w8, qmax).map_err(|e| CRuntimeError::Unsupported(e.to_string()))?;
-    let x = Shape::new(c_in, l.in_shape.h, l.in_shape.w);
+    let unsupported = |e: crate::engine::EngineError| CRuntimeError::Unsupported(e.to_string());
+    let conv = if groups > 1 {
+        // Depthwise (the only grouped convs of the model families): one k×k filter per output
+        // channel, a one-input-channel conv's weights and requantisation.
+        let one = synthetic_conv(rng, 1, c_out, k, stride, pad, w8, qmax).map_err(unsupported)?;
+        Conv2d::grouped(c_out, c_out, k, stride, pad, one.weights, one.requant).map_err(unsupported)?
+    } else {
+        synthetic_conv(rng, c_in, c_out, k, stride, pad, w8, qmax).map_err(unsupported)?
+    };
+    let x = Shape::new(conv.c_in, l.in_shape.h, l.in_shape.w);
     let y = out_shape(x, c_out, k, stride, pad);
     let step = body.matches("NCE_HOOK(").count();
     let name = format!("nce_b{step}");
