@@ -62,6 +62,7 @@ void nce_i8_conv_ref(const nce_i8_conv_t *l, const int8_t *x, int8_t *y) {
         for (ox = 0; ox < l->wo; ox++) {
             int32_t ix0 = (int32_t)(ox * l->stride) - (int32_t)l->pad;
             for (o = 0; o < l->c_out; o++) {
+                const int8_t *xg = x + o / group_out * cg;
                 int32_t acc = 0;
                 for (ky = 0; ky < l->k; ky++) {
                     int32_t iy = iy0 + (int32_t)ky;
@@ -71,7 +72,7 @@ void nce_i8_conv_ref(const nce_i8_conv_t *l, const int8_t *x, int8_t *y) {
                         if (ix < 0 || ix >= (int32_t)l->w || iy < 0 || iy >= (int32_t)l->h) {
                             continue;
                         }
-                        px = x + ((uint32_t)iy * l->w + (uint32_t)ix) * l->c_in + o / group_out * cg;
+                        px = xg + ((uint32_t)iy * l->w + (uint32_t)ix) * l->c_in;
                         pw = l->weights + ((o * l->k + ky) * l->k + kx) * cg;
                         for (ci = 0; ci < cg; ci++) {
                             acc += pw[ci] * (px[ci] + l->in_offset);

@@ -42,10 +42,10 @@ static uint32_t nce_groups(const nce_conv_t *l) {
     return l->groups > 1 ? l->groups : 1u;
 }
 
-/* The signed weight code of output channel o, reduction index i (of k*k*c_in/groups). */
-static int32_t nce_weight(const nce_conv_t *l, uint32_t o, uint32_t i) {
+/* The signed weight code of output channel o, reduction index i (of k_len = k*k*c_in/groups). */
+static int32_t nce_weight(const nce_conv_t *l, uint32_t k_len, uint32_t o, uint32_t i) {
     if (l->w8) {
-        return ((const int8_t *)l->weights)[o * (l->k * l->k * (l->c_in / nce_groups(l))) + i];
+        return ((const int8_t *)l->weights)[o * k_len + i];
     } else {
         uint32_t word = ((const uint32_t *)l->weights)[o * l->words + i / 16];
         return 2 * (int32_t)((word >> (2 * (i % 16))) & 3u) - 3;
@@ -79,7 +79,7 @@ static uint8_t nce_epilogue(const nce_conv_t *l, const uint8_t *res, uint32_t y,
 }
 
 void nce_conv_ref(const nce_conv_t *l, const uint8_t *x, const uint8_t *res, uint8_t *y) {
-    uint32_t cg = l->c_in / nce_groups(l), group_out = l->c_conv / nce_groups(l);
+    uint32_t cg = l->c_in / nce_groups(l), group_out = l->c_conv / nce_groups(l), k_len = l->k * l->k * cg;
     uint32_t oy, ox, o, ky, kx, ci;
     for (oy = 0; oy < l->ho; oy++) {
         for (ox = 0; ox < l->wo; ox++) {
@@ -87,6 +87,8 @@ void nce_conv_ref(const nce_conv_t *l, const uint8_t *x, const uint8_t *res, uin
             for (o = 0; o < l->c_out; o++) {
                 int32_t acc = 0;
                 if (o < l->c_conv) {
+                    /* The input channels of output channel o's group. */
+                    const uint8_t *xg = x + o / group_out * cg;
                     for (ky = 0; ky < l->k; ky++) {
                         int32_t iy = nce_tap(oy, ky, l->stride, l->pad, l->h);
                         if (iy < 0) {
@@ -98,10 +100,9 @@ void nce_conv_ref(const nce_conv_t *l, const uint8_t *x, const uint8_t *res, uin
                             if (ix < 0) {
                                 continue;
                             }
-                            /* The input channels of output channel o's group. */
-                            px = x + ((uint32_t)iy * l->w + (uint32_t)ix) * l->c_in + o / group_out * cg;
+                            px = xg + ((uint32_t)iy * l->w + (uint32_t)ix) * l->c_in;
                             for (ci = 0; ci < cg; ci++) {
-                                acc += (int32_t)px[ci] * nce_weight(l, o, (ky * l->k + kx) * cg + ci);
+                                acc += (int32_t)px[ci] * nce_weight(l, k_len, o, (ky * l->k + kx) * cg + ci);
                             }
                         }
                     }
