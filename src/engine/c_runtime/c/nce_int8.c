@@ -56,7 +56,7 @@ static int8_t nce_i8_out(const nce_i8_conv_t *l, uint32_t o, int32_t acc) {
 
 void nce_i8_conv_ref(const nce_i8_conv_t *l, const int8_t *x, int8_t *y) {
     uint32_t groups = l->groups > 1 ? l->groups : 1u, cg = l->c_in / groups, group_out = l->c_out / groups;
-    uint32_t oy, ox, o, ky, kx, ci;
+    uint32_t oy, ox, o, ky, kx;
     for (oy = 0; oy < l->ho; oy++) {
         int32_t iy0 = (int32_t)(oy * l->stride) - (int32_t)l->pad;
         for (ox = 0; ox < l->wo; ox++) {
@@ -68,14 +68,14 @@ void nce_i8_conv_ref(const nce_i8_conv_t *l, const int8_t *x, int8_t *y) {
                     int32_t iy = iy0 + (int32_t)ky;
                     for (kx = 0; kx < l->k; kx++) {
                         int32_t ix = ix0 + (int32_t)kx;
-                        const int8_t *px, *pw;
+                        const int8_t *px, *pw, *end;
                         if (ix < 0 || ix >= (int32_t)l->w || iy < 0 || iy >= (int32_t)l->h) {
                             continue;
                         }
                         px = xg + ((uint32_t)iy * l->w + (uint32_t)ix) * l->c_in;
                         pw = l->weights + ((o * l->k + ky) * l->k + kx) * cg;
-                        for (ci = 0; ci < cg; ci++) {
-                            acc += pw[ci] * (px[ci] + l->in_offset);
+                        for (end = px + cg; px < end; px++, pw++) {
+                            acc += *pw * (*px + l->in_offset);
                         }
                     }
                 }
