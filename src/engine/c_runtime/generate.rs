@@ -14,13 +14,12 @@ const ALIGN: usize = 8;
 /// Bytes of the scratch buffer the SIMD builds' paths need for one conv: its receptive field
 /// (one byte per code; for 2-bit weights padded to whole words of 16 codes, which the
 /// ARMv7E-M path transposes in place); for a 2-bit depthwise conv its weights expanded per tap
-/// (the SWAR path's two byte masks per channel, the NEON path's byte per channel rounded up to
-/// 16 channels). Other grouped convs run the reference and need none.
+/// for one group of channels at a time (the SWAR path's two mask words per tap for four channels,
+/// the NEON path's byte per tap and channel for sixteen). Other grouped convs run the reference
+/// and need none.
 pub(super) fn scratch_bytes(conv: &Conv2d) -> usize {
     match conv.weights {
-        ConvWeights::W2(_) if conv.is_depthwise() => {
-            conv.k * conv.k * (2 * conv.c_in.next_multiple_of(4)).max(conv.c_in.next_multiple_of(16))
-        }
+        ConvWeights::W2(_) if conv.is_depthwise() => conv.k * conv.k * 16,
         _ if conv.groups > 1 => 0,
         ConvWeights::W2(_) => words_for(conv.k_len()) * 16,
         ConvWeights::W8(_) => conv.k_len().next_multiple_of(4),

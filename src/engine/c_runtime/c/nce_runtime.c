@@ -217,17 +217,17 @@ static const uint8_t *nce_dw_px(const nce_conv_t *l, const uint8_t *x, int32_t i
  * u = u0 + 2 u1 and a code x <= 3, u x = (x & M0) + 2 (x & M1) where the byte masks M0, M1 are
  * 0xff in the lanes whose weight has bit 0 (bit 1) set: per tap and four channels two ANDs and
  * three ADDs (the last sums the codes), no multiply. A lane sums at most 9 k^2 (<= 225 for
- * k <= 5) and the codes at most 3 k^2, so no lane carries into the next. The masks (two words
- * per tap and four channels) are built once per call in scratch, byte by byte in memory order,
- * so that word loads see channel j in the same lane as the codes on either endianness. */
-static void nce_dw_swar_masks(const nce_conv_t *l, uint8_t *masks) {
-    uint32_t kk = l->k * l->k, c4 = (l->c_in + 3u) & ~3u, ch, t;
-    for (ch = 0; ch < c4; ch++) {
-        for (t = 0; t < kk; t++) {
-            uint32_t u = ch < l->c_in ? nce_dw_u(l, ch, t) : 0u;
-            uint8_t *m = masks + ((ch / 4) * kk + t) * 8 + ch % 4;
-            m[0] = (u & 1u) ? 0xffu : 0u;
-            m[4] = (u & 2u) ? 0xffu : 0u;
+ * k <= 5) and the codes at most 3 k^2, so no lane carries into the next. Channel groups are the
+ * outer loop: the masks of one group (two words per tap) are built in scratch, byte by byte in
+ * memory order, so that word loads see channel j in the same lane as the codes on either
+ * endianness. */
+static void nce_dw_swar_masks(const nce_conv_t *l, uint32_t g, uint32_t n, uint8_t *masks) {
+    uint32_t kk = l->k * l->k, j, t;
+    for (t = 0; t < kk; t++) {
+        for (j = 0; j < 4; j++) {
+            uint32_t u = j < n ? nce_dw_u(l, g + j, t) : 0u;
+            masks[t * 8 + j] = (u & 1u) ? 0xffu : 0u;
+            masks[t * 8 + 4 + j] = (u & 2u) ? 0xffu : 0u;
         }
     }
 }
@@ -286,56 +286,104 @@ static inline void nce_dw3_swar_row(const uint8_t *p, uint32_t c, const uint32_t
     NCE_DW_SWAR_TAP(v2, m + 4, *a, *s);
 }
 
-/* Scratch: the masks, 2 k^2 bytes per channel (rounded up to 4 channels). A 3x3 window inside
- * the input takes straight-line code for the whole groups of four channels. */
-static void nce_conv_dw_swar(const nce_conv_t *layer, const uint8_t *x, const uint8_t *res, uint8_t *y, void *scratch) {
+/* Channels g..g+n-1 (n <= 4) of output pixel (oy, ox); mk: their masks. */
+static void nce_dw_swar_px(const nce_conv_t *l, const uint8_t *x, const uint8_t *res, uint8_t *y, const uint32_t *mk,
+                           uint32_t g, uint32_t n, uint32_t oy, uint32_t ox) {
+    uint8_t *out = y + (oy * l->wo + ox) * l->c_out + g;
+    const uint8_t *sc = nce_shortcut_px(l, res, oy, ox);
+    uint32_t ux, sx, j, win[4];
+    int32_t org[2];
+    uint8_t lu[4], ls[4];
+    org[0] = nce_tap_range(l, oy, l->h, &win[0], &win[1]);
+    org[1] = nce_tap_range(l, ox, l->w, &win[2], &win[3]);
+    if (n == 4) {
+        nce_dw_swar_taps(l, x + g, mk, org, win, 4, &ux, &sx);
+    } else {
+        nce_dw_swar_taps(l, x + g, mk, org, win, n, &ux, &sx);
+    }
+    memcpy(lu, &ux, sizeof lu);
+    memcpy(ls, &sx, sizeof ls);
+    for (j = 0; j < n; j++) {
+        out[j] = nce_epilogue_px(l, sc, g + j, 2 * (int32_t)lu[j] - 3 * (int32_t)ls[j]);
+    }
+}
+
+/* Output columns [lo, hi) of row oy for four channels g..g+3 of a 3x3 conv whose windows there
+ * lie inside the input: straight-line taps, pointers stepped from pixel to pixel. */
+static void nce_dw3_swar_run(const nce_conv_t *layer, const uint8_t *x, const uint8_t *res, uint8_t *y, const uint32_t *mk,
+                             uint32_t g, uint32_t oy, const uint32_t run[2]) {
     /* A local copy: the compiler then knows that the output stores do not change it, and keeps
      * its fields in registers instead of reloading them for every channel. */
     const nce_conv_t copy = *layer, *l = &copy;
-    const uint32_t *masks = (const uint32_t *)scratch;
-    uint32_t kk = l->k * l->k, row = l->w * l->c_in, oy, ox, g, j, o, win[4];
-    int32_t org[2];
-    nce_dw_swar_masks(layer, (uint8_t *)scratch);
+    uint32_t row = l->w * l->c_in, step = l->stride * l->c_in, ox, j;
+    const uint8_t *p = x + g + ((oy * l->stride - l->pad) * l->w + run[0] * l->stride - l->pad) * l->c_in;
+    uint8_t *out = y + (oy * l->wo + run[0]) * l->c_out + g;
+    for (ox = run[0]; ox < run[1]; ox++, p += step, out += l->c_out) {
+        const uint8_t *sc = nce_shortcut_px(l, res, oy, ox);
+        uint32_t ux = 0, sx = 0;
+        uint8_t lu[4], ls[4];
+        nce_dw3_swar_row(p, l->c_in, mk, &ux, &sx);
+        nce_dw3_swar_row(p + row, l->c_in, mk + 6, &ux, &sx);
+        nce_dw3_swar_row(p + 2 * row, l->c_in, mk + 12, &ux, &sx);
+        memcpy(lu, &ux, sizeof lu);
+        memcpy(ls, &sx, sizeof ls);
+        for (j = 0; j < 4; j++) {
+            out[j] = nce_epilogue_px(l, sc, g + j, 2 * (int32_t)lu[j] - 3 * (int32_t)ls[j]);
+        }
+    }
+}
+
+/* The output coordinates [run[0], run[1]) whose 3-tap windows lie inside an input of n. */
+static void nce_dw3_inside(const nce_conv_t *l, uint32_t n, uint32_t out_n, uint32_t run[2]) {
+    uint32_t lo = (l->pad + l->stride - 1) / l->stride;
+    uint32_t hi = n + l->pad >= 3 ? (n + l->pad - 3) / l->stride + 1 : 0;
+    hi = hi < out_n ? hi : out_n;
+    run[0] = lo < hi ? lo : hi;
+    run[1] = hi;
+}
+
+/* Channels g..g+n-1 (n <= 4) of every output pixel; mk: their masks. A 3x3 conv takes
+ * nce_dw3_swar_run where its windows lie inside the input. */
+static void nce_conv_dw_swar_group(const nce_conv_t *l, const uint8_t *x, const uint8_t *res, uint8_t *y, const uint32_t *mk,
+                                   uint32_t g, uint32_t n) {
+    uint32_t rows[2] = {0, 0}, cols[2] = {0, 0}, oy, ox;
+    if (n == 4 && l->k == 3) {
+        nce_dw3_inside(l, l->h, l->ho, rows);
+        nce_dw3_inside(l, l->w, l->wo, cols);
+    }
     for (oy = 0; oy < l->ho; oy++) {
-        org[0] = nce_tap_range(l, oy, l->h, &win[0], &win[1]);
-        for (ox = 0; ox < l->wo; ox++) {
-            uint8_t *out = y + (oy * l->wo + ox) * l->c_out;
-            const uint8_t *sc = nce_shortcut_px(l, res, oy, ox);
-            int inside3;
-            org[1] = nce_tap_range(l, ox, l->w, &win[2], &win[3]);
-            inside3 = l->k == 3 && win[0] == 0 && win[1] == 3 && win[2] == 0 && win[3] == 3;
-            for (g = 0; g < l->c_in; g += 4) {
-                const uint8_t *xg = x + g;
-                const uint32_t *mk = masks + (g / 4) * kk * 2;
-                uint32_t n = l->c_in - g < 4 ? l->c_in - g : 4, ux, sx;
-                uint8_t lu[4], ls[4];
-                if (n == 4 && inside3) {
-                    const uint8_t *p = nce_dw_px(l, xg, org[0], org[1], 0, 0);
-                    ux = 0;
-                    sx = 0;
-                    nce_dw3_swar_row(p, l->c_in, mk, &ux, &sx);
-                    nce_dw3_swar_row(p + row, l->c_in, mk + 6, &ux, &sx);
-                    nce_dw3_swar_row(p + 2 * row, l->c_in, mk + 12, &ux, &sx);
-                } else if (n == 4) {
-                    nce_dw_swar_taps(l, xg, mk, org, win, 4, &ux, &sx);
-                } else {
-                    nce_dw_swar_taps(l, xg, mk, org, win, n, &ux, &sx);
-                }
-                memcpy(lu, &ux, sizeof lu);
-                memcpy(ls, &sx, sizeof ls);
-                if (sc == NULL) { /* the usual case: the epilogue without its shortcut term */
-                    for (j = 0; j < n; j++) {
-                        out[g + j] = nce_epilogue_px(l, NULL, g + j, 2 * (int32_t)lu[j] - 3 * (int32_t)ls[j]);
-                    }
-                } else {
-                    for (j = 0; j < n; j++) {
-                        out[g + j] = nce_epilogue_px(l, sc, g + j, 2 * (int32_t)lu[j] - 3 * (int32_t)ls[j]);
-                    }
-                }
+        if (oy < rows[0] || oy >= rows[1] || cols[0] == cols[1]) {
+            for (ox = 0; ox < l->wo; ox++) {
+                nce_dw_swar_px(l, x, res, y, mk, g, n, oy, ox);
             }
-            for (o = l->c_conv; o < l->c_out; o++) {
-                out[o] = nce_epilogue_px(l, sc, o, 0);
-            }
+            continue;
+        }
+        for (ox = 0; ox < cols[0]; ox++) {
+            nce_dw_swar_px(l, x, res, y, mk, g, n, oy, ox);
+        }
+        nce_dw3_swar_run(l, x, res, y, mk, g, oy, cols);
+        for (ox = cols[1]; ox < l->wo; ox++) {
+            nce_dw_swar_px(l, x, res, y, mk, g, n, oy, ox);
+        }
+    }
+}
+
+/* Scratch: one group's masks, 8 k^2 bytes. */
+static void nce_conv_dw_swar(const nce_conv_t *l, const uint8_t *x, const uint8_t *res, uint8_t *y, void *scratch) {
+    uint32_t g, o, p;
+    for (g = 0; g < l->c_in; g += 4) {
+        uint32_t n = l->c_in - g < 4 ? l->c_in - g : 4;
+        nce_dw_swar_masks(l, g, n, (uint8_t *)scratch);
+        if (res == NULL) { /* the usual case: the epilogue without its shortcut term */
+            nce_conv_dw_swar_group(l, x, NULL, y, (const uint32_t *)scratch, g, n);
+        } else {
+            nce_conv_dw_swar_group(l, x, res, y, (const uint32_t *)scratch, g, n);
+        }
+    }
+    for (p = 0; p < l->ho * l->wo && l->c_out > l->c_conv; p++) {
+        const uint8_t *sc = nce_shortcut_px(l, res, p / l->wo, p % l->wo);
+        for (o = l->c_conv; o < l->c_out; o++) {
+            y[p * l->c_out + o] = nce_epilogue_px(l, sc, o, 0);
         }
     }
 }
@@ -494,33 +542,33 @@ static void nce_conv_w8_patch(const nce_conv_t *l, const uint8_t *x, const uint8
 #endif
 
 #if defined(NCE_SIMD_NEON)
-/* Depthwise 2-bit convs, sixteen channels per vector: u = (c + 3) / 2 as one byte per tap and
- * channel in scratch (k^2 rows of c_in rounded up to 16, padding channels 0), then per tap one
- * widening multiply-accumulate of u and the codes and one widening add of the codes, in 16-bit
- * lanes (at most 765 k^2 and 255 k^2: exact for k <= 9). */
+/* Depthwise 2-bit convs, sixteen channels per vector, channel groups outermost: u = (c + 3) / 2
+ * of one group as one byte per tap and channel in scratch (k^2 rows of 16, padding 0), then per
+ * tap one widening multiply-accumulate of u and the codes and one widening add of the codes, in
+ * 16-bit lanes (at most 765 k^2 and 255 k^2: exact for k <= 9). */
 static void nce_conv_dw_neon(const nce_conv_t *l, const uint8_t *x, const uint8_t *res, uint8_t *y, void *scratch) {
     uint8_t *u = (uint8_t *)scratch;
-    uint32_t cp = (l->c_in + 15u) & ~15u, kk = l->k * l->k, oy, ox, g, j, o, t, ky, kx, win[4];
+    uint32_t kk = l->k * l->k, oy, ox, g, j, o, t, ky, kx, win[4];
     int32_t org[2];
-    for (t = 0; t < kk; t++) {
-        for (g = 0; g < cp; g++) {
-            u[t * cp + g] = (uint8_t)(g < l->c_in ? nce_dw_u(l, g, t) : 0u);
+    for (g = 0; g < l->c_in; g += 16) {
+        uint32_t n = l->c_in - g < 16 ? l->c_in - g : 16;
+        for (t = 0; t < kk; t++) {
+            for (j = 0; j < 16; j++) {
+                u[t * 16 + j] = (uint8_t)(j < n ? nce_dw_u(l, g + j, t) : 0u);
+            }
         }
-    }
-    for (oy = 0; oy < l->ho; oy++) {
-        org[0] = nce_tap_range(l, oy, l->h, &win[0], &win[1]);
-        for (ox = 0; ox < l->wo; ox++) {
-            uint8_t *out = y + (oy * l->wo + ox) * l->c_out;
-            const uint8_t *sc = nce_shortcut_px(l, res, oy, ox);
-            org[1] = nce_tap_range(l, ox, l->w, &win[2], &win[3]);
-            for (g = 0; g < l->c_in; g += 16) {
-                uint32_t n = l->c_in - g < 16 ? l->c_in - g : 16;
+        for (oy = 0; oy < l->ho; oy++) {
+            org[0] = nce_tap_range(l, oy, l->h, &win[0], &win[1]);
+            for (ox = 0; ox < l->wo; ox++) {
+                uint8_t *out = y + (oy * l->wo + ox) * l->c_out;
+                const uint8_t *sc = nce_shortcut_px(l, res, oy, ox);
                 uint16x8_t a0 = vdupq_n_u16(0), a1 = a0, s0 = a0, s1 = a0;
                 uint16_t ua[16], sa[16];
+                org[1] = nce_tap_range(l, ox, l->w, &win[2], &win[3]);
                 for (ky = win[0]; ky < win[1]; ky++) {
                     for (kx = win[2]; kx < win[3]; kx++) {
                         const uint8_t *px = nce_dw_px(l, x, org[0], org[1], ky, kx) + g;
-                        uint8x16_t uv = vld1q_u8(u + (ky * l->k + kx) * cp + g), xv;
+                        uint8x16_t uv = vld1q_u8(u + (ky * l->k + kx) * 16), xv;
                         if (n == 16) {
                             xv = vld1q_u8(px);
                         } else {
@@ -542,9 +590,12 @@ static void nce_conv_dw_neon(const nce_conv_t *l, const uint8_t *x, const uint8_
                     out[g + j] = nce_epilogue_px(l, sc, g + j, nce_from_u(ua[j], sa[j]));
                 }
             }
-            for (o = l->c_conv; o < l->c_out; o++) {
-                out[o] = nce_epilogue_px(l, sc, o, 0);
-            }
+        }
+    }
+    for (oy = 0; oy < l->ho * l->wo && l->c_out > l->c_conv; oy++) {
+        const uint8_t *sc = nce_shortcut_px(l, res, oy / l->wo, oy % l->wo);
+        for (o = l->c_conv; o < l->c_out; o++) {
+            y[oy * l->c_out + o] = nce_epilogue_px(l, sc, o, 0);
         }
     }
 }
