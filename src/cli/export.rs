@@ -19,7 +19,7 @@ pub struct ExportArgs {
     /// A W2A2 checkpoint written by `nce train`.
     checkpoint: PathBuf,
     /// Output model file (`.nce`).
-    #[arg(short, long, required_unless_present_any = ["onnx", "qonnx"])]
+    #[arg(short, long, required_unless_present_any = ["onnx", "qonnx", "c_runtime"])]
     out: Option<PathBuf>,
     /// Also (or only) write the model as ONNX in QDQ form (opset 17, runs in stock ONNX
     /// Runtime; docs/onnx.md).
@@ -31,8 +31,9 @@ pub struct ExportArgs {
     /// Also write the arrays as a C header (for microcontrollers).
     #[arg(long)]
     c_header: Option<PathBuf>,
-    /// Also write a self-contained C99 package (model, runtime, test harnesses) into this
-    /// folder: `nce_run(input, logits)` with no malloc and no floating point (README, "C").
+    /// Also (or only) write a self-contained C99 package (model, runtime, test harnesses) into
+    /// this folder: `nce_run(input, logits)` with no malloc and no floating point (README, "C").
+    /// Files there that nce did not write are never overwritten.
     #[arg(long)]
     c_runtime: Option<PathBuf>,
     /// Record the hardware profile the network was built for.
@@ -67,6 +68,7 @@ pub fn export(a: ExportArgs) -> Result<ExitCode> {
     }
     for f in c_runtime_files(&a) {
         fsutil::check_target(&f, &WriteOptions::protecting([&a.checkpoint]))?;
+        crate::engine::c_runtime::check_overwrite(&f)?;
     }
     let m = crate::train::load_model(&a.checkpoint)?;
     let layers = convert::int_layers(&m).with_context(|| format!("exporting {}", a.checkpoint.display()))?;

@@ -2,7 +2,7 @@
 //! (every layer's constants in execution order, a static arena planned here, and `nce_run`
 //! calling the runtime's ops step by step).
 
-use super::{CPackage, CRuntimeError, RUNTIME_FILES};
+use super::{CPackage, CRuntimeError, GENERATED_MARKER, RUNTIME_FILES};
 use crate::engine::plan::{QModel, Step};
 use crate::engine::{words_for, Conv2d, ConvWeights};
 use crate::graph::{Network, Shape, Src};
@@ -13,9 +13,14 @@ const ALIGN: usize = 8;
 
 /// Bytes of the scratch buffer the SIMD builds' paths need for one conv: its receptive field
 /// (one byte per code; for 2-bit weights padded to whole words of 16 codes, which the
-/// ARMv7E-M path transposes in place).
+/// ARMv7E-M path transposes in place); for a 2-bit depthwise conv its weights expanded per tap
+/// for one group of channels at a time (the SWAR path's two mask words per tap for four channels,
+/// the NEON path's byte per tap and channel for sixteen). Other grouped convs run the reference
+/// and need none.
 pub(super) fn scratch_bytes(conv: &Conv2d) -> usize {
     match conv.weights {
+        ConvWeights::W2(_) if conv.is_depthwise() => conv.k * conv.k * 16,
+        _ if conv.groups > 1 => 0,
         ConvWeights::W2(_) => words_for(conv.k_len()) * 16,
         ConvWeights::W8(_) => conv.k_len().next_multiple_of(4),
     }
@@ -162,8 +167,8 @@ pub(super) fn emit_conv_desc(
     let (res_c, res_w, res_stride, r) = res.map_or((0, 0, 1, 0), |(sh, stride, r)| (sh.c, sh.w, stride, r));
     let _ = writeln!(
         out,
-        "static const nce_conv_t {name} = {{\n    .c_in = {}, .h = {}, .w = {}, .ho = {}, .wo = {}, .c_out = {}, .c_conv = {},\n    \
-         .k = {}, .stride = {}, .pad = {}, .w8 = {}, .words = {words},\n    .weights = {}, .m = {}, .b = {}, \
+        "static const nce_conv_t {name} = {{\n    .c_in = {}, .h = {}, .w = {}, .ho = {}, .wo = {}, .c_out = {}, .c_conv = {}, \
+         .groups = {},\n    .k = {}, .stride = {}, .pad = {}, .w8 = {}, .words = {words},\n    .weights = {}, .m = {}, .b = {}, \
          .shift = {}, .qmax = {},\n    .res_c = {res_c}, .res_w = {res_w}, .res_stride = {res_stride}, .r = {},\n}};\n",
         x.c,
         x.h,
@@ -172,6 +177,7 @@ pub(super) fn emit_conv_desc(
         y.w,
         y.c,
         conv.c_conv(),
+        conv.groups,
         conv.k,
         conv.stride,
         conv.pad,
@@ -335,6 +341,7 @@ pub fn generate(model: &QModel) -> Result<CPackage, CRuntimeError> {
         ("nce_model.c".to_string(), c),
     ];
     files.extend(RUNTIME_FILES.iter().map(|(name, text)| (name.to_string(), text.to_string())));
+    let files = files.into_iter().map(|(name, text)| (name, format!("{GENERATED_MARKER}\n{text}"))).collect();
     Ok(CPackage {
         files,
         arena_bytes: arena.max(ALIGN),

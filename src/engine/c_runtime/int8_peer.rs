@@ -1,8 +1,9 @@
-//! An int8 peer of a model: the same network (every conv, shortcut, pooling and classifier at
-//! the model's shapes) as a plain int8 C program in the style of TensorFlow Lite Micro's
-//! reference kernels (`c/nce_int8.c`), for comparing instruction counts, flash and RAM with the
-//! 2-bit runtime through the same Cortex-M7 harness. Its weights are pseudo-random: it computes
-//! what an int8 deployment of the network computes, not this model's logits.
+//! An int8 peer of a model: the same network (every conv, depthwise ones as TFLite's
+//! `DEPTHWISE_CONV_2D`, shortcut, pooling and classifier at the model's shapes) as a plain int8
+//! C program in the style of TensorFlow Lite Micro's reference kernels (`c/nce_int8.c`), for
+//! comparing instruction counts, flash and RAM with the 2-bit runtime through the same
+//! Cortex-M7 harness. Its weights are pseudo-random: it computes what an int8 deployment of the
+//! network computes, not this model's logits.
 
 use super::generate::{array, first_fit, i32_literal, model_header, safe, shape_of, slot, Tensor};
 use super::{CPackage, CRuntimeError, RUNTIME_FILES};
@@ -70,9 +71,11 @@ impl<'a> Builder<'a> {
     }
 
     /// Per-channel Q31 multipliers in [0.5, 1) and a shift that maps an accumulator over
-    /// `k_len` products of random weights and activations back to int8's range.
+    /// `k_len` products of random weights (RMS 73) and activations back to int8's range with a
+    /// gain near 1 after the ReLU's clamp (about `√2 / (73 √k_len)`), so that the activations of
+    /// a deep network (MobileNetV2) neither die out nor saturate.
     fn requant(&mut self, channels: usize, k_len: usize) -> (Vec<String>, Vec<String>) {
-        let shift = -((k_len.max(1) as f64).sqrt() * 146.0).log2().ceil() as i32 + 1;
+        let shift = -((k_len.max(1) as f64).sqrt() * 40.0).log2().round() as i32;
         let mult = (0..channels).map(|_| ((1u64 << 30) + self.rng.below(1 << 30)).to_string()).collect();
         (mult, vec![shift.to_string(); channels])
     }
@@ -105,21 +108,28 @@ impl<'a> Builder<'a> {
         array(&mut decl, "int32_t", &format!("{p}_s"), &shift);
         let _ = writeln!(
             decl,
-            "static const nce_i8_conv_t {p} = {{\n    .c_in = {}, .h = {}, .w = {}, .ho = {}, .wo = {}, .c_out = {c}, .k = {}, .stride = {}, \
+            "static const nce_i8_conv_t {p} = {{\n    .c_in = {}, .h = {}, .w = {}, .ho = {}, .wo = {}, .c_out = {c}, .groups = {}, .k = {}, .stride = {}, \
              .pad = {},\n    .weights = {p}_w, .bias = {p}_b, .mult = {p}_m, .shift = {p}_s,\n    .in_offset = {}, .out_offset = {zp}, {ACT},\n}};\n",
             x.c,
             x.h,
             x.w,
             y.h,
             y.w,
+            conv.groups,
             conv.k,
             conv.stride,
             conv.pad,
             -self.zero_point[src],
         );
-        // Two int16 patches (the DSP path computes two pixels at a time).
-        self.scratch = self.scratch.max(4 * conv.k_len().next_multiple_of(4));
-        let call = format!("nce_i8_conv(&{p}, @0, @W, NCE_SCRATCH);");
+        let call = if conv.is_depthwise() {
+            // TFLite's DEPTHWISE_CONV_2D; the DSP path keeps each channel's weight sum.
+            self.scratch = self.scratch.max(4 * c);
+            format!("nce_i8_dwconv(&{p}, @0, @W, NCE_SCRATCH);")
+        } else {
+            // Two int16 patches (the DSP path computes two pixels at a time).
+            self.scratch = self.scratch.max(4 * conv.k_len().next_multiple_of(4));
+            format!("nce_i8_conv(&{p}, @0, @W, NCE_SCRATCH);")
+        };
         self.push(Op { decl, call, reads: vec![src], write: w, layer: *layer as i64, name: net.layers[*layer].name.clone() });
         self.of_slot[layer + 1] = Some(w);
         match residual {

@@ -55,25 +55,27 @@ static int8_t nce_i8_out(const nce_i8_conv_t *l, uint32_t o, int32_t acc) {
 }
 
 void nce_i8_conv_ref(const nce_i8_conv_t *l, const int8_t *x, int8_t *y) {
-    uint32_t oy, ox, o, ky, kx, ci;
+    uint32_t groups = l->groups > 1 ? l->groups : 1u, cg = l->c_in / groups, group_out = l->c_out / groups;
+    uint32_t oy, ox, o, ky, kx;
     for (oy = 0; oy < l->ho; oy++) {
         int32_t iy0 = (int32_t)(oy * l->stride) - (int32_t)l->pad;
         for (ox = 0; ox < l->wo; ox++) {
             int32_t ix0 = (int32_t)(ox * l->stride) - (int32_t)l->pad;
             for (o = 0; o < l->c_out; o++) {
+                const int8_t *xg = x + o / group_out * cg;
                 int32_t acc = 0;
                 for (ky = 0; ky < l->k; ky++) {
                     int32_t iy = iy0 + (int32_t)ky;
                     for (kx = 0; kx < l->k; kx++) {
                         int32_t ix = ix0 + (int32_t)kx;
-                        const int8_t *px, *pw;
+                        const int8_t *px, *pw, *end;
                         if (ix < 0 || ix >= (int32_t)l->w || iy < 0 || iy >= (int32_t)l->h) {
                             continue;
                         }
-                        px = x + ((uint32_t)iy * l->w + (uint32_t)ix) * l->c_in;
-                        pw = l->weights + ((o * l->k + ky) * l->k + kx) * l->c_in;
-                        for (ci = 0; ci < l->c_in; ci++) {
-                            acc += pw[ci] * (px[ci] + l->in_offset);
+                        px = xg + ((uint32_t)iy * l->w + (uint32_t)ix) * l->c_in;
+                        pw = l->weights + ((o * l->k + ky) * l->k + kx) * cg;
+                        for (end = px + cg; px < end; px++, pw++) {
+                            acc += *pw * (*px + l->in_offset);
                         }
                     }
                 }
@@ -96,7 +98,14 @@ static void nce_store32(void *p, uint32_t v) {
 
 /* Bytes 1 and 3 of w in the low and high halfword, sign-extended (SXTB16 of w rotated by 8). */
 static uint32_t nce_odd_bytes(uint32_t w) {
+#if defined(__GNUC__)
+    /* One instruction, as CMSIS-NN's __SXTB16_RORn (GCC does not fold the rotation). */
+    uint32_t r;
+    __asm__("sxtb16 %0, %1, ror #8" : "=r"(r) : "r"(w));
+    return r;
+#else
     return __sxtb16((w >> 8) | (w << 24));
+#endif
 }
 
 /* The receptive field of output pixel `pix` as int16 (x + in_offset, 0 in the padding); within
@@ -187,9 +196,167 @@ static void nce_i8_conv_dsp(const nce_i8_conv_t *l, const int8_t *x, int8_t *y, 
 }
 #endif
 
-void nce_i8_conv(const nce_i8_conv_t *l, const int8_t *x, int8_t *y, void *scratch) {
+/* TFLite's reference DepthwiseConv (multiplier 1): per output pixel and channel, the taps
+ * inside the input. */
+void nce_i8_dwconv_ref(const nce_i8_conv_t *l, const int8_t *x, int8_t *y) {
+    uint32_t oy, ox, ch, ky, kx;
+    for (oy = 0; oy < l->ho; oy++) {
+        int32_t iy0 = (int32_t)(oy * l->stride) - (int32_t)l->pad;
+        for (ox = 0; ox < l->wo; ox++) {
+            int32_t ix0 = (int32_t)(ox * l->stride) - (int32_t)l->pad;
+            for (ch = 0; ch < l->c_in; ch++) {
+                int32_t acc = 0;
+                for (ky = 0; ky < l->k; ky++) {
+                    int32_t iy = iy0 + (int32_t)ky;
+                    for (kx = 0; kx < l->k; kx++) {
+                        int32_t ix = ix0 + (int32_t)kx;
+                        if (ix < 0 || ix >= (int32_t)l->w || iy < 0 || iy >= (int32_t)l->h) {
+                            continue;
+                        }
+                        acc += l->weights[(ky * l->k + kx) * l->c_in + ch] * (x[((uint32_t)iy * l->w + (uint32_t)ix) * l->c_in + ch] + l->in_offset);
+                    }
+                }
+                y[(oy * l->wo + ox) * l->c_out + ch] = nce_i8_out(l, ch, acc);
+            }
+        }
+    }
+}
+
+#if defined(NCE_SIMD_DSP)
+/* Four channels (from x and w) of one output pixel over the taps win = [y0, y1) x [x0, x1),
+ * tap (ky, kx) reading input pixel (org[0] + ky, org[1] + kx): SXTB16 splits the codes and the weights into lanes
+ * (0, 2) and (1, 3), SMLABB and SMLATT multiply-accumulate each lane. `border`: the input offset
+ * is added to the codes (SADD16), else the caller adds in_offset * (the channel's weight sum). */
+#if defined(__GNUC__)
+__attribute__((always_inline))
+#endif
+static inline void nce_i8_dw4(const nce_i8_conv_t *l, const int8_t *x, const int8_t *w, const int32_t org[2], const uint32_t win[4],
+                              int border, int32_t s[4]) {
+    uint32_t off2 = ((uint32_t)l->in_offset & 0xffffu) * 0x00010001u, ky, kx;
+    int32_t s0 = 0, s1 = 0, s2 = 0, s3 = 0;
+    for (ky = win[0]; ky < win[1]; ky++) {
+        const int8_t *px = x + ((uint32_t)(org[0] + (int32_t)ky) * l->w + (uint32_t)(org[1] + (int32_t)win[2])) * l->c_in;
+        const int8_t *pw = w + (ky * l->k + win[2]) * l->c_in;
+        for (kx = win[2]; kx < win[3]; kx++, px += l->c_in, pw += l->c_in) {
+            uint32_t xv = nce_load32(px), wv = nce_load32(pw);
+            uint32_t x02 = __sxtb16(xv), x13 = nce_odd_bytes(xv), w02 = __sxtb16(wv), w13 = nce_odd_bytes(wv);
+            if (border) {
+                x02 = __sadd16(x02, off2);
+                x13 = __sadd16(x13, off2);
+            }
+            s0 = __smlabb(x02, w02, s0);
+            s2 = __smlatt(x02, w02, s2);
+            s1 = __smlabb(x13, w13, s1);
+            s3 = __smlatt(x13, w13, s3);
+        }
+    }
+    s[0] = s0;
+    s[1] = s1;
+    s[2] = s2;
+    s[3] = s3;
+}
+
+/* Three taps of a 3x3 window's row (codes at px, weights at pw, both c bytes apart), four
+ * channels: nce_i8_dw4's inside loop written out, as CMSIS-NN's arm_depthwise_conv_3x3_s8. */
+#if defined(__GNUC__)
+__attribute__((always_inline))
+#endif
+static inline void nce_i8_dw_tap(const int8_t *px, const int8_t *pw, int32_t s[4]) {
+    uint32_t xv = nce_load32(px), wv = nce_load32(pw);
+    uint32_t x02 = __sxtb16(xv), x13 = nce_odd_bytes(xv), w02 = __sxtb16(wv), w13 = nce_odd_bytes(wv);
+    s[0] = __smlabb(x02, w02, s[0]);
+    s[2] = __smlatt(x02, w02, s[2]);
+    s[1] = __smlabb(x13, w13, s[1]);
+    s[3] = __smlatt(x13, w13, s[3]);
+}
+
+#if defined(__GNUC__)
+__attribute__((always_inline))
+#endif
+static inline void nce_i8_dw3_row(const int8_t *px, const int8_t *pw, uint32_t c, int32_t s[4]) {
+    nce_i8_dw_tap(px, pw, s);
+    nce_i8_dw_tap(px + c, pw + c, s);
+    nce_i8_dw_tap(px + 2 * c, pw + 2 * c, s);
+}
+
+/* Scratch: each channel's weight sum (for in_offset at pixels whose window is inside). Channels
+ * past the last multiple of 4 take the reference's loop. */
+static void nce_i8_dwconv_dsp(const nce_i8_conv_t *layer, const int8_t *x, int8_t *y, int32_t *wsum) {
+    /* A local copy, so that the output stores do not force its fields to be reloaded. */
+    const nce_i8_conv_t copy = *layer, *l = &copy;
+    uint32_t c = l->c_in, c4 = c & ~3u, kk = l->k * l->k, ch, t, oy, ox, ky, kx, win[4];
+    int32_t org[2];
+    for (ch = 0; ch < c; ch++) {
+        wsum[ch] = 0;
+        for (t = 0; t < kk; t++) {
+            wsum[ch] += l->weights[t * c + ch];
+        }
+    }
+    for (oy = 0; oy < l->ho; oy++) {
+        int32_t iy0 = (int32_t)(oy * l->stride) - (int32_t)l->pad;
+        org[0] = iy0;
+        win[0] = iy0 < 0 ? (uint32_t)(-iy0) : 0u;
+        win[1] = (int32_t)l->h - iy0 < (int32_t)l->k ? (uint32_t)((int32_t)l->h - iy0) : l->k;
+        for (ox = 0; ox < l->wo; ox++) {
+            int32_t ix0 = (int32_t)(ox * l->stride) - (int32_t)l->pad;
+            int8_t *out = y + (oy * l->wo + ox) * l->c_out;
+            int inside;
+            org[1] = ix0;
+            win[2] = ix0 < 0 ? (uint32_t)(-ix0) : 0u;
+            win[3] = (int32_t)l->w - ix0 < (int32_t)l->k ? (uint32_t)((int32_t)l->w - ix0) : l->k;
+            inside = win[0] == 0 && win[2] == 0 && win[1] == l->k && win[3] == l->k;
+            for (ch = 0; ch < c4; ch += 4) {
+                int32_t s[4];
+                if (inside && l->k == 3) {
+                    const int8_t *px = x + ((uint32_t)iy0 * l->w + (uint32_t)ix0) * c + ch;
+                    s[0] = s[1] = s[2] = s[3] = 0;
+                    nce_i8_dw3_row(px, l->weights + ch, c, s);
+                    nce_i8_dw3_row(px + l->w * c, l->weights + 3 * c + ch, c, s);
+                    nce_i8_dw3_row(px + 2 * l->w * c, l->weights + 6 * c + ch, c, s);
+                    for (t = 0; t < 4; t++) {
+                        s[t] += l->in_offset * wsum[ch + t];
+                    }
+                } else if (inside) {
+                    nce_i8_dw4(l, x + ch, l->weights + ch, org, win, 0, s);
+                    for (t = 0; t < 4; t++) {
+                        s[t] += l->in_offset * wsum[ch + t];
+                    }
+                } else {
+                    nce_i8_dw4(l, x + ch, l->weights + ch, org, win, 1, s);
+                }
+                for (t = 0; t < 4; t++) {
+                    out[ch + t] = nce_i8_out(l, ch + t, s[t]);
+                }
+            }
+            for (; ch < c; ch++) {
+                int32_t acc = 0;
+                for (ky = win[0]; ky < win[1]; ky++) {
+                    for (kx = win[2]; kx < win[3]; kx++) {
+                        uint32_t at = ((uint32_t)(iy0 + (int32_t)ky) * l->w + (uint32_t)(ix0 + (int32_t)kx)) * c + ch;
+                        acc += l->weights[(ky * l->k + kx) * c + ch] * (x[at] + l->in_offset);
+                    }
+                }
+                out[ch] = nce_i8_out(l, ch, acc);
+            }
+        }
+    }
+}
+#endif
+
+void nce_i8_dwconv(const nce_i8_conv_t *l, const int8_t *x, int8_t *y, void *scratch) {
 #if defined(NCE_SIMD_DSP)
     if (scratch != NULL) {
+        nce_i8_dwconv_dsp(l, x, y, (int32_t *)scratch);
+        return;
+    }
+#endif
+    (void)scratch;
+    nce_i8_dwconv_ref(l, x, y);
+}
+
+void nce_i8_conv(const nce_i8_conv_t *l, const int8_t *x, int8_t *y, void *scratch) {
+#if defined(NCE_SIMD_DSP)
+    if (scratch != NULL && l->groups <= 1) {
         nce_i8_conv_dsp(l, x, y, (int16_t *)scratch);
         return;
     }

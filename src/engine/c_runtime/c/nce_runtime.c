@@ -1,5 +1,7 @@
 /* nce C runtime: see nce_runtime.h. Every op follows docs/quantization.md; the scalar
  * functions are line-for-line the definitions in src/engine/cpu/reference.rs. */
+#include <string.h>
+
 #include "nce_runtime.h"
 
 #if defined(NCE_SIMD_NEON)
@@ -35,10 +37,15 @@ static uint8_t nce_requant(int32_t acc, int32_t m, int32_t b, uint32_t q_sc, int
     return (uint8_t)(q > (int64_t)qmax ? qmax : (uint32_t)q);
 }
 
-/* The signed weight code of output channel o, reduction index i. */
-static int32_t nce_weight(const nce_conv_t *l, uint32_t o, uint32_t i) {
+/* Groups of the conv (a descriptor written without the field is dense). */
+static uint32_t nce_groups(const nce_conv_t *l) {
+    return l->groups > 1 ? l->groups : 1u;
+}
+
+/* The signed weight code of output channel o, reduction index i (of k_len = k*k*c_in/groups). */
+static int32_t nce_weight(const nce_conv_t *l, uint32_t k_len, uint32_t o, uint32_t i) {
     if (l->w8) {
-        return ((const int8_t *)l->weights)[o * l->k * l->k * l->c_in + i];
+        return ((const int8_t *)l->weights)[o * k_len + i];
     } else {
         uint32_t word = ((const uint32_t *)l->weights)[o * l->words + i / 16];
         return 2 * (int32_t)((word >> (2 * (i % 16))) & 3u) - 3;
@@ -72,6 +79,7 @@ static uint8_t nce_epilogue(const nce_conv_t *l, const uint8_t *res, uint32_t y,
 }
 
 void nce_conv_ref(const nce_conv_t *l, const uint8_t *x, const uint8_t *res, uint8_t *y) {
+    uint32_t cg = l->c_in / nce_groups(l), group_out = l->c_conv / nce_groups(l), k_len = l->k * l->k * cg;
     uint32_t oy, ox, o, ky, kx, ci;
     for (oy = 0; oy < l->ho; oy++) {
         for (ox = 0; ox < l->wo; ox++) {
@@ -79,6 +87,8 @@ void nce_conv_ref(const nce_conv_t *l, const uint8_t *x, const uint8_t *res, uin
             for (o = 0; o < l->c_out; o++) {
                 int32_t acc = 0;
                 if (o < l->c_conv) {
+                    /* The input channels of output channel o's group. */
+                    const uint8_t *xg = x + o / group_out * cg;
                     for (ky = 0; ky < l->k; ky++) {
                         int32_t iy = nce_tap(oy, ky, l->stride, l->pad, l->h);
                         if (iy < 0) {
@@ -90,9 +100,9 @@ void nce_conv_ref(const nce_conv_t *l, const uint8_t *x, const uint8_t *res, uin
                             if (ix < 0) {
                                 continue;
                             }
-                            px = x + ((uint32_t)iy * l->w + (uint32_t)ix) * l->c_in;
-                            for (ci = 0; ci < l->c_in; ci++) {
-                                acc += (int32_t)px[ci] * nce_weight(l, o, (ky * l->k + kx) * l->c_in + ci);
+                            px = xg + ((uint32_t)iy * l->w + (uint32_t)ix) * l->c_in;
+                            for (ci = 0; ci < cg; ci++) {
+                                acc += (int32_t)px[ci] * nce_weight(l, k_len, o, (ky * l->k + kx) * cg + ci);
                             }
                         }
                     }
@@ -174,9 +184,210 @@ static uint32_t nce_patch(const nce_conv_t *l, const uint8_t *x, uint32_t oy, ui
 static int32_t nce_from_u(uint32_t sum_ux, uint32_t sum_x) {
     return (int32_t)(2 * (int64_t)sum_ux - 3 * (int64_t)sum_x);
 }
+
+
+/* A depthwise conv: one filter per channel (groups == c_in == c_conv). */
+static int nce_is_depthwise(const nce_conv_t *l) {
+    return l->groups > 1 && l->groups == l->c_in && l->c_conv == l->c_in;
+}
+
+/* The taps [*lo, *hi) of output coordinate o that fall inside an input of n; returns the input
+ * coordinate of tap 0 (negative in the top or left padding). */
+static int32_t nce_tap_range(const nce_conv_t *l, uint32_t o, uint32_t n, uint32_t *lo, uint32_t *hi) {
+    int32_t org = (int32_t)(o * l->stride) - (int32_t)l->pad;
+    int32_t end = (int32_t)n - org;
+    *lo = org < 0 ? (uint32_t)(-org) : 0u;
+    *hi = end < (int32_t)l->k ? (uint32_t)(end < 0 ? 0 : end) : l->k;
+    return org;
+}
+
+/* The unsigned weight code u = (c + 3) / 2 of depthwise channel ch, tap t. */
+static uint32_t nce_dw_u(const nce_conv_t *l, uint32_t ch, uint32_t t) {
+    return (((const uint32_t *)l->weights)[ch * l->words + t / 16] >> (2 * (t % 16))) & 3u;
+}
+
+/* The input codes of channel ch..ch+n-1 at input pixel (iy0 + ky, ix0 + kx) (a tap inside). */
+static const uint8_t *nce_dw_px(const nce_conv_t *l, const uint8_t *x, int32_t iy0, int32_t ix0, uint32_t ky, uint32_t kx) {
+    return x + ((uint32_t)(iy0 + (int32_t)ky) * l->w + (uint32_t)(ix0 + (int32_t)kx)) * l->c_in;
+}
 #endif
 
 #if defined(NCE_SIMD_SWAR)
+/* Depthwise 2-bit convs, four channels per 32-bit word of the NHWC input. With
+ * u = u0 + 2 u1 and a code x <= 3, u x = (x & M0) + 2 (x & M1) where the byte masks M0, M1 are
+ * 0xff in the lanes whose weight has bit 0 (bit 1) set: per tap and four channels two ANDs and
+ * three ADDs (the last sums the codes), no multiply. A lane sums at most 9 k^2 (<= 225 for
+ * k <= 5) and the codes at most 3 k^2, so no lane carries into the next. Channel groups are the
+ * outer loop: the masks of one group (two words per tap) are built in scratch, byte by byte in
+ * memory order, so that word loads see channel j in the same lane as the codes on either
+ * endianness. */
+static void nce_dw_swar_masks(const nce_conv_t *l, uint32_t g, uint32_t n, uint8_t *masks) {
+    uint32_t kk = l->k * l->k, j, t;
+    for (t = 0; t < kk; t++) {
+        for (j = 0; j < 4; j++) {
+            uint32_t u = j < n ? nce_dw_u(l, g + j, t) : 0u;
+            masks[t * 8 + j] = (u & 1u) ? 0xffu : 0u;
+            masks[t * 8 + 4 + j] = (u & 2u) ? 0xffu : 0u;
+        }
+    }
+}
+
+/* n <= 4 bytes as the first lanes of a word (the others 0). */
+static uint32_t nce_load_lanes(const uint8_t *p, uint32_t n) {
+    uint8_t b[4] = {0, 0, 0, 0};
+    uint32_t i, v;
+    for (i = 0; i < n; i++) {
+        b[i] = p[i];
+    }
+    memcpy(&v, b, sizeof v);
+    return v;
+}
+
+/* Four channels (lanes) of one output pixel: sum u x into *ux and sum x into *sx over the taps
+ * [ky0, ky1) x [kx0, kx1); n < 4 channels are read byte by byte (the last group). */
+#if defined(__GNUC__)
+__attribute__((always_inline))
+#endif
+static inline void nce_dw_swar_taps(const nce_conv_t *l, const uint8_t *x, const uint32_t *mk, const int32_t org[2],
+                                    const uint32_t win[4], uint32_t n, uint32_t *ux, uint32_t *sx) {
+    uint32_t ky, kx, a = 0, s = 0;
+    for (ky = win[0]; ky < win[1]; ky++) {
+        const uint8_t *px = nce_dw_px(l, x, org[0], org[1], ky, win[2]);
+        const uint32_t *m = mk + (ky * l->k + win[2]) * 2;
+        for (kx = win[2]; kx < win[3]; kx++, px += l->c_in, m += 2) {
+            uint32_t v;
+            if (n == 4) {
+                memcpy(&v, px, sizeof v);
+            } else {
+                v = nce_load_lanes(px, n);
+            }
+            a += (v & m[0]) + ((v & m[1]) << 1);
+            s += v;
+        }
+    }
+    *ux = a;
+    *sx = s;
+}
+
+/* One tap of four channels: the codes v against the masks m[0], m[1]. */
+#define NCE_DW_SWAR_TAP(v, m, a, s) ((a) += ((v) & (m)[0]) + (((v) & (m)[1]) << 1), (s) += (v))
+
+/* Three taps of a 3x3 window's row at p (pixels c bytes apart), masks m. */
+#if defined(__GNUC__)
+__attribute__((always_inline))
+#endif
+static inline void nce_dw3_swar_row(const uint8_t *p, uint32_t c, const uint32_t *m, uint32_t *a, uint32_t *s) {
+    uint32_t v0, v1, v2;
+    memcpy(&v0, p, sizeof v0);
+    memcpy(&v1, p + c, sizeof v1);
+    memcpy(&v2, p + 2 * c, sizeof v2);
+    NCE_DW_SWAR_TAP(v0, m, *a, *s);
+    NCE_DW_SWAR_TAP(v1, m + 2, *a, *s);
+    NCE_DW_SWAR_TAP(v2, m + 4, *a, *s);
+}
+
+/* Channels g..g+n-1 (n <= 4) of output pixel (oy, ox); mk: their masks. */
+static void nce_dw_swar_px(const nce_conv_t *l, const uint8_t *x, const uint8_t *res, uint8_t *y, const uint32_t *mk,
+                           uint32_t g, uint32_t n, uint32_t oy, uint32_t ox) {
+    uint8_t *out = y + (oy * l->wo + ox) * l->c_out + g;
+    const uint8_t *sc = nce_shortcut_px(l, res, oy, ox);
+    uint32_t ux, sx, j, win[4];
+    int32_t org[2];
+    uint8_t lu[4], ls[4];
+    org[0] = nce_tap_range(l, oy, l->h, &win[0], &win[1]);
+    org[1] = nce_tap_range(l, ox, l->w, &win[2], &win[3]);
+    if (n == 4) {
+        nce_dw_swar_taps(l, x + g, mk, org, win, 4, &ux, &sx);
+    } else {
+        nce_dw_swar_taps(l, x + g, mk, org, win, n, &ux, &sx);
+    }
+    memcpy(lu, &ux, sizeof lu);
+    memcpy(ls, &sx, sizeof ls);
+    for (j = 0; j < n; j++) {
+        out[j] = nce_epilogue_px(l, sc, g + j, 2 * (int32_t)lu[j] - 3 * (int32_t)ls[j]);
+    }
+}
+
+/* Output columns [lo, hi) of row oy for four channels g..g+3 of a 3x3 conv whose windows there
+ * lie inside the input: straight-line taps, pointers stepped from pixel to pixel. */
+static void nce_dw3_swar_run(const nce_conv_t *layer, const uint8_t *x, const uint8_t *res, uint8_t *y, const uint32_t *mk,
+                             uint32_t g, uint32_t oy, const uint32_t run[2]) {
+    /* A local copy: the compiler then knows that the output stores do not change it, and keeps
+     * its fields in registers instead of reloading them for every channel. */
+    const nce_conv_t copy = *layer, *l = &copy;
+    uint32_t row = l->w * l->c_in, step = l->stride * l->c_in, ox, j;
+    const uint8_t *p = x + g + ((oy * l->stride - l->pad) * l->w + run[0] * l->stride - l->pad) * l->c_in;
+    uint8_t *out = y + (oy * l->wo + run[0]) * l->c_out + g;
+    for (ox = run[0]; ox < run[1]; ox++, p += step, out += l->c_out) {
+        const uint8_t *sc = nce_shortcut_px(l, res, oy, ox);
+        uint32_t ux = 0, sx = 0;
+        uint8_t lu[4], ls[4];
+        nce_dw3_swar_row(p, l->c_in, mk, &ux, &sx);
+        nce_dw3_swar_row(p + row, l->c_in, mk + 6, &ux, &sx);
+        nce_dw3_swar_row(p + 2 * row, l->c_in, mk + 12, &ux, &sx);
+        memcpy(lu, &ux, sizeof lu);
+        memcpy(ls, &sx, sizeof ls);
+        for (j = 0; j < 4; j++) {
+            out[j] = nce_epilogue_px(l, sc, g + j, 2 * (int32_t)lu[j] - 3 * (int32_t)ls[j]);
+        }
+    }
+}
+
+/* The output coordinates [run[0], run[1]) whose 3-tap windows lie inside an input of n. */
+static void nce_dw3_inside(const nce_conv_t *l, uint32_t n, uint32_t out_n, uint32_t run[2]) {
+    uint32_t lo = (l->pad + l->stride - 1) / l->stride;
+    uint32_t hi = n + l->pad >= 3 ? (n + l->pad - 3) / l->stride + 1 : 0;
+    hi = hi < out_n ? hi : out_n;
+    run[0] = lo < hi ? lo : hi;
+    run[1] = hi;
+}
+
+/* Channels g..g+n-1 (n <= 4) of every output pixel; mk: their masks. A 3x3 conv takes
+ * nce_dw3_swar_run where its windows lie inside the input. */
+static void nce_conv_dw_swar_group(const nce_conv_t *l, const uint8_t *x, const uint8_t *res, uint8_t *y, const uint32_t *mk,
+                                   uint32_t g, uint32_t n) {
+    uint32_t rows[2] = {0, 0}, cols[2] = {0, 0}, oy, ox;
+    if (n == 4 && l->k == 3) {
+        nce_dw3_inside(l, l->h, l->ho, rows);
+        nce_dw3_inside(l, l->w, l->wo, cols);
+    }
+    for (oy = 0; oy < l->ho; oy++) {
+        if (oy < rows[0] || oy >= rows[1] || cols[0] == cols[1]) {
+            for (ox = 0; ox < l->wo; ox++) {
+                nce_dw_swar_px(l, x, res, y, mk, g, n, oy, ox);
+            }
+            continue;
+        }
+        for (ox = 0; ox < cols[0]; ox++) {
+            nce_dw_swar_px(l, x, res, y, mk, g, n, oy, ox);
+        }
+        nce_dw3_swar_run(l, x, res, y, mk, g, oy, cols);
+        for (ox = cols[1]; ox < l->wo; ox++) {
+            nce_dw_swar_px(l, x, res, y, mk, g, n, oy, ox);
+        }
+    }
+}
+
+/* Scratch: one group's masks, 8 k^2 bytes. */
+static void nce_conv_dw_swar(const nce_conv_t *l, const uint8_t *x, const uint8_t *res, uint8_t *y, void *scratch) {
+    uint32_t g, o, p;
+    for (g = 0; g < l->c_in; g += 4) {
+        uint32_t n = l->c_in - g < 4 ? l->c_in - g : 4;
+        nce_dw_swar_masks(l, g, n, (uint8_t *)scratch);
+        if (res == NULL) { /* the usual case: the epilogue without its shortcut term */
+            nce_conv_dw_swar_group(l, x, NULL, y, (const uint32_t *)scratch, g, n);
+        } else {
+            nce_conv_dw_swar_group(l, x, res, y, (const uint32_t *)scratch, g, n);
+        }
+    }
+    for (p = 0; p < l->ho * l->wo && l->c_out > l->c_conv; p++) {
+        const uint8_t *sc = nce_shortcut_px(l, res, p / l->wo, p % l->wo);
+        for (o = l->c_conv; o < l->c_out; o++) {
+            y[p * l->c_out + o] = nce_epilogue_px(l, sc, o, 0);
+        }
+    }
+}
+
 /* 2-bit x 2-bit dot products by SWAR multiplication: with four codes in the bytes of a word X
  * and four weights u in the bytes of a word T, byte 3 of X * T (mod 2^32) is
  * X0 T3 + X1 T2 + X2 T1 + X3 T0. Products are at most 3 * 3 = 9, so after one MUL and three
@@ -331,6 +542,64 @@ static void nce_conv_w8_patch(const nce_conv_t *l, const uint8_t *x, const uint8
 #endif
 
 #if defined(NCE_SIMD_NEON)
+/* Depthwise 2-bit convs, sixteen channels per vector, channel groups outermost: u = (c + 3) / 2
+ * of one group as one byte per tap and channel in scratch (k^2 rows of 16, padding 0), then per
+ * tap one widening multiply-accumulate of u and the codes and one widening add of the codes, in
+ * 16-bit lanes (at most 765 k^2 and 255 k^2: exact for k <= 9). */
+static void nce_conv_dw_neon(const nce_conv_t *l, const uint8_t *x, const uint8_t *res, uint8_t *y, void *scratch) {
+    uint8_t *u = (uint8_t *)scratch;
+    uint32_t kk = l->k * l->k, oy, ox, g, j, o, t, ky, kx, win[4];
+    int32_t org[2];
+    for (g = 0; g < l->c_in; g += 16) {
+        uint32_t n = l->c_in - g < 16 ? l->c_in - g : 16;
+        for (t = 0; t < kk; t++) {
+            for (j = 0; j < 16; j++) {
+                u[t * 16 + j] = (uint8_t)(j < n ? nce_dw_u(l, g + j, t) : 0u);
+            }
+        }
+        for (oy = 0; oy < l->ho; oy++) {
+            org[0] = nce_tap_range(l, oy, l->h, &win[0], &win[1]);
+            for (ox = 0; ox < l->wo; ox++) {
+                uint8_t *out = y + (oy * l->wo + ox) * l->c_out;
+                const uint8_t *sc = nce_shortcut_px(l, res, oy, ox);
+                uint16x8_t a0 = vdupq_n_u16(0), a1 = a0, s0 = a0, s1 = a0;
+                uint16_t ua[16], sa[16];
+                org[1] = nce_tap_range(l, ox, l->w, &win[2], &win[3]);
+                for (ky = win[0]; ky < win[1]; ky++) {
+                    for (kx = win[2]; kx < win[3]; kx++) {
+                        const uint8_t *px = nce_dw_px(l, x, org[0], org[1], ky, kx) + g;
+                        uint8x16_t uv = vld1q_u8(u + (ky * l->k + kx) * 16), xv;
+                        if (n == 16) {
+                            xv = vld1q_u8(px);
+                        } else {
+                            uint8_t tmp[16] = {0};
+                            memcpy(tmp, px, n);
+                            xv = vld1q_u8(tmp);
+                        }
+                        a0 = vmlal_u8(a0, vget_low_u8(xv), vget_low_u8(uv));
+                        a1 = vmlal_high_u8(a1, xv, uv);
+                        s0 = vaddw_u8(s0, vget_low_u8(xv));
+                        s1 = vaddw_high_u8(s1, xv);
+                    }
+                }
+                vst1q_u16(ua, a0);
+                vst1q_u16(ua + 8, a1);
+                vst1q_u16(sa, s0);
+                vst1q_u16(sa + 8, s1);
+                for (j = 0; j < n; j++) {
+                    out[g + j] = nce_epilogue_px(l, sc, g + j, nce_from_u(ua[j], sa[j]));
+                }
+            }
+        }
+    }
+    for (oy = 0; oy < l->ho * l->wo && l->c_out > l->c_conv; oy++) {
+        const uint8_t *sc = nce_shortcut_px(l, res, oy / l->wo, oy % l->wo);
+        for (o = l->c_conv; o < l->c_out; o++) {
+            y[oy * l->c_out + o] = nce_epilogue_px(l, sc, o, 0);
+        }
+    }
+}
+
 static void nce_conv_w2_neon(const nce_conv_t *l, const uint8_t *x, const uint8_t *res, uint8_t *y, void *scratch) {
     static const uint8_t lane_byte[16] = {0, 0, 0, 0, 1, 1, 1, 1, 2, 2, 2, 2, 3, 3, 3, 3};
     static const int8_t lane_shift[16] = {0, -2, -4, -6, 0, -2, -4, -6, 0, -2, -4, -6, 0, -2, -4, -6};
@@ -367,6 +636,23 @@ static void nce_conv_w2_neon(const nce_conv_t *l, const uint8_t *x, const uint8_
 #endif
 
 void nce_conv(const nce_conv_t *l, const uint8_t *x, const uint8_t *res, uint8_t *y, void *scratch) {
+    if (nce_groups(l) > 1) {
+#if defined(NCE_SIMD_SWAR)
+        if (nce_is_depthwise(l) && !l->w8 && l->k <= 5 && nce_codes_fit_2bit(x, l->h * l->w * l->c_in)) {
+            nce_conv_dw_swar(l, x, res, y, scratch);
+            return;
+        }
+#elif defined(NCE_SIMD_NEON)
+        if (nce_is_depthwise(l) && !l->w8 && l->k <= 9) {
+            nce_conv_dw_neon(l, x, res, y, scratch);
+            return;
+        }
+#endif
+        /* Other grouped convs (and depthwise ones the fast paths cannot take): the reference. */
+        (void)scratch;
+        nce_conv_ref(l, x, res, y);
+        return;
+    }
 #if defined(NCE_SIMD_SWAR)
     if (!l->w8 && nce_codes_fit_2bit(x, l->h * l->w * l->c_in)) {
         nce_conv_w2_swar(l, x, res, y, scratch);

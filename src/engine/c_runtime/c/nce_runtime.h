@@ -6,7 +6,9 @@
  *
  * Layouts: activations are NHWC uint8 codes; 2-bit conv weights are packed 16 codes per
  * uint32_t (code i of a channel in bits 2i..2i+1 as u = (c + 3) / 2, each output channel
- * starting a new word), 8-bit weights are plain int8 rows of k*k*c_in in (ky, kx, c_in) order.
+ * starting a new word), 8-bit weights are plain int8 rows of k*k*c_in/groups in
+ * (ky, kx, c_in within the group) order. Depthwise 2-bit convs have their own SIMD paths
+ * (channel-parallel); other grouped convs run the scalar reference.
  *
  * Build switches: NCE_NO_SIMD forces the scalar reference everywhere; NCE_HOOK_STEPS makes
  * nce_run call nce_hook() after every step (see below), for tracing and profiling. */
@@ -37,11 +39,15 @@
 /* A logit does not fit int32 (the Rust engine reports the same as an error). */
 #define NCE_ERR_OVERFLOW 1
 
-/* A k x k convolution with its fused requantisation (and residual add when res_c > 0). */
+/* A k x k convolution with its fused requantisation (and residual add when res_c > 0). With
+ * groups > 1, output channel o reads the c_in / groups input channels of its group
+ * (o / (c_conv / groups)) and its weights are (ky, kx, ci_in_group); a depthwise conv has
+ * groups == c_in == c_conv. */
 typedef struct {
     uint32_t c_in, h, w;      /* input tensor */
     uint32_t ho, wo, c_out;   /* output tensor: c_out = max(c_conv, res_c) */
     uint32_t c_conv;          /* channels the convolution produces */
+    uint32_t groups;          /* 1 (or 0): a dense conv */
     uint32_t k, stride, pad;
     uint32_t w8;              /* 1: int8 weights, 0: packed 2-bit */
     uint32_t words;           /* packed words per output channel (2-bit) */
