@@ -490,3 +490,24 @@ fn an_imported_fp32_checkpoint_replaces_training_and_identical_weights_skip_the_
     let err = run(&c).unwrap_err().to_string();
     assert!(err.contains("stage `fp32` failed") && err.contains("full-precision"), "{err}");
 }
+
+#[test]
+fn a_mobilenet_runs_every_stage() {
+    // MobileNetV2 ×0.35 (depthwise convs in every block) through search, both trainings,
+    // sensitivity, export, validation on every backend the pipeline runs, and the latency table.
+    let dir = scratch().join("mobilenet");
+    let _ = std::fs::remove_dir_all(&dir);
+    let mut c = config(&dir);
+    c.model = "mobilenetv2x0.35".parse().unwrap();
+    let r = run(&c).expect("the tiny pipeline runs MobileNetV2 end to end");
+    let expect: Vec<(&str, StageStatus)> = STAGES.iter().map(|s| (*s, StageStatus::Ran)).collect();
+    assert_statuses(&r, &expect);
+    let v = json(&dir.join("validate-cpu/result.json"));
+    for m in ["uniform", "nce"] {
+        assert!(v[m]["compared_values"].as_u64().unwrap() > 0, "{v}");
+        assert_eq!(v[m]["mismatched_values"].as_u64(), Some(0), "{v}");
+    }
+    let model = nce::engine::plan::QModel::load(&dir.join("export/nce.nce")).unwrap();
+    assert!(model.net().layers.iter().any(|l| matches!(l.op, nce::graph::Op::Conv { groups, .. } if groups > 1)));
+    let _ = std::fs::remove_dir_all(&dir);
+}
