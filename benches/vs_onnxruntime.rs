@@ -13,8 +13,9 @@
 //! - **ORT QDQ (exact)**: the `nce export --onnx` file (`OnnxForm::Qdq`), `ConvInteger` and
 //!   int64 requantisation.
 //!
-//! ONNX Runtime: CPU provider, graph optimisation level All, T intra-op threads, float input
-//! prepared once. Configurations: batch 1 and 32, T = 1 and 2. Each round runs every contender
+//! ONNX Runtime: CPU provider, graph optimisation level All, T intra-op threads whose spin-wait
+//! after each run is off (on, ORT's idle workers kept the cores from nce in the same process:
+//! issue #29), float input prepared once. Configurations: batch 1 and 32, T = 1 and 2. Each round runs every contender
 //! for about `--batch-ms` in rotated order; the table gives the median time per batch over
 //! rounds and the speed ratio ORT / nce as the median over rounds of the ratio *within* a round
 //! (the machine is shared: pairing keeps both sides of a ratio under the same load), plus the
@@ -23,7 +24,7 @@
 //! the CPU has AVX-512 VNNI, else `vpmaddubsw` + `vpaddw` (32 MACs per pair), per core × threads.
 
 use nce::engine::onnx::{to_bytes, OnnxForm, INPUT, OUTPUT};
-use nce::engine::onnxruntime::session;
+use nce::engine::onnxruntime::session_spinning;
 use nce::engine::plan::QModel;
 use nce::engine::{open, BackendKind, BackendOptions, PreparedModel};
 use ort::session::Session;
@@ -78,7 +79,9 @@ fn contenders(model: &'static QModel, batch: usize, threads: usize, images: &[u8
     let s = model.net().input;
     let pixels: Vec<f32> = images.iter().map(|&p| f32::from(p) / 255.0).collect();
     let ort = |form: OnnxForm| {
-        let sess = session(&to_bytes(model, form).expect("export"), threads).expect("ONNX Runtime (run scripts/setup)");
+        // Spinning off: ORT's idle workers would otherwise spin after each run and take the
+        // cores from the contender that runs next in this process.
+        let sess = session_spinning(&to_bytes(model, form).expect("export"), threads, false).expect("ONNX Runtime (run scripts/setup)");
         let x = Tensor::from_array((vec![batch as i64, s.c as i64, s.h as i64, s.w as i64], pixels.clone())).expect("input");
         Runner::Ort(sess, x)
     };
@@ -126,6 +129,7 @@ fn main() {
     let (ceiling, how) = mac_ceiling();
     println!("model {} ({:.1} MMAC per image), {} rounds of ~{} ms, CPU {:.0} MHz", o.model, macs / 1e6, o.rounds, o.batch_ms, cpu_mhz());
     println!("integer MAC ceiling: {ceiling:.1} GMAC/s per core ({how})");
+    println!("CPU {}; nce kernels: {:?}", nce::engine::measure::cpu_model(), nce::engine::cpu::Backend::best());
     println!("| batch | threads | contender | ms per batch (median) | ms per image | ORT / nce (median of per-round ratios) | GMAC/s | % of ceiling |");
     println!("|---:|---:|---|---:|---:|---:|---:|---:|");
     for (batch, threads) in [(1, 1), (1, 2), (32, 1), (32, 2)] {
