@@ -126,3 +126,23 @@ fn bits_keep_the_first_conv_and_classifier_at_8() {
         assert_eq!((l.wbits, l.abits), (2, 2), "{name}");
     }
 }
+
+#[cfg(feature = "cli")]
+#[test]
+fn the_cost_command_lists_depthwise_layers_by_name() {
+    let out = std::process::Command::new(env!("CARGO_BIN_EXE_nce"))
+        .args(["cost", "--model", "mobilenetv2", "--input", "1x28x28", "--profile", "nce-flops-params", "--json"])
+        .output()
+        .unwrap();
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    let v: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+    let (macs, params) = hand_count();
+    let metric = |name: &str| v["metrics"].as_array().unwrap().iter().find(|m| m["metric"] == name).unwrap().clone();
+    assert_eq!(metric("macs")["total"].as_f64(), Some(macs as f64));
+    assert_eq!(metric("params")["total"].as_f64(), Some(params as f64));
+    let per_layer = metric("macs")["per_layer"].as_array().unwrap().clone();
+    let dw: Vec<&serde_json::Value> = per_layer.iter().filter(|l| l["layer"].as_str().unwrap().ends_with(".dw")).collect();
+    assert_eq!(dw.len(), 17, "one depthwise conv per block");
+    let s3 = dw.iter().find(|l| l["layer"] == "stage3.0.dw").unwrap();
+    assert_eq!(s3["value"].as_f64(), Some((144 * 9 * 14 * 14) as f64));
+}
