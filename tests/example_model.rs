@@ -1,5 +1,6 @@
-//! The committed W2A2 ResNet-20 (Fashion-MNIST) model: its export is reproducible and the
-//! integer engine agrees with the tch integer simulation of its checkpoint on every layer.
+//! The committed W2A2 ResNet-20 and MobileNetV2 (Fashion-MNIST) models: the ResNet's export is
+//! reproducible, and the integer engine agrees with the tch integer simulation of each
+//! checkpoint on every layer, on every CPU path of this machine.
 //! (`nce validate examples/resnet20-w2a2-fashion.nce` does the same on all 10,000 images.)
 #![cfg(feature = "train")]
 
@@ -34,14 +35,27 @@ fn file_size_is_close_to_two_bits_per_weight() {
     assert!(overhead as f64 <= 1.15 * two_bit as f64, "{overhead} bytes vs {two_bit} bytes of 2-bit weights");
 }
 
+const MNV2_CKPT: &str = "examples/mobilenetv2-w2a2-fashion.ot";
+const MNV2_MODEL: &str = "examples/mobilenetv2-w2a2-fashion.nce";
+
 #[test]
 fn engine_matches_the_simulation_on_every_layer() {
-    let model = QModel::load(Path::new(MODEL)).unwrap();
-    let ckpt = nce::train::load_model(Path::new(CKPT)).unwrap();
+    engine_matches_simulation(MODEL, CKPT, 300);
+}
+
+#[test]
+fn mobilenet_engine_matches_the_simulation_on_every_layer() {
+    // Its depthwise convs run the depthwise kernels of every CPU path.
+    engine_matches_simulation(MNV2_MODEL, MNV2_CKPT, 100);
+}
+
+fn engine_matches_simulation(model: &str, ckpt: &str, images: usize) {
+    let model = QModel::load(Path::new(model)).unwrap();
+    let ckpt = nce::train::load_model(Path::new(ckpt)).unwrap();
     let test = nce::data::load("fashion-mnist", Path::new("data"), nce::data::Split::Test).unwrap();
     for backend in Backend::available() {
         // The scalar reference is slow in debug builds: fewer images.
-        let n = if backend == Backend::Scalar { 20 } else { 300 };
+        let n = if backend == Backend::Scalar { 20 } else { images };
         let ds = test.subset(n);
         let cpu = Cpu::new(backend, 1).unwrap();
         let outs = model.run_layers_batch(&cpu, &ds.images, 2).unwrap();
