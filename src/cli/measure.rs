@@ -243,10 +243,14 @@ fn measure_table(a: &MeasureArgs, backend: &dyn Backend) -> Result<ExitCode> {
     };
     bar.finish_and_clear();
     table.path = output.clone();
+    let old = if a.append && output.is_file() { Some(LatencyTable::load(&output)?) } else { None };
+    if let Some(old) = &old {
+        keep_measured(&mut table, old);
+    }
     let base = measure::predict_us(&table, &net)?;
     table.meta.insert("base_model_us".into(), format!("{base:.1}"));
-    if a.append && output.is_file() {
-        merge(&mut table, LatencyTable::load(&output)?);
+    if let Some(old) = old {
+        join_meta(&mut table, old);
     }
     crate::fsutil::write_atomic(&output, table.to_csv().as_bytes(), &Default::default())?;
     let r = TableJson {
@@ -272,8 +276,16 @@ fn measure_table(a: &MeasureArgs, backend: &dyn Backend) -> Result<ExitCode> {
     Ok(ExitCode::SUCCESS)
 }
 
-/// `--append`: keeps `old`'s entries the new table lacks and joins differing metadata.
-fn merge(table: &mut LatencyTable, old: LatencyTable) {
+/// `--append`: every signature `old` already has keeps its measurement, so the base-model
+/// predictions recorded with it stay exact; the new run adds only signatures it lacks.
+fn keep_measured(table: &mut LatencyTable, old: &LatencyTable) {
+    for (sig, e) in &old.entries {
+        table.entries.insert(sig.clone(), e.clone());
+    }
+}
+
+/// `--append`: joins differing metadata (inputs, models and base predictions as lists).
+fn join_meta(table: &mut LatencyTable, old: LatencyTable) {
     for (k, v) in old.meta {
         match table.meta.get_mut(&k) {
             Some(new) if (k == "input" || k == "base_model_us" || k == "model") && *new != v => *new = format!("{v},{new}"),
@@ -282,9 +294,6 @@ fn merge(table: &mut LatencyTable, old: LatencyTable) {
                 table.meta.insert(k, v);
             }
         }
-    }
-    for (sig, e) in old.entries {
-        table.entries.entry(sig).or_insert(e);
     }
 }
 
