@@ -1046,6 +1046,24 @@ fn fp32_supernet() -> Supernet {
 /// Expanding every slot with `init_expanded` leaves the argmax network's FP32 outputs unchanged
 /// (the new candidate wins the argmax, so the wider channels are really used); without it
 /// (`--expansion-init keep`) the outputs change.
+
+/// Expands every slot of `sn` by one candidate (function-preserving initialisation when
+/// `preserve`) and makes each slot prefer its new widest candidate.
+fn expand_every_slot(sn: &mut Supernet, preserve: bool) {
+    let mut buffers = std::collections::BTreeMap::new();
+    for s in 0..sn.slots.len() {
+        let old = sn.slots[s].widest();
+        let new = sn.slots[s].next_width(&SpaceConfig::default()).unwrap();
+        sn.add_candidate(s, new);
+        if preserve {
+            sn.init_expanded(s, old, new, 0.01, 5, &mut buffers);
+        }
+        let k = sn.slots[s].candidates.len();
+        let mut l = sn.logits[s].shallow_clone();
+        no_grad(|| l.copy_(&Tensor::from_slice(&(0..k).map(|i| i as f32).collect::<Vec<_>>())));
+    }
+}
+
 #[test]
 fn expansion_init_preserves_the_function_in_fp32() {
     torch();
@@ -1057,18 +1075,7 @@ fn expansion_init_preserves_the_function_in_fp32() {
     for preserve in [true, false] {
         let mut sn = fp32_supernet();
         let before = no_grad(|| sn.forward(&x, false, Mode::Argmax, true));
-        let mut buffers = std::collections::BTreeMap::new();
-        for s in 0..sn.slots.len() {
-            let old = sn.slots[s].widest();
-            let new = sn.slots[s].next_width(&SpaceConfig::default()).unwrap();
-            sn.add_candidate(s, new);
-            if preserve {
-                sn.init_expanded(s, old, new, 0.01, 5, &mut buffers);
-            }
-            let k = sn.slots[s].candidates.len();
-            let mut l = sn.logits[s].shallow_clone();
-            no_grad(|| l.copy_(&Tensor::from_slice(&(0..k).map(|i| i as f32).collect::<Vec<_>>())));
-        }
+        expand_every_slot(&mut sn, preserve);
         assert!(sn.argmax_widths().iter().zip(&sn.slots).all(|(w, s)| *w == s.widest() && *w > s.base));
         let after = no_grad(|| sn.forward(&x, false, Mode::Argmax, true));
         let diff = (&after - &before).abs().max().double_value(&[]);
@@ -1390,18 +1397,7 @@ fn mobilenet_expansion_preserves_the_function_in_fp32() {
         let vals: Vec<Vec<f32>> = sn.slots.iter().map(|s| (0..s.candidates.len()).map(|i| i as f32).collect()).collect();
         set_logits(&sn, &vals);
         let before = no_grad(|| sn.forward(&x, false, Mode::Argmax, true));
-        let mut buffers = std::collections::BTreeMap::new();
-        for s in 0..sn.slots.len() {
-            let old = sn.slots[s].widest();
-            let new = sn.slots[s].next_width(&SpaceConfig::default()).unwrap();
-            sn.add_candidate(s, new);
-            if preserve {
-                sn.init_expanded(s, old, new, 0.01, 5, &mut buffers);
-            }
-            let k = sn.slots[s].candidates.len();
-            let mut l = sn.logits[s].shallow_clone();
-            no_grad(|| l.copy_(&Tensor::from_slice(&(0..k).map(|i| i as f32).collect::<Vec<_>>())));
-        }
+        expand_every_slot(&mut sn, preserve);
         assert!(sn.argmax_widths().iter().zip(&sn.slots).all(|(w, s)| *w == s.widest() && *w > s.base));
         let after = no_grad(|| sn.forward(&x, false, Mode::Argmax, true));
         outs.push((&after - &before).abs().max().double_value(&[]) / before.abs().max().double_value(&[]));
