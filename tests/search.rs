@@ -1043,10 +1043,6 @@ fn fp32_supernet() -> Supernet {
     sn
 }
 
-/// Expanding every slot with `init_expanded` leaves the argmax network's FP32 outputs unchanged
-/// (the new candidate wins the argmax, so the wider channels are really used); without it
-/// (`--expansion-init keep`) the outputs change.
-
 /// Expands every slot of `sn` by one candidate (function-preserving initialisation when
 /// `preserve`) and makes each slot prefer its new widest candidate.
 fn expand_every_slot(sn: &mut Supernet, preserve: bool) {
@@ -1064,6 +1060,9 @@ fn expand_every_slot(sn: &mut Supernet, preserve: bool) {
     }
 }
 
+/// Expanding every slot with `init_expanded` leaves the argmax network's FP32 outputs unchanged
+/// (the new candidate wins the argmax, so the wider channels are really used); without it
+/// (`--expansion-init keep`) the outputs change.
 #[test]
 fn expansion_init_preserves_the_function_in_fp32() {
     torch();
