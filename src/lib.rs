@@ -19,6 +19,7 @@
 //! Which module may import which, and where to add a backend, quantizer, model, cost plugin or
 //! pipeline stage: `docs/architecture.md`.
 
+pub mod allocate;
 pub mod cost;
 pub mod data;
 pub mod engine;
@@ -28,6 +29,7 @@ pub mod graph;
 pub mod hw;
 #[cfg(feature = "plot")]
 pub mod plot;
+pub mod sensitivity;
 
 #[cfg(feature = "train")]
 pub mod models;
@@ -37,8 +39,6 @@ pub mod pipeline;
 pub mod quant;
 #[cfg(feature = "train")]
 pub mod search;
-#[cfg(feature = "train")]
-pub mod sensitivity;
 #[cfg(feature = "train")]
 pub mod train;
 

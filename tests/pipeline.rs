@@ -31,7 +31,7 @@ fn tiny() -> Schedule {
         search_lr: 0.02,
         w2a2_epochs: 1,
         w2a2_lr: 0.02,
-        sensitivity_test_subset: Some(100),
+        sensitivity_val_images: Some(100),
         calib_batch: 64,
         validate_subset: Some(16),
         wgpu_subset: Some(8),

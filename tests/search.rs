@@ -1483,3 +1483,94 @@ fn a_mobilenet_inherits_its_widths_and_batchnorms_from_the_supernet() {
     let got = no_grad(|| model.f_forward_t(&x, false).unwrap());
     assert_close(&f32s(&got), &f32s(&want), "inherited MobileNetV2 vs supernet");
 }
+
+// ---------------------------------------------------------------------------------------------
+// 8. Sensitivity-guided expansion (`--expansion sensitivity`)
+
+/// The prior rewards expected width in sensitive slots and charges it in insensitive ones:
+/// its gradient raises the widest candidate's logit of a slot ranked 1, lowers it for one ranked
+/// 0, and leaves a median slot alone.
+#[test]
+fn width_prior_pulls_sensitive_slots_wide_and_insensitive_ones_narrow() {
+    torch();
+    let sn = tiny_supernet(&SpaceConfig::default());
+    let n = sn.slots.len();
+    let mut ranks = vec![0.5; n];
+    ranks[0] = 1.0;
+    ranks[1] = 0.0;
+    let loss = nce::search::cost::width_prior(&sn, &ranks, 0.5);
+    // Near-uniform initial logits: E ≈ 0.75 in both ranked slots, whose terms cancel.
+    assert!(loss.double_value(&[]).abs() < 1e-3, "{}", loss.double_value(&[]));
+    loss.backward();
+    let widest = |s: usize| f64s(&sn.logits[s].grad())[2];
+    assert!(widest(0) < 0.0, "descent raises the sensitive slot's widest logit: {}", widest(0));
+    assert!(widest(1) > 0.0, "and lowers the insensitive one's: {}", widest(1));
+    assert_relative_eq!(widest(2), 0.0, epsilon = 1e-9);
+}
+
+/// A tiny guided search: every expansion follows the per-slot thresholds `T · 2^(1 − 2r)`
+/// recomputed from the logged probabilities, the least sensitive slot never expands (2T > any
+/// probability here), and the configuration (with its table) is what the checkpoint resumes.
+#[test]
+fn tiny_guided_search_expands_by_rank() {
+    torch();
+    let dir = tempfile::tempdir().unwrap();
+    let base = graph::build(ModelKind::Resnet20, Shape::new(1, 28, 28), 10, None, &BitConfig::uniform(2)).unwrap();
+    // Scores rise with depth: layer i of the table scores i.
+    let rows: Vec<nce::sensitivity::LayerSensitivity> = base
+        .layers
+        .iter()
+        .filter(|l| l.wbits == 2 && l.name != "fc")
+        .enumerate()
+        .map(|(i, l)| nce::sensitivity::LayerSensitivity {
+            layer: l.name.clone(),
+            one_on_acc: f64::NAN,
+            one_off_acc: f64::NAN,
+            one_on_drop: f64::NAN,
+            one_off_gain: i as f64,
+            fit: f64::NAN,
+        })
+        .collect();
+    let table = dir.path().join("sensitivity.csv");
+    nce::sensitivity::table::write(&table, &rows, f64::NAN, 80.0).unwrap();
+    let mut cfg = SearchConfig::new(ModelKind::Resnet20, NPU.into(), "fashion-mnist", 2, dir.path().join("run"));
+    cfg.train_subset = Some(256);
+    cfg.test_subset = Some(100);
+    cfg.batch_size = 64;
+    cfg.threads = 1;
+    cfg.space.threshold = 0.2;
+    cfg.expansion = nce::search::ExpansionRule::Sensitivity(nce::search::Guidance::new(table.clone()));
+    let r = search(&cfg, false, false).unwrap();
+
+    let scores = nce::sensitivity::slots::slot_scores(&base, &rows, nce::sensitivity::Measure::OneOffGain);
+    let ranks = nce::sensitivity::slots::normalized_ranks(&scores);
+    let thresholds = space::guided_thresholds(0.2, &ranks);
+    let coldest = (0..ranks.len()).filter(|&s| scores[s].is_some()).min_by(|&a, &b| ranks[a].total_cmp(&ranks[b])).unwrap();
+    let mut expanded = 0;
+    for e in &r.log {
+        for (s, p) in e.probs.iter().enumerate() {
+            let grew = e.expansions.iter().any(|x| x.slot == s);
+            let at_cap = e.candidates[s].len() == p.len() && !grew && *p.last().unwrap() > thresholds[s];
+            assert!(
+                grew == (*p.last().unwrap() > thresholds[s]) || at_cap,
+                "epoch {} slot {s}: p {p:?}, threshold {}",
+                e.epoch,
+                thresholds[s]
+            );
+            expanded += grew as usize;
+        }
+    }
+    assert!(expanded > 0, "some slot expanded");
+    assert!(r.arch.expansions.iter().all(|x| x.slot != coldest), "the least sensitive slot never expands");
+    assert!(r.arch.budgets.iter().all(|b| b.pass));
+    // The run resumes under the same guided configuration (the table is part of it).
+    let again = search(&cfg, true, false).unwrap();
+    assert_eq!(again.arch.widths, r.arch.widths);
+    let missing = SearchConfig {
+        expansion: nce::search::ExpansionRule::Sensitivity(nce::search::Guidance::new(dir.path().join("nope.csv"))),
+        out: dir.path().join("run2"),
+        ..cfg
+    };
+    let err = search(&missing, false, false).err().expect("a missing table is an error");
+    assert!(err.to_string().contains("nope.csv"), "{err}");
+}

@@ -4,6 +4,7 @@
 
 // Some parsers serve only the training commands.
 #[cfg_attr(not(feature = "train"), allow(dead_code))]
+mod allocate;
 mod args;
 mod cost;
 mod export;
@@ -71,6 +72,9 @@ enum Command {
     /// Per-layer 2-bit quantization sensitivity of an FP32 checkpoint (one-on and one-off).
     #[cfg(feature = "train")]
     Sensitivity(sensitivity::SensitivityArgs),
+    /// Widths from measured sensitivity without a search: budget spent greedily where the
+    /// predicted gain per cost is highest (the control for `search --expansion sensitivity`).
+    Allocate(Box<allocate::AllocateArgs>),
     /// Every stage from FP32 training to a report: sensitivity, search, W2A2 training of the
     /// searched and the uniform network, export, validation, latency (resumable, skips what is done).
     #[cfg(feature = "train")]
@@ -120,6 +124,7 @@ pub fn main() -> ExitCode {
         Command::Search(args) => search::run(*args),
         #[cfg(feature = "train")]
         Command::Sensitivity(args) => sensitivity::run(args),
+        Command::Allocate(args) => allocate::run(*args),
         #[cfg(feature = "train")]
         Command::Pipeline(args) => pipeline::run(*args),
         #[cfg(feature = "train")]

@@ -75,9 +75,28 @@ pub struct SearchArgs {
     /// Images of the architecture half that score each epoch's argmax network (TAS derivation).
     #[arg(long, value_parser = super::args::positive, default_value_t = 1000)]
     val_subset: usize,
+    /// Where candidate sets grow: `threshold` (the paper's rule) or `sensitivity` (guided by
+    /// --sensitivity; docs/search.md).
+    #[arg(long, value_enum, default_value = "threshold")]
+    expansion: ExpansionArg,
+    /// `sensitivity.csv` (`nce sensitivity`) for `--expansion sensitivity`.
+    #[arg(long, required_if_eq("expansion", "sensitivity"))]
+    sensitivity: Option<PathBuf>,
+    /// Which column of --sensitivity ranks the layers.
+    #[arg(long, value_enum, default_value_t = crate::sensitivity::Measure::OneOffGain)]
+    sensitivity_measure: crate::sensitivity::Measure,
+    /// γ, the weight of the sensitivity prior on the architecture logits.
+    #[arg(long, value_parser = super::args::non_negative, allow_negative_numbers = true, default_value_t = 0.5)]
+    sensitivity_prior: f64,
     /// Continue the search in OUT from its checkpoint.
     #[arg(long)]
     resume: bool,
+}
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq, clap::ValueEnum)]
+enum ExpansionArg {
+    Threshold,
+    Sensitivity,
 }
 
 impl TryFrom<&SearchArgs> for SearchConfig {
@@ -104,6 +123,15 @@ impl TryFrom<&SearchArgs> for SearchConfig {
             expansion_init: a.expansion_init,
             expansion_noise: a.expansion_noise,
             val_subset: a.val_subset,
+            expansion: match (a.expansion, &a.sensitivity) {
+                (ExpansionArg::Sensitivity, Some(table)) => search::ExpansionRule::Sensitivity(search::Guidance {
+                    table: table.clone(),
+                    measure: a.sensitivity_measure,
+                    prior: a.sensitivity_prior,
+                }),
+                (ExpansionArg::Sensitivity, None) => return Err(super::usage("--expansion sensitivity needs --sensitivity FILE")),
+                (ExpansionArg::Threshold, _) => search::ExpansionRule::Threshold,
+            },
             ..SearchConfig::new(args::model_kind(a.model, a.width_mult)?, a.profile.clone(), &data, a.epochs, a.run.run.out_or("search"))
         })
     }

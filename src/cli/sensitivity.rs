@@ -11,7 +11,14 @@ pub struct SensitivityArgs {
     /// A full-precision checkpoint written by `nce train --bits 32`.
     checkpoint: PathBuf,
     #[command(flatten)]
-    data: super::args::DataArgs,
+    source: super::args::DataSource,
+    /// Validation images: the last N of the training set (never the test set). The calibration
+    /// batch is the first training images.
+    #[arg(long, value_parser = super::args::positive, default_value_t = 10_000)]
+    val_images: usize,
+    /// Validation batches (of 500) for the empirical Fisher of the `fit` measure (0 = skip it).
+    #[arg(long, default_value_t = 8)]
+    fisher_batches: usize,
     /// Training images used to calibrate the PACT clips.
     #[arg(long, value_parser = super::args::positive, default_value_t = 256)]
     calib_batch: usize,
@@ -25,15 +32,16 @@ impl TryFrom<&SensitivityArgs> for SensitivityConfig {
 
     fn try_from(a: &SensitivityArgs) -> Result<SensitivityConfig> {
         // The dataset defaults to the checkpoint's; its name is needed to find its folder.
-        let default = match &a.data.source.data {
+        let default = match &a.source.data {
             Some(_) => String::new(),
             None => crate::train::load_model(&a.checkpoint)?.meta.config.data,
         };
-        let (data, data_root) = a.data.source.resolve(&default)?;
+        let (data, data_root) = a.source.resolve(&default)?;
         Ok(SensitivityConfig {
             data: Some(data),
             data_root,
-            test_subset: a.data.test_subset,
+            val_images: a.val_images,
+            fisher_batches: a.fisher_batches,
             calib_batch: a.calib_batch,
             threads: a.run.threads,
             ..SensitivityConfig::new(a.checkpoint.clone(), a.run.out_or("sensitivity"))
@@ -52,14 +60,15 @@ pub fn run(a: SensitivityArgs) -> Result<ExitCode> {
     let r = sensitivity::run_with(&c, &mut on_progress).with_context(|| format!("sensitivity of {}", a.checkpoint.display()))?;
     bar.finish_and_clear();
     let mut out = format!(
-        "{} on {} test images of {}: FP32 {:.2}%, W2A2 {:.2}% (clips calibrated, no training)\n",
-        r.model, r.test_images, r.data, r.fp32_acc, r.w2a2_acc
+        "{} on {} validation images of {} (the last of its training set): FP32 {:.2}%, W2A2 {:.2}%\n",
+        r.model, r.val_images, r.data, r.fp32_acc, r.w2a2_acc
     );
-    out += &format!("{:<20} {:>12} {:>12} {:>12} {:>12}\n", "layer", "one-on acc", "one-on drop", "one-off acc", "one-off gain");
+    out +=
+        &format!("{:<20} {:>12} {:>12} {:>12} {:>12} {:>10}\n", "layer", "one-on acc", "one-on drop", "one-off acc", "one-off gain", "fit");
     for l in &r.layers {
         out += &format!(
-            "{:<20} {:>11.2}% {:>+9.2} pp {:>11.2}% {:>+9.2} pp\n",
-            l.layer, l.one_on_acc, l.one_on_drop, l.one_off_acc, l.one_off_gain
+            "{:<20} {:>11.2}% {:>+9.2} pp {:>11.2}% {:>+9.2} pp {:>10.3e}\n",
+            l.layer, l.one_on_acc, l.one_on_drop, l.one_off_acc, l.one_off_gain, l.fit
         );
     }
     out += &format!("table: {}\n", r.csv.display());

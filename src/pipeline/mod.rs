@@ -70,9 +70,10 @@ pub struct Schedule {
     pub search_lr: f64,
     pub w2a2_epochs: usize,
     pub w2a2_lr: f64,
-    /// Test images for sensitivity (37 evaluations for ResNet-20).
-    #[serde(default)]
-    pub sensitivity_test_subset: Option<usize>,
+    /// Validation images for sensitivity: the last N of the training set (37 evaluations for
+    /// ResNet-20); `None` = 10,000. (Older presets name it `sensitivity_test_subset`.)
+    #[serde(default, alias = "sensitivity_test_subset")]
+    pub sensitivity_val_images: Option<usize>,
     pub calib_batch: usize,
     /// Test images run on the CPU engine and compared layer by layer with the simulation.
     #[serde(default)]
@@ -522,16 +523,18 @@ impl Pipeline<'_> {
     fn sensitivity(&mut self) -> Result<SensitivityResult, PipelineError> {
         let (cfg, s) = (self.cfg, &self.cfg.schedule);
         let fp32_ckpt = self.at("fp32/checkpoint.ot");
-        let config = json!({"v": 1, "data": cfg.data, "test_subset": s.sensitivity_test_subset, "calib_batch": s.calib_batch});
+        let config = json!({"v": 2, "data": cfg.data, "val_images": s.sensitivity_val_images, "calib_batch": s.calib_batch});
         self.r.stage(Stage::Sensitivity, config, &[self.input("fp32/checkpoint.ot")], &[], |ctx| {
             let mut c = SensitivityConfig::new(fp32_ckpt, ctx.dir.clone());
             c.data = Some(cfg.data.clone());
             c.data_root = cfg.data_root.clone();
-            c.test_subset = s.sensitivity_test_subset;
+            if let Some(n) = s.sensitivity_val_images {
+                c.val_images = n;
+            }
             c.calib_batch = s.calib_batch;
             c.threads = cfg.threads;
             let rep = sensitivity::run(&c, cfg.progress)?;
-            Ok(SensitivityResult { fp32_acc: rep.fp32_acc, w2a2_acc: rep.w2a2_acc, test_images: rep.test_images, layers: rep.layers })
+            Ok(SensitivityResult { fp32_acc: rep.fp32_acc, w2a2_acc: rep.w2a2_acc, val_images: rep.val_images, layers: rep.layers })
         })
     }
 

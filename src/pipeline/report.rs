@@ -323,14 +323,14 @@ fn widths(c: &Ctx, b: &mut Vec<Block>) -> Result<(), StageFailure> {
         "Searched widths ({} epochs, threshold {}; {} expansion event(s){}; the supernet's argmax architecture scored {} on the search's \
          {} test images at the last epoch) next to each layer's 2-bit sensitivity of the FP32 model \
          (one-on drop: accuracy lost when only this layer is W2A2; one-off gain: accuracy regained when only this layer stays FP32 in \
-         the W2A2 network; {} test images, clips calibrated, no training). Sensitivity: FP32 {:.2} %, untrained W2A2 {:.2} %.",
+         the W2A2 network; {} validation images carved from the training set, clips calibrated, no training). Sensitivity: FP32 {:.2} %, untrained W2A2 {:.2} %.",
         s.search_epochs,
         s.search_threshold,
         arch.expansions.len(),
         if arch.repaired.is_empty() { String::new() } else { format!("; repaired: {}", arch.repaired.join(", ")) },
         r.search.argmax_test_acc.map_or("n/a".into(), pct),
         s.search_test_subset,
-        r.sensitivity.test_images,
+        r.sensitivity.val_images,
         r.sensitivity.fp32_acc,
         r.sensitivity.w2a2_acc,
     )));

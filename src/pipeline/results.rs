@@ -104,7 +104,9 @@ pub struct TrainResult {
 pub struct SensitivityResult {
     pub fp32_acc: f64,
     pub w2a2_acc: f64,
-    pub test_images: usize,
+    /// The last N training images (older results say `test_images`: they were test images).
+    #[serde(alias = "test_images")]
+    pub val_images: usize,
     pub layers: Vec<crate::sensitivity::LayerSensitivity>,
 }
 

@@ -163,3 +163,20 @@ pub fn budget_loss(expected: &Tensor, current: f64, target: f64, tolerance: f64)
         expected.zeros_like()
     }
 }
+
+/// The sensitivity prior of guided expansion: `γ · (2/S) · Σ_s (½ − r_s) · E[w_s]/base_s`, with
+/// `r_s` slot `s`'s sensitivity rank in [0, 1] and `E[w_s]` its expected width under
+/// `softmax(α_s)`. It rewards expected width in sensitive slots and charges it in insensitive
+/// ones, so the architecture step cannot undo guided expansion for free; the budget losses
+/// still bound the total. Slots ranked ½ (the median, or unmeasured) feel nothing.
+#[allow(clippy::assign_op_pattern)] // `+=` on a tch Tensor is in place; the loss is built out of place
+pub fn width_prior(sn: &Supernet, ranks: &[f64], gamma: f64) -> Tensor {
+    let n = sn.slots.len().max(1) as f64;
+    let mut total = Tensor::zeros([], (Kind::Float, tch::Device::Cpu));
+    for (i, (slot, r)) in sn.slots.iter().zip(ranks).enumerate() {
+        let ratios: Vec<f32> = slot.candidates.iter().map(|&c| c as f32 / slot.base.max(1) as f32).collect();
+        let expected = (sn.logits[i].softmax(0, Kind::Float) * Tensor::from_slice(&ratios)).sum(Kind::Float);
+        total = total + expected * ((0.5 - r) * 2.0 / n);
+    }
+    total * gamma
+}

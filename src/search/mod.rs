@@ -81,6 +81,39 @@ pub struct SearchConfig {
     /// Images of the architecture half used to score each epoch's argmax network (TAS derivation).
     #[serde(default = "default_val_subset")]
     pub val_subset: usize,
+    /// Where candidate sets grow: the paper's threshold rule, or guided by measured sensitivity.
+    #[serde(default)]
+    pub expansion: ExpansionRule,
+}
+
+/// Which expansion rule a search runs (`docs/search.md`, "Sensitivity-guided expansion").
+#[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize)]
+#[serde(rename_all = "kebab-case", tag = "rule")]
+pub enum ExpansionRule {
+    /// The paper's rule: a slot whose widest candidate's probability exceeds the threshold
+    /// gets a wider one.
+    #[default]
+    Threshold,
+    /// Measured 2-bit sensitivity decides where candidate sets grow and is a prior on the
+    /// architecture logits.
+    Sensitivity(Guidance),
+}
+
+/// The settings of sensitivity-guided expansion.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub struct Guidance {
+    /// A `sensitivity.csv` (`nce sensitivity`) of a checkpoint of the searched model.
+    pub table: PathBuf,
+    pub measure: crate::sensitivity::Measure,
+    /// γ: weight of the prior `γ · (2/S) · Σ_s (½ − r_s) · E[w_s]/base_s` in the architecture
+    /// loss (r_s the slot's sensitivity rank in [0, 1]).
+    pub prior: f64,
+}
+
+impl Guidance {
+    pub fn new(table: PathBuf) -> Guidance {
+        Guidance { table, measure: crate::sensitivity::Measure::OneOffGain, prior: 0.5 }
+    }
 }
 
 /// How the channels a slot gains by expansion are initialised.
@@ -138,6 +171,7 @@ impl SearchConfig {
             expansion_init: ExpansionInit::Preserve,
             expansion_noise: default_noise(),
             val_subset: default_val_subset(),
+            expansion: ExpansionRule::Threshold,
         }
     }
 

@@ -60,6 +60,32 @@ pub(super) struct Run<'a> {
     log: Vec<EpochLog>,
     ckpt_path: PathBuf,
     log_path: PathBuf,
+    /// Sensitivity guidance (`--expansion sensitivity`), resolved to the slots.
+    guide: Option<Guide>,
+}
+
+/// [`super::Guidance`] resolved against the base network's slots.
+struct Guide {
+    /// Sensitivity rank of each slot in [0, 1] (unmeasured slots: 0.5).
+    ranks: Vec<f64>,
+    thresholds: Vec<f64>,
+    prior: f64,
+}
+
+impl Guide {
+    fn new(g: &super::Guidance, base: &Network, threshold: f64) -> Result<Guide, SearchError> {
+        let layers = crate::sensitivity::table::read(&g.table).map_err(|e| SearchError::Invalid(e.to_string()))?;
+        let scores = crate::sensitivity::slots::slot_scores(base, &layers, g.measure);
+        if scores.iter().all(Option::is_none) {
+            return Err(SearchError::Invalid(format!("{}: no layer of {} is in the table", g.table.display(), base.model)));
+        }
+        if !(g.prior.is_finite() && g.prior >= 0.0) {
+            return Err(SearchError::Invalid(format!("the sensitivity prior must be finite and ≥ 0, got {}", g.prior)));
+        }
+        let ranks = crate::sensitivity::slots::normalized_ranks(&scores);
+        let thresholds = space::guided_thresholds(threshold, &ranks);
+        Ok(Guide { ranks, thresholds, prior: g.prior })
+    }
 }
 
 /// Seeds a new supernet from an `--init` checkpoint (every variable whose name and shape
@@ -118,6 +144,10 @@ impl<'a> Run<'a> {
         let adam = Adam::new(&sn.logits, cfg.arch_lr, cfg.arch_betas, cfg.arch_weight_decay);
         let mut sgd = Sgd::new(cfg.momentum, true);
         sgd.skip_zero_grads = true;
+        let guide = match &cfg.expansion {
+            super::ExpansionRule::Threshold => None,
+            super::ExpansionRule::Sensitivity(g) => Some(Guide::new(g, &base, space.threshold)?),
+        };
         let data = std::rc::Rc::new(loaders(cfg, &wset, &aset, &test)?);
         let sched = CosineSchedule { base_lr: cfg.lr, warmup_steps: 0, total_steps: cfg.epochs * data.per_epoch };
         let log_path = cfg.out.join("search.jsonl");
@@ -139,6 +169,7 @@ impl<'a> Run<'a> {
             log: Vec::new(),
             ckpt_path,
             log_path,
+            guide,
         };
         if resuming {
             run.restore()?;
@@ -251,6 +282,9 @@ impl<'a> Run<'a> {
             t.costs.push((metric.clone(), e.double_value(&[]), cur, *target));
             total = total + cost::budget_loss(&e, cur, *target, cfg.tolerance) * cfg.lambda;
         }
+        if let Some(g) = &self.guide {
+            total = total + cost::width_prior(&self.sn, &g.ranks, g.prior);
+        }
         if !total.double_value(&[]).is_finite() {
             return Err(SearchError::NonFinite { epoch: self.epoch });
         }
@@ -272,7 +306,11 @@ impl<'a> Run<'a> {
         let widths = self.sn.argmax_widths();
         let argmax_pass =
             derive::cost_of(cfg.model, self.base.input, self.base.classes, &widths, &self.bits, &self.eval, &self.base)?.1.passes();
-        let events = if arch_epoch { space::expand(&mut self.sn.slots, &probs, &self.space, epoch) } else { Vec::new() };
+        let events = match (&self.guide, arch_epoch) {
+            (_, false) => Vec::new(),
+            (None, true) => space::expand(&mut self.sn.slots, &probs, &self.space, epoch),
+            (Some(g), true) => space::expand_per_slot(&mut self.sn.slots, &probs, &g.thresholds, &self.space, epoch),
+        };
         for e in &events {
             // expand() already appended the width to the slot; grow logits, BN and Adam state.
             self.sn.add_candidate(e.slot, e.new_widest);

@@ -106,10 +106,22 @@ impl Slot {
 /// gets the next wider candidate (up to its cap). `probs[s]` is slot `s`'s softmax over its
 /// candidates. Returns the events; the caller grows its logits and BatchNorms to match.
 pub fn expand(slots: &mut [Slot], probs: &[Vec<f64>], cfg: &SpaceConfig, epoch: usize) -> Vec<Expansion> {
+    expand_per_slot(slots, probs, &vec![cfg.threshold; slots.len()], cfg, epoch)
+}
+
+/// Per-slot thresholds from sensitivity ranks `r_s` in [0, 1]: `T · 2^(1 − 2 r_s)`, so the most
+/// sensitive slot expands at T/2, the median one at T (the paper's rule), the least sensitive
+/// at 2T (at T = 0.5: never, a probability cannot exceed 1).
+pub fn guided_thresholds(threshold: f64, ranks: &[f64]) -> Vec<f64> {
+    ranks.iter().map(|r| threshold * 2f64.powf(1.0 - 2.0 * r.clamp(0.0, 1.0))).collect()
+}
+
+/// [`expand`] with one threshold per slot.
+pub fn expand_per_slot(slots: &mut [Slot], probs: &[Vec<f64>], thresholds: &[f64], cfg: &SpaceConfig, epoch: usize) -> Vec<Expansion> {
     let mut events = Vec::new();
-    for (i, (slot, p)) in slots.iter_mut().zip(probs).enumerate() {
+    for (i, ((slot, p), &threshold)) in slots.iter_mut().zip(probs).zip(thresholds).enumerate() {
         let Some(&p_widest) = p.last() else { continue };
-        if p_widest > cfg.threshold {
+        if p_widest > threshold {
             if let Some(next) = slot.next_width(cfg) {
                 events.push(Expansion { epoch, slot: i, layer: slot.name.clone(), old_widest: slot.widest(), new_widest: next });
                 slot.candidates.push(next);
@@ -155,6 +167,12 @@ mod tests {
             expand(&mut slots, &p, &cfg, 4);
         }
         assert_eq!(slots[0].widest(), 32, "stops at the 2x cap");
+        // Guided thresholds: the sensitive slot expands at 0.3, the insensitive one does not.
+        let t = guided_thresholds(0.5, &[1.0, 0.0, 0.5]);
+        assert_eq!(t, vec![0.25, 1.0, 0.5]);
+        let mut g = vec![Slot::new("hot", 16, &cfg), Slot::new("cold", 16, &cfg), Slot::new("mid", 16, &cfg)];
+        let ev = expand_per_slot(&mut g, &[vec![0.3, 0.4, 0.3], vec![0.0, 0.01, 0.99], vec![0.1, 0.3, 0.6]], &t, &cfg, 0);
+        assert_eq!(ev.iter().map(|e| e.layer.as_str()).collect::<Vec<_>>(), vec!["hot", "mid"]);
         let off = SpaceConfig { threshold: f64::INFINITY, ..cfg };
         let mut s = vec![Slot::new("a", 16, &off)];
         assert!(expand(&mut s, &[vec![0.0, 0.0, 1.0]], &off, 0).is_empty());

@@ -1,7 +1,9 @@
 //! Per-layer 2-bit quantization sensitivity of a trained full-precision network: which layers
 //! lose the most when quantized, i.e. where extra channels (NCE's expansion) are likely to pay.
 //!
-//! From one FP32 checkpoint (`nce train --bits 32`), on held-out (test) images and without any
+//! From one FP32 checkpoint (`nce train --bits 32`), on a validation split carved from the
+//! training images (the last `val_images` of the training set; never the test set, so that what
+//! the sensitivities later decide, expansion and allocation, is chosen without it) and without any
 //! training, every quantizable layer `L` (a conv with 2-bit weights in the default W2A2
 //! configuration: every conv except the first; the 8-bit first conv and last linear are not
 //! candidates) is measured two ways:
@@ -32,6 +34,7 @@
 //! near chance on small models, and one-off gains around it are noise. One-on needs an FP32
 //! reference and is reported as NaN.
 
+use super::LayerSensitivity;
 use crate::data::{self, DataError, Loader, Split};
 use crate::graph::{self, BitConfig, GraphError, Network, Op, Src};
 use crate::models::{self, ActQuantizer, Model, ModelOptions, WeightQuantizer};
@@ -50,8 +53,12 @@ pub struct SensitivityConfig {
     /// Dataset name; `None` = the one the checkpoint was trained on.
     pub data: Option<String>,
     pub data_root: PathBuf,
-    /// Evaluate on the first N test images (file order); `None` = the whole test set.
-    pub test_subset: Option<usize>,
+    /// Evaluate on the last N training images (the validation split); the calibration batch
+    /// comes from the first images, so the two never overlap.
+    pub val_images: usize,
+    /// Validation batches (of `eval_batch`) over which the empirical Fisher of every weight is
+    /// accumulated for the `fit` measure (0 = skip it).
+    pub fisher_batches: usize,
     /// Training images in the calibration batch.
     pub calib_batch: usize,
     pub eval_batch: usize,
@@ -67,7 +74,8 @@ impl SensitivityConfig {
             checkpoint,
             data: None,
             data_root: PathBuf::from("data"),
-            test_subset: None,
+            val_images: 10_000,
+            fisher_batches: 8,
             calib_batch: 256,
             eval_batch: 500,
             threads: 0,
@@ -76,26 +84,13 @@ impl SensitivityConfig {
     }
 }
 
-/// One quantizable layer's result (accuracies in percent, differences in percentage points).
-#[derive(Clone, Debug, PartialEq, serde::Serialize, serde::Deserialize)]
-pub struct LayerSensitivity {
-    pub layer: String,
-    /// Accuracy with only this layer at 2 bits.
-    pub one_on_acc: f64,
-    /// Accuracy of W2A2 with only this layer at full precision.
-    pub one_off_acc: f64,
-    /// `fp32_acc − one_on_acc`.
-    pub one_on_drop: f64,
-    /// `one_off_acc − w2a2_acc`.
-    pub one_off_gain: f64,
-}
-
 /// The outcome of [`run`].
 #[derive(Clone, Debug)]
 pub struct SensitivityReport {
     pub model: String,
     pub data: String,
-    pub test_images: usize,
+    /// Validation images the accuracies were measured on (the last ones of the training set).
+    pub val_images: usize,
     pub fp32_acc: f64,
     /// Everything quantized (2-bit, 8-bit first conv and last linear), clips calibrated, no
     /// training.
@@ -173,7 +168,7 @@ struct Bench<'a> {
     fp: &'a nn::VarStore,
     options: ModelOptions,
     calib: tch::Tensor,
-    test: Loader,
+    val: Loader,
     /// (PACT variable, bits) → calibrated clip. [`calibrate_clips`] sets each clip from the
     /// full-precision output of its layer (the same in every configuration: same weights, same
     /// batch) and the layer's bits, so one calibration of W2A2 serves every configuration; this
@@ -184,13 +179,23 @@ struct Bench<'a> {
 }
 
 impl Bench<'_> {
-    /// Test accuracy (percent) of `net` with the FP32 weights and calibrated clips.
+    /// Validation accuracy (percent) of `net` with the checkpoint's weights and calibrated clips.
     fn accuracy(&self, net: &Network) -> Result<f64, SensitivityError> {
+        let (_vs, model) = self.model(net)?;
+        Ok(100.0 * train::evaluate(&model, &self.val).1)
+    }
+
+    /// `net` with the checkpoint's weights and its trained clips, or clips calibrated (once per
+    /// variable and bit width) for configurations the checkpoint has none for.
+    fn model(&self, net: &Network) -> Result<(nn::VarStore, Model), SensitivityError> {
         let mut vs = nn::VarStore::new(Device::Cpu);
         let model = Model::new(&vs.root(), net, &self.options)?;
         let report = models::copy_by_name(&mut vs, self.fp)?;
         if let Some(m) = report.missing.iter().find(|n| !n.ends_with(".act.alpha")) {
             return Err(SensitivityError::Invalid(format!("the checkpoint lacks variable `{m}`")));
+        }
+        if self.trained_clips && !report.missing.iter().any(|n| n.ends_with(".act.alpha")) {
+            return Ok((vs, model));
         }
         let alphas: Vec<(String, u8, tch::Tensor)> = model
             .pact_alphas()
@@ -200,9 +205,6 @@ impl Bench<'_> {
                 (name, bits, t)
             })
             .collect();
-        if self.trained_clips && !report.missing.iter().any(|n| n.ends_with(".act.alpha")) {
-            return Ok(100.0 * train::evaluate(&model, &self.test).1);
-        }
         let mut clips = self.clips.borrow_mut();
         if alphas.iter().all(|(n, b, _)| clips.contains_key(&(n.clone(), *b))) {
             tch::no_grad(|| {
@@ -216,7 +218,46 @@ impl Bench<'_> {
                 clips.insert((n.clone(), *b), t.reshape([-1]).double_value(&[0]));
             }
         }
-        Ok(100.0 * train::evaluate(&model, &self.test).1)
+        Ok((vs, model))
+    }
+
+    /// FIT of every 2-bit conv of `net` (the W2A2 network): `Tr(F)/n · ‖Q(W) − W‖²`, HAWQ-V2's
+    /// second-order estimate of the loss a layer's weight quantization adds, with the Hessian
+    /// trace replaced by the empirical Fisher's. The Fisher trace is estimated from `batches`
+    /// validation batches as `B·‖∇L_batch‖²` (the squared mean gradient of a batch of `B` is
+    /// `Tr(F)/B` plus the squared true gradient, which is small at a trained optimum), through
+    /// the quantizers' straight-through gradients.
+    fn fit(&self, net: &Network, batches: usize) -> Result<HashMap<String, f64>, SensitivityError> {
+        if batches == 0 {
+            return Ok(HashMap::new());
+        }
+        let (vs, model) = self.model(net)?;
+        let vars = vs.variables();
+        let convs: Vec<(String, tch::Tensor)> = net
+            .layers
+            .iter()
+            .filter(|l| matches!(l.op, Op::Conv { .. }) && l.wbits == 2)
+            .filter_map(|l| vars.get(&format!("{}.weight", l.name)).map(|t| (l.name.clone(), t.shallow_clone())))
+            .collect();
+        let mut trace: HashMap<String, f64> = HashMap::new();
+        let mut seen = 0usize;
+        for (x, y) in self.val.epoch_batches(0).take(batches) {
+            vs.variables().values().for_each(|t| t.shallow_clone().zero_grad());
+            let loss = model.f_forward_t(&x, false)?.cross_entropy_for_logits(&y);
+            loss.backward();
+            let b = y.size()[0] as f64;
+            for (name, w) in &convs {
+                *trace.entry(name.clone()).or_default() += b * w.grad().square().sum(tch::Kind::Double).double_value(&[]);
+            }
+            seen += 1;
+        }
+        let mut fit = HashMap::new();
+        for e in model.export() {
+            let (Some(w), Some(q), Some(t)) = (&e.weight, &e.weight_int, trace.get(&e.layer.name)) else { continue };
+            let noise = (q.dequantize() - w).square().sum(tch::Kind::Double).double_value(&[]);
+            fit.insert(e.layer.name.clone(), t / seen.max(1) as f64 / w.numel() as f64 * noise);
+        }
+        Ok(fit)
     }
 }
 
@@ -236,7 +277,7 @@ pub fn run(cfg: &SensitivityConfig, progress: bool) -> Result<SensitivityReport,
         _ if !progress => {}
         Progress::Baseline { model, fp32_acc, w2a2_acc, trained_w2a2, images, data, .. } => {
             let how = if trained_w2a2 { "trained checkpoint" } else { "calibrated, untrained" };
-            eprintln!("{model}: FP32 {fp32_acc:.2}%, W2A2 ({how}) {w2a2_acc:.2}% on {images} {data} test images");
+            eprintln!("{model}: FP32 {fp32_acc:.2}%, W2A2 ({how}) {w2a2_acc:.2}% on {images} {data} validation images (the last of the training set)");
         }
         Progress::Layer(s) => eprintln!("  {:<20} one-on drop {:+7.2} pp, one-off gain {:+7.2} pp", s.layer, s.one_on_drop, s.one_off_gain),
     })
@@ -254,8 +295,7 @@ pub fn run_with(cfg: &SensitivityConfig, on_progress: &mut dyn FnMut(Progress)) 
     let net = &loaded.meta.net;
     let trained_w2a2 = starting_point(cfg, net)?;
     let name = cfg.data.clone().unwrap_or_else(|| loaded.meta.config.data.clone());
-    let test = test_images(cfg, net, &name)?;
-    let calib = calibration_batch(cfg, &name)?;
+    let (val, calib) = split(cfg, net, &name)?;
     std::fs::create_dir_all(&cfg.out).map_err(|source| SensitivityError::Io { file: cfg.out.clone(), source })?;
 
     // SAWB weights and PACT activations whatever the checkpoint trained with: both need no
@@ -266,26 +306,34 @@ pub fn run_with(cfg: &SensitivityConfig, on_progress: &mut dyn FnMut(Progress)) 
         fp: &loaded.vs,
         options,
         calib,
-        test: Loader::eval(&test, cfg.eval_batch, Device::Cpu)?,
+        val: Loader::eval(&val, cfg.eval_batch, Device::Cpu)?,
         clips: RefCell::default(),
         trained_clips: trained_w2a2,
     };
-    let fp32_acc = if trained_w2a2 { f64::NAN } else { 100.0 * train::evaluate(&loaded.model, &bench.test).1 };
-    let w2a2_acc = bench.accuracy(&one_off(net, None)?)?;
+    let fp32_acc = if trained_w2a2 { f64::NAN } else { 100.0 * train::evaluate(&loaded.model, &bench.val).1 };
+    let w2a2 = one_off(net, None)?;
+    let w2a2_acc = bench.accuracy(&w2a2)?;
+    let fit = bench.fit(&w2a2, cfg.fisher_batches)?;
     let quantizable = quantizable_layers(net)?;
-    let (model, images, layers) = (&net.model, test.len(), quantizable.len());
+    let (model, images, layers) = (&net.model, val.len(), quantizable.len());
     on_progress(Progress::Baseline { model, fp32_acc, w2a2_acc, trained_w2a2, images, data: &name, layers });
     let mut layers = Vec::new();
     for layer in quantizable {
         let one_on_acc = if trained_w2a2 { f64::NAN } else { bench.accuracy(&one_on(net, &layer)?)? };
         let one_off_acc = bench.accuracy(&one_off(net, Some(&layer))?)?;
-        let s =
-            LayerSensitivity { one_on_drop: fp32_acc - one_on_acc, one_off_gain: one_off_acc - w2a2_acc, one_on_acc, one_off_acc, layer };
+        let s = LayerSensitivity {
+            one_on_drop: fp32_acc - one_on_acc,
+            one_off_gain: one_off_acc - w2a2_acc,
+            one_on_acc,
+            one_off_acc,
+            fit: fit.get(&layer).copied().unwrap_or(f64::NAN),
+            layer,
+        };
         on_progress(Progress::Layer(&s));
         layers.push(s);
     }
     let (csv, plots) = write_outputs(cfg, &net.model, &layers, fp32_acc, w2a2_acc)?;
-    Ok(SensitivityReport { model: net.model.clone(), data: name, test_images: test.len(), fp32_acc, w2a2_acc, layers, csv, plots })
+    Ok(SensitivityReport { model: net.model.clone(), data: name, val_images: val.len(), fp32_acc, w2a2_acc, layers, csv, plots })
 }
 
 /// Whether the checkpoint is a trained default W2A2 one (else it must be full precision).
@@ -304,30 +352,28 @@ fn starting_point(cfg: &SensitivityConfig, net: &Network) -> Result<bool, Sensit
     Ok(trained_w2a2)
 }
 
-/// The test images the accuracies are measured on: the first `test_subset` of `name`'s test set.
-fn test_images(cfg: &SensitivityConfig, net: &Network, name: &str) -> Result<data::Dataset, SensitivityError> {
-    let mut test = data::load(name, &cfg.data_root, Split::Test)?;
-    if test.shape != net.input {
+/// The validation split (the last `val_images` training images) and one calibration batch
+/// (the first `calib_batch`); refused when they would overlap.
+fn split(cfg: &SensitivityConfig, net: &Network, name: &str) -> Result<(data::Dataset, tch::Tensor), SensitivityError> {
+    let train_set = data::load(name, &cfg.data_root, Split::Train)?;
+    if train_set.shape != net.input {
         return Err(SensitivityError::Checkpoint {
             checkpoint: cfg.checkpoint.clone(),
-            msg: format!("expects {} inputs, {name} has {}", net.input, test.shape),
+            msg: format!("expects {} inputs, {name} has {}", net.input, train_set.shape),
         });
     }
-    if let Some(n) = cfg.test_subset.filter(|&n| n < test.len()) {
-        test = test.subset(n);
+    let n = train_set.len();
+    if cfg.val_images == 0 || cfg.calib_batch + cfg.val_images > n {
+        return Err(SensitivityError::Invalid(format!(
+            "{name} has {n} training images: too few for {} validation images after a calibration batch of {}",
+            cfg.val_images, cfg.calib_batch
+        )));
     }
-    if test.is_empty() {
-        return Err(SensitivityError::Invalid("the test subset is empty".into()));
-    }
-    Ok(test)
-}
-
-/// One batch of the first `calib_batch` training images, for the activation clips.
-fn calibration_batch(cfg: &SensitivityConfig, name: &str) -> Result<tch::Tensor, SensitivityError> {
-    let train_set = data::load(name, &cfg.data_root, Split::Train)?;
-    let calib_set = train_set.subset(cfg.calib_batch.min(train_set.len()));
+    let val = train_set.select(&(n - cfg.val_images..n).collect::<Vec<_>>());
+    let calib_set = train_set.subset(cfg.calib_batch);
     let batch = Loader::eval(&calib_set, calib_set.len(), Device::Cpu)?.batch(0, 0);
-    Ok(batch.ok_or_else(|| SensitivityError::Invalid(format!("{name} has no training images to calibrate on")))?.0)
+    let calib = batch.ok_or_else(|| SensitivityError::Invalid(format!("{name} has no training images to calibrate on")))?.0;
+    Ok((val, calib))
 }
 
 /// `sensitivity.csv` and the bar charts, in `cfg.out`.
@@ -354,12 +400,6 @@ fn write_outputs(
     Ok((csv, plots))
 }
 
-/// `layer,one_on_drop,one_off_gain,fp32_acc,w2a2_acc`, one row per layer (the last two repeat
-/// so that every row is self-contained).
 fn write_csv(path: &Path, layers: &[LayerSensitivity], fp32: f64, w2a2: f64) -> Result<(), SensitivityError> {
-    let mut text = String::from("layer,one_on_drop,one_off_gain,fp32_acc,w2a2_acc\n");
-    for l in layers {
-        text.push_str(&format!("{},{:.4},{:.4},{:.4},{:.4}\n", l.layer, l.one_on_drop, l.one_off_gain, fp32, w2a2));
-    }
-    std::fs::write(path, text).map_err(|source| SensitivityError::Io { file: path.into(), source })
+    super::table::write(path, layers, fp32, w2a2).map_err(|e| SensitivityError::Invalid(e.to_string()))
 }
