@@ -174,3 +174,26 @@ fn nan_loss_before_any_checkpoint_says_none_was_written() {
     assert!(msg.contains("No checkpoint was written") && !msg.contains("is kept in"), "{msg}");
     assert!(!dir.path().join("checkpoint.ot").exists());
 }
+
+/// `--val-images N`: the last N training images are the evaluation set (never trained on), the
+/// test set is not read for the reported accuracy, and an N that leaves nothing to train on is
+/// a clear error.
+#[test]
+fn validation_split_is_the_tail_of_the_training_set() {
+    let _g = serial();
+    let dir = tempfile::tempdir().unwrap();
+    let mut c = config(dir.path(), 32, 1);
+    c.train_subset = Some(128);
+    c.val_images = Some(100);
+    let s = train::train(&c, false, false).unwrap();
+    assert_eq!(s.test_images, 100);
+    let m = train::load_model(&s.checkpoint).unwrap();
+    let all = nce::data::load("fashion-mnist", "data".as_ref(), nce::data::Split::Train).unwrap();
+    let tail = all.select(&(all.len() - 100..all.len()).collect::<Vec<_>>());
+    let acc = train::evaluate(&m.model, &nce::data::Loader::eval(&tail, 500, tch::Device::Cpu).unwrap()).1;
+    assert_eq!(acc, s.final_test_acc, "the reported accuracy is the tail's");
+    c.val_images = Some(60_000);
+    c.out = dir.path().join("too-many");
+    let err = train::train(&c, false, false).unwrap_err();
+    assert!(err.to_string().contains("--val-images 60000"), "{err}");
+}

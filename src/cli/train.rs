@@ -70,6 +70,10 @@ pub struct TrainArgs {
     /// Stop with a checkpoint after this many steps in total (continue with --resume).
     #[arg(long, value_parser = super::args::positive)]
     max_steps: Option<usize>,
+    /// Hold out the last N training images (never trained on) and report accuracy on them
+    /// instead of the test set: a validation split for choosing settings.
+    #[arg(long, value_parser = super::args::positive, conflicts_with = "test_subset")]
+    val_images: Option<usize>,
     /// Weight quantizer of the low-bit layers.
     #[arg(long, value_enum, default_value = "sawb")]
     weight_quant: crate::models::WeightQuantizer,
@@ -110,6 +114,7 @@ impl TryFrom<&TrainArgs> for TrainConfig {
             test_subset: a.data.data.test_subset,
             checkpoint_every: a.checkpoint_every,
             max_steps: a.max_steps,
+            val_images: a.val_images,
             threads: a.run.run.threads,
             model_options,
             ..TrainConfig::new(args::model_kind(a.model, a.width_mult)?, &data, a.bits, a.epochs, a.run.run.out_or("train"))
@@ -129,7 +134,8 @@ pub fn run(a: TrainArgs) -> Result<ExitCode> {
         return Ok(ExitCode::SUCCESS);
     }
     println!(
-        "final test accuracy {:.2}% after {} epochs; checkpoint {}; metrics {}",
+        "final {} accuracy {:.2}% after {} epochs; checkpoint {}; metrics {}",
+        if cfg.val_images.is_some() { "validation" } else { "test" },
         100.0 * s.final_test_acc,
         cfg.epochs,
         s.checkpoint.display(),

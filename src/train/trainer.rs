@@ -50,6 +50,11 @@ pub struct TrainConfig {
     pub kd_temperature: f64,
     /// Also checkpoint every N steps inside an epoch (0 = only at epoch ends).
     pub checkpoint_every: usize,
+    /// Hold out the last N training images and evaluate on them instead of the test set (a
+    /// validation split for choosing hyperparameters and for measurements that must not see
+    /// the test set); they are never trained on.
+    #[serde(default)]
+    pub val_images: Option<usize>,
     /// Stop (with a checkpoint) once this many optimisation steps have been taken in total;
     /// `--resume` continues as if nothing happened. For time-boxed sessions and tests.
     #[serde(default)]
@@ -85,6 +90,7 @@ impl TrainConfig {
             kd_alpha: 0.9,
             kd_temperature: 4.0,
             checkpoint_every: 0,
+            val_images: None,
             max_steps: None,
             out,
         }
@@ -158,6 +164,8 @@ pub enum TrainError {
     NonFinite { value: f64, epoch: usize, batch: usize, checkpoint: Option<PathBuf> },
     #[error("cannot resume: {0}")]
     Resume(String),
+    #[error("{0}")]
+    Config(String),
     #[error("libtorch: {0}")]
     Torch(#[from] tch::TchError),
 }
@@ -257,11 +265,24 @@ fn supernet_bn<'a>(src: &'a [(String, Tensor)], name: &str, dst: &Tensor) -> Opt
 }
 
 fn load_dataset(cfg: &TrainConfig, split: Split) -> Result<Dataset, TrainError> {
-    let subset = match split {
-        Split::Train => cfg.train_subset,
-        Split::Test => cfg.test_subset,
+    let Some(n) = cfg.val_images else {
+        let subset = match split {
+            Split::Train => cfg.train_subset,
+            Split::Test => cfg.test_subset,
+        };
+        return Ok(data::load_for(&cfg.data, &cfg.data_root, split, subset, None)?);
     };
-    Ok(data::load_for(&cfg.data, &cfg.data_root, split, subset, None)?)
+    // A validation split: the last `n` training images are evaluated instead of the test set
+    // and never trained on.
+    let all = data::load_for(&cfg.data, &cfg.data_root, Split::Train, None, None)?;
+    if n == 0 || n >= all.len() {
+        return Err(TrainError::Config(format!("--val-images {n}: {} has {} training images", cfg.data, all.len())));
+    }
+    let keep = all.len() - n;
+    Ok(match split {
+        Split::Test => all.select(&(keep..all.len()).collect::<Vec<_>>()),
+        Split::Train => all.subset(cfg.train_subset.map_or(keep, |s| s.min(keep))),
+    })
 }
 
 /// Test loss and accuracy of `model` over `loader`.
