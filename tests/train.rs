@@ -197,3 +197,35 @@ fn validation_split_is_the_tail_of_the_training_set() {
     let err = train::train(&c, false, false).unwrap_err();
     assert!(err.to_string().contains("--val-images 60000"), "{err}");
 }
+
+/// `--widen-init quiet`: the trained W2A2 ResNet-20 widened 1.5× in two slots (an inner conv and
+/// a block output) classifies as before — copied channels with BatchNorm scale 1e-3 stay below
+/// one 2-bit step — while random new channels would be live at once.
+#[test]
+fn quiet_widening_starts_as_the_trained_network() {
+    let _g = serial();
+    let ck = checkpoint::load::<Meta>(Path::new("examples/resnet20-w2a2-fashion.ot")).unwrap();
+    let test = nce::data::load("fashion-mnist", "data".as_ref(), nce::data::Split::Test).unwrap().subset(500);
+    let loader = nce::data::Loader::eval(&test, 500, tch::Device::Cpu).unwrap();
+    let acc_of = |widths: &[usize], quiet: bool| {
+        let net = nce::graph::build(ModelKind::Resnet20, ck.meta.net.input, 10, Some(widths), &ck.meta.config.bit_config()).unwrap();
+        let vs = tch::nn::VarStore::new(tch::Device::Cpu);
+        let model = nce::models::Model::new(&vs.root(), &net, &ck.meta.config.model_options).unwrap();
+        train::inherit_vars(&vs, &ck.vars);
+        let widened = if quiet { train::widen_quietly(&vs, &ck.vars) } else { 0 };
+        (train::evaluate(&model, &loader).1, widened, vs)
+    };
+    let base = ck.meta.net.widths.clone();
+    let (acc, _, _) = acc_of(&base, false);
+    let mut wide = base.clone();
+    let (a, b) = (3, 6); // layer1.1.conv_a and layer1.2.conv_b's slots
+    wide[a] = base[a] * 3 / 2;
+    wide[b] = base[b] * 3 / 2;
+    let (quiet, n, vs) = acc_of(&wide, true);
+    assert!(n >= 4, "conv and BatchNorm variables widened: {n}");
+    assert!((quiet - acc).abs() <= 0.01, "quietly widened {quiet} vs trained {acc}");
+    let vars = vs.variables();
+    let name = &ck.meta.net.layers.iter().find(|l| l.width_slot == Some(a)).unwrap().name;
+    let gamma = Vec::<f32>::try_from(&vars[&format!("{name}.bn.weight")]).unwrap();
+    assert!(gamma[base[a]..].iter().all(|&g| (g as f64 - train::QUIET_SCALE).abs() < 1e-9), "{gamma:?}");
+}

@@ -70,6 +70,11 @@ pub struct TrainArgs {
     /// Stop with a checkpoint after this many steps in total (continue with --resume).
     #[arg(long, value_parser = super::args::positive)]
     max_steps: Option<usize>,
+    /// How channels wider than the --init checkpoint's start: their random init, or `quiet`
+    /// (copies of existing channels with BatchNorm scale 1e-3: the widened network starts as
+    /// the trained one).
+    #[arg(long, value_enum, default_value = "random")]
+    widen_init: crate::train::WidenInit,
     /// Hold out the last N training images (never trained on) and report accuracy on them
     /// instead of the test set: a validation split for choosing settings.
     #[arg(long, value_parser = super::args::positive, conflicts_with = "test_subset")]
@@ -115,6 +120,7 @@ impl TryFrom<&TrainArgs> for TrainConfig {
             checkpoint_every: a.checkpoint_every,
             max_steps: a.max_steps,
             val_images: a.val_images,
+            widen_init: a.widen_init,
             threads: a.run.run.threads,
             model_options,
             ..TrainConfig::new(args::model_kind(a.model, a.width_mult)?, &data, a.bits, a.epochs, a.run.run.out_or("train"))

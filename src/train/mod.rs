@@ -14,5 +14,6 @@ pub use metrics::EpochMetrics;
 pub use schedule::CosineSchedule;
 pub(crate) use trainer::copy_leading;
 pub use trainer::{
-    calibrate_clips, evaluate, inherit_vars, load_model, mse_clip, train, LoadedModel, Meta, TrainConfig, TrainError, TrainSummary,
+    calibrate_clips, evaluate, inherit_vars, load_model, mse_clip, train, widen_quietly, LoadedModel, Meta, TrainConfig, TrainError,
+    TrainSummary, WidenInit, QUIET_SCALE,
 };

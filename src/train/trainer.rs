@@ -55,6 +55,9 @@ pub struct TrainConfig {
     /// the test set); they are never trained on.
     #[serde(default)]
     pub val_images: Option<usize>,
+    /// How channels wider than the `--init` checkpoint's start.
+    #[serde(default)]
+    pub widen_init: WidenInit,
     /// Stop (with a checkpoint) once this many optimisation steps have been taken in total;
     /// `--resume` continues as if nothing happened. For time-boxed sessions and tests.
     #[serde(default)]
@@ -91,6 +94,7 @@ impl TrainConfig {
             kd_temperature: 4.0,
             checkpoint_every: 0,
             val_images: None,
+            widen_init: WidenInit::Random,
             max_steps: None,
             out,
         }
@@ -210,6 +214,54 @@ pub(crate) fn copy_leading(dst: &Tensor, src: &Tensor) {
         v = v.narrow(dim as i64, 0, n);
     }
     d.copy_(&v);
+}
+
+/// How channels that `--init` has no source for start when a network is widened.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[cfg_attr(feature = "cli", derive(clap::ValueEnum))]
+#[serde(rename_all = "kebab-case")]
+pub enum WidenInit {
+    /// Their random initialisation.
+    #[default]
+    Random,
+    /// Copies of existing channels (index modulo the source width, so weight statistics and
+    /// the 2-bit SAWB scale barely move) with BatchNorm scale 1e-3 and shift 0: the new
+    /// channels start nearly silent (below one 2-bit activation step), so the widened network
+    /// starts as the trained one, yet they still get gradients.
+    Quiet,
+}
+
+/// The BatchNorm scale new channels start with under [`WidenInit::Quiet`].
+pub const QUIET_SCALE: f64 = 1e-3;
+
+/// [`WidenInit::Quiet`] for every variable of `vs` that is wider than its same-named source.
+/// Returns how many were widened.
+pub fn widen_quietly(vs: &nn::VarStore, src: &[(String, Tensor)]) -> usize {
+    let mut widened = 0;
+    no_grad(|| {
+        for (name, dst) in vs.variables() {
+            let Some((_, s)) = src.iter().find(|(n, _)| *n == name) else { continue };
+            let (ds, ss) = (dst.size(), s.size());
+            if ds.len() != ss.len() || ds.iter().zip(&ss).all(|(a, b)| a <= b) {
+                continue;
+            }
+            // Tile the source along every dimension where the destination is wider.
+            let mut t = s.shallow_clone();
+            for (dim, (&a, &b)) in ds.iter().zip(&ss).enumerate() {
+                let idx: Vec<i64> = (0..a).map(|i| i % b).collect();
+                t = t.index_select(dim as i64, &Tensor::from_slice(&idx));
+            }
+            let mut dst = dst.shallow_clone();
+            dst.copy_(&t);
+            let new = ds[0] - ss[0].min(ds[0]);
+            if new > 0 && (name.ends_with(".bn.weight") || name.ends_with(".bn.bias")) {
+                let fill = if name.ends_with(".bn.weight") { QUIET_SCALE } else { 0.0 };
+                let _ = dst.narrow(0, ss[0], new).fill_(fill);
+            }
+            widened += 1;
+        }
+    });
+    widened
 }
 
 /// Copies `src` into the store's variables by name. With `partial`, variables that are missing
@@ -441,6 +493,10 @@ impl<'a> Trainer<'a> {
             let ck = checkpoint::load::<serde_json::Value>(init)?;
             let n = inherit_vars(&self.vs, &ck.vars);
             tracing::info!("initialised {n} variables from {}", init.display());
+            if self.cfg.widen_init == WidenInit::Quiet {
+                let w = widen_quietly(&self.vs, &ck.vars);
+                tracing::info!("{w} variables widened quietly (copied channels, BatchNorm scale 1e-3)");
+            }
         }
         rewrite_metrics(&self.metrics_path, &[])
     }
