@@ -123,6 +123,18 @@ struct CostJson<'a> {
     metrics: Vec<MetricJson<'a>>,
     budgets: &'a [crate::cost::BudgetVerdict],
     pass: bool,
+    /// The width slots: index, the first layer that uses it, and its width.
+    slots: Vec<SlotJson<'a>>,
+}
+
+#[derive(serde::Serialize)]
+struct SlotJson<'a> {
+    slot: usize,
+    layer: &'a str,
+    width: usize,
+    /// Every layer whose output channels the slot sets (its convs, and the depthwise convs that
+    /// follow them).
+    layers: Vec<&'a str>,
 }
 
 #[derive(serde::Serialize)]
@@ -161,6 +173,15 @@ impl<'a> CostJson<'a> {
             metrics: report.metrics.iter().map(metric).collect(),
             budgets: &report.budgets,
             pass: report.passes(),
+            slots: (0..net.widths.len())
+                .filter_map(|s| {
+                    let layers: Vec<&str> = (0..net.layers.len())
+                        .filter(|&i| crate::sensitivity::slots::output_slot(net, i) == Some(s))
+                        .map(|i| net.layers[i].name.as_str())
+                        .collect();
+                    Some(SlotJson { slot: s, layer: layers.first()?, width: net.widths[s], layers })
+                })
+                .collect(),
         }
     }
 }
