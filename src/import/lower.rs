@@ -394,7 +394,7 @@ impl<'a> Lowering<'a> {
         let (lo_v, hi_v) = (scalar(lo), scalar(hi));
         match (lo_v, hi_v, hi.is_none()) {
             (Some(l), Some(h), _) if l == 0.0 && h == 6.0 => self.activation(n, true),
-            (Some(l), None, true) if l == 0.0 => self.activation(n, false),
+            (Some(0.0), None, true) => self.activation(n, false),
             _ => Err(self.err(n, format!("only Clip(0, 6) (ReLU6) and Clip(0) (ReLU) are supported, got min {lo_v:?}, max {hi_v:?}"))),
         }
     }
@@ -462,7 +462,7 @@ impl<'a> Lowering<'a> {
         let shape = self.konst(n, 1)?.and_then(|t| t.ints().map(<[i64]>::to_vec));
         let numel = s.numel() as i64;
         match shape.as_deref() {
-            Some([b, f]) if matches!(*b, -1 | 0 | 1) && (*f == -1 || *f == numel) && !(*b == -1 && *f == -1) => {
+            Some([b, f]) if (-1..=1).contains(b) && (*f == -1 || *f == numel) && !(*b == -1 && *f == -1) => {
                 self.set_out(n, Value::Flat(src, s))
             }
             _ => Err(self.err(n, format!("only a Reshape to [N, C·H·W] with a constant shape is supported, got {shape:?}"))),
