@@ -164,8 +164,23 @@ fn wiring(l: &TemplateLayer, i: usize) -> Result<(), String> {
     if l.inputs.len() != want {
         return Err(format!("expected {want} input(s), got {}", l.inputs.len()));
     }
-    match l.inputs.iter().find(|s| matches!(s, Src::Layer(j) if *j >= i)) {
-        Some(s) => Err(format!("reads {s:?}, which does not come before it")),
-        None => Ok(()),
+    if let Some(s) = l.inputs.iter().find(|s| matches!(s, Src::Layer(j) if *j >= i)) {
+        return Err(format!("reads {s:?}, which does not come before it"));
+    }
+    let window = match l.op {
+        Op::Conv { k, stride, pad, .. } | Op::MaxPool { k, stride, pad } => Some((k, stride, pad)),
+        Op::Subsample { stride } => Some((1, stride, 0)),
+        _ => None,
+    };
+    match window {
+        Some((k, stride, pad))
+            if k == 0 || stride == 0 || pad >= k || k as u128 > super::MAX_SPATIAL || stride as u128 > super::MAX_SPATIAL =>
+        {
+            Err(format!(
+                "kernel {k}, stride {stride}, padding {pad}: kernel and stride must be 1 to {} and the padding below the kernel",
+                super::MAX_SPATIAL
+            ))
+        }
+        _ => Ok(()),
     }
 }
