@@ -90,6 +90,7 @@ pub fn arch_widths(path: &std::path::Path) -> anyhow::Result<Vec<usize>> {
 /// The model a command runs: `--model` (with `--width-mult`) if given, else the `--arch`
 /// file's (how an imported network, whose graph the file holds, reaches `train` and `search`),
 /// else ResNet-20; and the architecture file's widths, if one is given.
+#[cfg(feature = "train")]
 pub(crate) fn model_and_widths(
     model: Option<crate::graph::ModelKind>,
     width_mult: Option<f64>,
