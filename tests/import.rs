@@ -24,7 +24,7 @@ fn models() -> Option<&'static Path> {
     DIR.get_or_init(|| {
         let probe = Command::new(PYTHON).args(["-c", "import torch, onnxruntime, onnx"]).output();
         if !probe.is_ok_and(|o| o.status.success()) {
-            eprintln!("note: import tests skipped: {PYTHON} lacks torch/onnxruntime (run scripts/setup-onnx-venv)");
+            eprintln!("note: import tests skipped: {PYTHON} lacks torch/onnxruntime (run scripts/setup-onnx-venv --torch)");
             return None;
         }
         if !Path::new(DATA).join("t10k-images-idx3-ubyte.gz").exists() {

@@ -127,6 +127,17 @@ def randomise_bn(model, gen):
             m.bias.data.copy_(torch.randn(c, generator=gen) * 0.1)
 
 
+def relu6_clips(model, images):
+    """Whether any ReLU6 of `model` sees an input above 6 on `images`."""
+    seen = []
+    hooks = [m.register_forward_hook(lambda m, i, o: seen.append(i[0].max().item())) for m in model.modules() if isinstance(m, nn.ReLU6)]
+    with torch.no_grad():
+        model(images)
+    for h in hooks:
+        h.remove()
+    return max(seen) > 6.0
+
+
 def export(model, path):
     model.eval()
     x = torch.zeros(1, 1, 28, 28)
@@ -163,6 +174,9 @@ def main():
     with torch.no_grad():
         for m in nets.values():
             randomise_bn(m, gen)
+        # A wider stem scale, so that ReLU6's cap is reached (and tested) on these images.
+        nets["mobilenetv2"].features[0][1].weight.mul_(20)
+    assert relu6_clips(nets["mobilenetv2"].eval(), images), "no ReLU6 input exceeds 6: the cap would go untested"
     train_x = torch.from_numpy(idx(os.path.join(data, "train-images-idx3-ubyte.gz"))[:TRAIN_IMAGES].astype(np.float32) / 255.0).unsqueeze(1)
     train_y = torch.from_numpy(idx(os.path.join(data, "train-labels-idx1-ubyte.gz"))[:TRAIN_IMAGES].astype(np.int64))
     trained = Plain()
