@@ -19,6 +19,8 @@ pub struct Lowered {
     pub shapes: Vec<Shape>,
     pub classifier: String,
     pub vars: Vec<Variable>,
+    /// Convs without a BatchNormalization in the file (their BN is the identity).
+    pub folded: Vec<String>,
 }
 
 /// What an ONNX value is to the importer.
@@ -542,10 +544,13 @@ impl<'a> Lowering<'a> {
             return Err(bad(format!("the graph's output must be the classifier's logits (outputs: {outputs:?})")));
         }
         let _ = (cl.input, cl.in_len);
-        let mut vars = Vec::new();
+        let (mut vars, mut folded) = (Vec::new(), Vec::new());
         for (i, l) in self.layers.iter().enumerate() {
             if let Some(c) = self.convs.get(&i) {
                 conv_vars(&mut vars, &l.name, c);
+                if c.bn.is_none() {
+                    folded.push(l.name.clone());
+                }
             }
         }
         let mut shapes = self.shapes;
@@ -556,7 +561,7 @@ impl<'a> Lowering<'a> {
             shape: vec![cl.out as i64],
             data: cl.bias.unwrap_or_else(|| vec![0.0; cl.out]),
         });
-        Ok(Lowered { input, classes: cl.out, layers: self.layers, shapes, classifier: cl.name, vars })
+        Ok(Lowered { input, classes: cl.out, layers: self.layers, shapes, classifier: cl.name, vars, folded })
     }
 }
 

@@ -73,6 +73,9 @@ pub struct Import {
     /// The network at its ONNX widths, in full precision.
     pub net: Network,
     pub vars: Vec<Variable>,
+    /// Convs that had no BatchNormalization in the file (PyTorch's eval-mode export folds it
+    /// into the conv's bias): their BatchNorm is the identity until statistics are estimated.
+    pub folded_bn: Vec<String>,
 }
 
 /// Reads `path` (an ONNX model) into an [`Import`]; `name` is the model's short name (default:
@@ -103,7 +106,7 @@ pub fn from_bytes(path: &Path, bytes: &[u8], name: &str) -> Result<Import, Impor
     let net = graph::build(model, lowered.input, lowered.classes, None, &BitConfig::full_precision())
         .map_err(|source| ImportError::Graph { file: path.into(), source })?;
     check_shapes(path, &net, &lowered.shapes)?;
-    Ok(Import { model, net, vars: lowered.vars })
+    Ok(Import { model, net, vars: lowered.vars, folded_bn: lowered.folded })
 }
 
 /// The network rebuilt from the graph has the shapes the ONNX file implies.
