@@ -184,11 +184,10 @@ fn mutate_model(rng: &mut Rng, m: &mut ModelProto) {
                 }
             }
             11 if nn > 0 => {
-                let n = &mut g.node[rng.below(nn)];
-                n.attribute.push(tiny::ints(
-                    *rng.pick(&["dilations", "pads", "strides", "kernel_shape", "group", "axis", "auto_pad"]),
-                    &[*rng.pick(&INTERESTING); 2],
-                ));
+                const NAMES: [&str; 7] = ["dilations", "pads", "strides", "kernel_shape", "group", "axis", "auto_pad"];
+                let name = NAMES[rng.below(NAMES.len())];
+                let v = *rng.pick(&INTERESTING);
+                g.node[rng.below(nn)].attribute.push(tiny::ints(name, &[v; 2]));
             }
             _ => {}
         }
