@@ -129,3 +129,50 @@ fn cost_lists_the_imported_resnet18s_slots_by_onnx_name() {
     assert!(slots[0].ends_with("64: /stem/stem.0/Conv, /layers/layers.0/conv2/conv2.0/Conv, /layers/layers.1/conv2/conv2.0/Conv"), "{t}");
     assert!(slots[9].contains("512: /layers/layers.6/down/down.0/Conv, /layers/layers.6/conv2/conv2.0/Conv"), "{t}");
 }
+
+#[test]
+fn search_expands_an_import_and_its_architecture_trains() {
+    let Some(dir) = models() else { return };
+    let tmp = tempfile::tempdir().expect("temp dir");
+    let p = |f: &str| tmp.path().join(f).to_string_lossy().into_owned();
+    let onnx = dir.join("trained.onnx").to_string_lossy().into_owned();
+    let out = nce(&["import", &onnx, "-o", &p("fp32.ot"), "--arch", &p("arch.toml")]);
+    assert!(out.status.success(), "import: {}", text(&out));
+    // A threshold just above the uniform 1/3, so that two epochs suffice to expand a slot.
+    let search = "search --init INIT --arch ARCH --profile nce-flops-params --epochs 2 --warmup-epochs 1 --threshold 0.338 --lambda 0.1 \
+                  --train-subset 1000 --test-subset 100 --val-subset 100 --batch-size 50 --threads 1 --quiet -o OUT";
+    let args: Vec<String> = search
+        .split_whitespace()
+        .map(|a| a.replace("INIT", &p("fp32.ot")).replace("ARCH", &p("arch.toml")).replace("OUT", &p("search")))
+        .collect();
+    let out = nce(&args.iter().map(String::as_str).collect::<Vec<_>>());
+    let t = text(&out);
+    assert!(out.status.success(), "search: {t}");
+    assert!(t.contains("/features/features.1/features.1.0/Conv"), "slots are not named after the ONNX nodes: {t}");
+    let arch = nce::graph::ArchFile::load(&tmp.path().join("search/arch.toml")).expect("searched arch");
+    assert!(matches!(arch.model, nce::graph::ModelKind::Imported(_)), "the searched architecture lost the imported graph");
+    assert!(!arch.expansions.is_empty(), "no slot expanded: {t}");
+    let out = nce(&[
+        "train",
+        "--arch",
+        &p("search/arch.toml"),
+        "--init",
+        &p("search/search-checkpoint.ot"),
+        "--bits",
+        "2",
+        "--epochs",
+        "1",
+        "--train-subset",
+        "200",
+        "--test-subset",
+        "50",
+        "--batch-size",
+        "50",
+        "--threads",
+        "1",
+        "--quiet",
+        "-o",
+        &p("w2a2"),
+    ]);
+    assert!(out.status.success(), "train on the searched widths: {}", text(&out));
+}
