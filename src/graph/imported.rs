@@ -40,20 +40,9 @@ pub struct ImportedGraph {
     pub classifier: String,
     /// One per width slot: the ONNX model's output channels.
     pub base_widths: Vec<usize>,
-    /// Per-channel input normalisation the imported weights expect (`--mean`/`--std`), if any.
-    #[serde(default)]
-    pub normalisation: Option<Normalisation>,
     /// A short content hash (hex), part of the model's name so that two imports of the same
     /// stem stay apart.
     pub hash: String,
-}
-
-/// `(x − mean) / std` per input channel, as the network was trained with.
-#[derive(Clone, Debug, PartialEq, Eq, Hash, Serialize, Deserialize)]
-pub struct Normalisation {
-    /// Means and standard deviations as their decimal text (exact, hashable).
-    pub mean: Vec<String>,
-    pub std: Vec<String>,
 }
 
 /// An interned imported graph: `Copy`, compared by identity.

@@ -42,7 +42,6 @@ struct ConvLayer {
 
 struct Classifier {
     name: String,
-    input: Src,
     in_len: usize,
     out: usize,
     /// `[out, in]`.
@@ -531,7 +530,7 @@ impl<'a> Lowering<'a> {
             return Err(self.err(n, "the classifier must read the layer just before it"));
         }
         let name = self.layer_name(n);
-        self.classifier = Some(Classifier { name, input: src, in_len: inp, out, weight, bias });
+        self.classifier = Some(Classifier { name, in_len: inp, out, weight, bias });
         self.logits = n.output.first().cloned();
         self.set_out(n, Value::Logits)
     }
@@ -543,7 +542,6 @@ impl<'a> Lowering<'a> {
         if outputs.len() != 1 || self.logits.as_deref() != Some(outputs[0]) {
             return Err(bad(format!("the graph's output must be the classifier's logits (outputs: {outputs:?})")));
         }
-        let _ = (cl.input, cl.in_len);
         let (mut vars, mut folded) = (Vec::new(), Vec::new());
         for (i, l) in self.layers.iter().enumerate() {
             if let Some(c) = self.convs.get(&i) {

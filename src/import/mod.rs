@@ -99,7 +99,6 @@ pub fn from_bytes(path: &Path, bytes: &[u8], name: &str) -> Result<Import, Impor
         layers,
         classifier: lowered.classifier,
         base_widths,
-        normalisation: None,
         hash: String::new(),
     };
     let model = ModelKind::Imported(graph::Imported::intern(graph));
