@@ -139,10 +139,7 @@ impl ModelKind {
 
     /// The original (base) width vector.
     pub fn base_widths(self) -> Vec<usize> {
-        match self {
-            ModelKind::Imported(g) => g.graph().base_widths.clone(),
-            _ => super::builder::base_widths(self),
-        }
+        super::builder::base_widths(self)
     }
 
     /// The classifier's layer name (`fc`, or the imported network's ONNX name).
