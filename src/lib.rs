@@ -27,6 +27,7 @@ pub mod export;
 pub mod fsutil;
 pub mod graph;
 pub mod hw;
+pub mod import;
 #[cfg(feature = "plot")]
 pub mod plot;
 pub mod sensitivity;

@@ -543,7 +543,7 @@ fn inconsistent_graphs_are_rejected() {
         net_err_has(
             |n| {
                 let l = &mut n.layers[1];
-                l.op = Op::Conv { k, stride, pad, groups: 1, relu: true };
+                l.op = Op::Conv { k, stride, pad, groups: 1, relu: true, relu6: false };
             },
             "limits",
         );
@@ -551,14 +551,14 @@ fn inconsistent_graphs_are_rejected() {
     net_err_has(
         |n| {
             let l = &mut n.layers[0];
-            l.op = Op::Conv { k: 3, stride: 1, pad: 1, groups: 2, relu: true };
+            l.op = Op::Conv { k: 3, stride: 1, pad: 1, groups: 2, relu: true, relu6: false };
         },
         "2 groups do not divide 1 input",
     );
     net_err_has(
         |n| {
             let l = &mut n.layers[1];
-            l.op = Op::Conv { k: 3, stride: 1, pad: 1, groups: 0, relu: true };
+            l.op = Op::Conv { k: 3, stride: 1, pad: 1, groups: 0, relu: true, relu6: false };
         },
         "0 groups",
     );
@@ -587,7 +587,7 @@ fn huge_reduction_does_not_overflow() {
     // A kernel size whose square wraps to 1 in 64-bit arithmetic.
     net_err_has(
         |n| {
-            n.layers[1].op = Op::Conv { k: (1usize << 63) + 1, stride: 1, pad: 1 << 62, groups: 1, relu: true };
+            n.layers[1].op = Op::Conv { k: (1usize << 63) + 1, stride: 1, pad: 1 << 62, groups: 1, relu: true, relu6: false };
         },
         "limits",
     );

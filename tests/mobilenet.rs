@@ -50,7 +50,7 @@ fn macs_and_params_match_a_hand_count() {
     assert_eq!((net.macs(), net.params()), (macs, params));
     // One depthwise layer by hand: stage3.0.dw reads 24·6 = 144 channels at 28×28, stride 2.
     let dw = layer(&net, "stage3.0.dw");
-    assert_eq!(dw.op, Op::Conv { k: 3, stride: 2, pad: 1, groups: 144, relu: true });
+    assert_eq!(dw.op, Op::Conv { k: 3, stride: 2, pad: 1, groups: 144, relu: true, relu6: false });
     assert_eq!((dw.in_shape, dw.out_shape), (Shape::new(144, 28, 28), Shape::new(144, 14, 14)));
     assert_eq!((dw.macs(), dw.params()), (144 * 9 * 14 * 14, 144 * 9 + 2 * 144));
     assert_eq!(dw.width_slot, None, "a depthwise conv follows its input's width");

@@ -214,6 +214,9 @@ pub fn format_report(profile: &Profile, net: &Network, report: &CostReport) -> S
     for chunk in metric_chunks(report) {
         out.push_str(&layer_table(net, &chunk));
     }
+    if net.model.starts_with(crate::graph::imported::PREFIX) {
+        out.push_str(&slot_list(net));
+    }
     for m in &report.metrics {
         let total = format!("{:.6}", m.total);
         let total = total.trim_end_matches('0').trim_end_matches('.');
@@ -226,6 +229,17 @@ pub fn format_report(profile: &Profile, net: &Network, report: &CostReport) -> S
     for b in &report.budgets {
         let verdict = if b.pass { "PASS" } else { "FAIL" };
         let _ = writeln!(out, "budget {:<22} {:>12} <= {:>12} ({}) {verdict}", b.metric, human(b.value), human(b.max), b.limit);
+    }
+    out
+}
+
+/// The width slots with their full layer names (imported networks, whose ONNX names the
+/// table truncates): `slot 0   64: /stem/Conv, /layers.0/conv2/Conv`.
+fn slot_list(net: &Network) -> String {
+    let mut out = String::from("width slots (convs sharing a slot keep equal widths):\n");
+    for (slot, w) in net.widths.iter().enumerate() {
+        let names: Vec<&str> = net.layers.iter().filter(|l| l.width_slot == Some(slot)).map(|l| l.name.as_str()).collect();
+        out += &format!("  slot {slot:<3} {w:>5}: {}\n", names.join(", "));
     }
     out
 }

@@ -8,6 +8,8 @@ mod allocate;
 mod args;
 mod cost;
 mod export;
+#[cfg(feature = "train")]
+mod import;
 mod measure;
 #[cfg(feature = "train")]
 mod paths;
@@ -45,6 +47,9 @@ enum Command {
     Plugins,
     /// Per-layer and total costs of a network under a profile, with budget verdicts.
     Cost(cost::Args),
+    /// Import an FP32 CNN from ONNX into a checkpoint and an architecture file.
+    #[cfg(feature = "train")]
+    Import(import::ImportArgs),
     /// Quantization-aware (or full-precision) training on real data.
     #[cfg(feature = "train")]
     Train(Box<train::TrainArgs>),
@@ -86,6 +91,24 @@ pub fn arch_widths(path: &std::path::Path) -> anyhow::Result<Vec<usize>> {
     Ok(crate::graph::ArchFile::load(path)?.widths)
 }
 
+/// The model a command runs: `--model` (with `--width-mult`) if given, else the `--arch`
+/// file's (how an imported network, whose graph the file holds, reaches `train` and `search`),
+/// else ResNet-20; and the architecture file's widths, if one is given.
+#[cfg(feature = "train")]
+pub(crate) fn model_and_widths(
+    model: Option<crate::graph::ModelKind>,
+    width_mult: Option<f64>,
+    arch: Option<&std::path::Path>,
+) -> anyhow::Result<(crate::graph::ModelKind, Option<Vec<usize>>)> {
+    let arch = arch.map(crate::graph::ArchFile::load).transpose()?;
+    let model = match (model, &arch) {
+        (Some(m), _) => m,
+        (None, Some(a)) if width_mult.is_none() => return Ok((a.model, Some(a.widths.clone()))),
+        (None, _) => crate::graph::ModelKind::Resnet20,
+    };
+    Ok((args::model_kind(model, width_mult)?, arch.map(|a| a.widths)))
+}
+
 #[cfg(feature = "train")]
 pub(crate) use paths::recorded_path;
 
@@ -116,6 +139,8 @@ pub fn main() -> ExitCode {
             Ok(ExitCode::SUCCESS)
         }
         Command::Cost(args) => cost::run(args),
+        #[cfg(feature = "train")]
+        Command::Import(args) => import::run(args),
         #[cfg(feature = "train")]
         Command::Train(args) => train::run(*args),
         #[cfg(feature = "train")]

@@ -1,6 +1,5 @@
 //! `nce pipeline`: every stage from FP32 training to the report (see [`crate::pipeline`]).
 
-use super::args;
 use crate::graph::ModelKind;
 use crate::pipeline::{self, PipelineConfig, Schedule, ScheduleSource};
 use anyhow::{bail, Result};
@@ -13,8 +12,13 @@ pub struct PipelineArgs {
     #[arg(long)]
     profile: PathBuf,
     /// resnet20 | resnet32 | resnet56 | resnet18 | resnet50 | mobilenetv2 (mobilenetv2x0.5: --width-mult 0.5)
-    #[arg(long, default_value = "resnet20")]
-    model: ModelKind,
+    /// [default: the --arch file's model, else resnet20]
+    #[arg(long)]
+    model: Option<ModelKind>,
+    /// An architecture file whose model the pipeline runs (e.g. the one `nce import --arch`
+    /// writes, with the import's checkpoint as --init).
+    #[arg(long, conflicts_with_all = ["model", "width_mult"])]
+    arch: Option<PathBuf>,
     /// Width multiplier of a MobileNet (0.1 to 4, two decimals; default 1)
     #[arg(long, value_parser = crate::cli::args::positive_f64)]
     width_mult: Option<f64>,
@@ -43,13 +47,14 @@ pub fn run(a: PipelineArgs) -> Result<ExitCode> {
     let run = &a.run.run;
     let out = run.out.clone().ok_or_else(|| super::usage("give -o/--out RUN_FOLDER (one sub-folder per stage, report.md, report.html)"))?;
     let (data, data_root) = a.data.resolve("fashion-mnist")?;
+    let (model, _) = crate::cli::model_and_widths(a.model, a.width_mult, a.arch.as_deref())?;
     let mut c = PipelineConfig {
         data_root,
         init: a.init.clone(),
         seed: a.run.seed,
         threads: run.threads,
         progress: !run.quiet,
-        ..PipelineConfig::new(a.profile.clone(), args::model_kind(a.model, a.width_mult)?, &data, out, source, schedule)
+        ..PipelineConfig::new(a.profile.clone(), model, &data, out, source, schedule)
     };
     if let Some(s) = std::env::var("NCE_PIPELINE_FAIL_STAGE").ok().filter(|s| !s.is_empty()) {
         match pipeline::Stage::from_name(&s) {

@@ -1,6 +1,5 @@
 //! `nce search`.
 
-use super::args;
 use crate::graph::ModelKind;
 use crate::search::{self, space::SpaceConfig, SearchConfig};
 use anyhow::{Context, Result};
@@ -14,8 +13,13 @@ pub struct SearchArgs {
     #[arg(long)]
     profile: PathBuf,
     /// resnet20 | resnet32 | resnet56 | resnet18 | resnet50 | mobilenetv2 (mobilenetv2x0.5: --width-mult 0.5)
-    #[arg(long, default_value = "resnet20")]
-    model: ModelKind,
+    /// [default: the --arch file's model, else resnet20]
+    #[arg(long)]
+    model: Option<ModelKind>,
+    /// An architecture file whose model is searched (e.g. the one `nce import --arch` writes;
+    /// the search starts from the model's base widths).
+    #[arg(long, conflicts_with_all = ["model", "width_mult"])]
+    arch: Option<PathBuf>,
     /// Width multiplier of a MobileNet (0.1 to 4, two decimals; default 1)
     #[arg(long, value_parser = crate::cli::args::positive_f64)]
     width_mult: Option<f64>,
@@ -104,6 +108,7 @@ impl TryFrom<&SearchArgs> for SearchConfig {
 
     fn try_from(a: &SearchArgs) -> Result<SearchConfig> {
         let (data, data_root) = a.data.data.source.resolve("fashion-mnist")?;
+        let (model, _) = crate::cli::model_and_widths(a.model, a.width_mult, a.arch.as_deref())?;
         Ok(SearchConfig {
             data_root,
             batch_size: a.batch_size,
@@ -132,7 +137,7 @@ impl TryFrom<&SearchArgs> for SearchConfig {
                 (ExpansionArg::Sensitivity, None) => return Err(super::usage("--expansion sensitivity needs --sensitivity FILE")),
                 (ExpansionArg::Threshold, _) => search::ExpansionRule::Threshold,
             },
-            ..SearchConfig::new(args::model_kind(a.model, a.width_mult)?, a.profile.clone(), &data, a.epochs, a.run.run.out_or("search"))
+            ..SearchConfig::new(model, a.profile.clone(), &data, a.epochs, a.run.run.out_or("search"))
         })
     }
 }

@@ -1,6 +1,5 @@
 //! `nce train` and `nce eval`.
 
-use super::args;
 use crate::graph::ModelKind;
 use crate::train::{self, TrainConfig};
 use anyhow::{Context, Result};
@@ -10,8 +9,9 @@ use std::process::ExitCode;
 #[derive(clap::Args)]
 pub struct TrainArgs {
     /// resnet20 | resnet32 | resnet56 | resnet18 | resnet50 | mobilenetv2 (mobilenetv2x0.5: --width-mult 0.5)
-    #[arg(long, default_value = "resnet20")]
-    model: ModelKind,
+    /// [default: the --arch file's model (e.g. an `nce import`), else resnet20]
+    #[arg(long)]
+    model: Option<ModelKind>,
     /// Width multiplier of a MobileNet (0.1 to 4, two decimals; default 1)
     #[arg(long, value_parser = crate::cli::args::positive_f64)]
     width_mult: Option<f64>,
@@ -95,10 +95,8 @@ impl TryFrom<&TrainArgs> for TrainConfig {
 
     fn try_from(a: &TrainArgs) -> Result<TrainConfig> {
         let (data, data_root) = a.data.data.source.resolve("fashion-mnist")?;
-        let widths = match &a.arch {
-            Some(arch) => Some(crate::cli::arch_widths(arch)?),
-            None => a.widths.clone(),
-        };
+        let (model, arch_widths) = crate::cli::model_and_widths(a.model, a.width_mult, a.arch.as_deref())?;
+        let widths = arch_widths.or_else(|| a.widths.clone());
         let model_options = crate::models::ModelOptions { weight: a.weight_quant, activation: a.act_quant, ..Default::default() };
         Ok(TrainConfig {
             data_root,
@@ -123,7 +121,7 @@ impl TryFrom<&TrainArgs> for TrainConfig {
             widen_init: a.widen_init,
             threads: a.run.run.threads,
             model_options,
-            ..TrainConfig::new(args::model_kind(a.model, a.width_mult)?, &data, a.bits, a.epochs, a.run.run.out_or("train"))
+            ..TrainConfig::new(model, &data, a.bits, a.epochs, a.run.run.out_or("train"))
         })
     }
 }

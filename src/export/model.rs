@@ -224,7 +224,7 @@ impl<'a> PlanBuilder<'a> {
         let net = self.net;
         let l = &net.layers[i];
         match l.op {
-            Op::Conv { k, stride, pad, groups, relu } => self.conv(i, Geometry { k, stride, pad, groups }, relu),
+            Op::Conv { k, stride, pad, groups, relu, .. } => self.conv(i, Geometry { k, stride, pad, groups }, relu),
             Op::Add { .. } if !self.fused_adds[i] => Err(format!("{}: residual adds must follow a conv without ReLU", l.name)),
             Op::Add { .. } => Ok(()),
             Op::Subsample { .. } => {

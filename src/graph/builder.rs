@@ -1,6 +1,6 @@
 //! The one network builder every model family's file drives: width slots, shapes, bounds.
 
-use super::{mobilenet, resnet, BitConfig, GraphError, Layer, ModelKind, Network, Op, Shape, Src};
+use super::{imported, mobilenet, resnet, BitConfig, GraphError, Layer, ModelKind, Network, Op, Shape, Src};
 
 /// The base width vector of `model` (a dry build: no shapes).
 pub(super) fn base_widths(model: ModelKind) -> Vec<usize> {
@@ -24,10 +24,10 @@ pub fn build(model: ModelKind, input: Shape, classes: usize, widths: Option<&[us
     let name = model.name();
     let mut b = Builder::new(&name, input, widths);
     construct(model, &mut b);
+    b.linear(&model.classifier_name(), classes);
     if let Some(e) = b.error.take() {
         return Err(e);
     }
-    b.linear(classes);
     let mut net = Network { model: name.clone(), input, classes, layers: b.layers, widths: b.widths };
     for l in &net.layers {
         let (macs, weights) = l.macs_and_weights_u128();
@@ -67,6 +67,15 @@ fn construct(model: ModelKind, b: &mut Builder) {
         ModelKind::Resnet18 => resnet::imagenet(b, &[2, 2, 2, 2], false),
         ModelKind::Resnet50 => resnet::imagenet(b, &[3, 4, 6, 3], true),
         ModelKind::Mobilenetv2(mult) => mobilenet::v2(b, mult),
+        ModelKind::Imported(g) => imported::replay(b, g.graph()),
+    }
+}
+
+/// `op` with `groups` groups if it is a conv.
+fn with_groups(op: Op, groups: usize) -> Op {
+    match op {
+        Op::Conv { k, stride, pad, relu, relu6, .. } => Op::Conv { k, stride, pad, groups, relu, relu6 },
+        other => other,
     }
 }
 
@@ -120,14 +129,33 @@ impl<'a> Builder<'a> {
     #[allow(clippy::too_many_arguments)]
     pub(super) fn conv_in_slot(&mut self, name: &str, x: Src, slot: usize, k: usize, stride: usize, pad: usize, relu: bool) -> Src {
         let out = self.widths[slot];
-        self.push(name, Op::Conv { k, stride, pad, groups: 1, relu }, vec![x], Some(out), Some(slot))
+        self.push(name, Op::Conv { k, stride, pad, groups: 1, relu, relu6: false }, vec![x], Some(out), Some(slot))
+    }
+
+    /// A dense conv `op` (an `Op::Conv`) whose output width is slot `slot`.
+    pub(super) fn conv_op_in_slot(&mut self, name: &str, x: Src, op: Op, slot: usize) -> Src {
+        let out = self.widths[slot];
+        self.push(name, with_groups(op, 1), vec![x], Some(out), Some(slot))
+    }
+
+    /// A depthwise conv `op` (an `Op::Conv`): its groups and width follow its input.
+    pub(super) fn depthwise_op(&mut self, name: &str, x: Src, op: Op) -> Src {
+        let c = self.shape(x).c;
+        self.push(name, with_groups(op, c), vec![x], Some(c), None)
+    }
+
+    /// Records a structural error of an imported graph at layer `name` (the first error wins).
+    pub(super) fn fail_structure(&mut self, name: &str, msg: &str) {
+        if self.error.is_none() {
+            self.error = Some(GraphError::Structure { model: self.model.into(), layer: name.into(), msg: msg.into() });
+        }
     }
 
     /// A depthwise k×k conv (padding k/2): one filter per input channel, so its width is its
     /// input's and it has no slot of its own.
     pub(super) fn depthwise(&mut self, name: &str, x: Src, k: usize, stride: usize) -> Src {
         let c = self.shape(x).c;
-        self.push(name, Op::Conv { k, stride, pad: k / 2, groups: c, relu: true }, vec![x], Some(c), None)
+        self.push(name, Op::Conv { k, stride, pad: k / 2, groups: c, relu: true, relu6: false }, vec![x], Some(c), None)
     }
 
     pub(super) fn subsample(&mut self, name: &str, x: Src, stride: usize) -> Src {
@@ -142,9 +170,9 @@ impl<'a> Builder<'a> {
         self.push("avgpool", Op::GlobalAvgPool, vec![x], None, None)
     }
 
-    fn linear(&mut self, classes: usize) {
-        let x = Src::Layer(self.layers.len() - 1);
-        self.push("fc", Op::Linear, vec![x], Some(classes), None);
+    fn linear(&mut self, name: &str, classes: usize) {
+        let Some(last) = self.layers.len().checked_sub(1) else { return self.fail_structure(name, "no layer before the classifier") };
+        self.push(name, Op::Linear, vec![Src::Layer(last)], Some(classes), None);
     }
 
     pub(super) fn push(&mut self, name: &str, op: Op, inputs: Vec<Src>, out_c: Option<usize>, slot: Option<usize>) -> Src {

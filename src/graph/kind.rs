@@ -1,6 +1,6 @@
 //! The model families nce builds, and their names on the command line and in files.
 
-use super::{GraphError, Shape};
+use super::{GraphError, Imported, Shape};
 use serde::{Deserialize, Serialize};
 use std::fmt;
 use std::str::FromStr;
@@ -50,8 +50,10 @@ impl fmt::Display for WidthMult {
 
 /// The model families nce can build. MobileNets carry their width multiplier, so a network's
 /// model name (`mobilenetv2`, `mobilenetv2x0.5`) says which base widths its costs compare with.
-#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, Serialize, Deserialize)]
-#[serde(try_from = "String", into = "String")]
+///
+/// In files a built-in family is its name (`model = "resnet20"`); an imported network is its
+/// whole graph (`[model.imported]`, see [`super::imported`]).
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
 pub enum ModelKind {
     Resnet20,
     Resnet32,
@@ -60,6 +62,8 @@ pub enum ModelKind {
     Resnet50,
     /// MobileNetV2 (Sandler et al. 2018) with the CIFAR stride plan (`graph/mobilenet.rs`).
     Mobilenetv2(WidthMult),
+    /// A network imported from ONNX (`nce import`), carrying its graph.
+    Imported(Imported),
 }
 
 /// The families, for listings and errors.
@@ -84,11 +88,16 @@ impl ModelKind {
             ModelKind::Resnet18 => "resnet18",
             ModelKind::Resnet50 => "resnet50",
             ModelKind::Mobilenetv2(_) => "mobilenetv2",
+            ModelKind::Imported(_) => "onnx",
         }
     }
 
-    /// The name in files and on the command line: the family, then `x<mult>` unless 1.0.
+    /// The name in files and on the command line: the family, then `x<mult>` unless 1.0;
+    /// `onnx:<stem>@<hash>` for an imported network.
     pub fn name(self) -> String {
+        if let ModelKind::Imported(g) = self {
+            return g.name();
+        }
         match self.width_mult() {
             Some(m) if m != WidthMult::ONE => format!("{}x{m}", self.family()),
             _ => self.family().to_string(),
@@ -114,6 +123,7 @@ impl ModelKind {
     /// The input the model is usually trained on.
     pub fn default_input(self) -> Shape {
         match self {
+            ModelKind::Imported(g) => g.graph().input,
             ModelKind::Resnet18 | ModelKind::Resnet50 => Shape::new(3, 224, 224),
             _ => Shape::new(3, 32, 32),
         }
@@ -121,6 +131,7 @@ impl ModelKind {
 
     pub fn default_classes(self) -> usize {
         match self {
+            ModelKind::Imported(g) => g.graph().classes,
             ModelKind::Resnet18 | ModelKind::Resnet50 => 1000,
             _ => 10,
         }
@@ -129,6 +140,14 @@ impl ModelKind {
     /// The original (base) width vector.
     pub fn base_widths(self) -> Vec<usize> {
         super::builder::base_widths(self)
+    }
+
+    /// The classifier's layer name (`fc`, or the imported network's ONNX name).
+    pub fn classifier_name(self) -> String {
+        match self {
+            ModelKind::Imported(g) => g.graph().classifier.clone(),
+            _ => "fc".into(),
+        }
     }
 }
 
@@ -142,6 +161,11 @@ impl FromStr for ModelKind {
     type Err = GraphError;
     fn from_str(s: &str) -> Result<Self, GraphError> {
         let unknown = || GraphError::UnknownModel(s.to_string(), NAMES);
+        if s.trim().starts_with(super::imported::PREFIX) {
+            // Imported networks are found by name only once their graph has been read (from a
+            // checkpoint or architecture file) in this process.
+            return Imported::find(s.trim()).map(ModelKind::Imported).ok_or_else(unknown);
+        }
         let lower = s.trim().to_ascii_lowercase();
         let (family, mult) = match lower.strip_prefix("mobilenetv2x") {
             Some(m) => ("mobilenetv2", Some(m.parse::<f64>().map_err(|_| unknown())?)),
@@ -155,16 +179,45 @@ impl FromStr for ModelKind {
     }
 }
 
-impl TryFrom<String> for ModelKind {
-    type Error = GraphError;
-    fn try_from(s: String) -> Result<Self, GraphError> {
-        s.parse()
+/// How an imported model kind is written: `{ imported = <graph> }`.
+#[derive(Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct ImportedRepr {
+    imported: super::ImportedGraph,
+}
+
+impl Serialize for ModelKind {
+    fn serialize<S: serde::Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
+        match self {
+            ModelKind::Imported(g) => ImportedRepr { imported: g.graph().clone() }.serialize(s),
+            _ => self.name().serialize(s),
+        }
     }
 }
 
-impl From<ModelKind> for String {
-    fn from(m: ModelKind) -> String {
-        m.name()
+/// Reads a family's name (a string) or an imported graph (a map).
+struct KindVisitor;
+
+impl<'de> serde::de::Visitor<'de> for KindVisitor {
+    type Value = ModelKind;
+
+    fn expecting(&self, f: &mut fmt::Formatter) -> fmt::Result {
+        f.write_str("a model name or an imported graph (`[model.imported]`)")
+    }
+
+    fn visit_str<E: serde::de::Error>(self, v: &str) -> Result<ModelKind, E> {
+        v.parse().map_err(E::custom)
+    }
+
+    fn visit_map<A: serde::de::MapAccess<'de>>(self, map: A) -> Result<ModelKind, A::Error> {
+        let r = ImportedRepr::deserialize(serde::de::value::MapAccessDeserializer::new(map))?;
+        Ok(ModelKind::Imported(Imported::intern(r.imported)))
+    }
+}
+
+impl<'de> Deserialize<'de> for ModelKind {
+    fn deserialize<D: serde::Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        d.deserialize_any(KindVisitor)
     }
 }
 

@@ -15,6 +15,7 @@
 pub mod arch;
 mod bits;
 mod builder;
+pub mod imported;
 mod kind;
 pub mod mobilenet;
 mod resnet;
@@ -22,6 +23,7 @@ mod resnet;
 pub use arch::ArchFile;
 pub use bits::BitConfig;
 pub use builder::build;
+pub use imported::{Imported, ImportedGraph};
 pub use kind::{ModelKind, WidthMult};
 pub use resnet::SMALL_INPUT;
 
@@ -88,7 +90,7 @@ pub mod shape_text {
 }
 
 /// Where a layer reads its input from.
-#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, Serialize, Deserialize)]
 pub enum Src {
     /// The network input (the image).
     Input,
@@ -97,10 +99,20 @@ pub enum Src {
 }
 
 /// The operation a layer performs.
-#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+#[derive(Clone, Debug, PartialEq, Eq, Hash, Serialize, Deserialize)]
 pub enum Op {
-    /// k×k convolution without bias, followed by BatchNorm, optionally by ReLU.
-    Conv { k: usize, stride: usize, pad: usize, groups: usize, relu: bool },
+    /// k×k convolution without bias, followed by BatchNorm, optionally by ReLU. `relu6`
+    /// (imported networks' `Clip(0, 6)`) caps the ReLU at 6 in full precision; quantized
+    /// layers clip at their quantizer's range instead.
+    Conv {
+        k: usize,
+        stride: usize,
+        pad: usize,
+        groups: usize,
+        relu: bool,
+        #[serde(default, skip_serializing_if = "is_false")]
+        relu6: bool,
+    },
     /// Fully connected layer with bias (the classifier).
     Linear,
     /// Elementwise sum of two inputs; the narrower one is zero-padded in channels.
@@ -112,6 +124,10 @@ pub enum Op {
     MaxPool { k: usize, stride: usize, pad: usize },
     /// Global average pooling to 1×1.
     GlobalAvgPool,
+}
+
+fn is_false(b: &bool) -> bool {
+    !*b
 }
 
 /// One node of the layer graph with concrete shapes and precisions.
@@ -270,6 +286,8 @@ pub enum GraphError {
     Bits { what: String, bits: u8 },
     #[error("bit override names layer `{0}`, which the network does not have")]
     UnknownLayer(String),
+    #[error("{model}: layer `{layer}`: {msg}")]
+    Structure { model: String, layer: String, msg: String },
     #[error("{what} is {value}, above the supported maximum {max}")]
     OutOfRange { what: String, value: u128, max: u128 },
 }

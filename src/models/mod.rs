@@ -190,14 +190,20 @@ impl LayerModule {
     fn forward(&self, inputs: &[&Tensor], train: bool) -> Result<Tensor, TchError> {
         let x = inputs[0];
         Ok(match self.spec.op {
-            Op::Conv { stride, pad, groups, .. } => {
+            Op::Conv { stride, pad, groups, relu6, .. } => {
                 let (Some(w), Some(bn)) = (&self.weight, &self.bn) else {
                     return Err(TchError::Kind(format!("conv `{}` without weight/BN", self.spec.name)));
                 };
                 let wq = self.weight_quant.forward(w, train);
                 let (s, p) = (stride as i64, pad as i64);
                 let y = x.f_conv2d(&wq, None::<Tensor>, [s, s], [p, p], [1, 1], groups as i64)?;
-                self.act.forward(&bn.forward_t(&y, train)?, train)
+                let y = self.act.forward(&bn.forward_t(&y, train)?, train);
+                // ReLU6 in full precision; a quantizer's clip replaces the cap.
+                if relu6 && matches!(self.act, ActQuant::Relu) {
+                    y.f_clamp_max(6.0)?
+                } else {
+                    y
+                }
             }
             Op::Linear => {
                 let Some(w) = &self.weight else {

@@ -136,6 +136,13 @@ pub struct Meta {
     pub last: Option<EpochMetrics>,
 }
 
+impl Meta {
+    /// The record of a checkpoint that no training wrote (`nce import`): nothing run yet.
+    pub fn imported(config: TrainConfig, net: Network) -> Meta {
+        Meta { format: FORMAT, config, net, epoch: 0, batch: 0, step: 0, partial: Partial::default(), last: None }
+    }
+}
+
 #[derive(Clone, Debug, Default, Serialize, Deserialize, PartialEq)]
 pub struct Partial {
     pub loss_sum: f64,

@@ -30,7 +30,7 @@ fn attribute(name: &str, a: Attr) -> AttributeProto {
 impl Builder {
     fn tensor(&mut self, name: &str, dims: &[usize], dtype: DataType, raw: Vec<u8>) -> String {
         let dims = dims.iter().map(|&d| d as i64).collect();
-        self.inits.push(TensorProto { dims, data_type: dtype as i32, name: name.to_string(), raw_data: raw });
+        self.inits.push(TensorProto { dims, data_type: dtype as i32, name: name.to_string(), raw_data: raw, ..Default::default() });
         name.to_string()
     }
 

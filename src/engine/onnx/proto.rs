@@ -1,6 +1,7 @@
 //! The subset of ONNX's protobuf messages (`onnx/onnx.proto`, IR version 8) that nce writes,
 //! declared with prost's derive: field numbers and types follow the ONNX schema, so any ONNX
-//! reader parses the bytes. Fields nce never sets are left out (protobuf readers default them).
+//! reader parses the bytes. Fields neither nce's writer nor `nce import` (`src/import/`) uses are
+//! left out (protobuf readers skip them).
 
 /// `TensorProto.DataType` values nce uses.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -103,6 +104,11 @@ pub struct AttributeProto {
     pub i: i64,
     #[prost(bytes = "vec", tag = "4")]
     pub s: Vec<u8>,
+    /// A tensor value (`Constant` nodes).
+    #[prost(message, optional, tag = "5")]
+    pub t: Option<TensorProto>,
+    #[prost(float, repeated, tag = "7")]
+    pub floats: Vec<f32>,
     #[prost(int64, repeated, tag = "8")]
     pub ints: Vec<i64>,
     #[prost(int32, tag = "20")]
@@ -115,11 +121,28 @@ pub struct TensorProto {
     pub dims: Vec<i64>,
     #[prost(int32, tag = "2")]
     pub data_type: i32,
+    /// FLOAT elements when `raw_data` is empty.
+    #[prost(float, repeated, tag = "4")]
+    pub float_data: Vec<f32>,
+    /// INT32-family elements when `raw_data` is empty.
+    #[prost(int32, repeated, tag = "5")]
+    pub int32_data: Vec<i32>,
+    /// INT64 elements when `raw_data` is empty.
+    #[prost(int64, repeated, tag = "7")]
+    pub int64_data: Vec<i64>,
     #[prost(string, tag = "8")]
     pub name: String,
     /// Little-endian element bytes.
     #[prost(bytes = "vec", tag = "9")]
     pub raw_data: Vec<u8>,
+    /// DOUBLE elements when `raw_data` is empty.
+    #[prost(double, repeated, tag = "10")]
+    pub double_data: Vec<f64>,
+    /// Where the data lives when `data_location` is EXTERNAL (1).
+    #[prost(message, repeated, tag = "13")]
+    pub external_data: Vec<StringStringEntryProto>,
+    #[prost(int32, tag = "14")]
+    pub data_location: i32,
 }
 
 #[derive(Clone, PartialEq, prost::Message)]
