@@ -19,8 +19,6 @@ pub fn swar_word(w: u32) -> u32 {
 /// The most output levels a ladder serves (`qmax <= 7`), and the most shortcut codes.
 const MAX_QMAX: u8 = 7;
 const MAX_SHORTCUT_LEVELS: usize = 16;
-/// Thresholds are clamped to ±2^30; the SIMD accumulators stay inside (see [`ladder`]).
-const LIMIT: i128 = 1 << 30;
 
 /// The shortcut of a conv as its ladder needs it.
 #[derive(Clone, Copy, Debug)]
@@ -38,16 +36,18 @@ pub struct LadderShortcut {
 /// `sc` (one block when there is no shortcut) and channel `o`, `qmax + 1` int32 at
 /// `((sc * c_out) + o) * (qmax + 1)`: a mask (`-1` where `m < 0`) and the thresholds
 /// `t_1..t_qmax`, such that with `a = acc ^ mask` the output code is the number of `k` with
-/// `a >= t_k`, exactly `clamp(floor((acc*m + sc*r + b + 2^(shift-1)) / 2^shift), 0, qmax)`.
+/// `a >= t_k`, exactly `clamp(floor((acc*m + sc*r + b + 2^(shift-1)) / 2^shift), 0, qmax)` for
+/// every `|acc| <= acc_bound`. Thresholds are clamped to `±(acc_bound + 1)`, so they are int16.
 ///
-/// `None` when a ladder does not pay or is not exact: more than 8 levels, a shortcut with more
-/// than 16 codes, or accumulators (at most `acc_bound` in magnitude) that could reach 2^30.
-pub fn ladder(requant: &Requant, c_out: usize, shortcut: Option<LadderShortcut>, acc_bound: u64) -> Option<Vec<i32>> {
+/// `None` when a ladder does not serve: more than 8 levels, a shortcut with more than 16 codes,
+/// or accumulators (at most `acc_bound` in magnitude) that int16 thresholds cannot separate.
+pub fn ladder(requant: &Requant, c_out: usize, shortcut: Option<LadderShortcut>, acc_bound: u64) -> Option<Vec<i16>> {
     let qmax = requant.qmax;
     let levels = shortcut.map_or(1, |s| s.qmax as usize + 1);
-    if qmax == 0 || qmax > MAX_QMAX || levels > MAX_SHORTCUT_LEVELS || acc_bound as i128 >= LIMIT - 1 {
+    if qmax == 0 || qmax > MAX_QMAX || levels > MAX_SHORTCUT_LEVELS || acc_bound >= i16::MAX as u64 {
         return None;
     }
+    let limit = acc_bound as i128 + 1;
     let mut out = Vec::with_capacity(levels * c_out * (qmax as usize + 1));
     for sc in 0..levels {
         for o in 0..c_out {
@@ -56,7 +56,7 @@ pub fn ladder(requant: &Requant, c_out: usize, shortcut: Option<LadderShortcut>,
             let c = sc_term + b + requant.rounding() as i128;
             out.push(if m < 0 { -1 } else { 0 });
             for k in 1..=qmax as i128 {
-                out.push(threshold((k << requant.shift) - c, m));
+                out.push(threshold((k << requant.shift) - c, m, limit));
             }
         }
     }
@@ -64,15 +64,15 @@ pub fn ladder(requant: &Requant, c_out: usize, shortcut: Option<LadderShortcut>,
 }
 
 /// The threshold of `acc * m >= d` on `acc` (`m > 0`), on `!acc` (`m < 0`), or a constant
-/// verdict (`m == 0`), clamped to ±2^30.
-fn threshold(d: i128, m: i128) -> i32 {
+/// verdict (`m == 0`), clamped to `±limit` (`|acc| < limit`).
+fn threshold(d: i128, m: i128, limit: i128) -> i16 {
     let t = match m.signum() {
         1 => -floor_div(-d, m),
         -1 => -floor_div(d, m) - 1, // acc <= floor(d / m)  <=>  !acc >= !floor(d / m)
-        _ if d <= 0 => -LIMIT,
-        _ => LIMIT,
+        _ if d <= 0 => -limit,
+        _ => limit,
     };
-    t.clamp(-LIMIT, LIMIT) as i32
+    t.clamp(-limit, limit) as i16
 }
 
 fn floor_div(a: i128, b: i128) -> i128 {
@@ -95,9 +95,9 @@ mod tests {
         v.div_euclid(1 << shift).clamp(0, qmax as i64) as u8
     }
 
-    fn climb(rungs: &[i32], acc: i32) -> u8 {
-        let a = acc ^ rungs[0];
-        rungs[1..].iter().filter(|&&t| a >= t).count() as u8
+    fn climb(rungs: &[i16], acc: i32) -> u8 {
+        let a = acc ^ rungs[0] as i32;
+        rungs[1..].iter().filter(|&&t| a >= t as i32).count() as u8
     }
 
     #[test]
@@ -138,8 +138,10 @@ mod tests {
         assert!(ladder(&requant, 1, None, 100).is_none());
         let requant = Requant { qmax: 3, ..requant };
         assert!(ladder(&requant, 1, Some(LadderShortcut { channels: 1, qmax: 255, r: 1 }), 100).is_none());
-        assert!(ladder(&requant, 1, None, 1 << 31).is_none());
+        assert!(ladder(&requant, 1, None, 1 << 15).is_none());
         assert_eq!(ladder(&requant, 1, None, 100).unwrap(), vec![0, 1, 2, 3]);
+        let requant = Requant { b: vec![1 << 20], ..requant }; // always qmax: clamped thresholds
+        assert_eq!(ladder(&requant, 1, None, 100).unwrap(), vec![0, -101, -101, -101]);
     }
 
     #[test]

@@ -15,7 +15,8 @@ const ALIGN: usize = 8;
 /// Bytes of the scratch buffer the SIMD builds' paths need for one conv: for 2-bit weights the
 /// receptive fields of four output pixels (whole words of 16 codes, interleaved per word), one
 /// pixel's in plain order, and two packed sums per output channel (the SWAR path; the NEON path
-/// uses the first part); for 8-bit weights one receptive field (one byte per code); for a
+/// uses the first part); for 8-bit weights one receptive field (one byte per code) and the DSP
+/// path's 16-bit pairs of it; for a
 /// 2-bit depthwise conv its weights expanded per tap for one group of channels at a time (the
 /// SWAR path's two mask words per tap for four channels, the NEON path's byte per tap and
 /// channel for sixteen). Other grouped convs run the reference and need none.
@@ -24,7 +25,7 @@ pub(super) fn scratch_bytes(conv: &Conv2d) -> usize {
         ConvWeights::W2(_) if conv.is_depthwise() => conv.k * conv.k * 16,
         _ if conv.groups > 1 => 0,
         ConvWeights::W2(_) => words_for(conv.k_len()) * 16 * 5 + conv.c_conv() * 8,
-        ConvWeights::W8(_) => conv.k_len().next_multiple_of(4),
+        ConvWeights::W8(_) => conv.k_len().next_multiple_of(4) * 3,
     }
 }
 
@@ -172,17 +173,17 @@ pub(super) fn emit_conv_desc(out: &mut String, name: &str, conv: &Conv2d, shapes
     array(out, "int32_t", &syms[1], &conv.requant.m.iter().map(|&v| i32_literal(v)).collect::<Vec<_>>());
     array(out, "int32_t", &syms[2], &conv.requant.b.iter().map(|&v| i32_literal(v)).collect::<Vec<_>>());
     let (res_c, res_w, res_stride, r) = res.map_or((0, 0, 1, 0), |s| (s.shape.c, s.shape.w, s.stride, s.r));
-    // The SWAR paths (2-bit weights, input codes <= 3) accumulate at most 9 per reduction term.
+    // The paths that read ladders: the SWAR ones (2-bit weights, input codes <= 3: at most 9 per
+    // reduction term; the dense 8-bit conv's sums are too wide for int16 thresholds).
     let shortcut = match res {
         Some(s) => s.qmax.map(|qmax| LadderShortcut { channels: s.shape.c, qmax, r: s.r }),
         None => None,
     };
-    let rungs = (!w8 && (conv.groups <= 1 || conv.is_depthwise()) && (res.is_none() || shortcut.is_some()))
-        .then(|| ladder(&conv.requant, y.c, shortcut, 9 * conv.k_len() as u64))
-        .flatten();
+    let served = !w8 && (conv.groups <= 1 || conv.is_depthwise()) && (res.is_none() || shortcut.is_some());
+    let rungs = served.then(|| ladder(&conv.requant, y.c, shortcut, 9 * conv.k_len() as u64)).flatten();
     let thr = match rungs {
         Some(t) => {
-            array(out, "int32_t", &format!("{name}_t"), &t.iter().map(|&v| i32_literal(v)).collect::<Vec<_>>());
+            array(out, "int16_t", &format!("{name}_t"), &t.iter().map(|v| v.to_string()).collect::<Vec<_>>());
             format!(" .thr = {name}_t,")
         }
         None => String::new(),

@@ -7,6 +7,9 @@
 #if defined(NCE_SIMD_NEON)
 #include <arm_neon.h>
 #endif
+#if defined(NCE_SIMD_DSP)
+#include <arm_acle.h>
+#endif
 
 void nce_chw_to_hwc(const uint8_t *chw, uint8_t *hwc, uint32_t c, uint32_t h, uint32_t w) {
     uint32_t ch, p;
@@ -222,16 +225,16 @@ static const uint8_t *nce_dw_px(const nce_conv_t *l, const uint8_t *x, int32_t i
 
 #if defined(NCE_SIMD_SWAR)
 /* The output code of a 2-bit output (qmax == 3) by its threshold ladder t (nce_runtime.h):
- * the count of thresholds that a = acc ^ t[0] reaches. |a| < 2^30 and |t[k]| <= 2^30, so the
- * sign of a - t[k] is the comparison. */
-static inline uint8_t nce_rung3(const int32_t *t, int32_t acc) {
+ * the count of thresholds that a = acc ^ t[0] reaches. |a|, |t[k]| <= 2^15 (the exporter writes
+ * a ladder only where the sums fit), so the sign of a - t[k] is the comparison. */
+static inline uint8_t nce_rung3(const int16_t *t, int32_t acc) {
     uint32_t a = (uint32_t)acc ^ (uint32_t)t[0];
     uint32_t below = ((a - (uint32_t)t[1]) >> 31) + ((a - (uint32_t)t[2]) >> 31) + ((a - (uint32_t)t[3]) >> 31);
     return (uint8_t)(3u - below);
 }
 
 /* nce_rung3 for any qmax <= 7. */
-static inline uint8_t nce_rungs(const int32_t *t, uint32_t qmax, int32_t acc) {
+static inline uint8_t nce_rungs(const int16_t *t, uint32_t qmax, int32_t acc) {
     uint32_t a = (uint32_t)acc ^ (uint32_t)t[0], below = 0, k;
     for (k = 1; k <= qmax; k++) {
         below += (a - (uint32_t)t[k]) >> 31;
@@ -322,12 +325,32 @@ static inline void nce_dw3_swar_row(const uint8_t *p, uint32_t c, const uint32_t
     NCE_DW_SWAR_TAP(v2, m + 4, *a, *s);
 }
 
+/* The codes of channels g..g+n-1 of one output pixel from their lanes of sum u x (lu) and sum x
+ * (ls): 2-bit outputs without a shortcut by their ladders, else nce_out_code. */
+#if defined(__GNUC__)
+__attribute__((always_inline))
+#endif
+static inline void nce_dw_swar_out(const nce_conv_t *l, const uint8_t *sc, uint32_t g, uint32_t n, const uint8_t lu[4], const uint8_t ls[4],
+                                   uint8_t *out) {
+    uint32_t j;
+    if (l->thr != NULL && l->qmax == 3 && sc == NULL) {
+        const int16_t *t = l->thr + 4 * g;
+        for (j = 0; j < n; j++) {
+            out[j] = nce_rung3(t + 4 * j, 2 * (int32_t)lu[j] - 3 * (int32_t)ls[j]);
+        }
+        return;
+    }
+    for (j = 0; j < n; j++) {
+        out[j] = nce_out_code(l, sc, g + j, 2 * (int32_t)lu[j] - 3 * (int32_t)ls[j]);
+    }
+}
+
 /* Channels g..g+n-1 (n <= 4) of output pixel (oy, ox); mk: their masks. */
 static void nce_dw_swar_px(const nce_conv_t *l, const uint8_t *x, const uint8_t *res, uint8_t *y, const uint32_t *mk,
                            uint32_t g, uint32_t n, uint32_t oy, uint32_t ox) {
     uint8_t *out = y + (oy * l->wo + ox) * l->c_out + g;
     const uint8_t *sc = nce_shortcut_px(l, res, oy, ox);
-    uint32_t ux, sx, j, win[4];
+    uint32_t ux, sx, win[4];
     int32_t org[2];
     uint8_t lu[4], ls[4];
     org[0] = nce_tap_range(l, oy, l->h, &win[0], &win[1]);
@@ -339,9 +362,7 @@ static void nce_dw_swar_px(const nce_conv_t *l, const uint8_t *x, const uint8_t 
     }
     memcpy(lu, &ux, sizeof lu);
     memcpy(ls, &sx, sizeof ls);
-    for (j = 0; j < n; j++) {
-        out[j] = nce_out_code(l, sc, g + j, 2 * (int32_t)lu[j] - 3 * (int32_t)ls[j]);
-    }
+    nce_dw_swar_out(l, sc, g, n, lu, ls, out);
 }
 
 /* Output columns [lo, hi) of row oy for four channels g..g+3 of a 3x3 conv whose windows there
@@ -351,7 +372,7 @@ static void nce_dw3_swar_run(const nce_conv_t *layer, const uint8_t *x, const ui
     /* A local copy: the compiler then knows that the output stores do not change it, and keeps
      * its fields in registers instead of reloading them for every channel. */
     const nce_conv_t copy = *layer, *l = &copy;
-    uint32_t row = l->w * l->c_in, step = l->stride * l->c_in, ox, j;
+    uint32_t row = l->w * l->c_in, step = l->stride * l->c_in, ox;
     const uint8_t *p = x + g + ((oy * l->stride - l->pad) * l->w + run[0] * l->stride - l->pad) * l->c_in;
     uint8_t *out = y + (oy * l->wo + run[0]) * l->c_out + g;
     for (ox = run[0]; ox < run[1]; ox++, p += step, out += l->c_out) {
@@ -363,9 +384,7 @@ static void nce_dw3_swar_run(const nce_conv_t *layer, const uint8_t *x, const ui
         nce_dw3_swar_row(p + 2 * row, l->c_in, mk + 12, &ux, &sx);
         memcpy(lu, &ux, sizeof lu);
         memcpy(ls, &sx, sizeof ls);
-        for (j = 0; j < 4; j++) {
-            out[j] = nce_out_code(l, sc, g + j, 2 * (int32_t)lu[j] - 3 * (int32_t)ls[j]);
-        }
+        nce_dw_swar_out(l, sc, g, 4, lu, ls, out);
     }
 }
 
@@ -579,36 +598,40 @@ static void nce_patch_words(const nce_conv_t *l, const uint32_t *x, uint32_t oy,
     }
 }
 
+/* Sixteen codes: copied as one object (LDM/STM on a Cortex-M). */
+typedef struct {
+    uint32_t w[4];
+} nce_group_t;
+
 /* nce_patch_words straight into pixel q's place in the block (dst = block + 4 q), for inputs
- * whose channels come in multiples of 16 (at most 16 * 21: the byte lanes of one tap's sum
- * hold 12 per group); returns the code sum. The descriptor's fields are read once (the stores
- * could alias them). */
+ * whose channels come in multiples of 16 with at most 21 groups of 16 codes per row of taps
+ * (the byte lanes of a row's sum hold 12 per group); returns the code sum. The descriptor's
+ * fields are read once (the stores could alias them). */
 static uint32_t nce_gather_block(const nce_conv_t *l, const uint32_t *x, uint32_t oy, uint32_t ox, uint32_t *dst) {
     const uint32_t k = l->k, h = l->h, w = l->w, n = l->c_in / 16;
     const int32_t iy0 = (int32_t)(oy * l->stride) - (int32_t)l->pad, ix0 = (int32_t)(ox * l->stride) - (int32_t)l->pad;
+    const nce_group_t zero = {{0, 0, 0, 0}};
     uint32_t ky, kx, g, sum = 0;
     for (ky = 0; ky < k; ky++) {
-        uint32_t iy = (uint32_t)(iy0 + (int32_t)ky);
+        const uint32_t iy = (uint32_t)(iy0 + (int32_t)ky); /* negative coordinates wrap above h, w */
+        const nce_group_t *row = (const nce_group_t *)(const void *)x + (iy < h ? iy : 0u) * w * n;
+        uint32_t s = 0;
         for (kx = 0; kx < k; kx++) {
-            uint32_t ix = (uint32_t)(ix0 + (int32_t)kx);
-            if (iy >= h || ix >= w) { /* zero padding (negative coordinates wrap above h, w) */
+            const uint32_t ix = (uint32_t)(ix0 + (int32_t)kx);
+            if (iy >= h || ix >= w) {
                 for (g = 0; g < n; g++, dst += 16) {
-                    dst[0] = dst[1] = dst[2] = dst[3] = 0;
+                    *(nce_group_t *)(void *)dst = zero;
                 }
             } else {
-                const uint32_t *px = x + (iy * w + ix) * n * 4;
-                uint32_t s = 0;
-                for (g = 0; g < n; g++, dst += 16, px += 4) {
-                    uint32_t a = px[0], b = px[1], c = px[2], d = px[3];
-                    dst[0] = a;
-                    dst[1] = b;
-                    dst[2] = c;
-                    dst[3] = d;
-                    s += a + b + c + d;
+                const nce_group_t *px = row + ix * n;
+                for (g = 0; g < n; g++, dst += 16) {
+                    const nce_group_t v = px[g];
+                    *(nce_group_t *)(void *)dst = v;
+                    s += v.w[0] + v.w[1] + v.w[2] + v.w[3];
                 }
-                sum += nce_lanes16(s);
             }
         }
+        sum += nce_lanes16(s);
     }
     return (sum & 0xffffu) + (sum >> 16);
 }
@@ -628,7 +651,7 @@ static void nce_interleave(const uint32_t *p, uint32_t words, uint32_t *dst) {
  * word; sx3 = 3 * its code sum), all with a conv term, by qmax == 3 ladders: t is channel o0's
  * ladder for shortcut code 0, sc the pixel's shortcut codes (NULL: code 0), tsc the ints per
  * shortcut code. Everything is read into locals first (the byte stores could alias it). */
-static void nce_rung3_px(const int32_t *t, uint32_t tsc, const uint32_t *sums, uint32_t half, int32_t sx3, const uint8_t *sc,
+static void nce_rung3_px(const int16_t *t, uint32_t tsc, const uint32_t *sums, uint32_t half, int32_t sx3, const uint8_t *sc,
                          uint32_t n, uint8_t *out) {
     uint32_t o;
     if (sc == NULL) {
@@ -642,11 +665,72 @@ static void nce_rung3_px(const int32_t *t, uint32_t tsc, const uint32_t *sums, u
     }
 }
 
+/* The ladder of a 2-bit output: a = acc ^ mask against thresholds t1 <= t2 <= t3. */
+static inline uint8_t nce_climb3(uint32_t a, uint32_t t1, uint32_t t2, uint32_t t3) {
+    return (uint8_t)(3u - (((a - t1) >> 31) + ((a - t2) >> 31) + ((a - t3) >> 31)));
+}
+
+/* Channels [0, n) of a full block's four pixels (all with a conv term, out: pixel 0's codes,
+ * c_out apart) by qmax == 3 ladders t: the usual case, without a shortcut. One ladder serves
+ * four pixels. */
+static void nce_rung3_block(const int16_t *t, const uint32_t *sums, const int32_t sx3[4], uint32_t n, uint8_t *out, uint32_t c_out) {
+    const int32_t s0 = sx3[0], s1 = sx3[1], s2 = sx3[2], s3 = sx3[3];
+    uint8_t *end = out + n;
+    for (; out < end; t += 4, sums += 2, out++) {
+        const uint32_t a01 = sums[0], a23 = sums[1], m = (uint32_t)t[0], t1 = (uint32_t)t[1], t2 = (uint32_t)t[2], t3 = (uint32_t)t[3];
+        out[0] = nce_climb3((uint32_t)(2 * (int32_t)(a01 & 0xffffu) - s0) ^ m, t1, t2, t3);
+        out[c_out] = nce_climb3((uint32_t)(2 * (int32_t)(a01 >> 16) - s1) ^ m, t1, t2, t3);
+        out[2 * c_out] = nce_climb3((uint32_t)(2 * (int32_t)(a23 & 0xffffu) - s2) ^ m, t1, t2, t3);
+        out[3 * c_out] = nce_climb3((uint32_t)(2 * (int32_t)(a23 >> 16) - s3) ^ m, t1, t2, t3);
+    }
+}
+
+/* nce_epilogue_px over channels [0, c_conv) of one output pixel from its packed sums (lane
+ * `half` of each channel's word; sx3 = 3 * its code sum), the descriptor read once: one or two
+ * 32x32->64 multiply-accumulates per code, then the clamp's bounds as 64-bit compares. */
+static void nce_requant_px(const nce_conv_t *l, const uint32_t *sums, uint32_t half, int32_t sx3, const uint8_t *sc, uint8_t *out) {
+    const int32_t *m = l->m, *b = l->b, r = l->r;
+    const uint32_t shift = l->shift, qmax = l->qmax, c_conv = l->c_conv;
+    const uint32_t with_sc = sc == NULL ? 0 : (l->res_c < c_conv ? l->res_c : c_conv);
+    const int64_t rnd = (int64_t)((1u << shift) >> 1), top = (int64_t)qmax << shift;
+    uint32_t o;
+    for (o = 0; o < c_conv; o++, sums += 2) {
+        int64_t v = rnd + b[o] + (int64_t)(2 * (int32_t)((*sums >> half) & 0xffffu) - sx3) * m[o];
+        if (o < with_sc) {
+            v += (int64_t)sc[o] * r;
+        }
+        if (v < 0) {
+            out[o] = 0;
+        } else if (v >= top) {
+            out[o] = (uint8_t)qmax;
+        } else {
+            uint64_t u = (uint64_t)v;
+            out[o] = (uint8_t)(((uint32_t)u >> shift) | (((uint32_t)(u >> 32) << 1) << (31 - shift)));
+        }
+    }
+}
+
+/* nce_rung3_block with a shortcut: channels [0, n) all have a shortcut code, pixel q's at
+ * sc[q][o], which picks the ladder t + code * tsc. */
+static void nce_rung3_block_sc(const int16_t *t, uint32_t tsc, const uint32_t *sums, const int32_t sx3[4], const uint8_t *const sc[4],
+                               uint32_t n, uint8_t *out, uint32_t c_out) {
+    const int32_t s0 = sx3[0], s1 = sx3[1], s2 = sx3[2], s3 = sx3[3];
+    const uint8_t *c0 = sc[0], *c1 = sc[1], *c2 = sc[2], *c3 = sc[3];
+    uint32_t o;
+    for (o = 0; o < n; o++, t += 4, sums += 2, out++) {
+        const uint32_t a01 = sums[0], a23 = sums[1];
+        out[0] = nce_rung3(t + c0[o] * tsc, 2 * (int32_t)(a01 & 0xffffu) - s0);
+        out[c_out] = nce_rung3(t + c1[o] * tsc, 2 * (int32_t)(a01 >> 16) - s1);
+        out[2 * c_out] = nce_rung3(t + c2[o] * tsc, 2 * (int32_t)(a23 & 0xffffu) - s2);
+        out[3 * c_out] = nce_rung3(t + c3[o] * tsc, 2 * (int32_t)(a23 >> 16) - s3);
+    }
+}
+
 /* The codes of one output pixel from its packed sums (lane `half` of every channel's word, sx3 =
  * 3 * its code sum): the threshold ladders where the exporter wrote them, else nce_epilogue_px. */
 static void nce_swar_px_out(const nce_conv_t *l, const uint32_t *sums, uint32_t half, int32_t sx3, const uint8_t *sc, uint8_t *out) {
     const uint32_t c_conv = l->c_conv, c_out = l->c_out, e = l->qmax + 1;
-    const int32_t *t = l->thr;
+    const int16_t *t = l->thr;
     uint32_t o;
     if (t != NULL && e == 4) { /* 2-bit outputs: channels with a shortcut code, then without */
         uint32_t with_sc = sc == NULL ? 0 : (l->res_c < c_conv ? l->res_c : c_conv);
@@ -658,9 +742,7 @@ static void nce_swar_px_out(const nce_conv_t *l, const uint32_t *sums, uint32_t 
             out[o] = nce_rungs(t + code * c_out * e, e - 1, 2 * (int32_t)((*sums >> half) & 0xffffu) - sx3);
         }
     } else {
-        for (o = 0; o < c_conv; o++, sums += 2) {
-            out[o] = nce_epilogue_px(l, sc, o, 2 * (int32_t)((*sums >> half) & 0xffffu) - sx3);
-        }
+        nce_requant_px(l, sums, half, sx3, sc, out);
     }
     for (o = c_conv; o < c_out; o++) {
         out[o] = nce_out_code(l, sc, o, 0);
@@ -674,7 +756,7 @@ static void nce_conv_w2_swar(const nce_conv_t *l, const uint8_t *x, const uint8_
     uint32_t *blk = (uint32_t *)scratch, *lin = blk + l->words * 16, *sums = lin + l->words * 4;
     uint32_t npx = l->ho * l->wo, p0, q;
     int aligned = ((uintptr_t)x & 3u) == 0 && l->c_in % 4 == 0;
-    int direct = aligned && l->c_in % 16 == 0 && l->c_in <= 16 * 21;
+    int direct = aligned && l->c_in % 16 == 0 && l->k * (l->c_in / 16) <= 21;
     for (p0 = 0; p0 < npx; p0 += 4) {
         uint32_t n = npx - p0 < 4 ? npx - p0 : 4;
         int32_t sx3[4];
@@ -694,6 +776,19 @@ static void nce_conv_w2_swar(const nce_conv_t *l, const uint8_t *x, const uint8_
             sx3[q] = 3 * (int32_t)sum;
         }
         nce_swar4((const uint32_t *)l->weights, blk, l->words, l->c_conv, sums);
+        if (n == 4 && l->thr != NULL && l->qmax == 3 && l->c_conv == l->c_out) { /* full blocks, 2-bit outputs */
+            const uint32_t c = l->c_out, with_sc = res == NULL ? 0 : (l->res_c < c ? l->res_c : c);
+            uint8_t *out = y + p0 * c;
+            if (with_sc > 0) {
+                const uint8_t *sc[4];
+                for (q = 0; q < 4; q++) {
+                    sc[q] = nce_shortcut_px(l, res, (p0 + q) / l->wo, (p0 + q) % l->wo);
+                }
+                nce_rung3_block_sc(l->thr, 4 * c, sums, sx3, sc, with_sc, out, c);
+            }
+            nce_rung3_block(l->thr + 4 * with_sc, sums + 2 * with_sc, sx3, c - with_sc, out + with_sc, c);
+            continue;
+        }
         for (q = 0; q < n; q++) {
             uint32_t p = p0 + q;
             const uint8_t *sc = nce_shortcut_px(l, res, p / l->wo, p % l->wo);
@@ -728,27 +823,68 @@ static int nce_codes_fit_2bit(const uint8_t *x, uint32_t n) {
 #endif
 
 #if defined(NCE_SIMD_SWAR) || defined(NCE_SIMD_NEON)
-/* An 8-bit-weight conv (the first layer): its receptive field once per output pixel, then one
- * int8 row per output channel in the same (ky, kx, c_in) order. */
+/* sum_i p[i] * w[i] over n codes and int8 weights. With the DSP extension the codes come as
+ * pairs[2j] = (p[4j], p[4j+2]) and pairs[2j+1] = (p[4j+1], p[4j+3]) in 16-bit lanes (UXTB16),
+ * the weights as SXTB16 of each (unaligned) word and its rotation by 8: two SMLADs per four. */
+static int32_t nce_dot8(const uint8_t *p, const uint32_t *pairs, const int8_t *w, uint32_t n) {
+    int32_t acc = 0;
+    uint32_t i = 0;
+#if defined(NCE_SIMD_DSP)
+    for (; i + 4 <= n; i += 4, pairs += 2) {
+        uint32_t v;
+        memcpy(&v, w + i, sizeof v);
+        acc = __smlad((int16x2_t)pairs[0], __sxtb16((int8x4_t)v), acc);
+        acc = __smlad((int16x2_t)pairs[1], __sxtb16((int8x4_t)((v >> 8) | (v << 24))), acc);
+    }
+#else
+    (void)pairs;
+#endif
+    for (; i < n; i++) {
+        acc += (int32_t)p[i] * w[i];
+    }
+    return acc;
+}
+
+/* An 8-bit-weight conv (the first layer): its receptive field once per output pixel (after it,
+ * in scratch, the DSP path's 16-bit pairs), then one int8 row per output channel in the same
+ * (ky, kx, c_in) order; requantised by threshold ladders where the exporter wrote them. */
 static void nce_conv_w8_patch(const nce_conv_t *l, const uint8_t *x, const uint8_t *res, uint8_t *y, void *scratch) {
     const uint8_t *patch = (const uint8_t *)scratch;
     const int8_t *wts = (const int8_t *)l->weights;
-    uint32_t n = l->k * l->k * l->c_in, oy, ox, o, i;
+    const uint32_t n = l->k * l->k * l->c_in, c_conv = l->c_conv, c_out = l->c_out;
+    uint32_t *pairs = (uint32_t *)scratch + (n + 3) / 4;
+    uint32_t oy, ox, o;
     for (oy = 0; oy < l->ho; oy++) {
         for (ox = 0; ox < l->wo; ox++) {
-            uint8_t *out = y + (oy * l->wo + ox) * l->c_out;
+            uint8_t *out = y + (oy * l->wo + ox) * c_out;
             const uint8_t *sc = nce_shortcut_px(l, res, oy, ox);
             (void)nce_patch(l, x, oy, ox, (uint8_t *)scratch);
-            for (o = 0; o < l->c_out; o++) {
-                int32_t acc = 0;
-                if (o < l->c_conv) {
-                    const int8_t *wr = wts + o * n;
-                    for (i = 0; i < n; i++) {
-                        acc += (int32_t)patch[i] * wr[i];
-                    }
-                }
-                out[o] = nce_epilogue_px(l, sc, o, acc);
+#if defined(NCE_SIMD_DSP)
+            for (o = 0; o + 4 <= n; o += 4) {
+                uint32_t v;
+                memcpy(&v, patch + o, sizeof v);
+                pairs[o / 2] = __uxtb16(v);
+                pairs[o / 2 + 1] = __uxtb16((v >> 8) | (v << 24));
             }
+#endif
+#if defined(NCE_SIMD_SWAR)
+            if (l->thr != NULL && l->qmax == 3 && sc == NULL) {
+                for (o = 0; o < c_conv; o++) {
+                    out[o] = nce_rung3(l->thr + 4 * o, nce_dot8(patch, pairs, wts + o * n, n));
+                }
+            } else {
+                for (o = 0; o < c_conv; o++) {
+                    out[o] = nce_out_code(l, sc, o, nce_dot8(patch, pairs, wts + o * n, n));
+                }
+            }
+            for (o = c_conv; o < c_out; o++) {
+                out[o] = nce_out_code(l, sc, o, 0);
+            }
+#else
+            for (o = 0; o < c_out; o++) {
+                out[o] = nce_epilogue_px(l, sc, o, o < c_conv ? nce_dot8(patch, pairs, wts + o * n, n) : 0);
+            }
+#endif
         }
     }
 }

@@ -60,10 +60,10 @@ typedef struct {
     int32_t r;                         /* residual scale, in the conv's shift */
     /* Optional (NULL: none): the requantisation as threshold ladders, for qmax <= 7, written by
      * the exporter where it is exact for the SWAR paths. For shortcut code sc (0 without a
-     * shortcut or past res_c) and output channel o, qmax + 1 int32 at (sc * c_out + o) *
+     * shortcut or past res_c) and output channel o, qmax + 1 int16 at (sc * c_out + o) *
      * (qmax + 1): a mask m (-1 or 0) and thresholds t_1..t_qmax; the output code is the count
      * of k with (acc ^ m) >= t_k. The scalar reference does not read it. */
-    const int32_t *thr;
+    const int16_t *thr;
 } nce_conv_t;
 
 typedef struct {
