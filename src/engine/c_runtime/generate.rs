@@ -175,16 +175,15 @@ pub(super) fn emit_conv_desc(out: &mut String, name: &str, conv: &Conv2d, shapes
     let (res_c, res_w, res_stride, r) = res.map_or((0, 0, 1, 0), |s| (s.shape.c, s.shape.w, s.stride, s.r));
     // The paths that read ladders: the SWAR ones (2-bit weights, input codes <= 3: at most 9 per
     // reduction term; the dense 8-bit conv's sums are too wide for int16 thresholds).
-    let shortcut = match res {
-        Some(s) => s.qmax.map(|qmax| LadderShortcut { channels: s.shape.c, qmax, r: s.r }),
-        None => None,
-    };
+    let shortcut = res.and_then(|s| s.qmax.map(|qmax| LadderShortcut { channels: s.shape.c, qmax, r: s.r }));
     let served = !w8 && (conv.groups <= 1 || conv.is_depthwise()) && (res.is_none() || shortcut.is_some());
     let rungs = served.then(|| ladder(&conv.requant, y.c, shortcut, 9 * conv.k_len() as u64)).flatten();
     let thr = match rungs {
         Some(t) => {
+            let _ = writeln!(out, "#if defined(NCE_SIMD_SWAR)");
             array(out, "int16_t", &format!("{name}_t"), &t.iter().map(|v| v.to_string()).collect::<Vec<_>>());
-            format!(" .thr = {name}_t,")
+            let _ = writeln!(out, "#endif");
+            format!(" .thr = NCE_LADDER({name}_t),")
         }
         None => String::new(),
     };

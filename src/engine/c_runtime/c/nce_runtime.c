@@ -45,19 +45,20 @@ static uint32_t nce_groups(const nce_conv_t *l) {
     return l->groups > 1 ? l->groups : 1u;
 }
 
-/* The 2-bit field of a packed word that holds its code r (0..15): dense convs are packed in the
- * SWAR kernel's order (nce_runtime.h), grouped ones in plain order. */
-static uint32_t nce_field(const nce_conv_t *l, uint32_t r) {
-    return nce_groups(l) > 1 ? r : 4u * (3u - r % 4u) + r / 4u;
-}
+/* The bit offset in its packed word of code r (0..15) of a 2-bit conv: dense convs are packed in
+ * the SWAR kernel's order, field 4 (3 - r % 4) + r / 4 (nce_runtime.h), grouped ones in plain
+ * order, field r. */
+static const uint8_t nce_swar_bits[16] = {24, 16, 8, 0, 26, 18, 10, 2, 28, 20, 12, 4, 30, 22, 14, 6};
+static const uint8_t nce_plain_bits[16] = {0, 2, 4, 6, 8, 10, 12, 14, 16, 18, 20, 22, 24, 26, 28, 30};
 
-/* The signed weight code of output channel o, reduction index i (of k_len = k*k*c_in/groups). */
-static int32_t nce_weight(const nce_conv_t *l, uint32_t k_len, uint32_t o, uint32_t i) {
+/* The signed weight code of output channel o, reduction index i (of k_len = k*k*c_in/groups);
+ * bits: the conv's table above. */
+static int32_t nce_weight(const nce_conv_t *l, const uint8_t *bits, uint32_t k_len, uint32_t o, uint32_t i) {
     if (l->w8) {
         return ((const int8_t *)l->weights)[o * k_len + i];
     } else {
         uint32_t word = ((const uint32_t *)l->weights)[o * l->words + i / 16];
-        return 2 * (int32_t)((word >> (2 * nce_field(l, i % 16))) & 3u) - 3;
+        return 2 * (int32_t)((word >> bits[i % 16]) & 3u) - 3;
     }
 }
 
@@ -89,6 +90,7 @@ static uint8_t nce_epilogue(const nce_conv_t *l, const uint8_t *res, uint32_t y,
 
 void nce_conv_ref(const nce_conv_t *l, const uint8_t *x, const uint8_t *res, uint8_t *y) {
     uint32_t cg = l->c_in / nce_groups(l), group_out = l->c_conv / nce_groups(l), k_len = l->k * l->k * cg;
+    const uint8_t *bits = nce_groups(l) > 1 ? nce_plain_bits : nce_swar_bits;
     uint32_t oy, ox, o, ky, kx, ci;
     for (oy = 0; oy < l->ho; oy++) {
         for (ox = 0; ox < l->wo; ox++) {
@@ -111,7 +113,7 @@ void nce_conv_ref(const nce_conv_t *l, const uint8_t *x, const uint8_t *res, uin
                             }
                             px = xg + ((uint32_t)iy * l->w + (uint32_t)ix) * l->c_in;
                             for (ci = 0; ci < cg; ci++) {
-                                acc += (int32_t)px[ci] * nce_weight(l, k_len, o, (ky * l->k + kx) * cg + ci);
+                                acc += (int32_t)px[ci] * nce_weight(l, bits, k_len, o, (ky * l->k + kx) * cg + ci);
                             }
                         }
                     }

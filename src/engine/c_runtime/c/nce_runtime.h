@@ -66,6 +66,14 @@ typedef struct {
     const int16_t *thr;
 } nce_conv_t;
 
+/* The exporter writes ladders as NCE_LADDER(array), the array itself under
+ * #if defined(NCE_SIMD_SWAR): only the SWAR paths read them, other builds leave them out. */
+#if defined(NCE_SIMD_SWAR)
+#define NCE_LADDER(t) (t)
+#else
+#define NCE_LADDER(t) NULL
+#endif
+
 typedef struct {
     uint32_t c, h, w, ho, wo, k, stride, pad;
 } nce_maxpool_t;
