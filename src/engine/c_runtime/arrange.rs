@@ -108,7 +108,7 @@ mod tests {
             let shift = (case % 31) as u32;
             let qmax = [1u8, 3, 7][case % 3];
             let big = [i32::MIN, i32::MAX, -1, 0, 1, 1 << 20, -(1 << 20)];
-            let mut draw = |rng: &mut Rng| if rng.below(3) == 0 { pick(rng, &big) } else { rng.below(1 << 24) as i32 - (1 << 23) };
+            let draw = |rng: &mut Rng| if rng.below(3) == 0 { pick(rng, &big) } else { rng.below(1 << 24) as i32 - (1 << 23) };
             let c_conv = 3;
             let requant =
                 Requant { m: (0..c_conv).map(|_| draw(&mut rng)).collect(), b: (0..c_conv).map(|_| draw(&mut rng)).collect(), shift, qmax };
