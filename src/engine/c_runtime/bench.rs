@@ -2,7 +2,7 @@
 //! ([`layer_jobs`]) become the steps of one generated `nce_run`, so that the Cortex-M7 harness's
 //! per-step timer (counting instructions under `-icount`) measures each of them once.
 
-use super::generate::{array, emit_conv_desc, scratch_bytes};
+use super::generate::{array, emit_conv_desc, scratch_bytes, Shortcut};
 use super::{CPackage, CRuntimeError, RUNTIME_FILES};
 use crate::data::Rng;
 use crate::engine::measure::{layer_jobs, synthetic_conv, LayerJob, MeasureConfig};
@@ -74,7 +74,8 @@ fn conv_step(
         }
     };
     sizes.scratch = sizes.scratch.max(scratch_bytes(&conv));
-    let res = residual.then_some((y, 1, 1 << 15));
+    // The shortcut tensor holds codes 0..3 (nce_fill below).
+    let res = residual.then_some(Shortcut { shape: y, stride: 1, r: 1 << 15, qmax: Some(3) });
     emit_conv_desc(decls, &name, &conv, [x, y], res, &[wsym.to_string(), format!("{name}_m"), format!("{name}_b")]);
     sizes.x = sizes.x.max(x.numel());
     sizes.y = sizes.y.max(y.numel());

@@ -2,6 +2,7 @@
 //! (every layer's constants in execution order, a static arena planned here, and `nce_run`
 //! calling the runtime's ops step by step).
 
+use super::arrange::{ladder, swar_word, LadderShortcut};
 use super::{CPackage, CRuntimeError, GENERATED_MARKER, RUNTIME_FILES};
 use crate::engine::plan::{QModel, Step};
 use crate::engine::{words_for, Conv2d, ConvWeights};
@@ -11,19 +12,31 @@ use std::fmt::Write;
 /// Arena offsets are multiples of this (int32 sums live in the arena too).
 const ALIGN: usize = 8;
 
-/// Bytes of the scratch buffer the SIMD builds' paths need for one conv: its receptive field
-/// (one byte per code; for 2-bit weights padded to whole words of 16 codes, which the
-/// ARMv7E-M path transposes in place); for a 2-bit depthwise conv its weights expanded per tap
-/// for one group of channels at a time (the SWAR path's two mask words per tap for four channels,
-/// the NEON path's byte per tap and channel for sixteen). Other grouped convs run the reference
-/// and need none.
+/// Bytes of the scratch buffer the SIMD builds' paths need for one conv: for 2-bit weights the
+/// receptive fields of four output pixels (whole words of 16 codes, interleaved per word), one
+/// pixel's in plain order, and two packed sums per output channel (the SWAR path; the NEON path
+/// uses the first part); for 8-bit weights one receptive field (one byte per code) and the DSP
+/// path's 16-bit pairs of it; for a
+/// 2-bit depthwise conv its weights expanded per tap for one group of channels at a time (the
+/// SWAR path's two mask words per tap for four channels, the NEON path's byte per tap and
+/// channel for sixteen). Other grouped convs run the reference and need none.
 pub(super) fn scratch_bytes(conv: &Conv2d) -> usize {
     match conv.weights {
         ConvWeights::W2(_) if conv.is_depthwise() => conv.k * conv.k * 16,
         _ if conv.groups > 1 => 0,
-        ConvWeights::W2(_) => words_for(conv.k_len()) * 16,
-        ConvWeights::W8(_) => conv.k_len().next_multiple_of(4),
+        ConvWeights::W2(_) => words_for(conv.k_len()) * 16 * 5 + conv.c_conv() * 8,
+        ConvWeights::W8(_) => conv.k_len().next_multiple_of(4) * 3,
     }
+}
+
+/// A shortcut fused into a conv: its tensor's shape, subsampling, scale (in the conv's shift)
+/// and largest code (`None`: not known at export, e.g. the input image).
+#[derive(Clone, Copy, Debug)]
+pub(super) struct Shortcut {
+    pub shape: Shape,
+    pub stride: usize,
+    pub r: i32,
+    pub qmax: Option<u8>,
 }
 
 /// One tensor of the plan: the input (index 0) or graph layer `j`'s output (index `j + 1`).
@@ -136,9 +149,10 @@ pub(super) fn array(out: &mut String, ty: &str, name: &str, values: &[String]) {
 }
 
 /// The conv's constant arrays and descriptor `nce_s{s}`.
-fn emit_conv(out: &mut String, s: usize, conv: &Conv2d, x: Shape, res: Option<(Shape, usize, i32)>, y: Shape) {
+fn emit_conv(out: &mut String, s: usize, conv: &Conv2d, x: Shape, res: Option<Shortcut>, y: Shape) {
+    let dense = conv.groups <= 1;
     let (ty, values): (&str, Vec<String>) = match &conv.weights {
-        ConvWeights::W2(w) => ("uint32_t", w.words.iter().map(|v| format!("0x{v:08x}u")).collect()),
+        ConvWeights::W2(w) => ("uint32_t", w.words.iter().map(|&v| format!("0x{:08x}u", if dense { swar_word(v) } else { v })).collect()),
         ConvWeights::W8(w) => ("int8_t", w.data.iter().map(|v| v.to_string()).collect()),
     };
     array(out, ty, &format!("nce_s{s}_w"), &values);
@@ -146,17 +160,11 @@ fn emit_conv(out: &mut String, s: usize, conv: &Conv2d, x: Shape, res: Option<(S
     emit_conv_desc(out, &format!("nce_s{s}"), conv, [x, y], res, &syms);
 }
 
-/// The requantisation arrays `{name}_m`, `{name}_b` and the descriptor `name` of a conv reading
-/// `shapes[0]` and writing `shapes[1]`, whose weights are the C array `syms[0]` (`syms[1..]`
-/// name the m and b arrays).
-pub(super) fn emit_conv_desc(
-    out: &mut String,
-    name: &str,
-    conv: &Conv2d,
-    shapes: [Shape; 2],
-    res: Option<(Shape, usize, i32)>,
-    syms: &[String; 3],
-) {
+/// The requantisation arrays `{name}_m`, `{name}_b` (and for 2-bit weights, where it serves,
+/// the threshold ladder `{name}_t`) and the descriptor `name` of a conv reading `shapes[0]` and
+/// writing `shapes[1]`, whose weights are the C array `syms[0]` (`syms[1..]` name the m and b
+/// arrays).
+pub(super) fn emit_conv_desc(out: &mut String, name: &str, conv: &Conv2d, shapes: [Shape; 2], res: Option<Shortcut>, syms: &[String; 3]) {
     let [x, y] = shapes;
     let (w8, words) = match &conv.weights {
         ConvWeights::W2(w) => (false, w.words_per_channel()),
@@ -164,12 +172,26 @@ pub(super) fn emit_conv_desc(
     };
     array(out, "int32_t", &syms[1], &conv.requant.m.iter().map(|&v| i32_literal(v)).collect::<Vec<_>>());
     array(out, "int32_t", &syms[2], &conv.requant.b.iter().map(|&v| i32_literal(v)).collect::<Vec<_>>());
-    let (res_c, res_w, res_stride, r) = res.map_or((0, 0, 1, 0), |(sh, stride, r)| (sh.c, sh.w, stride, r));
+    let (res_c, res_w, res_stride, r) = res.map_or((0, 0, 1, 0), |s| (s.shape.c, s.shape.w, s.stride, s.r));
+    // The paths that read ladders: the SWAR ones (2-bit weights, input codes <= 3: at most 9 per
+    // reduction term; the dense 8-bit conv's sums are too wide for int16 thresholds).
+    let shortcut = res.and_then(|s| s.qmax.map(|qmax| LadderShortcut { channels: s.shape.c, qmax, r: s.r }));
+    let served = !w8 && (conv.groups <= 1 || conv.is_depthwise()) && (res.is_none() || shortcut.is_some());
+    let rungs = served.then(|| ladder(&conv.requant, y.c, shortcut, 9 * conv.k_len() as u64)).flatten();
+    let thr = match rungs {
+        Some(t) => {
+            let _ = writeln!(out, "#if defined(NCE_SIMD_SWAR)");
+            array(out, "int16_t", &format!("{name}_t"), &t.iter().map(|v| v.to_string()).collect::<Vec<_>>());
+            let _ = writeln!(out, "#endif");
+            format!(" .thr = NCE_LADDER({name}_t),")
+        }
+        None => String::new(),
+    };
     let _ = writeln!(
         out,
         "static const nce_conv_t {name} = {{\n    .c_in = {}, .h = {}, .w = {}, .ho = {}, .wo = {}, .c_out = {}, .c_conv = {}, \
          .groups = {},\n    .k = {}, .stride = {}, .pad = {}, .w8 = {}, .words = {words},\n    .weights = {}, .m = {}, .b = {}, \
-         .shift = {}, .qmax = {},\n    .res_c = {res_c}, .res_w = {res_w}, .res_stride = {res_stride}, .r = {},\n}};\n",
+         .shift = {}, .qmax = {},\n    .res_c = {res_c}, .res_w = {res_w}, .res_stride = {res_stride}, .r = {},{thr}\n}};\n",
         x.c,
         x.h,
         x.w,
@@ -259,13 +281,27 @@ fn emit_run(out: &mut String, model: &QModel, tensors: &[Option<Tensor>]) {
     let _ = writeln!(out, "    return NCE_OK;\n}}");
 }
 
+/// The largest code of tensor `src` where a conv writes it (its requantisation's qmax).
+fn written_qmax(steps: &[Step], src: Src) -> Option<u8> {
+    let Src::Layer(j) = src else { return None };
+    steps.iter().find_map(|step| match step {
+        Step::Conv { out, conv, .. } if *out == j => Some(conv.requant.qmax),
+        _ => None,
+    })
+}
+
 /// The step's constants (arrays and descriptor `nce_s{s}`).
-fn emit_step(out: &mut String, net: &Network, s: usize, step: &Step) {
+fn emit_step(out: &mut String, net: &Network, steps: &[Step], s: usize, step: &Step) {
     match step {
         Step::Conv { layer, input, out: o, conv, residual } => {
             let add = if o != layer { format!(" + residual add {}", safe(&net.layers[*o].name)) } else { String::new() };
             let _ = writeln!(out, "/* step {s}: {}{add} */", safe(&net.layers[*layer].name));
-            let res = residual.as_ref().map(|(src, stride, r)| (shape_of(net, *src), *stride, *r));
+            let res = residual.as_ref().map(|(src, stride, r)| Shortcut {
+                shape: shape_of(net, *src),
+                stride: *stride,
+                r: *r,
+                qmax: written_qmax(steps, *src),
+            });
             emit_conv(out, s, conv, shape_of(net, *input), res, net.layers[*o].out_shape);
         }
         Step::MaxPool { layer, input, pool } => {
@@ -329,7 +365,7 @@ pub fn generate(model: &QModel) -> Result<CPackage, CRuntimeError> {
     let _ = writeln!(c, "/* Generated by nce: the constants of every layer in execution order and nce_run. */");
     let _ = writeln!(c, "#include \"nce_model.h\"\n#include \"nce_runtime.h\"\n");
     for (s, step) in model.steps.iter().enumerate() {
-        emit_step(&mut c, net, s, step);
+        emit_step(&mut c, net, &model.steps, s, step);
     }
     let _ = writeln!(c, "static uint32_t nce_arena[NCE_ARENA_BYTES / 4];");
     let _ = writeln!(c, "#if (defined(NCE_SIMD_SWAR) || defined(NCE_SIMD_NEON)) && NCE_SCRATCH_BYTES > 0");

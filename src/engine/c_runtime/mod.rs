@@ -10,6 +10,7 @@
 //!
 //! [`Backend`]: crate::engine::Backend
 
+mod arrange;
 mod bench;
 pub mod build;
 mod generate;
