@@ -51,24 +51,28 @@ fn the_cpu_backend_gives_the_same_logits_on_every_thread_count() {
     }
 }
 
-/// One 1×1 conv over 64 pixels of 1 channel: next to no work, so a call's time is its dispatch.
+/// One 1×1 conv over 64 pixels of 1 channel: little work, so the difference between 1 and 2
+/// threads is the dispatch.
 fn tiny_conv() -> (Conv2d, QTensor) {
     let w = PackedW2::pack(1, 1, &[1]).unwrap();
     let conv = Conv2d::new(1, 1, 1, 0, ConvWeights::W2(w), Requant { m: vec![1], b: vec![0], shift: 0, qmax: 3 }).unwrap();
     (conv, QTensor::new(1, 64, 1, vec![1; 64]).unwrap())
 }
 
-/// Median µs of a call of `cpu` on the tiny conv, over many calls.
+/// Median µs of a call of `cpu` on the tiny conv, over many calls, made on a pool worker as
+/// [`QModel::run_layers`] makes them.
 fn median_call_us(cpu: &Cpu) -> f64 {
     let (conv, x) = tiny_conv();
     let p = cpu.prepare(&conv).unwrap();
-    let mut t: Vec<f64> = (0..400)
-        .map(|_| {
-            let s = Instant::now();
-            std::hint::black_box(cpu.conv2d(&p, &x, None).unwrap());
-            s.elapsed().as_secs_f64() * 1e6
-        })
-        .collect();
+    let mut t: Vec<f64> = cpu.install(|| {
+        (0..400)
+            .map(|_| {
+                let s = Instant::now();
+                std::hint::black_box(cpu.conv2d(&p, &x, None).unwrap());
+                s.elapsed().as_secs_f64() * 1e6
+            })
+            .collect()
+    });
     t.sort_by(f64::total_cmp);
     t[t.len() / 2]
 }
@@ -79,7 +83,8 @@ fn a_split_call_costs_microseconds_not_a_thread_spawn() {
     let two = median_call_us(&Cpu::best(2));
     let dispatch = two - one;
     println!("empty dispatch to 1 pool worker: {dispatch:.1} µs per call (1 thread {one:.1} µs, 2 threads {two:.1} µs)");
-    // Spawning a thread per call cost ~25 µs idle; the pool's median stays well under that even
-    // on a loaded machine (generous bound: the machine running the suite is shared).
-    assert!(dispatch < 100.0, "dispatching to the pool took {dispatch:.1} µs per call");
+    // Spawning a thread per call cost ~25 µs idle; handing a range to the pool costs ~1 µs in
+    // release builds, and where no worker is free the splitting worker runs it itself, so even
+    // a loaded machine (the suite's is shared) stays far under the spawn.
+    assert!(dispatch < 25.0, "dispatching to the pool took {dispatch:.1} µs per call");
 }

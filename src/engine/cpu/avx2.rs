@@ -21,8 +21,9 @@
 //!   (255·127·2 > 32767), so they widen both sides to i16 and use `vpmaddwd` directly into int32.
 //! - The epilogue is exact in f64 when every intermediate integer stays below 2^53 (checked per
 //!   call; true for every realistic layer): see [`Epilogue::F64`]. It runs straight from the
-//!   micro-kernel's registers for 16-channel blocks that lie wholly inside the output. Otherwise
-//!   (partial blocks, or bounds beyond 2^53) the tile goes through memory, and the int64 form
+//!   micro-kernel's registers for 16-channel blocks that lie wholly inside the output, and for a
+//!   last block of 8 (MobileNetV2's 8- and 24-channel layers). Otherwise (other partial blocks,
+//!   or bounds beyond 2^53) the tile goes through memory, and the int64 form
 //!   uses `vpmuldq` on even/odd lanes with the arithmetic shift replaced by "negative → 0, else
 //!   logical shift", which is the same function since the result is clamped at 0.
 //!
@@ -320,12 +321,15 @@ struct Sink {
     fused: Option<Fused>,
 }
 
-/// Fused f64 requantisation of one 16-channel block that lies wholly inside the output.
+/// Fused f64 requantisation of the first `halves · 8` channels of a 16-channel block, all of
+/// them outputs.
 struct Fused {
     m: *const f64,
     c: *const f64,
     r: f64,
     qmax: f64,
+    /// 2, or 1 where only the block's first 8 channels exist (layers of 8 or 24 channels).
+    halves: usize,
     /// Each pixel's first output code of the block.
     out: [*mut u8; PIXEL_TILE],
     /// Each pixel's first shortcut code of the block; null where the shortcut lacks these
@@ -334,15 +338,18 @@ struct Fused {
 }
 
 /// The fused epilogue for block `c0` of pixels `first..first + np` (relative to `out`), when it
-/// applies: f64 form, all 16 channels are outputs, and the shortcut has all or none of them.
+/// applies: f64 form, the block's 16 (or, at the end, its first 8) channels are outputs, and
+/// the shortcut has all or none of them.
 fn fused(job: &Job, c0: usize, first: usize, np: usize, res_offs: &[usize; PIXEL_TILE], out: &mut [u8]) -> Option<Fused> {
     let Epilogue::F64 { m, c, r, qmax } = &job.epi else { return None };
     let d = &job.d;
-    if c0 + BLOCK > d.c_out {
-        return None;
-    }
+    let width = match d.c_out - c0 {
+        w if w >= BLOCK => BLOCK,
+        8 => 8,
+        _ => return None,
+    };
     let with_res = match job.residual {
-        Some(_) if d.c_res >= c0 + BLOCK => true,
+        Some(_) if d.c_res >= c0 + width => true,
         Some(_) if d.c_res > c0 => return None,
         _ => false,
     };
@@ -351,13 +358,14 @@ fn fused(job: &Job, c0: usize, first: usize, np: usize, res_offs: &[usize; PIXEL
         c: c[c0..].as_ptr(),
         r: *r,
         qmax: *qmax,
+        halves: width / 8,
         out: [std::ptr::null_mut(); PIXEL_TILE],
         res: [std::ptr::null(); PIXEL_TILE],
     };
     for i in 0..np {
-        f.out[i] = out[(first + i) * d.c_out + c0..][..BLOCK].as_mut_ptr();
+        f.out[i] = out[(first + i) * d.c_out + c0..][..width].as_mut_ptr();
         if let (true, Some(res)) = (with_res, job.residual) {
-            f.res[i] = res.input.data[res_offs[i] + c0..][..BLOCK].as_ptr();
+            f.res[i] = res.input.data[res_offs[i] + c0..][..width].as_ptr();
         }
     }
     Some(f)
@@ -383,7 +391,7 @@ unsafe fn finish<const P: usize>(acc: [[__m256i; 2]; P], sink: &Sink) {
         }
         Some(f) => {
             for i in 0..P {
-                for v in 0..2 {
+                for v in 0..f.halves {
                     let q = (!f.res[i].is_null()).then(|| f.res[i].add(v * 8).cast::<u64>().read_unaligned());
                     let codes = requant8_f64(tile[2 * i + v], f.m.add(v * 8), f.c.add(v * 8), q, f.r, f.qmax);
                     f.out[i].add(v * 8).cast::<u64>().write_unaligned(codes);

@@ -2,10 +2,13 @@
 //!
 //! A [`Cpu`] pairs a [`Backend`] with a thread count. Layers are first turned into a
 //! [`PreparedConv`] (weights re-laid out once for the backend's kernel), then run any number of
-//! times. Threads split the output pixels into contiguous ranges: the calling thread computes
-//! the first range itself and a persistent pool of `threads − 1` workers (rayon, owned by the
-//! `Cpu` and shared by its clones) the others, so a call spawns nothing and `threads == 1` has
-//! no pool at all.
+//! times. Threads split the output pixels into contiguous ranges, run by a persistent pool of
+//! `threads` workers (rayon, owned by the `Cpu` and shared by its clones): a call spawns
+//! nothing, and `threads == 1` has no pool at all. A whole image runs on one pool worker
+//! ([`Cpu::install`], done by [`QModel::run_layers`](crate::engine::plan::QModel)), which
+//! splits each conv and computes the first range itself; a range no idle worker has stolen by
+//! then it runs too (work stealing), so a busy machine costs a split little more than the
+//! queueing.
 //!
 //! Backends: `Scalar` (the reference, always present), `Swar` (portable integer Rust, eight
 //! 2-bit MACs per 64-bit multiply, on every CPU: the fast path of ARM and RISC-V builds), and on
@@ -97,22 +100,22 @@ fn avx512_available() -> bool {
 }
 
 /// The work a layer must give each extra thread before [`super::open`]'s CPU engine splits it.
-/// Handing a range to a pool worker costs a few µs (`tests/engine_pool.rs` prints it), and
-/// 100 kMAC take ~2 µs on one AVX2 core, so layers smaller than that run on fewer threads.
+/// Handing a range to a pool worker costs a few µs (`tests/engine_threads.rs` and
+/// `examples/engine_profile.rs` print it), and 100 kMAC take 2–5 µs on one AVX2 core, so layers
+/// smaller than that run on fewer threads.
 /// [`Cpu::new`] itself keeps 0 (always split).
 pub const SPLIT_MIN_MACS_PER_THREAD: u64 = 100_000;
 
 /// A backend plus a thread count; cheap to clone (clones share one worker pool).
 ///
-/// `threads` is the number of cores a call may use: the calling thread plus `threads − 1`
-/// pool workers started once by [`Cpu::new`] (rayon; they spin briefly after each job, then
-/// park). Set [`Cpu::with_min_macs_per_thread`] to have small layers run on fewer threads.
+/// `threads` is the number of cores a call may use: `threads` pool workers started once by
+/// [`Cpu::new`] (rayon; they spin briefly after each job, then park). Set [`Cpu::with_min_macs_per_thread`] to have small layers run on fewer threads.
 #[derive(Clone, Debug)]
 pub struct Cpu {
     backend: Backend,
     threads: usize,
     min_macs_per_thread: u64,
-    /// `threads − 1` workers; `None` for one thread.
+    /// `threads` workers; `None` for one thread.
     pool: Option<Arc<rayon::ThreadPool>>,
 }
 
@@ -287,9 +290,20 @@ impl Cpu {
         self.scatter(parts, |(px, o)| f(px, o));
     }
 
+    /// Runs `f` on one of the pool's workers (where the calling thread is not one already), so
+    /// that the splits inside it are work-stealing: ranges no other worker has taken when the
+    /// splitting worker is done with its own, it runs itself.
+    pub fn install<R: Send>(&self, f: impl FnOnce() -> R + Send) -> R {
+        match &self.pool {
+            Some(pool) => pool.install(f),
+            None => f(),
+        }
+    }
+
     /// Calls `f` on every item, the first on the calling thread and the others on the pool
-    /// (on scoped threads spawned for the call where this `Cpu` has no pool). Returns when all
-    /// are done; a panic in `f` is raised here.
+    /// (taken back by the calling thread where it is a pool worker and no other worker took
+    /// them; on scoped threads spawned for the call where this `Cpu` has no pool). Returns when
+    /// all are done; a panic in `f` is raised here.
     pub(crate) fn scatter<T, F>(&self, items: impl Iterator<Item = T>, f: F)
     where
         T: Send,
@@ -315,13 +329,13 @@ impl Cpu {
     }
 }
 
-/// `threads − 1` pool workers (none for one thread).
+/// `threads` pool workers (none for one thread).
 fn pool(threads: usize) -> Result<Option<Arc<rayon::ThreadPool>>> {
     if threads <= 1 {
         return Ok(None);
     }
     let pool = rayon::ThreadPoolBuilder::new()
-        .num_threads(threads - 1)
+        .num_threads(threads)
         .thread_name(|i| format!("nce-cpu-{i}"))
         .build()
         .map_err(|e| EngineError::Threads { threads, detail: e.to_string() })?;

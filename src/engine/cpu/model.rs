@@ -10,8 +10,13 @@ use crate::graph::Src;
 impl QModel {
     /// Runs one image (`C×H×W` u8 pixels, the dataset's layout) and returns every layer's
     /// integer output, indexed by graph layer (fused adds hold the block output; the conv
-    /// feeding them and parameter-free shortcuts hold `None`).
+    /// feeding them and parameter-free shortcuts hold `None`). Runs on one of `cpu`'s pool
+    /// workers, which splits each conv over the others ([`Cpu::install`]).
     pub fn run_layers(&self, cpu: &Cpu, prepared: &Prepared, image: &[u8]) -> Result<Vec<Option<LayerOut>>, EngineError> {
+        cpu.install(|| self.run_layers_here(cpu, prepared, image))
+    }
+
+    fn run_layers_here(&self, cpu: &Cpu, prepared: &Prepared, image: &[u8]) -> Result<Vec<Option<LayerOut>>, EngineError> {
         let net = self.net();
         let (c, h, w) = (net.input.c, net.input.h, net.input.w);
         if image.len() != c * h * w {
@@ -117,7 +122,7 @@ impl QModel {
         let spread = if threads <= cpu.threads() { cpu } else { &alone };
         let mut ranges: Vec<Result<Vec<T>, EngineError>> = (0..n).step_by(chunk).map(|_| Ok(Vec::new())).collect();
         let jobs = ranges.iter_mut().enumerate().map(|(k, slot)| (k * chunk..((k + 1) * chunk).min(n), slot));
-        spread.scatter(jobs, |(range, slot)| *slot = range.map(|i| run(&alone, i)).collect());
+        spread.install(|| spread.scatter(jobs, |(range, slot)| *slot = range.map(|i| run(&alone, i)).collect()));
         let mut out = Vec::with_capacity(n);
         for r in ranges {
             out.extend(r?);
