@@ -42,6 +42,7 @@
 use super::super::{Conv2d, ConvDims, ConvWeights, QTensor, Requant, Residual};
 use std::arch::x86_64::*;
 use std::ops::Range;
+use std::sync::Arc;
 
 /// Output pixels per micro-kernel call.
 pub(crate) const PIXEL_TILE: usize = 5;
@@ -72,6 +73,7 @@ pub(crate) struct ConvKernel {
     /// Output-channel blocks of 16.
     nb: usize,
     weights: Packed,
+    epilogue: EpilogueTables,
 }
 
 impl ConvKernel {
@@ -113,7 +115,7 @@ impl ConvKernel {
             ConvWeights::W2(_) => Packed::W2(flat.iter().map(|&c| c as i8).collect()),
             ConvWeights::W8(_) => Packed::W8(flat.iter().map(|&c| c as i16).collect()),
         };
-        Some(ConvKernel { conv: conv.clone(), steps, nb, weights })
+        Some(ConvKernel { conv: conv.clone(), steps, nb, weights, epilogue: EpilogueTables::new(conv, nb * BLOCK) })
     }
 
     /// Builds the per-call state: the zero-bordered input copy and the epilogue tables.
@@ -148,7 +150,7 @@ impl ConvKernel {
         let amax = x.max_code().max(1) as usize;
         let flush = (i16::MAX as usize / (6 * amax)).max(1);
 
-        let epi = Epilogue::new(&self.conv, self.nb * BLOCK, x.max_code(), residual);
+        let epi = Epilogue::new(&self.epilogue, &self.conv, self.nb * BLOCK, x.max_code(), residual);
         Job { ker: self, input, row_stride, d: *d, epi, residual, flush }
     }
 }
@@ -161,33 +163,60 @@ pub(super) enum Epilogue {
     /// `m' = m·2^−shift` and `c' = (b + 2^(shift−1))·2^−shift`, `acc·m' + c' (+ q_sc·r')` is the
     /// exact int64 sum scaled by a power of two, so `trunc(clamp(·, 0, qmax))` equals
     /// `clamp(sum >> shift, 0, qmax)`. Half the instructions of the int64 form.
-    F64 { m: Vec<f64>, c: Vec<f64>, r: f64, qmax: f64 },
+    F64 { m: Arc<[f64]>, c: Arc<[f64]>, r: f64, qmax: f64 },
     /// The general int64 form (`vpmuldq`); `bias = b + 2^(shift−1)` is stored per 8 channels as
     /// the 4 even channels, then the 4 odd ones (the order `vpmuldq` produces).
     I64 { m: Vec<i32>, bias: Vec<i64> },
 }
 
-impl Epilogue {
-    /// Tables for `width ≥ c_conv` channels of `c` on an input whose largest code is `amax`.
-    pub(super) fn new(c: &Conv2d, width: usize, amax: u8, residual: Option<&Residual>) -> Self {
+/// What a layer's [`Epilogue`] needs that does not depend on the call, built once at prepare
+/// time: the f64 form's tables and the constants of its exactness bound.
+#[derive(Clone, Debug)]
+pub(super) struct EpilogueTables {
+    /// `m·2^−shift` and `(b + 2^(shift−1))·2^−shift` for `width` channels (0 past `c_conv`).
+    m: Arc<[f64]>,
+    c: Arc<[f64]>,
+    /// `k_len · |largest weight code|`, `max |m|` and `max |b| + 2^(shift−1)`.
+    acc_per_code: u128,
+    m_max: u128,
+    b_max: u128,
+}
+
+impl EpilogueTables {
+    pub(super) fn new(c: &Conv2d, width: usize) -> Self {
         let rq = &c.requant;
+        let scale = pow2_neg(rq.shift);
         let m = |ch: usize| rq.m.get(ch).copied().unwrap_or(0);
         let b = |ch: usize| rq.b.get(ch).copied().unwrap_or(0) as i64 + rq.rounding();
-        // Largest |intermediate| of the int64 sum, as u128 so the bound itself cannot overflow.
         let wmax: u128 = if matches!(c.weights, ConvWeights::W2(_)) { 3 } else { 128 };
-        let acc_max = c.k_len() as u128 * amax as u128 * wmax;
-        let m_max = rq.m.iter().map(|v| v.unsigned_abs()).max().unwrap_or(0) as u128;
-        let b_max = rq.b.iter().map(|v| v.unsigned_abs()).max().unwrap_or(0) as u128 + rq.rounding() as u128;
+        EpilogueTables {
+            m: (0..width).map(|ch| m(ch) as f64 * scale).collect(),
+            c: (0..width).map(|ch| b(ch) as f64 * scale).collect(),
+            acc_per_code: c.k_len() as u128 * wmax,
+            m_max: rq.m.iter().map(|v| v.unsigned_abs()).max().unwrap_or(0) as u128,
+            b_max: rq.b.iter().map(|v| v.unsigned_abs()).max().unwrap_or(0) as u128 + rq.rounding() as u128,
+        }
+    }
+}
+
+impl Epilogue {
+    /// The epilogue of a call of `c` (whose prepared tables `t` cover `width ≥ c_conv` channels)
+    /// on an input whose largest code is `amax`.
+    pub(super) fn new(t: &EpilogueTables, c: &Conv2d, width: usize, amax: u8, residual: Option<&Residual>) -> Self {
+        let rq = &c.requant;
+        // Largest |intermediate| of the int64 sum, as u128 so the bound itself cannot overflow.
+        let acc_max = t.acc_per_code * amax as u128;
         let r_term = residual.map_or(0, |r| 255 * r.r.unsigned_abs() as u128);
-        if acc_max * m_max + b_max + r_term < 1u128 << 53 {
-            let scale = pow2_neg(rq.shift);
+        if acc_max * t.m_max + t.b_max + r_term < 1u128 << 53 {
             Epilogue::F64 {
-                m: (0..width).map(|ch| m(ch) as f64 * scale).collect(),
-                c: (0..width).map(|ch| b(ch) as f64 * scale).collect(),
-                r: residual.map_or(0.0, |r| r.r as f64 * scale),
+                m: t.m.clone(),
+                c: t.c.clone(),
+                r: residual.map_or(0.0, |r| r.r as f64 * pow2_neg(rq.shift)),
                 qmax: rq.qmax as f64,
             }
         } else {
+            let m = |ch: usize| rq.m.get(ch).copied().unwrap_or(0);
+            let b = |ch: usize| rq.b.get(ch).copied().unwrap_or(0) as i64 + rq.rounding();
             let mut bias = vec![0i64; width];
             for ch in 0..width {
                 let (chunk, lane) = (ch / 8, ch % 8);
