@@ -373,7 +373,7 @@ fn bench(label: &str, qm: &QModel, file_bytes: usize, o: &Opts) {
     };
 
     let one = vec![
-        engine("nce engine (W2A2)", 1, cpu1, &p1),
+        engine("nce engine (W2A2)", 1, cpu1.clone(), &p1),
         torch("libtorch fp32 eval (nce::models::Model)", 1, &x1, false, true),
         torch("libtorch fp32, BN folded", 1, &x1, true, false),
     ];

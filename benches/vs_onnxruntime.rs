@@ -1,11 +1,12 @@
 //! The nce integer engine against ONNX Runtime on the same network, in one process,
-//! interleaved: `cargo bench --bench vs_onnxruntime [-- --rounds N --batch-ms MS --model FILE.nce]`.
+//! interleaved: `cargo bench --bench vs_onnxruntime [-- --rounds N --batch-ms MS --model FILE.nce
+//! --backend cpu|cpu-swar|cpu-scalar]` (`cpu-swar` forces the portable path on x86).
 //!
 //! Contenders, all on the committed `examples/resnet20-w2a2-fashion.nce` (or `--model`), fed the
 //! first test images of its dataset:
 //! - **nce**: the CPU engine through the backend seam (`engine::open(Cpu)`, AVX2 kernels where
-//!   present; `run_batch` from u8 pixels to integer logits). One image: `layer_threads` = T
-//!   (each conv split over T threads); a batch: `image_threads` = T.
+//!   present, or `--backend`; `run_batch` from u8 pixels to integer logits) on T threads: one
+//!   image has each conv split over them, a batch has its images spread over them.
 //! - **ORT fp32**: the same network exported as plain float32 ONNX (`OnnxForm::Float`).
 //! - **ORT int8**: exported as `quantize_static` would write it (`OnnxForm::QdqInt8`: int8
 //!   per-channel weights, uint8 activations, int32 biases), which ONNX Runtime fuses into its
@@ -36,16 +37,18 @@ struct Opts {
     rounds: usize,
     batch_ms: f64,
     model: String,
+    backend: BackendKind,
 }
 
 fn opts() -> Opts {
-    let mut o = Opts { rounds: 15, batch_ms: 60.0, model: "examples/resnet20-w2a2-fashion.nce".into() };
+    let mut o = Opts { rounds: 15, batch_ms: 60.0, model: "examples/resnet20-w2a2-fashion.nce".into(), backend: BackendKind::Cpu };
     let args: Vec<String> = std::env::args().collect();
     for w in args.windows(2) {
         match w[0].as_str() {
             "--rounds" => o.rounds = w[1].parse().expect("--rounds N"),
             "--batch-ms" => o.batch_ms = w[1].parse().expect("--batch-ms MS"),
             "--model" => o.model = w[1].clone(),
+            "--backend" => o.backend = w[1].parse().expect("--backend cpu|cpu-swar|cpu-scalar"),
             _ => {}
         }
     }
@@ -72,10 +75,9 @@ impl Runner {
     }
 }
 
-fn contenders(model: &'static QModel, batch: usize, threads: usize, images: &[u8]) -> Vec<(&'static str, Runner)> {
-    let (one, many) = if batch == 1 { (threads, 1) } else { (1, threads) };
-    let cpu_opts = BackendOptions { layer_threads: one, image_threads: many, ..Default::default() };
-    let cpu: &'static dyn nce::engine::Backend = Box::leak(open(BackendKind::Cpu, &cpu_opts).expect("CPU engine"));
+fn contenders(model: &'static QModel, batch: usize, threads: usize, images: &[u8], kind: BackendKind) -> Vec<(&'static str, Runner)> {
+    let cpu_opts = BackendOptions { layer_threads: threads, image_threads: threads, ..Default::default() };
+    let cpu: &'static dyn nce::engine::Backend = Box::leak(open(kind, &cpu_opts).expect("CPU engine"));
     let s = model.net().input;
     let pixels: Vec<f32> = images.iter().map(|&p| f32::from(p) / 255.0).collect();
     let ort = |form: OnnxForm| {
@@ -129,12 +131,13 @@ fn main() {
     let (ceiling, how) = mac_ceiling();
     println!("model {} ({:.1} MMAC per image), {} rounds of ~{} ms, CPU {:.0} MHz", o.model, macs / 1e6, o.rounds, o.batch_ms, cpu_mhz());
     println!("integer MAC ceiling: {ceiling:.1} GMAC/s per core ({how})");
-    println!("CPU {}; nce kernels: {:?}", nce::engine::measure::cpu_model(), nce::engine::cpu::Backend::best());
+    let kernels = o.backend.cpu_isa().expect("--backend names a CPU engine");
+    println!("CPU {}; nce kernels: {kernels:?}", nce::engine::measure::cpu_model());
     println!("| batch | threads | contender | ms per batch (median) | ms per image | ORT / nce (median of per-round ratios) | GMAC/s | % of ceiling |");
     println!("|---:|---:|---|---:|---:|---:|---:|---:|");
     for (batch, threads) in [(1, 1), (1, 2), (32, 1), (32, 2)] {
         let images = &ds.images[..batch * model.net().input.numel()];
-        let mut c = contenders(model, batch, threads, images);
+        let mut c = contenders(model, batch, threads, images, o.backend);
         let t = measure(&mut c, images, &o);
         for (i, (name, _)) in c.iter().enumerate() {
             let med = median(t[i].clone());

@@ -128,7 +128,8 @@ pub struct TrainDataArgs {
 /// What every long-running command takes: threads, its run folder, quietness.
 #[derive(clap::Args, Clone, Debug)]
 pub struct RunArgs {
-    /// libtorch threads (0 = libtorch's default; at most 1,024).
+    /// Cores to compute on: libtorch's threads (0 = libtorch's default) and the CPU engine's
+    /// (0 = 1), as in every command (at most 1,024).
     #[arg(long, value_parser = threads, default_value_t = 0)]
     pub threads: usize,
     /// Run folder, created with its parents if missing [default: runs/<command>].

@@ -157,7 +157,8 @@ pub struct ValidateArgs {
     /// The checkpoint to simulate (default: the one recorded in the model file).
     #[arg(long)]
     checkpoint: Option<PathBuf>,
-    /// Engine threads (at most 1,024).
+    /// Cores to compute on (the CPU engine's threads, ONNX Runtime's intra-op threads, emulators
+    /// side by side), as in every command (at most 1,024).
     #[arg(long, default_value_t = 2, value_parser = super::args::threads)]
     threads: usize,
     /// Print the result as JSON.
@@ -173,7 +174,7 @@ pub fn validate(a: ValidateArgs) -> Result<ExitCode> {
     let Some(backend) = a.backend.cpu_isa() else {
         return validate_against_cpu(&a, &model, &ds);
     };
-    let cpu = Cpu::new(backend, 1)?;
+    let cpu = Cpu::new(backend, a.threads.max(1))?;
     let t = Instant::now();
     let outs = super::validate_json::run_layers(&model, &cpu, &ds, a.threads)
         .with_context(|| format!("running {} on the {backend:?} engine", a.model.display()))?;

@@ -40,7 +40,8 @@ pub struct MeasureArgs {
     /// Timed runs per layer (or model); the table keeps their mean and variance.
     #[arg(long, default_value_t = MeasureConfig::default().repeats, value_parser = super::args::positive)]
     repeats: usize,
-    /// Engine threads (1 = the batch-1 latency an edge core sees; at most 1,024).
+    /// Cores to compute on, as in every command: the CPU engine splits each layer of the one
+    /// image over them (1 = the batch-1 latency an edge core sees; at most 1,024).
     #[arg(long, default_value_t = 1, value_parser = super::args::threads)]
     threads: usize,
     /// Where to write the table (CSV; parent folders are created).

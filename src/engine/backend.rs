@@ -100,12 +100,17 @@ impl std::str::FromStr for BackendKind {
 }
 
 /// How to open a backend. Fields a backend does not use are ignored.
+///
+/// Threads: what `--threads N` sets in every command is the larger of `layer_threads` and
+/// `image_threads` ([`BackendOptions::threads`]): the cores the CPU engine and ONNX Runtime
+/// use. The CPU engine splits each conv of a single image over them and spreads a batch's
+/// images over them (one image per thread); ONNX Runtime takes them as intra-op threads. The
+/// emulated C runtime runs `image_threads` emulators side by side.
 #[derive(Clone, Debug)]
 pub struct BackendOptions {
-    /// Threads inside one layer (the CPU engine splits a conv's output pixels); 1 is the
-    /// batch-1 latency an edge core sees.
+    /// Threads inside one layer; 1 is the batch-1 latency an edge core sees.
     pub layer_threads: usize,
-    /// Threads over the images of a batch (the CPU engine runs each image on one thread).
+    /// Threads over the images of a batch.
     pub image_threads: usize,
     /// wgpu adapter: an index or name substring (`None`: `NCE_WGPU_ADAPTER`, else the best).
     pub adapter: Option<String>,
@@ -117,6 +122,13 @@ pub struct BackendOptions {
 impl Default for BackendOptions {
     fn default() -> Self {
         BackendOptions { layer_threads: 1, image_threads: 1, adapter: None, max_batch: None }
+    }
+}
+
+impl BackendOptions {
+    /// The cores a CPU backend may use: the larger of the two thread counts, at least 1.
+    pub fn threads(&self) -> usize {
+        self.layer_threads.max(self.image_threads).max(1)
     }
 }
 
@@ -194,8 +206,8 @@ pub fn open(kind: BackendKind, opts: &BackendOptions) -> Result<Box<dyn Backend>
     match kind {
         BackendKind::Cpu | BackendKind::CpuScalar | BackendKind::CpuSwar => {
             let isa = kind.cpu_isa().expect("CPU kinds have an instruction set");
-            let cpu = Cpu::new(isa, opts.layer_threads.max(1))?.with_min_macs_per_thread(cpu::SPLIT_MIN_MACS_PER_THREAD);
-            Ok(Box::new(cpu::backend::CpuBackend::new(kind, cpu, opts.image_threads)))
+            let cpu = Cpu::new(isa, opts.threads())?.with_min_macs_per_thread(cpu::SPLIT_MIN_MACS_PER_THREAD);
+            Ok(Box::new(cpu::backend::CpuBackend::new(kind, cpu)))
         }
         #[cfg(feature = "wgpu")]
         BackendKind::Wgpu => Ok(Box::new(super::wgpu::backend::WgpuBackend::open(opts)?)),

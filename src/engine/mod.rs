@@ -57,6 +57,9 @@ pub enum EngineError {
     /// A prepared layer was built for a different backend than the one running it.
     #[error("layer was prepared for backend {prepared}, but is run on {used}")]
     BackendMismatch { prepared: cpu::Backend, used: cpu::Backend },
+    /// The operating system refused the engine's worker threads.
+    #[error("cannot start {threads} engine threads: {detail}")]
+    Threads { threads: usize, detail: String },
 }
 
 pub type Result<T> = std::result::Result<T, EngineError>;

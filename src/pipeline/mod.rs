@@ -811,7 +811,7 @@ fn validate_cpu_one(
         return Err(format!("{} expects {} inputs, {} has {}", file.display(), model.net().input, cfg.data, ds.shape).into());
     }
     let backend = Backend::best();
-    let cpu = Cpu::new(backend, 1)?;
+    let cpu = Cpu::new(backend, threads)?;
     let t = std::time::Instant::now();
     let outs = model.run_layers_batch(&cpu, &ds.images, threads)?;
     let engine_seconds = t.elapsed().as_secs_f64();

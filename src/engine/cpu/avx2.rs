@@ -21,8 +21,9 @@
 //!   (255·127·2 > 32767), so they widen both sides to i16 and use `vpmaddwd` directly into int32.
 //! - The epilogue is exact in f64 when every intermediate integer stays below 2^53 (checked per
 //!   call; true for every realistic layer): see [`Epilogue::F64`]. It runs straight from the
-//!   micro-kernel's registers for 16-channel blocks that lie wholly inside the output. Otherwise
-//!   (partial blocks, or bounds beyond 2^53) the tile goes through memory, and the int64 form
+//!   micro-kernel's registers for 16-channel blocks that lie wholly inside the output, and for a
+//!   last block of 8 (MobileNetV2's 8- and 24-channel layers). Otherwise (other partial blocks,
+//!   or bounds beyond 2^53) the tile goes through memory, and the int64 form
 //!   uses `vpmuldq` on even/odd lanes with the arithmetic shift replaced by "negative → 0, else
 //!   logical shift", which is the same function since the result is clamped at 0.
 //!
@@ -41,6 +42,7 @@
 use super::super::{Conv2d, ConvDims, ConvWeights, QTensor, Requant, Residual};
 use std::arch::x86_64::*;
 use std::ops::Range;
+use std::sync::Arc;
 
 /// Output pixels per micro-kernel call.
 pub(crate) const PIXEL_TILE: usize = 5;
@@ -71,6 +73,7 @@ pub(crate) struct ConvKernel {
     /// Output-channel blocks of 16.
     nb: usize,
     weights: Packed,
+    epilogue: EpilogueTables,
 }
 
 impl ConvKernel {
@@ -112,7 +115,7 @@ impl ConvKernel {
             ConvWeights::W2(_) => Packed::W2(flat.iter().map(|&c| c as i8).collect()),
             ConvWeights::W8(_) => Packed::W8(flat.iter().map(|&c| c as i16).collect()),
         };
-        Some(ConvKernel { conv: conv.clone(), steps, nb, weights })
+        Some(ConvKernel { conv: conv.clone(), steps, nb, weights, epilogue: EpilogueTables::new(conv, nb * BLOCK) })
     }
 
     /// Builds the per-call state: the zero-bordered input copy and the epilogue tables.
@@ -147,7 +150,7 @@ impl ConvKernel {
         let amax = x.max_code().max(1) as usize;
         let flush = (i16::MAX as usize / (6 * amax)).max(1);
 
-        let epi = Epilogue::new(&self.conv, self.nb * BLOCK, x.max_code(), residual);
+        let epi = Epilogue::new(&self.epilogue, &self.conv, self.nb * BLOCK, x.max_code(), residual);
         Job { ker: self, input, row_stride, d: *d, epi, residual, flush }
     }
 }
@@ -160,33 +163,60 @@ pub(super) enum Epilogue {
     /// `m' = m·2^−shift` and `c' = (b + 2^(shift−1))·2^−shift`, `acc·m' + c' (+ q_sc·r')` is the
     /// exact int64 sum scaled by a power of two, so `trunc(clamp(·, 0, qmax))` equals
     /// `clamp(sum >> shift, 0, qmax)`. Half the instructions of the int64 form.
-    F64 { m: Vec<f64>, c: Vec<f64>, r: f64, qmax: f64 },
+    F64 { m: Arc<[f64]>, c: Arc<[f64]>, r: f64, qmax: f64 },
     /// The general int64 form (`vpmuldq`); `bias = b + 2^(shift−1)` is stored per 8 channels as
     /// the 4 even channels, then the 4 odd ones (the order `vpmuldq` produces).
     I64 { m: Vec<i32>, bias: Vec<i64> },
 }
 
-impl Epilogue {
-    /// Tables for `width ≥ c_conv` channels of `c` on an input whose largest code is `amax`.
-    pub(super) fn new(c: &Conv2d, width: usize, amax: u8, residual: Option<&Residual>) -> Self {
+/// What a layer's [`Epilogue`] needs that does not depend on the call, built once at prepare
+/// time: the f64 form's tables and the constants of its exactness bound.
+#[derive(Clone, Debug)]
+pub(super) struct EpilogueTables {
+    /// `m·2^−shift` and `(b + 2^(shift−1))·2^−shift` for `width` channels (0 past `c_conv`).
+    m: Arc<[f64]>,
+    c: Arc<[f64]>,
+    /// `k_len · |largest weight code|`, `max |m|` and `max |b| + 2^(shift−1)`.
+    acc_per_code: u128,
+    m_max: u128,
+    b_max: u128,
+}
+
+impl EpilogueTables {
+    pub(super) fn new(c: &Conv2d, width: usize) -> Self {
         let rq = &c.requant;
+        let scale = pow2_neg(rq.shift);
         let m = |ch: usize| rq.m.get(ch).copied().unwrap_or(0);
         let b = |ch: usize| rq.b.get(ch).copied().unwrap_or(0) as i64 + rq.rounding();
-        // Largest |intermediate| of the int64 sum, as u128 so the bound itself cannot overflow.
         let wmax: u128 = if matches!(c.weights, ConvWeights::W2(_)) { 3 } else { 128 };
-        let acc_max = c.k_len() as u128 * amax as u128 * wmax;
-        let m_max = rq.m.iter().map(|v| v.unsigned_abs()).max().unwrap_or(0) as u128;
-        let b_max = rq.b.iter().map(|v| v.unsigned_abs()).max().unwrap_or(0) as u128 + rq.rounding() as u128;
+        EpilogueTables {
+            m: (0..width).map(|ch| m(ch) as f64 * scale).collect(),
+            c: (0..width).map(|ch| b(ch) as f64 * scale).collect(),
+            acc_per_code: c.k_len() as u128 * wmax,
+            m_max: rq.m.iter().map(|v| v.unsigned_abs()).max().unwrap_or(0) as u128,
+            b_max: rq.b.iter().map(|v| v.unsigned_abs()).max().unwrap_or(0) as u128 + rq.rounding() as u128,
+        }
+    }
+}
+
+impl Epilogue {
+    /// The epilogue of a call of `c` (whose prepared tables `t` cover `width ≥ c_conv` channels)
+    /// on an input whose largest code is `amax`.
+    pub(super) fn new(t: &EpilogueTables, c: &Conv2d, width: usize, amax: u8, residual: Option<&Residual>) -> Self {
+        let rq = &c.requant;
+        // Largest |intermediate| of the int64 sum, as u128 so the bound itself cannot overflow.
+        let acc_max = t.acc_per_code * amax as u128;
         let r_term = residual.map_or(0, |r| 255 * r.r.unsigned_abs() as u128);
-        if acc_max * m_max + b_max + r_term < 1u128 << 53 {
-            let scale = pow2_neg(rq.shift);
+        if acc_max * t.m_max + t.b_max + r_term < 1u128 << 53 {
             Epilogue::F64 {
-                m: (0..width).map(|ch| m(ch) as f64 * scale).collect(),
-                c: (0..width).map(|ch| b(ch) as f64 * scale).collect(),
-                r: residual.map_or(0.0, |r| r.r as f64 * scale),
+                m: t.m.clone(),
+                c: t.c.clone(),
+                r: residual.map_or(0.0, |r| r.r as f64 * pow2_neg(rq.shift)),
                 qmax: rq.qmax as f64,
             }
         } else {
+            let m = |ch: usize| rq.m.get(ch).copied().unwrap_or(0);
+            let b = |ch: usize| rq.b.get(ch).copied().unwrap_or(0) as i64 + rq.rounding();
             let mut bias = vec![0i64; width];
             for ch in 0..width {
                 let (chunk, lane) = (ch / 8, ch % 8);
@@ -320,12 +350,15 @@ struct Sink {
     fused: Option<Fused>,
 }
 
-/// Fused f64 requantisation of one 16-channel block that lies wholly inside the output.
+/// Fused f64 requantisation of the first `halves · 8` channels of a 16-channel block, all of
+/// them outputs.
 struct Fused {
     m: *const f64,
     c: *const f64,
     r: f64,
     qmax: f64,
+    /// 2, or 1 where only the block's first 8 channels exist (layers of 8 or 24 channels).
+    halves: usize,
     /// Each pixel's first output code of the block.
     out: [*mut u8; PIXEL_TILE],
     /// Each pixel's first shortcut code of the block; null where the shortcut lacks these
@@ -334,15 +367,18 @@ struct Fused {
 }
 
 /// The fused epilogue for block `c0` of pixels `first..first + np` (relative to `out`), when it
-/// applies: f64 form, all 16 channels are outputs, and the shortcut has all or none of them.
+/// applies: f64 form, the block's 16 (or, at the end, its first 8) channels are outputs, and
+/// the shortcut has all or none of them.
 fn fused(job: &Job, c0: usize, first: usize, np: usize, res_offs: &[usize; PIXEL_TILE], out: &mut [u8]) -> Option<Fused> {
     let Epilogue::F64 { m, c, r, qmax } = &job.epi else { return None };
     let d = &job.d;
-    if c0 + BLOCK > d.c_out {
-        return None;
-    }
+    let width = match d.c_out - c0 {
+        w if w >= BLOCK => BLOCK,
+        8 => 8,
+        _ => return None,
+    };
     let with_res = match job.residual {
-        Some(_) if d.c_res >= c0 + BLOCK => true,
+        Some(_) if d.c_res >= c0 + width => true,
         Some(_) if d.c_res > c0 => return None,
         _ => false,
     };
@@ -351,13 +387,14 @@ fn fused(job: &Job, c0: usize, first: usize, np: usize, res_offs: &[usize; PIXEL
         c: c[c0..].as_ptr(),
         r: *r,
         qmax: *qmax,
+        halves: width / 8,
         out: [std::ptr::null_mut(); PIXEL_TILE],
         res: [std::ptr::null(); PIXEL_TILE],
     };
     for i in 0..np {
-        f.out[i] = out[(first + i) * d.c_out + c0..][..BLOCK].as_mut_ptr();
+        f.out[i] = out[(first + i) * d.c_out + c0..][..width].as_mut_ptr();
         if let (true, Some(res)) = (with_res, job.residual) {
-            f.res[i] = res.input.data[res_offs[i] + c0..][..BLOCK].as_ptr();
+            f.res[i] = res.input.data[res_offs[i] + c0..][..width].as_ptr();
         }
     }
     Some(f)
@@ -383,7 +420,7 @@ unsafe fn finish<const P: usize>(acc: [[__m256i; 2]; P], sink: &Sink) {
         }
         Some(f) => {
             for i in 0..P {
-                for v in 0..2 {
+                for v in 0..f.halves {
                     let q = (!f.res[i].is_null()).then(|| f.res[i].add(v * 8).cast::<u64>().read_unaligned());
                     let codes = requant8_f64(tile[2 * i + v], f.m.add(v * 8), f.c.add(v * 8), q, f.r, f.qmax);
                     f.out[i].add(v * 8).cast::<u64>().write_unaligned(codes);

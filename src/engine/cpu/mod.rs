@@ -2,8 +2,13 @@
 //!
 //! A [`Cpu`] pairs a [`Backend`] with a thread count. Layers are first turned into a
 //! [`PreparedConv`] (weights re-laid out once for the backend's kernel), then run any number of
-//! times. Threads split the output pixels into contiguous ranges with `std::thread::scope`; the
-//! calling thread computes the first range itself, so `threads == 1` spawns nothing.
+//! times. Threads split the output pixels into contiguous ranges, run by a persistent pool of
+//! `threads` workers (rayon, owned by the `Cpu` and shared by its clones): a call spawns
+//! nothing, and `threads == 1` has no pool at all. A whole image runs on one pool worker
+//! ([`Cpu::install`], done by [`QModel::run_layers`](crate::engine::plan::QModel)), which
+//! splits each conv and computes the first range itself; a range no idle worker has stolen by
+//! then it runs too (work stealing), so a busy machine costs a split little more than the
+//! queueing.
 //!
 //! Backends: `Scalar` (the reference, always present), `Swar` (portable integer Rust, eight
 //! 2-bit MACs per 64-bit multiply, on every CPU: the fast path of ARM and RISC-V builds), and on
@@ -30,6 +35,7 @@ mod avx512;
 use super::{Conv2d, EngineError, Linear, MaxPool2d, QTensor, Residual, Result};
 use std::fmt;
 use std::ops::Range;
+use std::sync::Arc;
 
 /// An instruction-set backend.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
@@ -93,24 +99,24 @@ fn avx512_available() -> bool {
     false
 }
 
-/// The work a layer must give each extra thread before [`super::open`]'s CPU engine splits it:
-/// threads are spawned per call (~25 µs each on an idle machine, more under load), and
-/// 8 MMAC take ~55 µs on one AVX-512 VNNI core, so smaller layers (every ResNet-20 layer on
-/// one image) run on the calling thread alone. [`Cpu::new`] itself keeps 0 (always split).
-pub const SPLIT_MIN_MACS_PER_THREAD: u64 = 8_000_000;
+/// The work a layer must give each extra thread before [`super::open`]'s CPU engine splits it.
+/// Handing a range to a pool worker costs a few µs (`tests/engine_threads.rs` and
+/// `examples/engine_profile.rs` print it), and 100 kMAC take 2–5 µs on one AVX2 core, so layers
+/// smaller than that run on fewer threads.
+/// [`Cpu::new`] itself keeps 0 (always split).
+pub const SPLIT_MIN_MACS_PER_THREAD: u64 = 100_000;
 
-/// A backend plus a thread count; cheap to copy.
+/// A backend plus a thread count; cheap to clone (clones share one worker pool).
 ///
-/// Threads are spawned per call (`std::thread::scope`), which costs about 25 µs per extra
-/// thread on an idle machine, far more on a loaded one. A ResNet-20 layer on one 32×32 image
-/// takes 10–30 µs on one AVX2 core, so per-layer threading only pays for larger layers; set
-/// [`Cpu::with_min_macs_per_thread`] to have small layers run on fewer threads, or
-/// parallelise over images instead.
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+/// `threads` is the number of cores a call may use: `threads` pool workers started once by
+/// [`Cpu::new`] (rayon; they spin briefly after each job, then park). Set [`Cpu::with_min_macs_per_thread`] to have small layers run on fewer threads.
+#[derive(Clone, Debug)]
 pub struct Cpu {
     backend: Backend,
     threads: usize,
     min_macs_per_thread: u64,
+    /// `threads` workers; `None` for one thread.
+    pool: Option<Arc<rayon::ThreadPool>>,
 }
 
 /// A conv layer with its weights laid out for one backend's kernel.
@@ -152,7 +158,7 @@ impl Cpu {
         if threads == 0 {
             return Err(EngineError::Invalid { what: "thread count", detail: "must be at least 1".into() });
         }
-        Ok(Cpu { backend, threads, min_macs_per_thread: 0 })
+        Ok(Cpu { backend, threads, min_macs_per_thread: 0, pool: pool(threads)? })
     }
 
     /// Uses at most `⌈macs / min⌉` threads for a layer of `macs` multiply-accumulates (the
@@ -162,8 +168,18 @@ impl Cpu {
     }
 
     /// The fastest backend on this machine with `threads` threads (at least 1).
+    ///
+    /// # Panics
+    /// When the operating system refuses to start the worker threads ([`Cpu::new`] returns
+    /// that as an error instead).
     pub fn best(threads: usize) -> Self {
-        Cpu { backend: Backend::best(), threads: threads.max(1), min_macs_per_thread: 0 }
+        Cpu::new(Backend::best(), threads.max(1)).expect("starting the engine's worker threads")
+    }
+
+    /// The same backend on the calling thread alone (what each image of a batch spread over
+    /// threads runs on).
+    pub fn single_threaded(&self) -> Self {
+        Cpu { threads: 1, pool: None, ..self.clone() }
     }
 
     pub fn backend(&self) -> Backend {
@@ -206,25 +222,25 @@ impl Cpu {
         match &p.kernel {
             Kernel::Scalar(codes) => {
                 let f = |px: Range<usize>, o: &mut [u8]| reference::conv2d_pixels(&p.conv, codes, &d, x, residual, px, o);
-                par_pixels(threads, d.ho * d.wo, d.c_out, 1, &mut out.data, f);
+                self.par_pixels(threads, d.ho * d.wo, d.c_out, 1, &mut out.data, f);
             }
             Kernel::Swar(k) => {
                 let f = |px: Range<usize>, o: &mut [u8]| k.run(&p.conv, &d, x, residual, px, o);
-                par_pixels(threads, d.ho * d.wo, d.c_out, 1, &mut out.data, f);
+                self.par_pixels(threads, d.ho * d.wo, d.c_out, 1, &mut out.data, f);
             }
             #[cfg(target_arch = "x86_64")]
             Kernel::Avx2(k) => {
                 let job = k.job(&d, x, residual);
-                par_pixels(threads, d.ho * d.wo, d.c_out, avx2::PIXEL_TILE, &mut out.data, |px, o| job.run(px, o));
+                self.par_pixels(threads, d.ho * d.wo, d.c_out, avx2::PIXEL_TILE, &mut out.data, |px, o| job.run(px, o));
             }
             #[cfg(target_arch = "x86_64")]
             Kernel::Avx512(k) => {
                 let job = k.job(&d, x, residual);
-                par_pixels(threads, d.ho * d.wo, d.c_out, k.pixel_tile(), &mut out.data, |px, o| job.run(px, o));
+                self.par_pixels(threads, d.ho * d.wo, d.c_out, k.pixel_tile(), &mut out.data, |px, o| job.run(px, o));
             }
             Kernel::Depthwise(k) => {
                 let job = k.job(&d, x, residual);
-                par_pixels(threads, d.ho * d.wo, d.c_out, 1, &mut out.data, |px, o| job.run(px, o));
+                self.par_pixels(threads, d.ho * d.wo, d.c_out, 1, &mut out.data, |px, o| job.run(px, o));
             }
         }
         Ok(out)
@@ -258,25 +274,70 @@ impl Cpu {
     }
 }
 
-/// Splits `0..pixels` into at most `threads` contiguous ranges (multiples of `align` except the
-/// last) and calls `f(range, out_slice)` for each, the first on the calling thread.
-fn par_pixels<F>(threads: usize, pixels: usize, c_out: usize, align: usize, out: &mut [u8], f: F)
-where
-    F: Fn(Range<usize>, &mut [u8]) + Sync,
-{
-    let per = pixels.div_ceil(threads.max(1)).div_ceil(align) * align;
-    if threads <= 1 || per >= pixels {
-        f(0..pixels, out);
-        return;
-    }
-    std::thread::scope(|s| {
-        let f = &f;
-        let mut chunks = out.chunks_mut(per * c_out).enumerate();
-        let (_, first) = chunks.next().expect("at least one pixel");
-        for (i, chunk) in chunks {
-            let start = i * per;
-            s.spawn(move || f(start..start + chunk.len() / c_out, chunk));
+impl Cpu {
+    /// Splits `0..pixels` into at most `threads` contiguous ranges (multiples of `align` except
+    /// the last) and calls `f(range, out_slice)` for each.
+    fn par_pixels<F>(&self, threads: usize, pixels: usize, c_out: usize, align: usize, out: &mut [u8], f: F)
+    where
+        F: Fn(Range<usize>, &mut [u8]) + Sync,
+    {
+        let per = pixels.div_ceil(threads.max(1)).div_ceil(align) * align;
+        if threads <= 1 || per >= pixels {
+            f(0..pixels, out);
+            return;
         }
-        f(0..per, first);
-    });
+        let parts = out.chunks_mut(per * c_out).enumerate().map(|(i, o)| (i * per..i * per + o.len() / c_out, o));
+        self.scatter(parts, |(px, o)| f(px, o));
+    }
+
+    /// Runs `f` on one of the pool's workers (where the calling thread is not one already), so
+    /// that the splits inside it are work-stealing: ranges no other worker has taken when the
+    /// splitting worker is done with its own, it runs itself.
+    pub fn install<R: Send>(&self, f: impl FnOnce() -> R + Send) -> R {
+        match &self.pool {
+            Some(pool) => pool.install(f),
+            None => f(),
+        }
+    }
+
+    /// Calls `f` on every item, the first on the calling thread and the others on the pool
+    /// (taken back by the calling thread where it is a pool worker and no other worker took
+    /// them; on scoped threads spawned for the call where this `Cpu` has no pool). Returns when
+    /// all are done; a panic in `f` is raised here.
+    pub(crate) fn scatter<T, F>(&self, items: impl Iterator<Item = T>, f: F)
+    where
+        T: Send,
+        F: Fn(T) + Sync,
+    {
+        let f = &f;
+        let mut items = items;
+        let Some(first) = items.next() else { return };
+        match &self.pool {
+            Some(pool) => pool.in_place_scope(|s| {
+                for item in items {
+                    s.spawn(move |_| f(item));
+                }
+                f(first);
+            }),
+            None => std::thread::scope(|s| {
+                for item in items {
+                    s.spawn(move || f(item));
+                }
+                f(first);
+            }),
+        }
+    }
+}
+
+/// `threads` pool workers (none for one thread).
+fn pool(threads: usize) -> Result<Option<Arc<rayon::ThreadPool>>> {
+    if threads <= 1 {
+        return Ok(None);
+    }
+    let pool = rayon::ThreadPoolBuilder::new()
+        .num_threads(threads)
+        .thread_name(|i| format!("nce-cpu-{i}"))
+        .build()
+        .map_err(|e| EngineError::Threads { threads, detail: e.to_string() })?;
+    Ok(Some(Arc::new(pool)))
 }

@@ -1,5 +1,6 @@
 //! Running a [`QModel`] on the CPU engine: weights prepared once per [`Cpu`] backend, then any
-//! number of images, one layer after the other, optionally spread over threads by image.
+//! number of images, one layer after the other; one image's convs split over the `Cpu`'s
+//! threads, a batch's images spread over threads.
 
 use super::{Cpu, PreparedConv};
 use crate::engine::plan::{LayerOut, QModel, Step};
@@ -9,8 +10,13 @@ use crate::graph::Src;
 impl QModel {
     /// Runs one image (`C×H×W` u8 pixels, the dataset's layout) and returns every layer's
     /// integer output, indexed by graph layer (fused adds hold the block output; the conv
-    /// feeding them and parameter-free shortcuts hold `None`).
+    /// feeding them and parameter-free shortcuts hold `None`). Runs on one of `cpu`'s pool
+    /// workers, which splits each conv over the others ([`Cpu::install`]).
     pub fn run_layers(&self, cpu: &Cpu, prepared: &Prepared, image: &[u8]) -> Result<Vec<Option<LayerOut>>, EngineError> {
+        cpu.install(|| self.run_layers_here(cpu, prepared, image))
+    }
+
+    fn run_layers_here(&self, cpu: &Cpu, prepared: &Prepared, image: &[u8]) -> Result<Vec<Option<LayerOut>>, EngineError> {
         let net = self.net();
         let (c, h, w) = (net.input.c, net.input.h, net.input.w);
         if image.len() != c * h * w {
@@ -67,64 +73,61 @@ impl QModel {
         }
     }
 
-    /// Integer logits of a batch of images (concatenated `C×H×W` u8 pixels), spread over
-    /// `threads` threads (each image runs on one thread: per-image layers are too small to
-    /// split profitably).
+    /// Integer logits of a batch of images (concatenated `C×H×W` u8 pixels). With
+    /// `threads == 1` the images run one after the other, each conv on `cpu`'s threads; else
+    /// they are spread over `threads` threads, each image on one (on `cpu`'s pool when it has
+    /// that many threads, else on threads spawned for the call).
     pub fn run_batch(&self, cpu: &Cpu, prepared: &Prepared, images: &[u8], threads: usize) -> Result<Vec<Vec<i32>>, EngineError> {
-        let per = self.net().input.numel();
-        if per == 0 || !images.len().is_multiple_of(per) {
-            return Err(EngineError::Mismatch { what: "batch bytes (a multiple of one image)", expected: per, got: images.len() });
-        }
-        let n = images.len() / per;
-        let chunk = n.div_ceil(threads.max(1)).max(1);
-        let run_range = |start: usize| -> Result<Vec<Vec<i32>>, EngineError> {
-            (start..(start + chunk).min(n)).map(|i| self.run(cpu, prepared, &images[i * per..(i + 1) * per])).collect()
-        };
-        if chunk >= n {
-            // One range: run it here (a spawned thread would cost more than a small image).
-            return run_range(0);
-        }
-        let run_range = &run_range;
-        std::thread::scope(|s| {
-            let handles: Vec<_> = (0..n).step_by(chunk).map(|start| s.spawn(move || run_range(start))).collect();
-            let mut out = Vec::with_capacity(n);
-            for h in handles {
-                out.extend(h.join().expect("engine thread panicked")?);
-            }
-            Ok(out)
-        })
+        let n = self.batch_len(images)?;
+        self.by_image(cpu, n, threads, |cpu, i| self.run(cpu, prepared, self.image(images, i)))
     }
 
-    /// Every layer's output for every image of `images` (concatenated `C×H×W` pixels), on
-    /// `threads` threads split by image (each conv runs on `cpu`'s own threads). What
-    /// validation against the training-time simulation compares, layer by layer.
+    /// Every layer's output for every image of `images` (concatenated `C×H×W` pixels), spread
+    /// over threads as [`QModel::run_batch`] does. What validation against the training-time
+    /// simulation compares, layer by layer.
     pub fn run_layers_batch(&self, cpu: &Cpu, images: &[u8], threads: usize) -> Result<Vec<Vec<Option<LayerOut>>>, EngineError> {
         let prepared = self.prepare(cpu)?;
+        let n = self.batch_len(images)?;
+        self.by_image(cpu, n, threads, |cpu, i| self.run_layers(cpu, &prepared, self.image(images, i)))
+    }
+
+    /// The number of images in `images`.
+    fn batch_len(&self, images: &[u8]) -> Result<usize, EngineError> {
         let per = self.net().input.numel();
         if per == 0 || !images.len().is_multiple_of(per) {
             return Err(EngineError::Mismatch { what: "batch bytes (a multiple of one image)", expected: per, got: images.len() });
         }
-        let n = images.len() / per;
-        let threads = threads.max(1);
-        let chunk = n.div_ceil(threads).max(1);
-        let results: Vec<Result<Vec<Vec<Option<LayerOut>>>, EngineError>> = std::thread::scope(|s| {
-            let handles: Vec<_> = (0..threads)
-                .map(|k| {
-                    let prepared = &prepared;
-                    s.spawn(move || {
-                        (k * chunk..((k + 1) * chunk).min(n))
-                            .map(|i| self.run_layers(cpu, prepared, &images[i * per..(i + 1) * per]))
-                            .collect()
-                    })
-                })
-                .collect();
-            handles.into_iter().map(|h| h.join().expect("engine thread panicked")).collect()
-        });
-        let mut outs = Vec::with_capacity(n);
-        for r in results {
-            outs.extend(r?);
+        Ok(images.len() / per)
+    }
+
+    fn image<'a>(&self, images: &'a [u8], i: usize) -> &'a [u8] {
+        let per = self.net().input.numel();
+        &images[i * per..(i + 1) * per]
+    }
+
+    /// `run(cpu, i)` for every image `i < n`, in order: on `cpu` one after the other when
+    /// `threads == 1` or `n == 1`, else in `threads` contiguous ranges, each on one thread.
+    fn by_image<T: Send>(
+        &self,
+        cpu: &Cpu,
+        n: usize,
+        threads: usize,
+        run: impl Fn(&Cpu, usize) -> Result<T, EngineError> + Sync,
+    ) -> Result<Vec<T>, EngineError> {
+        let chunk = n.div_ceil(threads.max(1)).max(1);
+        if chunk >= n {
+            return (0..n).map(|i| run(cpu, i)).collect();
         }
-        Ok(outs)
+        let alone = cpu.single_threaded();
+        let spread = if threads <= cpu.threads() { cpu } else { &alone };
+        let mut ranges: Vec<Result<Vec<T>, EngineError>> = (0..n).step_by(chunk).map(|_| Ok(Vec::new())).collect();
+        let jobs = ranges.iter_mut().enumerate().map(|(k, slot)| (k * chunk..((k + 1) * chunk).min(n), slot));
+        spread.install(|| spread.scatter(jobs, |(range, slot)| *slot = range.map(|i| run(&alone, i)).collect()));
+        let mut out = Vec::with_capacity(n);
+        for r in ranges {
+            out.extend(r?);
+        }
+        Ok(out)
     }
 
     /// Lays out every conv's weights for `cpu`'s backend (do once, run many).

@@ -103,7 +103,7 @@ impl OrtBackend {
     /// Loads the library (once per process) and remembers the options.
     pub fn open(opts: &BackendOptions) -> Result<Self, OrtError> {
         environment()?;
-        Ok(OrtBackend { threads: opts.layer_threads.max(opts.image_threads).max(1), max_batch: opts.max_batch.unwrap_or(256).max(1) })
+        Ok(OrtBackend { threads: opts.threads(), max_batch: opts.max_batch.unwrap_or(256).max(1) })
     }
 }
 

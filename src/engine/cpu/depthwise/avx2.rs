@@ -14,7 +14,7 @@
 //! whose `SLACK` zeros cover the ≤ 15 bytes past the last code; weight loads stay inside
 //! `[block][tap][16]`; outputs are written through slices.
 
-use super::super::avx2::{epilogue_f64, epilogue_i64, requant8_f64, Epilogue};
+use super::super::avx2::{epilogue_f64, epilogue_i64, requant8_f64, Epilogue, EpilogueTables};
 use super::{int16_run, max_abs_code, shortcut_only, Geometry};
 use crate::engine::{Conv2d, QTensor, Requant, Residual};
 use std::arch::x86_64::*;
@@ -29,6 +29,7 @@ pub(super) struct Weights {
     w: Vec<i16>,
     blocks: usize,
     wmax: u32,
+    epilogue: EpilogueTables,
 }
 
 impl Weights {
@@ -38,7 +39,7 @@ impl Weights {
             return None;
         }
         let (w, blocks, wmax) = layout(conv, BLOCK);
-        Some(Weights { w, blocks, wmax })
+        Some(Weights { w, blocks, wmax, epilogue: EpilogueTables::new(conv, blocks * BLOCK) })
     }
 }
 
@@ -67,7 +68,7 @@ pub(super) struct Job<'a> {
 impl<'a> Job<'a> {
     pub(super) fn new(w: &'a Weights, conv: &Conv2d, x: &QTensor, residual: Option<&Residual>) -> Self {
         let amax = x.max_code();
-        Job { w, epi: Epilogue::new(conv, w.blocks * BLOCK, amax, residual), run: int16_run(amax, w.wmax) }
+        Job { w, epi: Epilogue::new(&w.epilogue, conv, w.blocks * BLOCK, amax, residual), run: int16_run(amax, w.wmax) }
     }
 
     pub(super) fn run(&self, conv: &Conv2d, g: &Geometry, px: Range<usize>, out: &mut [u8]) {

@@ -16,7 +16,7 @@
 //! the padded buffer, whose `SLACK` (64) zeros cover the ≤ 31 bytes past the last code; weight
 //! loads stay inside `[block][tap][32]`; outputs are written through slices.
 
-use super::super::avx2::Epilogue;
+use super::super::avx2::{Epilogue, EpilogueTables};
 use super::avx2::{finish16, layout};
 use super::{int16_run, shortcut_only, Geometry};
 use crate::engine::{Conv2d, QTensor, Residual};
@@ -32,6 +32,7 @@ pub(super) struct Weights {
     w: Vec<i16>,
     blocks: usize,
     wmax: u32,
+    epilogue: EpilogueTables,
 }
 
 impl Weights {
@@ -41,7 +42,7 @@ impl Weights {
             return None;
         }
         let (w, blocks, wmax) = layout(conv, BLOCK);
-        Some(Weights { w, blocks, wmax })
+        Some(Weights { w, blocks, wmax, epilogue: EpilogueTables::new(conv, blocks * BLOCK) })
     }
 }
 
@@ -55,7 +56,7 @@ pub(super) struct Job<'a> {
 impl<'a> Job<'a> {
     pub(super) fn new(w: &'a Weights, conv: &Conv2d, x: &QTensor, residual: Option<&Residual>) -> Self {
         let amax = x.max_code();
-        Job { w, epi: Epilogue::new(conv, w.blocks * BLOCK, amax, residual), run: int16_run(amax, w.wmax) }
+        Job { w, epi: Epilogue::new(&w.epilogue, conv, w.blocks * BLOCK, amax, residual), run: int16_run(amax, w.wmax) }
     }
 
     pub(super) fn run(&self, conv: &Conv2d, g: &Geometry, px: Range<usize>, out: &mut [u8]) {
