@@ -83,9 +83,13 @@ def guided(preset):
     return preset.get("guided", {})
 
 
+def is_nce_seed(arm):
+    """An NCE search with the paper's rule, `nce-s<search seed>` (not `nce-sens`)."""
+    return re.fullmatch(r"nce-s\d+", arm) is not None
+
+
 def nce_seed_arms(out):
-    """The NCE searches with the paper's rule, one per search seed (not `nce-sens`)."""
-    return sorted(p.parent.name for p in out.glob("nce-s*/arch.toml") if re.fullmatch(r"nce-s\d+", p.parent.name))
+    return sorted(p.parent.name for p in out.glob("nce-s*/arch.toml") if is_nce_seed(p.parent.name))
 
 
 def arms(out, preset):
@@ -207,7 +211,7 @@ def report(out, preset):
     print("\n".join(rows))
     if teacher is not None:
         print(f"\nShared FP32 teacher (uniform {model_label(preset)}): {teacher:.2f} % on all test images.")
-    nce_arms = [a for a in per_arm if re.fullmatch(r"nce-s\d+", a)]
+    nce_arms = [a for a in per_arm if is_nce_seed(a)]
     base = baseline(preset)
     uni = per_arm.get(base, {})
     # NCE per final-training seed: the mean over its search seeds, where every one has that seed.
@@ -314,6 +318,9 @@ def holm_report(out, preset, per_arm, nce_mean, nce_arms):
     hurt"): each method − baseline, paired by final-training seed, Holm–Bonferroni over the
     setting's methods, mean ≥ +0.5 points, within the budgets."""
     family, base = guided(preset)["holm"], baseline(preset)
+    unknown = [m for m in family if m not in METHOD_NAMES]
+    if unknown:
+        sys.exit(f"guided.holm: {unknown} are not methods (use {', '.join(METHOD_NAMES)})")
     need, budget = len(preset["w2a2"]["seeds"]), Path(preset["profile"]).stem
     diffs, within = {}, {}
     for method in family:
