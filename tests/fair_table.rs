@@ -295,6 +295,12 @@ fn setting_b_corrects_the_two_guided_methods_and_keeps_the_nce_rule() {
     assert!(t.contains("| 0.0250 | 97.50 % CI [+0.44, +1.16] | no | NOT MET |"), "{t}");
 }
 
+/// The preset text with the line that starts with `key` replaced (exactly one such line).
+fn with_line(preset: &str, key: &str, line: &str) -> String {
+    assert_eq!(preset.lines().filter(|l| l.starts_with(key)).count(), 1, "{key}");
+    preset.lines().map(|l| if l.starts_with(key) { line } else { l }).collect::<Vec<_>>().join("\n")
+}
+
 /// A synthetic `sensitivity.csv` for ResNet-20's 18 two-bit convs, FIT rising with depth.
 fn resnet20_sensitivity() -> String {
     let mut csv = String::from("layer,one_on_acc,one_off_acc,one_on_drop,one_off_gain,fit,fp32_acc,w2a2_acc\n");
@@ -320,9 +326,7 @@ fn the_driver_allocates_from_the_validation_sensitivity_and_lists_the_guided_arm
     let tmp = tempfile::tempdir().unwrap();
     let (out, keep) = (tmp.path().join("run"), tmp.path().join("keep"));
     let preset = fs::read_to_string(repo().join("presets/fair-fashion-0.75x.toml")).unwrap();
-    assert!(preset.contains("measure = \"\""), "the measure is not chosen yet");
     let preset_file = tmp.path().join("preset.toml");
-    fs::write(&preset_file, preset.replace("measure = \"\"", "measure = \"fit\"")).unwrap();
     write_metrics(&keep.join("search-init"), 3, 0.9);
     fs::create_dir_all(keep.join("sensitivity-val")).unwrap();
     fs::write(keep.join("sensitivity-val/sensitivity.csv"), resnet20_sensitivity()).unwrap();
@@ -349,6 +353,12 @@ fn the_driver_allocates_from_the_validation_sensitivity_and_lists_the_guided_arm
             .output()
             .expect("bash runs")
     };
+    // Until the sensitivity study picks the measure, the guided arms wait.
+    fs::write(&preset_file, with_line(&preset, "measure = ", "measure = \"\"")).unwrap();
+    let o = driver(&preset_file, "restore guided");
+    assert!(o.status.success() && String::from_utf8_lossy(&o.stderr).contains("guided arms skipped"), "{o:?}");
+    assert!(!out.join("alloc").exists());
+    fs::write(&preset_file, with_line(&preset, "measure = ", "measure = \"fit\"")).unwrap();
     let o = driver(&preset_file, "restore guided persist status");
     let (s, err) = (String::from_utf8_lossy(&o.stdout), String::from_utf8_lossy(&o.stderr));
     assert!(o.status.success(), "{err}");
@@ -376,7 +386,8 @@ fn the_driver_allocates_from_the_validation_sensitivity_and_lists_the_guided_arm
     assert!(t.contains("Width vs the guiding sensitivity (fit of search-init"), "{t}");
     assert!(t.contains("- alloc: rho = ") && t.contains("- nce-sens: rho = ") && t.contains("over 18 slots"), "{t}");
     // search.train_subset 30,000 + 40,000 validation images > 60,000: refused.
-    fs::write(&preset_file, preset.replace("val_images = 10000", "val_images = 40000")).unwrap();
+    let preset = with_line(&preset, "measure = ", "measure = \"fit\"");
+    fs::write(&preset_file, with_line(&preset, "val_images = ", "val_images = 40000")).unwrap();
     let o = driver(&preset_file, "status");
     assert!(!o.status.success() && String::from_utf8_lossy(&o.stderr).contains("would overlap"), "{o:?}");
 }
