@@ -202,3 +202,192 @@ fn the_driver_prepares_a_scaled_baseline_run_and_lists_its_units() {
     let s = driver(&tmp.path().join("clone"), "restore status");
     assert!(s.contains("w2a2-scaled-s0         0/10 epochs"), "{s}");
 }
+
+/// MobileNetV2 ×0.35's base widths per slot (`nce cost --model mobilenetv2x0.35 --json`).
+const MNV2_BASE: &str = "[16, 8, 48, 8, 48, 48, 16, 96, 96, 96, 24, 144, 144, 144, 144, 32, 192, 192, 192, 56, 336, 336, 336, 112, 1280]";
+
+/// Setting (a) (`presets/fair-mnv2-fashion.toml`): a MobileNetV2 run whose uniform arm trained
+/// its own FP32 teacher, and the given arms at the base widths (1.0x, within the budgets).
+fn mnv2_run(arms: &[(&str, &[f64])]) -> tempfile::TempDir {
+    let dir = tempfile::tempdir().unwrap();
+    let out = dir.path();
+    fs::create_dir_all(out.join("bin")).unwrap();
+    fs::copy(env!("CARGO_BIN_EXE_nce"), out.join("bin/nce")).unwrap();
+    write_metrics(&out.join("fp32-uniform"), 10, 0.90);
+    for (arm, accs) in arms {
+        write_seeds(out, arm, accs);
+        if *arm != "uniform" {
+            fs::create_dir_all(out.join(arm)).unwrap();
+            let arch = format!(
+                "model = \"mobilenetv2x0.35\"\ninput = \"1x28x28\"\nclasses = 10\nprofile = \"hw-profiles/nce-flops-params.toml\"\n\
+                 widths = {MNV2_BASE}\nbase_widths = {MNV2_BASE}\nderivation = \"test\"\nrepaired = []\nlayers = []\n\
+                 costs = []\nbudgets = []\nexpansions = []\n"
+            );
+            fs::write(out.join(arm).join("arch.toml"), arch).unwrap();
+        }
+    }
+    dir
+}
+
+/// The pre-registered rule of setting (a): NCE, NCE-sensitivity and the allocator against uniform,
+/// corrected together by Holm–Bonferroni. NCE's own 95 % interval is above 0 and its mean +0.60,
+/// yet with the second-smallest p (0.035 > 0.05/2) it fails, and the step-down stops there.
+#[test]
+fn holm_bonferroni_judges_the_methods_of_setting_a_together() {
+    const PRESET: &str = "presets/fair-mnv2-fashion.toml";
+    let arms: [(&str, &[f64]); 4] = [
+        ("uniform", &[85.0, 85.2, 85.1]),
+        ("nce-s0", &[85.4, 85.8, 85.9]),   // +0.4, +0.6, +0.8: p 0.035
+        ("nce-sens", &[85.7, 86.0, 86.0]), // +0.7, +0.8, +0.9: p 0.005
+        ("alloc", &[86.0, 85.0, 85.5]),    // +1.0, −0.2, +0.4: p 0.37
+    ];
+    let dir = mnv2_run(&arms);
+    let t = table(dir.path(), &["--preset", PRESET]);
+    // Each arm's row, the uniform arm's own FP32 being the teacher it trained.
+    assert!(t.contains("| uniform | 85.10 ± 0.10 | 85.00, 85.20, 85.10 | 90.00 | 1.000x | 1.000x |"), "{t}");
+    assert!(t.contains("| nce-sens | 85.90 ± 0.17 | 85.70, 86.00, 86.00 | – | 1.000x | 1.000x |"), "{t}");
+    assert!(t.contains("| alloc | 85.50 ± 0.50 | 86.00, 85.00, 85.50 | – | 1.000x | 1.000x |"), "{t}");
+    assert!(t.contains("Shared FP32 teacher (uniform mobilenetv2x0.35): 90.00 %"), "{t}");
+    assert!(
+        t.contains("NCE − uniform over 3 final-training seeds (NCE averaged over 1 search seeds): +0.60 points, 95 % CI [+0.10, +1.10]"),
+        "{t}"
+    );
+    // The smallest p is tested at 0.05/3 with a 98.33 % interval, the next at 0.05/2, the last at 0.05.
+    assert!(t.contains("| NCE-sensitivity | +0.80 | 0.0052 | 0.0167 | 98.33 % CI [+0.36, +1.24] | yes | MET |"), "{t}");
+    assert!(t.contains("| NCE (nce-s0) | +0.60 | 0.0351 | 0.0250 | 97.50 % CI [-0.12, +1.32] | yes | NOT MET |"), "{t}");
+    assert!(t.contains("| allocator | +0.40 | 0.3675 | 0.0500 | 95.00 % CI [-1.09, +1.89] | yes | NOT MET |"), "{t}");
+    assert!(t.contains("Verdict (Holm–Bonferroni, m = 3): NCE (nce-s0) NOT MET; NCE-sensitivity MET; allocator NOT MET."), "{t}");
+    // NCE is one of the corrected family here: no uncorrected NCE-only verdict.
+    assert!(!t.contains("\nVerdict: "), "{t}");
+    // A method with a missing seed leaves the whole family undecided.
+    fs::remove_dir_all(dir.path().join("w2a2-alloc-s2")).unwrap();
+    let t = table(dir.path(), &["--preset", PRESET]);
+    assert!(t.contains("- allocator − uniform over 2 seeds: +0.40 points"), "{t}");
+    assert!(t.contains("Verdict (Holm–Bonferroni, m = 3): not yet decided (2 of 3 methods have all 3 paired seeds)."), "{t}");
+}
+
+/// Setting (b) (`presets/fair-fashion-0.75x.toml`): the two guided methods are corrected together
+/// against `scaled`; NCE keeps the rule registered for it before (95 %, uncorrected). An arm over
+/// the budget cannot pass however accurate.
+#[test]
+fn setting_b_corrects_the_two_guided_methods_and_keeps_the_nce_rule() {
+    const PRESET: &str = "presets/fair-fashion-0.75x.toml";
+    let dir = run_dir(&[], &[92.7, 93.0, 93.0]);
+    let out = dir.path();
+    table(out, &["--preset", PRESET, "--baseline-arch"]);
+    write_seeds(out, "scaled", &[92.0, 92.2, 92.1]);
+    for arm in ["nce-s0", "nce-sens", "alloc"] {
+        fs::create_dir_all(out.join(arm)).unwrap();
+        fs::copy(out.join("scaled/arch.toml"), out.join(arm).join("arch.toml")).unwrap();
+    }
+    write_seeds(out, "nce-sens", &[92.7, 93.0, 93.0]); // +0.7, +0.8, +0.9
+    write_seeds(out, "alloc", &[92.8, 92.3, 92.7]); // +0.8, +0.1, +0.6: 95 % interval spans 0
+    let t = table(out, &["--preset", PRESET]);
+    assert!(t.contains("| nce-sens | 92.90 ± 0.17 | 92.70, 93.00, 93.00 | – | 0.740x | 0.735x |"), "{t}");
+    assert!(t.contains("Verdict: MET — NCE ≥ scaled + 0.5 points"), "{t}");
+    assert!(t.contains("Holm–Bonferroni over the 2 methods of this setting, each − scaled"), "{t}");
+    assert!(t.contains("| NCE-sensitivity | +0.80 | 0.0052 | 0.0250 | 97.50 % CI [+0.44, +1.16] | yes | MET |"), "{t}");
+    assert!(t.contains("| allocator | +0.50 |") && t.contains("| 0.0500 | 95.00 % CI [-0.40, +1.40] | yes | NOT MET |"), "{t}");
+    assert!(t.contains("Verdict (Holm–Bonferroni, m = 2): NCE-sensitivity MET; allocator NOT MET."), "{t}");
+    // The guided search's network at 1.0x does not fit the 0.75x budgets: it fails the rule.
+    fs::copy(repo().join("examples/nce-fashion-arch-s0.toml"), out.join("nce-sens/arch.toml")).unwrap();
+    let t = table(out, &["--preset", PRESET]);
+    assert!(t.contains("| 0.0250 | 97.50 % CI [+0.44, +1.16] | no | NOT MET |"), "{t}");
+}
+
+/// The preset text with the line that starts with `key` replaced (exactly one such line).
+fn with_line(preset: &str, key: &str, line: &str) -> String {
+    assert_eq!(preset.lines().filter(|l| l.starts_with(key)).count(), 1, "{key}");
+    preset.lines().map(|l| if l.starts_with(key) { line } else { l }).collect::<Vec<_>>().join("\n")
+}
+
+/// A synthetic `sensitivity.csv` for ResNet-20's 18 two-bit convs, FIT rising with depth.
+fn resnet20_sensitivity() -> String {
+    let mut csv = String::from("layer,one_on_acc,one_off_acc,one_on_drop,one_off_gain,fit,fp32_acc,w2a2_acc\n");
+    let mut k = 0;
+    for stage in 1..=3 {
+        for block in 0..3 {
+            for conv in ["a", "b"] {
+                k += 1;
+                csv += &format!("layer{stage}.{block}.conv_{conv},NaN,90,NaN,{},{},NaN,89\n", k % 3, k as f64 * 1e-3);
+            }
+        }
+    }
+    csv
+}
+
+/// The driver's `guided` stage on setting (b), from a record whose search-init, validation-split
+/// sensitivity and guided search are finished: it runs `nce allocate` from that table under the
+/// 0.75x budgets, keeps the allocation, and lists both guided arms' units; the report ranks
+/// every arm's widths against the table. Validation images that would overlap search-init's
+/// training subset are refused before anything runs.
+#[test]
+fn the_driver_allocates_from_the_validation_sensitivity_and_lists_the_guided_arms() {
+    let tmp = tempfile::tempdir().unwrap();
+    let (out, keep) = (tmp.path().join("run"), tmp.path().join("keep"));
+    let preset = fs::read_to_string(repo().join("presets/fair-fashion-0.75x.toml")).unwrap();
+    let preset_file = tmp.path().join("preset.toml");
+    write_metrics(&keep.join("search-init"), 3, 0.9);
+    fs::create_dir_all(keep.join("sensitivity-val")).unwrap();
+    fs::write(keep.join("sensitivity-val/sensitivity.csv"), resnet20_sensitivity()).unwrap();
+    add_arch(&keep, "nce-sens", "examples/nce-fashion-arch-s0.toml");
+    // The scaled baseline as the `baseline` stage records it (widths 14 / 27 / 55).
+    let scaled = format!(
+        "model = \"resnet20\"\ninput = \"1x28x28\"\nclasses = 10\nprofile = \"hw-profiles/nce-flops-params-0.75x.toml\"\n\
+         widths = [{}]\nbase_widths = [{}]\nderivation = \"uniform scale 0.8593\"\nrepaired = []\nlayers = []\ncosts = []\n\
+         budgets = []\nexpansions = []\n",
+        ["14"; 7].iter().chain(&["27"; 6]).chain(&["55"; 6]).copied().collect::<Vec<_>>().join(", "),
+        ["16"; 7].iter().chain(&["32"; 6]).chain(&["64"; 6]).copied().collect::<Vec<_>>().join(", "),
+    );
+    fs::create_dir_all(keep.join("scaled")).unwrap();
+    fs::write(keep.join("scaled/arch.toml"), scaled).unwrap();
+    let driver = |preset: &Path, stages: &str| {
+        Command::new("bash")
+            .current_dir(repo())
+            .arg("scripts/experiments/fair-fashion.sh")
+            .env("PRESET", preset)
+            .env("OUT", &out)
+            .env("KEEP", &keep)
+            .env("NCE_BIN", env!("CARGO_BIN_EXE_nce"))
+            .env("STAGES", stages)
+            .output()
+            .expect("bash runs")
+    };
+    // Until the sensitivity study picks the measure, the guided arms wait.
+    fs::write(&preset_file, with_line(&preset, "measure = ", "measure = \"\"")).unwrap();
+    let o = driver(&preset_file, "restore guided");
+    assert!(o.status.success() && String::from_utf8_lossy(&o.stderr).contains("guided arms skipped"), "{o:?}");
+    assert!(!out.join("alloc").exists());
+    fs::write(&preset_file, with_line(&preset, "measure = ", "measure = \"fit\"")).unwrap();
+    let o = driver(&preset_file, "restore guided persist status");
+    let (s, err) = (String::from_utf8_lossy(&o.stdout), String::from_utf8_lossy(&o.stderr));
+    assert!(o.status.success(), "{err}");
+    let alloc = fs::read_to_string(keep.join("alloc/arch.toml")).unwrap();
+    assert!(alloc.contains("allocator") && alloc.contains("model = \"resnet20\""), "{alloc}");
+    assert!(keep.join("alloc/allocate.txt").is_file() && keep.join("sensitivity-val/sensitivity.csv").is_file());
+    for unit in [
+        "search-init            3/3 epochs",
+        "sensitivity-val        finished",
+        "nce-sens               search finished",
+        "alloc                  allocated",
+        "fp32-scaled            0/15 epochs",
+        "fp32-nce-sens          0/15 epochs",
+        "w2a2-alloc-s2          0/10 epochs",
+    ] {
+        assert!(s.contains(unit), "{unit} missing:\n{s}\n{err}");
+    }
+    // The allocation lands at 0.97-1.00x of the binding 0.75x budget; every arm is ranked
+    // against the guiding table over the 18 slots it scores (the stem is 8-bit, unscored).
+    let t = table(&out, &["--preset", preset_file.to_str().unwrap()]);
+    let row = t.lines().find(|l| l.starts_with("| alloc |")).unwrap_or_else(|| panic!("{t}"));
+    let macs: f64 = row.split('|').nth(5).unwrap().trim().trim_end_matches('x').parse().unwrap();
+    let params: f64 = row.split('|').nth(6).unwrap().trim().trim_end_matches('x').parse().unwrap();
+    assert!(macs.max(params) >= 0.97 * 0.75 && macs.max(params) <= 0.75, "{row}");
+    assert!(t.contains("Width vs the guiding sensitivity (fit of search-init"), "{t}");
+    assert!(t.contains("- alloc: rho = ") && t.contains("- nce-sens: rho = ") && t.contains("over 18 slots"), "{t}");
+    // search.train_subset 30,000 + 40,000 validation images > 60,000: refused.
+    let preset = with_line(&preset, "measure = ", "measure = \"fit\"");
+    fs::write(&preset_file, with_line(&preset, "val_images = ", "val_images = 40000")).unwrap();
+    let o = driver(&preset_file, "status");
+    assert!(!o.status.success() && String::from_utf8_lossy(&o.stderr).contains("would overlap"), "{o:?}");
+}

@@ -11,14 +11,25 @@
                                                  # presets/fair-fashion.toml)
 
 Per arm: final test accuracy of every W2A2 seed (last epoch, all 10,000 test images), mean and
-sample std, MACs and params relative to the base ResNet-20, CPU-hours. Then the paired
-difference NCE - baseline by final-training seed (NCE = mean over search seeds) with a 95 %
-t-interval, and the pre-registered rule: NCE >= baseline + 0.5 points within the profile's MACs
-and params budgets, with the interval of the difference above 0. The baseline is the preset's
-`baseline`: `uniform` (the base ResNet-20, at the 1.0x budget) or `scaled` (every base width
-times one factor, at a smaller budget). Standard library only (Python >= 3.11).
+sample std, MACs and params relative to the base network (the preset's `model`, default
+ResNet-20), CPU-hours. Then the paired difference NCE - baseline by final-training seed (NCE =
+mean over search seeds) with a 95 % t-interval, and the pre-registered rule: NCE >= baseline +
+0.5 points within the profile's MACs and params budgets, with the interval of the difference
+above 0. The baseline is the preset's `baseline`: `uniform` (the base network, at the 1.0x
+budget) or `scaled` (every base width times one factor, at a smaller budget).
+
+With a [guided] table in the preset (issue #28) the arms `nce-sens` (sensitivity-guided search)
+and `alloc` (`nce allocate`) join, and the methods named in `guided.holm` ("nce" = the NCE
+search seeds' mean, "nce-sens", "alloc") are judged together against the baseline with the
+Holm-Bonferroni correction (pre-registered in docs/results.md, "Where 2 bits hurt"): paired
+two-sided t-test p-values, the k-th smallest (k = 1..m) tested at 0.05 / (m - k + 1) while every
+smaller one was rejected; each method's interval is the matching 1 - level one; a method meets
+the rule if its mean difference >= +0.5 points, Holm rejects for it (its interval is above 0)
+and it is within the budgets. When "nce" is in that family, the NCE-only verdict is not printed.
+Every arm's widths are also ranked against the guiding sensitivity (sensitivity-val/, summed
+per width slot as `nce allocate` does). Standard library only (Python >= 3.11).
 """
-import csv, json, math, statistics, subprocess, sys, tomllib
+import csv, functools, json, math, re, statistics, subprocess, sys, tomllib
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).parent))
@@ -48,10 +59,18 @@ def seconds(d):
     return s
 
 
-# ResNet-20's width slots: the stem, then six convs per stage (16, 32, 64 channels).
-RESNET20_WIDTHS = [16] * 7 + [32] * 6 + [64] * 6
-# `nce cost` arguments of the base network every arm is measured against.
-BASE_NET = ["--model", "resnet20", "--input", "1x28x28", "--classes", "10"]
+def model(preset):
+    return preset.get("model", "resnet20")
+
+
+def model_label(preset):
+    """The base network's name in the report's prose."""
+    return "ResNet-20" if model(preset) == "resnet20" else model(preset)
+
+
+def base_net(preset):
+    """`nce cost` arguments of the base network every arm is measured against."""
+    return ["--model", model(preset), "--input", "1x28x28", "--classes", "10"]
 
 
 def baseline(preset):
@@ -59,26 +78,54 @@ def baseline(preset):
     return preset.get("baseline", "uniform")
 
 
+def guided(preset):
+    """The preset's [guided] table (issue #28), empty without one."""
+    return preset.get("guided", {})
+
+
+def is_nce_seed(arm):
+    """An NCE search with the paper's rule, `nce-s<search seed>` (not `nce-sens`)."""
+    return re.fullmatch(r"nce-s\d+", arm) is not None
+
+
+def nce_seed_arms(out):
+    return sorted(p.parent.name for p in out.glob("nce-s*/arch.toml") if is_nce_seed(p.parent.name))
+
+
 def arms(out, preset):
     base = baseline(preset)
     found = [base]
-    found += sorted(p.parent.name for p in out.glob("nce-s*/arch.toml"))
+    found += nce_seed_arms(out)
     found += [n for n in ("tas", "scaled") if n != base and (out / n / "arch.toml").is_file()]
+    found += [n for n in guided(preset).get("arms", []) if (out / n / "arch.toml").is_file()]
     return found
 
 
 def nce_cost(out, preset, args):
     """`nce cost --json` under the preset's profile."""
-    r = subprocess.run([str(out / "bin" / "nce"), "cost", "--profile", preset["profile"], "--json", *args],
-                       check=True, capture_output=True, text=True)
-    return json.loads(r.stdout)
+    return json.loads(_nce_cost(str(out / "bin" / "nce"), preset["profile"], tuple(args)))
+
+
+@functools.cache
+def _nce_cost(nce, profile, args):
+    r = subprocess.run([nce, "cost", "--profile", profile, "--json", *args], check=True, capture_output=True, text=True)
+    return r.stdout
+
+
+def slots(out, preset):
+    """The base network's width slots (`nce cost --json`): name, base width, the layers it sets."""
+    return nce_cost(out, preset, base_net(preset))["slots"]
+
+
+def base_widths(out, preset):
+    return [s["width"] for s in slots(out, preset)]
 
 
 def cost_ratios(out, preset, arm):
     """MACs and params of the arm's network relative to the base, and whether it is within
     every budget of the preset's profile, from `nce cost --arch`."""
     if arm == "uniform":
-        args = BASE_NET
+        args = base_net(preset)
     else:
         args = ["--arch", str(out / arm / "arch.toml")]
     c = nce_cost(out, preset, args)
@@ -163,8 +210,8 @@ def report(out, preset):
     print("|---|---|---|---|---|---|---|")
     print("\n".join(rows))
     if teacher is not None:
-        print(f"\nShared FP32 teacher (uniform ResNet-20): {teacher:.2f} % on all test images.")
-    nce_arms = [a for a in per_arm if a.startswith("nce-")]
+        print(f"\nShared FP32 teacher (uniform {model_label(preset)}): {teacher:.2f} % on all test images.")
+    nce_arms = [a for a in per_arm if is_nce_seed(a)]
     base = baseline(preset)
     uni = per_arm.get(base, {})
     # NCE per final-training seed: the mean over its search seeds, where every one has that seed.
@@ -187,14 +234,127 @@ def report(out, preset):
     within = all(cost_ratios(out, preset, a)[2] for a in nce_arms)
     need = len(preset["w2a2"]["seeds"])
     budget = Path(preset["profile"]).stem
-    if len(diffs) < need or not nce_arms:
+    family = guided(preset).get("holm", [])
+    if "nce" in family:  # NCE is judged with the other methods of its setting, corrected
+        holm_report(out, preset, per_arm, nce_mean, nce_arms)
+    elif len(diffs) < need or not nce_arms:
         print(f"\nVerdict: not yet decided ({len(diffs)} of {need} paired seeds finished).")
     elif m >= 0.5 and lo > 0 and within:
         print(f"\nVerdict: MET — NCE ≥ {base} + 0.5 points within the budgets of {budget}, interval above 0.")
     else:
         print(f"\nVerdict: NOT MET — difference {m:+.2f} points (needs ≥ +0.50 with the 95 % interval above 0), "
               f"NCE within budget: {within}.")
+    if family and "nce" not in family:
+        holm_report(out, preset, per_arm, nce_mean, nce_arms)
     return per_arm, teacher
+
+
+ALPHA = 0.05
+METHOD_NAMES = {"nce": "NCE", "nce-sens": "NCE-sensitivity", "alloc": "allocator"}
+
+
+def betainc(a, b, x):
+    """The regularized incomplete beta function I_x(a, b) (continued fraction, Lentz's method)."""
+    if x <= 0 or x >= 1:
+        return 0.0 if x <= 0 else 1.0
+    if x > (a + 1) / (a + b + 2):
+        return 1.0 - betainc(b, a, 1.0 - x)
+    front = math.exp(math.lgamma(a + b) - math.lgamma(a) - math.lgamma(b) + a * math.log(x) + b * math.log1p(-x)) / a
+    tiny, c, d, f = 1e-300, 1.0, 0.0, 1.0
+    for i in range(400):
+        m = i // 2
+        if i == 0:
+            num = 1.0
+        elif i % 2 == 0:
+            num = m * (b - m) * x / ((a + 2 * m - 1) * (a + 2 * m))
+        else:
+            num = -(a + m) * (a + b + m) * x / ((a + 2 * m) * (a + 2 * m + 1))
+        d = 1.0 + num * d
+        d = 1.0 / (d if abs(d) > tiny else tiny)
+        c = 1.0 + num / c
+        c = c if abs(c) > tiny else tiny
+        f *= c * d
+        if abs(1.0 - c * d) < 1e-14:
+            break
+    return front * (f - 1.0)
+
+
+def t_p_two_sided(t, df):
+    """P(|T| >= |t|) for Student's t with df degrees of freedom."""
+    return 1.0 if t == 0 else betainc(df / 2, 0.5, df / (df + t * t))
+
+
+def t_critical(level, df):
+    """The t with P(|T| >= t) = level: the half-width factor of a (1 − level) interval."""
+    lo, hi = 0.0, 1e6
+    for _ in range(200):
+        mid = (lo + hi) / 2
+        lo, hi = (mid, hi) if t_p_two_sided(mid, df) > level else (lo, mid)
+    return (lo + hi) / 2
+
+
+def paired_t(d):
+    """Mean, standard error and the two-sided p-value of a paired difference (>= 2 seeds)."""
+    m, se = statistics.mean(d), statistics.stdev(d) / math.sqrt(len(d))
+    if se == 0:
+        return m, se, (1.0 if m == 0 else 0.0)
+    return m, se, t_p_two_sided(m / se, len(d) - 1)
+
+
+def holm(pvalues, alpha=ALPHA):
+    """Holm's step-down: the k-th smallest p (k = 0..m−1) is tested at alpha / (m − k), and is
+    rejected only if every smaller one was. Returns each test's level and whether it is rejected."""
+    m = len(pvalues)
+    levels, rejected, going = [0.0] * m, [False] * m, True
+    for k, i in enumerate(sorted(range(m), key=lambda i: pvalues[i])):
+        levels[i] = alpha / (m - k)
+        going = going and pvalues[i] < levels[i]
+        rejected[i] = going
+    return levels, rejected
+
+
+def holm_report(out, preset, per_arm, nce_mean, nce_arms):
+    """The pre-registered rule of a setting with several methods (docs/results.md, "Where 2 bits
+    hurt"): each method − baseline, paired by final-training seed, Holm–Bonferroni over the
+    setting's methods, mean ≥ +0.5 points, within the budgets."""
+    family, base = guided(preset)["holm"], baseline(preset)
+    unknown = [m for m in family if m not in METHOD_NAMES]
+    if unknown:
+        sys.exit(f"guided.holm: {unknown} are not methods (use {', '.join(METHOD_NAMES)})")
+    need, budget = len(preset["w2a2"]["seeds"]), Path(preset["profile"]).stem
+    diffs, within = {}, {}
+    for method in family:
+        accs_of, arms_of = (nce_mean, nce_arms) if method == "nce" else (per_arm.get(method, {}), [method])
+        arms_of = [a for a in arms_of if a in per_arm]
+        diffs[method] = paired(accs_of, per_arm.get(base, {})) if arms_of else []
+        within[method] = bool(arms_of) and all(cost_ratios(out, preset, a)[2] for a in arms_of)
+    names = {m: METHOD_NAMES.get(m, m) + (f" ({', '.join(nce_arms)})" if m == "nce" else "") for m in family}
+    print(f"\nHolm–Bonferroni over the {len(family)} methods of this setting, each − {base} paired by "
+          f"final-training seed (paired t-test, two-sided; the k-th smallest p tested at "
+          f"{ALPHA} / ({len(family)} − k + 1) while every smaller one is rejected; the interval is the matching "
+          f"1 − level one). A method meets the rule if its mean ≥ +0.50 points, its interval is above 0 "
+          f"(Holm rejects) and it is within the budgets of {budget}.")
+    done = [m for m in family if len(diffs[m]) >= need]
+    if len(done) < len(family):
+        for m in family:
+            print(f"- {names[m]} − {base} over {len(diffs[m])} seeds: {diff_text(diffs[m])}.")
+        print(f"\nVerdict (Holm–Bonferroni, m = {len(family)}): not yet decided "
+              f"({len(done)} of {len(family)} methods have all {need} paired seeds).")
+        return
+    stats = {m: paired_t(diffs[m]) for m in family}
+    levels, rejected = holm([stats[m][2] for m in family])
+    print(f"\n| method | − {base} (points) | p | Holm level | matching interval | within budget | rule |")
+    print("|---|---|---|---|---|---|---|")
+    verdicts = []
+    for i, m in enumerate(family):
+        mean, se, p = stats[m]
+        h = t_critical(levels[i], len(diffs[m]) - 1) * se
+        met = rejected[i] and mean - h > 0 and mean >= 0.5 and within[m]
+        verdicts.append(f"{names[m]} {'MET' if met else 'NOT MET'}")
+        p_text = "< 0.0001" if p < 1e-4 else f"{p:.4f}"
+        print(f"| {names[m]} | {mean:+.2f} | {p_text} | {levels[i]:.4f} | {100 * (1 - levels[i]):.2f} % CI "
+              f"[{mean - h:+.2f}, {mean + h:+.2f}] | {'yes' if within[m] else 'no'} | {'MET' if met else 'NOT MET'} |")
+    print(f"\nVerdict (Holm–Bonferroni, m = {len(family)}): {'; '.join(verdicts)}.")
 
 
 def svg(per_arm, teacher, path):
@@ -235,12 +395,12 @@ def svg(per_arm, teacher, path):
     Path(path).write_text("\n".join(o) + "\n")
 
 
-def widths_svg(out, path):
+def widths_svg(out, preset, path):
     """Each searched arm's width per layer as a ratio to the base width: one line per arm."""
     archs = {p.parent.name: tomllib.loads(p.read_text()) for p in sorted(out.glob("*/arch.toml"))}
     if not archs:
         return
-    names = [layer["name"] for layer in next(iter(archs.values()))["layers"]]
+    names = [s["layer"] for s in slots(out, preset)]
     ratios = {arm: [w / b for w, b in zip(a["widths"], a["base_widths"])] for arm, a in archs.items()}
     hi = max(2.0, max(max(r) for r in ratios.values()))
     w, h, left, top, bottom, right = 80 + 38 * len(names), 380, 60, 40, 110, 120
@@ -249,7 +409,7 @@ def widths_svg(out, path):
     o = [f'<svg xmlns="http://www.w3.org/2000/svg" width="{w + right}" height="{h}" font-family="sans-serif" font-size="12">',
          f'<rect width="{w + right}" height="{h}" fill="white"/>',
          f'<text x="{(w + right) / 2}" y="20" text-anchor="middle" font-size="14">Searched width / base width, '
-         f'per layer (1.0 = uniform ResNet-20)</text>']
+         f'per layer (1.0 = uniform {model_label(preset)})</text>']
     for i in range(int(hi / 0.25) + 1):
         v = 0.25 * i
         o.append(f'<line x1="{left}" x2="{w}" y1="{y(v):.1f}" y2="{y(v):.1f}" stroke="{"#888" if v == 1 else "#e5e5e5"}"/>')
@@ -270,7 +430,7 @@ def widths_svg(out, path):
     Path(path).write_text("\n".join(o) + "\n")
 
 
-def scale(f, base=RESNET20_WIDTHS):
+def scale(f, base):
     """Every width times f, rounded, at least 1."""
     return [max(1, round(b * f)) for b in base]
 
@@ -287,7 +447,7 @@ def largest_factor(ok, lo, hi=1.0):
 
 def scaled_cost(out, preset, f):
     """`nce cost --json` of the base network with every width times f."""
-    return nce_cost(out, preset, [*BASE_NET, "--widths", ",".join(map(str, scale(f)))])
+    return nce_cost(out, preset, [*base_net(preset), "--widths", ",".join(map(str, scale(f, base_widths(out, preset))))])
 
 
 def baseline_arch(out, preset):
@@ -298,25 +458,26 @@ def baseline_arch(out, preset):
 
     f = largest_factor(lambda f: scaled_cost(out, preset, f)["pass"], lo=0.05)
     ratios = {x["metric"]: x["value"] / x["base"] for x in scaled_cost(out, preset, f)["budgets"]}
-    write_arch(out / "scaled", preset["profile"], scale(f),
+    base = base_widths(out, preset)
+    write_arch(out / "scaled", preset, scale(f, base), base,
                f"uniform scale {f:.4f}, the largest within the budgets "
                f"({', '.join(f'{k} {v:.4f}x' for k, v in ratios.items())})")
     print(f"scaled baseline: factor {f:.4f}, {ratios}", file=sys.stderr)
 
 
-def write_arch(d, profile, widths, derivation, base=RESNET20_WIDTHS):
+def write_arch(d, preset, widths, base, derivation):
     d.mkdir(parents=True, exist_ok=True)
-    lines = ['model = "resnet20"', 'input = "1x28x28"', "classes = 10", f'profile = "{profile}"',
+    lines = [f'model = "{model(preset)}"', 'input = "1x28x28"', "classes = 10", f'profile = "{preset["profile"]}"',
              f"widths = {widths}", f"base_widths = {base}", f'derivation = "{derivation}"',
              "repaired = []", "layers = []", "costs = []", "budgets = []", "expansions = []"]
     (d / "arch.toml.new").write_text("\n".join(lines) + "\n")
     (d / "arch.toml.new").replace(d / "arch.toml")
 
 
-def scaled_arch(out, profile):
+def scaled_arch(out, preset, profile):
     """Writes scaled/arch.toml: base widths times one factor, at the mean MACs of the NCE arms."""
-    preset = {"profile": profile}
-    nce = [cost_ratios(out, preset, p.parent.name)[0] for p in out.glob("nce-s*/arch.toml")]
+    preset = {**preset, "profile": profile}
+    nce = [cost_ratios(out, preset, a)[0] for a in nce_seed_arms(out)]
     if not nce or min(nce) >= 0.97 or (out / "scaled" / "arch.toml").is_file():
         return
     target = statistics.mean(nce)
@@ -326,7 +487,8 @@ def scaled_arch(out, profile):
 
     base_macs = macs(1.0)
     f = largest_factor(lambda f: macs(f) / base_macs <= target, lo=0.3)
-    write_arch(out / "scaled", profile, scale(f), f"uniform scale {f:.4f} to NCE's mean MACs ({target:.4f}x)")
+    write_arch(out / "scaled", preset, scale(f, base_widths(out, preset)), base_widths(out, preset),
+               f"uniform scale {f:.4f} to NCE's mean MACs ({target:.4f}x)")
     print(f"scaled arm: factor {f:.4f}, MACs {macs(f) / base_macs:.4f}x (NCE mean {target:.4f}x)", file=sys.stderr)
 
 
@@ -358,12 +520,47 @@ def sensitivity(out):
         print(f"- {p.parent.name}: rho = {rho:+.3f} [{lo:+.3f}, {hi:+.3f}] over {len(pairs)} layers")
 
 
+def slot_scores(out, preset, table, measure):
+    """One score per width slot, as `nce allocate` and `--expansion sensitivity` compute it
+    (src/sensitivity/slots.rs): the sum over the layers the slot sets, negative and NaN values
+    counting as 0; None where none of its layers was measured."""
+    column = measure.replace("-", "_")
+    with open(table, newline="") as f:
+        values = {r["layer"]: float(r[column]) for r in csv.DictReader(f)}
+    scores = []
+    for s in slots(out, preset):
+        measured = [values[name] for name in s["layers"] if name in values]
+        scores.append(sum(v if math.isfinite(v) and v > 0 else 0.0 for v in measured) if measured else None)
+    return scores
+
+
+def guided_sensitivity(out, preset):
+    """Width vs the sensitivity that guided nce-sens and alloc, for every arm with widths."""
+    table, g = out / "sensitivity-val" / "sensitivity.csv", guided(preset)
+    if not g:
+        return
+    if not table.is_file() or not g.get("measure"):
+        print("\nWidth vs the guiding sensitivity: not yet measured (stage `guided`, once guided.measure is set).")
+        return
+    scores = slot_scores(out, preset, table, g["measure"])
+    print(f"\nWidth vs the guiding sensitivity ({g['measure']} of search-init, `nce sensitivity --val-images "
+          f"{g.get('val_images', 10000)}` on training images it never saw, summed per width slot): Spearman rho "
+          f"with a 95 % Fisher-z interval")
+    for p in sorted(out.glob("*/arch.toml")):
+        arch = tomllib.loads(p.read_text())
+        pairs = [(w / b, sc) for w, b, sc in zip(arch["widths"], arch["base_widths"], scores) if sc is not None]
+        if len(pairs) < 4:
+            continue
+        rho, lo, hi = spearman_ci([x for x, _ in pairs], [y for _, y in pairs])
+        print(f"- {p.parent.name}: rho = {rho:+.3f} [{lo:+.3f}, {hi:+.3f}] over {len(pairs)} slots")
+
+
 def main():
     out = Path(sys.argv[1] if len(sys.argv) > 1 else "runs/fair-fashion")
     preset_file = sys.argv[sys.argv.index("--preset") + 1] if "--preset" in sys.argv else "presets/fair-fashion.toml"
     preset = tomllib.loads(Path(preset_file).read_text())
     if "--scaled-arch" in sys.argv:
-        scaled_arch(out, sys.argv[sys.argv.index("--scaled-arch") + 1])
+        scaled_arch(out, preset, sys.argv[sys.argv.index("--scaled-arch") + 1])
         return
     if "--baseline-arch" in sys.argv:
         if baseline(preset) == "scaled":
@@ -371,10 +568,11 @@ def main():
         return
     per_arm, teacher = report(out, preset)
     sensitivity(out)
+    guided_sensitivity(out, preset)
     if "--svg" in sys.argv:
         svg(per_arm, teacher, sys.argv[sys.argv.index("--svg") + 1])
     if "--widths-svg" in sys.argv:
-        widths_svg(out, sys.argv[sys.argv.index("--widths-svg") + 1])
+        widths_svg(out, preset, sys.argv[sys.argv.index("--widths-svg") + 1])
 
 
 if __name__ == "__main__":
