@@ -7,6 +7,7 @@
 //! Without either, the test says so and passes.
 #![cfg(all(feature = "cli", feature = "train"))]
 
+use nce::train::metrics::StepRecord;
 use nce::train::EpochMetrics;
 use std::path::{Path, PathBuf};
 use std::process::{Command, Output, Stdio};
@@ -47,20 +48,14 @@ fn metrics(out: &Path) -> Vec<EpochMetrics> {
     std::fs::read_to_string(out.join("metrics.jsonl")).unwrap().lines().map(|l| serde_json::from_str(l).unwrap()).collect()
 }
 
-/// Train losses within `rel` relative, test accuracies within one test image in 200.
-fn assert_close(a: &[EpochMetrics], b: &[EpochMetrics], rel: f64, what: &str) {
-    assert_eq!(a.len(), b.len(), "{what}: epochs logged");
-    for (x, y) in a.iter().zip(b) {
-        let d = (x.train_loss - y.train_loss).abs() / x.train_loss.abs();
-        assert!(d <= rel, "{what}: epoch {} train loss {} vs {} ({d:.2e} relative)", x.epoch, x.train_loss, y.train_loss);
-        assert!(
-            (x.test_acc - y.test_acc).abs() <= 1.0 / 200.0 + 1e-9,
-            "{what}: epoch {} test acc {} vs {}",
-            x.epoch,
-            x.test_acc,
-            y.test_acc
-        );
-    }
+fn steps(out: &Path) -> Vec<StepRecord> {
+    nce::train::metrics::read_steps(&out.join("steps.jsonl")).unwrap()
+}
+
+fn assert_loss_close(step: &StepRecord, other: &StepRecord, rel: f64, what: &str) {
+    assert_eq!(step.step, other.step, "{what}");
+    let d = (step.loss - other.loss).abs() / step.loss.abs();
+    assert!(d <= rel, "{what}: step {} loss {} vs {} ({d:.2e} relative, allowed {rel:.0e})", step.step, step.loss, other.loss);
 }
 
 /// The pids of `parent`'s child processes (the ranks `mpirun` started on this machine).
@@ -93,9 +88,14 @@ fn two_ranks_follow_one_process_and_resume_after_a_rank_is_killed() {
     let (one, two, killed) = (dir.path().join("one"), dir.path().join("two"), dir.path().join("killed"));
     run(command(1, 2, &one, &[]));
     run(command(2, 1, &two, &[]));
-    let (m1, m2) = (metrics(&one), metrics(&two));
-    assert_eq!(m1.len(), 3);
-    assert_close(&m1, &m2, 1e-3, "2 ranks vs 1 process");
+    let (s1, s2) = (steps(&one), steps(&two));
+    assert_eq!((s1.len(), s2.len()), (6, 6), "logged steps");
+    // The first loss is the same forward pass; the second follows one averaged update (a
+    // missing or mis-scaled all-reduce moves it by far more); the third is where floating-point
+    // differences of the summation order start to show.
+    for (i, rel) in [(0, 1e-6), (1, 1e-5), (2, 1e-3)] {
+        assert_loss_close(&s1[i], &s2[i], rel, "2 ranks vs 1 process");
+    }
 
     // Kill rank 1 as soon as the first checkpoint exists: the job must end within seconds.
     let mut job = command(2, 1, &killed, &["--resume"]).stdout(Stdio::null()).stderr(Stdio::piped()).spawn().unwrap();
@@ -103,7 +103,7 @@ fn two_ranks_follow_one_process_and_resume_after_a_rank_is_killed() {
     while !killed.join("checkpoint.ot").is_file() {
         assert!(job.try_wait().unwrap().is_none(), "the job ended before its first checkpoint");
         assert!(t0.elapsed() < Duration::from_secs(120), "no checkpoint after 2 minutes");
-        std::thread::sleep(Duration::from_millis(5));
+        std::thread::sleep(Duration::from_millis(2));
     }
     let ranks = children(job.id());
     assert_eq!(ranks.len(), 2, "mpirun's children: {ranks:?}");
@@ -119,12 +119,16 @@ fn two_ranks_follow_one_process_and_resume_after_a_rank_is_killed() {
     let stderr = std::io::read_to_string(job.stderr.take().unwrap()).unwrap();
     assert!(!status.success(), "the job succeeded although a rank was killed");
     assert!(stderr.contains("signal 9"), "no word of the killed rank:\n{stderr}");
-    let stopped_at = metrics(&killed).len();
+    assert!(steps(&killed).len() < 6, "the kill came after the last step");
     nce::train::load_model(&killed.join("checkpoint.ot")).expect("the checkpoint left behind is whole");
 
-    // The same command again resumes; the run ends where the uninterrupted one did.
+    // The same command again resumes; the run ends exactly where the uninterrupted one did.
     run(command(2, 1, &killed, &["--resume"]));
-    let resumed = metrics(&killed);
-    assert!(stopped_at < 3, "the kill came after the last epoch");
-    assert_close(&m2, &resumed, 1e-6, "resumed vs uninterrupted 2-rank run");
+    let resumed = steps(&killed);
+    assert_eq!(resumed.len(), 6, "steps logged by the killed and the resumed run");
+    for (a, b) in s2.iter().zip(&resumed) {
+        assert_loss_close(a, b, 0.0, "resumed vs uninterrupted 2 ranks");
+    }
+    let acc = |m: Vec<EpochMetrics>| m.iter().map(|m| m.test_acc).collect::<Vec<_>>();
+    assert_eq!(acc(metrics(&two)), acc(metrics(&killed)), "test accuracies per epoch");
 }

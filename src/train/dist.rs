@@ -226,7 +226,7 @@ pub(crate) fn reduce_step(world: &World, params: &[Tensor], buffers: &[Tensor], 
         for (sizes, (dst, defined)) in params.iter().chain(buffers).map(|t| t.numel() as i64).zip(targets) {
             if defined {
                 let src = summed.narrow(0, offset, sizes).view_as(dst).to_kind(dst.kind());
-                let _ = dst.shallow_clone().copy_(&src);
+                dst.shallow_clone().copy_(&src);
             }
             offset += sizes;
         }
@@ -249,7 +249,7 @@ pub(crate) fn broadcast_tensors(world: &World, tensors: &[Tensor]) {
         let mut offset = 0i64;
         for t in tensors {
             let n = t.numel() as i64;
-            let _ = t.shallow_clone().copy_(&all.narrow(0, offset, n).view_as(t).to_kind(t.kind()));
+            t.shallow_clone().copy_(&all.narrow(0, offset, n).view_as(t).to_kind(t.kind()));
             offset += n;
         }
     });
