@@ -116,35 +116,21 @@ impl World {
     /// Element-wise sum over all ranks, in place.
     pub fn sum_f32(&self, buf: &mut [f32]) {
         if self.size > 1 {
-            #[cfg(feature = "mpi")]
-            with_comm(|c| {
-                use mpi::traits::CommunicatorCollectives;
-                let send = buf.to_vec();
-                c.all_reduce_into(&send[..], buf, mpi::collective::SystemOperation::sum());
-            });
+            all_reduce_sum(buf);
         }
     }
 
     /// Element-wise sum over all ranks, in place.
     pub fn sum_f64(&self, buf: &mut [f64]) {
         if self.size > 1 {
-            #[cfg(feature = "mpi")]
-            with_comm(|c| {
-                use mpi::traits::CommunicatorCollectives;
-                let send = buf.to_vec();
-                c.all_reduce_into(&send[..], buf, mpi::collective::SystemOperation::sum());
-            });
+            all_reduce_sum(buf);
         }
     }
 
     /// Replaces `buf` on every rank by rank 0's.
     pub fn broadcast_f32(&self, buf: &mut [f32]) {
         if self.size > 1 {
-            #[cfg(feature = "mpi")]
-            with_comm(|c| {
-                use mpi::traits::{Communicator, Root};
-                c.process_at_rank(0).broadcast_into(buf);
-            });
+            broadcast_from_root(buf);
         }
     }
 
@@ -161,6 +147,26 @@ impl World {
         std::process::exit(code)
     }
 }
+
+#[cfg(feature = "mpi")]
+fn all_reduce_sum<T: mpi::datatype::Equivalence + Clone>(buf: &mut [T]) {
+    use mpi::traits::CommunicatorCollectives;
+    let send = buf.to_vec();
+    with_comm(|c| c.all_reduce_into(&send[..], buf, mpi::collective::SystemOperation::sum()));
+}
+
+#[cfg(feature = "mpi")]
+fn broadcast_from_root(buf: &mut [f32]) {
+    use mpi::traits::{Communicator, Root};
+    with_comm(|c| c.process_at_rank(0).broadcast_into(buf));
+}
+
+/// Without MPI every world has one rank, and a collective over one rank changes nothing.
+#[cfg(not(feature = "mpi"))]
+fn all_reduce_sum<T>(_buf: &mut [T]) {}
+
+#[cfg(not(feature = "mpi"))]
+fn broadcast_from_root(_buf: &mut [f32]) {}
 
 /// Rank `rank`'s contiguous share of `n` items split over `size` ranks.
 pub fn shard(n: usize, rank: usize, size: usize) -> Range<usize> {
