@@ -1,7 +1,10 @@
 //! Data-parallel training under `mpirun` (docs/distributed.md): two ranks of one thread each
-//! follow one process of two threads with the same global batch, seed and BatchNorm groups, a
-//! rank killed with SIGKILL stops the whole job at once without damaging the checkpoint, and
-//! rerunning the same command resumes and ends where the uninterrupted run ended.
+//! take the steps of one process of two threads with the same global batch, seed and BatchNorm
+//! groups (the first steps' losses agree; later ones drift apart through floating-point chaos,
+//! as they do between one process on one thread and on two, so only the first three are
+//! compared), a rank killed with SIGKILL stops the whole job at once without damaging the
+//! checkpoint, and rerunning the same command resumes and ends exactly where the uninterrupted
+//! run ended.
 //!
 //! Needs the `mpi` feature and Open MPI's `mpirun`: `cargo test --features mpi --test distributed`.
 //! Without either, the test says so and passes.
@@ -13,10 +16,10 @@ use std::path::{Path, PathBuf};
 use std::process::{Command, Output, Stdio};
 use std::time::{Duration, Instant};
 
-/// 4 steps of 64 images per epoch, 3 epochs, a checkpoint every 2 steps, ghost BatchNorm over
-/// the two halves of each batch (what each rank normalises).
-const TRAIN: &str = "train --model resnet20 --data fashion-mnist --bits 2 --epochs 3 --batch-size 64 --train-subset 256 \
-                     --test-subset 200 --bn-groups 2 --seed 5 --checkpoint-every 2 --quiet";
+/// 2 steps of 64 images per epoch, 2 epochs, a checkpoint and a logged loss every step, ghost
+/// BatchNorm over the two halves of each batch (what each rank normalises).
+const TRAIN: &str = "train --model resnet20 --data fashion-mnist --bits 2 --epochs 2 --batch-size 64 --train-subset 128 \
+                     --test-subset 100 --bn-groups 2 --seed 5 --checkpoint-every 1 --log-every 1 --quiet";
 
 fn mpirun() -> Option<PathBuf> {
     std::env::var_os("PATH")?.to_str()?.split(':').map(|d| Path::new(d).join("mpirun")).find(|p| p.is_file())
@@ -34,6 +37,8 @@ fn command(ranks: usize, threads: usize, out: &Path, extra: &[&str]) -> Command 
     };
     c.args(TRAIN.split_whitespace()).args(["--threads", &threads.to_string(), "--out"]).arg(out).args(extra);
     // Containers often run as root and forbid the cross-process copy Open MPI tries first.
+    // Passive OpenMP waits: spinning threads of two processes on shared cores slow both.
+    c.env("OMP_WAIT_POLICY", "PASSIVE");
     c.env("OMPI_ALLOW_RUN_AS_ROOT", "1").env("OMPI_ALLOW_RUN_AS_ROOT_CONFIRM", "1").env("OMPI_MCA_btl_vader_single_copy_mechanism", "none");
     c
 }
@@ -89,7 +94,7 @@ fn two_ranks_follow_one_process_and_resume_after_a_rank_is_killed() {
     run(command(1, 2, &one, &[]));
     run(command(2, 1, &two, &[]));
     let (s1, s2) = (steps(&one), steps(&two));
-    assert_eq!((s1.len(), s2.len()), (6, 6), "logged steps");
+    assert_eq!((s1.len(), s2.len()), (4, 4), "logged steps");
     // The first loss is the same forward pass; the second follows one averaged update (a
     // missing or mis-scaled all-reduce moves it by far more); the third is where floating-point
     // differences of the summation order start to show.
@@ -119,13 +124,13 @@ fn two_ranks_follow_one_process_and_resume_after_a_rank_is_killed() {
     let stderr = std::io::read_to_string(job.stderr.take().unwrap()).unwrap();
     assert!(!status.success(), "the job succeeded although a rank was killed");
     assert!(stderr.contains("signal 9"), "no word of the killed rank:\n{stderr}");
-    assert!(steps(&killed).len() < 6, "the kill came after the last step");
+    assert!(steps(&killed).len() < 4, "the kill came after the last step");
     nce::train::load_model(&killed.join("checkpoint.ot")).expect("the checkpoint left behind is whole");
 
     // The same command again resumes; the run ends exactly where the uninterrupted one did.
     run(command(2, 1, &killed, &["--resume"]));
     let resumed = steps(&killed);
-    assert_eq!(resumed.len(), 6, "steps logged by the killed and the resumed run");
+    assert_eq!(resumed.len(), 4, "steps logged by the killed and the resumed run");
     for (a, b) in s2.iter().zip(&resumed) {
         assert_loss_close(a, b, 0.0, "resumed vs uninterrupted 2 ranks");
     }
