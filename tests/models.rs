@@ -356,11 +356,39 @@ fn user_errors_are_reported() {
 
     assert_eq!(
         ModelOptions::parse("LSQ", "pact").unwrap(),
-        ModelOptions { weight: WeightQuantizer::Lsq, activation: ActQuantizer::Pact, pact_init: 8.0 }
+        ModelOptions { weight: WeightQuantizer::Lsq, activation: ActQuantizer::Pact, pact_init: 8.0, bn_groups: 1 }
     );
     assert!(ModelOptions::parse("dorefa", "pact").is_err());
     assert!(ModelOptions::parse("sawb", "relu6").is_err());
     let json = serde_json::to_string(&ModelOptions::default()).unwrap();
     assert_eq!(json, r#"{"weight":"sawb","activation":"pact","pact_init":8.0}"#);
     assert_eq!(serde_json::from_str::<ModelOptions>("{}").unwrap(), ModelOptions::default());
+}
+
+/// `bn_groups = 2` (ghost batches, what two data-parallel ranks compute): in training, a batch
+/// `[a; b]` gives what a plain model gives for `a` and for `b` separately, and the running
+/// statistics move by the mean of the two halves' updates.
+#[test]
+fn ghost_batch_norm_normalises_each_half_on_its_own() {
+    let n = net(ModelKind::Resnet20, Shape::new(1, 16, 16), 10, None, &w2a2());
+    let (vs_a, plain_a) = model(&n, &ModelOptions::default());
+    let (mut vs_b, plain_b) = model(&n, &ModelOptions::default());
+    let (mut vs_g, ghost) = model(&n, &ModelOptions { bn_groups: 2, ..Default::default() });
+    copy_by_name(&mut vs_b, &vs_a).unwrap();
+    copy_by_name(&mut vs_g, &vs_a).unwrap();
+    tch::manual_seed(3);
+    let (a, b) = (Tensor::rand([3, 1, 16, 16], (Kind::Float, Device::Cpu)), Tensor::rand([3, 1, 16, 16], (Kind::Float, Device::Cpu)));
+    let ab = Tensor::cat(&[&a, &b], 0);
+    let together = ghost.forward_t(&ab, true);
+    let halves = Tensor::cat(&[plain_a.forward_t(&a, true), plain_b.forward_t(&b, true)], 0);
+    let diff = (&together - &halves).abs().max().double_value(&[]);
+    assert!(diff < 1e-4, "ghost batches differ from separate halves by {diff}");
+    let stat = |vs: &nn::VarStore, name: &str| vs.variables()[name].copy();
+    for name in ["conv1.bn.running_var", "layer3.2.conv_b.bn.running_mean"] {
+        let expected = (stat(&vs_a, name) + stat(&vs_b, name)) / 2.0;
+        let d = (stat(&vs_g, name) - expected).abs().max().double_value(&[]);
+        assert!(d < 1e-6, "{name}: ghost running statistics are {d} off the halves' mean");
+    }
+    let whole = plain_a.forward_t(&ab, true);
+    assert!((&together - whole).abs().max().double_value(&[]) > 1e-3, "ghost batches made no difference");
 }

@@ -129,6 +129,14 @@ pub fn main() -> ExitCode {
     let filter = tracing_subscriber::EnvFilter::try_from_default_env().unwrap_or_else(|_| "warn,wgpu_hal::gles::egl=off".into());
     tracing_subscriber::fmt().with_env_filter(filter).with_writer(std::io::stderr).init();
     let cli = Cli::parse();
+    #[cfg(feature = "train")]
+    let _dist = match join_mpi_job(&cli.command) {
+        Ok(session) => session,
+        Err(e) => {
+            eprintln!("error: {}", message(&e));
+            return ExitCode::from(exit_code(&e));
+        }
+    };
     let result = match cli.command {
         Command::Profiles { action } => profiles::run(action),
         Command::Plugins => {
@@ -163,11 +171,34 @@ pub fn main() -> ExitCode {
     };
     match result {
         Ok(code) => code,
+        #[cfg(feature = "train")]
+        Err(e) if crate::train::dist::world().size > 1 => {
+            // The other ranks may be waiting for this one in a collective: end them all now.
+            let w = crate::train::dist::world();
+            eprintln!("error (rank {} of {}): {}", w.rank, w.size, message(&e));
+            w.abort(i32::from(exit_code(&e)))
+        }
         Err(e) => {
             eprintln!("error: {}", message(&e));
             ExitCode::from(exit_code(&e))
         }
     }
+}
+
+/// Joins the MPI job for `nce train` and `nce search` (the data-parallel commands); the other
+/// commands run as one process and refuse to start as one of several ranks.
+#[cfg(feature = "train")]
+fn join_mpi_job(command: &Command) -> Result<Option<crate::train::dist::Session>> {
+    if matches!(command, Command::Train(_) | Command::Search(_)) {
+        return Ok(Some(crate::train::dist::init()?));
+    }
+    if let Some((size, var)) = crate::train::dist::launched_size() {
+        return Err(UsageError(format!(
+            "launched as one of {size} processes ({var} is set), but only `nce train` and `nce search` run data-parallel; run this command as one process"
+        ))
+        .into());
+    }
+    Ok(None)
 }
 
 /// The error and its causes in one line, each cause once: library errors already quote their

@@ -145,6 +145,9 @@ impl TryFrom<&SearchArgs> for SearchConfig {
 pub fn run(a: SearchArgs) -> Result<ExitCode> {
     let c = SearchConfig::try_from(&a)?;
     let r = search::search(&c, a.resume, !a.run.run.quiet).with_context(|| format!("searching into {}", c.out.display()))?;
+    if !crate::train::dist::world().is_root() {
+        return Ok(ExitCode::SUCCESS);
+    }
     println!("architecture: {}", r.arch_path.display());
     println!("{:<20} {:>5} {:>6}  candidates", "layer", "base", "width");
     for l in &r.arch.layers {

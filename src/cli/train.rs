@@ -85,6 +85,14 @@ pub struct TrainArgs {
     /// Activation quantizer.
     #[arg(long, value_enum, default_value = "pact")]
     act_quant: crate::models::ActQuantizer,
+    /// Also log the loss of every N-th step to OUT/steps.jsonl.
+    #[arg(long, default_value_t = 0)]
+    log_every: usize,
+    /// BatchNorm statistics over this many equal parts of each batch ("ghost batches"). Under
+    /// `mpirun -np N`, pass a multiple of N: the run then computes the same whatever N is
+    /// (docs/distributed.md).
+    #[arg(long, value_parser = super::args::positive, default_value_t = 1)]
+    bn_groups: usize,
     /// Continue from OUT/checkpoint.ot.
     #[arg(long)]
     resume: bool,
@@ -97,7 +105,8 @@ impl TryFrom<&TrainArgs> for TrainConfig {
         let (data, data_root) = a.data.data.source.resolve("fashion-mnist")?;
         let (model, arch_widths) = crate::cli::model_and_widths(a.model, a.width_mult, a.arch.as_deref())?;
         let widths = arch_widths.or_else(|| a.widths.clone());
-        let model_options = crate::models::ModelOptions { weight: a.weight_quant, activation: a.act_quant, ..Default::default() };
+        let model_options =
+            crate::models::ModelOptions { weight: a.weight_quant, activation: a.act_quant, bn_groups: a.bn_groups, ..Default::default() };
         Ok(TrainConfig {
             data_root,
             first_last_bits: a.first_last_bits,
@@ -119,6 +128,7 @@ impl TryFrom<&TrainArgs> for TrainConfig {
             max_steps: a.max_steps,
             val_images: a.val_images,
             widen_init: a.widen_init,
+            log_every: a.log_every,
             threads: a.run.run.threads,
             model_options,
             ..TrainConfig::new(model, &data, a.bits, a.epochs, a.run.run.out_or("train"))
@@ -129,6 +139,9 @@ impl TryFrom<&TrainArgs> for TrainConfig {
 pub fn run(a: TrainArgs) -> Result<ExitCode> {
     let cfg = TrainConfig::try_from(&a)?;
     let s = train::train(&cfg, a.resume, !a.run.run.quiet).with_context(|| format!("training into {}", cfg.out.display()))?;
+    if !train::dist::world().is_root() {
+        return Ok(ExitCode::SUCCESS);
+    }
     if s.final_test_acc.is_nan() {
         println!(
             "stopped after {} steps; continue with the same command and --resume ({})",

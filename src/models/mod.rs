@@ -95,11 +95,20 @@ pub struct ModelOptions {
     pub activation: ActQuantizer,
     /// Initial PACT clip (see [`Pact::DEFAULT_INIT`] for why 8).
     pub pact_init: f64,
+    /// Ghost batches: BatchNorm in training takes its statistics over this many equal
+    /// consecutive parts of each batch (1 = the whole batch). A data-parallel run over N ranks
+    /// computes per-rank statistics, which is this with N parts (`docs/distributed.md`).
+    #[serde(skip_serializing_if = "is_one")]
+    pub bn_groups: usize,
+}
+
+fn is_one(n: &usize) -> bool {
+    *n == 1
 }
 
 impl Default for ModelOptions {
     fn default() -> Self {
-        ModelOptions { weight: WeightQuantizer::Sawb, activation: ActQuantizer::Pact, pact_init: Pact::DEFAULT_INIT }
+        ModelOptions { weight: WeightQuantizer::Sawb, activation: ActQuantizer::Pact, pact_init: Pact::DEFAULT_INIT, bn_groups: 1 }
     }
 }
 
@@ -142,11 +151,13 @@ pub struct BatchNorm {
     pub running_var: Tensor,
     pub eps: f64,
     pub momentum: f64,
+    /// Ghost batches in training ([`ModelOptions::bn_groups`]).
+    pub groups: usize,
 }
 
 impl BatchNorm {
     /// PyTorch defaults (ε = 1e-5, momentum 0.1), γ = 1, β = 0.
-    fn new(p: &nn::Path, c: i64) -> Result<Self, TchError> {
+    fn new(p: &nn::Path, c: i64, groups: usize) -> Result<Self, TchError> {
         let g = p.set_group(groups::NO_DECAY);
         Ok(BatchNorm {
             weight: g.f_var("weight", &[c], nn::Init::Const(1.0))?,
@@ -155,20 +166,45 @@ impl BatchNorm {
             running_var: p.f_ones_no_train("running_var", &[c])?,
             eps: 1e-5,
             momentum: 0.1,
+            groups: groups.max(1),
         })
     }
 
     pub fn forward_t(&self, x: &Tensor, train: bool) -> Result<Tensor, TchError> {
-        x.f_batch_norm(
-            Some(&self.weight),
-            Some(&self.bias),
-            Some(&self.running_mean),
-            Some(&self.running_var),
-            train,
-            self.momentum,
-            self.eps,
-            true,
-        )
+        if train && self.groups > 1 {
+            return self.forward_ghost(x);
+        }
+        self.forward_with(x, &self.running_mean, &self.running_var, train)
+    }
+
+    fn forward_with(&self, x: &Tensor, mean: &Tensor, var: &Tensor, train: bool) -> Result<Tensor, TchError> {
+        x.f_batch_norm(Some(&self.weight), Some(&self.bias), Some(mean), Some(var), train, self.momentum, self.eps, true)
+    }
+
+    /// Training BatchNorm with statistics per ghost batch ([`crate::train::dist::shard`]'s
+    /// split of the batch). The running statistics move by the size-weighted mean of the
+    /// groups' updates: what averaging the running statistics of ranks that each normalised one
+    /// group gives.
+    fn forward_ghost(&self, x: &Tensor) -> Result<Tensor, TchError> {
+        let n = x.size().first().copied().unwrap_or(0).max(0) as usize;
+        let (mut outs, mut mean, mut var) =
+            (Vec::with_capacity(self.groups), self.running_mean.zeros_like(), self.running_var.zeros_like());
+        for j in 0..self.groups {
+            let rows = crate::train::dist::shard(n, j, self.groups);
+            if rows.is_empty() {
+                continue;
+            }
+            let (m, v) = (self.running_mean.detach().copy(), self.running_var.detach().copy());
+            outs.push(self.forward_with(&x.f_narrow(0, rows.start as i64, rows.len() as i64)?, &m, &v, true)?);
+            let share = rows.len() as f64 / n as f64;
+            mean += m * share;
+            var += v * share;
+        }
+        tch::no_grad(|| {
+            self.running_mean.shallow_clone().copy_(&mean);
+            self.running_var.shallow_clone().copy_(&var);
+        });
+        Tensor::f_cat(&outs, 0)
     }
 }
 
@@ -398,7 +434,7 @@ impl LayerModule {
                     non_linearity: nn::init::NonLinearity::ReLU,
                 };
                 m.weight = Some(lp.set_group(groups::WEIGHTS).f_var("weight", &[cout, cin / g as i64, k, k], init)?);
-                m.bn = Some(BatchNorm::new(&lp.sub("bn"), cout)?);
+                m.bn = Some(BatchNorm::new(&lp.sub("bn"), cout, options.bn_groups)?);
                 m.weight_quant = weight_quant(l, lp, options)?;
                 m.act = act_quant(l, relu, lp, options)?;
             }

@@ -13,6 +13,7 @@ use crate::cost::Evaluator;
 use crate::data::{Dataset, Loader, LoaderConfig};
 use crate::graph::{self, BitConfig, Network};
 use crate::train::checkpoint;
+use crate::train::dist::{self, ReduceStats, World};
 use crate::train::sgd::Sgd;
 use crate::train::CosineSchedule;
 use indicatif::{ProgressBar, ProgressStyle};
@@ -62,6 +63,9 @@ pub(super) struct Run<'a> {
     log_path: PathBuf,
     /// Sensitivity guidance (`--expansion sensitivity`), resolved to the slots.
     guide: Option<Guide>,
+    world: World,
+    reduce: ReduceStats,
+    step_seconds: f64,
 }
 
 /// [`super::Guidance`] resolved against the base network's slots.
@@ -170,11 +174,22 @@ impl<'a> Run<'a> {
             ckpt_path,
             log_path,
             guide,
+            world: dist::world(),
+            reduce: ReduceStats::default(),
+            step_seconds: 0.0,
         };
         if resuming {
             run.restore()?;
         }
-        write_log(&run.log_path, &run.log)?;
+        // Every rank starts from rank 0's supernet, whatever its own initialisation did.
+        let mut all: Vec<(String, Tensor)> = run.sn.vs.variables().into_iter().collect();
+        all.sort_by(|a, b| a.0.cmp(&b.0));
+        let mut tensors: Vec<Tensor> = all.into_iter().map(|(_, t)| t).collect();
+        tensors.extend(run.sn.logits.iter().map(|l| l.detach()));
+        dist::broadcast_tensors(&run.world, &tensors);
+        if run.world.is_root() {
+            write_log(&run.log_path, &run.log)?;
+        }
         Ok(run)
     }
 
@@ -207,6 +222,7 @@ impl<'a> Run<'a> {
         let (epoch, cfg) = (self.epoch, self.cfg);
         let tau = cfg.tau(epoch);
         let started = std::time::Instant::now();
+        let progress = progress && self.world.is_root();
         let bar = progress_bar(progress, self.data.per_epoch, epoch, cfg.epochs);
         let mut t = Tally::default();
         let params = self.sn.weight_params();
@@ -214,12 +230,21 @@ impl<'a> Run<'a> {
         let arch_epoch = epoch >= cfg.warmup_epochs;
         let data = std::rc::Rc::clone(&self.data);
         let batches = data.weights.epoch_batches(epoch as u64).zip(data.arch.epoch_batches(epoch as u64));
+        let buffers: Vec<Tensor> = {
+            let mut all: Vec<(String, Tensor)> = self.sn.vs.variables().into_iter().filter(|(_, v)| !v.requires_grad()).collect();
+            all.sort_by(|a, b| a.0.cmp(&b.0));
+            all.into_iter().map(|(_, v)| v).collect()
+        };
         for ((xw, yw), (xa, ya)) in batches.take(data.per_epoch) {
+            // The same on every rank: the sampled widths belong to the global step.
             tch::manual_seed(cfg.seed.wrapping_mul(7_919).wrapping_add(self.step as u64) as i64);
-            self.weight_step(&xw, &yw, tau, &params, &masks, &mut t)?;
+            let started = std::time::Instant::now();
+            let (xw, yw, share) = self.shard(&xw, &yw);
+            self.weight_step(&xw, &yw, tau, &params, &masks, share, &buffers, &mut t)?;
             self.step += 1;
             if arch_epoch {
-                self.arch_step(&xa, &ya, tau, &params, &mut t)?;
+                let (xa, ya, share) = self.shard(&xa, &ya);
+                self.arch_step(&xa, &ya, tau, &params, share, &buffers, &mut t)?;
                 bar.set_message(format!(
                     "τ {tau:.2} w-acc {:.1}% a-acc {:.1}%",
                     pct(t.weight_correct, t.seen),
@@ -229,12 +254,29 @@ impl<'a> Run<'a> {
                 bar.set_message(format!("τ {tau:.2} warm-up w-acc {:.1}%", pct(t.weight_correct, t.seen)));
             }
             bar.inc(1);
+            self.step_seconds += started.elapsed().as_secs_f64();
         }
         bar.finish_and_clear();
+        let mut sums = [t.weight_loss, t.weight_correct as f64, t.arch_loss, t.arch_correct as f64, t.seen as f64];
+        self.world.sum_f64(&mut sums);
+        (t.weight_loss, t.arch_loss) = (sums[0], sums[2]);
+        (t.weight_correct, t.arch_correct, t.seen) = (sums[1] as i64, sums[3] as i64, sums[4] as i64);
         self.end_epoch(t, tau, arch_epoch, started, progress)
     }
 
-    /// SGD on the supernet's weights through sampled widths, logits frozen.
+    /// This rank's rows of a global batch and their share of it (per-rank BatchNorm statistics
+    /// in the search: docs/distributed.md).
+    fn shard(&self, x: &Tensor, y: &Tensor) -> (Tensor, Tensor, f64) {
+        let total = y.size()[0] as usize;
+        let rows = self.world.shard(total);
+        let (start, len) = (rows.start as i64, rows.len() as i64);
+        (x.narrow(0, start, len), y.narrow(0, start, len), rows.len() as f64 / total.max(1) as f64)
+    }
+
+    /// SGD on the supernet's weights through sampled widths, logits frozen. `share` is this
+    /// rank's share of the global batch: its loss is scaled by it and the gradients (and the
+    /// BatchNorm running statistics `buffers`) all-reduced before the update.
+    #[allow(clippy::too_many_arguments)]
     fn weight_step(
         &mut self,
         x: &Tensor,
@@ -242,6 +284,8 @@ impl<'a> Run<'a> {
         tau: f64,
         params: &[(String, Tensor)],
         masks: &std::collections::BTreeMap<String, Tensor>,
+        share: f64,
+        buffers: &[Tensor],
         t: &mut Tally,
     ) -> Result<(), SearchError> {
         let out = self.sn.forward(x, true, Mode::Sample { tau }, true);
@@ -251,7 +295,13 @@ impl<'a> Run<'a> {
             return Err(SearchError::NonFinite { epoch: self.epoch });
         }
         Sgd::zero_grad(params);
-        loss.backward();
+        if self.world.size > 1 {
+            (loss * share).backward();
+            let p: Vec<Tensor> = params.iter().map(|(_, p)| p.shallow_clone()).collect();
+            dist::reduce_step(&self.world, &p, buffers, share, &mut self.reduce);
+        } else {
+            loss.backward();
+        }
         let wd = self.cfg.weight_decay;
         self.sgd.step_masked(params, self.sched.lr(self.step), |n| if n.ends_with(".alpha") { 1e-4 } else { wd }, masks);
         t.weight_loss += lv * y.size()[0] as f64;
@@ -260,9 +310,20 @@ impl<'a> Run<'a> {
         Ok(())
     }
 
-    /// Adam on the logits: cross-entropy + λ·L_k over every separable budget.
+    /// Adam on the logits: cross-entropy + λ·L_k over every separable budget (data-parallel as
+    /// [`Run::weight_step`], the logits' gradients all-reduced).
     #[allow(clippy::assign_op_pattern)] // `+=` on a tch Tensor is an in-place `add_`; the loss is built out of place
-    fn arch_step(&mut self, x: &Tensor, y: &Tensor, tau: f64, params: &[(String, Tensor)], t: &mut Tally) -> Result<(), SearchError> {
+    #[allow(clippy::too_many_arguments)]
+    fn arch_step(
+        &mut self,
+        x: &Tensor,
+        y: &Tensor,
+        tau: f64,
+        params: &[(String, Tensor)],
+        share: f64,
+        buffers: &[Tensor],
+        t: &mut Tally,
+    ) -> Result<(), SearchError> {
         let cfg = self.cfg;
         let out = self.sn.forward(x, true, Mode::Sample { tau }, false);
         let ce = out.cross_entropy_for_logits(y);
@@ -290,7 +351,12 @@ impl<'a> Run<'a> {
         }
         self.adam.zero_grad(&self.sn.logits);
         Sgd::zero_grad(params);
-        total.backward();
+        if self.world.size > 1 {
+            (total * share).backward();
+            dist::reduce_step(&self.world, &self.sn.logits, buffers, share, &mut self.reduce);
+        } else {
+            total.backward();
+        }
         self.adam.step(&self.sn.logits);
         t.arch_loss += ce.double_value(&[]) * y.size()[0] as f64;
         t.arch_correct += out.argmax(-1, false).eq_tensor(y).sum(Kind::Int64).int64_value(&[]);
@@ -357,8 +423,18 @@ impl<'a> Run<'a> {
             candidates: self.sn.slots.iter().map(|s| s.candidates.clone()).collect(),
             expansions: self.expansions.clone(),
         };
-        save(&self.ckpt_path, &meta, &self.sn, &self.adam, &self.sgd)?;
         self.log.push(entry);
+        if self.world.size > 1 && self.world.is_root() {
+            let line = self.reduce.summary(self.step_seconds);
+            tracing::info!("{} ranks: {line}", self.world.size);
+            if progress {
+                eprintln!("{} ranks: {line}", self.world.size);
+            }
+        }
+        if !self.world.is_root() {
+            return Ok(());
+        }
+        save(&self.ckpt_path, &meta, &self.sn, &self.adam, &self.sgd)?;
         write_log(&self.log_path, &self.log)
     }
 
@@ -406,6 +482,9 @@ impl<'a> Run<'a> {
             expansions: self.expansions,
         };
         let arch_path = cfg.out.join("arch.toml");
+        if !self.world.is_root() {
+            return Ok(SearchResult { arch, arch_path, log: self.log });
+        }
         arch.save(&arch_path).map_err(|e| SearchError::Invalid(e.to_string()))?;
         // Charts are a convenience: the architecture file is the result, so a missing font or
         // an unwritable chart is a warning, not a failed search.

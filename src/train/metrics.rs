@@ -32,3 +32,30 @@ pub fn read(path: &Path) -> std::io::Result<Vec<EpochMetrics>> {
         Err(e) => Err(e),
     }
 }
+
+/// One optimisation step's record in `steps.jsonl` (`--log-every`): the loss of the global
+/// batch, before the update.
+#[derive(Clone, Debug, Serialize, Deserialize, PartialEq)]
+pub struct StepRecord {
+    pub step: usize,
+    pub epoch: usize,
+    pub lr: f64,
+    pub loss: f64,
+}
+
+/// Appends `r` to `path`.
+pub fn append_step(path: &Path, r: &StepRecord) -> std::io::Result<()> {
+    let mut f = std::fs::OpenOptions::new().create(true).append(true).open(path)?;
+    writeln!(f, "{}", serde_json::to_string(r).map_err(std::io::Error::other)?)?;
+    f.flush()
+}
+
+/// The records of `path` (empty if it does not exist); a line cut short by a killed run is
+/// skipped.
+pub fn read_steps(path: &Path) -> std::io::Result<Vec<StepRecord>> {
+    match std::fs::read_to_string(path) {
+        Ok(s) => Ok(s.lines().filter_map(|l| serde_json::from_str(l).ok()).collect()),
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(vec![]),
+        Err(e) => Err(e),
+    }
+}

@@ -4,6 +4,7 @@
 //! metrics and atomic checkpoints from which `--resume` continues bit-identically.
 
 pub mod checkpoint;
+pub mod dist;
 pub mod metrics;
 pub mod schedule;
 pub mod sgd;

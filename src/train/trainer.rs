@@ -1,6 +1,7 @@
 //! The training loop.
 
 use super::checkpoint::{self, CheckpointError};
+use super::dist::{self, ReduceStats, World};
 use super::metrics::{self, EpochMetrics};
 use super::schedule::CosineSchedule;
 use super::sgd::Sgd;
@@ -62,6 +63,9 @@ pub struct TrainConfig {
     /// `--resume` continues as if nothing happened. For time-boxed sessions and tests.
     #[serde(default)]
     pub max_steps: Option<usize>,
+    /// Also log the loss of every N-th step to `steps.jsonl` (0 = no step log).
+    #[serde(default)]
+    pub log_every: usize,
     pub out: PathBuf,
 }
 
@@ -96,6 +100,7 @@ impl TrainConfig {
             val_images: None,
             widen_init: WidenInit::Random,
             max_steps: None,
+            log_every: 0,
             out,
         }
     }
@@ -117,6 +122,10 @@ impl TrainConfig {
 
     pub fn metrics_path(&self) -> PathBuf {
         self.out.join("metrics.jsonl")
+    }
+
+    pub fn steps_path(&self) -> PathBuf {
+        self.out.join("steps.jsonl")
     }
 }
 
@@ -346,17 +355,24 @@ fn load_dataset(cfg: &TrainConfig, split: Split) -> Result<Dataset, TrainError> 
 
 /// Test loss and accuracy of `model` over `loader`.
 pub fn evaluate(model: &Model, loader: &Loader) -> (f64, f64) {
-    let (mut loss, mut correct, mut seen) = (0.0, 0i64, 0i64);
+    evaluate_shared(model, loader, &World { rank: 0, size: 1 })
+}
+
+/// [`evaluate`] with the batches dealt out over the ranks of `world` (batch `i` to rank
+/// `i mod size`) and the sums all-reduced: every rank gets the whole loader's result.
+fn evaluate_shared(model: &Model, loader: &Loader, world: &World) -> (f64, f64) {
+    let mut sums = [0.0f64; 3];
     no_grad(|| {
-        for (x, y) in loader.epoch_batches(0) {
+        for (x, y) in loader.epoch_batches(0).skip(world.rank).step_by(world.size) {
             let logits = tch::nn::ModuleT::forward_t(model, &x, false);
             let n = y.size()[0];
-            loss += logits.cross_entropy_for_logits(&y).double_value(&[]) * n as f64;
-            correct += logits.argmax(-1, false).eq_tensor(&y).sum(Kind::Int64).int64_value(&[]);
-            seen += n;
+            sums[0] += logits.cross_entropy_for_logits(&y).double_value(&[]) * n as f64;
+            sums[1] += logits.argmax(-1, false).eq_tensor(&y).sum(Kind::Int64).int64_value(&[]) as f64;
+            sums[2] += n as f64;
         }
     });
-    (loss / seen.max(1) as f64, correct as f64 / seen.max(1) as f64)
+    world.sum_f64(&mut sums);
+    (sums[0] / sums[2].max(1.0), sums[1] / sums[2].max(1.0))
 }
 
 fn is_quantizer_param(name: &str) -> bool {
@@ -407,7 +423,15 @@ struct Trainer<'a> {
     sched: CosineSchedule,
     ckpt_path: PathBuf,
     metrics_path: PathBuf,
+    /// Shown on rank 0 only.
     progress: bool,
+    world: World,
+    /// BatchNorm groups of every global batch (the ranks split them evenly).
+    bn_groups: usize,
+    /// BatchNorm running statistics, averaged over the ranks after every step.
+    buffers: Vec<Tensor>,
+    reduce: ReduceStats,
+    step_seconds: f64,
 }
 
 impl<'a> Trainer<'a> {
@@ -422,9 +446,13 @@ impl<'a> Trainer<'a> {
         let test_ds = load_dataset(cfg, Split::Test)?;
         let net = graph::build(cfg.model, train_ds.shape, train_ds.classes, cfg.widths.as_deref(), &cfg.bit_config())?;
 
+        let world = dist::world();
+        let bn_groups = bn_groups(cfg.model_options.bn_groups, world.size);
+        // Each rank's model normalises its own share of the groups.
+        let local = crate::models::ModelOptions { bn_groups: bn_groups / world.size, ..cfg.model_options.clone() };
         tch::manual_seed(cfg.seed as i64);
         let vs = nn::VarStore::new(Device::Cpu);
-        let model = Model::new(&vs.root(), &net, &cfg.model_options).map_err(|e| TrainError::Model(e.to_string()))?;
+        let model = Model::new(&vs.root(), &net, &local).map_err(|e| TrainError::Model(e.to_string()))?;
         let meta = Meta { format: FORMAT, config: cfg.clone(), net, epoch: 0, batch: 0, step: 0, partial: Partial::default(), last: None };
         let train_loader = Loader::train(&train_ds, cfg.batch_size, cfg.seed, Device::Cpu)?;
         let test_loader = Loader::eval(&test_ds, 500, Device::Cpu)?;
@@ -443,7 +471,12 @@ impl<'a> Trainer<'a> {
             sched,
             ckpt_path: cfg.checkpoint_path(),
             metrics_path: cfg.metrics_path(),
-            progress,
+            progress: progress && world.is_root(),
+            world,
+            bn_groups,
+            buffers: Vec::new(),
+            reduce: ReduceStats::default(),
+            step_seconds: 0.0,
         };
         if resume && t.ckpt_path.is_file() {
             t.restore()?;
@@ -458,9 +491,12 @@ impl<'a> Trainer<'a> {
             }
         }
         t.teacher = cfg.teacher.as_deref().map(load_model).transpose()?;
-        let mut params: Vec<(String, Tensor)> = t.vs.variables().into_iter().filter(|(_, v)| v.requires_grad()).collect();
-        params.sort_by(|a, b| a.0.cmp(&b.0));
-        t.params = params;
+        let mut vars: Vec<(String, Tensor)> = t.vs.variables().into_iter().collect();
+        vars.sort_by(|a, b| a.0.cmp(&b.0));
+        // Every rank starts from rank 0's weights, whatever its own initialisation did.
+        dist::broadcast_tensors(&world, &vars.iter().map(|(_, v)| v.shallow_clone()).collect::<Vec<_>>());
+        t.buffers = vars.iter().filter(|(_, v)| !v.requires_grad()).map(|(_, v)| v.shallow_clone()).collect();
+        t.params = vars.into_iter().filter(|(_, v)| v.requires_grad()).collect();
         Ok((t, train_loader))
     }
 
@@ -472,6 +508,10 @@ impl<'a> Trainer<'a> {
         let mut want = cfg.clone();
         want.epochs = ck.meta.config.epochs;
         want.max_steps = ck.meta.config.max_steps;
+        // Threads change the speed, not the run (nor does the number of ranks, which is not
+        // recorded): a run may resume with other ones.
+        want.threads = ck.meta.config.threads;
+        want.log_every = ck.meta.config.log_every;
         if ck.meta.config != want {
             return Err(TrainError::Resume(format!(
                 "{} was written with a different configuration; use another --out or drop --resume",
@@ -484,13 +524,17 @@ impl<'a> Trainer<'a> {
         }
         self.meta = Meta { config: cfg.clone(), ..ck.meta };
         tracing::info!(epoch = self.meta.epoch, batch = self.meta.batch, "resumed from {}", path.display());
+        if !self.world.is_root() {
+            return Ok(());
+        }
         // Drop metrics of epochs after the checkpoint (written by a run killed later).
         let kept: Vec<EpochMetrics> = metrics::read(&self.metrics_path)
             .map_err(|source| TrainError::Io { file: self.metrics_path.clone(), source })?
             .into_iter()
             .filter(|m| m.epoch < self.meta.epoch)
             .collect();
-        rewrite_metrics(&self.metrics_path, &kept)
+        rewrite_metrics(&self.metrics_path, &kept)?;
+        self.rewrite_steps()
     }
 
     /// A fresh start: `--init` weights (leading slices where widths differ), empty metrics.
@@ -505,12 +549,36 @@ impl<'a> Trainer<'a> {
                 tracing::info!("{w} variables widened quietly (copied channels, BatchNorm scale 1e-3)");
             }
         }
-        rewrite_metrics(&self.metrics_path, &[])
+        if !self.world.is_root() {
+            return Ok(());
+        }
+        rewrite_metrics(&self.metrics_path, &[])?;
+        self.rewrite_steps()
     }
 
-    /// Writes `checkpoint.ot`, refusing diverged weights: the loss that reveals a NaN is
-    /// computed one step after the update that caused it, so a good checkpoint is never replaced.
+    /// Keeps the step log's records before the checkpoint (all of them are dropped on a fresh
+    /// start); without `--log-every` there is none.
+    fn rewrite_steps(&self) -> Result<(), TrainError> {
+        let path = self.cfg.steps_path();
+        if self.cfg.log_every == 0 && !path.exists() {
+            return Ok(());
+        }
+        let io = |source| TrainError::Io { file: path.clone(), source };
+        let mut text = String::new();
+        for r in metrics::read_steps(&path).map_err(io)?.into_iter().filter(|r| r.step < self.meta.step) {
+            text.push_str(&serde_json::to_string(&r).map_err(|e| io(std::io::Error::other(e)))?);
+            text.push('\n');
+        }
+        Ok(crate::fsutil::write_atomic(&path, text.as_bytes(), &Default::default())?)
+    }
+
+    /// Writes `checkpoint.ot` (rank 0 only), refusing diverged weights: the loss that reveals a
+    /// NaN is computed one step after the update that caused it, so a good checkpoint is never
+    /// replaced.
     fn save(&self) -> Result<(), TrainError> {
+        if !self.world.is_root() {
+            return Ok(());
+        }
         let finite = no_grad(|| self.vs.variables().values().all(|p| p.isfinite().all().int64_value(&[]) != 0));
         if !finite {
             return Err(TrainError::NonFinite {
@@ -564,24 +632,25 @@ impl<'a> Trainer<'a> {
         let mut lr = self.sched.lr(self.meta.step);
         for (i, (x, y)) in loader.epoch_batches(epoch as u64).enumerate().skip(self.meta.batch) {
             lr = self.sched.lr(self.meta.step);
-            // Seed per step: anything random in the forward pass is reproducible after resume.
+            // Seed per step (the same on every rank: the step, not the shard, owns the draws):
+            // anything random in the forward pass is reproducible after resume.
             tch::manual_seed(cfg.seed.wrapping_mul(1_000_003).wrapping_add(self.meta.step as u64) as i64);
-            let logits = nn::ModuleT::forward_t(&self.model, &x, true);
-            let (ce, loss) = self.loss(&x, &y, &logits);
-            let value = loss.double_value(&[]);
+            let step_started = Instant::now();
+            let (value, ce_sum, correct, n) = self.step(&x, &y, lr);
+            self.step_seconds += step_started.elapsed().as_secs_f64();
             if !value.is_finite() {
                 bar.abandon();
                 let checkpoint = self.ckpt_path.is_file().then(|| self.ckpt_path.clone());
                 return Err(TrainError::NonFinite { value, epoch, batch: i, checkpoint });
             }
-            Sgd::zero_grad(&self.params);
-            loss.backward();
-            let cfg = self.cfg;
-            self.sgd.step(&self.params, lr, |name| decay(cfg, name));
-            let n = y.size()[0] as u64;
-            p.loss_sum += ce.double_value(&[]) * n as f64;
-            p.correct += logits.argmax(-1, false).eq_tensor(&y).sum(Kind::Int64).int64_value(&[]) as u64;
+            p.loss_sum += ce_sum;
+            p.correct += correct;
             p.seen += n;
+            if cfg.log_every > 0 && self.meta.step.is_multiple_of(cfg.log_every) && self.world.is_root() {
+                let path = cfg.steps_path();
+                let r = metrics::StepRecord { step: self.meta.step, epoch, lr, loss: value };
+                metrics::append_step(&path, &r).map_err(|source| TrainError::Io { file: path, source })?;
+            }
             self.meta.step += 1;
             self.meta.batch = i + 1;
             let secs = p.seconds + started.elapsed().as_secs_f64();
@@ -606,7 +675,7 @@ impl<'a> Trainer<'a> {
         }
         let seconds = p.seconds + started.elapsed().as_secs_f64();
         bar.finish_and_clear();
-        let (test_loss, test_acc) = evaluate(&self.model, &self.test_loader);
+        let (test_loss, test_acc) = evaluate_shared(&self.model, &self.test_loader, &self.world);
         let m = EpochMetrics {
             epoch,
             lr,
@@ -642,8 +711,75 @@ impl<'a> Trainer<'a> {
         self.meta.partial = Partial::default();
         self.meta.last = Some(m.clone());
         self.save()?;
+        if self.world.size > 1 && self.world.is_root() {
+            let line = self.reduce.summary(self.step_seconds);
+            tracing::info!("{} ranks: {line}", self.world.size);
+            if self.progress {
+                eprintln!("{} ranks: {line}", self.world.size);
+            }
+        }
+        if !self.world.is_root() {
+            return Ok(());
+        }
         metrics::append(&self.metrics_path, m).map_err(|source| TrainError::Io { file: self.metrics_path.clone(), source })
     }
+
+    /// One optimisation step on this rank's share of the global batch `(x, y)`: forward,
+    /// backward of the loss scaled by the share, one all-reduce of the gradients (and BatchNorm
+    /// running statistics), SGD. Returns the global batch's loss (NaN skips the update), its
+    /// summed cross-entropy, correct predictions and size.
+    fn step(&mut self, x: &Tensor, y: &Tensor, lr: f64) -> (f64, f64, u64, u64) {
+        let total = y.size()[0] as usize;
+        let rows = self.rows(total);
+        let (x, y) = (x.narrow(0, rows.start as i64, rows.len() as i64), y.narrow(0, rows.start as i64, rows.len() as i64));
+        let n = rows.len() as f64;
+        let logits = nn::ModuleT::forward_t(&self.model, &x, true);
+        let (ce, loss) = self.loss(&x, &y, &logits);
+        let correct = logits.argmax(-1, false).eq_tensor(&y).sum(Kind::Int64).int64_value(&[]) as f64;
+        let mut sums = [loss.double_value(&[]) * n, ce.double_value(&[]) * n, correct];
+        self.world.sum_f64(&mut sums);
+        let value = if self.world.size > 1 { sums[0] / total as f64 } else { loss.double_value(&[]) };
+        if value.is_finite() {
+            Sgd::zero_grad(&self.params);
+            let share = n / total as f64;
+            if self.world.size > 1 {
+                (loss * share).backward();
+                let params: Vec<Tensor> = self.params.iter().map(|(_, p)| p.shallow_clone()).collect();
+                dist::reduce_step(&self.world, &params, &self.buffers, share, &mut self.reduce);
+            } else {
+                loss.backward();
+            }
+            let cfg = self.cfg;
+            self.sgd.step(&self.params, lr, |name| decay(cfg, name));
+        }
+        (value, sums[1], sums[2] as u64, total as u64)
+    }
+
+    /// This rank's rows of a global batch of `total`: the rows of its share of the BatchNorm
+    /// groups, so that a run over any number of ranks dividing `bn_groups` computes the same.
+    fn rows(&self, total: usize) -> std::ops::Range<usize> {
+        let groups = self.world.shard(self.bn_groups);
+        if groups.is_empty() {
+            return 0..0;
+        }
+        let first = dist::shard(total, groups.start, self.bn_groups);
+        let last = dist::shard(total, groups.end - 1, self.bn_groups);
+        first.start..last.end
+    }
+}
+
+/// The BatchNorm groups of a run asked for `want` over `ranks` ranks: `want` when the ranks
+/// divide it (each rank normalises `want / ranks` of them, and the run computes what one
+/// process with `--bn-groups want` computes), otherwise one per rank (per-rank statistics).
+fn bn_groups(want: usize, ranks: usize) -> usize {
+    let want = want.max(1);
+    if want.is_multiple_of(ranks) {
+        return want;
+    }
+    tracing::warn!(
+        "BatchNorm statistics are per rank ({ranks} groups per batch), not the {want} of --bn-groups: pass --bn-groups {ranks} (or a multiple) so that the run does not depend on the number of ranks"
+    );
+    ranks
 }
 
 fn resume_loaded(meta: &Meta) -> bool {
