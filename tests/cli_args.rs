@@ -42,7 +42,7 @@ fn search_sensitivity_and_pipeline_reject_out_of_range_values() {
     usage_error(&["search", "--profile", p, "--arch-lr", "-0.1"], "--arch-lr");
     usage_error(&["search", "--profile", p, "--test-subset", "0"], "--test-subset");
     usage_error(&["search", "--profile", p, "--threads", "99999"], "--threads");
-    usage_error(&["sensitivity", "examples/resnet20-w2a2-fashion.ot", "--test-subset", "0"], "--test-subset");
+    usage_error(&["sensitivity", "examples/resnet20-w2a2-fashion.ot", "--val-images", "0"], "--val-images");
     usage_error(&["pipeline", "--profile", p, "--threads", "5000"], "--threads");
 }
 

@@ -50,7 +50,7 @@ esac
 case $STEP in
   final|all)
     [ -f "$OUT/sensitivity/sensitivity.csv" ] || \
-      $nce sensitivity $FP32 --test-subset 1000 --threads "$THREADS" --out "$OUT/sensitivity" &
+      $nce sensitivity $FP32 --val-images 1000 --threads "$THREADS" --out "$OUT/sensitivity" &
     for seed in $SEEDS; do
       final uniform "$seed" & final nce "$seed" --arch "$OUT/nce/arch.toml" &
       # A search that kept every base width is the uniform network: same run, not repeated.
