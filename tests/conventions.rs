@@ -226,7 +226,19 @@ fn no_spurious_runtime_dir_error() {
 #[test]
 fn sensitivity_prints_its_result_once() {
     let out = tempfile::tempdir().unwrap();
-    let args = ["sensitivity", "examples/resnet20-fp32-fashion.ot", "--val-images", "20", "--fisher-batches", "1", "--calib-batch", "16", "--threads", "1", "-o"];
+    let args = [
+        "sensitivity",
+        "examples/resnet20-fp32-fashion.ot",
+        "--val-images",
+        "20",
+        "--fisher-batches",
+        "1",
+        "--calib-batch",
+        "16",
+        "--threads",
+        "1",
+        "-o",
+    ];
     let o = nce_in(&repo(), &[&args[..], &[s(out.path())]].concat());
     assert!(o.status.success(), "{}", stderr(&o));
     assert_eq!(stdout(&o).matches("layer1.0.conv_b").count(), 1, "{}", stdout(&o));

@@ -40,13 +40,13 @@ const MNV2_MODEL: &str = "examples/mobilenetv2-w2a2-fashion.nce";
 
 #[test]
 fn engine_matches_the_simulation_on_every_layer() {
-    engine_matches_simulation(MODEL, CKPT, 300);
+    engine_matches_simulation(MODEL, CKPT, 120);
 }
 
 #[test]
 fn mobilenet_engine_matches_the_simulation_on_every_layer() {
     // Its depthwise convs run the depthwise kernels of every CPU path.
-    engine_matches_simulation(MNV2_MODEL, MNV2_CKPT, 100);
+    engine_matches_simulation(MNV2_MODEL, MNV2_CKPT, 50);
 }
 
 fn engine_matches_simulation(model: &str, ckpt: &str, images: usize) {
