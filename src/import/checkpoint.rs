@@ -15,7 +15,7 @@ pub struct CheckpointMeta<'a> {
     pub data: &'a str,
     pub data_root: &'a Path,
     /// Training images (`[N, C, H, W]` in [0, 1]) on which the BatchNorms of folded convs get
-    /// statistics (see [`estimate_folded_bn`]); `None` keeps them the identity.
+    /// statistics (see `estimate_folded_bn`); `None` keeps them the identity.
     pub calibration: Option<&'a Tensor>,
 }
 

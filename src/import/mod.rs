@@ -1,12 +1,12 @@
 //! `nce import`: a trained FP32 CNN from an ONNX file into nce's layer graph and an FP32
 //! checkpoint (`docs/import.md`).
 //!
-//! - [`onnx`] decodes the protobuf (the prost messages of `engine::onnx::proto`), checks the
+//! - `onnx` decodes the protobuf (the prost messages of `engine::onnx::proto`), checks the
 //!   opset, reads the initialisers and orders the nodes;
-//! - [`lower`] walks the nodes into the graph IR: Conv (+ BatchNormalization, + Relu or
+//! - `lower` walks the nodes into the graph IR: Conv (+ BatchNormalization, + Relu or
 //!   Clip(0, 6)) becomes one conv layer, Add, MaxPool, GlobalAveragePool, and a final
 //!   Gemm / MatMul(+Add) classifier; Flatten, Reshape to 2-D, Identity and Dropout vanish;
-//! - [`slots`] derives the width slots (convs meeting at an Add share one, depthwise convs
+//! - `slots` derives the width slots (convs meeting at an Add share one, depthwise convs
 //!   follow their input, the classifier is fixed).
 //!
 //! The result is a [`ModelKind::Imported`] carrying the graph, so every command that reads a

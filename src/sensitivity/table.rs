@@ -98,7 +98,7 @@ pub fn write(path: &Path, layers: &[LayerSensitivity], fp32_acc: f64, w2a2_acc: 
         .map_err(|e| TableError::Invalid { file: path.into(), msg: e.to_string() })
 }
 
-/// Reads a table written by [`write`] (or by older versions, without the `fit` and accuracy
+/// Reads a table written by [`write()`] (or by older versions, without the `fit` and accuracy
 /// columns).
 pub fn read(path: &Path) -> Result<Vec<LayerSensitivity>, TableError> {
     let csv_err = |source| TableError::Csv { file: path.into(), source };
