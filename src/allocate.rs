@@ -29,7 +29,7 @@
 //! 8-bit stem, which `nce sensitivity` does not measure) keep their starting width.
 
 use crate::cost::{self, CostError, Evaluator};
-use crate::graph::arch::{ArchBudget, ArchCost, ArchError, ArchFile, ArchLayer};
+use crate::graph::arch::{ArchError, ArchFile, ArchLayer};
 use crate::graph::{self, BitConfig, GraphError, ModelKind, Network, Shape};
 use crate::hw::ProfileError;
 use crate::sensitivity::{slots, table, Measure, TableError};
@@ -329,7 +329,7 @@ fn arch_file(
 ) -> Result<ArchFile, AllocateError> {
     let net = graph::build(cfg.model, cfg.input, cfg.classes, Some(widths), bits)?;
     let report = eval.evaluate(&net, base)?;
-    let base_report = eval.evaluate(base, base)?;
+    let (costs, budgets) = report.arch_entries(&eval.evaluate(base, base)?);
     let name_of = |s: usize| base.layers.iter().find(|l| l.width_slot == Some(s)).map_or_else(|| format!("slot{s}"), |l| l.name.clone());
     Ok(ArchFile {
         model: cfg.model,
@@ -346,13 +346,8 @@ fn arch_file(
         layers: (0..widths.len())
             .map(|s| ArchLayer { name: name_of(s), base: base.widths[s], width: widths[s], candidates: vec![widths[s]], probs: vec![1.0] })
             .collect(),
-        costs: report
-            .metrics
-            .iter()
-            .zip(&base_report.metrics)
-            .map(|(m, b)| ArchCost { plugin: m.plugin.clone(), metric: m.metric.clone(), value: m.total, base: b.total })
-            .collect(),
-        budgets: report.budgets.iter().map(|b| ArchBudget { metric: b.metric.clone(), value: b.value, max: b.max, pass: b.pass }).collect(),
+        costs,
+        budgets,
         expansions: Vec::new(),
     })
 }

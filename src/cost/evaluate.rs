@@ -59,6 +59,28 @@ pub struct CostReport {
 }
 
 impl CostReport {
+    /// The report as an `arch.toml` records it: every metric's total beside `base`'s (the
+    /// base network's report, same metrics in the same order), and the budget verdicts.
+    pub fn arch_entries(&self, base: &CostReport) -> (Vec<crate::graph::arch::ArchCost>, Vec<crate::graph::arch::ArchBudget>) {
+        let costs = self
+            .metrics
+            .iter()
+            .zip(&base.metrics)
+            .map(|(m, b)| crate::graph::arch::ArchCost {
+                plugin: m.plugin.clone(),
+                metric: m.metric.clone(),
+                value: m.total,
+                base: b.total,
+            })
+            .collect();
+        let budgets = self
+            .budgets
+            .iter()
+            .map(|b| crate::graph::arch::ArchBudget { metric: b.metric.clone(), value: b.value, max: b.max, pass: b.pass })
+            .collect();
+        (costs, budgets)
+    }
+
     pub fn passes(&self) -> bool {
         self.budgets.iter().all(|b| b.pass)
     }

@@ -4,7 +4,7 @@
 //! architecture file).
 
 use super::adam::Adam;
-use super::derive::{self, ArchBudget, ArchCost, ArchFile, ArchLayer};
+use super::derive::{self, ArchFile, ArchLayer};
 use super::space::{self, Expansion, SpaceConfig};
 use super::supernet::{Mode, Supernet};
 use super::{accuracy, bind_budgets, bit_config, cost, load_split, plots, read_log, restore, save, write_log};
@@ -443,7 +443,7 @@ impl<'a> Run<'a> {
         let cfg = self.cfg;
         let probs = self.sn.probs();
         let (widths, repaired, report, derivation) = self.derive(&probs)?;
-        let base_report = self.eval.evaluate(&self.base, &self.base)?;
+        let (costs, budgets) = report.arch_entries(&self.eval.evaluate(&self.base, &self.base)?);
         let layers = self
             .sn
             .slots
@@ -468,17 +468,8 @@ impl<'a> Run<'a> {
             derivation,
             repaired,
             layers,
-            costs: report
-                .metrics
-                .iter()
-                .zip(&base_report.metrics)
-                .map(|(m, b)| ArchCost { plugin: m.plugin.clone(), metric: m.metric.clone(), value: m.total, base: b.total })
-                .collect(),
-            budgets: report
-                .budgets
-                .iter()
-                .map(|b| ArchBudget { metric: b.metric.clone(), value: b.value, max: b.max, pass: b.pass })
-                .collect(),
+            costs,
+            budgets,
             expansions: self.expansions,
         };
         let arch_path = cfg.out.join("arch.toml");
