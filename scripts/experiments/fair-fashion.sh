@@ -127,7 +127,7 @@ BATCH=$(val batch_size); WD=$(val weight_decay)
 mkdir -p "$OUT/bin"
 # NCE_BIN: another build of the binary (the tests use their debug one).
 BIN=${NCE_BIN:-target/release/nce}
-[ -n "${NCE_BIN:-}" ] || [ -x "$BIN" ] || cargo build --release --quiet
+[ -n "${NCE_BIN:-}" ] || cargo build --release --quiet # incremental: a no-op when up to date, never a stale binary
 # Run a copy so rebuilding the tree never touches a running experiment.
 cp "$BIN" "$OUT/bin/nce.new" && mv "$OUT/bin/nce.new" "$OUT/bin/nce"
 nce() { nice -n 19 "$OUT/bin/nce" "$@"; }

@@ -38,7 +38,7 @@ STAGES=${STAGES:-restore sensitivity probes report}
 BIN=${NCE_BIN:-target/release/nce}
 export OMP_WAIT_POLICY=PASSIVE
 
-[ -x "$BIN" ] || cargo build --release --quiet
+[ -n "${NCE_BIN:-}" ] || cargo build --release --quiet # incremental: never a stale binary
 mkdir -p "$OUT/bin" "$KEEP"
 cp "$BIN" "$OUT/bin/nce.new" && mv "$OUT/bin/nce.new" "$OUT/bin/nce"
 nce() { nice -n 19 "$OUT/bin/nce" "$@"; }
