@@ -288,6 +288,54 @@ pub(crate) fn broadcast_tensors(world: &World, tensors: &[Tensor]) {
     });
 }
 
+/// The BatchNorm running statistics of a step split into gradient shards: every shard starts
+/// from the step's statistics, and the step ends with their sum weighted by the shards' shares
+/// (summed in shard order, as an all-reduce over that many ranks sums them). Inactive with one
+/// shard: the forward pass updates the statistics itself.
+pub(crate) struct ShardStats {
+    start: Vec<Tensor>,
+    sum: Option<Vec<Tensor>>,
+}
+
+impl ShardStats {
+    pub(crate) fn new(buffers: &[Tensor], shards: usize) -> ShardStats {
+        let start = if shards > 1 { no_grad(|| buffers.iter().map(|b| b.detach().copy()).collect()) } else { Vec::new() };
+        ShardStats { start, sum: None }
+    }
+
+    pub(crate) fn start_shard(&self, buffers: &[Tensor]) {
+        no_grad(|| {
+            for (b, s) in buffers.iter().zip(&self.start) {
+                b.shallow_clone().copy_(s);
+            }
+        });
+    }
+
+    pub(crate) fn end_shard(&mut self, buffers: &[Tensor], share: f64) {
+        if self.start.is_empty() {
+            return;
+        }
+        no_grad(|| {
+            let weighted = buffers.iter().map(|b| b.detach().reshape([-1]) * share);
+            self.sum = Some(match self.sum.take() {
+                None => weighted.collect(),
+                Some(acc) => acc.iter().zip(weighted).map(|(a, w)| a + w).collect(),
+            });
+        });
+    }
+
+    /// Sets the buffers to the weighted sum; whether there was one (several shards).
+    pub(crate) fn finish(self, buffers: &[Tensor]) -> bool {
+        let Some(sum) = self.sum else { return false };
+        no_grad(|| {
+            for (b, s) in buffers.iter().zip(&sum) {
+                b.shallow_clone().copy_(&s.view_as(b));
+            }
+        });
+        true
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

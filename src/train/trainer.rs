@@ -760,7 +760,7 @@ impl<'a> Trainer<'a> {
         Sgd::zero_grad(&self.params);
         let mut sums = [0.0; 3];
         let mut whole = f64::NAN;
-        let mut stats = ShardStats::new(&self.buffers, self.shards);
+        let mut stats = dist::ShardStats::new(&self.buffers, self.shards);
         for k in 0..self.shards {
             let rows = dist::group_rows(total, self.bn_groups, self.world.rank * self.shards + k, parts);
             let (x, y) = (x.narrow(0, rows.start as i64, rows.len() as i64), y.narrow(0, rows.start as i64, rows.len() as i64));
@@ -803,54 +803,6 @@ impl<'a> Trainer<'a> {
         let first = dist::group_rows(total, self.bn_groups, self.world.rank * self.shards, parts);
         let last = dist::group_rows(total, self.bn_groups, (self.world.rank + 1) * self.shards - 1, parts);
         (last.end - first.start) as f64 / total as f64
-    }
-}
-
-/// The BatchNorm running statistics of a step split into gradient shards: every shard starts
-/// from the step's statistics, and the step ends with their sum weighted by the shards' shares
-/// (summed in shard order, as an all-reduce over that many ranks sums them). Inactive with one
-/// shard: the forward pass updates the statistics itself.
-struct ShardStats {
-    start: Vec<Tensor>,
-    sum: Option<Vec<Tensor>>,
-}
-
-impl ShardStats {
-    fn new(buffers: &[Tensor], shards: usize) -> ShardStats {
-        let start = if shards > 1 { no_grad(|| buffers.iter().map(|b| b.detach().copy()).collect()) } else { Vec::new() };
-        ShardStats { start, sum: None }
-    }
-
-    fn start_shard(&self, buffers: &[Tensor]) {
-        no_grad(|| {
-            for (b, s) in buffers.iter().zip(&self.start) {
-                b.shallow_clone().copy_(s);
-            }
-        });
-    }
-
-    fn end_shard(&mut self, buffers: &[Tensor], share: f64) {
-        if self.start.is_empty() {
-            return;
-        }
-        no_grad(|| {
-            let weighted = buffers.iter().map(|b| b.detach().reshape([-1]) * share);
-            self.sum = Some(match self.sum.take() {
-                None => weighted.collect(),
-                Some(acc) => acc.iter().zip(weighted).map(|(a, w)| a + w).collect(),
-            });
-        });
-    }
-
-    /// Sets the buffers to the weighted sum; whether there was one (several shards).
-    fn finish(self, buffers: &[Tensor]) -> bool {
-        let Some(sum) = self.sum else { return false };
-        no_grad(|| {
-            for (b, s) in buffers.iter().zip(&sum) {
-                b.shallow_clone().copy_(&s.view_as(b));
-            }
-        });
-        true
     }
 }
 
