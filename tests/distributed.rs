@@ -3,7 +3,8 @@
 //! gradient shards (`--grad-shards 2`, the same BatchNorm groups): the same losses, bit for bit,
 //! at every one of 30 steps; a rank killed with SIGKILL stops the whole job at once without
 //! damaging the checkpoint, and rerunning the same command resumes and ends exactly where the
-//! uninterrupted run ended. Without MPI: two gradient shards compute what one batch with the
+//! uninterrupted run ended. `mpirun -np 2 nce search` and `nce search --grad-shards 2` log the
+//! same epochs and expansions, bit for bit, and write the same `arch.toml`. Without MPI: two gradient shards compute what one batch with the
 //! same BatchNorm groups computes, up to floating-point summation order.
 //!
 //! The MPI test needs the `mpi` feature and Open MPI's `mpirun`:
@@ -24,6 +25,11 @@ const STEPS: usize = 30;
 /// The first epoch of [`TRAIN`], cut to 4 steps.
 const SHORT: &str = "train --model resnet20 --data fashion-mnist --bits 2 --epochs 1 --batch-size 16 --train-subset 64 \
                      --test-subset 100 --bn-groups 2 --seed 5 --log-every 1 --quiet";
+
+/// 2 epochs of 4 weight and 4 architecture steps of 16 images, a threshold that some slots pass
+/// in the first epoch and others only in the second.
+const SEARCH: &str = "search --profile hw-profiles/nce-flops-params.toml --epochs 2 --train-subset 128 --test-subset 100 \
+                      --val-subset 16 --batch-size 16 --seed 0 --arch-lr 0.01 --threshold 0.345 --bn-groups 2 --quiet";
 
 fn mpirun() -> Option<PathBuf> {
     std::env::var_os("PATH")?.to_str()?.split(':').map(|d| Path::new(d).join("mpirun")).find(|p| p.is_file())
@@ -170,4 +176,32 @@ fn two_gradient_shards_compute_one_batch_with_two_bn_groups() {
     let (ra, rb) = (results(&whole), results(&shards));
     let rel = (ra[0][2] - rb[0][2]).abs() / ra[0][2];
     assert!(rel < 1e-5, "test loss {} vs {} ({rel:.1e} relative)", ra[0][2], rb[0][2]);
+}
+
+#[test]
+fn two_search_ranks_follow_one_process_of_two_gradient_shards() {
+    if !cfg!(feature = "mpi") || mpirun().is_none() {
+        eprintln!("skipped: needs the `mpi` feature and `mpirun` (cargo test --features mpi --test distributed)");
+        return;
+    }
+    let dir = tempfile::tempdir().unwrap();
+    let (one, two) = (dir.path().join("one"), dir.path().join("two"));
+    run(command_of(SEARCH, 1, 1, &one, &["--grad-shards", "2"]));
+    run(command_of(SEARCH, 2, 1, &two, &[]));
+    let log = |out: &Path| -> Vec<serde_json::Value> {
+        let text = std::fs::read_to_string(out.join("search.jsonl")).unwrap();
+        text.lines()
+            .map(|l| {
+                let mut v: serde_json::Value = serde_json::from_str(l).unwrap();
+                v.as_object_mut().unwrap().remove("seconds");
+                v
+            })
+            .collect()
+    };
+    let (a, b) = (log(&one), log(&two));
+    assert_eq!(a, b, "search logs (losses, probabilities, widths, expansions)");
+    let events: Vec<usize> = a.iter().map(|e| e["expansions"].as_array().unwrap().len()).collect();
+    assert!(events.iter().all(|&n| n > 0) && events[0] < a[0]["widths"].as_array().unwrap().len(), "expansions per epoch: {events:?}");
+    let arch = |out: &Path| std::fs::read_to_string(out.join("arch.toml")).unwrap();
+    assert_eq!(arch(&one), arch(&two), "arch.toml");
 }
