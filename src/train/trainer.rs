@@ -552,12 +552,8 @@ impl<'a> Trainer<'a> {
             return Ok(());
         }
         // Drop metrics of epochs after the checkpoint (written by a run killed later).
-        let kept: Vec<EpochMetrics> = metrics::read(&self.metrics_path)
-            .map_err(|source| TrainError::Io { file: self.metrics_path.clone(), source })?
-            .into_iter()
-            .filter(|m| m.epoch < self.meta.epoch)
-            .collect();
-        rewrite_metrics(&self.metrics_path, &kept)?;
+        let epoch = self.meta.epoch;
+        keep_log_lines::<EpochMetrics>(&self.metrics_path, |m| m.epoch < epoch)?;
         self.rewrite_steps()
     }
 
@@ -576,7 +572,7 @@ impl<'a> Trainer<'a> {
         if !self.world.is_root() {
             return Ok(());
         }
-        rewrite_metrics(&self.metrics_path, &[])?;
+        keep_log_lines::<EpochMetrics>(&self.metrics_path, |_| false)?;
         self.rewrite_steps()
     }
 
@@ -587,13 +583,8 @@ impl<'a> Trainer<'a> {
         if self.cfg.log_every == 0 && !path.exists() {
             return Ok(());
         }
-        let io = |source| TrainError::Io { file: path.clone(), source };
-        let mut text = String::new();
-        for r in metrics::read_steps(&path).map_err(io)?.into_iter().filter(|r| r.step < self.meta.step) {
-            text.push_str(&serde_json::to_string(&r).map_err(|e| io(std::io::Error::other(e)))?);
-            text.push('\n');
-        }
-        Ok(crate::fsutil::write_atomic(&path, text.as_bytes(), &Default::default())?)
+        let step = self.meta.step;
+        keep_log_lines::<metrics::StepRecord>(&path, |r| r.step < step)
     }
 
     /// Writes `checkpoint.ot` (rank 0 only), refusing diverged weights: the loss that reveals a
@@ -863,12 +854,44 @@ pub fn mse_clip(x: &Tensor, qmax: f64) -> f64 {
     best.1
 }
 
-fn rewrite_metrics(path: &Path, kept: &[EpochMetrics]) -> Result<(), TrainError> {
-    let io = |source| TrainError::Io { file: path.into(), source };
-    let mut text = String::new();
-    for m in kept {
-        text.push_str(&serde_json::to_string(m).map_err(|e| io(std::io::Error::other(e)))?);
-        text.push('\n');
+/// Rewrites the JSON-lines log `path`, keeping the lines whose record `keep` accepts, verbatim
+/// (a line cut short by a killed run does not parse and is dropped). Verbatim because
+/// serde_json's default float parsing is not exact to the last bit: re-serialising the parsed
+/// records moved some logged losses by one ulp, so a resumed run's log differed from an
+/// uninterrupted one's.
+fn keep_log_lines<T: serde::de::DeserializeOwned>(path: &Path, keep: impl Fn(&T) -> bool) -> Result<(), TrainError> {
+    let text = match std::fs::read_to_string(path) {
+        Ok(text) => text,
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => String::new(),
+        Err(source) => return Err(TrainError::Io { file: path.into(), source }),
+    };
+    let mut kept = String::new();
+    for line in text.lines().filter(|l| serde_json::from_str::<T>(l).is_ok_and(|r| keep(&r))) {
+        kept.push_str(line);
+        kept.push('\n');
     }
-    Ok(crate::fsutil::write_atomic(path, text.as_bytes(), &Default::default())?)
+    Ok(crate::fsutil::write_atomic(path, kept.as_bytes(), &Default::default())?)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// A loss logged by a 2-rank run whose parse and re-serialisation by serde_json ends one ulp
+    /// away (…4854 came back as …486); the kept lines must stay as they were.
+    #[test]
+    fn kept_log_lines_are_verbatim() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("steps.jsonl");
+        let lines = [
+            r#"{"step":3,"epoch":0,"lr":0.013333333333333334,"loss":2.2215349674224854}"#,
+            r#"{"step":8,"epoch":0,"lr":0.030000000000000002,"loss":2.845138907432556}"#,
+            r#"{"step":9,"epoch":0,"lr":0.0333"#,
+        ];
+        std::fs::write(&path, lines.join("\n")).unwrap();
+        keep_log_lines::<metrics::StepRecord>(&path, |r| r.step < 9).unwrap();
+        assert_eq!(std::fs::read_to_string(&path).unwrap(), format!("{}\n{}\n", lines[0], lines[1]));
+        keep_log_lines::<metrics::StepRecord>(&path, |r| r.step < 5).unwrap();
+        assert_eq!(std::fs::read_to_string(&path).unwrap(), format!("{}\n", lines[0]));
+    }
 }
