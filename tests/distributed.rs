@@ -1,13 +1,14 @@
 //! Data-parallel training under `mpirun` (docs/distributed.md): two ranks of one thread each
-//! take the steps of one process of two threads with the same global batch, seed and BatchNorm
-//! groups (the first steps' losses agree; later ones drift apart through floating-point chaos,
-//! as they do between one process on one thread and on two, so only the first three are
-//! compared), a rank killed with SIGKILL stops the whole job at once without damaging the
-//! checkpoint, and rerunning the same command resumes and ends exactly where the uninterrupted
-//! run ended.
+//! take exactly the steps of one process of one thread that splits every batch into two
+//! gradient shards (`--grad-shards 2`, the same BatchNorm groups): the same losses, bit for bit,
+//! at every one of 30 steps; a rank killed with SIGKILL stops the whole job at once without
+//! damaging the checkpoint, and rerunning the same command resumes and ends exactly where the
+//! uninterrupted run ended. `mpirun -np 2 nce search` and `nce search --grad-shards 2` log the
+//! same epochs and expansions, bit for bit, and write the same `arch.toml`. Without MPI: two gradient shards compute what one batch with the
+//! same BatchNorm groups computes, up to floating-point summation order.
 //!
-//! Needs the `mpi` feature and Open MPI's `mpirun`: `cargo test --features mpi --test distributed`.
-//! Without either, the test says so and passes.
+//! The MPI test needs the `mpi` feature and Open MPI's `mpirun`:
+//! `cargo test --features mpi --test distributed`. Without either, it says so and passes.
 #![cfg(all(feature = "cli", feature = "train"))]
 
 use nce::train::metrics::StepRecord;
@@ -16,10 +17,19 @@ use std::path::{Path, PathBuf};
 use std::process::{Command, Output, Stdio};
 use std::time::{Duration, Instant};
 
-/// 2 steps of 64 images per epoch, 2 epochs, a checkpoint and a logged loss every step, ghost
-/// BatchNorm over the two halves of each batch (what each rank normalises).
-const TRAIN: &str = "train --model resnet20 --data fashion-mnist --bits 2 --epochs 2 --batch-size 64 --train-subset 128 \
-                     --test-subset 100 --bn-groups 2 --seed 5 --checkpoint-every 1 --log-every 1 --quiet";
+/// 15 steps of 16 images per epoch, 2 epochs, a checkpoint every 5 steps and a logged loss every
+/// step, ghost BatchNorm over the two halves of each batch (what each rank normalises).
+const TRAIN: &str = "train --model resnet20 --data fashion-mnist --bits 2 --epochs 2 --batch-size 16 --train-subset 240 \
+                     --test-subset 100 --bn-groups 2 --seed 5 --checkpoint-every 5 --log-every 1 --quiet";
+const STEPS: usize = 30;
+/// The first epoch of [`TRAIN`], cut to 4 steps.
+const SHORT: &str = "train --model resnet20 --data fashion-mnist --bits 2 --epochs 1 --batch-size 16 --train-subset 64 \
+                     --test-subset 100 --bn-groups 2 --seed 5 --log-every 1 --quiet";
+
+/// 2 epochs of 4 weight and 4 architecture steps of 16 images, a threshold that some slots pass
+/// in the first epoch and others only in the second.
+const SEARCH: &str = "search --profile hw-profiles/nce-flops-params.toml --epochs 2 --train-subset 128 --test-subset 100 \
+                      --val-subset 16 --batch-size 16 --seed 0 --arch-lr 0.01 --threshold 0.345 --bn-groups 2 --quiet";
 
 fn mpirun() -> Option<PathBuf> {
     std::env::var_os("PATH")?.to_str()?.split(':').map(|d| Path::new(d).join("mpirun")).find(|p| p.is_file())
@@ -27,6 +37,10 @@ fn mpirun() -> Option<PathBuf> {
 
 /// `nce TRAIN --threads T --out OUT [extra]`, as one process or under `mpirun -np 2`.
 fn command(ranks: usize, threads: usize, out: &Path, extra: &[&str]) -> Command {
+    command_of(TRAIN, ranks, threads, out, extra)
+}
+
+fn command_of(train: &str, ranks: usize, threads: usize, out: &Path, extra: &[&str]) -> Command {
     let nce = env!("CARGO_BIN_EXE_nce");
     let mut c = if ranks > 1 {
         let mut c = Command::new(mpirun().expect("checked by the caller"));
@@ -35,7 +49,7 @@ fn command(ranks: usize, threads: usize, out: &Path, extra: &[&str]) -> Command 
     } else {
         Command::new(nce)
     };
-    c.args(TRAIN.split_whitespace()).args(["--threads", &threads.to_string(), "--out"]).arg(out).args(extra);
+    c.args(train.split_whitespace()).args(["--threads", &threads.to_string(), "--out"]).arg(out).args(extra);
     // Containers often run as root and forbid the cross-process copy Open MPI tries first.
     // Passive OpenMP waits: spinning threads of two processes on shared cores slow both.
     c.env("OMP_WAIT_POLICY", "PASSIVE");
@@ -51,6 +65,11 @@ fn run(mut c: Command) -> Output {
 
 fn metrics(out: &Path) -> Vec<EpochMetrics> {
     std::fs::read_to_string(out.join("metrics.jsonl")).unwrap().lines().map(|l| serde_json::from_str(l).unwrap()).collect()
+}
+
+/// Train and test loss and accuracy of every epoch (not its timing).
+fn results(out: &Path) -> Vec<[f64; 4]> {
+    metrics(out).iter().map(|m| [m.train_loss, m.train_acc, m.test_loss, m.test_acc]).collect()
 }
 
 fn steps(out: &Path) -> Vec<StepRecord> {
@@ -91,16 +110,16 @@ fn two_ranks_follow_one_process_and_resume_after_a_rank_is_killed() {
     }
     let dir = tempfile::tempdir().unwrap();
     let (one, two, killed) = (dir.path().join("one"), dir.path().join("two"), dir.path().join("killed"));
-    run(command(1, 2, &one, &[]));
+    run(command(1, 1, &one, &["--grad-shards", "2"]));
     run(command(2, 1, &two, &[]));
     let (s1, s2) = (steps(&one), steps(&two));
-    assert_eq!((s1.len(), s2.len()), (4, 4), "logged steps");
-    // The first loss is the same forward pass; the second follows one averaged update (a
-    // missing or mis-scaled all-reduce moves it by far more); the third is where floating-point
-    // differences of the summation order start to show.
-    for (i, rel) in [(0, 1e-6), (1, 1e-5), (2, 1e-3)] {
-        assert_loss_close(&s1[i], &s2[i], rel, "2 ranks vs 1 process");
+    assert_eq!((s1.len(), s2.len()), (STEPS, STEPS), "logged steps");
+    // Two operands of an all-reduce sum add in either order to the same bits, so the ranks
+    // compute exactly what the two shards of one process compute.
+    for (a, b) in s1.iter().zip(&s2) {
+        assert_loss_close(a, b, 0.0, "2 ranks vs 1 process of 2 gradient shards");
     }
+    assert_eq!(results(&one), results(&two), "epoch losses and accuracies (the test loss reads the BatchNorm running statistics)");
 
     // Kill rank 1 as soon as the first checkpoint exists: the job must end within seconds.
     let mut job = command(2, 1, &killed, &["--resume"]).stdout(Stdio::null()).stderr(Stdio::piped()).spawn().unwrap();
@@ -124,16 +143,65 @@ fn two_ranks_follow_one_process_and_resume_after_a_rank_is_killed() {
     let stderr = std::io::read_to_string(job.stderr.take().unwrap()).unwrap();
     assert!(!status.success(), "the job succeeded although a rank was killed");
     assert!(stderr.contains("signal 9"), "no word of the killed rank:\n{stderr}");
-    assert!(steps(&killed).len() < 4, "the kill came after the last step");
+    assert!(steps(&killed).len() < STEPS, "the kill came after the last step");
     nce::train::load_model(&killed.join("checkpoint.ot")).expect("the checkpoint left behind is whole");
 
     // The same command again resumes; the run ends exactly where the uninterrupted one did.
     run(command(2, 1, &killed, &["--resume"]));
     let resumed = steps(&killed);
-    assert_eq!(resumed.len(), 4, "steps logged by the killed and the resumed run");
+    assert_eq!(resumed.len(), STEPS, "steps logged by the killed and the resumed run");
     for (a, b) in s2.iter().zip(&resumed) {
         assert_loss_close(a, b, 0.0, "resumed vs uninterrupted 2 ranks");
     }
     let acc = |m: Vec<EpochMetrics>| m.iter().map(|m| m.test_acc).collect::<Vec<_>>();
     assert_eq!(acc(metrics(&two)), acc(metrics(&killed)), "test accuracies per epoch");
+}
+
+/// One process, no MPI: two gradient shards (forward and backward of each half in turn, the
+/// gradients and the BatchNorm running statistics summed by shares) compute what one pass over
+/// the whole batch with the same two BatchNorm groups computes, up to the order of floating-point
+/// sums. A shard loss not scaled by its share doubles the first update and moves the second
+/// loss by far more than 1e-5; running statistics updated twice per step move the test loss.
+#[test]
+fn two_gradient_shards_compute_one_batch_with_two_bn_groups() {
+    let dir = tempfile::tempdir().unwrap();
+    let (whole, shards) = (dir.path().join("whole"), dir.path().join("shards"));
+    run(command_of(SHORT, 1, 1, &whole, &[]));
+    run(command_of(SHORT, 1, 1, &shards, &["--grad-shards", "2"]));
+    let (a, b) = (steps(&whole), steps(&shards));
+    assert_eq!((a.len(), b.len()), (4, 4), "logged steps");
+    for (i, rel) in [(0, 1e-6), (1, 1e-5), (2, 1e-5), (3, 1e-5)] {
+        assert_loss_close(&a[i], &b[i], rel, "2 gradient shards vs 1 batch");
+    }
+    let (ra, rb) = (results(&whole), results(&shards));
+    let rel = (ra[0][2] - rb[0][2]).abs() / ra[0][2];
+    assert!(rel < 1e-5, "test loss {} vs {} ({rel:.1e} relative)", ra[0][2], rb[0][2]);
+}
+
+#[test]
+fn two_search_ranks_follow_one_process_of_two_gradient_shards() {
+    if !cfg!(feature = "mpi") || mpirun().is_none() {
+        eprintln!("skipped: needs the `mpi` feature and `mpirun` (cargo test --features mpi --test distributed)");
+        return;
+    }
+    let dir = tempfile::tempdir().unwrap();
+    let (one, two) = (dir.path().join("one"), dir.path().join("two"));
+    run(command_of(SEARCH, 1, 1, &one, &["--grad-shards", "2"]));
+    run(command_of(SEARCH, 2, 1, &two, &[]));
+    let log = |out: &Path| -> Vec<serde_json::Value> {
+        let text = std::fs::read_to_string(out.join("search.jsonl")).unwrap();
+        text.lines()
+            .map(|l| {
+                let mut v: serde_json::Value = serde_json::from_str(l).unwrap();
+                v.as_object_mut().unwrap().remove("seconds");
+                v
+            })
+            .collect()
+    };
+    let (a, b) = (log(&one), log(&two));
+    assert_eq!(a, b, "search logs (losses, probabilities, widths, expansions)");
+    let events: Vec<usize> = a.iter().map(|e| e["expansions"].as_array().unwrap().len()).collect();
+    assert!(events.iter().all(|&n| n > 0) && events[0] < a[0]["widths"].as_array().unwrap().len(), "expansions per epoch: {events:?}");
+    let arch = |out: &Path| std::fs::read_to_string(out.join("arch.toml")).unwrap();
+    assert_eq!(arch(&one), arch(&two), "arch.toml");
 }

@@ -92,6 +92,15 @@ pub struct SearchArgs {
     /// γ, the weight of the sensitivity prior on the architecture logits.
     #[arg(long, value_parser = super::args::non_negative, allow_negative_numbers = true, default_value_t = 0.5)]
     sensitivity_prior: f64,
+    /// BatchNorm statistics over this many equal parts of each batch ("ghost batches"). Under
+    /// `mpirun -np N`, pass a multiple of N: the search then computes the same whatever N is
+    /// (docs/distributed.md).
+    #[arg(long, value_parser = super::args::positive, default_value_t = 1)]
+    bn_groups: usize,
+    /// Gradient accumulation: split each batch into N shards, forward and backward one at a
+    /// time, as N MPI ranks would (pass --bn-groups N or a multiple with it).
+    #[arg(long, value_parser = super::args::positive, default_value_t = 1)]
+    grad_shards: usize,
     /// Continue the search in OUT from its checkpoint.
     #[arg(long)]
     resume: bool,
@@ -128,6 +137,8 @@ impl TryFrom<&SearchArgs> for SearchConfig {
             expansion_init: a.expansion_init,
             expansion_noise: a.expansion_noise,
             val_subset: a.val_subset,
+            bn_groups: a.bn_groups,
+            grad_shards: a.grad_shards,
             expansion: match (a.expansion, &a.sensitivity) {
                 (ExpansionArg::Sensitivity, Some(table)) => search::ExpansionRule::Sensitivity(search::Guidance {
                     table: table.clone(),

@@ -93,6 +93,11 @@ pub struct TrainArgs {
     /// (docs/distributed.md).
     #[arg(long, value_parser = super::args::positive, default_value_t = 1)]
     bn_groups: usize,
+    /// Gradient accumulation: split each batch into N shards, forward and backward one at a
+    /// time, and sum their gradients before the step, as N MPI ranks would (less memory, the
+    /// same run: docs/distributed.md). Pass --bn-groups N (or a multiple) with it.
+    #[arg(long, value_parser = super::args::positive, default_value_t = 1)]
+    grad_shards: usize,
     /// Continue from OUT/checkpoint.ot.
     #[arg(long)]
     resume: bool,
@@ -129,6 +134,7 @@ impl TryFrom<&TrainArgs> for TrainConfig {
             val_images: a.val_images,
             widen_init: a.widen_init,
             log_every: a.log_every,
+            grad_shards: a.grad_shards,
             threads: a.run.run.threads,
             model_options,
             ..TrainConfig::new(model, &data, a.bits, a.epochs, a.run.run.out_or("train"))

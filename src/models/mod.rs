@@ -181,31 +181,51 @@ impl BatchNorm {
         x.f_batch_norm(Some(&self.weight), Some(&self.bias), Some(mean), Some(var), train, self.momentum, self.eps, true)
     }
 
-    /// Training BatchNorm with statistics per ghost batch ([`crate::train::dist::shard`]'s
-    /// split of the batch). The running statistics move by the size-weighted mean of the
-    /// groups' updates: what averaging the running statistics of ranks that each normalised one
-    /// group gives.
     fn forward_ghost(&self, x: &Tensor) -> Result<Tensor, TchError> {
-        let n = x.size().first().copied().unwrap_or(0).max(0) as usize;
-        let (mut outs, mut mean, mut var) =
-            (Vec::with_capacity(self.groups), self.running_mean.zeros_like(), self.running_var.zeros_like());
-        for j in 0..self.groups {
-            let rows = crate::train::dist::shard(n, j, self.groups);
-            if rows.is_empty() {
-                continue;
-            }
-            let (m, v) = (self.running_mean.detach().copy(), self.running_var.detach().copy());
-            outs.push(self.forward_with(&x.f_narrow(0, rows.start as i64, rows.len() as i64)?, &m, &v, true)?);
-            let share = rows.len() as f64 / n as f64;
-            mean += m * share;
-            var += v * share;
-        }
-        tch::no_grad(|| {
-            self.running_mean.shallow_clone().copy_(&mean);
-            self.running_var.shallow_clone().copy_(&var);
-        });
-        Tensor::f_cat(&outs, 0)
+        let stats = RunningStats { mean: &self.running_mean, var: &self.running_var, momentum: self.momentum, eps: self.eps };
+        ghost_batch_norm(x, Some(&self.weight), Some(&self.bias), &stats, self.groups)
     }
+}
+
+/// The running statistics a training BatchNorm updates, and its constants.
+pub(crate) struct RunningStats<'a> {
+    pub mean: &'a Tensor,
+    pub var: &'a Tensor,
+    pub momentum: f64,
+    pub eps: f64,
+}
+
+/// Training BatchNorm with statistics per ghost batch: `groups` consecutive parts of the batch
+/// ([`crate::train::dist::shard`]'s split), each normalised over its own rows. The running
+/// statistics move by the size-weighted mean of the groups' updates: what averaging the
+/// running statistics of ranks (or gradient shards) that each normalised one group gives, in
+/// the same order of summation.
+pub(crate) fn ghost_batch_norm(
+    x: &Tensor,
+    weight: Option<&Tensor>,
+    bias: Option<&Tensor>,
+    stats: &RunningStats,
+    groups: usize,
+) -> Result<Tensor, TchError> {
+    let n = x.size().first().copied().unwrap_or(0).max(0) as usize;
+    let (mut outs, mut mean, mut var) = (Vec::with_capacity(groups), stats.mean.zeros_like(), stats.var.zeros_like());
+    for j in 0..groups {
+        let rows = crate::train::dist::shard(n, j, groups);
+        if rows.is_empty() {
+            continue;
+        }
+        let (m, v) = (stats.mean.detach().copy(), stats.var.detach().copy());
+        let part = x.f_narrow(0, rows.start as i64, rows.len() as i64)?;
+        outs.push(part.f_batch_norm(weight, bias, Some(&m), Some(&v), true, stats.momentum, stats.eps, true)?);
+        let share = rows.len() as f64 / n as f64;
+        mean += m * share;
+        var += v * share;
+    }
+    tch::no_grad(|| {
+        stats.mean.shallow_clone().copy_(&mean);
+        stats.var.shallow_clone().copy_(&var);
+    });
+    Tensor::f_cat(&outs, 0)
 }
 
 /// One graph layer with its variables and quantizers.

@@ -84,6 +84,19 @@ pub struct SearchConfig {
     /// Where candidate sets grow: the paper's threshold rule, or guided by measured sensitivity.
     #[serde(default)]
     pub expansion: ExpansionRule,
+    /// BatchNorm statistics of the training passes over this many equal parts of each batch
+    /// (ghost batches): under `mpirun -np N` with N dividing it, the search computes the same
+    /// whatever N is (docs/distributed.md).
+    #[serde(default = "one")]
+    pub bn_groups: usize,
+    /// Gradient shards of every step (gradient accumulation): what this many ranks compute, in
+    /// one process. Like the thread count, a resume may change it.
+    #[serde(default = "one")]
+    pub grad_shards: usize,
+}
+
+fn one() -> usize {
+    1
 }
 
 /// Which expansion rule a search runs (`docs/search.md`, "Sensitivity-guided expansion").
@@ -172,6 +185,8 @@ impl SearchConfig {
             expansion_noise: default_noise(),
             val_subset: default_val_subset(),
             expansion: ExpansionRule::Threshold,
+            bn_groups: 1,
+            grad_shards: 1,
         }
     }
 

@@ -64,6 +64,10 @@ pub(super) struct Run<'a> {
     /// Sensitivity guidance (`--expansion sensitivity`), resolved to the slots.
     guide: Option<Guide>,
     world: World,
+    /// Gradient shards of this rank ([`SearchConfig::grad_shards`]).
+    shards: usize,
+    /// BatchNorm groups of every global batch (the ranks' shards split them evenly).
+    bn_groups: usize,
     reduce: ReduceStats,
     step_seconds: f64,
 }
@@ -137,9 +141,21 @@ impl<'a> Run<'a> {
         let mut space = cfg.space.clone();
         space.granularity = space.granularity.max(profile.unit.channel_granularity);
 
+        let world = dist::world();
+        let shards = cfg.grad_shards.max(1);
+        let parts = world.size * shards;
+        if cfg.batch_size < parts {
+            return Err(SearchError::Invalid(format!(
+                "a batch of {} images cannot be split into {parts} parts ({} ranks × {shards} gradient shards)",
+                cfg.batch_size, world.size
+            )));
+        }
+        let bn_groups = dist::bn_groups(cfg.bn_groups, parts);
         tch::manual_seed(cfg.seed as i64);
         let ckpt_path = cfg.out.join("search-checkpoint.ot");
         let mut sn = Supernet::new(&base, &space, cfg.pact_init);
+        // Each rank's supernet normalises one shard's share of the groups at a time.
+        sn.bn_groups = bn_groups / parts;
         let resuming = resume && ckpt_path.is_file();
         // A resumed run restores every variable from its own checkpoint; --init only seeds a new one.
         if let Some(init) = cfg.init.as_ref().filter(|_| !resuming) {
@@ -174,7 +190,9 @@ impl<'a> Run<'a> {
             ckpt_path,
             log_path,
             guide,
-            world: dist::world(),
+            world,
+            shards,
+            bn_groups,
             reduce: ReduceStats::default(),
             step_seconds: 0.0,
         };
@@ -199,6 +217,7 @@ impl<'a> Run<'a> {
         // The thread count changes speed, not the run: a search may resume with another one.
         let mut want = self.cfg.clone();
         want.threads = ck.meta.config.threads;
+        want.grad_shards = ck.meta.config.grad_shards;
         if ck.meta.config != want {
             return Err(SearchError::Resume(format!("{} was written with a different configuration", self.ckpt_path.display())));
         }
@@ -239,12 +258,10 @@ impl<'a> Run<'a> {
             // The same on every rank: the sampled widths belong to the global step.
             tch::manual_seed(cfg.seed.wrapping_mul(7_919).wrapping_add(self.step as u64) as i64);
             let started = std::time::Instant::now();
-            let (xw, yw, share) = self.shard(&xw, &yw);
-            self.weight_step(&xw, &yw, tau, &params, &masks, share, &buffers, &mut t)?;
+            self.weight_step(&xw, &yw, tau, &params, &masks, &buffers, &mut t)?;
             self.step += 1;
             if arch_epoch {
-                let (xa, ya, share) = self.shard(&xa, &ya);
-                self.arch_step(&xa, &ya, tau, &params, share, &buffers, &mut t)?;
+                self.arch_step(&xa, &ya, tau, &params, &buffers, &mut t)?;
                 bar.set_message(format!(
                     "τ {tau:.2} w-acc {:.1}% a-acc {:.1}%",
                     pct(t.weight_correct, t.seen),
@@ -264,18 +281,54 @@ impl<'a> Run<'a> {
         self.end_epoch(t, tau, arch_epoch, started, progress)
     }
 
-    /// This rank's rows of a global batch and their share of it (per-rank BatchNorm statistics
-    /// in the search: docs/distributed.md).
-    fn shard(&self, x: &Tensor, y: &Tensor) -> (Tensor, Tensor, f64) {
+    /// This rank's gradient shards of a global batch: the rows of their BatchNorm groups and
+    /// their share of the batch.
+    fn shards(&self, x: &Tensor, y: &Tensor) -> Vec<(Tensor, Tensor, f64)> {
         let total = y.size()[0] as usize;
-        let rows = self.world.shard(total);
-        let (start, len) = (rows.start as i64, rows.len() as i64);
-        (x.narrow(0, start, len), y.narrow(0, start, len), rows.len() as f64 / total.max(1) as f64)
+        let parts = self.world.size * self.shards;
+        (0..self.shards)
+            .map(|k| {
+                let rows = dist::group_rows(total, self.bn_groups, self.world.rank * self.shards + k, parts);
+                let (start, len) = (rows.start as i64, rows.len() as i64);
+                (x.narrow(0, start, len), y.narrow(0, start, len), rows.len() as f64 / total.max(1) as f64)
+            })
+            .collect()
     }
 
-    /// SGD on the supernet's weights through sampled widths, logits frozen. `share` is this
-    /// rank's share of the global batch: its loss is scaled by it and the gradients (and the
-    /// BatchNorm running statistics `buffers`) all-reduced before the update.
+    /// Runs `shard` (forward and backward of one gradient shard, given its rows and share of the
+    /// global batch `(x, y)`) on each of this rank's shards in turn, every shard starting from
+    /// the step's BatchNorm running statistics, then all-reduces the gradients of `params` and
+    /// the statistics over the ranks: with one part in all, the plain backward pass.
+    fn accumulate(
+        &mut self,
+        x: &Tensor,
+        y: &Tensor,
+        params: &[Tensor],
+        buffers: &[Tensor],
+        mut shard: impl FnMut(&mut Self, &Tensor, &Tensor, Option<f64>) -> Result<(), SearchError>,
+    ) -> Result<(), SearchError> {
+        let parts = self.shards(x, y);
+        let whole = self.world.size * self.shards == 1;
+        let mut stats = dist::ShardStats::new(buffers, self.shards);
+        let mut mine = 0.0;
+        for (x, y, share) in &parts {
+            stats.start_shard(buffers);
+            shard(self, x, y, (!whole).then_some(*share))?;
+            stats.end_shard(buffers, *share);
+            mine += share;
+        }
+        // Shards already summed their BatchNorm statistics, weighted; ranks of one shard weight
+        // theirs in the all-reduce.
+        let weight = if stats.finish(buffers) { 1.0 } else { mine };
+        if self.world.size > 1 {
+            dist::reduce_step(&self.world, params, buffers, weight, &mut self.reduce);
+        }
+        Ok(())
+    }
+
+    /// SGD on the supernet's weights through sampled widths, logits frozen. Each gradient shard
+    /// (and rank) scales its loss by its share of the global batch; the gradients (and the
+    /// BatchNorm running statistics `buffers`) are summed before the update.
     #[allow(clippy::too_many_arguments)]
     fn weight_step(
         &mut self,
@@ -284,82 +337,85 @@ impl<'a> Run<'a> {
         tau: f64,
         params: &[(String, Tensor)],
         masks: &std::collections::BTreeMap<String, Tensor>,
-        share: f64,
         buffers: &[Tensor],
         t: &mut Tally,
     ) -> Result<(), SearchError> {
-        let out = self.sn.forward(x, true, Mode::Sample { tau }, true);
-        let loss = out.cross_entropy_for_logits(y);
-        let lv = loss.double_value(&[]);
-        if !lv.is_finite() {
-            return Err(SearchError::NonFinite { epoch: self.epoch });
-        }
+        let draws = self.sn.draw(Mode::Sample { tau });
         Sgd::zero_grad(params);
-        if self.world.size > 1 {
-            (loss * share).backward();
-            let p: Vec<Tensor> = params.iter().map(|(_, p)| p.shallow_clone()).collect();
-            dist::reduce_step(&self.world, &p, buffers, share, &mut self.reduce);
-        } else {
-            loss.backward();
-        }
+        let p: Vec<Tensor> = params.iter().map(|(_, p)| p.shallow_clone()).collect();
+        self.accumulate(x, y, &p, buffers, |run, x, y, share| {
+            let out = run.sn.forward_drawn(x, true, &draws, true);
+            let loss = out.cross_entropy_for_logits(y);
+            let lv = loss.double_value(&[]);
+            if !lv.is_finite() {
+                return Err(SearchError::NonFinite { epoch: run.epoch });
+            }
+            match share {
+                Some(share) => (loss * share).backward(),
+                None => loss.backward(),
+            }
+            t.weight_loss += lv * y.size()[0] as f64;
+            t.weight_correct += out.argmax(-1, false).eq_tensor(y).sum(Kind::Int64).int64_value(&[]);
+            t.seen += y.size()[0];
+            Ok(())
+        })?;
         let wd = self.cfg.weight_decay;
         self.sgd.step_masked(params, self.sched.lr(self.step), |n| if n.ends_with(".alpha") { 1e-4 } else { wd }, masks);
-        t.weight_loss += lv * y.size()[0] as f64;
-        t.weight_correct += out.argmax(-1, false).eq_tensor(y).sum(Kind::Int64).int64_value(&[]);
-        t.seen += y.size()[0];
         Ok(())
     }
 
     /// Adam on the logits: cross-entropy + λ·L_k over every separable budget (data-parallel as
-    /// [`Run::weight_step`], the logits' gradients all-reduced).
+    /// [`Run::weight_step`], the logits' gradients summed; the cost terms, the same for every
+    /// shard, are scaled by the share like the loss).
     #[allow(clippy::assign_op_pattern)] // `+=` on a tch Tensor is an in-place `add_`; the loss is built out of place
-    #[allow(clippy::too_many_arguments)]
     fn arch_step(
         &mut self,
         x: &Tensor,
         y: &Tensor,
         tau: f64,
         params: &[(String, Tensor)],
-        share: f64,
         buffers: &[Tensor],
         t: &mut Tally,
     ) -> Result<(), SearchError> {
         let cfg = self.cfg;
-        let out = self.sn.forward(x, true, Mode::Sample { tau }, false);
-        let ce = out.cross_entropy_for_logits(y);
+        let draws = self.sn.draw(Mode::Sample { tau });
         let widths = self.sn.argmax_widths();
         let (_, current) = derive::cost_of(cfg.model, self.base.input, self.base.classes, &widths, &self.bits, &self.eval, &self.base)?;
-        let dists = cost::distributions(&self.sn);
-        let models: Vec<_> = self.eval.models().collect();
-        let mut total = ce.shallow_clone();
-        t.costs.clear();
-        for (k, (metric, p, m, target, separable)) in self.budgets.items.iter().enumerate() {
-            let cur = current.budgets[k].value;
-            if !*separable {
-                t.costs.push((metric.clone(), f64::NAN, cur, *target));
-                continue;
-            }
-            let e = cost::expected_cost(&self.sn, &dists, models[*p].1, *m)?;
-            t.costs.push((metric.clone(), e.double_value(&[]), cur, *target));
-            total = total + cost::budget_loss(&e, cur, *target, cfg.tolerance) * cfg.lambda;
-        }
-        if let Some(g) = &self.guide {
-            total = total + cost::width_prior(&self.sn, &g.ranks, g.prior);
-        }
-        if !total.double_value(&[]).is_finite() {
-            return Err(SearchError::NonFinite { epoch: self.epoch });
-        }
         self.adam.zero_grad(&self.sn.logits);
         Sgd::zero_grad(params);
-        if self.world.size > 1 {
-            (total * share).backward();
-            dist::reduce_step(&self.world, &self.sn.logits, buffers, share, &mut self.reduce);
-        } else {
-            total.backward();
-        }
+        let logits: Vec<Tensor> = self.sn.logits.iter().map(|l| l.shallow_clone()).collect();
+        self.accumulate(x, y, &logits, buffers, |run, x, y, share| {
+            let out = run.sn.forward_drawn(x, true, &draws, false);
+            let ce = out.cross_entropy_for_logits(y);
+            let dists = cost::distributions(&run.sn);
+            let models: Vec<_> = run.eval.models().collect();
+            let mut total = ce.shallow_clone();
+            t.costs.clear();
+            for (k, (metric, p, m, target, separable)) in run.budgets.items.iter().enumerate() {
+                let cur = current.budgets[k].value;
+                if !*separable {
+                    t.costs.push((metric.clone(), f64::NAN, cur, *target));
+                    continue;
+                }
+                let e = cost::expected_cost(&run.sn, &dists, models[*p].1, *m)?;
+                t.costs.push((metric.clone(), e.double_value(&[]), cur, *target));
+                total = total + cost::budget_loss(&e, cur, *target, cfg.tolerance) * cfg.lambda;
+            }
+            if let Some(g) = &run.guide {
+                total = total + cost::width_prior(&run.sn, &g.ranks, g.prior);
+            }
+            if !total.double_value(&[]).is_finite() {
+                return Err(SearchError::NonFinite { epoch: run.epoch });
+            }
+            match share {
+                Some(share) => (total * share).backward(),
+                None => total.backward(),
+            }
+            t.arch_loss += ce.double_value(&[]) * y.size()[0] as f64;
+            t.arch_correct += out.argmax(-1, false).eq_tensor(y).sum(Kind::Int64).int64_value(&[]);
+            Ok(())
+        })?;
         self.adam.step(&self.sn.logits);
-        t.arch_loss += ce.double_value(&[]) * y.size()[0] as f64;
-        t.arch_correct += out.argmax(-1, false).eq_tensor(y).sum(Kind::Int64).int64_value(&[]);
         Ok(())
     }
 

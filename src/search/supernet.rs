@@ -49,6 +49,10 @@ pub struct Supernet {
     fc: Option<(Tensor, Tensor)>,
     /// Channels each layer's output tensor can have at most.
     caps: Vec<usize>,
+    /// Ghost batches of the sampled (training) passes: BatchNorm statistics over this many equal
+    /// parts of the batch (`--bn-groups`, docs/distributed.md). Argmax passes (the scoring)
+    /// normalise over their whole batch.
+    pub bn_groups: usize,
 }
 
 /// Gumbel top-2 (TAS `select2withP`): `z = (log_softmax(α) + g) / τ`, two distinct indices
@@ -56,18 +60,64 @@ pub struct Supernet {
 /// indices and the two mixing weights (a differentiable tensor of shape `[2]`). With one
 /// candidate, returns it with weight 1.
 pub fn sample_two(logits: &Tensor, tau: f64) -> (Vec<usize>, Tensor) {
+    let d = draw_two(logits, tau);
+    let w = d.weights(logits);
+    (d.picked, w)
+}
+
+/// One slot's random draw of [`sample_two`]: the candidates and the Gumbel noise, from which
+/// [`Draw::weights`] computes the mixing weights, as often as needed (once per gradient shard:
+/// a backward pass consumes the graph from the logits to them).
+pub struct Draw {
+    picked: Vec<usize>,
+    idx: Tensor,
+    gumbel: Tensor,
+    tau: f64,
+}
+
+fn draw_two(logits: &Tensor, tau: f64) -> Draw {
     let k = logits.size()[0];
+    let tau = tau.max(1e-6);
     if k == 1 {
-        return (vec![0], Tensor::ones([1], (Kind::Float, logits.device())));
+        let none = Tensor::zeros([0], (Kind::Float, logits.device()));
+        return Draw { picked: vec![0], idx: none.shallow_clone(), gumbel: none, tau };
     }
     let u = Tensor::rand([k], (Kind::Float, logits.device())).clamp(1e-10, 1.0 - 1e-7);
-    let g = -(-u.log()).log();
-    let z = (logits.log_softmax(0, Kind::Float) + g) / tau.max(1e-6);
-    let p = z.softmax(0, Kind::Float).detach();
-    let idx = p.multinomial(2, false);
+    let gumbel = -(-u.log()).log();
+    let z = (logits.detach().log_softmax(0, Kind::Float) + &gumbel) / tau;
+    let idx = z.softmax(0, Kind::Float).multinomial(2, false);
     let picked: Vec<usize> = Vec::<i64>::try_from(&idx).unwrap_or_default().into_iter().map(|i| i as usize).collect();
-    let w = z.index_select(0, &idx).softmax(0, Kind::Float);
-    (picked, w)
+    Draw { picked, idx, gumbel, tau }
+}
+
+impl Draw {
+    /// The mixing weights of the picked candidates (differentiable in `logits`, unless detached).
+    fn weights(&self, logits: &Tensor) -> Tensor {
+        if self.picked.len() == 1 {
+            return Tensor::ones([1], (Kind::Float, logits.device()));
+        }
+        let z = (logits.log_softmax(0, Kind::Float) + &self.gumbel) / self.tau;
+        z.index_select(0, &self.idx).softmax(0, Kind::Float)
+    }
+}
+
+/// The widths of one forward pass, drawn before it: every gradient shard of a step reuses them,
+/// as every rank, seeded alike, draws the same.
+pub struct Draws {
+    /// One per slot; `None` in argmax mode.
+    slots: Vec<Option<Draw>>,
+    sampled: bool,
+}
+
+/// A candidate's BatchNorm, in training over `groups` ghost batches (`(train, groups)`).
+fn batch_norm(bn: &nn::BatchNorm, x: &Tensor, (train, groups): (bool, usize)) -> Tensor {
+    if !train || groups <= 1 {
+        return nn::ModuleT::forward_t(bn, x, train);
+    }
+    let c = nn::BatchNormConfig::default();
+    let stats = crate::models::RunningStats { mean: &bn.running_mean, var: &bn.running_var, momentum: c.momentum, eps: c.eps };
+    crate::models::ghost_batch_norm(x, bn.ws.as_ref(), bn.bs.as_ref(), &stats, groups)
+        .unwrap_or_else(|e| panic!("ghost BatchNorm of a {:?} tensor: {e}", x.size()))
 }
 
 /// Channel-wise interpolation (TAS `ChannelWiseInterV2`): area-resamples the channel axis of an
@@ -198,7 +248,7 @@ impl Supernet {
             .iter()
             .map(|s| (Tensor::randn([s.candidates.len() as i64], (Kind::Float, tch::Device::Cpu)) * 0.01).set_requires_grad(true))
             .collect();
-        let mut sn = Supernet { vs, net: net.clone(), slots, logits, convs, alphas, bns: BTreeMap::new(), sources, fc, caps };
+        let mut sn = Supernet { vs, net: net.clone(), slots, logits, convs, alphas, bns: BTreeMap::new(), sources, fc, caps, bn_groups: 1 };
         for s in 0..sn.slots.len() {
             for c in sn.slots[s].candidates.clone() {
                 sn.ensure_bn(s, c);
@@ -426,6 +476,27 @@ impl Supernet {
 
     /// The forward pass. `detach_arch` stops gradients into the logits (weight steps).
     pub fn forward(&self, x: &Tensor, train: bool, mode: Mode, detach_arch: bool) -> Tensor {
+        let draws = self.draw(mode);
+        self.forward_drawn(x, train, &draws, detach_arch)
+    }
+
+    /// The random part of a forward pass in `mode`: one draw per slot, in slot order (none in
+    /// argmax mode).
+    pub fn draw(&self, mode: Mode) -> Draws {
+        let slots = self
+            .logits
+            .iter()
+            .map(|l| match mode {
+                Mode::Sample { tau } => Some(draw_two(l, tau)),
+                Mode::Argmax => None,
+            })
+            .collect();
+        Draws { slots, sampled: matches!(mode, Mode::Sample { .. }) }
+    }
+
+    /// [`Supernet::forward`] with the widths `draws` ([`Supernet::draw`]).
+    pub fn forward_drawn(&self, x: &Tensor, train: bool, draws: &Draws, detach_arch: bool) -> Tensor {
+        let bn_groups = if train && draws.sampled { self.bn_groups.max(1) } else { 1 };
         let mut outs: Vec<Tensor> = Vec::with_capacity(self.net.layers.len());
         let get = |outs: &Vec<Tensor>, s: Src| match s {
             Src::Input => x.shallow_clone(),
@@ -433,15 +504,15 @@ impl Supernet {
         };
         // One draw per slot (in slot order) for the whole pass: convs that share a slot run the
         // same candidates, so the residual adds that tie them see equal widths.
-        let picks: Vec<(Vec<usize>, Tensor)> = (0..self.slots.len()).map(|s| self.pick(s, mode, detach_arch)).collect();
+        let picks: Vec<(Vec<usize>, Tensor)> = (0..self.slots.len()).map(|s| self.pick(s, &draws.slots[s], detach_arch)).collect();
         for (i, l) in self.net.layers.iter().enumerate() {
             let input = get(&outs, l.inputs[0]);
             let y = match l.op {
                 Op::Conv { stride, pad, groups, relu, .. } => {
                     let geometry = ConvGeometry { stride: stride as i64, pad: pad as i64, groups: groups as i64 };
                     let y = match self.convs[&i].slot {
-                        Some(s) => self.mixed_conv(i, l.wbits, &input, geometry, train, &picks[s]),
-                        None => self.depthwise_conv(i, l.wbits, &input, geometry, train),
+                        Some(s) => self.mixed_conv(i, l.wbits, &input, geometry, (train, bn_groups), &picks[s]),
+                        None => self.depthwise_conv(i, l.wbits, &input, geometry, (train, bn_groups)),
                     };
                     if relu {
                         self.activate(i, &y, l.out_bits)
@@ -477,11 +548,11 @@ impl Supernet {
 
     /// The candidates a slot runs this step and their mixing weights: two sampled ones, or
     /// the argmax with weight 1.
-    fn pick(&self, slot: usize, mode: Mode, detach_arch: bool) -> (Vec<usize>, Tensor) {
+    fn pick(&self, slot: usize, draw: &Option<Draw>, detach_arch: bool) -> (Vec<usize>, Tensor) {
         let logits = &self.logits[slot];
-        match mode {
-            Mode::Sample { tau } => sample_two(&if detach_arch { logits.detach() } else { logits.shallow_clone() }, tau),
-            Mode::Argmax => {
+        match draw {
+            Some(d) => (d.picked.clone(), d.weights(&if detach_arch { logits.detach() } else { logits.shallow_clone() })),
+            None => {
                 let j = i64::try_from(logits.argmax(0, false)).unwrap_or(0) as usize;
                 (vec![j], Tensor::ones([1], (Kind::Float, logits.device())))
             }
@@ -496,7 +567,7 @@ impl Supernet {
         wbits: u8,
         input: &Tensor,
         g: ConvGeometry,
-        train: bool,
+        train: (bool, usize),
         (picked, mix): &(Vec<usize>, Tensor),
     ) -> Tensor {
         let conv = &self.convs[&i];
@@ -506,7 +577,7 @@ impl Supernet {
         let w = conv.weight.narrow(0, 0, cmax as i64).narrow(1, 0, input.size()[1] / g.groups);
         let out = input.conv2d(&quantize_weights(&w, wbits), None::<Tensor>, [g.stride], [g.pad], [1], g.groups);
         let mixed = widths.iter().enumerate().map(|(n, &c)| {
-            let o = nn::ModuleT::forward_t(&self.bns[&(i, c)], &out.narrow(1, 0, c as i64), train);
+            let o = batch_norm(&self.bns[&(i, c)], &out.narrow(1, 0, c as i64), train);
             cwi(&o, cmax) * mix.get(n as i64)
         });
         mixed.reduce(|acc, o| acc + o).expect("one candidate at least")
@@ -514,12 +585,12 @@ impl Supernet {
 
     /// Depthwise conv layer `i` at its input's width (one filter per channel, `groups` = that
     /// width), with the BatchNorm of that width: no candidates of its own to mix.
-    fn depthwise_conv(&self, i: usize, wbits: u8, input: &Tensor, g: ConvGeometry, train: bool) -> Tensor {
+    fn depthwise_conv(&self, i: usize, wbits: u8, input: &Tensor, g: ConvGeometry, train: (bool, usize)) -> Tensor {
         let c = input.size()[1];
         let w = self.convs[&i].weight.narrow(0, 0, c);
         let out = input.conv2d(&quantize_weights(&w, wbits), None::<Tensor>, [g.stride], [g.pad], [1], c);
         let bn = self.bns.get(&(i, c as usize)).unwrap_or_else(|| panic!("{}: no BatchNorm for width {c}", self.net.layers[i].name));
-        nn::ModuleT::forward_t(bn, &out, train)
+        batch_norm(bn, &out, train)
     }
 
     fn activate(&self, layer: usize, y: &Tensor, bits: u8) -> Tensor {

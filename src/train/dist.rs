@@ -175,6 +175,33 @@ pub fn shard(n: usize, rank: usize, size: usize) -> Range<usize> {
     start..start + base + usize::from(rank < extra)
 }
 
+/// The rows of a global batch of `total` that part `part` of `parts` takes when the batch's
+/// `groups` BatchNorm groups (a multiple of `parts`) are dealt out evenly over the parts: the
+/// rows of its groups, so that any split into parts dividing `groups` computes the same. A part
+/// is a rank's gradient shard: `parts` = ranks × `--grad-shards`, rank r owning parts
+/// `r·shards .. (r+1)·shards`.
+pub fn group_rows(total: usize, groups: usize, part: usize, parts: usize) -> Range<usize> {
+    let mine = shard(groups, part, parts);
+    if mine.is_empty() {
+        return 0..0;
+    }
+    shard(total, mine.start, groups).start..shard(total, mine.end - 1, groups).end
+}
+
+/// The BatchNorm groups of a run asked for `want` over `parts` parts (ranks × gradient shards):
+/// `want` when the parts divide it (each part normalises `want / parts` of them, and the run
+/// computes what one process with `--bn-groups want` computes), otherwise one per part.
+pub fn bn_groups(want: usize, parts: usize) -> usize {
+    let want = want.max(1);
+    if want.is_multiple_of(parts) {
+        return want;
+    }
+    tracing::warn!(
+        "BatchNorm statistics are per part of the batch ({parts} groups per batch: ranks × gradient shards), not the {want} of --bn-groups: pass --bn-groups {parts} (or a multiple) so that the run does not depend on how the batch is split"
+    );
+    parts
+}
+
 /// Time spent in the gradient all-reduce and its size, for the end-of-run summary.
 #[derive(Clone, Copy, Debug, Default)]
 pub(crate) struct ReduceStats {
@@ -261,9 +288,69 @@ pub(crate) fn broadcast_tensors(world: &World, tensors: &[Tensor]) {
     });
 }
 
+/// The BatchNorm running statistics of a step split into gradient shards: every shard starts
+/// from the step's statistics, and the step ends with their sum weighted by the shards' shares
+/// (summed in shard order, as an all-reduce over that many ranks sums them). Inactive with one
+/// shard: the forward pass updates the statistics itself.
+pub(crate) struct ShardStats {
+    start: Vec<Tensor>,
+    sum: Option<Vec<Tensor>>,
+}
+
+impl ShardStats {
+    pub(crate) fn new(buffers: &[Tensor], shards: usize) -> ShardStats {
+        let start = if shards > 1 { no_grad(|| buffers.iter().map(|b| b.detach().copy()).collect()) } else { Vec::new() };
+        ShardStats { start, sum: None }
+    }
+
+    pub(crate) fn start_shard(&self, buffers: &[Tensor]) {
+        no_grad(|| {
+            for (b, s) in buffers.iter().zip(&self.start) {
+                b.shallow_clone().copy_(s);
+            }
+        });
+    }
+
+    pub(crate) fn end_shard(&mut self, buffers: &[Tensor], share: f64) {
+        if self.start.is_empty() {
+            return;
+        }
+        no_grad(|| {
+            let weighted = buffers.iter().map(|b| b.detach().reshape([-1]) * share);
+            self.sum = Some(match self.sum.take() {
+                None => weighted.collect(),
+                Some(acc) => acc.iter().zip(weighted).map(|(a, w)| a + w).collect(),
+            });
+        });
+    }
+
+    /// Sets the buffers to the weighted sum; whether there was one (several shards).
+    pub(crate) fn finish(self, buffers: &[Tensor]) -> bool {
+        let Some(sum) = self.sum else { return false };
+        no_grad(|| {
+            for (b, s) in buffers.iter().zip(&sum) {
+                b.shallow_clone().copy_(&s.view_as(b));
+            }
+        });
+        true
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn group_rows_follow_the_groups_whatever_the_split() {
+        // 10 rows in 4 groups: 3, 3, 2, 2. Two parts take groups {0, 1} and {2, 3}.
+        assert_eq!(group_rows(10, 4, 0, 2), 0..6);
+        assert_eq!(group_rows(10, 4, 1, 2), 6..10);
+        assert_eq!(group_rows(10, 4, 3, 4), 8..10);
+        assert_eq!(group_rows(10, 2, 0, 1), 0..10);
+        assert_eq!(bn_groups(4, 2), 4);
+        assert_eq!(bn_groups(3, 2), 2);
+        assert_eq!(bn_groups(0, 1), 1);
+    }
 
     #[test]
     fn shards_cover_every_item_once_in_order() {

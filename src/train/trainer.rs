@@ -66,7 +66,18 @@ pub struct TrainConfig {
     /// Also log the loss of every N-th step to `steps.jsonl` (0 = no step log).
     #[serde(default)]
     pub log_every: usize,
+    /// Split every global batch into this many shards, run forward and backward on one at a
+    /// time and sum their gradients before the step (gradient accumulation): what this many
+    /// MPI ranks compute, in one process, and a global batch larger than memory. Like the
+    /// thread and rank counts, it does not change the run (given `--bn-groups`), so a resume may
+    /// change it.
+    #[serde(default = "one")]
+    pub grad_shards: usize,
     pub out: PathBuf,
+}
+
+fn one() -> usize {
+    1
 }
 
 impl TrainConfig {
@@ -101,6 +112,7 @@ impl TrainConfig {
             widen_init: WidenInit::Random,
             max_steps: None,
             log_every: 0,
+            grad_shards: 1,
             out,
         }
     }
@@ -426,7 +438,9 @@ struct Trainer<'a> {
     /// Shown on rank 0 only.
     progress: bool,
     world: World,
-    /// BatchNorm groups of every global batch (the ranks split them evenly).
+    /// Gradient shards of this rank ([`TrainConfig::grad_shards`]).
+    shards: usize,
+    /// BatchNorm groups of every global batch (the ranks' shards split them evenly).
     bn_groups: usize,
     /// BatchNorm running statistics, averaged over the ranks after every step.
     buffers: Vec<Tensor>,
@@ -447,9 +461,17 @@ impl<'a> Trainer<'a> {
         let net = graph::build(cfg.model, train_ds.shape, train_ds.classes, cfg.widths.as_deref(), &cfg.bit_config())?;
 
         let world = dist::world();
-        let bn_groups = bn_groups(cfg.model_options.bn_groups, world.size);
-        // Each rank's model normalises its own share of the groups.
-        let local = crate::models::ModelOptions { bn_groups: bn_groups / world.size, ..cfg.model_options.clone() };
+        let shards = cfg.grad_shards.max(1);
+        let parts = world.size * shards;
+        if cfg.batch_size < parts {
+            return Err(TrainError::Config(format!(
+                "a batch of {} images cannot be split into {parts} parts ({} ranks × {shards} gradient shards)",
+                cfg.batch_size, world.size
+            )));
+        }
+        let bn_groups = dist::bn_groups(cfg.model_options.bn_groups, parts);
+        // Each rank's model normalises one shard's share of the groups at a time.
+        let local = crate::models::ModelOptions { bn_groups: bn_groups / parts, ..cfg.model_options.clone() };
         tch::manual_seed(cfg.seed as i64);
         let vs = nn::VarStore::new(Device::Cpu);
         let model = Model::new(&vs.root(), &net, &local).map_err(|e| TrainError::Model(e.to_string()))?;
@@ -473,6 +495,7 @@ impl<'a> Trainer<'a> {
             metrics_path: cfg.metrics_path(),
             progress: progress && world.is_root(),
             world,
+            shards,
             bn_groups,
             buffers: Vec::new(),
             reduce: ReduceStats::default(),
@@ -512,6 +535,7 @@ impl<'a> Trainer<'a> {
         // recorded): a run may resume with other ones.
         want.threads = ck.meta.config.threads;
         want.log_every = ck.meta.config.log_every;
+        want.grad_shards = ck.meta.config.grad_shards;
         if ck.meta.config != want {
             return Err(TrainError::Resume(format!(
                 "{} was written with a different configuration; use another --out or drop --resume",
@@ -528,12 +552,8 @@ impl<'a> Trainer<'a> {
             return Ok(());
         }
         // Drop metrics of epochs after the checkpoint (written by a run killed later).
-        let kept: Vec<EpochMetrics> = metrics::read(&self.metrics_path)
-            .map_err(|source| TrainError::Io { file: self.metrics_path.clone(), source })?
-            .into_iter()
-            .filter(|m| m.epoch < self.meta.epoch)
-            .collect();
-        rewrite_metrics(&self.metrics_path, &kept)?;
+        let epoch = self.meta.epoch;
+        keep_log_lines::<EpochMetrics>(&self.metrics_path, |m| m.epoch < epoch)?;
         self.rewrite_steps()
     }
 
@@ -552,7 +572,7 @@ impl<'a> Trainer<'a> {
         if !self.world.is_root() {
             return Ok(());
         }
-        rewrite_metrics(&self.metrics_path, &[])?;
+        keep_log_lines::<EpochMetrics>(&self.metrics_path, |_| false)?;
         self.rewrite_steps()
     }
 
@@ -563,13 +583,8 @@ impl<'a> Trainer<'a> {
         if self.cfg.log_every == 0 && !path.exists() {
             return Ok(());
         }
-        let io = |source| TrainError::Io { file: path.clone(), source };
-        let mut text = String::new();
-        for r in metrics::read_steps(&path).map_err(io)?.into_iter().filter(|r| r.step < self.meta.step) {
-            text.push_str(&serde_json::to_string(&r).map_err(|e| io(std::io::Error::other(e)))?);
-            text.push('\n');
-        }
-        Ok(crate::fsutil::write_atomic(&path, text.as_bytes(), &Default::default())?)
+        let step = self.meta.step;
+        keep_log_lines::<metrics::StepRecord>(&path, |r| r.step < step)
     }
 
     /// Writes `checkpoint.ot` (rank 0 only), refusing diverged weights: the loss that reveals a
@@ -634,9 +649,9 @@ impl<'a> Trainer<'a> {
             lr = self.sched.lr(self.meta.step);
             // Seed per step (the same on every rank: the step, not the shard, owns the draws):
             // anything random in the forward pass is reproducible after resume.
-            tch::manual_seed(cfg.seed.wrapping_mul(1_000_003).wrapping_add(self.meta.step as u64) as i64);
+            let seed = cfg.seed.wrapping_mul(1_000_003).wrapping_add(self.meta.step as u64) as i64;
             let step_started = Instant::now();
-            let (value, ce_sum, correct, n) = self.step(&x, &y, lr);
+            let (value, ce_sum, correct, n) = self.step(&x, &y, lr, seed);
             self.step_seconds += step_started.elapsed().as_secs_f64();
             if !value.is_finite() {
                 bar.abandon();
@@ -724,30 +739,48 @@ impl<'a> Trainer<'a> {
         metrics::append(&self.metrics_path, m).map_err(|source| TrainError::Io { file: self.metrics_path.clone(), source })
     }
 
-    /// One optimisation step on this rank's share of the global batch `(x, y)`: forward,
-    /// backward of the loss scaled by the share, one all-reduce of the gradients (and BatchNorm
-    /// running statistics), SGD. Returns the global batch's loss (NaN skips the update), its
-    /// summed cross-entropy, correct predictions and size.
-    fn step(&mut self, x: &Tensor, y: &Tensor, lr: f64) -> (f64, f64, u64, u64) {
+    /// One optimisation step on this rank's share of the global batch `(x, y)`: forward and
+    /// backward of each of its gradient shards in turn (the loss scaled by the shard's share of
+    /// the batch, the gradients accumulating), one all-reduce of the gradients (and BatchNorm
+    /// running statistics) over the ranks, SGD. `seed` seeds every shard's forward pass alike.
+    /// Returns the global batch's loss (NaN skips the update), its summed cross-entropy, correct
+    /// predictions and size.
+    fn step(&mut self, x: &Tensor, y: &Tensor, lr: f64, seed: i64) -> (f64, f64, u64, u64) {
         let total = y.size()[0] as usize;
-        let rows = self.rows(total);
-        let (x, y) = (x.narrow(0, rows.start as i64, rows.len() as i64), y.narrow(0, rows.start as i64, rows.len() as i64));
-        let n = rows.len() as f64;
-        let logits = nn::ModuleT::forward_t(&self.model, &x, true);
-        let (ce, loss) = self.loss(&x, &y, &logits);
-        let correct = logits.argmax(-1, false).eq_tensor(&y).sum(Kind::Int64).int64_value(&[]) as f64;
-        let mut sums = [loss.double_value(&[]) * n, ce.double_value(&[]) * n, correct];
-        self.world.sum_f64(&mut sums);
-        let value = if self.world.size > 1 { sums[0] / total as f64 } else { loss.double_value(&[]) };
-        if value.is_finite() {
-            Sgd::zero_grad(&self.params);
-            let share = n / total as f64;
-            if self.world.size > 1 {
-                (loss * share).backward();
-                let params: Vec<Tensor> = self.params.iter().map(|(_, p)| p.shallow_clone()).collect();
-                dist::reduce_step(&self.world, &params, &self.buffers, share, &mut self.reduce);
+        let parts = self.world.size * self.shards;
+        Sgd::zero_grad(&self.params);
+        let mut sums = [0.0; 3];
+        let mut whole = f64::NAN;
+        let mut stats = dist::ShardStats::new(&self.buffers, self.shards);
+        for k in 0..self.shards {
+            let rows = dist::group_rows(total, self.bn_groups, self.world.rank * self.shards + k, parts);
+            let (x, y) = (x.narrow(0, rows.start as i64, rows.len() as i64), y.narrow(0, rows.start as i64, rows.len() as i64));
+            let n = rows.len() as f64;
+            stats.start_shard(&self.buffers);
+            tch::manual_seed(seed);
+            let logits = nn::ModuleT::forward_t(&self.model, &x, true);
+            let (ce, loss) = self.loss(&x, &y, &logits);
+            let correct = logits.argmax(-1, false).eq_tensor(&y).sum(Kind::Int64).int64_value(&[]) as f64;
+            whole = loss.double_value(&[]);
+            sums[0] += whole * n;
+            sums[1] += ce.double_value(&[]) * n;
+            sums[2] += correct;
+            if parts > 1 {
+                (loss * (n / total as f64)).backward();
             } else {
                 loss.backward();
+            }
+            stats.end_shard(&self.buffers, n / total as f64);
+        }
+        self.world.sum_f64(&mut sums);
+        let value = if parts > 1 { sums[0] / total as f64 } else { whole };
+        if value.is_finite() {
+            // Shards already summed their BatchNorm statistics, weighted; ranks of one shard
+            // weight theirs in the all-reduce.
+            let weight = if stats.finish(&self.buffers) { 1.0 } else { self.rows_share(total) };
+            if self.world.size > 1 {
+                let params: Vec<Tensor> = self.params.iter().map(|(_, p)| p.shallow_clone()).collect();
+                dist::reduce_step(&self.world, &params, &self.buffers, weight, &mut self.reduce);
             }
             let cfg = self.cfg;
             self.sgd.step(&self.params, lr, |name| decay(cfg, name));
@@ -755,31 +788,13 @@ impl<'a> Trainer<'a> {
         (value, sums[1], sums[2] as u64, total as u64)
     }
 
-    /// This rank's rows of a global batch of `total`: the rows of its share of the BatchNorm
-    /// groups, so that a run over any number of ranks dividing `bn_groups` computes the same.
-    fn rows(&self, total: usize) -> std::ops::Range<usize> {
-        let groups = self.world.shard(self.bn_groups);
-        if groups.is_empty() {
-            return 0..0;
-        }
-        let first = dist::shard(total, groups.start, self.bn_groups);
-        let last = dist::shard(total, groups.end - 1, self.bn_groups);
-        first.start..last.end
+    /// This rank's share of a global batch of `total` (its parts' rows).
+    fn rows_share(&self, total: usize) -> f64 {
+        let parts = self.world.size * self.shards;
+        let first = dist::group_rows(total, self.bn_groups, self.world.rank * self.shards, parts);
+        let last = dist::group_rows(total, self.bn_groups, (self.world.rank + 1) * self.shards - 1, parts);
+        (last.end - first.start) as f64 / total as f64
     }
-}
-
-/// The BatchNorm groups of a run asked for `want` over `ranks` ranks: `want` when the ranks
-/// divide it (each rank normalises `want / ranks` of them, and the run computes what one
-/// process with `--bn-groups want` computes), otherwise one per rank (per-rank statistics).
-fn bn_groups(want: usize, ranks: usize) -> usize {
-    let want = want.max(1);
-    if want.is_multiple_of(ranks) {
-        return want;
-    }
-    tracing::warn!(
-        "BatchNorm statistics are per rank ({ranks} groups per batch), not the {want} of --bn-groups: pass --bn-groups {ranks} (or a multiple) so that the run does not depend on the number of ranks"
-    );
-    ranks
 }
 
 fn resume_loaded(meta: &Meta) -> bool {
@@ -839,12 +854,44 @@ pub fn mse_clip(x: &Tensor, qmax: f64) -> f64 {
     best.1
 }
 
-fn rewrite_metrics(path: &Path, kept: &[EpochMetrics]) -> Result<(), TrainError> {
-    let io = |source| TrainError::Io { file: path.into(), source };
-    let mut text = String::new();
-    for m in kept {
-        text.push_str(&serde_json::to_string(m).map_err(|e| io(std::io::Error::other(e)))?);
-        text.push('\n');
+/// Rewrites the JSON-lines log `path`, keeping the lines whose record `keep` accepts, verbatim
+/// (a line cut short by a killed run does not parse and is dropped). Verbatim because
+/// serde_json's default float parsing is not exact to the last bit: re-serialising the parsed
+/// records moved some logged losses by one ulp, so a resumed run's log differed from an
+/// uninterrupted one's.
+fn keep_log_lines<T: serde::de::DeserializeOwned>(path: &Path, keep: impl Fn(&T) -> bool) -> Result<(), TrainError> {
+    let text = match std::fs::read_to_string(path) {
+        Ok(text) => text,
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => String::new(),
+        Err(source) => return Err(TrainError::Io { file: path.into(), source }),
+    };
+    let mut kept = String::new();
+    for line in text.lines().filter(|l| serde_json::from_str::<T>(l).is_ok_and(|r| keep(&r))) {
+        kept.push_str(line);
+        kept.push('\n');
     }
-    Ok(crate::fsutil::write_atomic(path, text.as_bytes(), &Default::default())?)
+    Ok(crate::fsutil::write_atomic(path, kept.as_bytes(), &Default::default())?)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// A loss logged by a 2-rank run whose parse and re-serialisation by serde_json ends one ulp
+    /// away (…4854 came back as …486); the kept lines must stay as they were.
+    #[test]
+    fn kept_log_lines_are_verbatim() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("steps.jsonl");
+        let lines = [
+            r#"{"step":3,"epoch":0,"lr":0.013333333333333334,"loss":2.2215349674224854}"#,
+            r#"{"step":8,"epoch":0,"lr":0.030000000000000002,"loss":2.845138907432556}"#,
+            r#"{"step":9,"epoch":0,"lr":0.0333"#,
+        ];
+        std::fs::write(&path, lines.join("\n")).unwrap();
+        keep_log_lines::<metrics::StepRecord>(&path, |r| r.step < 9).unwrap();
+        assert_eq!(std::fs::read_to_string(&path).unwrap(), format!("{}\n{}\n", lines[0], lines[1]));
+        keep_log_lines::<metrics::StepRecord>(&path, |r| r.step < 5).unwrap();
+        assert_eq!(std::fs::read_to_string(&path).unwrap(), format!("{}\n", lines[0]));
+    }
 }
