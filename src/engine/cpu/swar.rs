@@ -143,23 +143,31 @@ enum Input {
 }
 
 /// Packs `x` (codes ≤ 3) into zero-bordered triples: triple `t` of a pixel holds channels
-/// `t`, `T + t` and `2T + t`.
+/// `t`, `T + t` and `2T + t`. Written in order (no zero fill first), with each pixel's code sum.
 fn pack_triples(x: &QTensor, pad: usize, t_n: usize) -> Input {
     let wp = x.w + 2 * pad;
     let hp = x.h + 2 * pad;
-    let mut out = vec![[0u16; LANES]; hp * wp * t_n];
-    let mut sums = vec![0u32; hp * wp];
+    let mut out: Vec<V16> = Vec::with_capacity(hp * wp * t_n);
+    let mut sums: Vec<u32> = Vec::with_capacity(hp * wp);
+    let zeros = |out: &mut Vec<V16>, sums: &mut Vec<u32>, pixels: usize| {
+        out.resize(out.len() + pixels * t_n, [0; LANES]);
+        sums.resize(sums.len() + pixels, 0);
+    };
+    zeros(&mut out, &mut sums, pad * wp);
+    // A pixel's codes padded to 3T.
     let mut codes = vec![0u8; 3 * t_n];
-    for (i, px) in x.data.chunks_exact(x.c).enumerate() {
-        let at = (i / x.w + pad) * wp + i % x.w + pad;
-        codes[..x.c].copy_from_slice(px);
-        let (a, rest) = codes.split_at(t_n);
-        let (b, c) = rest.split_at(t_n);
-        for (((o, &a), &b), &c) in out[at * t_n..(at + 1) * t_n].iter_mut().zip(a).zip(b).zip(c) {
-            *o = [pack_x(a, b, c); LANES];
+    for row in x.data.chunks_exact(x.w * x.c) {
+        zeros(&mut out, &mut sums, pad);
+        for px in row.chunks_exact(x.c) {
+            codes[..x.c].copy_from_slice(px);
+            let (a, rest) = codes.split_at(t_n);
+            let (b, c) = rest.split_at(t_n);
+            out.extend(a.iter().zip(b).zip(c).map(|((&a, &b), &c)| [pack_x(a, b, c); LANES]));
+            sums.push(px.iter().map(|&q| q as u32).sum());
         }
-        sums[at] = px.iter().map(|&q| q as u32).sum();
+        zeros(&mut out, &mut sums, pad);
     }
+    zeros(&mut out, &mut sums, pad * wp);
     Input::Triples { x: out, sums, triples: t_n }
 }
 
@@ -190,40 +198,65 @@ impl Job<'_> {
     pub(crate) fn run(&self, px: Range<usize>, out: &mut [u8]) {
         let d = &self.d;
         let mut n = px.start;
+        // Output coordinates of pixel `n`, stepped along without divisions.
+        let mut at = (n / d.wo, n % d.wo);
         while n < px.end {
             let np = (px.end - n).min(PIXELS);
-            self.tile(n, np, &mut out[(n - px.start) * d.c_out..(n - px.start + np) * d.c_out]);
+            let mut yx = [at; PIXELS];
+            for p in yx.iter_mut().take(np) {
+                *p = at;
+                at = if at.1 + 1 == d.wo { (at.0 + 1, 0) } else { (at.0, at.1 + 1) };
+            }
+            // A short tile computes its last pixel again in the unused slots.
+            for i in np..PIXELS {
+                yx[i] = yx[np - 1];
+            }
+            self.tile(&yx, np, &mut out[(n - px.start) * d.c_out..(n - px.start + np) * d.c_out]);
             n += np;
         }
     }
 
-    /// Pixels `n..n + np` (`np ≤ PIXELS`) into `out`. A short tile computes its last pixel
-    /// again in the unused slots.
-    fn tile(&self, n: usize, np: usize, out: &mut [u8]) {
+    /// The pixels at output coordinates `yx` into `out`, of which the first `np` are stored.
+    fn tile(&self, yx: &[(usize, usize); PIXELS], np: usize, out: &mut [u8]) {
         let (c, d) = (&self.ker.conv, &self.d);
-        let px = |i: usize| n + i.min(np - 1);
-        // Each pixel's window origin in the padded grid, and its shortcut pixel.
-        let origin: [usize; PIXELS] = array::from_fn(|i| (px(i) / d.wo * c.stride) * self.wp + px(i) % d.wo * c.stride);
-        let res: [usize; PIXELS] = array::from_fn(|i| match self.residual {
-            Some(r) => (px(i) / d.wo * r.stride * r.input.w + px(i) % d.wo * r.stride) * r.input.c,
-            None => 0,
-        });
+        // Each pixel's window origin in the padded grid, and its shortcut pixel. (Plain loops
+        // here and below: `array::from_fn` and `map` closures were left out of line, copying
+        // the tiles through the stack.)
+        let (mut origin, mut res, mut sx3) = ([0usize; PIXELS], [0usize; PIXELS], [0i32; PIXELS]);
+        for i in 0..PIXELS {
+            let (y, x) = yx[i];
+            origin[i] = y * c.stride * self.wp + x * c.stride;
+            if let Some(r) = self.residual {
+                res[i] = (y * r.stride * r.input.w + x * r.stride) * r.input.c;
+            }
+            // `3·Σ x` over the window (2-bit path).
+            if let Input::Triples { sums, .. } = &self.input {
+                sx3[i] = 3 * window_sum(sums, origin[i], self.wp, c.k);
+            }
+        }
+        let mut acc = [[0i32; BLOCK]; PIXELS];
         for blk in 0..self.ker.nb {
-            let acc = match (&self.input, &self.ker.weights) {
-                (Input::Triples { x, sums, triples }, Packed::W2 { packed, .. }) => {
+            match (&self.input, &self.ker.weights) {
+                (Input::Triples { x, triples, .. }, Packed::W2 { packed, .. }) => {
                     let run = c.k * triples;
                     let w = &packed[blk * c.k * run..(blk + 1) * c.k * run];
-                    let dots = dots_w2(x, &origin.map(|o| o * triples), self.wp * triples, c.k, run, w);
-                    let sx: [i32; PIXELS] = array::from_fn(|i| window_sum(sums, origin[i], self.wp, c.k));
-                    array::from_fn(|i| array::from_fn(|ch| 2 * dots[i][ch] as i32 - 3 * sx[i]))
+                    let mut at = origin;
+                    for a in at.iter_mut() {
+                        *a *= triples;
+                    }
+                    dots_w2(x, &at, self.wp * triples, c.k, run, w, &sx3, &mut acc);
                 }
                 (Input::Wide(x), Packed::W2 { wide, .. } | Packed::W8 { wide }) => {
                     let run = c.k * c.c_in;
                     let w = &wide[blk * c.k * run..(blk + 1) * c.k * run];
-                    dots_wide(x, &origin.map(|o| o * c.c_in), self.wp * c.c_in, c.k, run, w)
+                    let mut at = origin;
+                    for a in at.iter_mut() {
+                        *a *= c.c_in;
+                    }
+                    dots_wide(x, &at, self.wp * c.c_in, c.k, run, w, &mut acc);
                 }
                 _ => unreachable!("the input is packed for the weights' form"),
-            };
+            }
             self.epilogue(blk * BLOCK, np, &acc, &res, out);
         }
         // Channels only the (wider) shortcut has: acc = m = b = 0.
@@ -251,11 +284,18 @@ impl Job<'_> {
             }
             let dst = &mut out[i * d.c_out + c0..][..width];
             match &self.epi {
+                Epilogue::Ladder => {
+                    let ladder = self.ker.epilogue.ladder.as_ref().expect("chosen only with a ladder");
+                    dst.copy_from_slice(&ladder.codes16(c0, &acc[i])[..width]);
+                }
                 Epilogue::F64 { r, qmax } => {
                     let t = &self.ker.epilogue;
                     let m: &[f64; BLOCK] = t.m[c0..c0 + BLOCK].try_into().expect("16 channels");
                     let b: &[f64; BLOCK] = t.c[c0..c0 + BLOCK].try_into().expect("16 channels");
-                    let codes = requant16(&acc[i], m, b, &q, *r, *qmax);
+                    let codes = match self.residual {
+                        Some(_) => requant16::<true>(&acc[i], m, b, &q, *r, *qmax),
+                        None => requant16::<false>(&acc[i], m, b, &q, *r, *qmax),
+                    };
                     dst.copy_from_slice(&codes[..width]);
                 }
                 Epilogue::I64 => {
@@ -272,27 +312,54 @@ impl Job<'_> {
 
 /// `Σ x` over the `k × k` window at `origin` of the per-pixel sums.
 fn window_sum(sums: &[u32], origin: usize, wp: usize, k: usize) -> i32 {
-    (0..k).map(|ky| sums[origin + ky * wp..][..k].iter().sum::<u32>()).sum::<u32>() as i32
+    let mut total = 0;
+    for ky in 0..k {
+        for &s in &sums[origin + ky * wp..][..k] {
+            total += s;
+        }
+    }
+    total as i32
 }
 
-/// `Σ u·x` of [`PIXELS`] pixels × 16 channels of a 2-bit layer: `x` the packed triples (`origin` of
-/// each pixel's window and `row` per padded row, in triples), `w` the block's `[k][run][2]`
-/// weight triples.
+/// `Σ c·x = 2·Σ u·x − 3·Σ x` of [`PIXELS`] pixels × 16 channels of a 2-bit layer: `x` the
+/// packed triples (`origin` of each pixel's window and `row` per padded row, in triples), `w`
+/// the block's `[k][run][2]` weight triples, `sx3` each pixel's `3·Σ x`.
+#[allow(clippy::too_many_arguments)]
 #[inline(always)]
-fn dots_w2(x: &[V16], origin: &[usize; PIXELS], row: usize, k: usize, run: usize, w: &[[V16; 2]]) -> [[u32; BLOCK]; PIXELS] {
+fn dots_w2(
+    x: &[V16],
+    origin: &[usize; PIXELS],
+    row: usize,
+    k: usize,
+    run: usize,
+    w: &[[V16; 2]],
+    sx3: &[i32; PIXELS],
+    acc: &mut [[i32; BLOCK]; PIXELS],
+) {
+    let mut part = [[[0u16; LANES]; 2]; PIXELS];
+    if k * run <= STEPS_PER_FLUSH {
+        dots_w2_part(x, origin, row, run, 0..k, 0..run, w, &mut part);
+        for i in 0..PIXELS {
+            for v in 0..2 {
+                for l in 0..LANES {
+                    acc[i][v * LANES + l] = 2 * part[i][v][l] as i32 - sx3[i];
+                }
+            }
+        }
+        return;
+    }
+    // Long reductions: widen after every piece of at most STEPS_PER_FLUSH steps.
     let mut total = [[0u32; BLOCK]; PIXELS];
     let mut add = |rows: Range<usize>, steps: Range<usize>| {
-        let part = dots_w2_part(x, origin, row, run, rows, steps, w);
-        for (t, p) in total.iter_mut().zip(&part) {
-            for (i, s) in t.iter_mut().enumerate() {
-                *s += p[i / LANES][i % LANES] as u32;
+        part = [[[0u16; LANES]; 2]; PIXELS];
+        dots_w2_part(x, origin, row, run, rows, steps, w, &mut part);
+        for i in 0..PIXELS {
+            for ch in 0..BLOCK {
+                total[i][ch] += part[i][ch / LANES][ch % LANES] as u32;
             }
         }
     };
-    if k * run <= STEPS_PER_FLUSH {
-        add(0..k, 0..run);
-    } else if run <= STEPS_PER_FLUSH {
-        // Long reductions: widen after every piece of at most STEPS_PER_FLUSH steps.
+    if run <= STEPS_PER_FLUSH {
         let rows = STEPS_PER_FLUSH / run;
         for ky in (0..k).step_by(rows) {
             add(ky..(ky + rows).min(k), 0..run);
@@ -304,11 +371,16 @@ fn dots_w2(x: &[V16], origin: &[usize; PIXELS], row: usize, k: usize, run: usize
             }
         }
     }
-    total
+    for i in 0..PIXELS {
+        for ch in 0..BLOCK {
+            acc[i][ch] = 2 * total[i][ch] as i32 - sx3[i];
+        }
+    }
 }
 
-/// The `u16` sums over kernel rows `rows`, steps `steps` of each (at most STEPS_PER_FLUSH in
-/// all); `run` steps per kernel row.
+/// Adds the `u16` sums over kernel rows `rows`, steps `steps` of each (at most
+/// STEPS_PER_FLUSH in all) to `acc`; `run` steps per kernel row.
+#[allow(clippy::too_many_arguments)]
 #[inline(always)]
 fn dots_w2_part(
     x: &[V16],
@@ -318,14 +390,13 @@ fn dots_w2_part(
     rows: Range<usize>,
     steps: Range<usize>,
     w: &[[V16; 2]],
-) -> [[V16; 2]; PIXELS] {
-    let mut acc = [[[0u16; LANES]; 2]; PIXELS];
+    acc: &mut [[V16; 2]; PIXELS],
+) {
     let width = steps.len();
     for ky in rows {
         let at = |i: usize| &x[origin[i] + ky * row + steps.start..][..width];
-        micro_w2([at(0), at(1), at(2), at(3)], &w[ky * run + steps.start..][..width], &mut acc);
+        micro_w2([at(0), at(1), at(2), at(3)], &w[ky * run + steps.start..][..width], acc);
     }
-    acc
 }
 
 /// The micro-kernel: `acc[i][v] += Σ_s dot3(x_i[s], w[s][v])` for four pixels' runs `x_i` of
@@ -369,29 +440,35 @@ fn mac(a: &mut V16, x: &V16, u: &V16) {
 /// `Σ c·x` of [`PIXELS`] pixels × 16 channels in i32 lanes: `x` the padded codes (`origin` and `row`
 /// in codes), `w` the block's `[k][run][2]` i16 weights.
 #[inline(always)]
-fn dots_wide(x: &[u8], origin: &[usize; PIXELS], row: usize, k: usize, run: usize, w: &[[[i16; LANES]; 2]]) -> [[i32; BLOCK]; PIXELS] {
-    let mut acc = [[0i32; BLOCK]; PIXELS];
+fn dots_wide(
+    x: &[u8],
+    origin: &[usize; PIXELS],
+    row: usize,
+    k: usize,
+    run: usize,
+    w: &[[[i16; LANES]; 2]],
+    acc: &mut [[i32; BLOCK]; PIXELS],
+) {
+    *acc = [[0i32; BLOCK]; PIXELS];
     for ky in 0..k {
         let ws = &w[ky * run..][..run];
-        let xs: [&[u8]; PIXELS] = array::from_fn(|i| &x[origin[i] + ky * row..][..run]);
-        let mut s = 0;
-        while s < run {
-            let wv = &ws[s];
-            for (a, xs) in acc.iter_mut().zip(&xs) {
+        for (a, &o) in acc.iter_mut().zip(origin) {
+            let xs = &x[o + ky * row..][..run];
+            let mut s = 0;
+            while s < run {
                 let q = xs[s] as i32;
                 for (i, t) in a.iter_mut().enumerate() {
-                    *t += q * wv[i / LANES][i % LANES] as i32;
+                    *t += q * ws[s][i / LANES][i % LANES] as i32;
                 }
-            }
-            s += 1;
-            // As in `dots_w2_part`: keeps the loop vectoriser off (|Σ| ≤ k_len·255·128 never
-            // reaches i32::MIN for a layer the int32 contract admits).
-            if acc[0][0] == i32::MIN {
-                break;
+                s += 1;
+                // As in `micro_w2`: keeps the loop vectoriser off (|Σ| ≤ k_len·255·128 never
+                // reaches i32::MIN for a layer the int32 contract admits).
+                if a[0] == i32::MIN {
+                    break;
+                }
             }
         }
     }
-    acc
 }
 
 /// The f64 epilogue's per-channel tables, built at prepare time.
@@ -405,6 +482,76 @@ struct Tables {
     acc_per_code: u128,
     m_max: u128,
     b_max: u128,
+    /// For outputs of at most 2 bits: the thresholds form.
+    ladder: Option<Ladder>,
+}
+
+/// Requantisation without a shortcut as counting thresholds: with `a = sign(m)·acc`, the output
+/// is `#{k ∈ 1..=qmax : a ≥ t[k−1]}`, since `(acc·m + b') >> shift ≥ k` exactly when
+/// `acc·m ≥ k·2^shift − b'`, i.e. `|m|·a ≥ k·2^shift − b'`, i.e. `a ≥ ⌈(k·2^shift − b')/|m|⌉`
+/// (for `m = 0`: `a = 0` against 0 or 1). Valid while `|acc| ≤ 2^30` (checked per call); the
+/// thresholds are clamped to `±(2^30 + 1)`.
+#[derive(Clone, Debug)]
+struct Ladder {
+    /// Per channel: `−1` where `m < 0`, else 0; and `0` where `m = 0`, else `−1`.
+    neg: Vec<i32>,
+    nonzero: Vec<i32>,
+    /// `t[k][ch]` for `k < qmax`.
+    t: Vec<Vec<i32>>,
+}
+
+impl Ladder {
+    fn new(c: &Conv2d, width: usize) -> Option<Ladder> {
+        let rq = &c.requant;
+        if rq.qmax > 3 {
+            return None;
+        }
+        let m = |ch: usize| rq.m.get(ch).copied().unwrap_or(0) as i128;
+        let b = |ch: usize| rq.b.get(ch).copied().unwrap_or(0) as i128 + rq.rounding() as i128;
+        const LIMIT: i128 = (1 << 30) + 1;
+        let t = (1..=rq.qmax as i128)
+            .map(|k| {
+                (0..width)
+                    .map(|ch| {
+                        let need = (k << rq.shift) - b(ch);
+                        let t = match m(ch).unsigned_abs() as i128 {
+                            0 => (need > 0) as i128,
+                            m => need.div_euclid(m) + (need.rem_euclid(m) != 0) as i128,
+                        };
+                        t.clamp(-LIMIT, LIMIT) as i32
+                    })
+                    .collect()
+            })
+            .collect();
+        Some(Ladder {
+            neg: (0..width).map(|ch| -((m(ch) < 0) as i32)).collect(),
+            nonzero: (0..width).map(|ch| -((m(ch) != 0) as i32)).collect(),
+            t,
+        })
+    }
+
+    /// Sixteen channels from `c0` of one pixel.
+    #[inline(always)]
+    fn codes16(&self, c0: usize, acc: &[i32; BLOCK]) -> [u8; BLOCK] {
+        let neg: &[i32; BLOCK] = self.neg[c0..c0 + BLOCK].try_into().expect("16 channels");
+        let nonzero: &[i32; BLOCK] = self.nonzero[c0..c0 + BLOCK].try_into().expect("16 channels");
+        let mut a = [0i32; BLOCK];
+        for (i, a) in a.iter_mut().enumerate() {
+            *a = ((acc[i] ^ neg[i]).wrapping_sub(neg[i])) & nonzero[i];
+        }
+        let mut n = [0i32; BLOCK];
+        for t in &self.t {
+            let t: &[i32; BLOCK] = t[c0..c0 + BLOCK].try_into().expect("16 channels");
+            for (i, n) in n.iter_mut().enumerate() {
+                *n += (a[i] >= t[i]) as i32;
+            }
+        }
+        let mut out = [0u8; BLOCK];
+        for (o, &n) in out.iter_mut().zip(&n) {
+            *o = n as u8;
+        }
+        out
+    }
 }
 
 impl Tables {
@@ -420,15 +567,18 @@ impl Tables {
             acc_per_code: c.k_len() as u128 * wmax,
             m_max: rq.m.iter().map(|v| v.unsigned_abs()).max().unwrap_or(0) as u128,
             b_max: rq.b.iter().map(|v| v.unsigned_abs()).max().unwrap_or(0) as u128 + rq.rounding() as u128,
+            ladder: Ladder::new(c, width),
         }
     }
 }
 
 /// How one call requantises.
 enum Epilogue {
+    /// [`Ladder`] (no shortcut, outputs of at most 2 bits).
+    Ladder,
     /// In f64, exact (every intermediate an integer times `2^−shift` below 2^53): `r` is the
     /// shortcut scale `r·2^−shift`.
-    F64 { r: f64, qmax: f64 },
+    F64 { r: f64, qmax: u8 },
     /// The reference's int64 form.
     I64,
 }
@@ -437,30 +587,63 @@ impl Epilogue {
     fn new(t: &Tables, c: &Conv2d, amax: u8, residual: Option<&Residual>) -> Self {
         let acc_max = t.acc_per_code * amax as u128;
         let r_term = residual.map_or(0, |r| 255 * r.r.unsigned_abs() as u128);
+        if residual.is_none() && t.ladder.is_some() && acc_max <= 1 << 30 {
+            return Epilogue::Ladder;
+        }
         if acc_max * t.m_max + t.b_max + r_term < 1u128 << 53 {
-            Epilogue::F64 { r: residual.map_or(0.0, |r| r.r as f64 * pow2_neg(c.requant.shift)), qmax: c.requant.qmax as f64 }
+            Epilogue::F64 { r: residual.map_or(0.0, |r| r.r as f64 * pow2_neg(c.requant.shift)), qmax: c.requant.qmax }
         } else {
             Epilogue::I64
         }
     }
 }
 
-/// Sixteen channels requantised in f64: `floor(clamp(acc·m + b + q·r, 0, qmax))`. Channels
-/// past `c_conv` have `m = b = 0` in the tables, as the contract says.
+/// Sixteen channels requantised in f64: `floor(clamp(acc·m + b + q·r, 0, qmax))` (the shortcut
+/// term only where `RES`). Channels past `c_conv` have `m = b = 0` in the tables, as the
+/// contract says.
 #[inline(always)]
-fn requant16(acc: &[i32; BLOCK], m: &[f64; BLOCK], b: &[f64; BLOCK], q: &[u8; BLOCK], r: f64, qmax: f64) -> [u8; BLOCK] {
-    /// Adding 2^52 to `0 ≤ v < 2^51` rounds it to an integer held in the low mantissa bits.
-    const ROUND: f64 = (1u64 << 52) as f64;
+fn requant16<const RES: bool>(acc: &[i32; BLOCK], m: &[f64; BLOCK], b: &[f64; BLOCK], q: &[u8; BLOCK], r: f64, qmax: u8) -> [u8; BLOCK] {
     let mut v = [0f64; BLOCK];
     for (i, v) in v.iter_mut().enumerate() {
-        let t = acc[i] as f64 * m[i] + b[i] + q[i] as f64 * r;
-        let t = if t > 0.0 { t } else { 0.0 };
-        *v = if t < qmax { t } else { qmax };
+        *v = acc[i] as f64 * m[i] + b[i];
+        if RES {
+            *v += q[i] as f64 * r;
+        }
     }
-    // The floor without a float-to-int conversion (Rust's saturating `as` would stay scalar):
-    // round to nearest, step back where that rounded up, read the integer from the bits.
+    match qmax {
+        1 => ladder::<1>(&v),
+        3 => ladder::<3>(&v),
+        _ => floor_clamped(&v, qmax as f64),
+    }
+}
+
+/// `floor(clamp(v, 0, Q))` as `#{k ∈ 1..=Q : v ≥ k}`: `Q` compares, the cheapest form for 1- and
+/// 2-bit outputs.
+#[inline(always)]
+fn ladder<const Q: u8>(v: &[f64; BLOCK]) -> [u8; BLOCK] {
+    let mut n = [0i64; BLOCK];
+    for k in 1..=Q {
+        for (n, &v) in n.iter_mut().zip(v) {
+            *n += (v >= k as f64) as i64;
+        }
+    }
     let mut out = [0u8; BLOCK];
-    for (o, &v) in out.iter_mut().zip(&v) {
+    for (o, &n) in out.iter_mut().zip(&n) {
+        *o = n as u8;
+    }
+    out
+}
+
+/// `floor(clamp(v, 0, qmax))` for `qmax ≤ 255`, without a float-to-int conversion (Rust's
+/// saturating `as` stays scalar): round to nearest by adding 2^52, step back where that
+/// rounded up, and read the integer from the low mantissa bits.
+#[inline(always)]
+fn floor_clamped(v: &[f64; BLOCK], qmax: f64) -> [u8; BLOCK] {
+    const ROUND: f64 = (1u64 << 52) as f64;
+    let mut out = [0u8; BLOCK];
+    for (o, &v) in out.iter_mut().zip(v) {
+        let v = if v > 0.0 { v } else { 0.0 };
+        let v = if v < qmax { v } else { qmax };
         let r = (v + ROUND) - ROUND;
         let f = if r > v { r - 1.0 } else { r };
         *o = (f + ROUND).to_bits() as u8;
@@ -485,6 +668,25 @@ mod tests {
                 let (x, u) = (|i: u32| (xs >> (2 * i) & 3) as u8, |i: u32| (us >> (2 * i) & 3) as u16);
                 let want: u16 = (0..3).map(|i| x(i) as u16 * u(i)).sum();
                 assert_eq!(dot3(pack_x(x(0), x(1), x(2)), pack_u(u(0), u(1), u(2))), want, "x {xs:06b} u {us:06b}");
+            }
+        }
+    }
+
+    #[test]
+    fn threshold_ladder_matches_requantize() {
+        use crate::engine::{PackedW2, Requant};
+        // Positive, negative and zero multipliers, extreme ones included; 1- and 2-bit outputs.
+        let m = [7, -7, 0, 1, -1, i32::MAX, i32::MIN, 12345, -98765, 3, 0, 5, -3, 1 << 20, -(1 << 20), 2];
+        let b = [0, 5, -5, 1 << 30, -(1 << 30), i32::MIN, i32::MAX, 77, -77, 0, 1, 2, 3, -4, 5, -6];
+        for (shift, qmax) in [(0, 3), (1, 1), (9, 3), (20, 3), (30, 1), (62, 3)] {
+            let rq = Requant { m: m.to_vec(), b: b.to_vec(), shift, qmax };
+            let w = PackedW2::pack(BLOCK, 1, &[1; BLOCK]).expect("weights");
+            let conv = Conv2d::new(1, 1, 1, 0, ConvWeights::W2(w), rq.clone()).expect("conv");
+            let ladder = Ladder::new(&conv, BLOCK).expect("2-bit outputs");
+            for a in -3000..3000 {
+                let got = ladder.codes16(0, &[a; BLOCK]);
+                let want: [u8; BLOCK] = array::from_fn(|ch| requantize(a, m[ch], b[ch], 0, 0, &rq));
+                assert_eq!(got, want, "acc {a} shift {shift} qmax {qmax}");
             }
         }
     }
