@@ -143,32 +143,41 @@ enum Input {
 }
 
 /// Packs `x` (codes ≤ 3) into zero-bordered triples: triple `t` of a pixel holds channels
-/// `t`, `T + t` and `2T + t`. Written in order (no zero fill first), with each pixel's code sum.
+/// `t`, `T + t` and `2T + t`; and each pixel's code sum.
 fn pack_triples(x: &QTensor, pad: usize, t_n: usize) -> Input {
     let wp = x.w + 2 * pad;
     let hp = x.h + 2 * pad;
-    let mut out: Vec<V16> = Vec::with_capacity(hp * wp * t_n);
-    let mut sums: Vec<u32> = Vec::with_capacity(hp * wp);
-    let zeros = |out: &mut Vec<V16>, sums: &mut Vec<u32>, pixels: usize| {
-        out.resize(out.len() + pixels * t_n, [0; LANES]);
-        sums.resize(sums.len() + pixels, 0);
-    };
-    zeros(&mut out, &mut sums, pad * wp);
-    // A pixel's codes padded to 3T.
-    let mut codes = vec![0u8; 3 * t_n];
-    for row in x.data.chunks_exact(x.w * x.c) {
-        zeros(&mut out, &mut sums, pad);
-        for px in row.chunks_exact(x.c) {
-            codes[..x.c].copy_from_slice(px);
-            let (a, rest) = codes.split_at(t_n);
-            let (b, c) = rest.split_at(t_n);
-            out.extend(a.iter().zip(b).zip(c).map(|((&a, &b), &c)| [pack_x(a, b, c); LANES]));
-            sums.push(px.iter().map(|&q| q as u32).sum());
+    let mut out = vec![[0u16; LANES]; hp * wp * t_n];
+    let mut sums = vec![0u32; hp * wp];
+    for (y, row) in x.data.chunks_exact(x.w * x.c).enumerate() {
+        let at = (y + pad) * wp + pad;
+        let dst = out[at * t_n..(at + x.w) * t_n].chunks_exact_mut(t_n);
+        for ((px, o), s) in row.chunks_exact(x.c).zip(dst).zip(&mut sums[at..at + x.w]) {
+            pack_pixel(px, o);
+            *s = px.iter().map(|&q| q as u32).sum();
         }
-        zeros(&mut out, &mut sums, pad);
     }
-    zeros(&mut out, &mut sums, pad * wp);
     Input::Triples { x: out, sums, triples: t_n }
+}
+
+/// One pixel's codes as `out.len()` triples (channels `t`, `T + t`, `2T + t`; zero past the
+/// last), each in every lane. Three branch-free runs: all three channels, the first two, the
+/// first alone.
+#[inline(always)]
+fn pack_pixel(px: &[u8], out: &mut [V16]) {
+    let t_n = out.len();
+    let (a, rest) = px.split_at(t_n);
+    let (b, c) = rest.split_at(t_n.min(rest.len()));
+    let (three, two) = (c.len(), b.len());
+    for (((o, &a), &b), &c) in out.iter_mut().zip(a).zip(b).zip(c) {
+        *o = [pack_x(a, b, c); LANES];
+    }
+    for ((o, &a), &b) in out[three..two].iter_mut().zip(&a[three..two]).zip(&b[three..]) {
+        *o = [pack_x(a, b, 0); LANES];
+    }
+    for (o, &a) in out[two..].iter_mut().zip(&a[two..]) {
+        *o = [pack_x(a, 0, 0); LANES];
+    }
 }
 
 /// `x` with a zero border of `pad` pixels.
@@ -277,16 +286,23 @@ impl Job<'_> {
         let rq = &self.ker.conv.requant;
         for i in 0..np {
             // The shortcut codes of these channels (0 past the shortcut's own).
+            // (Fixed-size copies where whole: a variable-length one is a `memcpy` call.)
             let mut q = [0u8; BLOCK];
             if let Some(r) = self.residual.filter(|_| d.c_res > c0) {
-                let have = (d.c_res - c0).min(BLOCK);
-                q[..have].copy_from_slice(&r.input.data[res[i] + c0..][..have]);
+                match d.c_res - c0 {
+                    BLOCK.. => q = r.input.data[res[i] + c0..][..BLOCK].try_into().expect("16 codes"),
+                    have => q[..have].copy_from_slice(&r.input.data[res[i] + c0..][..have]),
+                }
             }
             let dst = &mut out[i * d.c_out + c0..][..width];
+            let store = |dst: &mut [u8], codes: [u8; BLOCK]| match <&mut [u8; BLOCK]>::try_from(&mut *dst) {
+                Ok(whole) => *whole = codes,
+                Err(_) => dst.copy_from_slice(&codes[..dst.len()]),
+            };
             match &self.epi {
                 Epilogue::Ladder => {
                     let ladder = self.ker.epilogue.ladder.as_ref().expect("chosen only with a ladder");
-                    dst.copy_from_slice(&ladder.codes16(c0, &acc[i])[..width]);
+                    store(dst, ladder.codes16(c0, &acc[i]));
                 }
                 Epilogue::F64 { r, qmax } => {
                     let t = &self.ker.epilogue;
@@ -296,7 +312,7 @@ impl Job<'_> {
                         Some(_) => requant16::<true>(&acc[i], m, b, &q, *r, *qmax),
                         None => requant16::<false>(&acc[i], m, b, &q, *r, *qmax),
                     };
-                    dst.copy_from_slice(&codes[..width]);
+                    store(dst, codes);
                 }
                 Epilogue::I64 => {
                     for (ch, o) in dst.iter_mut().enumerate() {
