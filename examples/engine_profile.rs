@@ -91,6 +91,16 @@ fn main() {
         println!("| {i} | {kind} | {}×{} | {:.0} | {t1:.1} | {:.1} | {tt:.1} | {:.2} |", y.h, y.w, macs / 1e3, macs / t1 / 1e3, t1 / tt);
     }
     println!("convs alone: {sum1:.0} µs on 1 thread, {sum_t:.0} µs on {threads} ({:.2}×)", sum1 / sum_t);
+    // The whole image as `run` does it from a thread outside the pool (what a caller sees).
+    let whole = |cpu: &Cpu| {
+        let p = model.prepare(cpu).expect("prepare");
+        (0..reps).map(|_| median_us(200, || drop(black_box(model.run(cpu, &p, image).expect("run"))))).fold(f64::MAX, f64::min)
+    };
+    let (w1, wt) = (whole(&one), whole(&many));
+    println!("whole image: {w1:.0} µs on 1 thread, {wt:.0} µs on {threads} ({:.2}×)", w1 / wt);
+    let trip = many.install(|| ());
+    let round_trip = (0..reps).map(|_| median_us(2000, || many.install(|| black_box(trip)))).fold(f64::MAX, f64::min);
+    println!("handing a call to the pool and back: {round_trip:.2} µs");
     let dispatch = |cpu: &Cpu| {
         let w = PackedW2::pack(1, 1, &[1]).expect("weights");
         let conv = Conv2d::new(1, 1, 1, 0, ConvWeights::W2(w), Requant { m: vec![1], b: vec![0], shift: 0, qmax: 3 }).expect("conv");

@@ -227,13 +227,14 @@ impl Cpu {
                 self.par_pixels(threads, d.ho * d.wo, d.c_out, 1, &mut out.data, f);
             }
             Kernel::Swar(k) => {
-                let job = k.job(&d, x, residual);
-                self.par_pixels(threads, d.ho * d.wo, d.c_out, swar::PIXELS, &mut out.data, |px, o| job.run(px, o));
+                let f = |px: Range<usize>, o: &mut [u8]| k.job(&d, x, residual, px.clone()).run(px, o);
+                self.par_pixels(threads, d.ho * d.wo, d.c_out, swar::PIXELS, &mut out.data, f);
             }
             #[cfg(target_arch = "x86_64")]
             Kernel::Avx2(k) => {
-                let job = k.job(&d, x, residual);
-                self.par_pixels(threads, d.ho * d.wo, d.c_out, avx2::PIXEL_TILE, &mut out.data, |px, o| job.run(px, o));
+                // Each part copies the input rows it reads itself (no serial copy before the split).
+                let f = |px: Range<usize>, o: &mut [u8]| k.job(&d, x, residual, px.clone()).run(px, o);
+                self.par_pixels(threads, d.ho * d.wo, d.c_out, avx2::PIXEL_TILE, &mut out.data, f);
             }
             #[cfg(target_arch = "x86_64")]
             Kernel::Avx512(k) => {

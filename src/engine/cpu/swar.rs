@@ -118,18 +118,23 @@ impl ConvKernel {
         ConvKernel { conv: conv.clone(), nb, weights, epilogue: Tables::new(conv, nb * BLOCK) }
     }
 
-    /// The per-call state: the packed input and the epilogue's form. `d` are `x`'s checked
-    /// dims.
-    pub(super) fn job<'a>(&'a self, d: &ConvDims, x: &QTensor, residual: Option<&'a Residual<'a>>) -> Job<'a> {
+    /// The state for output pixels `pixels` of a call (`d` are `x`'s checked dims): the packed
+    /// input rows they read, so that each part of a split packs its own rows (halo included)
+    /// in parallel, and the epilogue's form.
+    pub(super) fn job<'a>(&'a self, d: &ConvDims, x: &QTensor, residual: Option<&'a Residual<'a>>, pixels: Range<usize>) -> Job<'a> {
         let c = &self.conv;
         let wp = x.w + 2 * c.pad;
-        let amax = x.max_code();
+        let out_rows = pixels.start / d.wo..(pixels.end.max(pixels.start + 1) - 1) / d.wo + 1;
+        let rows = out_rows.start * c.stride..(out_rows.end - 1) * c.stride + c.k;
+        // The input rows among the padded rows `rows`.
+        let (y0, y1) = (rows.start.saturating_sub(c.pad), rows.end.saturating_sub(c.pad).min(x.h));
+        let amax = x.data[y0.min(y1) * x.w * x.c..y1 * x.w * x.c].iter().copied().max().unwrap_or(0);
         let input = match &self.weights {
-            Packed::W2 { triples, .. } if amax <= 3 => pack_triples(x, c.pad, *triples),
-            _ => Input::Wide(pad_input(x, c.pad)),
+            Packed::W2 { triples, .. } if amax <= 3 => pack_triples(x, c.pad, *triples, rows.clone()),
+            _ => Input::Wide(pad_input(x, c.pad, rows.clone())),
         };
         let epi = Epilogue::new(&self.epilogue, c, amax, residual);
-        Job { ker: self, input, wp, d: *d, epi, residual }
+        Job { ker: self, input, wp, row0: rows.start, pixels, d: *d, epi, residual }
     }
 }
 
@@ -142,15 +147,15 @@ enum Input {
     Wide(Vec<u8>),
 }
 
-/// Packs `x` (codes ≤ 3) into zero-bordered triples: triple `t` of a pixel holds channels
-/// `t`, `T + t` and `2T + t`; and each pixel's code sum.
-fn pack_triples(x: &QTensor, pad: usize, t_n: usize) -> Input {
+/// Packs padded rows `rows` of `x` (codes ≤ 3) into zero-bordered triples: triple `t` of a
+/// pixel holds channels `t`, `T + t` and `2T + t`; and each pixel's code sum.
+fn pack_triples(x: &QTensor, pad: usize, t_n: usize, rows: Range<usize>) -> Input {
     let wp = x.w + 2 * pad;
-    let hp = x.h + 2 * pad;
-    let mut out = vec![[0u16; LANES]; hp * wp * t_n];
-    let mut sums = vec![0u32; hp * wp];
+    let mut out = vec![[0u16; LANES]; rows.len() * wp * t_n];
+    let mut sums = vec![0u32; rows.len() * wp];
     for (y, row) in x.data.chunks_exact(x.w * x.c).enumerate() {
-        let at = (y + pad) * wp + pad;
+        let Some(r) = (y + pad).checked_sub(rows.start).filter(|_| y + pad < rows.end) else { continue };
+        let at = r * wp + pad;
         let dst = out[at * t_n..(at + x.w) * t_n].chunks_exact_mut(t_n);
         for ((px, o), s) in row.chunks_exact(x.c).zip(dst).zip(&mut sums[at..at + x.w]) {
             pack_pixel(px, o);
@@ -180,12 +185,13 @@ fn pack_pixel(px: &[u8], out: &mut [V16]) {
     }
 }
 
-/// `x` with a zero border of `pad` pixels.
-fn pad_input(x: &QTensor, pad: usize) -> Vec<u8> {
+/// Padded rows `rows` of `x` with a zero border of `pad` pixels.
+fn pad_input(x: &QTensor, pad: usize, rows: Range<usize>) -> Vec<u8> {
     let wp = x.w + 2 * pad;
-    let mut out = vec![0u8; (x.h + 2 * pad) * wp * x.c];
+    let mut out = vec![0u8; rows.len() * wp * x.c];
     for (y, row) in x.data.chunks_exact(x.w * x.c).enumerate() {
-        let at = ((y + pad) * wp + pad) * x.c;
+        let Some(r) = (y + pad).checked_sub(rows.start).filter(|_| y + pad < rows.end) else { continue };
+        let at = (r * wp + pad) * x.c;
         out[at..at + row.len()].copy_from_slice(row);
     }
     out
@@ -197,6 +203,10 @@ pub(crate) struct Job<'a> {
     input: Input,
     /// Pixels per padded input row.
     wp: usize,
+    /// The padded row `input` starts at.
+    row0: usize,
+    /// The output pixels whose rows `input` holds.
+    pixels: Range<usize>,
     d: ConvDims,
     epi: Epilogue,
     residual: Option<&'a Residual<'a>>,
@@ -205,6 +215,7 @@ pub(crate) struct Job<'a> {
 impl Job<'_> {
     /// Output pixels `px` into `out` (`px.len() · c_out` codes).
     pub(crate) fn run(&self, px: Range<usize>, out: &mut [u8]) {
+        assert!(px.start >= self.pixels.start && px.end <= self.pixels.end, "pixels outside the job's rows");
         let d = &self.d;
         let mut n = px.start;
         // Output coordinates of pixel `n`, stepped along without divisions.
@@ -234,7 +245,7 @@ impl Job<'_> {
         let (mut origin, mut res, mut sx3) = ([0usize; PIXELS], [0usize; PIXELS], [0i32; PIXELS]);
         for i in 0..PIXELS {
             let (y, x) = yx[i];
-            origin[i] = y * c.stride * self.wp + x * c.stride;
+            origin[i] = (y * c.stride - self.row0) * self.wp + x * c.stride;
             if let Some(r) = self.residual {
                 res[i] = (y * r.stride * r.input.w + x * r.stride) * r.input.c;
             }
