@@ -98,8 +98,7 @@ fn main() {
     };
     let (w1, wt) = (whole(&one), whole(&many));
     println!("whole image: {w1:.0} µs on 1 thread, {wt:.0} µs on {threads} ({:.2}×)", w1 / wt);
-    let trip = many.install(|| ());
-    let round_trip = (0..reps).map(|_| median_us(2000, || many.install(|| black_box(trip)))).fold(f64::MAX, f64::min);
+    let round_trip = (0..reps).map(|_| median_us(2000, || many.install(|| black_box(())))).fold(f64::MAX, f64::min);
     println!("handing a call to the pool and back: {round_trip:.2} µs");
     let dispatch = |cpu: &Cpu| {
         let w = PackedW2::pack(1, 1, &[1]).expect("weights");
