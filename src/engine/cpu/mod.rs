@@ -8,7 +8,9 @@
 //! ([`Cpu::install`], done by [`QModel::run_layers`](crate::engine::plan::QModel)), which
 //! splits each conv and computes the first range itself; a range no idle worker has stolen by
 //! then it runs too (work stealing), so a busy machine costs a split little more than the
-//! queueing.
+//! queueing. The AVX2 and portable kernels copy (pack) the input rows a range reads inside
+//! that range's task, halo rows included, so nothing runs serially before a split but the
+//! output allocation.
 //!
 //! Backends: `Scalar` (the reference, always present), `Swar` (portable safe Rust that LLVM
 //! vectorises for any 128-bit SIMD: three 2-bit MACs per 16-bit multiply lane, on every CPU:
