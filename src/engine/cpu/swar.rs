@@ -405,10 +405,13 @@ fn dots_w2(
     }
 }
 
-/// Adds the `u16` sums over kernel rows `rows`, steps `steps` of each (at most
-/// STEPS_PER_FLUSH in all) to `acc`; `run` steps per kernel row.
+/// The micro-kernel: adds to `acc` the `u16` sums of four pixels × 16 channels over kernel
+/// rows `rows`, steps `steps` of each (at most STEPS_PER_FLUSH in all): `x` the packed triples
+/// (`origin` of each pixel's window and `row` per padded row, in triples), `w` the block's
+/// `[k][run][2]` weight triples. Its own function with named accumulators: inlined into bigger
+/// code, or with the accumulators indexed by pixel, LLVM split the vectors or spilled them.
 #[allow(clippy::too_many_arguments)]
-#[inline(always)]
+#[inline(never)]
 fn dots_w2_part(
     x: &[V16],
     origin: &[usize; PIXELS],
@@ -419,38 +422,30 @@ fn dots_w2_part(
     w: &[[V16; 2]],
     acc: &mut [[V16; 2]; PIXELS],
 ) {
-    let width = steps.len();
-    for ky in rows {
-        let at = |i: usize| &x[origin[i] + ky * row + steps.start..][..width];
-        micro_w2([at(0), at(1), at(2), at(3)], &w[ky * run + steps.start..][..width], acc);
-    }
-}
-
-/// The micro-kernel: `acc[i][v] += Σ_s dot3(x_i[s], w[s][v])` for four pixels' runs `x_i` of
-/// the same length as `w`. Its own function with named accumulators: inlined into bigger code,
-/// or with the accumulators indexed by pixel, LLVM split the vectors or spilled them.
-#[inline(never)]
-fn micro_w2(x: [&[V16]; PIXELS], w: &[[V16; 2]], acc: &mut [[V16; 2]; PIXELS]) {
-    let n = w.len();
-    let (x0, x1, x2, x3) = (&x[0][..n], &x[1][..n], &x[2][..n], &x[3][..n]);
+    let n = steps.len();
     let [[mut a00, mut a01], [mut a10, mut a11], [mut a20, mut a21], [mut a30, mut a31]] = *acc;
-    let mut s = 0;
-    while s < n {
-        let [w0, w1] = &w[s];
-        mac(&mut a00, &x0[s], w0);
-        mac(&mut a01, &x0[s], w1);
-        mac(&mut a10, &x1[s], w0);
-        mac(&mut a11, &x1[s], w1);
-        mac(&mut a20, &x2[s], w0);
-        mac(&mut a21, &x2[s], w1);
-        mac(&mut a30, &x3[s], w0);
-        mac(&mut a31, &x3[s], w1);
-        s += 1;
-        // Never taken (a sum stays ≤ 27·STEPS_PER_FLUSH < u16::MAX), but an early exit keeps
-        // LLVM's loop vectoriser off this loop (it would gather lanes across steps), leaving
-        // the body to the SLP vectoriser: whole-vector multiplies.
-        if a00[0] == u16::MAX {
-            break;
+    for ky in rows {
+        let at = |i: usize| &x[origin[i] + ky * row + steps.start..][..n];
+        let (x0, x1, x2, x3) = (at(0), at(1), at(2), at(3));
+        let w = &w[ky * run + steps.start..][..n];
+        let mut s = 0;
+        while s < n {
+            let [w0, w1] = &w[s];
+            mac(&mut a00, &x0[s], w0);
+            mac(&mut a01, &x0[s], w1);
+            mac(&mut a10, &x1[s], w0);
+            mac(&mut a11, &x1[s], w1);
+            mac(&mut a20, &x2[s], w0);
+            mac(&mut a21, &x2[s], w1);
+            mac(&mut a30, &x3[s], w0);
+            mac(&mut a31, &x3[s], w1);
+            s += 1;
+            // Never taken (a sum stays ≤ 27·STEPS_PER_FLUSH < u16::MAX), but an early exit
+            // keeps LLVM's loop vectoriser off this loop (it would gather lanes across steps),
+            // leaving the body to the SLP vectoriser: whole-vector multiplies.
+            if a00[0] == u16::MAX {
+                break;
+            }
         }
     }
     *acc = [[a00, a01], [a10, a11], [a20, a21], [a30, a31]];
@@ -488,7 +483,7 @@ fn dots_wide(
                     *t += q * ws[s][i / LANES][i % LANES] as i32;
                 }
                 s += 1;
-                // As in `micro_w2`: keeps the loop vectoriser off (|Σ| ≤ k_len·255·128 never
+                // As in `dots_w2_part`: keeps the loop vectoriser off (|Σ| ≤ k_len·255·128 never
                 // reaches i32::MIN for a layer the int32 contract admits).
                 if a[0] == i32::MIN {
                     break;
