@@ -2,7 +2,8 @@
 //! real input (from one test image), on 1 thread and on `--threads` T, with the threshold
 //! `SPLIT_MIN_MACS_PER_THREAD` the CPU backend uses, best of `--reps` median-of-9 timings.
 //!
-//! `cargo run --release --example engine_profile -- [--model FILE.nce] [--threads T] [--reps N]`
+//! `cargo run --release --example engine_profile -- [--model FILE.nce] [--threads T] [--reps N]
+//! [--backend swar|scalar]` (default: the best backend)
 //! (`perf record` on the same command gives the phases inside the kernels).
 
 use nce::engine::cpu::{Backend, Cpu, SPLIT_MIN_MACS_PER_THREAD};
@@ -49,13 +50,18 @@ fn main() {
     let reps: usize = arg("--reps", "3").parse().expect("--reps N");
     let ds = nce::data::load("fashion-mnist", Path::new("data"), nce::data::Split::Test).expect("dataset");
     let image = &ds.images[..model.net().input.numel()];
-    let one = Cpu::best(1);
-    let many = Cpu::new(Backend::best(), threads).expect("threads").with_min_macs_per_thread(SPLIT_MIN_MACS_PER_THREAD);
+    let backend = match arg("--backend", "best").as_str() {
+        "swar" => Backend::Swar,
+        "scalar" => Backend::Scalar,
+        _ => Backend::best(),
+    };
+    let one = Cpu::new(backend, 1).expect("backend");
+    let many = Cpu::new(backend, threads).expect("threads").with_min_macs_per_thread(SPLIT_MIN_MACS_PER_THREAD);
     let outs = model.run_layers(&one, &model.prepare(&one).expect("prepare"), image).expect("run");
     let s = model.net().input;
     let hwc: Vec<u8> = (0..s.h * s.w).flat_map(|p| (0..s.c).map(move |c| image[c * s.h * s.w + p])).collect();
     let input = QTensor::new(s.h, s.w, s.c, hwc).expect("input");
-    println!("{} kernels, T = {threads}", Backend::best());
+    println!("{backend} kernels, T = {threads}");
     println!("| step | conv | out h×w | kMAC | µs 1 thread | GMAC/s | µs T threads | speed-up |");
     println!("|---:|---|---|---:|---:|---:|---:|---:|");
     let (mut sum1, mut sum_t) = (0.0, 0.0);
@@ -85,6 +91,15 @@ fn main() {
         println!("| {i} | {kind} | {}×{} | {:.0} | {t1:.1} | {:.1} | {tt:.1} | {:.2} |", y.h, y.w, macs / 1e3, macs / t1 / 1e3, t1 / tt);
     }
     println!("convs alone: {sum1:.0} µs on 1 thread, {sum_t:.0} µs on {threads} ({:.2}×)", sum1 / sum_t);
+    // The whole image as `run` does it from a thread outside the pool (what a caller sees).
+    let whole = |cpu: &Cpu| {
+        let p = model.prepare(cpu).expect("prepare");
+        (0..reps).map(|_| median_us(200, || drop(black_box(model.run(cpu, &p, image).expect("run"))))).fold(f64::MAX, f64::min)
+    };
+    let (w1, wt) = (whole(&one), whole(&many));
+    println!("whole image: {w1:.0} µs on 1 thread, {wt:.0} µs on {threads} ({:.2}×)", w1 / wt);
+    let round_trip = (0..reps).map(|_| median_us(2000, || many.install(|| black_box(())))).fold(f64::MAX, f64::min);
+    println!("handing a call to the pool and back: {round_trip:.2} µs");
     let dispatch = |cpu: &Cpu| {
         let w = PackedW2::pack(1, 1, &[1]).expect("weights");
         let conv = Conv2d::new(1, 1, 1, 0, ConvWeights::W2(w), Requant { m: vec![1], b: vec![0], shift: 0, qmax: 3 }).expect("conv");
@@ -93,6 +108,6 @@ fn main() {
             (0..reps).map(|_| median_us(2000, || drop(black_box(cpu.conv2d(&p, &x, None).expect("conv"))))).fold(f64::MAX, f64::min)
         })
     };
-    let (d1, dt) = (dispatch(&one), dispatch(&Cpu::best(threads)));
+    let (d1, dt) = (dispatch(&one), dispatch(&Cpu::new(backend, threads).expect("threads")));
     println!("a 64-pixel 1×1 conv: {d1:.2} µs on 1 thread, {dt:.2} µs split over {threads}: {:.2} µs per dispatch", dt - d1);
 }

@@ -212,6 +212,22 @@ fn int16_accumulator_is_flushed_before_overflow() {
 }
 
 #[test]
+fn long_pointwise_reductions_are_widened_before_overflow() {
+    // A 1×1 conv over 7,500 channels at the largest codes: 2,500 steps of 27 per 16-bit lane in
+    // the portable kernel's single kernel row (more than it may take before widening) and
+    // ±67,500 per output, past any 16-bit sum.
+    for sign in [3i8, -3] {
+        let (c_in, c_out) = (7500, 3);
+        let w = PackedW2::pack(c_out, c_in, &vec![sign; c_out * c_in]).unwrap();
+        let rq = Requant { m: vec![1; c_out], b: vec![0; c_out], shift: 9, qmax: 255 };
+        let conv = Conv2d::new(c_in, 1, 1, 0, ConvWeights::W2(w), rq).unwrap();
+        let x = QTensor::new(1, 2, c_in, vec![3; 2 * c_in]).unwrap();
+        let out = check_conv("long 1×1", &conv, &x, None);
+        assert_eq!(out.at(0, 1, 2), if sign > 0 { ((67_500 + 256) >> 9) as u8 } else { 0 });
+    }
+}
+
+#[test]
 fn int16_accumulator_is_flushed_for_eight_bit_codes() {
     // Codes 255 with weights +3: 1530 per int16 lane and step, 36 steps per pixel (3×3×16):
     // only the 21-step flush interval keeps this exact.

@@ -118,15 +118,22 @@ impl ConvKernel {
         Some(ConvKernel { conv: conv.clone(), steps, nb, weights, epilogue: EpilogueTables::new(conv, nb * BLOCK) })
     }
 
-    /// Builds the per-call state: the zero-bordered input copy and the epilogue tables.
-    pub(crate) fn job<'a>(&'a self, d: &ConvDims, x: &QTensor, residual: Option<&'a Residual<'a>>) -> Job<'a> {
+    /// Builds the state for output pixels `pixels` of a call: the zero-bordered copy of the
+    /// input rows they read (so that each thread of a split copies its own rows, halo
+    /// included, in parallel) and the epilogue tables.
+    pub(crate) fn job<'a>(&'a self, d: &ConvDims, x: &QTensor, residual: Option<&'a Residual<'a>>, pixels: Range<usize>) -> Job<'a> {
         let c = &self.conv;
-        let (hp, wp) = (x.h + 2 * c.pad, x.w + 2 * c.pad);
+        let wp = x.w + 2 * c.pad;
         let row_stride = wp * c.c_in;
-        let len = hp * row_stride + SLACK;
+        // Padded input rows `rows` hold the windows of output rows `out_rows`.
+        let out_rows = pixels.start / d.wo..(pixels.end.max(pixels.start + 1) - 1) / d.wo + 1;
+        let rows = out_rows.start * c.stride..(out_rows.end - 1) * c.stride + c.k;
+        let len = rows.len() * row_stride + SLACK;
+        // The input rows among them.
+        let (y0, y1) = (rows.start.saturating_sub(c.pad), (rows.end.saturating_sub(c.pad)).min(x.h));
         let place = |buf: &mut dyn FnMut(usize, &[u8])| {
-            for y in 0..x.h {
-                let dst = ((y + c.pad) * wp + c.pad) * c.c_in;
+            for y in y0..y1 {
+                let dst = ((y + c.pad - rows.start) * wp + c.pad) * c.c_in;
                 buf(dst, &x.data[y * x.w * x.c..(y + 1) * x.w * x.c]);
             }
         };
@@ -146,12 +153,13 @@ impl ConvKernel {
                 Input::I16(v)
             }
         };
-        // Every int16 lane gains at most 2·3·amax per step.
-        let amax = x.max_code().max(1) as usize;
-        let flush = (i16::MAX as usize / (6 * amax)).max(1);
+        // Every int16 lane gains at most 2·3·amax per step (amax of the rows read: each part
+        // of a split may flush at its own interval, all exact).
+        let amax = x.data[y0.min(y1) * x.w * x.c..y1 * x.w * x.c].iter().copied().max().unwrap_or(0);
+        let flush = (i16::MAX as usize / (6 * amax.max(1) as usize)).max(1);
 
-        let epi = Epilogue::new(&self.epilogue, &self.conv, self.nb * BLOCK, x.max_code(), residual);
-        Job { ker: self, input, row_stride, d: *d, epi, residual, flush }
+        let epi = Epilogue::new(&self.epilogue, &self.conv, self.nb * BLOCK, amax, residual);
+        Job { ker: self, input, row_stride, row0: rows.start, pixels, d: *d, epi, residual, flush }
     }
 }
 
@@ -243,6 +251,10 @@ pub(crate) struct Job<'a> {
     input: Input,
     /// Elements per padded input row.
     row_stride: usize,
+    /// The padded row `input` starts at.
+    row0: usize,
+    /// The output pixels whose rows `input` holds.
+    pixels: Range<usize>,
     d: ConvDims,
     epi: Epilogue,
     residual: Option<&'a Residual<'a>>,
@@ -253,8 +265,10 @@ impl Job<'_> {
     /// Computes output pixels `px` into `out` (`px.len() · c_out` codes).
     pub(crate) fn run(&self, px: Range<usize>, out: &mut [u8]) {
         assert_eq!(out.len(), px.len() * self.d.c_out, "output slice does not match the pixel range");
-        // SAFETY: `self.ker` exists only on AVX2 machines (ConvKernel::new), and `out` has been
-        // checked to hold the range's codes; the remaining bounds are argued in the module docs.
+        assert!(px.start >= self.pixels.start && px.end <= self.pixels.end, "pixels outside the job's rows");
+        // SAFETY: `self.ker` exists only on AVX2 machines (ConvKernel::new), `out` has been
+        // checked to hold the range's codes, and `input` to hold the rows those pixels read; the
+        // remaining bounds are argued in the module docs.
         unsafe { run_avx2(self, px, out) }
     }
 }
@@ -273,7 +287,7 @@ unsafe fn run_avx2(job: &Job, px: Range<usize>, out: &mut [u8]) {
         // shortcut pixel in the residual tensor.
         let (mut offs, mut res_offs) = ([0usize; PIXEL_TILE], [0usize; PIXEL_TILE]);
         for i in 0..np {
-            offs[i] = (y * c.stride * job.row_stride) + x * c.stride * c.c_in;
+            offs[i] = (y * c.stride - job.row0) * job.row_stride + x * c.stride * c.c_in;
             if let Some(r) = job.residual {
                 res_offs[i] = (y * r.stride * r.input.w + x * r.stride) * r.input.c;
             }

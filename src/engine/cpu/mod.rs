@@ -8,10 +8,13 @@
 //! ([`Cpu::install`], done by [`QModel::run_layers`](crate::engine::plan::QModel)), which
 //! splits each conv and computes the first range itself; a range no idle worker has stolen by
 //! then it runs too (work stealing), so a busy machine costs a split little more than the
-//! queueing.
+//! queueing. The AVX2 and portable kernels copy (pack) the input rows a range reads inside
+//! that range's task, halo rows included, so nothing runs serially before a split but the
+//! output allocation.
 //!
-//! Backends: `Scalar` (the reference, always present), `Swar` (portable integer Rust, eight
-//! 2-bit MACs per 64-bit multiply, on every CPU: the fast path of ARM and RISC-V builds), and on
+//! Backends: `Scalar` (the reference, always present), `Swar` (portable safe Rust that LLVM
+//! vectorises for any 128-bit SIMD: three 2-bit MACs per 16-bit multiply lane, on every CPU:
+//! the fast path of ARM and RISC-V builds), and on
 //! x86-64 `Avx2` and `Avx512` (AVX-512 VNNI) when the CPU has them (detected at run time, so one
 //! binary serves every x86-64 machine; [`Backend::best`] takes the last available). There is no
 //! NEON backend yet: it would sit beside `avx2.rs` as `neon.rs` behind `target_arch = "aarch64"`
@@ -42,7 +45,8 @@ use std::sync::Arc;
 pub enum Backend {
     /// Portable scalar code ([`mod@reference`]).
     Scalar,
-    /// Portable SWAR code: 2-bit convs as eight MACs per 64-bit multiply (`swar.rs`).
+    /// Portable code: 2-bit convs as three MACs per 16-bit multiply lane, auto-vectorised
+    /// (`swar.rs`).
     Swar,
     /// x86-64 AVX2 kernels (`vpmaddubsw` with int16 accumulation).
     Avx2,
@@ -225,13 +229,14 @@ impl Cpu {
                 self.par_pixels(threads, d.ho * d.wo, d.c_out, 1, &mut out.data, f);
             }
             Kernel::Swar(k) => {
-                let f = |px: Range<usize>, o: &mut [u8]| k.run(&p.conv, &d, x, residual, px, o);
-                self.par_pixels(threads, d.ho * d.wo, d.c_out, 1, &mut out.data, f);
+                let f = |px: Range<usize>, o: &mut [u8]| k.job(&d, x, residual, px.clone()).run(px, o);
+                self.par_pixels(threads, d.ho * d.wo, d.c_out, swar::PIXELS, &mut out.data, f);
             }
             #[cfg(target_arch = "x86_64")]
             Kernel::Avx2(k) => {
-                let job = k.job(&d, x, residual);
-                self.par_pixels(threads, d.ho * d.wo, d.c_out, avx2::PIXEL_TILE, &mut out.data, |px, o| job.run(px, o));
+                // Each part copies the input rows it reads itself (no serial copy before the split).
+                let f = |px: Range<usize>, o: &mut [u8]| k.job(&d, x, residual, px.clone()).run(px, o);
+                self.par_pixels(threads, d.ho * d.wo, d.c_out, avx2::PIXEL_TILE, &mut out.data, f);
             }
             #[cfg(target_arch = "x86_64")]
             Kernel::Avx512(k) => {
