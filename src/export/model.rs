@@ -266,7 +266,10 @@ impl<'a> PlanBuilder<'a> {
             return Err(format!("{}: shift {shift} outside 0..=30", l.name));
         }
         self.readable(l.inputs[0], &l.name)?;
-        let (out, residual, qbits) = if relu { (i, None, l.out_bits) } else { self.fused_add(i)? };
+        // A projection shortcut runs as a conv of its own (8-bit codes with a zero point, which
+        // the `b` of both convs account for: docs/quantization.md).
+        let own = relu || net.is_projection_shortcut(i);
+        let (out, residual, qbits) = if own { (i, None, l.out_bits) } else { self.fused_add(i)? };
         if !(1..=8).contains(&qbits) {
             return Err(format!("{}: output bits {qbits} not supported", l.name));
         }
@@ -321,9 +324,10 @@ impl<'a> PlanBuilder<'a> {
         let (src, stride) = match add.inputs[1] {
             Src::Layer(j) => match net.layers[j].op {
                 Op::Subsample { stride } => (net.layers[j].inputs[0], stride),
-                Op::Conv { relu: false, .. } => {
-                    return Err(format!("{}: projection shortcuts are not supported by the engines yet", add.name))
-                }
+                Op::Conv { relu: false, .. } if !net.is_projection_shortcut(j) => return Err(format!(
+                    "{}: its shortcut {} is a conv without ReLU that is not a projection shortcut (one 8-bit conv read only by this add)",
+                    add.name, net.layers[j].name
+                )),
                 _ => (Src::Layer(j), 1),
             },
             Src::Input => (Src::Input, 1),

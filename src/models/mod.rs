@@ -220,6 +220,57 @@ pub struct LayerModule {
     pub bn: Option<BatchNorm>,
     /// What follows the ReLU point (conv with `relu`, add with `relu`); `Identity` otherwise.
     pub act: ActQuant,
+    /// A conv reading the image of a network with an input normalisation.
+    pub input_norm: Option<InputNorm>,
+}
+
+/// The input normalisation `(x − μ)/σ` as a conv reading the image applies it
+/// (`docs/import.md`): at full precision on the image (zero padding of the normalised image,
+/// as in the ONNX graph); quantized, folded into the conv, which reads the image in [0, 1]
+/// (its 8-bit pixel codes) with zero padding: weights `w/σ` (per input channel) are quantized,
+/// and `Σ (w/σ)_q · μ` is subtracted per output channel (exact away from the border).
+#[derive(Debug)]
+pub struct InputNorm {
+    /// μ and 1/σ, `[1, C, 1, 1]`.
+    pub mean: Tensor,
+    pub inv_std: Tensor,
+    /// μ and 1/σ of each weight's input channel, `[out, in/groups, 1, 1]`.
+    pub weight_mean: Tensor,
+    pub weight_inv_std: Tensor,
+}
+
+impl InputNorm {
+    fn new(n: &crate::graph::Normalization, l: &Layer, groups: usize, device: tch::Device) -> Result<InputNorm, ModelError> {
+        let c = l.in_shape.c;
+        if n.mean.len() != c || n.std.len() != c {
+            return Err(ModelError::Structure {
+                layer: l.name.clone(),
+                msg: format!("input normalisation for {} channels, the image has {c}", n.mean.len()),
+            });
+        }
+        let inv: Vec<f32> = n.std.iter().map(|s| 1.0 / s).collect();
+        let (cout, per_in, per_out) = (l.out_shape.c, c / groups.max(1), l.out_shape.c / groups.max(1));
+        // Input channel of weight `[o, j]`: `(o / per_out) · per_in + j`.
+        let of_weight = |v: &[f32]| -> Vec<f32> { (0..cout * per_in).map(|k| v[(k / per_in) / per_out * per_in + k % per_in]).collect() };
+        let t = |v: Vec<f32>, shape: [i64; 4]| Tensor::from_slice(&v).reshape(shape).to_device(device);
+        let (co, pi) = (cout as i64, per_in as i64);
+        Ok(InputNorm {
+            mean: t(n.mean.clone(), [1, c as i64, 1, 1]),
+            inv_std: t(inv.clone(), [1, c as i64, 1, 1]),
+            weight_mean: t(of_weight(&n.mean), [co, pi, 1, 1]),
+            weight_inv_std: t(of_weight(&inv), [co, pi, 1, 1]),
+        })
+    }
+
+    /// The weight the quantized conv reads the image with: `w/σ`.
+    fn fold(&self, w: &Tensor) -> Tensor {
+        w * &self.weight_inv_std
+    }
+
+    /// `Σ w_q · μ` per output channel (`[out]`), what the folded conv subtracts.
+    fn offset(&self, wq: &Tensor) -> Result<Tensor, TchError> {
+        (wq * &self.weight_mean).f_sum_dim_intlist([1i64, 2, 3].as_slice(), false, wq.kind())
+    }
 }
 
 impl LayerModule {
@@ -230,9 +281,16 @@ impl LayerModule {
                 let (Some(w), Some(bn)) = (&self.weight, &self.bn) else {
                     return Err(TchError::Kind(format!("conv `{}` without weight/BN", self.spec.name)));
                 };
-                let wq = self.weight_quant.forward(w, train);
                 let (s, p) = (stride as i64, pad as i64);
-                let y = x.f_conv2d(&wq, None::<Tensor>, [s, s], [p, p], [1, 1], groups as i64)?;
+                let conv = |x: &Tensor, w: &Tensor| x.f_conv2d(w, None::<Tensor>, [s, s], [p, p], [1, 1], groups as i64);
+                let y = match &self.input_norm {
+                    None => conv(x, &self.weight_quant.forward(w, train))?,
+                    Some(n) if matches!(self.weight_quant, WeightQuant::None) => conv(&((x - &n.mean) * &n.inv_std), w)?,
+                    Some(n) => {
+                        let wq = self.weight_quant.forward(&n.fold(w), train);
+                        conv(x, &wq)? - n.offset(&wq)?.f_view([1, -1, 1, 1])?
+                    }
+                };
                 let y = self.act.forward(&bn.forward_t(&y, train)?, train);
                 // ReLU6 in full precision; a quantizer's clip replaces the cap.
                 if relu6 && matches!(self.act, ActQuant::Relu) {
@@ -287,7 +345,7 @@ impl LayerModule {
             v.push((format!("{}.wq.step", self.spec.name), l.step.shallow_clone()));
         }
         match &self.act {
-            ActQuant::Pact(p) => v.push((format!("{}.act.alpha", self.spec.name), p.alpha.shallow_clone())),
+            ActQuant::Pact(p) | ActQuant::Signed(p) => v.push((format!("{}.act.alpha", self.spec.name), p.alpha.shallow_clone())),
             ActQuant::Lsq(l) => v.push((format!("{}.act.step", self.spec.name), l.step.shallow_clone())),
             ActQuant::Identity | ActQuant::Relu => {}
         }
@@ -320,6 +378,9 @@ pub struct LayerExport {
     /// Scale and `qmax` of this layer's output codes (PACT: `α/qmax`); `None` when the output
     /// is not quantized.
     pub act: Option<ActInt>,
+    /// A quantized conv reading a normalised image: `Σ w_q · μ` per output channel (from
+    /// `weight_int`, which then holds the codes of `w/σ`), subtracted before the BatchNorm.
+    pub input_offset: Option<Tensor>,
 }
 
 /// A tch model interpreting a [`Network`].
@@ -416,11 +477,25 @@ fn free_after(net: &Network) -> Vec<Vec<usize>> {
 
 impl LayerModule {
     /// The variables of one layer under `lp`, initialised as torchvision does.
-    fn new(net: &Network, l: &Layer, lp: &nn::Path, options: &ModelOptions) -> Result<LayerModule, ModelError> {
+    fn new(net: &Network, i: usize, lp: &nn::Path, options: &ModelOptions) -> Result<LayerModule, ModelError> {
+        let l = &net.layers[i];
         let bad = |msg: String| ModelError::Structure { layer: l.name.clone(), msg };
         let (cin, cout) = (l.in_shape.c as i64, l.out_shape.c as i64);
-        let mut m =
-            LayerModule { spec: l.clone(), weight: None, weight_quant: WeightQuant::None, bias: None, bn: None, act: ActQuant::Identity };
+        let mut m = LayerModule {
+            spec: l.clone(),
+            weight: None,
+            weight_quant: WeightQuant::None,
+            bias: None,
+            bn: None,
+            act: ActQuant::Identity,
+            input_norm: None,
+        };
+        let normalised = l.inputs.contains(&Src::Input).then(|| net.normalization()).flatten();
+        if let (Some(n), Op::Conv { groups, .. }) = (normalised, &l.op) {
+            m.input_norm = Some(InputNorm::new(n, l, *groups, lp.device())?);
+        } else if normalised.is_some() {
+            return Err(bad("reads the normalised image; only convs may (docs/import.md)".into()));
+        }
         match l.op {
             Op::Conv { k, stride, groups: g, relu, .. } => {
                 if k == 0 || stride == 0 || g == 0 || !l.in_shape.c.is_multiple_of(g) || !l.out_shape.c.is_multiple_of(g) {
@@ -436,7 +511,12 @@ impl LayerModule {
                 m.weight = Some(lp.set_group(groups::WEIGHTS).f_var("weight", &[cout, cin / g as i64, k, k], init)?);
                 m.bn = Some(BatchNorm::new(&lp.sub("bn"), cout, options.bn_groups)?);
                 m.weight_quant = weight_quant(l, lp, options)?;
-                m.act = act_quant(l, relu, lp, options)?;
+                m.act = if net.is_projection_shortcut(i) && l.wbits < 32 {
+                    let quant = |source| ModelError::Quant { layer: l.name.clone(), source };
+                    ActQuant::Signed(Pact::new(&lp.sub("act"), 8, options.pact_init).map_err(quant)?)
+                } else {
+                    act_quant(l, relu, lp, options)?
+                };
             }
             Op::Linear => {
                 let fan_in = l.in_shape.numel() as i64;
@@ -474,7 +554,7 @@ impl Model {
                 return Err(ModelError::Structure { layer: l.name.clone(), msg: "duplicate layer name".into() });
             }
             check_wiring(net, i, l)?;
-            layers.push(LayerModule::new(net, l, &layer_path(p, &l.name)?, options)?);
+            layers.push(LayerModule::new(net, i, &layer_path(p, &l.name)?, options)?);
         }
         Ok(Model { net: net.clone(), options: options.clone(), layers, free_after: free_after(net) })
     }
@@ -558,7 +638,7 @@ impl Model {
         self.layers
             .iter()
             .filter_map(|m| match &m.act {
-                ActQuant::Pact(p) => Some((format!("{}.act.alpha", m.spec.name), p.alpha.shallow_clone())),
+                ActQuant::Pact(p) | ActQuant::Signed(p) => Some((format!("{}.act.alpha", m.spec.name), p.alpha.shallow_clone())),
                 _ => None,
             })
             .collect()
@@ -570,20 +650,30 @@ impl Model {
         self.layers
             .iter()
             .enumerate()
-            .map(|(index, m)| LayerExport {
-                index,
-                layer: m.spec.clone(),
-                weight: m.weight.as_ref().map(copy),
-                weight_int: m.weight.as_ref().and_then(|w| m.weight_quant.int_weights(w)),
-                bias: m.bias.as_ref().map(copy),
-                bn: m.bn.as_ref().map(|b| BnStats {
-                    gamma: copy(&b.weight),
-                    beta: copy(&b.bias),
-                    running_mean: copy(&b.running_mean),
-                    running_var: copy(&b.running_var),
-                    eps: b.eps,
-                }),
-                act: m.act.int_params(),
+            .map(|(index, m)| {
+                let folded = |w: &Tensor| m.input_norm.as_ref().map_or_else(|| w.shallow_clone(), |n| n.fold(&w.detach()));
+                let weight_int = m.weight.as_ref().and_then(|w| m.weight_quant.int_weights(&folded(w)));
+                let input_offset = m
+                    .input_norm
+                    .as_ref()
+                    .zip(weight_int.as_ref())
+                    .and_then(|(n, wi)| n.offset(&(wi.codes.to_kind(tch::Kind::Double) * wi.scale)).ok());
+                LayerExport {
+                    index,
+                    layer: m.spec.clone(),
+                    weight: m.weight.as_ref().map(copy),
+                    weight_int,
+                    input_offset,
+                    bias: m.bias.as_ref().map(copy),
+                    bn: m.bn.as_ref().map(|b| BnStats {
+                        gamma: copy(&b.weight),
+                        beta: copy(&b.bias),
+                        running_mean: copy(&b.running_mean),
+                        running_var: copy(&b.running_var),
+                        eps: b.eps,
+                    }),
+                    act: m.act.int_params(),
+                }
             })
             .collect()
     }
