@@ -314,20 +314,24 @@ impl<'a> PlanBuilder<'a> {
     fn fused_add(&mut self, i: usize) -> Result<(usize, Option<(Src, usize, i32)>, u8), String> {
         let net = self.net;
         let l = &net.layers[i];
+        const LINEAR: &str = "a conv without ReLU must feed exactly one residual add with ReLU (or be a projection shortcut); \
+             linear bottlenecks need signed activation codes, which the engines do not have";
         let [a] = self.consumers[i].as_slice() else {
-            return Err(format!("{}: a conv without ReLU must feed exactly one residual add", l.name));
+            return Err(format!("{}: {LINEAR}", l.name));
         };
         let (a, add) = (*a, &net.layers[*a]);
         if !matches!(add.op, Op::Add { relu: true }) || add.inputs[0] != Src::Layer(i) {
-            return Err(format!("{}: unsupported consumer {}", l.name, add.name));
+            return Err(format!("{}: unsupported consumer {} ({LINEAR})", l.name, add.name));
         }
         let (src, stride) = match add.inputs[1] {
             Src::Layer(j) => match net.layers[j].op {
                 Op::Subsample { stride } => (net.layers[j].inputs[0], stride),
-                Op::Conv { relu: false, .. } if !net.is_projection_shortcut(j) => return Err(format!(
-                    "{}: its shortcut {} is a conv without ReLU that is not a projection shortcut (one 8-bit conv read only by this add)",
+                Op::Conv { relu: false, .. } if !net.is_projection_shortcut(j) => {
+                    return Err(format!(
+                    "{}: its shortcut {} is a conv without ReLU that the engines do not run: a projection shortcut must come before the block's last conv and be read only by this add (imported networks are ordered so; nce's own ResNet-18/50 are not yet)",
                     add.name, net.layers[j].name
-                )),
+                ))
+                }
                 _ => (Src::Layer(j), 1),
             },
             Src::Input => (Src::Input, 1),

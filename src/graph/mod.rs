@@ -252,8 +252,10 @@ impl Network {
 
     /// Whether layer `i` is a projection shortcut: a conv without ReLU whose only reader is an
     /// add with ReLU that takes it as its shortcut (second) operand, the add's first operand
-    /// being another conv without ReLU (the block's last conv, which the integer form fuses
+    /// being a later conv without ReLU (the block's last conv, which the integer form fuses
     /// with the add). Its output is stored as signed 8-bit codes (`docs/quantization.md`).
+    /// Imported graphs are ordered so (`import`); nce's own ResNet-18/50 build the downsample
+    /// conv after the block's last conv, so theirs are not (and do not export yet).
     pub fn is_projection_shortcut(&self, i: usize) -> bool {
         let Some(l) = self.layers.get(i) else { return false };
         if !matches!(l.op, Op::Conv { relu: false, .. }) {
@@ -262,7 +264,7 @@ impl Network {
         let mut readers = self.layers.iter().filter(|r| r.inputs.contains(&Src::Layer(i)));
         let (Some(add), None) = (readers.next(), readers.next()) else { return false };
         let main = match add.inputs.as_slice() {
-            [Src::Layer(m), Src::Layer(sc)] if *sc == i && *m != i => &self.layers[*m],
+            [Src::Layer(m), Src::Layer(sc)] if *sc == i && *m > i => &self.layers[*m],
             _ => return false,
         };
         matches!(add.op, Op::Add { relu: true }) && matches!(main.op, Op::Conv { relu: false, .. })

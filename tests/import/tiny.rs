@@ -87,10 +87,10 @@ pub fn consts(name: &str, dims: &[i64], f: impl Fn(usize) -> f32) -> TensorProto
     TensorProto { dims: dims.to_vec(), data_type: 1, name: name.into(), raw_data: raw, ..Default::default() }
 }
 
-/// Conv `name` (`k`×`k`, `stride`, pad `k/2`) + BatchNormalization `name.bn`, reading `x`,
+/// Conv `name` (`window` = (`k`, `stride`): `k`×`k`, pad `k/2`) + BatchNormalization `name.bn`, reading `x`,
 /// writing `out`; its initialisers go to `init`.
-fn conv_bn(nodes: &mut Vec<NodeProto>, init: &mut Vec<TensorProto>, name: &str, x: &str, out: &str, io: (i64, i64), k: i64, stride: i64) {
-    let (i, o) = io;
+fn conv_bn(graph: (&mut Vec<NodeProto>, &mut Vec<TensorProto>), name: &str, x: &str, out: &str, io: (i64, i64), window: (i64, i64)) {
+    let ((nodes, init), (i, o), (k, stride)) = (graph, io, window);
     let seed = name.bytes().fold(7u32, |h, b| h.wrapping_mul(31).wrapping_add(b as u32));
     // He-like scale so activations keep their size through the layers.
     let scale = (6.0 / (i * k * k) as f32).sqrt();
@@ -136,10 +136,10 @@ pub fn tiny_resnet(norm: Option<(&[f32; 3], &[f32; 3])>, classes: i64) -> ModelP
     let stem = vec![ints("kernel_shape", &[3, 3]), ints("pads", &[1, 1, 1, 1])];
     nodes.push(node("stem", "Conv", &[&x, "stem.w", "stem.bias"], &["s"], stem));
     nodes.push(node("stem.relu", "Relu", &["s"], &["s.r"], vec![]));
-    conv_bn(&mut nodes, &mut init, "block.conv1", "s.r", "c1", (8, 16), 3, 2);
+    conv_bn((&mut nodes, &mut init), "block.conv1", "s.r", "c1", (8, 16), (3, 2));
     nodes.push(node("block.relu1", "Relu", &["c1"], &["c1.r"], vec![]));
-    conv_bn(&mut nodes, &mut init, "block.conv2", "c1.r", "c2", (16, 16), 3, 1);
-    conv_bn(&mut nodes, &mut init, "block.down", "s.r", "d", (8, 16), 1, 2);
+    conv_bn((&mut nodes, &mut init), "block.conv2", "c1.r", "c2", (16, 16), (3, 1));
+    conv_bn((&mut nodes, &mut init), "block.down", "s.r", "d", (8, 16), (1, 2));
     nodes.push(node("block.add", "Add", &["c2", "d"], &["a"], vec![]));
     nodes.push(node("block.relu", "Relu", &["a"], &["a.r"], vec![]));
     nodes.push(node("gap", "GlobalAveragePool", &["a.r"], &["g"], vec![]));
