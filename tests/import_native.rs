@@ -177,3 +177,52 @@ fn folder_data_import_trains_exports_and_runs_on_every_backend() {
         assert!(out.status.success() && t.contains("logits: 0 of 18 differ"), "validate --backend {backend}: {t}");
     }
 }
+
+/// The reader's message for `net` with random arrays (`QModel::from_container`).
+fn refusal(net: &nce::graph::Network) -> String {
+    use nce::engine::plan::{Header, QModel};
+    let header = Header { kind: "nce-model".into(), net: net.clone(), profile: None, source: None, scales: Default::default() };
+    let c = nce::export::format::Container { header: serde_json::to_string(&header).unwrap(), arrays: common::random_arrays(net, 1) };
+    QModel::from_container(&c).expect_err("refused").to_string()
+}
+
+#[test]
+fn linear_bottlenecks_and_late_downsample_convs_are_refused_by_name() {
+    // The tiny CNN without its Relu: a conv without ReLU feeding a max pooling.
+    let mut m = tiny::tiny();
+    let g = m.graph.as_mut().unwrap();
+    g.node[1] = node("relu", "Identity", &["c"], &["r"], vec![]);
+    let imp = from_bytes(Path::new("linear.onnx"), &m.encode_to_vec(), "linear").unwrap();
+    let net = nce::graph::build(imp.model, imp.net.input, imp.net.classes, None, &BitConfig::uniform(2)).unwrap();
+    let e = refusal(&net);
+    assert!(e.contains("conv:") && e.contains("linear bottlenecks need signed activation codes"), "{e}");
+    // nce's own ResNet-18 computes its downsample conv after the block's last conv.
+    let net =
+        nce::graph::build(nce::graph::ModelKind::Resnet18, nce::graph::Shape::new(3, 32, 32), 10, None, &BitConfig::uniform(2)).unwrap();
+    let e = refusal(&net);
+    assert!(e.contains("layer2.0.add: its shortcut layer2.0.downsample") && e.contains("ResNet-18/50"), "{e}");
+}
+
+/// The search's supernet applies the normalisation as the model does: at full precision, the
+/// normalised import on images equals the plain import on normalised images (same seed, same
+/// weights).
+#[test]
+fn the_supernet_normalises_the_image_too() {
+    use nce::search::{
+        space::SpaceConfig,
+        supernet::{Mode, Supernet},
+    };
+    let fp32 = BitConfig::full_precision();
+    let run = |imp: &Import, x: &Tensor| {
+        let net = nce::graph::build(imp.model, imp.net.input, imp.net.classes, None, &fp32).unwrap();
+        tch::manual_seed(5);
+        Supernet::new(&net, &SpaceConfig::default(), 4.0).forward(x, false, Mode::Argmax, true)
+    };
+    let x = pixels(2).to_kind(Kind::Float) / 255.0;
+    let (mean, std) = (Tensor::from_slice(&MEAN).view([1, 3, 1, 1]), Tensor::from_slice(&STD).view([1, 3, 1, 1]));
+    let plain = from_bytes(Path::new("plain.onnx"), &tiny_resnet(None, 3).encode_to_vec(), "plain").unwrap();
+    let normalised = import(&tiny_resnet(None, 3), Some(Normalization { mean: MEAN.to_vec(), std: STD.to_vec() })).unwrap();
+    let reference = run(&plain, &((&x - &mean) / &std));
+    assert!(max_rel_diff(&reference, &run(&plain, &x)) > 1e-3, "the normalisation matters");
+    assert!(max_rel_diff(&reference, &run(&normalised, &x)) < 1e-5);
+}

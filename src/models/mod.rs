@@ -234,42 +234,55 @@ pub struct InputNorm {
     /// μ and 1/σ, `[1, C, 1, 1]`.
     pub mean: Tensor,
     pub inv_std: Tensor,
-    /// μ and 1/σ of each weight's input channel, `[out, in/groups, 1, 1]`.
-    pub weight_mean: Tensor,
-    pub weight_inv_std: Tensor,
+    /// How a per-channel vector lines up with the conv's weight: `[1, C, 1, 1]` for a dense
+    /// conv, `[C, 1, 1, 1]` for a depthwise one.
+    weight_view: [i64; 4],
 }
 
 impl InputNorm {
-    fn new(n: &crate::graph::Normalization, l: &Layer, groups: usize, device: tch::Device) -> Result<InputNorm, ModelError> {
-        let c = l.in_shape.c;
-        if n.mean.len() != c || n.std.len() != c {
-            return Err(ModelError::Structure {
-                layer: l.name.clone(),
-                msg: format!("input normalisation for {} channels, the image has {c}", n.mean.len()),
-            });
+    /// The normalisation `n` of a `channels`-channel image for a conv with `groups` groups
+    /// (dense or depthwise: what the importer reads).
+    pub fn new(n: &crate::graph::Normalization, channels: usize, groups: usize, device: tch::Device) -> Result<InputNorm, String> {
+        if n.mean.len() != channels || n.std.len() != channels {
+            return Err(format!("input normalisation for {} channels, the image has {channels}", n.mean.len()));
         }
+        let c = channels as i64;
+        let weight_view = match groups {
+            1 => [1, c, 1, 1],
+            g if g == channels => [c, 1, 1, 1],
+            g => return Err(format!("a conv with {g} groups cannot read a normalised image (dense or depthwise only)")),
+        };
         let inv: Vec<f32> = n.std.iter().map(|s| 1.0 / s).collect();
-        let (cout, per_in, per_out) = (l.out_shape.c, c / groups.max(1), l.out_shape.c / groups.max(1));
-        // Input channel of weight `[o, j]`: `(o / per_out) · per_in + j`.
-        let of_weight = |v: &[f32]| -> Vec<f32> { (0..cout * per_in).map(|k| v[(k / per_in) / per_out * per_in + k % per_in]).collect() };
-        let t = |v: Vec<f32>, shape: [i64; 4]| Tensor::from_slice(&v).reshape(shape).to_device(device);
-        let (co, pi) = (cout as i64, per_in as i64);
-        Ok(InputNorm {
-            mean: t(n.mean.clone(), [1, c as i64, 1, 1]),
-            inv_std: t(inv.clone(), [1, c as i64, 1, 1]),
-            weight_mean: t(of_weight(&n.mean), [co, pi, 1, 1]),
-            weight_inv_std: t(of_weight(&inv), [co, pi, 1, 1]),
-        })
+        let t = |v: &[f32]| Tensor::from_slice(v).reshape([1, c, 1, 1]).to_device(device);
+        Ok(InputNorm { mean: t(&n.mean), inv_std: t(&inv), weight_view })
     }
 
     /// The weight the quantized conv reads the image with: `w/σ`.
-    fn fold(&self, w: &Tensor) -> Tensor {
-        w * &self.weight_inv_std
+    pub fn fold(&self, w: &Tensor) -> Tensor {
+        w * self.inv_std.view(self.weight_view)
     }
 
     /// `Σ w_q · μ` per output channel (`[out]`), what the folded conv subtracts.
-    fn offset(&self, wq: &Tensor) -> Result<Tensor, TchError> {
-        (wq * &self.weight_mean).f_sum_dim_intlist([1i64, 2, 3].as_slice(), false, wq.kind())
+    pub fn offset(&self, wq: &Tensor) -> Result<Tensor, TchError> {
+        (wq * self.mean.view(self.weight_view)).f_sum_dim_intlist([1i64, 2, 3].as_slice(), false, wq.kind())
+    }
+
+    /// The conv `conv` of image `x` with weight `w`: on the normalised image when `quantize` is
+    /// `None` (full precision), else folded (`quantize` maps `w/σ` to its quantized value).
+    pub fn conv(
+        &self,
+        x: &Tensor,
+        w: &Tensor,
+        quantize: Option<&dyn Fn(&Tensor) -> Tensor>,
+        conv: impl Fn(&Tensor, &Tensor) -> Result<Tensor, TchError>,
+    ) -> Result<Tensor, TchError> {
+        match quantize {
+            None => conv(&((x - &self.mean) * &self.inv_std), w),
+            Some(q) => {
+                let wq = q(&self.fold(w));
+                Ok(conv(x, &wq)? - self.offset(&wq)?.f_view([1, -1, 1, 1])?)
+            }
+        }
     }
 }
 
@@ -283,13 +296,11 @@ impl LayerModule {
                 };
                 let (s, p) = (stride as i64, pad as i64);
                 let conv = |x: &Tensor, w: &Tensor| x.f_conv2d(w, None::<Tensor>, [s, s], [p, p], [1, 1], groups as i64);
+                let quantize = |w: &Tensor| self.weight_quant.forward(w, train);
+                let quantized = !matches!(self.weight_quant, WeightQuant::None);
                 let y = match &self.input_norm {
-                    None => conv(x, &self.weight_quant.forward(w, train))?,
-                    Some(n) if matches!(self.weight_quant, WeightQuant::None) => conv(&((x - &n.mean) * &n.inv_std), w)?,
-                    Some(n) => {
-                        let wq = self.weight_quant.forward(&n.fold(w), train);
-                        conv(x, &wq)? - n.offset(&wq)?.f_view([1, -1, 1, 1])?
-                    }
+                    None => conv(x, &quantize(w))?,
+                    Some(n) => n.conv(x, w, quantized.then_some(&quantize as &dyn Fn(&Tensor) -> Tensor), conv)?,
                 };
                 let y = self.act.forward(&bn.forward_t(&y, train)?, train);
                 // ReLU6 in full precision; a quantizer's clip replaces the cap.
@@ -492,7 +503,7 @@ impl LayerModule {
         };
         let normalised = l.inputs.contains(&Src::Input).then(|| net.normalization()).flatten();
         if let (Some(n), Op::Conv { groups, .. }) = (normalised, &l.op) {
-            m.input_norm = Some(InputNorm::new(n, l, *groups, lp.device())?);
+            m.input_norm = Some(InputNorm::new(n, l.in_shape.c, *groups, lp.device()).map_err(bad)?);
         } else if normalised.is_some() {
             return Err(bad("reads the normalised image; only convs may (docs/import.md)".into()));
         }
