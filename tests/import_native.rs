@@ -85,6 +85,15 @@ fn sub_and_div_on_the_image_are_the_normalisation() {
     assert!(e.to_string().contains("2 mean values for 3 input channels"), "{e}");
 }
 
+/// ONNX Runtime's logits of `m` on `x` (`[n, 3, 32, 32]` floats).
+#[cfg(feature = "onnxruntime")]
+fn onnx_runtime(m: &nce::engine::onnx::proto::ModelProto, x: &Tensor) -> Tensor {
+    let mut session = nce::engine::onnxruntime::session(&m.encode_to_vec(), 1).expect("ONNX Runtime (scripts/setup)");
+    let n = x.size()[0] as usize;
+    let logits = nce::engine::onnxruntime::run_session(&mut session, Vec::<f32>::try_from(&x.flatten(0, -1)).unwrap(), n, [3, 32, 32]).unwrap();
+    Tensor::from_slice(&logits).view([n as i64, -1])
+}
+
 #[test]
 fn normalised_imports_compute_the_graphs_function_in_full_precision() {
     let x = pixels(4).to_kind(Kind::Float) / 255.0;
@@ -92,9 +101,17 @@ fn normalised_imports_compute_the_graphs_function_in_full_precision() {
     let std = Tensor::from_slice(&STD).view([1, 3, 1, 1]);
     let fp32 = BitConfig::full_precision();
     let logits = |imp: &Import, x: &Tensor| model(imp, &fp32).1.f_forward_t(x, false).unwrap();
-    // The plain graph fed normalised images is the reference (what ONNX Runtime computes on it).
+    // The plain graph fed normalised images is the reference: ONNX Runtime's, where it is
+    // installed, and nce's import of the plain graph (which equals it) in any case.
     let plain = from_bytes(Path::new("plain.onnx"), &tiny_resnet(None, 3).encode_to_vec(), "plain").unwrap();
     let reference = logits(&plain, &((&x - &mean) / &std));
+    #[cfg(feature = "onnxruntime")]
+    {
+        let ort = onnx_runtime(&tiny_resnet(None, 3), &((&x - &mean) / &std));
+        assert!(max_rel_diff(&ort, &reference) < 1e-5, "nce vs ONNX Runtime on the plain graph");
+        let ort_graph = onnx_runtime(&tiny_resnet(Some((&MEAN, &STD)), 3), &x);
+        assert!(max_rel_diff(&ort, &ort_graph) < 1e-5, "ONNX Runtime: the Sub/Div graph on images = the plain graph on normalised images");
+    }
     let in_graph = import(&tiny_resnet(Some((&MEAN, &STD)), 3), None).unwrap();
     let given = import(&tiny_resnet(None, 3), Some(Normalization { mean: MEAN.to_vec(), std: STD.to_vec() })).unwrap();
     assert!(max_rel_diff(&reference, &logits(&plain, &x)) > 1e-2, "the normalisation matters on these images");
