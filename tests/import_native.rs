@@ -90,7 +90,8 @@ fn sub_and_div_on_the_image_are_the_normalisation() {
 fn onnx_runtime(m: &nce::engine::onnx::proto::ModelProto, x: &Tensor) -> Tensor {
     let mut session = nce::engine::onnxruntime::session(&m.encode_to_vec(), 1).expect("ONNX Runtime (scripts/setup)");
     let n = x.size()[0] as usize;
-    let logits = nce::engine::onnxruntime::run_session(&mut session, Vec::<f32>::try_from(&x.flatten(0, -1)).unwrap(), n, [3, 32, 32]).unwrap();
+    let logits =
+        nce::engine::onnxruntime::run_session(&mut session, Vec::<f32>::try_from(&x.flatten(0, -1)).unwrap(), n, [3, 32, 32]).unwrap();
     Tensor::from_slice(&logits).view([n as i64, -1])
 }
 

@@ -7,7 +7,10 @@
 //! - `Conv`: conv2d without bias on the (already quantized) input with quantized weights,
 //!   BatchNorm, then — when `relu` — the activation quantizer at the layer's `out_bits`
 //!   (PACT or LSQ; a plain ReLU at 32 bits). A conv without ReLU (the residual branch) is
-//!   left in float: the integer form fuses it with the add.
+//!   left in float: the integer form fuses it with the add; a projection shortcut
+//!   ([`Network::is_projection_shortcut`]) gets signed 8-bit codes ([`ActQuant::Signed`]). A
+//!   conv reading the image of an imported network with an input normalisation applies it
+//!   ([`InputNorm`]).
 //! - `Add`: zero-pads the narrower input in channels, adds, then ReLU/quantizer like a conv.
 //! - `Subsample`: `x[:, :, ::s, ::s]`; `MaxPool`; `GlobalAvgPool` (no quantizer: the integer
 //!   form keeps the exact sum); `Linear` with bias (the logits, not quantized).
