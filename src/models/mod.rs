@@ -667,11 +667,12 @@ impl Model {
             .map(|(index, m)| {
                 let folded = |w: &Tensor| m.input_norm.as_ref().map_or_else(|| w.shallow_clone(), |n| n.fold(&w.detach()));
                 let weight_int = m.weight.as_ref().and_then(|w| m.weight_quant.int_weights(&folded(w)));
-                let input_offset = m
-                    .input_norm
-                    .as_ref()
-                    .zip(weight_int.as_ref())
-                    .and_then(|(n, wi)| n.offset(&(wi.codes.to_kind(tch::Kind::Double) * wi.scale)).ok());
+                // (A failure gives NaN offsets, which the export refuses as a requantisation
+                // value that does not fit, rather than a conv without its offset.)
+                let input_offset = m.input_norm.as_ref().zip(weight_int.as_ref()).map(|(n, wi)| {
+                    n.offset(&(wi.codes.to_kind(tch::Kind::Double) * wi.scale))
+                        .unwrap_or_else(|_| Tensor::full([m.spec.out_shape.c as i64], f64::NAN, (tch::Kind::Double, tch::Device::Cpu)))
+                });
                 LayerExport {
                     index,
                     layer: m.spec.clone(),
