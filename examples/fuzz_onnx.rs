@@ -5,7 +5,8 @@
 //! ```
 //!
 //! Starts from a valid model (`SEED_FILE`, e.g. a `torch.onnx.export` file, or the tiny CNN of
-//! `tests/import/tiny.rs`) and per iteration mutates it one of two ways:
+//! `tests/import/tiny.rs`; `tiny-resnet` names that file's tiny ResNet with an input
+//! normalisation and a projection shortcut) and per iteration mutates it one of two ways:
 //!
 //! - **raw** (1–4 edits of the bytes): bit flips, bytes set to 0/0xff/0x7f/0x80, truncation,
 //!   random bytes appended, ranges duplicated or removed — the protobuf decoder's paths;
@@ -52,7 +53,7 @@ impl Rng {
 }
 
 const INTERESTING: [i64; 14] = [0, 1, 2, 3, -1, -2, 7, 1 << 14, (1 << 14) + 1, 1 << 16, (1 << 16) + 1, 1 << 31, i64::MAX, i64::MIN];
-const OPS: [&str; 22] = [
+const OPS: [&str; 24] = [
     "Conv",
     "BatchNormalization",
     "Relu",
@@ -71,6 +72,8 @@ const OPS: [&str; 22] = [
     "Sigmoid",
     "Concat",
     "Mul",
+    "Sub",
+    "Div",
     "Softmax",
     "",
     "Loop",
@@ -214,6 +217,7 @@ fn main() {
     let iterations: u64 = args.get(1).and_then(|s| s.parse().ok()).unwrap_or(100_000);
     let seed: u64 = args.get(2).and_then(|s| s.parse().ok()).unwrap_or(1);
     let valid = match args.get(3) {
+        Some(p) if p == "tiny-resnet" => tiny::tiny_resnet(Some((&[0.45, 0.5, 0.55], &[0.25, 0.2, 0.3])), 3).encode_to_vec(),
         Some(p) => std::fs::read(p).unwrap_or_else(|e| panic!("{p}: {e}")),
         None => tiny::tiny().encode_to_vec(),
     };

@@ -84,6 +84,25 @@ fn cases() -> Vec<(&'static str, Edit, &'static [&'static str])> {
             &["no classifier"],
         ),
         ("foreign-domain", |m| graph(m).node[1].domain = "com.microsoft".into(), &["node `relu` (com.microsoft:Relu)"]),
+        (
+            "sub-after-a-layer",
+            |m| {
+                let g = graph(m);
+                g.node[2].input[0] = "r2".into();
+                g.node.insert(2, node("late", "Sub", &["r", "fc.b"], &["r2"], vec![]));
+            },
+            &["node `late` (Sub)", "only as input normalisation"],
+        ),
+        (
+            "normalisation-dividing-by-zero",
+            |m| {
+                let g = graph(m);
+                g.node[0].input[0] = "x".into();
+                g.node.insert(0, node("norm", "Div", &["image", "zero"], &["x"], vec![]));
+                g.initializer.push(tiny::consts("zero", &[1], |_| 0.0));
+            },
+            &["node `norm` (Div)", "degenerate"],
+        ),
     ]
 }
 

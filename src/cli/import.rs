@@ -28,10 +28,19 @@ pub struct ImportArgs {
     /// Keep the folded convs' BatchNorm the identity (no dataset needed).
     #[arg(long)]
     no_calibration: bool,
+    /// The input normalisation the network was trained with, `(x − mean) / std` on images in
+    /// [0, 1]: one value or one per channel (e.g. `0.485,0.456,0.406`). For graphs that do not
+    /// hold it themselves (a `Sub`/`Div` on the image is read as the normalisation).
+    #[arg(long, value_delimiter = ',', requires = "std", allow_negative_numbers = true)]
+    mean: Vec<f32>,
+    /// The std of `--mean`'s normalisation (one value or one per channel).
+    #[arg(long, value_delimiter = ',', requires = "mean")]
+    std: Vec<f32>,
 }
 
 pub fn run(a: ImportArgs) -> Result<ExitCode> {
-    let import = crate::import::read(&a.model, a.name.as_deref())?;
+    let normalization = (!a.mean.is_empty()).then(|| crate::graph::Normalization { mean: a.mean.clone(), std: a.std.clone() });
+    let import = crate::import::read_with(&a.model, a.name.as_deref(), normalization)?;
     let net = &import.net;
     let default = match (net.input.c, net.input.h, net.input.w) {
         (3, 32, 32) => "cifar10",
@@ -65,6 +74,9 @@ pub fn run(a: ImportArgs) -> Result<ExitCode> {
         net.input,
         net.classes
     );
+    if let Some(n) = import.net.normalization() {
+        println!("input normalisation: (x - {:?}) / {:?}", n.mean, n.std);
+    }
     if estimated > 0 {
         println!("{estimated} folded BatchNorms calibrated on {} {id} training images", a.calib_batch);
     }

@@ -7,6 +7,7 @@ use crate::engine::plan::{Header, LayerScales};
 use crate::engine::PackedW2;
 use crate::graph::{Network, Op, Src};
 use crate::models::LayerExport;
+use crate::quant::SHORTCUT_ZERO;
 use crate::train::LoadedModel;
 use std::collections::BTreeMap;
 use tch::{Kind, Tensor};
@@ -54,6 +55,7 @@ fn tensor_scales(net: &Network, ex: &[LayerExport]) -> Vec<Option<f64>> {
         };
         let v = match l.op {
             Op::Conv { relu: true, .. } | Op::Add { relu: true } => ex[i].act.map(|a| a.scale),
+            Op::Conv { relu: false, .. } if net.is_projection_shortcut(i) => ex[i].act.map(|a| a.scale),
             Op::Subsample { .. } | Op::MaxPool { .. } => input,
             Op::GlobalAvgPool => input.map(|x| x / (l.in_shape.h * l.in_shape.w) as f64),
             _ => None,
@@ -87,12 +89,18 @@ pub fn int_layers(model: &LoadedModel) -> Result<Vec<IntLayer>, ExportError> {
 }
 
 /// A conv with its BatchNorm folded into per-channel multipliers and biases at one shift; a conv
-/// without ReLU requantises at its residual add, whose shortcut gets the multiplier `r`.
+/// without ReLU requantises at its residual add, whose shortcut gets the multiplier `r`. A
+/// projection shortcut is requantised as its own output, to signed 8-bit codes stored with the
+/// zero point [`SHORTCUT_ZERO`] (`b` holds `+z`), and the conv fused with its add takes `z·r`
+/// off its `b` (`docs/quantization.md`).
 fn conv_layer(net: &Network, ex: &[LayerExport], scales: &[Option<f64>], i: usize, relu: bool) -> Result<IntLayer, ExportError> {
     let (l, e) = (&net.layers[i], &ex[i]);
+    let projection = net.is_projection_shortcut(i);
+    let relu = relu || projection;
     let wi = e.weight_int.as_ref().ok_or_else(|| ExportError::FullPrecision { layer: l.name.clone() })?;
     let bn = e.bn.as_ref().ok_or_else(|| ExportError::NoBatchNorm { layer: l.name.clone() })?;
     let s_x = scale_of(scales, l.inputs[0]).ok_or_else(|| not_quantized(&l.name, "input"))?;
+    let mut sc_zero = 0;
     let (s_out, s_sc) = if relu {
         (e.act.ok_or_else(|| not_quantized(&l.name, "output"))?.scale, None)
     } else {
@@ -102,30 +110,43 @@ fn conv_layer(net: &Network, ex: &[LayerExport], scales: &[Option<f64>], i: usiz
         let add_name = &net.layers[add].name;
         let s_out = ex[add].act.ok_or_else(|| not_quantized(add_name, "output"))?.scale;
         let s_sc = scale_of(scales, net.layers[add].inputs[1]).ok_or_else(|| not_quantized(add_name, "shortcut"))?;
+        if matches!(net.layers[add].inputs[1], Src::Layer(j) if net.is_projection_shortcut(j)) {
+            sc_zero = SHORTCUT_ZERO;
+        }
         (s_out, Some(s_sc))
     };
-    let (gamma, beta, mean, var) = (to_f64(&bn.gamma), to_f64(&bn.beta), to_f64(&bn.running_mean), to_f64(&bn.running_var));
+    let (gamma, beta, mut mean, var) = (to_f64(&bn.gamma), to_f64(&bn.beta), to_f64(&bn.running_mean), to_f64(&bn.running_var));
+    // A conv reading a normalised image subtracts `Σ w_q·μ` before its BatchNorm: the same as
+    // a BatchNorm mean larger by it.
+    if let Some(k) = &e.input_offset {
+        mean.iter_mut().zip(to_f64(k)).for_each(|(m, k)| *m += k);
+    }
     let mut mm = Vec::with_capacity(gamma.len());
     let mut bb = Vec::with_capacity(gamma.len());
     for c in 0..gamma.len() {
         let inv = gamma[c] / (var[c] + bn.eps).sqrt();
         mm.push(wi.scale * s_x * inv / s_out);
-        bb.push((beta[c] - inv * mean[c]) / s_out);
+        bb.push((beta[c] - inv * mean[c]) / s_out + if projection { SHORTCUT_ZERO as f64 } else { 0.0 });
     }
     let r_real = s_sc.map(|s| s / s_out);
     let mut all = mm.clone();
     all.extend(&bb);
+    if sc_zero != 0 {
+        // With a zero-pointed shortcut, `b − z·r` must fit as well (one more unit for the rounding).
+        all.extend(bb.iter().map(|b| b.abs() + (sc_zero as f64 + 1.0) * r_real.unwrap_or(0.0).abs()));
+    }
     all.extend(r_real);
     let shift = pick_shift(&all).map_err(|value| ExportError::Requantisation { layer: l.name.clone(), value })?;
     let f = f64::from(1u32 << shift);
+    let r = r_real.map(|v| round(v * f) as i32);
     Ok(IntLayer {
         index: i,
         codes: wi.codes.to_kind(Kind::Int64),
         wbits: l.wbits,
         m: mm.iter().map(|v| round(v * f) as i32).collect(),
-        b: bb.iter().map(|v| round(v * f) as i32).collect(),
+        b: bb.iter().map(|v| (round(v * f) - sc_zero * i64::from(r.unwrap_or(0))) as i32).collect(),
         shift,
-        r: r_real.map(|v| round(v * f) as i32),
+        r,
         scales: LayerScales { weight: Some(wi.scale), input: Some(s_x), output: Some(s_out), weight_bits: l.wbits },
     })
 }

@@ -266,7 +266,10 @@ impl<'a> PlanBuilder<'a> {
             return Err(format!("{}: shift {shift} outside 0..=30", l.name));
         }
         self.readable(l.inputs[0], &l.name)?;
-        let (out, residual, qbits) = if relu { (i, None, l.out_bits) } else { self.fused_add(i)? };
+        // A projection shortcut runs as a conv of its own (8-bit codes with a zero point, which
+        // the `b` of both convs account for: docs/quantization.md).
+        let own = relu || net.is_projection_shortcut(i);
+        let (out, residual, qbits) = if own { (i, None, l.out_bits) } else { self.fused_add(i)? };
         if !(1..=8).contains(&qbits) {
             return Err(format!("{}: output bits {qbits} not supported", l.name));
         }
@@ -311,18 +314,23 @@ impl<'a> PlanBuilder<'a> {
     fn fused_add(&mut self, i: usize) -> Result<(usize, Option<(Src, usize, i32)>, u8), String> {
         let net = self.net;
         let l = &net.layers[i];
+        const LINEAR: &str = "a conv without ReLU must feed exactly one residual add with ReLU (or be a projection shortcut); \
+             linear bottlenecks need signed activation codes, which the engines do not have";
         let [a] = self.consumers[i].as_slice() else {
-            return Err(format!("{}: a conv without ReLU must feed exactly one residual add", l.name));
+            return Err(format!("{}: {LINEAR}", l.name));
         };
         let (a, add) = (*a, &net.layers[*a]);
         if !matches!(add.op, Op::Add { relu: true }) || add.inputs[0] != Src::Layer(i) {
-            return Err(format!("{}: unsupported consumer {}", l.name, add.name));
+            return Err(format!("{}: unsupported consumer {} ({LINEAR})", l.name, add.name));
         }
         let (src, stride) = match add.inputs[1] {
             Src::Layer(j) => match net.layers[j].op {
                 Op::Subsample { stride } => (net.layers[j].inputs[0], stride),
-                Op::Conv { relu: false, .. } => {
-                    return Err(format!("{}: projection shortcuts are not supported by the engines yet", add.name))
+                Op::Conv { relu: false, .. } if !net.is_projection_shortcut(j) => {
+                    return Err(format!(
+                    "{}: its shortcut {} is a conv without ReLU that the engines do not run: a projection shortcut must come before the block's last conv and be read only by this add (imported networks are ordered so; nce's own ResNet-18/50 are not yet)",
+                    add.name, net.layers[j].name
+                ))
                 }
                 _ => (Src::Layer(j), 1),
             },

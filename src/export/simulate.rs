@@ -76,7 +76,9 @@ impl Sim<'_> {
         let m = Tensor::from_slice(&il.m).to_kind(Kind::Int64).view([1, -1, 1, 1]);
         let b = Tensor::from_slice(&il.b).to_kind(Kind::Int64).view([1, -1, 1, 1]);
         let y = acc * m + b;
-        let (target, y, bits) = if relu { (i, y, l.out_bits) } else { self.add_shortcut(i, il, y)? };
+        // A projection shortcut is requantised as its own output (8-bit codes with a zero point).
+        let own = relu || self.net.is_projection_shortcut(i);
+        let (target, y, bits) = if own { (i, y, l.out_bits) } else { self.add_shortcut(i, il, y)? };
         self.outs[target] = Some(requantize(y, il.shift, bits));
         Ok(())
     }

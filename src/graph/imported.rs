@@ -43,6 +43,57 @@ pub struct ImportedGraph {
     /// A short content hash (hex), part of the model's name so that two imports of the same
     /// stem stay apart.
     pub hash: String,
+    /// The input normalisation the network expects (`(x − mean) / std` per channel, on images
+    /// in [0, 1]), from the graph's `Sub`/`Div` or `nce import --mean/--std`; absent in files
+    /// of imports without one (which keep their hash).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub normalization: Option<Normalization>,
+}
+
+/// Per-channel input normalisation `(x − mean) / std` of images in [0, 1] (finite values,
+/// `std ≠ 0`, one per input channel; checked by the importer and by [`Normalization::new`]).
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub struct Normalization {
+    pub mean: Vec<f32>,
+    pub std: Vec<f32>,
+}
+
+impl Normalization {
+    /// `mean` and `std` for `channels` channels: one value (for all) or one per channel, finite,
+    /// `std` not zero.
+    pub fn new(mean: &[f32], std: &[f32], channels: usize) -> Result<Normalization, String> {
+        let expand = |v: &[f32], what: &str| -> Result<Vec<f32>, String> {
+            match v.len() {
+                1 => Ok(vec![v[0]; channels]),
+                n if n == channels => Ok(v.to_vec()),
+                n => Err(format!("{n} {what} values for {channels} input channels (give 1 or {channels})")),
+            }
+        };
+        let (mean, std) = (expand(mean, "mean")?, expand(std, "std")?);
+        if let Some(v) = mean.iter().chain(&std).find(|v| !v.is_finite()) {
+            return Err(format!("normalisation value {v} is not finite"));
+        }
+        if std.contains(&0.0) {
+            return Err("a std of 0 divides by zero".into());
+        }
+        Ok(Normalization { mean, std })
+    }
+
+    /// The identity normalisation (mean 0, std 1 on every channel).
+    pub fn is_identity(&self) -> bool {
+        self.mean.iter().all(|&m| m == 0.0) && self.std.iter().all(|&s| s == 1.0)
+    }
+}
+
+// The values are finite (checked on construction), so equality is an equivalence.
+impl Eq for Normalization {}
+
+impl std::hash::Hash for Normalization {
+    fn hash<H: std::hash::Hasher>(&self, state: &mut H) {
+        for v in self.mean.iter().chain(&self.std) {
+            v.to_bits().hash(state);
+        }
+    }
 }
 
 /// An interned imported graph: `Copy`, compared by identity.
@@ -122,6 +173,11 @@ impl fmt::Debug for Imported {
 
 /// Replays the graph's layers into the builder (the classifier is added by `build`).
 pub(super) fn replay(b: &mut Builder, g: &ImportedGraph) {
+    if let Some(n) = &g.normalization {
+        if let Err(msg) = Normalization::new(&n.mean, &n.std, g.input.c).and_then(|m| check_exact(&m, n)) {
+            return b.fail_structure(&g.name, &format!("input normalisation: {msg}"));
+        }
+    }
     let mut slots: Vec<Option<usize>> = vec![None; g.base_widths.len()];
     for (i, l) in g.layers.iter().enumerate() {
         if let Err(msg) = wiring(l, i) {
@@ -141,6 +197,14 @@ pub(super) fn replay(b: &mut Builder, g: &ImportedGraph) {
             }
         }
     }
+}
+
+/// A stored normalisation is already one value per channel.
+fn check_exact(expanded: &Normalization, stored: &Normalization) -> Result<(), String> {
+    if expanded != stored {
+        return Err(format!("{} mean and {} std values for the input's channels", stored.mean.len(), stored.std.len()));
+    }
+    Ok(())
 }
 
 /// A template layer reads earlier layers only, as many as its op takes.

@@ -23,7 +23,7 @@ mod resnet;
 pub use arch::ArchFile;
 pub use bits::BitConfig;
 pub use builder::build;
-pub use imported::{Imported, ImportedGraph};
+pub use imported::{Imported, ImportedGraph, Normalization};
 pub use kind::{ModelKind, WidthMult};
 pub use resnet::SMALL_INPUT;
 
@@ -241,6 +241,35 @@ pub struct Network {
 }
 
 impl Network {
+    /// The input normalisation of an imported network whose graph this process has read
+    /// (`None` for nce's own networks, which read images in [0, 1]).
+    pub fn normalization(&self) -> Option<&'static Normalization> {
+        if !self.model.starts_with(imported::PREFIX) {
+            return None;
+        }
+        Imported::find(&self.model)?.graph().normalization.as_ref()
+    }
+
+    /// Whether layer `i` is a projection shortcut: a conv without ReLU whose only reader is an
+    /// add with ReLU that takes it as its shortcut (second) operand, the add's first operand
+    /// being a later conv without ReLU (the block's last conv, which the integer form fuses
+    /// with the add). Its output is stored as signed 8-bit codes (`docs/quantization.md`).
+    /// Imported graphs are ordered so (`import`); nce's own ResNet-18/50 build the downsample
+    /// conv after the block's last conv, so theirs are not (and do not export yet).
+    pub fn is_projection_shortcut(&self, i: usize) -> bool {
+        let Some(l) = self.layers.get(i) else { return false };
+        if !matches!(l.op, Op::Conv { relu: false, .. }) {
+            return false;
+        }
+        let mut readers = self.layers.iter().filter(|r| r.inputs.contains(&Src::Layer(i)));
+        let (Some(add), None) = (readers.next(), readers.next()) else { return false };
+        let main = match add.inputs.as_slice() {
+            [Src::Layer(m), Src::Layer(sc)] if *sc == i && *m > i => &self.layers[*m],
+            _ => return false,
+        };
+        matches!(add.op, Op::Add { relu: true }) && matches!(main.op, Op::Conv { relu: false, .. })
+    }
+
     pub fn macs(&self) -> u64 {
         self.layers.iter().map(Layer::macs).sum()
     }

@@ -66,9 +66,11 @@ fn estimate_folded_bn(model: &Model, vs: &nn::VarStore, folded: &[String], x: &T
         if !folded.contains(&l.name) {
             continue;
         }
-        let input = match l.inputs[0] {
-            Src::Input => x,
-            Src::Layer(j) => &outs[j],
+        // The conv's input as the FP32 network sees it (a normalised image, when it has one).
+        let input = match (l.inputs[0], &model.layers()[i].input_norm) {
+            (Src::Input, Some(n)) => (x - &n.mean) * &n.inv_std,
+            (Src::Input, None) => x.shallow_clone(),
+            (Src::Layer(j), _) => outs[j].shallow_clone(),
         };
         let eps = model.layers()[i].bn.as_ref().map_or(1e-5, |b| b.eps);
         let (s, p) = (stride as i64, pad as i64);

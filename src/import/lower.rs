@@ -3,7 +3,7 @@
 use super::onnx::{attr, node_err, Model, Tensor};
 use super::{ImportError, Variable};
 use crate::engine::onnx::proto::NodeProto;
-use crate::graph::{Op, Shape, Src, MAX_CHANNELS, MAX_SPATIAL};
+use crate::graph::{Normalization, Op, Shape, Src, MAX_CHANNELS, MAX_SPATIAL};
 use std::collections::{HashMap, HashSet};
 use std::path::Path;
 
@@ -21,6 +21,8 @@ pub struct Lowered {
     pub vars: Vec<Variable>,
     /// Convs without a BatchNormalization in the file (their BN is the identity).
     pub folded: Vec<String>,
+    /// The graph's input normalisation (`Sub`/`Div`/`Mul` by constants on the image).
+    pub normalization: Option<Normalization>,
 }
 
 /// What an ONNX value is to the importer.
@@ -60,6 +62,11 @@ struct Lowering<'a> {
     names: HashSet<String>,
     classifier: Option<Classifier>,
     logits: Option<String>,
+    /// The value that is the image, normalised by the `Sub`/`Div`/`Mul` nodes so far.
+    input_head: String,
+    input: Shape,
+    /// The normalisation so far: the head is `(x − mean) · scale` per channel.
+    norm: Option<(Vec<f64>, Vec<f64>)>,
 }
 
 pub fn lower(path: &Path, model: &Model) -> Result<Lowered, ImportError> {
@@ -76,7 +83,7 @@ pub fn lower(path: &Path, model: &Model) -> Result<Lowered, ImportError> {
     let mut l = Lowering {
         path,
         model,
-        values: HashMap::from([(input_name, Value::Act(Src::Input, input))]),
+        values: HashMap::from([(input_name.clone(), Value::Act(Src::Input, input))]),
         uses,
         layers: vec![],
         shapes: vec![],
@@ -84,6 +91,9 @@ pub fn lower(path: &Path, model: &Model) -> Result<Lowered, ImportError> {
         names: HashSet::new(),
         classifier: None,
         logits: None,
+        input_head: input_name,
+        input,
+        norm: None,
     };
     for &i in &model.order {
         l.node(&model.graph.node[i])?;
@@ -297,10 +307,50 @@ impl<'a> Lowering<'a> {
                 }
                 self.set_out(n, v)
             }
+            "Sub" | "Div" | "Mul" => self.normalisation(n),
             "Gemm" => self.gemm(n),
             "MatMul" => self.matmul(n),
             _ => Err(ImportError::UnsupportedOp { file: self.path.into(), node: n.name.clone(), op: n.op_type.clone() }),
         }
+    }
+
+    /// `Sub`, `Div` or `Mul` of the image by a scalar or per-channel constant: the input
+    /// normalisation (the head becomes `(x − mean) · scale`; nothing else may read the image
+    /// or a step of its normalisation).
+    fn normalisation(&mut self, n: &NodeProto) -> Result<(), ImportError> {
+        Attrs { n }.check_known(self.path, &[])?;
+        let op = n.op_type.as_str();
+        let [a, b] = n.input.as_slice() else { return Err(self.err(n, "expects two inputs")) };
+        let (x, c) = if op == "Mul" && self.model.consts.contains_key(a) { (b, a) } else { (a, b) };
+        if *x != self.input_head || self.uses.get(x) != Some(&1) || !self.layers.is_empty() {
+            return Err(self.err(
+                n,
+                format!("{op} is supported only as input normalisation: the image (read by nothing else), minus / divided by / times a constant, before the first layer"),
+            ));
+        }
+        let channels = self.input.c;
+        let t = self.model.consts.get(c).ok_or_else(|| self.err(n, format!("input `{c}` must be a constant (an initialiser)")))?;
+        let per = per_channel(t, channels).ok_or_else(|| {
+            self.err(n, format!("constant `{c}` of shape {:?} is neither a scalar nor per-channel ([1, {channels}, 1, 1])", t.dims))
+        })?;
+        let (mean, scale) = self.norm.get_or_insert_with(|| (vec![0.0; channels], vec![1.0; channels]));
+        for ch in 0..channels {
+            let v = f64::from(per[ch]);
+            match op {
+                "Sub" => mean[ch] += v / scale[ch],
+                "Div" => scale[ch] /= v,
+                _ => scale[ch] *= v,
+            }
+        }
+        let finite = mean.iter().chain(scale.iter()).all(|v| v.is_finite() && (*v as f32).is_finite());
+        if !finite || scale.iter().any(|&s| s == 0.0 || 1.0 / s == 0.0) {
+            return Err(
+                self.err(n, format!("constant `{c}` makes the input normalisation degenerate (a zero, infinite or non-finite scale)"))
+            );
+        }
+        let out = n.output.first().filter(|o| !o.is_empty()).ok_or_else(|| self.err(n, "has no output"))?;
+        self.input_head = out.clone();
+        self.set_out(n, Value::Act(Src::Input, self.input))
     }
 
     fn conv(&mut self, n: &NodeProto) -> Result<(), ImportError> {
@@ -421,7 +471,18 @@ impl<'a> Lowering<'a> {
         if ha != hb {
             return Err(self.err(n, format!("adds tensors of shapes {ha} and {hb}; nce's Add takes equal shapes")));
         }
-        self.push(n, Op::Add { relu: false }, vec![sa, sb], ha, None).map(|_| ())
+        // The integer form fuses an add with the conv without ReLU on its first side, computed
+        // after the shortcut: a conv without ReLU goes first, the later of two goes first.
+        let linear_conv = |s: Src| match s {
+            Src::Layer(i) => matches!(self.layers[i].op, Op::Conv { relu: false, .. }).then_some(i),
+            Src::Input => None,
+        };
+        let inputs = match (linear_conv(sa), linear_conv(sb)) {
+            (None, Some(_)) => vec![sb, sa],
+            (Some(a), Some(b)) if b > a => vec![sb, sa],
+            _ => vec![sa, sb],
+        };
+        self.push(n, Op::Add { relu: false }, inputs, ha, None).map(|_| ())
     }
 
     fn max_pool(&mut self, n: &NodeProto) -> Result<(), ImportError> {
@@ -559,7 +620,35 @@ impl<'a> Lowering<'a> {
             shape: vec![cl.out as i64],
             data: cl.bias.unwrap_or_else(|| vec![0.0; cl.out]),
         });
-        Ok(Lowered { input, classes: cl.out, layers: self.layers, shapes, classifier: cl.name, vars, folded })
+        let normalization = self.norm.map(|(mean, scale)| Normalization {
+            mean: mean.iter().map(|&m| m as f32).collect(),
+            std: scale.iter().map(|&s| (1.0 / s) as f32).collect(),
+        });
+        if normalization.is_some() {
+            check_normalised_readers(self.path, &self.layers)?;
+        }
+        Ok(Lowered { input, classes: cl.out, layers: self.layers, shapes, classifier: cl.name, vars, folded, normalization })
+    }
+}
+
+/// The values of a scalar or `[…, C, 1, 1]` constant, one per channel.
+fn per_channel(t: &Tensor, channels: usize) -> Option<Vec<f32>> {
+    let v = t.floats();
+    if v.len() == 1 {
+        return Some(vec![v[0]; channels]);
+    }
+    let first = t.dims.iter().position(|&d| d != 1).unwrap_or(t.dims.len());
+    (t.dims[first..] == [channels, 1, 1] || t.dims[first..] == [channels, 1]).then_some(v).filter(|v| v.len() == channels)
+}
+
+/// Only convs read a normalised image (nce applies the normalisation in the first conv).
+pub(super) fn check_normalised_readers(path: &Path, layers: &[crate::graph::imported::TemplateLayer]) -> Result<(), ImportError> {
+    match layers.iter().find(|l| l.inputs.contains(&Src::Input) && !matches!(l.op, Op::Conv { .. })) {
+        Some(l) => Err(ImportError::Model {
+            file: path.into(),
+            msg: format!("layer `{}` reads the normalised image; with an input normalisation only convs may read the image", l.name),
+        }),
+        None => Ok(()),
     }
 }
 

@@ -23,7 +23,7 @@ mod checkpoint;
 #[cfg(feature = "train")]
 pub use checkpoint::{write_checkpoint, CheckpointMeta};
 
-use crate::graph::{self, ArchFile, BitConfig, ImportedGraph, ModelKind, Network};
+use crate::graph::{self, ArchFile, BitConfig, ImportedGraph, ModelKind, Network, Normalization};
 use std::path::{Path, PathBuf};
 
 /// The op types `nce import` reads.
@@ -81,15 +81,44 @@ pub struct Import {
 /// Reads `path` (an ONNX model) into an [`Import`]; `name` is the model's short name (default:
 /// the file stem).
 pub fn read(path: &Path, name: Option<&str>) -> Result<Import, ImportError> {
-    let bytes = std::fs::read(path).map_err(|source| ImportError::Io { file: path.into(), source })?;
-    let stem = name.map(str::to_string).unwrap_or_else(|| path.file_stem().map_or("model".into(), |s| s.to_string_lossy().into_owned()));
-    from_bytes(path, &bytes, &stem)
+    read_with(path, name, None)
 }
 
-/// [`read`] on bytes already in memory; `path` names them in errors.
+/// [`read`] with the input normalisation the network expects when the graph does not hold one
+/// (`nce import --mean/--std`).
+pub fn read_with(path: &Path, name: Option<&str>, normalization: Option<Normalization>) -> Result<Import, ImportError> {
+    let bytes = std::fs::read(path).map_err(|source| ImportError::Io { file: path.into(), source })?;
+    let stem = name.map(str::to_string).unwrap_or_else(|| path.file_stem().map_or("model".into(), |s| s.to_string_lossy().into_owned()));
+    from_bytes_with(path, &bytes, &stem, normalization)
+}
+
+/// [`read`] on bytes already in memory (without a given normalisation); `path` names them in
+/// errors.
 pub fn from_bytes(path: &Path, bytes: &[u8], name: &str) -> Result<Import, ImportError> {
+    from_bytes_with(path, bytes, name, None)
+}
+
+/// [`from_bytes`] with the input normalisation of `nce import --mean/--std` (refused when the
+/// graph holds one).
+pub fn from_bytes_with(path: &Path, bytes: &[u8], name: &str, normalization: Option<Normalization>) -> Result<Import, ImportError> {
     let model = onnx::decode(path, bytes)?;
     let lowered = lower::lower(path, &model)?;
+    let normalization = match (lowered.normalization.clone(), normalization) {
+        (Some(_), Some(_)) => {
+            return Err(ImportError::Model {
+                file: path.into(),
+                msg: "the graph normalises its input already (Sub/Div on the image); drop --mean/--std".into(),
+            })
+        }
+        (Some(n), None) => Some(n),
+        (None, Some(n)) => {
+            let n = Normalization::new(&n.mean, &n.std, lowered.input.c).map_err(|msg| ImportError::Model { file: path.into(), msg })?;
+            lower::check_normalised_readers(path, &lowered.layers)?;
+            Some(n)
+        }
+        (None, None) => None,
+    }
+    .filter(|n| !n.is_identity());
     let widths: Vec<usize> = lowered.shapes.iter().map(|s| s.c).collect();
     let (layers, base_widths) = slots::assign(lowered.layers, &widths);
     let graph = ImportedGraph {
@@ -100,6 +129,7 @@ pub fn from_bytes(path: &Path, bytes: &[u8], name: &str) -> Result<Import, Impor
         classifier: lowered.classifier,
         base_widths,
         hash: String::new(),
+        normalization,
     };
     let model = ModelKind::Imported(graph::Imported::intern(graph));
     let net = graph::build(model, lowered.input, lowered.classes, None, &BitConfig::full_precision())

@@ -7,7 +7,10 @@
 //! - `Conv`: conv2d without bias on the (already quantized) input with quantized weights,
 //!   BatchNorm, then — when `relu` — the activation quantizer at the layer's `out_bits`
 //!   (PACT or LSQ; a plain ReLU at 32 bits). A conv without ReLU (the residual branch) is
-//!   left in float: the integer form fuses it with the add.
+//!   left in float: the integer form fuses it with the add; a projection shortcut
+//!   ([`Network::is_projection_shortcut`]) gets signed 8-bit codes ([`ActQuant::Signed`]). A
+//!   conv reading the image of an imported network with an input normalisation applies it
+//!   ([`InputNorm`]).
 //! - `Add`: zero-pads the narrower input in channels, adds, then ReLU/quantizer like a conv.
 //! - `Subsample`: `x[:, :, ::s, ::s]`; `MaxPool`; `GlobalAvgPool` (no quantizer: the integer
 //!   form keeps the exact sum); `Linear` with bias (the logits, not quantized).
@@ -240,6 +243,70 @@ pub struct LayerModule {
     pub bn: Option<BatchNorm>,
     /// What follows the ReLU point (conv with `relu`, add with `relu`); `Identity` otherwise.
     pub act: ActQuant,
+    /// A conv reading the image of a network with an input normalisation.
+    pub input_norm: Option<InputNorm>,
+}
+
+/// The input normalisation `(x − μ)/σ` as a conv reading the image applies it
+/// (`docs/import.md`): at full precision on the image (zero padding of the normalised image,
+/// as in the ONNX graph); quantized, folded into the conv, which reads the image in [0, 1]
+/// (its 8-bit pixel codes) with zero padding: weights `w/σ` (per input channel) are quantized,
+/// and `Σ (w/σ)_q · μ` is subtracted per output channel (exact away from the border).
+#[derive(Debug)]
+pub struct InputNorm {
+    /// μ and 1/σ, `[1, C, 1, 1]`.
+    pub mean: Tensor,
+    pub inv_std: Tensor,
+    /// How a per-channel vector lines up with the conv's weight: `[1, C, 1, 1]` for a dense
+    /// conv, `[C, 1, 1, 1]` for a depthwise one.
+    weight_view: [i64; 4],
+}
+
+impl InputNorm {
+    /// The normalisation `n` of a `channels`-channel image for a conv with `groups` groups
+    /// (dense or depthwise: what the importer reads).
+    pub fn new(n: &crate::graph::Normalization, channels: usize, groups: usize, device: tch::Device) -> Result<InputNorm, String> {
+        if n.mean.len() != channels || n.std.len() != channels {
+            return Err(format!("input normalisation for {} channels, the image has {channels}", n.mean.len()));
+        }
+        let c = channels as i64;
+        let weight_view = match groups {
+            1 => [1, c, 1, 1],
+            g if g == channels => [c, 1, 1, 1],
+            g => return Err(format!("a conv with {g} groups cannot read a normalised image (dense or depthwise only)")),
+        };
+        let inv: Vec<f32> = n.std.iter().map(|s| 1.0 / s).collect();
+        let t = |v: &[f32]| Tensor::from_slice(v).reshape([1, c, 1, 1]).to_device(device);
+        Ok(InputNorm { mean: t(&n.mean), inv_std: t(&inv), weight_view })
+    }
+
+    /// The weight the quantized conv reads the image with: `w/σ`.
+    pub fn fold(&self, w: &Tensor) -> Tensor {
+        w * self.inv_std.view(self.weight_view)
+    }
+
+    /// `Σ w_q · μ` per output channel (`[out]`), what the folded conv subtracts.
+    pub fn offset(&self, wq: &Tensor) -> Result<Tensor, TchError> {
+        (wq * self.mean.view(self.weight_view)).f_sum_dim_intlist([1i64, 2, 3].as_slice(), false, wq.kind())
+    }
+
+    /// The conv `conv` of image `x` with weight `w`: on the normalised image when `quantize` is
+    /// `None` (full precision), else folded (`quantize` maps `w/σ` to its quantized value).
+    pub fn conv(
+        &self,
+        x: &Tensor,
+        w: &Tensor,
+        quantize: Option<&dyn Fn(&Tensor) -> Tensor>,
+        conv: impl Fn(&Tensor, &Tensor) -> Result<Tensor, TchError>,
+    ) -> Result<Tensor, TchError> {
+        match quantize {
+            None => conv(&((x - &self.mean) * &self.inv_std), w),
+            Some(q) => {
+                let wq = q(&self.fold(w));
+                Ok(conv(x, &wq)? - self.offset(&wq)?.f_view([1, -1, 1, 1])?)
+            }
+        }
+    }
 }
 
 impl LayerModule {
@@ -250,9 +317,14 @@ impl LayerModule {
                 let (Some(w), Some(bn)) = (&self.weight, &self.bn) else {
                     return Err(TchError::Kind(format!("conv `{}` without weight/BN", self.spec.name)));
                 };
-                let wq = self.weight_quant.forward(w, train);
                 let (s, p) = (stride as i64, pad as i64);
-                let y = x.f_conv2d(&wq, None::<Tensor>, [s, s], [p, p], [1, 1], groups as i64)?;
+                let conv = |x: &Tensor, w: &Tensor| x.f_conv2d(w, None::<Tensor>, [s, s], [p, p], [1, 1], groups as i64);
+                let quantize = |w: &Tensor| self.weight_quant.forward(w, train);
+                let quantized = !matches!(self.weight_quant, WeightQuant::None);
+                let y = match &self.input_norm {
+                    None => conv(x, &quantize(w))?,
+                    Some(n) => n.conv(x, w, quantized.then_some(&quantize as &dyn Fn(&Tensor) -> Tensor), conv)?,
+                };
                 let y = self.act.forward(&bn.forward_t(&y, train)?, train);
                 // ReLU6 in full precision; a quantizer's clip replaces the cap.
                 if relu6 && matches!(self.act, ActQuant::Relu) {
@@ -307,7 +379,7 @@ impl LayerModule {
             v.push((format!("{}.wq.step", self.spec.name), l.step.shallow_clone()));
         }
         match &self.act {
-            ActQuant::Pact(p) => v.push((format!("{}.act.alpha", self.spec.name), p.alpha.shallow_clone())),
+            ActQuant::Pact(p) | ActQuant::Signed(p) => v.push((format!("{}.act.alpha", self.spec.name), p.alpha.shallow_clone())),
             ActQuant::Lsq(l) => v.push((format!("{}.act.step", self.spec.name), l.step.shallow_clone())),
             ActQuant::Identity | ActQuant::Relu => {}
         }
@@ -340,6 +412,9 @@ pub struct LayerExport {
     /// Scale and `qmax` of this layer's output codes (PACT: `α/qmax`); `None` when the output
     /// is not quantized.
     pub act: Option<ActInt>,
+    /// A quantized conv reading a normalised image: `Σ w_q · μ` per output channel (from
+    /// `weight_int`, which then holds the codes of `w/σ`), subtracted before the BatchNorm.
+    pub input_offset: Option<Tensor>,
 }
 
 /// A tch model interpreting a [`Network`].
@@ -436,11 +511,25 @@ fn free_after(net: &Network) -> Vec<Vec<usize>> {
 
 impl LayerModule {
     /// The variables of one layer under `lp`, initialised as torchvision does.
-    fn new(net: &Network, l: &Layer, lp: &nn::Path, options: &ModelOptions) -> Result<LayerModule, ModelError> {
+    fn new(net: &Network, i: usize, lp: &nn::Path, options: &ModelOptions) -> Result<LayerModule, ModelError> {
+        let l = &net.layers[i];
         let bad = |msg: String| ModelError::Structure { layer: l.name.clone(), msg };
         let (cin, cout) = (l.in_shape.c as i64, l.out_shape.c as i64);
-        let mut m =
-            LayerModule { spec: l.clone(), weight: None, weight_quant: WeightQuant::None, bias: None, bn: None, act: ActQuant::Identity };
+        let mut m = LayerModule {
+            spec: l.clone(),
+            weight: None,
+            weight_quant: WeightQuant::None,
+            bias: None,
+            bn: None,
+            act: ActQuant::Identity,
+            input_norm: None,
+        };
+        let normalised = l.inputs.contains(&Src::Input).then(|| net.normalization()).flatten();
+        if let (Some(n), Op::Conv { groups, .. }) = (normalised, &l.op) {
+            m.input_norm = Some(InputNorm::new(n, l.in_shape.c, *groups, lp.device()).map_err(bad)?);
+        } else if normalised.is_some() {
+            return Err(bad("reads the normalised image; only convs may (docs/import.md)".into()));
+        }
         match l.op {
             Op::Conv { k, stride, groups: g, relu, .. } => {
                 if k == 0 || stride == 0 || g == 0 || !l.in_shape.c.is_multiple_of(g) || !l.out_shape.c.is_multiple_of(g) {
@@ -456,7 +545,12 @@ impl LayerModule {
                 m.weight = Some(lp.set_group(groups::WEIGHTS).f_var("weight", &[cout, cin / g as i64, k, k], init)?);
                 m.bn = Some(BatchNorm::new(&lp.sub("bn"), cout, options.bn_groups)?);
                 m.weight_quant = weight_quant(l, lp, options)?;
-                m.act = act_quant(l, relu, lp, options)?;
+                m.act = if net.is_projection_shortcut(i) && l.wbits < 32 {
+                    let quant = |source| ModelError::Quant { layer: l.name.clone(), source };
+                    ActQuant::Signed(Pact::new(&lp.sub("act"), 8, options.pact_init).map_err(quant)?)
+                } else {
+                    act_quant(l, relu, lp, options)?
+                };
             }
             Op::Linear => {
                 let fan_in = l.in_shape.numel() as i64;
@@ -494,7 +588,7 @@ impl Model {
                 return Err(ModelError::Structure { layer: l.name.clone(), msg: "duplicate layer name".into() });
             }
             check_wiring(net, i, l)?;
-            layers.push(LayerModule::new(net, l, &layer_path(p, &l.name)?, options)?);
+            layers.push(LayerModule::new(net, i, &layer_path(p, &l.name)?, options)?);
         }
         Ok(Model { net: net.clone(), options: options.clone(), layers, free_after: free_after(net) })
     }
@@ -578,7 +672,7 @@ impl Model {
         self.layers
             .iter()
             .filter_map(|m| match &m.act {
-                ActQuant::Pact(p) => Some((format!("{}.act.alpha", m.spec.name), p.alpha.shallow_clone())),
+                ActQuant::Pact(p) | ActQuant::Signed(p) => Some((format!("{}.act.alpha", m.spec.name), p.alpha.shallow_clone())),
                 _ => None,
             })
             .collect()
@@ -590,20 +684,31 @@ impl Model {
         self.layers
             .iter()
             .enumerate()
-            .map(|(index, m)| LayerExport {
-                index,
-                layer: m.spec.clone(),
-                weight: m.weight.as_ref().map(copy),
-                weight_int: m.weight.as_ref().and_then(|w| m.weight_quant.int_weights(w)),
-                bias: m.bias.as_ref().map(copy),
-                bn: m.bn.as_ref().map(|b| BnStats {
-                    gamma: copy(&b.weight),
-                    beta: copy(&b.bias),
-                    running_mean: copy(&b.running_mean),
-                    running_var: copy(&b.running_var),
-                    eps: b.eps,
-                }),
-                act: m.act.int_params(),
+            .map(|(index, m)| {
+                let folded = |w: &Tensor| m.input_norm.as_ref().map_or_else(|| w.shallow_clone(), |n| n.fold(&w.detach()));
+                let weight_int = m.weight.as_ref().and_then(|w| m.weight_quant.int_weights(&folded(w)));
+                // (A failure gives NaN offsets, which the export refuses as a requantisation
+                // value that does not fit, rather than a conv without its offset.)
+                let input_offset = m.input_norm.as_ref().zip(weight_int.as_ref()).map(|(n, wi)| {
+                    n.offset(&(wi.codes.to_kind(tch::Kind::Double) * wi.scale))
+                        .unwrap_or_else(|_| Tensor::full([m.spec.out_shape.c as i64], f64::NAN, (tch::Kind::Double, tch::Device::Cpu)))
+                });
+                LayerExport {
+                    index,
+                    layer: m.spec.clone(),
+                    weight: m.weight.as_ref().map(copy),
+                    weight_int,
+                    input_offset,
+                    bias: m.bias.as_ref().map(copy),
+                    bn: m.bn.as_ref().map(|b| BnStats {
+                        gamma: copy(&b.weight),
+                        beta: copy(&b.bias),
+                        running_mean: copy(&b.running_mean),
+                        running_var: copy(&b.running_var),
+                        eps: b.eps,
+                    }),
+                    act: m.act.int_params(),
+                }
             })
             .collect()
     }

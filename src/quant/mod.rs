@@ -192,7 +192,14 @@ pub enum ActQuant {
     Pact(Pact),
     /// Unsigned LSQ (its clamp at 0 is the ReLU).
     Lsq(Lsq),
+    /// Signed 8-bit codes of a projection shortcut (a conv without ReLU on an add's shortcut
+    /// side): PACT at 8 bits on `x + z·s` minus `z·s`, with `s = α/255` and the zero point
+    /// `z =` [`SHORTCUT_ZERO`], i.e. codes `q = clamp(round(x/s) + z, 0, 255)`, value `(q − z)·s`.
+    Signed(Pact),
 }
+
+/// The zero point of [`ActQuant::Signed`]'s 8-bit codes.
+pub const SHORTCUT_ZERO: i64 = 128;
 
 impl ActQuant {
     pub fn forward(&self, x: &Tensor, train: bool) -> Tensor {
@@ -202,6 +209,12 @@ impl ActQuant {
             ActQuant::Pact(p) if train => pact_quantize_fused(x, &p.alpha, p.bits()),
             ActQuant::Pact(p) => p.forward(x),
             ActQuant::Lsq(l) => l.forward(x, train),
+            ActQuant::Signed(p) => {
+                let offset = &p.alpha * (SHORTCUT_ZERO as f64 / p.qmax() as f64);
+                let shifted = x + &offset;
+                let q = if train { pact_quantize_fused(&shifted, &p.alpha, p.bits()) } else { p.forward(&shifted) };
+                q - offset
+            }
         }
     }
 
@@ -209,7 +222,7 @@ impl ActQuant {
     pub fn int_params(&self) -> Option<ActInt> {
         match self {
             ActQuant::Identity | ActQuant::Relu => None,
-            ActQuant::Pact(p) => Some(p.int_params()),
+            ActQuant::Pact(p) | ActQuant::Signed(p) => Some(p.int_params()),
             ActQuant::Lsq(l) => Some(ActInt { scale: l.step_value(), qmax: l.qp() }),
         }
     }

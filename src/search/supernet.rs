@@ -6,6 +6,7 @@
 
 use super::space::{Slot, SpaceConfig};
 use crate::graph::{Network, Op, Src};
+use crate::models::InputNorm;
 use crate::quant::{maxabs_quantize, pact_quantize_fused, sawb_quantize};
 use std::collections::BTreeMap;
 use tch::{nn, Kind, Tensor};
@@ -23,6 +24,9 @@ struct Conv {
     /// The width slot of a dense conv; `None` for a depthwise conv, whose width is its input's.
     slot: Option<usize>,
     weight: Tensor,
+    /// The input normalisation of an imported network, for a conv reading the image (as
+    /// [`crate::models`] applies it).
+    norm: Option<InputNorm>,
 }
 
 #[derive(Clone, Copy)]
@@ -227,7 +231,14 @@ impl Supernet {
                     // every input channel.
                     let per_group = if l.width_slot.is_some() { cin / groups as i64 } else { 1 };
                     let weight = p.var("weight", &[caps[i] as i64, per_group, k as i64, k as i64], init);
-                    convs.insert(i, Conv { slot: l.width_slot, weight });
+                    // (Cannot fail for a built network: the graph builder checks the
+                    // normalisation and the importer makes dense or depthwise convs only.)
+                    let norm = net.normalization().filter(|_| l.inputs[0] == Src::Input).and_then(|n| {
+                        InputNorm::new(n, l.in_shape.c, groups, root.device())
+                            .map_err(|msg| tracing::error!("{}: {msg}; searching without the input normalisation", l.name))
+                            .ok()
+                    });
+                    convs.insert(i, Conv { slot: l.width_slot, weight, norm });
                     if relu && l.out_bits < 32 {
                         alphas.insert(i, p.sub("act").var("alpha", &[1], nn::Init::Const(pact_init)));
                     }
@@ -575,7 +586,7 @@ impl Supernet {
         let widths: Vec<usize> = picked.iter().map(|&j| slot.candidates[j]).collect();
         let cmax = *widths.iter().max().expect("one candidate at least");
         let w = conv.weight.narrow(0, 0, cmax as i64).narrow(1, 0, input.size()[1] / g.groups);
-        let out = input.conv2d(&quantize_weights(&w, wbits), None::<Tensor>, [g.stride], [g.pad], [1], g.groups);
+        let out = self.conv(i, input, &w, wbits, g);
         let mixed = widths.iter().enumerate().map(|(n, &c)| {
             let o = batch_norm(&self.bns[&(i, c)], &out.narrow(1, 0, c as i64), train);
             cwi(&o, cmax) * mix.get(n as i64)
@@ -588,9 +599,21 @@ impl Supernet {
     fn depthwise_conv(&self, i: usize, wbits: u8, input: &Tensor, g: ConvGeometry, train: (bool, usize)) -> Tensor {
         let c = input.size()[1];
         let w = self.convs[&i].weight.narrow(0, 0, c);
-        let out = input.conv2d(&quantize_weights(&w, wbits), None::<Tensor>, [g.stride], [g.pad], [1], c);
+        let out = self.conv(i, input, &w, wbits, ConvGeometry { groups: c, ..g });
         let bn = self.bns.get(&(i, c as usize)).unwrap_or_else(|| panic!("{}: no BatchNorm for width {c}", self.net.layers[i].name));
         batch_norm(bn, &out, train)
+    }
+
+    /// Conv layer `i`'s convolution of `input` with `w` quantized to `wbits` (a conv reading a
+    /// normalised image applies the normalisation as [`crate::models`] does).
+    fn conv(&self, i: usize, input: &Tensor, w: &Tensor, wbits: u8, g: ConvGeometry) -> Tensor {
+        let conv = |x: &Tensor, w: &Tensor| x.f_conv2d(w, None::<Tensor>, [g.stride], [g.pad], [1], g.groups);
+        let quantize = |w: &Tensor| quantize_weights(w, wbits);
+        let y = match &self.convs[&i].norm {
+            Some(n) => n.conv(input, w, (wbits < 32).then_some(&quantize as &dyn Fn(&Tensor) -> Tensor), conv),
+            None => conv(input, &quantize(w)),
+        };
+        y.unwrap_or_else(|e| panic!("{}: {e}", self.net.layers[i].name))
     }
 
     fn activate(&self, layer: usize, y: &Tensor, bits: u8) -> Tensor {
