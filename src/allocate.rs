@@ -32,7 +32,7 @@ use crate::cost::{self, CostError, Evaluator};
 use crate::graph::arch::{ArchError, ArchFile, ArchLayer};
 use crate::graph::{self, BitConfig, GraphError, ModelKind, Network, Shape};
 use crate::hw::ProfileError;
-use crate::sensitivity::{slots, table, Measure, TableError};
+use crate::sensitivity::{slots, Measure, TableError};
 use std::path::{Path, PathBuf};
 
 /// Everything that defines an allocation.
@@ -118,16 +118,11 @@ pub fn allocate(cfg: &AllocateConfig) -> Result<Allocation, AllocateError> {
     let eval = Evaluator::new(&profile)?;
     let bits = BitConfig::uniform(2);
     let base = graph::build(cfg.model, cfg.input, cfg.classes, None, &bits)?;
-    let layers = table::read(&cfg.sensitivity)?;
-    let measured = slots::slot_scores(&base, &layers, cfg.measure);
+    let measured = slots::read_scores(&cfg.sensitivity, &base, cfg.measure)?;
     let known: Vec<f64> = measured.iter().flatten().copied().collect();
-    if known.is_empty() {
-        let msg = format!("no layer of {} is in the table (was it measured on another model?)", base.model);
-        return Err(AllocateError::Sensitivity { file: cfg.sensitivity.clone(), msg });
-    }
     let mean = known.iter().sum::<f64>() / known.len() as f64;
     if mean <= 0.0 {
-        let msg = format!("every {:?} score is 0 or less: nothing to allocate by", cfg.measure);
+        let msg = format!("every {} score is 0 or less: nothing to allocate by", cfg.measure.name());
         return Err(AllocateError::Sensitivity { file: cfg.sensitivity.clone(), msg });
     }
     let scores: Vec<Option<f64>> = measured.iter().map(|s| s.map(|v| v + cfg.prior * mean)).collect();
@@ -338,7 +333,7 @@ fn arch_file(
         profile: cfg.profile.display().to_string(),
         widths: widths.to_vec(),
         base_widths: base.widths.clone(),
-        derivation: format!("allocator ({})", measure_name(cfg.measure)),
+        derivation: format!("allocator ({})", cfg.measure.name()),
         repaired: (0..widths.len())
             .filter(|&s| widths[s] != start[s])
             .map(|s| format!("{}: {} -> {}", name_of(s), start[s], widths[s]))
@@ -350,13 +345,6 @@ fn arch_file(
         budgets,
         expansions: Vec::new(),
     })
-}
-
-fn measure_name(m: Measure) -> &'static str {
-    match m {
-        Measure::OneOffGain => "one-off-gain",
-        Measure::Fit => "fit",
-    }
 }
 
 /// Writes the allocation's `arch.toml`.

@@ -82,11 +82,7 @@ struct Guide {
 
 impl Guide {
     fn new(g: &super::Guidance, base: &Network, threshold: f64) -> Result<Guide, SearchError> {
-        let layers = crate::sensitivity::table::read(&g.table).map_err(|e| SearchError::Invalid(e.to_string()))?;
-        let scores = crate::sensitivity::slots::slot_scores(base, &layers, g.measure);
-        if scores.iter().all(Option::is_none) {
-            return Err(SearchError::Invalid(format!("{}: no layer of {} is in the table", g.table.display(), base.model)));
-        }
+        let scores = crate::sensitivity::slots::read_scores(&g.table, base, g.measure).map_err(|e| SearchError::Invalid(e.to_string()))?;
         if !(g.prior.is_finite() && g.prior >= 0.0) {
             return Err(SearchError::Invalid(format!("the sensitivity prior must be finite and ≥ 0, got {}", g.prior)));
         }

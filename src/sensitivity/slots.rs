@@ -7,8 +7,9 @@
 //! slot also widens the depthwise conv after it). Slots none of whose layers was measured (the
 //! 8-bit stem) get `None`: nothing predicts them, and the users of the scores leave them alone.
 
-use super::table::{LayerSensitivity, Measure};
+use super::table::{self, LayerSensitivity, Measure, TableError};
 use crate::graph::{Network, Op, Src};
+use std::path::Path;
 
 /// The slot that sets layer `i`'s output channels: its own, or for a depthwise conv and
 /// pass-through layers, their input's.
@@ -35,6 +36,18 @@ pub fn slot_scores(net: &Network, layers: &[LayerSensitivity], measure: Measure)
         *scores[s].get_or_insert(0.0) += v;
     }
     scores
+}
+
+/// Reads a `sensitivity.csv` and scores `net`'s slots by `measure`; an error names the file when
+/// no layer of `net` is in it (measured on another model).
+pub fn read_scores(path: &Path, net: &Network, measure: Measure) -> Result<Vec<Option<f64>>, TableError> {
+    let layers = table::read(path)?;
+    let scores = slot_scores(net, &layers, measure);
+    if scores.iter().all(Option::is_none) {
+        let msg = format!("no layer of {} is in the table (was it measured on another model?)", net.model);
+        return Err(TableError::Invalid { file: path.into(), msg });
+    }
+    Ok(scores)
 }
 
 /// Ranks of the scores scaled to [0, 1] (0 = least sensitive; ties share their mean rank);

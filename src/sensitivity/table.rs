@@ -42,6 +42,14 @@ pub enum Measure {
 }
 
 impl Measure {
+    /// The name the command line and the presets use (`one-off-gain`, `fit`).
+    pub fn name(self) -> &'static str {
+        match self {
+            Measure::OneOffGain => "one-off-gain",
+            Measure::Fit => "fit",
+        }
+    }
+
     pub fn of(self, l: &LayerSensitivity) -> f64 {
         match self {
             Measure::OneOffGain => l.one_off_gain,
