@@ -1,6 +1,6 @@
 //! The nce integer engine against ONNX Runtime on the same network, in one process,
 //! interleaved: `cargo bench --bench vs_onnxruntime [-- --rounds N --batch-ms MS --model FILE.nce
-//! --backend cpu|cpu-swar|cpu-scalar]` (`cpu-swar` forces the portable path on x86).
+//! --backend cpu|cpu-swar|cpu-scalar|cpu-avx2|cpu-avx512]` (`cpu-swar` forces the portable path on x86, `cpu-avx2` the AVX2 one on a VNNI CPU).
 //!
 //! Contenders, all on the committed `examples/resnet20-w2a2-fashion.nce` (or `--model`), fed the
 //! first test images of its dataset:
@@ -48,7 +48,7 @@ fn opts() -> Opts {
             "--rounds" => o.rounds = w[1].parse().expect("--rounds N"),
             "--batch-ms" => o.batch_ms = w[1].parse().expect("--batch-ms MS"),
             "--model" => o.model = w[1].clone(),
-            "--backend" => o.backend = w[1].parse().expect("--backend cpu|cpu-swar|cpu-scalar"),
+            "--backend" => o.backend = w[1].parse().expect("--backend cpu|cpu-swar|cpu-scalar|cpu-avx2|cpu-avx512"),
             _ => {}
         }
     }

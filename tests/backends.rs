@@ -36,6 +36,23 @@ fn cpu_kinds_agree_through_the_seam() {
     check(BackendKind::Cpu, 20);
 }
 
+/// The forced SIMD kinds (`cpu-avx2`, `cpu-avx512`) agree where this CPU has them, and name the
+/// missing instructions where it does not.
+#[test]
+fn forced_simd_kinds_agree_or_refuse_clearly() {
+    let opts = BackendOptions::default();
+    for kind in [BackendKind::CpuAvx2, BackendKind::CpuAvx512] {
+        let isa = kind.cpu_isa().unwrap();
+        if isa.is_available() {
+            check(kind, 20);
+        } else {
+            let e = open(kind, &opts).err().unwrap_or_else(|| panic!("{kind} opened without {isa}")).to_string();
+            assert!(e.contains(&isa.to_string()) && e.contains("not available"), "{e}");
+            eprintln!("note: {kind} not on this CPU ({e})");
+        }
+    }
+}
+
 #[cfg(feature = "wgpu")]
 #[test]
 fn wgpu_agrees_through_the_seam() {

@@ -111,6 +111,29 @@ fn the_trained_import_evaluates_trains_exports_and_validates() {
     assert!(t.contains("onnx:trained@"), "the exported model does not name the import: {t}");
 }
 
+/// PyTorch's ResNet-18 (1×1 projection shortcuts, docs/import.md "Projection shortcuts"): a
+/// short W2A2 training from the import exports and runs bit-exactly on the CPU engine.
+#[test]
+fn the_imported_resnet18_with_projection_shortcuts_exports_and_validates() {
+    let Some(dir) = models() else { return };
+    let tmp = tempfile::tempdir().expect("temp dir");
+    let p = |f: &str| tmp.path().join(f).to_string_lossy().into_owned();
+    let onnx = dir.join("resnet18.onnx").to_string_lossy().into_owned();
+    let out = nce(&["import", &onnx, "-o", &p("fp32.ot"), "--arch", &p("arch.toml"), "--calib-batch", "64"]);
+    assert!(out.status.success(), "import: {}", text(&out));
+    let train = "train --arch ARCH --init INIT --bits 2 --epochs 1 --train-subset 128 --test-subset 32 --batch-size 32 --lr 0.02 --threads 2 --quiet -o OUT";
+    let args: Vec<String> =
+        train.split(' ').map(|a| a.replace("ARCH", &p("arch.toml")).replace("INIT", &p("fp32.ot")).replace("OUT", &p("w2a2"))).collect();
+    let out = nce(&args.iter().map(String::as_str).collect::<Vec<_>>());
+    assert!(out.status.success(), "train: {}", text(&out));
+    let out = nce(&["export", &p("w2a2/checkpoint.ot"), "-o", &p("r18.nce")]);
+    assert!(out.status.success(), "export: {}", text(&out));
+    let out = nce(&["validate", &p("r18.nce"), "--backend", "cpu", "--test-subset", "8", "--threads", "2"]);
+    let t = text(&out);
+    assert!(out.status.success(), "validate: {t}");
+    assert!(t.contains("integer outputs: 0 of"), "validate found differing values: {t}");
+}
+
 #[test]
 fn cost_lists_the_imported_resnet18s_slots_by_onnx_name() {
     let Some(dir) = models() else { return };

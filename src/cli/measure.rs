@@ -13,7 +13,7 @@ use std::process::ExitCode;
 
 #[derive(clap::Args)]
 pub struct MeasureArgs {
-    /// Engine to time: cpu (best SIMD path), cpu-scalar, cpu-swar, wgpu (single-op calls; see README).
+    /// Engine to time: cpu (best SIMD path), cpu-scalar, cpu-swar, cpu-avx2, cpu-avx512, wgpu (single-op calls; see README).
     #[arg(long, value_enum, default_value_t = BackendKind::Cpu)]
     backend: BackendKind,
     /// Model whose layer families are measured.

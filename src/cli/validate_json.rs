@@ -15,7 +15,7 @@ pub struct ValidateJson {
     pub accuracy: f64,
     /// Whether the comparison passed: every logit equal (every backend is bit-exact).
     pub exact: bool,
-    /// `--backend cpu|cpu-scalar|cpu-swar`: every layer against the tch integer simulation.
+    /// `--backend cpu|cpu-scalar|cpu-swar|cpu-avx2|cpu-avx512`: every layer against the tch integer simulation.
     pub simulation: Option<SimulationJson>,
     /// Other backends: every logit against the CPU engine.
     pub versus_cpu: Option<VersusCpuJson>,

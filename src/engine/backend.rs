@@ -26,6 +26,11 @@ pub enum BackendKind {
     CpuScalar,
     /// The CPU engine's portable SWAR kernels (what `cpu` runs on a CPU without AVX2).
     CpuSwar,
+    /// The CPU engine's AVX2 kernels, forced (what `cpu` runs on an x86 CPU without AVX-512
+    /// VNNI); an error on a CPU without AVX2.
+    CpuAvx2,
+    /// The CPU engine's AVX-512 VNNI kernels, forced; an error on a CPU without them.
+    CpuAvx512,
     /// The wgpu compute backend (Vulkan/Metal/DX12/GL; `NCE_WGPU_DOT=shift|dot4` picks the
     /// 2-bit kernel, `NCE_WGPU_ADAPTER` the adapter).
     Wgpu,
@@ -40,10 +45,12 @@ pub enum BackendKind {
 }
 
 impl BackendKind {
-    pub const ALL: [BackendKind; 7] = [
+    pub const ALL: [BackendKind; 9] = [
         BackendKind::Cpu,
         BackendKind::CpuScalar,
         BackendKind::CpuSwar,
+        BackendKind::CpuAvx2,
+        BackendKind::CpuAvx512,
         BackendKind::Wgpu,
         BackendKind::Onnxruntime,
         BackendKind::QemuCortexM7,
@@ -56,6 +63,8 @@ impl BackendKind {
             BackendKind::Cpu => "cpu",
             BackendKind::CpuScalar => "cpu-scalar",
             BackendKind::CpuSwar => "cpu-swar",
+            BackendKind::CpuAvx2 => "cpu-avx2",
+            BackendKind::CpuAvx512 => "cpu-avx512",
             BackendKind::Wgpu => "wgpu",
             BackendKind::Onnxruntime => "onnxruntime",
             BackendKind::QemuCortexM7 => "qemu-cortex-m7",
@@ -70,6 +79,8 @@ impl BackendKind {
             BackendKind::Cpu => Some(cpu::Backend::best()),
             BackendKind::CpuScalar => Some(cpu::Backend::Scalar),
             BackendKind::CpuSwar => Some(cpu::Backend::Swar),
+            BackendKind::CpuAvx2 => Some(cpu::Backend::Avx2),
+            BackendKind::CpuAvx512 => Some(cpu::Backend::Avx512),
             BackendKind::Wgpu | BackendKind::Onnxruntime | BackendKind::QemuCortexM7 | BackendKind::QemuAarch64 => None,
         }
     }
@@ -204,7 +215,7 @@ pub trait PreparedModel {
 /// The one registration point: the backend of `kind`, opened with `opts`.
 pub fn open(kind: BackendKind, opts: &BackendOptions) -> Result<Box<dyn Backend>, BackendError> {
     match kind {
-        BackendKind::Cpu | BackendKind::CpuScalar | BackendKind::CpuSwar => {
+        BackendKind::Cpu | BackendKind::CpuScalar | BackendKind::CpuSwar | BackendKind::CpuAvx2 | BackendKind::CpuAvx512 => {
             let isa = kind.cpu_isa().expect("CPU kinds have an instruction set");
             let cpu = Cpu::new(isa, opts.threads())?.with_min_macs_per_thread(cpu::SPLIT_MIN_MACS_PER_THREAD);
             Ok(Box::new(cpu::backend::CpuBackend::new(kind, cpu)))
