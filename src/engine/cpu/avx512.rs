@@ -28,7 +28,7 @@
 //! SAFETY (every `unsafe` here): (1) a [`ConvKernel`] is only constructed after [`available`]
 //! has seen `avx512f`, `avx512bw`, `avx512vl` and `avx512vnni`, so the `#[target_feature]`
 //! functions only run on CPUs with them; (2) input reads stay inside the padded buffer built in
-//! [`ConvKernel::job`] (`SLACK` spare zeros cover the ≤ 3-code over-read at the end of a row
+//! [`ConvKernel::job`] for its pixels' rows (`SLACK` spare zeros cover the ≤ 3-code over-read at the end of a row
 //! run); weight reads stay inside the layout built in [`ConvKernel::new`]; the tile has room
 //! for `PIXEL_TILE × 64` accumulators; (3) epilogue stores and shortcut loads are masked to the
 //! channels that exist, from pointers into slices that hold them, and each worker writes only
@@ -123,17 +123,23 @@ impl ConvKernel {
         tile_pixels(self.v)
     }
 
-    /// Builds the per-call state: the zero-bordered input copy and the epilogue tables.
-    pub(crate) fn job<'a>(&'a self, d: &ConvDims, x: &QTensor, residual: Option<&'a Residual<'a>>) -> Job<'a> {
+    /// Builds the state of one range of output pixels: the zero-bordered copy of the input
+    /// rows the range reads (halo included; each part of a split copies its own rows inside its
+    /// task, so nothing runs serially before the split) and the requantisation mode.
+    pub(crate) fn job<'a>(&'a self, d: &ConvDims, x: &QTensor, residual: Option<&'a Residual<'a>>, pixels: Range<usize>) -> Job<'a> {
         let c = &self.conv;
-        let (hp, wp) = (x.h + 2 * c.pad, x.w + 2 * c.pad);
+        let wp = x.w + 2 * c.pad;
         let row_stride = wp * c.c_in;
-        let mut input = vec![0u8; hp * row_stride + SLACK];
-        for y in 0..x.h {
-            let dst = ((y + c.pad) * wp + c.pad) * c.c_in;
+        // Padded input rows `rows` hold the windows of output rows `out_rows`.
+        let out_rows = pixels.start / d.wo..(pixels.end.max(pixels.start + 1) - 1) / d.wo + 1;
+        let rows = out_rows.start * c.stride..(out_rows.end - 1) * c.stride + c.k;
+        let mut input = vec![0u8; rows.len() * row_stride + SLACK];
+        // The input rows among them.
+        for y in rows.start.saturating_sub(c.pad)..rows.end.saturating_sub(c.pad).min(x.h) {
+            let dst = ((y + c.pad - rows.start) * wp + c.pad) * c.c_in;
             input[dst..dst + x.w * x.c].copy_from_slice(&x.data[y * x.w * x.c..(y + 1) * x.w * x.c]);
         }
-        Job { ker: self, input, row_stride, d: *d, mode: self.mode(x, residual), residual }
+        Job { ker: self, input, row_stride, row0: rows.start, pixels, d: *d, mode: self.mode(x, residual), residual }
     }
 
     fn mode(&self, x: &QTensor, residual: Option<&Residual>) -> Mode {
@@ -226,9 +232,13 @@ fn threshold(m: i32, bias: i64, t: i128, shift: u32) -> i32 {
 /// One conv call, shared read-only by the worker threads.
 pub(crate) struct Job<'a> {
     ker: &'a ConvKernel,
+    /// Padded input rows `row0..` (those the job's pixels read).
     input: Vec<u8>,
     /// Bytes per padded input row.
     row_stride: usize,
+    row0: usize,
+    /// The output pixels this job was built for.
+    pixels: Range<usize>,
     d: ConvDims,
     mode: Mode,
     residual: Option<&'a Residual<'a>>,
@@ -238,6 +248,7 @@ impl Job<'_> {
     /// Computes output pixels `px` into `out` (`px.len() · c_out` codes).
     pub(crate) fn run(&self, px: Range<usize>, out: &mut [u8]) {
         assert_eq!(out.len(), px.len() * self.d.c_out, "output slice does not match the pixel range");
+        assert!(self.pixels.start <= px.start && px.end <= self.pixels.end, "pixels outside the job's input rows");
         // SAFETY: `self.ker` exists only on AVX-512 VNNI machines (ConvKernel::new), and `out`
         // has been checked to hold the range's codes; the remaining bounds are in the module docs.
         unsafe { run_avx512(self, px, out) }
@@ -279,7 +290,7 @@ unsafe fn run_avx512(job: &Job, px: Range<usize>, out: &mut [u8]) {
     while n < px.end {
         let np = (px.end - n).min(p_max);
         for i in 0..np {
-            a.offs[i] = y * c.stride * job.row_stride + x * c.stride * c.c_in;
+            a.offs[i] = (y * c.stride - job.row0) * job.row_stride + x * c.stride * c.c_in;
             if let Some(r) = job.residual {
                 res_offs[i] = (y * r.stride * r.input.w + x * r.stride) * r.input.c;
             }

@@ -8,7 +8,7 @@
 //! ([`Cpu::install`], done by [`QModel::run_layers`](crate::engine::plan::QModel)), which
 //! splits each conv and computes the first range itself; a range no idle worker has stolen by
 //! then it runs too (work stealing), so a busy machine costs a split little more than the
-//! queueing. The AVX2 and portable kernels copy (pack) the input rows a range reads inside
+//! queueing. The AVX-512, AVX2 and portable kernels copy (pack) the input rows a range reads inside
 //! that range's task, halo rows included, so nothing runs serially before a split but the
 //! output allocation.
 //!
@@ -240,8 +240,8 @@ impl Cpu {
             }
             #[cfg(target_arch = "x86_64")]
             Kernel::Avx512(k) => {
-                let job = k.job(&d, x, residual);
-                self.par_pixels(threads, d.ho * d.wo, d.c_out, k.pixel_tile(), &mut out.data, |px, o| job.run(px, o));
+                let f = |px: Range<usize>, o: &mut [u8]| k.job(&d, x, residual, px.clone()).run(px, o);
+                self.par_pixels(threads, d.ho * d.wo, d.c_out, 1, &mut out.data, f);
             }
             Kernel::Depthwise(k) => {
                 let job = k.job(&d, x, residual);
