@@ -394,3 +394,46 @@ fn write_log(path: &Path, log: &[EpochLog]) -> Result<(), SearchError> {
 pub fn load_log(path: &Path) -> Result<Vec<EpochLog>, SearchError> {
     read_log(path)
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// A resumed search reads `search.jsonl` back and rewrites it: the finished epochs' lines
+    /// must come out byte for byte as they were (serde_json's `float_roundtrip` parses every
+    /// float it wrote to the same bits).
+    #[test]
+    fn a_rewritten_log_keeps_its_lines_byte_for_byte() {
+        let mut x = 0x9e37_79b9_7f4a_7c15u64;
+        let mut next = || {
+            x ^= x << 13;
+            x ^= x >> 7;
+            x ^= x << 17;
+            (x >> 11) as f64 / (1u64 << 53) as f64 * 10f64.powi((x % 7) as i32 - 3)
+        };
+        let line = |epoch| EpochLog {
+            epoch,
+            tau: next(),
+            weight_loss: next(),
+            weight_acc: next(),
+            arch_loss: next(),
+            arch_acc: next(),
+            argmax_test_acc: next(),
+            argmax_val_acc: next(),
+            argmax_pass: true,
+            widths: vec![16, 24],
+            probs: (0..40).map(|_| (0..4).map(|_| next()).collect()).collect(),
+            candidates: vec![vec![8, 16], vec![12, 24]],
+            budgets: vec![("macs".into(), next(), next(), next())],
+            expansions: vec![],
+            seconds: next(),
+        };
+        let log: Vec<EpochLog> = (0..50).map(line).collect();
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("search.jsonl");
+        write_log(&path, &log).unwrap();
+        let first = std::fs::read(&path).unwrap();
+        write_log(&path, &read_log(&path).unwrap()).unwrap();
+        assert!(first == std::fs::read(&path).unwrap(), "the rewritten log differs from the one written");
+    }
+}
