@@ -23,6 +23,7 @@ pub fn positive(s: &str) -> Result<usize, String> {
 }
 
 /// A finite number ≥ 0 (weight decays, warm-up lengths given as floats, noise).
+#[cfg_attr(not(feature = "train"), allow(dead_code))] // only the training commands read it
 pub fn non_negative(s: &str) -> Result<f64, String> {
     let v: f64 = number(s)?;
     if v.is_finite() && v >= 0.0 {
@@ -43,6 +44,7 @@ pub fn positive_f64(s: &str) -> Result<f64, String> {
 }
 
 /// A fraction in [0, 1] (distillation weight).
+#[cfg_attr(not(feature = "train"), allow(dead_code))] // only the training commands read it
 pub fn fraction(s: &str) -> Result<f64, String> {
     let v: f64 = number(s)?;
     if (0.0..=1.0).contains(&v) {
@@ -53,6 +55,7 @@ pub fn fraction(s: &str) -> Result<f64, String> {
 }
 
 /// A bit width nce quantizes to: 2..=8, or 32 for full precision.
+#[cfg_attr(not(feature = "train"), allow(dead_code))] // only the training commands read it
 pub fn bits(s: &str) -> Result<u8, String> {
     match number::<u8>(s) {
         Ok(b @ (2..=8 | 32)) => Ok(b),
@@ -142,6 +145,7 @@ pub struct RunArgs {
 
 impl RunArgs {
     /// The run folder, `runs/<command>` if none was given.
+    #[cfg_attr(not(feature = "train"), allow(dead_code))] // only the training commands read it
     pub fn out_or(&self, command: &str) -> PathBuf {
         self.out.clone().unwrap_or_else(|| Path::new("runs").join(command))
     }
