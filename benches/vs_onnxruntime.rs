@@ -87,8 +87,14 @@ fn contenders(model: &'static QModel, batch: usize, threads: usize, images: &[u8
         let x = Tensor::from_array((vec![batch as i64, s.c as i64, s.h as i64, s.w as i64], pixels.clone())).expect("input");
         Runner::Ort(sess, x)
     };
+    let nce = cpu.prepare(model).expect("prepare");
+    if batch == 1 && threads > 1 {
+        for (k, v) in nce.details().into_iter().filter(|(k, _)| k == "single image") {
+            println!("nce, {threads} threads, {k}: {v}");
+        }
+    }
     vec![
-        ("nce", Runner::Nce(cpu.prepare(model).expect("prepare"))),
+        ("nce", Runner::Nce(nce)),
         ("ORT int8", ort(OnnxForm::QdqInt8)),
         ("ORT fp32", ort(OnnxForm::Float)),
         ("ORT QDQ (exact)", ort(OnnxForm::Qdq)),

@@ -101,3 +101,22 @@ fn compare_counts_differences() {
     let short = Fixed(vec![vec![1, 2]]);
     assert!(compare(&short, &b, &ds, ("short", "b")).unwrap_err().to_string().contains("short returned 1 results for 3 images"));
 }
+
+/// One image at a time on two threads (split or not, as `prepare` measured) gives the logits of
+/// one thread, and the prepared model says which way it runs single images.
+#[test]
+fn single_images_on_two_threads_agree_and_say_how_they_ran() {
+    let model = QModel::load(Path::new(MODEL)).unwrap();
+    let ds = test_images(5);
+    let two = open(BackendKind::Cpu, &BackendOptions { layer_threads: 2, image_threads: 2, ..Default::default() }).unwrap();
+    let one = open(BackendKind::Cpu, &BackendOptions { layer_threads: 1, image_threads: 1, ..Default::default() }).unwrap();
+    let (p2, p1) = (two.prepare(&model).unwrap(), one.prepare(&model).unwrap());
+    for i in 0..ds.len() {
+        let image = ds.image(i);
+        assert_eq!(p2.run_batch(image).unwrap(), p1.run_batch(image).unwrap(), "image {i}");
+    }
+    let d = p2.details();
+    let how = d.iter().find(|(k, _)| k == "single image").map(|(_, v)| v.as_str()).unwrap_or_else(|| panic!("{d:?}"));
+    assert!(how.contains("µs on 1 thread"), "{how}");
+    assert!(!p1.details().iter().any(|(k, _)| k == "single image"));
+}
