@@ -114,8 +114,9 @@ impl std::str::FromStr for BackendKind {
 ///
 /// Threads: what `--threads N` sets in every command is the larger of `layer_threads` and
 /// `image_threads` ([`BackendOptions::threads`]): the cores the CPU engine and ONNX Runtime
-/// use. The CPU engine splits each conv of a single image over them and spreads a batch's
-/// images over them (one image per thread); ONNX Runtime takes them as intra-op threads. The
+/// use. The CPU engine spreads a batch's images over them (one image per thread) and splits
+/// each conv of a single image over them where its `prepare` measured that clearly faster than
+/// one thread (`details()` says which); ONNX Runtime takes them as intra-op threads. The
 /// emulated C runtime runs `image_threads` emulators side by side.
 #[derive(Clone, Debug)]
 pub struct BackendOptions {
