@@ -70,7 +70,7 @@ pub fn sample_two(logits: &Tensor, tau: f64) -> (Vec<usize>, Tensor) {
 }
 
 /// One slot's random draw of [`sample_two`]: the candidates and the Gumbel noise, from which
-/// [`Draw::weights`] computes the mixing weights, as often as needed (once per gradient shard:
+/// `Draw::weights` computes the mixing weights, as often as needed (once per gradient shard:
 /// a backward pass consumes the graph from the logits to them).
 pub struct Draw {
     picked: Vec<usize>,
