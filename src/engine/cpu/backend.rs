@@ -59,9 +59,13 @@ impl PreparedModel for CpuModel<'_> {
     }
     fn details(&self) -> Vec<(String, String)> {
         let mut d = vec![("kernels".into(), self.cpu.backend().to_string()), ("threads".into(), self.cpu.threads().to_string())];
-        if let Some((one, all)) = self.split.timed_us {
+        if self.cpu.threads() > 1 {
             let how = if self.split.splits { "split over the threads" } else { "on one thread" };
-            d.push(("single image".into(), format!("{how} ({one:.0} µs on 1 thread, {all:.0} µs split, measured at prepare)")));
+            let why = match self.split.timed_us {
+                Some((one, all)) => format!("{one:.0} µs on 1 thread, {all:.0} µs split, measured at prepare"),
+                None => format!("over {} ms on 1 thread: not timed", SplitChoice::LARGE_US / 1e3),
+            };
+            d.push(("single image".into(), format!("{how} ({why})")));
         }
         d
     }
