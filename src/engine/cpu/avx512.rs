@@ -130,9 +130,7 @@ impl ConvKernel {
         let c = &self.conv;
         let wp = x.w + 2 * c.pad;
         let row_stride = wp * c.c_in;
-        // Padded input rows `rows` hold the windows of output rows `out_rows`.
-        let out_rows = pixels.start / d.wo..(pixels.end.max(pixels.start + 1) - 1) / d.wo + 1;
-        let rows = out_rows.start * c.stride..(out_rows.end - 1) * c.stride + c.k;
+        let rows = super::padded_rows(c, d.wo, &pixels);
         let mut input = vec![0u8; rows.len() * row_stride + SLACK];
         // The input rows among them.
         for y in rows.start.saturating_sub(c.pad)..rows.end.saturating_sub(c.pad).min(x.h) {

@@ -279,6 +279,13 @@ impl Cpu {
     }
 }
 
+/// The padded input rows (`0` = the first row of top padding) that hold the windows of output
+/// pixels `pixels` (`wo` to a row): what each part of a split conv copies for itself.
+pub(crate) fn padded_rows(c: &Conv2d, wo: usize, pixels: &Range<usize>) -> Range<usize> {
+    let out_rows = pixels.start / wo..(pixels.end.max(pixels.start + 1) - 1) / wo + 1;
+    out_rows.start * c.stride..(out_rows.end - 1) * c.stride + c.k
+}
+
 impl Cpu {
     /// Splits `0..pixels` into at most `threads` contiguous ranges (multiples of `align` except
     /// the last) and calls `f(range, out_slice)` for each.

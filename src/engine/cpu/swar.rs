@@ -124,8 +124,7 @@ impl ConvKernel {
     pub(super) fn job<'a>(&'a self, d: &ConvDims, x: &QTensor, residual: Option<&'a Residual<'a>>, pixels: Range<usize>) -> Job<'a> {
         let c = &self.conv;
         let wp = x.w + 2 * c.pad;
-        let out_rows = pixels.start / d.wo..(pixels.end.max(pixels.start + 1) - 1) / d.wo + 1;
-        let rows = out_rows.start * c.stride..(out_rows.end - 1) * c.stride + c.k;
+        let rows = super::padded_rows(c, d.wo, &pixels);
         // The input rows among the padded rows `rows`.
         let (y0, y1) = (rows.start.saturating_sub(c.pad), rows.end.saturating_sub(c.pad).min(x.h));
         let amax = x.data[y0.min(y1) * x.w * x.c..y1 * x.w * x.c].iter().copied().max().unwrap_or(0);
