@@ -75,8 +75,8 @@ impl PreparedModel for CpuModel<'_> {
 /// all on the calling thread. Splitting pays where a thread hand-off is cheap against a layer
 /// (1 µs on the Zen 2 kind) and costs where it is not (11 µs in the Intel KVM guest, where
 /// ResNet-20 ran 0.81× as fast on 2 threads as on 1, docs/results.md), so `prepare` times both
-/// on a mid-grey image and splits only where that is clearly faster. The logits are bit-identical either way; batches
-/// of several images always spread them over the threads.
+/// on a mid-grey image and splits only where that is clearly faster. The logits are
+/// bit-identical either way; batches of several images always spread them over the threads.
 struct SplitChoice {
     splits: bool,
     /// Median µs of one image on 1 thread and split over all (`None`: not measured).
