@@ -134,6 +134,42 @@ fn the_imported_resnet18_with_projection_shortcuts_exports_and_validates() {
     assert!(t.contains("integer outputs: 0 of"), "validate found differing values: {t}");
 }
 
+/// A MobileNetV2 with linear bottlenecks (docs/quantization.md, "Signed codes"): the
+/// projections and the adds without ReLU store signed 8-bit codes, the 1×1 convs reading them
+/// fold the zero point into their bias; a short W2A2 training from the import exports and runs
+/// bit-exactly on every backend this machine has.
+#[test]
+fn the_imported_mobilenetv2_with_linear_bottlenecks_exports_and_runs_on_every_backend() {
+    let Some(dir) = models() else { return };
+    let tmp = tempfile::tempdir().expect("temp dir");
+    let p = |f: &str| tmp.path().join(f).to_string_lossy().into_owned();
+    let onnx = dir.join("mobilenetv2.onnx").to_string_lossy().into_owned();
+    let out = nce(&["import", &onnx, "-o", &p("fp32.ot"), "--arch", &p("arch.toml"), "--calib-batch", "64"]);
+    assert!(out.status.success(), "import: {}", text(&out));
+    let out = nce(&["cost", "--arch", &p("arch.toml"), "--bits", "2", "--profile", "nce-flops-params"]);
+    let t = text(&out);
+    assert!(out.status.success(), "cost: {t}");
+    // The 1×1 expansion reading the first block's linear projection reads 8-bit signed codes.
+    assert!(t.lines().any(|l| l.contains("2/8")), "no conv reads a linear bottleneck at 8 bits: {t}");
+    let train = "train --arch ARCH --init INIT --bits 2 --epochs 1 --train-subset 128 --test-subset 32 --batch-size 32 --lr 0.02 --threads 2 --quiet -o OUT";
+    let args: Vec<String> =
+        train.split(' ').map(|a| a.replace("ARCH", &p("arch.toml")).replace("INIT", &p("fp32.ot")).replace("OUT", &p("w2a2"))).collect();
+    let out = nce(&args.iter().map(String::as_str).collect::<Vec<_>>());
+    assert!(out.status.success(), "train: {}", text(&out));
+    let out = nce(&["export", &p("w2a2/checkpoint.ot"), "-o", &p("mv2.nce")]);
+    assert!(out.status.success(), "export: {}", text(&out));
+    for backend in nce::engine::BackendKind::ALL {
+        if backend.cpu_isa().is_some_and(|isa| !isa.is_available()) {
+            eprintln!("note: {backend} skipped: this CPU lacks it");
+            continue;
+        }
+        let out = nce(&["validate", &p("mv2.nce"), "--backend", backend.name(), "--test-subset", "4", "--threads", "2"]);
+        let t = text(&out);
+        assert!(out.status.success(), "validate --backend {backend}: {t}");
+        assert!(t.contains(" 0 of "), "{backend} found differing values: {t}");
+    }
+}
+
 #[test]
 fn cost_lists_the_imported_resnet18s_slots_by_onnx_name() {
     let Some(dir) = models() else { return };

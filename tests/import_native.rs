@@ -15,7 +15,7 @@ use nce::models::{Model, ModelOptions};
 use prost::Message;
 use std::path::Path;
 use tch::{nn, Kind, Tensor};
-use tiny::{node, tiny_resnet};
+use tiny::{node, tiny_bottleneck, tiny_resnet};
 
 const MEAN: [f32; 3] = [0.45, 0.5, 0.55];
 const STD: [f32; 3] = [0.25, 0.2, 0.3];
@@ -145,6 +145,37 @@ fn quantized_normalisation_and_projection_match_the_integer_form() {
     assert!(d < 0.1, "8-bit model vs FP32 (the border differs: zero padding of the raw image): {d}");
 }
 
+/// Linear bottlenecks (docs/quantization.md, "Signed codes"): the projection read by a conv and
+/// an add, and the add without ReLU, store signed 8-bit codes; at 8 bits everywhere the
+/// quantized model computes what its integer form computes, up to rounding, and stays close to
+/// the FP32 network (which a wrong zero point would not).
+#[test]
+fn quantized_linear_bottlenecks_match_the_integer_form() {
+    let imp = import(&tiny_bottleneck(3), None).unwrap();
+    let (vs, m, net) = model(&imp, &BitConfig::uniform(8));
+    let signed: Vec<&str> = net.layers.iter().enumerate().filter(|&(i, _)| net.is_signed(i)).map(|(_, l)| l.name.as_str()).collect();
+    assert_eq!(signed.len(), 2, "{signed:?}");
+    assert!(signed[0].starts_with("b1.project") && signed[1].starts_with("b2.add"), "{signed:?}");
+    let reads_8 = net.layers.iter().filter(|l| l.has_weights() && l.abits == 8 && l.inputs.iter().any(|&s| net.src_signed(s)));
+    assert_eq!(reads_8.count(), 2, "the expansion and the last conv read signed 8-bit codes");
+    let px = pixels(8);
+    let x = px.to_kind(Kind::Float) / 255.0;
+    // Clips from the data, as `train --init` calibrates them (the initial ones are arbitrary).
+    nce::train::calibrate_clips(&vs, &net, &x).unwrap();
+    let float = m.f_forward_t(&x, false).unwrap();
+    let fp32 = model(&imp, &BitConfig::full_precision()).1.f_forward_t(&x, false).unwrap();
+    let config = nce::train::TrainConfig::new(imp.model, "unused", 8, 0, ".".into());
+    let loaded = nce::train::LoadedModel { vs, model: m, meta: nce::train::Meta::imported(config, net.clone()) };
+    let layers = convert::int_layers(&loaded).unwrap();
+    let sim = simulate::simulate(&net, &layers, &px).unwrap();
+    let unit = layers.last().unwrap().scales.output.unwrap();
+    let int_logits = sim.last().unwrap().as_ref().unwrap().to_kind(Kind::Double) * unit;
+    let d = max_rel_diff(&float.to_kind(Kind::Double), &int_logits);
+    assert!(d < 0.02, "quantized model vs integer form: {d}");
+    let d = max_rel_diff(&fp32, &float);
+    assert!(d < 0.1, "8-bit model vs FP32: {d}");
+}
+
 /// A class-per-folder dataset (`--data folder:`): `per` training and 2 test images of each of
 /// three classes, each a noisy tint of its class's colour.
 fn folder_dataset(root: &Path, per: usize) {
@@ -196,6 +227,33 @@ fn folder_data_import_trains_exports_and_runs_on_every_backend() {
     }
 }
 
+/// An imported network with linear bottlenecks through a 1-epoch W2A2 `train --init`,
+/// `export` and `validate` on every backend: 0 differing values.
+#[test]
+fn linear_bottlenecks_train_export_and_run_on_every_backend() {
+    use common::{nce, text};
+    let tmp = tempfile::tempdir().unwrap();
+    let p = |f: &str| tmp.path().join(f).to_string_lossy().into_owned();
+    folder_dataset(&tmp.path().join("images"), 8);
+    let data = format!("folder:{}", p("images"));
+    std::fs::write(p("net.onnx"), tiny_bottleneck(3).encode_to_vec()).unwrap();
+    let out = nce(&["import", &p("net.onnx"), "-o", &p("fp32.ot"), "--arch", &p("arch.toml"), "--data", &data, "--calib-batch", "16"]);
+    assert!(out.status.success(), "import: {}", text(&out));
+    let train = ["train", "--arch", &p("arch.toml"), "--init", &p("fp32.ot"), "--data", &data, "--bits", "2", "--epochs", "1"];
+    let out = nce(&[&train[..], &["--batch-size", "8", "--lr", "0.02", "--threads", "1", "--quiet", "-o", &p("w2a2")]].concat());
+    assert!(out.status.success(), "train: {}", text(&out));
+    let out = nce(&["export", &p("w2a2/checkpoint.ot"), "-o", &p("model.nce")]);
+    assert!(out.status.success(), "export: {}", text(&out));
+    for backend in ["cpu", "cpu-scalar", "cpu-swar", "onnxruntime", "wgpu", "qemu-aarch64", "qemu-cortex-m7"] {
+        let out = nce(&["validate", &p("model.nce"), "--data", &data, "--backend", backend]);
+        let t = text(&out);
+        assert!(
+            out.status.success() && (t.contains("integer outputs: 0 of") || t.contains("logits: 0 of 18 differ")),
+            "validate --backend {backend}: {t}"
+        );
+    }
+}
+
 /// The reader's message for `net` with random arrays (`QModel::from_container`).
 fn refusal(net: &nce::graph::Network) -> String {
     use nce::engine::plan::{Header, QModel};
@@ -205,7 +263,7 @@ fn refusal(net: &nce::graph::Network) -> String {
 }
 
 #[test]
-fn linear_bottlenecks_and_late_downsample_convs_are_refused_by_name() {
+fn unfoldable_signed_reads_and_late_downsample_convs_are_refused_by_name() {
     // The tiny CNN without its Relu: a conv without ReLU feeding a max pooling.
     let mut m = tiny::tiny();
     let g = m.graph.as_mut().unwrap();
@@ -213,7 +271,7 @@ fn linear_bottlenecks_and_late_downsample_convs_are_refused_by_name() {
     let imp = from_bytes(Path::new("linear.onnx"), &m.encode_to_vec(), "linear").unwrap();
     let net = nce::graph::build(imp.model, imp.net.input, imp.net.classes, None, &BitConfig::uniform(2)).unwrap();
     let e = refusal(&net);
-    assert!(e.contains("conv:") && e.contains("linear bottlenecks need signed activation codes"), "{e}");
+    assert!(e.contains("pool: reads the signed codes of conv, which only convs without padding and residual adds can read"), "{e}");
     // nce's own ResNet-18 computes its downsample conv after the block's last conv.
     let net =
         nce::graph::build(nce::graph::ModelKind::Resnet18, nce::graph::Shape::new(3, 32, 32), 10, None, &BitConfig::uniform(2)).unwrap();

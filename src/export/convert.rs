@@ -55,7 +55,7 @@ fn tensor_scales(net: &Network, ex: &[LayerExport]) -> Vec<Option<f64>> {
         };
         let v = match l.op {
             Op::Conv { relu: true, .. } | Op::Add { relu: true } => ex[i].act.map(|a| a.scale),
-            Op::Conv { relu: false, .. } if net.is_projection_shortcut(i) => ex[i].act.map(|a| a.scale),
+            Op::Conv { .. } | Op::Add { .. } if net.is_signed(i) => ex[i].act.map(|a| a.scale),
             Op::Subsample { .. } | Op::MaxPool { .. } => input,
             Op::GlobalAvgPool => input.map(|x| x / (l.in_shape.h * l.in_shape.w) as f64),
             _ => None,
@@ -75,6 +75,9 @@ fn scale_of(scales: &[Option<f64>], s: Src) -> Option<f64> {
 /// Integer parameters of every conv and the classifier of a quantized checkpoint.
 pub fn int_layers(model: &LoadedModel) -> Result<Vec<IntLayer>, ExportError> {
     let net = &model.meta.net;
+    if let Some((i, j, why)) = net.unfoldable_signed_read() {
+        return Err(ExportError::SignedInput { layer: net.layers[i].name.clone(), source_layer: net.layers[j].name.clone(), why });
+    }
     let ex = model.model.export();
     let scales = tensor_scales(net, &ex);
     let mut out = Vec::new();
@@ -89,44 +92,47 @@ pub fn int_layers(model: &LoadedModel) -> Result<Vec<IntLayer>, ExportError> {
 }
 
 /// A conv with its BatchNorm folded into per-channel multipliers and biases at one shift; a conv
-/// without ReLU requantises at its residual add, whose shortcut gets the multiplier `r`. A
-/// projection shortcut is requantised as its own output, to signed 8-bit codes stored with the
-/// zero point [`SHORTCUT_ZERO`] (`b` holds `+z`), and the conv fused with its add takes `z·r`
-/// off its `b` (`docs/quantization.md`).
+/// without ReLU requantises at its residual add, whose shortcut gets the multiplier `r`. Signed
+/// outputs ([`Network::is_signed`]: a projection shortcut or a linear bottleneck as its own
+/// output, an add without ReLU as the fused conv's) are 8-bit codes stored with the zero point
+/// [`SHORTCUT_ZERO`] (`b` holds `+z`); a conv fused with an add whose shortcut is signed takes
+/// `z·r` off its `b`, and one reading signed codes folds `z·Σw` into it (`docs/quantization.md`).
 fn conv_layer(net: &Network, ex: &[LayerExport], scales: &[Option<f64>], i: usize, relu: bool) -> Result<IntLayer, ExportError> {
     let (l, e) = (&net.layers[i], &ex[i]);
-    let projection = net.is_projection_shortcut(i);
-    let relu = relu || projection;
+    let relu = relu || net.is_signed(i);
     let wi = e.weight_int.as_ref().ok_or_else(|| ExportError::FullPrecision { layer: l.name.clone() })?;
     let bn = e.bn.as_ref().ok_or_else(|| ExportError::NoBatchNorm { layer: l.name.clone() })?;
     let s_x = scale_of(scales, l.inputs[0]).ok_or_else(|| not_quantized(&l.name, "input"))?;
-    let mut sc_zero = 0;
-    let (s_out, s_sc) = if relu {
-        (e.act.ok_or_else(|| not_quantized(&l.name, "output"))?.scale, None)
+    let zero = |signed: bool| if signed { SHORTCUT_ZERO } else { 0 };
+    let (s_out, s_sc, out_zero, sc_zero) = if relu {
+        (e.act.ok_or_else(|| not_quantized(&l.name, "output"))?.scale, None, zero(net.is_signed(i)), 0)
     } else {
         let add = (i + 1..net.layers.len())
             .find(|&j| net.layers[j].inputs.first() == Some(&Src::Layer(i)) && matches!(net.layers[j].op, Op::Add { .. }))
             .ok_or_else(|| ExportError::NoResidualAdd { layer: l.name.clone() })?;
         let add_name = &net.layers[add].name;
         let s_out = ex[add].act.ok_or_else(|| not_quantized(add_name, "output"))?.scale;
-        let s_sc = scale_of(scales, net.layers[add].inputs[1]).ok_or_else(|| not_quantized(add_name, "shortcut"))?;
-        if matches!(net.layers[add].inputs[1], Src::Layer(j) if net.is_projection_shortcut(j)) {
-            sc_zero = SHORTCUT_ZERO;
-        }
-        (s_out, Some(s_sc))
+        let sc = net.layers[add].inputs[1];
+        let s_sc = scale_of(scales, sc).ok_or_else(|| not_quantized(add_name, "shortcut"))?;
+        (s_out, Some(s_sc), zero(net.is_signed(add)), zero(net.src_signed(sc)))
     };
     let (gamma, beta, mut mean, var) = (to_f64(&bn.gamma), to_f64(&bn.beta), to_f64(&bn.running_mean), to_f64(&bn.running_var));
     // A conv reading a normalised image subtracts `Σ w_q·μ` before its BatchNorm: the same as
-    // a BatchNorm mean larger by it.
+    // a BatchNorm mean larger by it. One reading signed codes `q` (value `(q − z)·s_x`) likewise
+    // subtracts `z·s_x·Σ w_q` from its accumulator of `q` (unpadded: `Network::unfoldable_signed_read`).
     if let Some(k) = &e.input_offset {
         mean.iter_mut().zip(to_f64(k)).for_each(|(m, k)| *m += k);
+    }
+    if net.src_signed(l.inputs[0]) {
+        let sums = to_f64(&wi.codes.to_kind(Kind::Double).flatten(1, -1).sum_dim_intlist(1i64, false, Kind::Double));
+        mean.iter_mut().zip(sums).for_each(|(m, w)| *m += SHORTCUT_ZERO as f64 * s_x * wi.scale * w);
     }
     let mut mm = Vec::with_capacity(gamma.len());
     let mut bb = Vec::with_capacity(gamma.len());
     for c in 0..gamma.len() {
         let inv = gamma[c] / (var[c] + bn.eps).sqrt();
         mm.push(wi.scale * s_x * inv / s_out);
-        bb.push((beta[c] - inv * mean[c]) / s_out + if projection { SHORTCUT_ZERO as f64 } else { 0.0 });
+        bb.push((beta[c] - inv * mean[c]) / s_out + out_zero as f64);
     }
     let r_real = s_sc.map(|s| s / s_out);
     let mut all = mm.clone();

@@ -21,6 +21,10 @@ pub enum ExportError {
     Bits { layer: String, bits: u8 },
     #[error("{layer}: {source}")]
     Pack { layer: String, source: crate::engine::EngineError },
+    /// A layer reads signed codes (a linear bottleneck or an add without ReLU) in a way whose
+    /// zero point the integer form cannot fold (`docs/quantization.md`, "Signed codes").
+    #[error("{layer}: reads the signed codes of {source_layer}, {why}")]
+    SignedInput { layer: String, source_layer: String, why: &'static str },
     #[error("{layer}: no integer parameters")]
     NoIntegerParameters { layer: String },
     #[error("{layer}: no residual multiplier")]

@@ -266,9 +266,10 @@ impl<'a> PlanBuilder<'a> {
             return Err(format!("{}: shift {shift} outside 0..=30", l.name));
         }
         self.readable(l.inputs[0], &l.name)?;
-        // A projection shortcut runs as a conv of its own (8-bit codes with a zero point, which
-        // the `b` of both convs account for: docs/quantization.md).
-        let own = relu || net.is_projection_shortcut(i);
+        // A projection shortcut or a linear bottleneck runs as a conv of its own (8-bit codes with
+        // a zero point, which the `b` of the convs and adds reading it account for:
+        // docs/quantization.md, "Signed codes").
+        let own = relu || net.is_signed(i);
         let (out, residual, qbits) = if own { (i, None, l.out_bits) } else { self.fused_add(i)? };
         if !(1..=8).contains(&qbits) {
             return Err(format!("{}: output bits {qbits} not supported", l.name));
@@ -307,26 +308,25 @@ impl<'a> PlanBuilder<'a> {
         }
     }
 
-    /// A conv without ReLU must feed exactly one add with ReLU, which it is fused with: returns
-    /// the add (the step's output), the residual (source, subsampling stride, rescale) and the
-    /// add's output bits.
+    /// A conv without ReLU (not itself signed) must feed exactly one add, which it is fused with:
+    /// returns the add (the step's output), the residual (source, subsampling stride, rescale)
+    /// and the add's output bits (8 for an add without ReLU, whose codes are signed).
     #[allow(clippy::type_complexity)]
     fn fused_add(&mut self, i: usize) -> Result<(usize, Option<(Src, usize, i32)>, u8), String> {
         let net = self.net;
         let l = &net.layers[i];
-        const LINEAR: &str = "a conv without ReLU must feed exactly one residual add with ReLU (or be a projection shortcut); \
-             linear bottlenecks need signed activation codes, which the engines do not have";
+        const LINEAR: &str = "a conv without ReLU must feed exactly one residual add as its first operand, or be read by convs (a linear bottleneck) or as a shortcut";
         let [a] = self.consumers[i].as_slice() else {
             return Err(format!("{}: {LINEAR}", l.name));
         };
         let (a, add) = (*a, &net.layers[*a]);
-        if !matches!(add.op, Op::Add { relu: true }) || add.inputs[0] != Src::Layer(i) {
+        if !matches!(add.op, Op::Add { .. }) || add.inputs[0] != Src::Layer(i) {
             return Err(format!("{}: unsupported consumer {} ({LINEAR})", l.name, add.name));
         }
         let (src, stride) = match add.inputs[1] {
             Src::Layer(j) => match net.layers[j].op {
                 Op::Subsample { stride } => (net.layers[j].inputs[0], stride),
-                Op::Conv { relu: false, .. } if !net.is_projection_shortcut(j) => {
+                Op::Conv { relu: false, .. } if !net.is_signed(j) => {
                     return Err(format!(
                     "{}: its shortcut {} is a conv without ReLU that the engines do not run: a projection shortcut must come before the block's last conv and be read only by this add (imported networks are ordered so; nce's own ResNet-18/50 are not yet)",
                     add.name, net.layers[j].name
@@ -399,6 +399,10 @@ impl QModel {
         }
         check_references(&header.net)?;
         check_graph(&header.net)?;
+        if let Some((i, j, why)) = header.net.unfoldable_signed_read() {
+            let l = &header.net.layers;
+            return Err(format!("{}: reads the signed codes of {}, {why}", l[i].name, l[j].name));
+        }
         let mut b = PlanBuilder::new(&header.net, c);
         for i in 0..header.net.layers.len() {
             b.layer(i)?;

@@ -76,8 +76,9 @@ impl Sim<'_> {
         let m = Tensor::from_slice(&il.m).to_kind(Kind::Int64).view([1, -1, 1, 1]);
         let b = Tensor::from_slice(&il.b).to_kind(Kind::Int64).view([1, -1, 1, 1]);
         let y = acc * m + b;
-        // A projection shortcut is requantised as its own output (8-bit codes with a zero point).
-        let own = relu || self.net.is_projection_shortcut(i);
+        // Signed codes (a projection shortcut, a linear bottleneck) are requantised as the conv's
+        // own output (8-bit codes with a zero point, which `b` holds).
+        let own = relu || self.net.is_signed(i);
         let (target, y, bits) = if own { (i, y, l.out_bits) } else { self.add_shortcut(i, il, y)? };
         self.outs[target] = Some(requantize(y, il.shift, bits));
         Ok(())

@@ -91,14 +91,22 @@ impl BitConfig {
         for i in 0..n {
             let consumers: Vec<usize> = (i + 1..n).filter(|&j| net.layers[j].inputs.contains(&super::Src::Layer(i))).collect();
             let layer = &net.layers[i];
-            let out = if consumers.is_empty() {
-                32
-            } else if matches!(layer.op, Op::Conv { relu: false, .. }) {
-                8
-            } else {
-                consumers.iter().map(|&j| read_bits(&net.layers[j], self)).max().unwrap_or(32)
+            let read = consumers.iter().map(|&j| read_bits(&net.layers[j], self)).max().unwrap_or(32);
+            let out = match layer.op {
+                _ if consumers.is_empty() => 32,
+                Op::Conv { relu: false, .. } => 8,
+                // Signed codes (`Network::is_signed`) are 8-bit wherever anything is quantized.
+                Op::Add { relu: false } if read < 32 => 8,
+                _ => read,
             };
             net.layers[i].out_bits = out;
+        }
+        // A quantized conv reading signed 8-bit codes (a linear bottleneck) reads 8 bits.
+        for i in 0..n {
+            let l = &net.layers[i];
+            if l.has_weights() && l.abits < 8 && l.inputs.iter().any(|&s| net.src_signed(s)) {
+                net.layers[i].abits = 8;
+            }
         }
         for i in 0..n {
             if !net.layers[i].has_weights() {

@@ -270,6 +270,57 @@ impl Network {
         matches!(add.op, Op::Add { relu: true }) && matches!(main.op, Op::Conv { relu: false, .. })
     }
 
+    /// Whether layer `i`'s output is stored as signed 8-bit codes with the zero point
+    /// `quant::SHORTCUT_ZERO` (`docs/quantization.md`, "Signed codes"): a projection shortcut
+    /// ([`Network::is_projection_shortcut`]), a linear bottleneck (a conv without ReLU that a
+    /// layer other than an add reads, as MobileNetV2's projections), or an add without ReLU.
+    /// Every other conv without ReLU is fused with the add that reads it.
+    pub fn is_signed(&self, i: usize) -> bool {
+        match self.layers.get(i).map(|l| &l.op) {
+            Some(Op::Conv { relu: false, .. }) => self.is_projection_shortcut(i) || self.is_linear_bottleneck(i),
+            Some(Op::Add { relu: false }) => true,
+            _ => false,
+        }
+    }
+
+    /// A conv without ReLU that some layer other than an add reads.
+    fn is_linear_bottleneck(&self, i: usize) -> bool {
+        matches!(self.layers.get(i).map(|l| &l.op), Some(Op::Conv { relu: false, .. }))
+            && self.layers.iter().any(|r| r.inputs.contains(&Src::Layer(i)) && !matches!(r.op, Op::Add { .. }))
+    }
+
+    /// Whether source `s` holds signed codes ([`Network::is_signed`]).
+    pub fn src_signed(&self, s: Src) -> bool {
+        matches!(s, Src::Layer(i) if self.is_signed(i))
+    }
+
+    /// The first read of signed codes whose zero point the integer form cannot fold, as
+    /// `(reader, source, why)`: only an unpadded conv (into its bias) and an add taking them as
+    /// its shortcut operand, with as many channels as the add's other operand (into the fused
+    /// conv's bias), can read them (`docs/quantization.md`, "Signed codes").
+    pub fn unfoldable_signed_read(&self) -> Option<(usize, usize, &'static str)> {
+        for (i, l) in self.layers.iter().enumerate() {
+            for (k, &s) in l.inputs.iter().enumerate() {
+                let Src::Layer(j) = s else { continue };
+                if !self.is_signed(j) {
+                    continue;
+                }
+                let why = match l.op {
+                    Op::Conv { pad, .. } if pad > 0 => "and pads with zeros, which are not its zero point",
+                    Op::Conv { .. } => continue,
+                    Op::Add { .. } if k == 0 => "as an add's first operand, which must be the conv fused with it",
+                    Op::Add { .. } if self.src_shape(l.inputs[0]).c != self.src_shape(s).c => {
+                        "with a channel count unlike the add's other operand's"
+                    }
+                    Op::Add { .. } => continue,
+                    _ => "which only convs without padding and residual adds can read",
+                };
+                return Some((i, j, why));
+            }
+        }
+        None
+    }
+
     pub fn macs(&self) -> u64 {
         self.layers.iter().map(Layer::macs).sum()
     }

@@ -7,11 +7,12 @@
 //! - `Conv`: conv2d without bias on the (already quantized) input with quantized weights,
 //!   BatchNorm, then — when `relu` — the activation quantizer at the layer's `out_bits`
 //!   (PACT or LSQ; a plain ReLU at 32 bits). A conv without ReLU (the residual branch) is
-//!   left in float: the integer form fuses it with the add; a projection shortcut
-//!   ([`Network::is_projection_shortcut`]) gets signed 8-bit codes ([`ActQuant::Signed`]). A
+//!   left in float: the integer form fuses it with the add; a projection shortcut or a linear
+//!   bottleneck ([`Network::is_signed`]) gets signed 8-bit codes ([`ActQuant::Signed`]). A
 //!   conv reading the image of an imported network with an input normalisation applies it
 //!   ([`InputNorm`]).
-//! - `Add`: zero-pads the narrower input in channels, adds, then ReLU/quantizer like a conv.
+//! - `Add`: zero-pads the narrower input in channels, adds, then ReLU/quantizer like a conv;
+//!   an add without ReLU (an imported linear bottleneck) gets signed 8-bit codes.
 //! - `Subsample`: `x[:, :, ::s, ::s]`; `MaxPool`; `GlobalAvgPool` (no quantizer: the integer
 //!   form keeps the exact sum); `Linear` with bias (the logits, not quantized).
 //!
@@ -466,6 +467,13 @@ fn act_quant(layer: &Layer, relu: bool, p: &nn::Path, opts: &ModelOptions) -> Re
     })
 }
 
+/// The signed 8-bit quantizer of a projection shortcut, a linear bottleneck or an add without
+/// ReLU ([`Network::is_signed`]).
+fn signed_quant(layer: &Layer, p: &nn::Path, opts: &ModelOptions) -> Result<ActQuant, ModelError> {
+    let quant = |source| ModelError::Quant { layer: layer.name.clone(), source };
+    Ok(ActQuant::Signed(Pact::new(&p.sub("act"), 8, opts.pact_init).map_err(quant)?))
+}
+
 /// Layer `i` reads the right number of earlier tensors, of the shape it declares.
 fn check_wiring(net: &Network, i: usize, l: &Layer) -> Result<(), ModelError> {
     let bad = |msg: String| ModelError::Structure { layer: l.name.clone(), msg };
@@ -545,12 +553,7 @@ impl LayerModule {
                 m.weight = Some(lp.set_group(groups::WEIGHTS).f_var("weight", &[cout, cin / g as i64, k, k], init)?);
                 m.bn = Some(BatchNorm::new(&lp.sub("bn"), cout, options.bn_groups)?);
                 m.weight_quant = weight_quant(l, lp, options)?;
-                m.act = if net.is_projection_shortcut(i) && l.wbits < 32 {
-                    let quant = |source| ModelError::Quant { layer: l.name.clone(), source };
-                    ActQuant::Signed(Pact::new(&lp.sub("act"), 8, options.pact_init).map_err(quant)?)
-                } else {
-                    act_quant(l, relu, lp, options)?
-                };
+                m.act = if net.is_signed(i) && l.wbits < 32 { signed_quant(l, lp, options)? } else { act_quant(l, relu, lp, options)? };
             }
             Op::Linear => {
                 let fan_in = l.in_shape.numel() as i64;
@@ -566,7 +569,7 @@ impl LayerModule {
                 if (a.h, a.w) != (b.h, b.w) {
                     return Err(bad(format!("adds tensors of different spatial size ({a} and {b})")));
                 }
-                m.act = act_quant(l, relu, lp, options)?;
+                m.act = if net.is_signed(i) && l.out_bits < 32 { signed_quant(l, lp, options)? } else { act_quant(l, relu, lp, options)? };
             }
             Op::Subsample { stride } | Op::MaxPool { stride, .. } if stride == 0 => return Err(bad("stride 0".into())),
             Op::Subsample { .. } | Op::MaxPool { .. } | Op::GlobalAvgPool => {}

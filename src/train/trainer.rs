@@ -821,10 +821,12 @@ pub fn calibrate_clips(vs: &nn::VarStore, net: &Network, x: &Tensor) -> Result<u
     let outs = no_grad(|| twin.f_forward_layers(x, true)).map_err(|e| TrainError::Model(e.to_string()))?;
     let vars = vs.variables();
     let mut n = 0;
-    for (layer, out) in net.layers.iter().zip(&outs) {
+    for (i, (layer, out)) in net.layers.iter().zip(&outs).enumerate() {
         let Some(alpha) = vars.get(&format!("{}.act.alpha", layer.name)) else { continue };
         let qmax = ((1u64 << layer.out_bits.min(16)) - 1) as f64;
-        let best = mse_clip(out, qmax);
+        // Signed codes (`ActQuant::Signed`) cover about [−α/2, α/2] in steps of α/qmax.
+        let best =
+            if net.is_signed(i) { mse_clip(&out.abs(), (qmax / 2.0).floor()) * qmax / (qmax / 2.0).floor() } else { mse_clip(out, qmax) };
         no_grad(|| {
             let _ = alpha.shallow_clone().fill_(best);
         });

@@ -158,3 +158,41 @@ pub fn tiny_resnet(norm: Option<(&[f32; 3], &[f32; 3])>, classes: i64) -> ModelP
     };
     ModelProto { graph: Some(graph), ..tiny() }
 }
+
+/// A tiny network with MobileNetV2's linear bottlenecks for `image [N, 3, 32, 32]`: `stem`
+/// (Conv 3→8 with bias) → Relu → `b1.project` (1×1, 8→8, BN, no ReLU: a linear bottleneck read
+/// by a conv and by an add) → block 2: `b2.expand` (1×1, 8→16) + BN + Relu, `b2.conv` (3×3,
+/// 16→16) + BN + Relu, `b2.project` (1×1, 16→8) + BN, `b2.add` with `b1.project`'s output (no
+/// ReLU) → `last` (1×1, 8→16) + BN + Relu → GlobalAveragePool → Flatten → Gemm `fc`.
+pub fn tiny_bottleneck(classes: i64) -> ModelProto {
+    let (mut nodes, mut init) = (Vec::new(), Vec::new());
+    init.push(floats("stem.w", &[8, 3, 3, 3], 11));
+    init.push(consts("stem.bias", &[8], |c| 0.05 * c as f32 - 0.2));
+    let stem = vec![ints("kernel_shape", &[3, 3]), ints("pads", &[1, 1, 1, 1])];
+    nodes.push(node("stem", "Conv", &["image", "stem.w", "stem.bias"], &["s"], stem));
+    nodes.push(node("stem.relu", "Relu", &["s"], &["s.r"], vec![]));
+    conv_bn((&mut nodes, &mut init), "b1.project", "s.r", "p1", (8, 8), (1, 1));
+    conv_bn((&mut nodes, &mut init), "b2.expand", "p1", "e", (8, 16), (1, 1));
+    nodes.push(node("b2.relu1", "Relu", &["e"], &["e.r"], vec![]));
+    conv_bn((&mut nodes, &mut init), "b2.conv", "e.r", "c", (16, 16), (3, 1));
+    nodes.push(node("b2.relu2", "Relu", &["c"], &["c.r"], vec![]));
+    conv_bn((&mut nodes, &mut init), "b2.project", "c.r", "p2", (16, 8), (1, 1));
+    nodes.push(node("b2.add", "Add", &["p1", "p2"], &["a"], vec![]));
+    conv_bn((&mut nodes, &mut init), "last", "a", "l", (8, 16), (1, 1));
+    nodes.push(node("last.relu", "Relu", &["l"], &["l.r"], vec![]));
+    nodes.push(node("gap", "GlobalAveragePool", &["l.r"], &["g"], vec![]));
+    nodes.push(node("flat", "Flatten", &["g"], &["f"], vec![]));
+    let trans_b = AttributeProto { name: "transB".into(), i: 1, r#type: 2, ..Default::default() };
+    nodes.push(node("fc", "Gemm", &["f", "fc.w", "fc.b"], &["logits"], vec![trans_b]));
+    init.push(floats("fc.w", &[classes, 16], 5));
+    init.push(floats("fc.b", &[classes], 6));
+    let graph = GraphProto {
+        node: nodes,
+        name: "tiny_bottleneck".into(),
+        initializer: init,
+        doc_string: String::new(),
+        input: vec![value("image", &[None, Some(3), Some(32), Some(32)])],
+        output: vec![value("logits", &[None, Some(classes)])],
+    };
+    ModelProto { graph: Some(graph), ..tiny() }
+}
