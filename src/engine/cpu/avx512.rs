@@ -64,6 +64,11 @@ fn tile_pixels(v: usize) -> usize {
     }
 }
 
+/// One 64-byte weight vector, aligned so that no load of it splits a cache line.
+#[derive(Clone, Debug)]
+#[repr(C, align(64))]
+struct Line([i8; 64]);
+
 /// A conv layer laid out for the VNNI micro-kernels.
 #[derive(Clone, Debug)]
 pub(crate) struct ConvKernel {
@@ -75,7 +80,7 @@ pub(crate) struct ConvKernel {
     /// Groups of `v` vectors covering `c_conv`.
     groups: usize,
     /// `[group][ky][step][v][16][4]` signed codes.
-    weights: Vec<i8>,
+    weights: Vec<Line>,
     /// Largest |weight code| (sizes the epilogue's exactness bound).
     wmax: u32,
     tables: Tables,
@@ -113,6 +118,7 @@ impl ConvKernel {
                 }
             }
         }
+        let weights = weights.chunks_exact(64).map(|c| Line(std::array::from_fn(|i| c[i]))).collect();
         let wmax = codes.iter().map(|w| w.unsigned_abs()).max().unwrap_or(0);
         let tables = Tables::new(conv, nv * LANES);
         Some(ConvKernel { conv: conv.clone(), steps, v, groups: nv / v, weights, wmax, tables })
@@ -280,7 +286,7 @@ unsafe fn run_avx512(job: &Job, px: Range<usize>, out: &mut [u8]) {
         row_stride: job.row_stride,
         k: c.k,
         steps: ker.steps,
-        w: ker.weights.as_ptr(),
+        w: ker.weights.as_ptr().cast(),
         tile: tile.as_mut_ptr(),
     };
     let mut res_offs = [0usize; PIXEL_TILE];
@@ -299,7 +305,7 @@ unsafe fn run_avx512(job: &Job, px: Range<usize>, out: &mut [u8]) {
         }
         let base = &mut out[(n - px.start) * d.c_out..(n - px.start + np) * d.c_out];
         for g in 0..ker.groups {
-            a.w = ker.weights.as_ptr().add(g * group_len);
+            a.w = ker.weights.as_ptr().cast::<i8>().add(g * group_len);
             match ker.v {
                 1 => micro_n::<1>(np, &a),
                 2 => micro_n::<2>(np, &a),
