@@ -3,7 +3,7 @@
 //! `SPLIT_MIN_MACS_PER_THREAD` the CPU backend uses, best of `--reps` median-of-9 timings.
 //!
 //! `cargo run --release --example engine_profile -- [--model FILE.nce] [--threads T] [--reps N]
-//! [--backend swar|scalar]` (default: the best backend)
+//! [--backend swar|scalar|avx2|avx512]` (default: the best backend)
 //! (`perf record` on the same command gives the phases inside the kernels).
 
 use nce::engine::cpu::{Backend, Cpu, SPLIT_MIN_MACS_PER_THREAD};
@@ -53,6 +53,8 @@ fn main() {
     let backend = match arg("--backend", "best").as_str() {
         "swar" => Backend::Swar,
         "scalar" => Backend::Scalar,
+        "avx2" => Backend::Avx2,
+        "avx512" => Backend::Avx512,
         _ => Backend::best(),
     };
     let one = Cpu::new(backend, 1).expect("backend");
