@@ -302,3 +302,32 @@ fn the_supernet_normalises_the_image_too() {
     assert!(max_rel_diff(&reference, &run(&plain, &x)) > 1e-3, "the normalisation matters");
     assert!(max_rel_diff(&reference, &run(&normalised, &x)) < 1e-5);
 }
+
+/// The search's supernet quantizes signed outputs (linear bottlenecks, adds without ReLU) as
+/// the trained model does: each has a clip `<layer>.act.alpha`, and the clip changes the output.
+#[test]
+fn the_supernet_quantizes_linear_bottlenecks_too() {
+    use nce::search::{
+        space::SpaceConfig,
+        supernet::{Mode, Supernet},
+    };
+    let imp = import(&tiny_bottleneck(3), None).unwrap();
+    // 8 bits, so that the untrained supernet's small activations survive the ReLU clips.
+    let net = nce::graph::build(imp.model, imp.net.input, imp.net.classes, None, &BitConfig::uniform(8)).unwrap();
+    tch::manual_seed(5);
+    let sn = Supernet::new(&net, &SpaceConfig::default(), 4.0);
+    let vars = sn.vs.variables();
+    let signed: Vec<String> =
+        (0..net.layers.len()).filter(|&i| net.is_signed(i)).map(|i| format!("{}.act.alpha", net.layers[i].name)).collect();
+    assert_eq!(signed.len(), 2);
+    for name in &signed {
+        assert!(vars.contains_key(name), "no clip {name}: {:?}", vars.keys().collect::<Vec<_>>());
+    }
+    let x = pixels(2).to_kind(Kind::Float) / 255.0;
+    let before = sn.forward(&x, false, Mode::Argmax, true);
+    tch::no_grad(|| {
+        let _ = vars[&signed[1]].shallow_clone().fill_(0.01);
+    });
+    let after = sn.forward(&x, false, Mode::Argmax, true);
+    assert!(max_rel_diff(&before, &after) > 1e-3, "the signed clip of the add does not act");
+}

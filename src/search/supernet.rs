@@ -7,7 +7,7 @@
 use super::space::{Slot, SpaceConfig};
 use crate::graph::{Network, Op, Src};
 use crate::models::InputNorm;
-use crate::quant::{maxabs_quantize, pact_quantize_fused, sawb_quantize};
+use crate::quant::{maxabs_quantize, pact_quantize_fused, sawb_quantize, SHORTCUT_ZERO};
 use std::collections::BTreeMap;
 use tch::{nn, Kind, Tensor};
 
@@ -44,7 +44,11 @@ pub struct Supernet {
     /// Architecture logits, one vector per slot (grown on expansion).
     pub logits: Vec<Tensor>,
     convs: BTreeMap<usize, Conv>,
+    /// PACT clips: of ReLU outputs, and of signed outputs (`Network::is_signed`, 8-bit codes
+    /// with a zero point, quantized as the trained model's `ActQuant::Signed`).
     alphas: BTreeMap<usize, Tensor>,
+    /// Per layer: whether its output is signed codes.
+    signed: Vec<bool>,
     /// One BatchNorm per (conv layer, output width).
     bns: BTreeMap<(usize, usize), nn::BatchNorm>,
     /// Per layer: the slots whose candidates its output width can take (its width is the max of
@@ -239,11 +243,11 @@ impl Supernet {
                             .ok()
                     });
                     convs.insert(i, Conv { slot: l.width_slot, weight, norm });
-                    if relu && l.out_bits < 32 {
+                    if (relu && l.out_bits < 32) || (net.is_signed(i) && l.wbits < 32) {
                         alphas.insert(i, p.sub("act").var("alpha", &[1], nn::Init::Const(pact_init)));
                     }
                 }
-                Op::Add { relu: true } if l.out_bits < 32 => {
+                Op::Add { relu } if l.out_bits < 32 && (relu || net.is_signed(i)) => {
                     alphas.insert(i, p.sub("act").var("alpha", &[1], nn::Init::Const(pact_init)));
                 }
                 Op::Linear => {
@@ -259,7 +263,9 @@ impl Supernet {
             .iter()
             .map(|s| (Tensor::randn([s.candidates.len() as i64], (Kind::Float, tch::Device::Cpu)) * 0.01).set_requires_grad(true))
             .collect();
-        let mut sn = Supernet { vs, net: net.clone(), slots, logits, convs, alphas, bns: BTreeMap::new(), sources, fc, caps, bn_groups: 1 };
+        let signed = (0..net.layers.len()).map(|i| net.is_signed(i)).collect();
+        let mut sn =
+            Supernet { vs, net: net.clone(), slots, logits, convs, alphas, signed, bns: BTreeMap::new(), sources, fc, caps, bn_groups: 1 };
         for s in 0..sn.slots.len() {
             for c in sn.slots[s].candidates.clone() {
                 sn.ensure_bn(s, c);
@@ -528,7 +534,7 @@ impl Supernet {
                     if relu {
                         self.activate(i, &y, l.out_bits)
                     } else {
-                        y
+                        self.signed_codes(i, y)
                     }
                 }
                 Op::Add { relu } => {
@@ -538,7 +544,7 @@ impl Supernet {
                     if relu {
                         self.activate(i, &y, l.out_bits)
                     } else {
-                        y
+                        self.signed_codes(i, y)
                     }
                 }
                 Op::Subsample { stride } => input.slice(2, 0, None, stride as i64).slice(3, 0, None, stride as i64),
@@ -620,6 +626,18 @@ impl Supernet {
         match self.alphas.get(&layer) {
             Some(alpha) => pact_quantize_fused(y, alpha, bits),
             None => y.relu(),
+        }
+    }
+
+    /// A linear output: signed 8-bit codes where the layer stores them (a projection shortcut,
+    /// a linear bottleneck, an add without ReLU), else `y` in float (a conv fused with its add).
+    fn signed_codes(&self, layer: usize, y: Tensor) -> Tensor {
+        match self.alphas.get(&layer).filter(|_| self.signed[layer]) {
+            Some(alpha) => {
+                let offset = alpha * (SHORTCUT_ZERO as f64 / 255.0);
+                pact_quantize_fused(&(&y + &offset), alpha, 8) - offset
+            }
+            None => y,
         }
     }
 
