@@ -120,6 +120,22 @@ fn normalised_imports_compute_the_graphs_function_in_full_precision() {
     assert!(max_rel_diff(&reference, &logits(&given, &x)) < 1e-5);
 }
 
+/// How far the quantized model's logits on pixels `px` are from its integer form's and from the
+/// FP32 network's (relative to the largest logit).
+fn gaps(imp: &Import, quantized: (nn::VarStore, Model, &nce::graph::Network), px: &Tensor) -> (f64, f64) {
+    let (vs, m, net) = quantized;
+    let x = px.to_kind(Kind::Float) / 255.0;
+    let float = m.f_forward_t(&x, false).unwrap();
+    let fp32 = model(imp, &BitConfig::full_precision()).1.f_forward_t(&x, false).unwrap();
+    let config = nce::train::TrainConfig::new(imp.model, "unused", 8, 0, ".".into());
+    let loaded = nce::train::LoadedModel { vs, model: m, meta: nce::train::Meta::imported(config, net.clone()) };
+    let layers = convert::int_layers(&loaded).unwrap();
+    let sim = simulate::simulate(net, &layers, px).unwrap();
+    let unit = layers.last().unwrap().scales.output.unwrap();
+    let int_logits = sim.last().unwrap().as_ref().unwrap().to_kind(Kind::Double) * unit;
+    (max_rel_diff(&float.to_kind(Kind::Double), &int_logits), max_rel_diff(&fp32, &float))
+}
+
 /// The quantized model (normalisation folded into the first conv, the projection shortcut in
 /// signed 8-bit codes) computes what its integer form computes, up to rounding; at 8 bits the
 /// quantized model is also close to the FP32 network.
@@ -129,20 +145,9 @@ fn quantized_normalisation_and_projection_match_the_integer_form() {
     let (vs, m, net) = model(&imp, &BitConfig::uniform(8));
     let down = net.layers.iter().position(|l| l.name == "block.conv2").unwrap();
     assert!(net.is_projection_shortcut(down), "of two convs meeting at the add, the earlier is the stored shortcut");
-    let px = pixels(8);
-    let x = px.to_kind(Kind::Float) / 255.0;
-    let float = m.f_forward_t(&x, false).unwrap();
-    let fp32 = model(&imp, &BitConfig::full_precision()).1.f_forward_t(&x, false).unwrap();
-    let config = nce::train::TrainConfig::new(imp.model, "unused", 8, 0, ".".into());
-    let loaded = nce::train::LoadedModel { vs, model: m, meta: nce::train::Meta::imported(config, net.clone()) };
-    let layers = convert::int_layers(&loaded).unwrap();
-    let sim = simulate::simulate(&net, &layers, &px).unwrap();
-    let unit = layers.last().unwrap().scales.output.unwrap();
-    let int_logits = sim.last().unwrap().as_ref().unwrap().to_kind(Kind::Double) * unit;
-    let d = max_rel_diff(&float.to_kind(Kind::Double), &int_logits);
-    assert!(d < 0.02, "quantized model vs integer form: {d}");
-    let d = max_rel_diff(&fp32, &float);
-    assert!(d < 0.1, "8-bit model vs FP32 (the border differs: zero padding of the raw image): {d}");
+    let (to_int, to_fp32) = gaps(&imp, (vs, m, &net), &pixels(8));
+    assert!(to_int < 0.02, "quantized model vs integer form: {to_int}");
+    assert!(to_fp32 < 0.1, "8-bit model vs FP32 (the border differs: zero padding of the raw image): {to_fp32}");
 }
 
 /// Linear bottlenecks (docs/quantization.md, "Signed codes"): the projection read by a conv and
@@ -159,21 +164,11 @@ fn quantized_linear_bottlenecks_match_the_integer_form() {
     let reads_8 = net.layers.iter().filter(|l| l.has_weights() && l.abits == 8 && l.inputs.iter().any(|&s| net.src_signed(s)));
     assert_eq!(reads_8.count(), 2, "the expansion and the last conv read signed 8-bit codes");
     let px = pixels(8);
-    let x = px.to_kind(Kind::Float) / 255.0;
     // Clips from the data, as `train --init` calibrates them (the initial ones are arbitrary).
-    nce::train::calibrate_clips(&vs, &net, &x).unwrap();
-    let float = m.f_forward_t(&x, false).unwrap();
-    let fp32 = model(&imp, &BitConfig::full_precision()).1.f_forward_t(&x, false).unwrap();
-    let config = nce::train::TrainConfig::new(imp.model, "unused", 8, 0, ".".into());
-    let loaded = nce::train::LoadedModel { vs, model: m, meta: nce::train::Meta::imported(config, net.clone()) };
-    let layers = convert::int_layers(&loaded).unwrap();
-    let sim = simulate::simulate(&net, &layers, &px).unwrap();
-    let unit = layers.last().unwrap().scales.output.unwrap();
-    let int_logits = sim.last().unwrap().as_ref().unwrap().to_kind(Kind::Double) * unit;
-    let d = max_rel_diff(&float.to_kind(Kind::Double), &int_logits);
-    assert!(d < 0.02, "quantized model vs integer form: {d}");
-    let d = max_rel_diff(&fp32, &float);
-    assert!(d < 0.1, "8-bit model vs FP32: {d}");
+    nce::train::calibrate_clips(&vs, &net, &(px.to_kind(Kind::Float) / 255.0)).unwrap();
+    let (to_int, to_fp32) = gaps(&imp, (vs, m, &net), &px);
+    assert!(to_int < 0.02, "quantized model vs integer form: {to_int}");
+    assert!(to_fp32 < 0.1, "8-bit model vs FP32: {to_fp32}");
 }
 
 /// A class-per-folder dataset (`--data folder:`): `per` training and 2 test images of each of

@@ -142,21 +142,7 @@ pub fn tiny_resnet(norm: Option<(&[f32; 3], &[f32; 3])>, classes: i64) -> ModelP
     conv_bn((&mut nodes, &mut init), "block.down", "s.r", "d", (8, 16), (1, 2));
     nodes.push(node("block.add", "Add", &["c2", "d"], &["a"], vec![]));
     nodes.push(node("block.relu", "Relu", &["a"], &["a.r"], vec![]));
-    nodes.push(node("gap", "GlobalAveragePool", &["a.r"], &["g"], vec![]));
-    nodes.push(node("flat", "Flatten", &["g"], &["f"], vec![]));
-    let trans_b = AttributeProto { name: "transB".into(), i: 1, r#type: 2, ..Default::default() };
-    nodes.push(node("fc", "Gemm", &["f", "fc.w", "fc.b"], &["logits"], vec![trans_b]));
-    init.push(floats("fc.w", &[classes, 16], 5));
-    init.push(floats("fc.b", &[classes], 6));
-    let graph = GraphProto {
-        node: nodes,
-        name: "tiny_resnet".into(),
-        initializer: init,
-        doc_string: String::new(),
-        input: vec![value("image", &[None, Some(3), Some(32), Some(32)])],
-        output: vec![value("logits", &[None, Some(classes)])],
-    };
-    ModelProto { graph: Some(graph), ..tiny() }
+    with_head((nodes, init), "a.r", "tiny_resnet", classes)
 }
 
 /// A tiny network with MobileNetV2's linear bottlenecks for `image [N, 3, 32, 32]`: `stem`
@@ -180,7 +166,14 @@ pub fn tiny_bottleneck(classes: i64) -> ModelProto {
     nodes.push(node("b2.add", "Add", &["p1", "p2"], &["a"], vec![]));
     conv_bn((&mut nodes, &mut init), "last", "a", "l", (8, 16), (1, 1));
     nodes.push(node("last.relu", "Relu", &["l"], &["l.r"], vec![]));
-    nodes.push(node("gap", "GlobalAveragePool", &["l.r"], &["g"], vec![]));
+    with_head((nodes, init), "l.r", "tiny_bottleneck", classes)
+}
+
+/// The head of the 32×32 RGB nets: `x` (16 channels) → GlobalAveragePool `gap` → Flatten `flat`
+/// → Gemm `fc` (`classes` logits), in a model named `name`.
+fn with_head(graph: (Vec<NodeProto>, Vec<TensorProto>), x: &str, name: &str, classes: i64) -> ModelProto {
+    let (mut nodes, mut init) = graph;
+    nodes.push(node("gap", "GlobalAveragePool", &[x], &["g"], vec![]));
     nodes.push(node("flat", "Flatten", &["g"], &["f"], vec![]));
     let trans_b = AttributeProto { name: "transB".into(), i: 1, r#type: 2, ..Default::default() };
     nodes.push(node("fc", "Gemm", &["f", "fc.w", "fc.b"], &["logits"], vec![trans_b]));
@@ -188,7 +181,7 @@ pub fn tiny_bottleneck(classes: i64) -> ModelProto {
     init.push(floats("fc.b", &[classes], 6));
     let graph = GraphProto {
         node: nodes,
-        name: "tiny_bottleneck".into(),
+        name: name.into(),
         initializer: init,
         doc_string: String::new(),
         input: vec![value("image", &[None, Some(3), Some(32), Some(32)])],
