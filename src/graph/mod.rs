@@ -299,10 +299,11 @@ impl Network {
     /// its shortcut operand, with as many channels as the add's other operand (into the fused
     /// conv's bias), can read them (`docs/quantization.md`, "Signed codes").
     pub fn unfoldable_signed_read(&self) -> Option<(usize, usize, &'static str)> {
+        let signed: Vec<bool> = (0..self.layers.len()).map(|j| self.is_signed(j)).collect();
         for (i, l) in self.layers.iter().enumerate() {
             for (k, &s) in l.inputs.iter().enumerate() {
                 let Src::Layer(j) = s else { continue };
-                if !self.is_signed(j) {
+                if !signed.get(j).copied().unwrap_or(false) {
                     continue;
                 }
                 let why = match l.op {
