@@ -201,6 +201,13 @@ pub enum ActQuant {
 /// The zero point of [`ActQuant::Signed`]'s 8-bit codes.
 pub const SHORTCUT_ZERO: i64 = 128;
 
+/// [`ActQuant::Signed`]'s training form on a bare clip `alpha` (also the search supernet's):
+/// PACT at `bits` on `x + z·α/qmax`, minus that offset.
+pub fn signed_quantize_fused(x: &Tensor, alpha: &Tensor, bits: u8) -> Tensor {
+    let offset = alpha * (SHORTCUT_ZERO as f64 / ((1u64 << bits) - 1) as f64);
+    pact_quantize_fused(&(x + &offset), alpha, bits) - offset
+}
+
 impl ActQuant {
     pub fn forward(&self, x: &Tensor, train: bool) -> Tensor {
         match self {
@@ -209,11 +216,10 @@ impl ActQuant {
             ActQuant::Pact(p) if train => pact_quantize_fused(x, &p.alpha, p.bits()),
             ActQuant::Pact(p) => p.forward(x),
             ActQuant::Lsq(l) => l.forward(x, train),
+            ActQuant::Signed(p) if train => signed_quantize_fused(x, &p.alpha, p.bits()),
             ActQuant::Signed(p) => {
                 let offset = &p.alpha * (SHORTCUT_ZERO as f64 / p.qmax() as f64);
-                let shifted = x + &offset;
-                let q = if train { pact_quantize_fused(&shifted, &p.alpha, p.bits()) } else { p.forward(&shifted) };
-                q - offset
+                p.forward(&(x + &offset)) - offset
             }
         }
     }

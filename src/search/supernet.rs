@@ -7,7 +7,7 @@
 use super::space::{Slot, SpaceConfig};
 use crate::graph::{Network, Op, Src};
 use crate::models::InputNorm;
-use crate::quant::{maxabs_quantize, pact_quantize_fused, sawb_quantize, SHORTCUT_ZERO};
+use crate::quant::{maxabs_quantize, pact_quantize_fused, sawb_quantize, signed_quantize_fused};
 use std::collections::BTreeMap;
 use tch::{nn, Kind, Tensor};
 
@@ -47,8 +47,6 @@ pub struct Supernet {
     /// PACT clips: of ReLU outputs, and of signed outputs (`Network::is_signed`, 8-bit codes
     /// with a zero point, quantized as the trained model's `ActQuant::Signed`).
     alphas: BTreeMap<usize, Tensor>,
-    /// Per layer: whether its output is signed codes.
-    signed: Vec<bool>,
     /// One BatchNorm per (conv layer, output width).
     bns: BTreeMap<(usize, usize), nn::BatchNorm>,
     /// Per layer: the slots whose candidates its output width can take (its width is the max of
@@ -263,9 +261,7 @@ impl Supernet {
             .iter()
             .map(|s| (Tensor::randn([s.candidates.len() as i64], (Kind::Float, tch::Device::Cpu)) * 0.01).set_requires_grad(true))
             .collect();
-        let signed = (0..net.layers.len()).map(|i| net.is_signed(i)).collect();
-        let mut sn =
-            Supernet { vs, net: net.clone(), slots, logits, convs, alphas, signed, bns: BTreeMap::new(), sources, fc, caps, bn_groups: 1 };
+        let mut sn = Supernet { vs, net: net.clone(), slots, logits, convs, alphas, bns: BTreeMap::new(), sources, fc, caps, bn_groups: 1 };
         for s in 0..sn.slots.len() {
             for c in sn.slots[s].candidates.clone() {
                 sn.ensure_bn(s, c);
@@ -630,13 +626,11 @@ impl Supernet {
     }
 
     /// A linear output: signed 8-bit codes where the layer stores them (a projection shortcut,
-    /// a linear bottleneck, an add without ReLU), else `y` in float (a conv fused with its add).
+    /// a linear bottleneck, an add without ReLU: the only layers without ReLU given a clip),
+    /// else `y` in float (a conv fused with its add).
     fn signed_codes(&self, layer: usize, y: Tensor) -> Tensor {
-        match self.alphas.get(&layer).filter(|_| self.signed[layer]) {
-            Some(alpha) => {
-                let offset = alpha * (SHORTCUT_ZERO as f64 / 255.0);
-                pact_quantize_fused(&(&y + &offset), alpha, 8) - offset
-            }
+        match self.alphas.get(&layer) {
+            Some(alpha) => signed_quantize_fused(&y, alpha, 8),
             None => y,
         }
     }
